@@ -1,0 +1,126 @@
+// Connector definitions: the one declaration of each source and destination
+// type, its settings and (for destinations) its actions and their fields.
+//
+// Config validation, `backflow catalog` and the generated docs all derive
+// from these values; nothing else restates a connector's fields or limits.
+// Definitions are immutable after registration and safe to share.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
+
+namespace backflow {
+
+class Clock;
+class HttpClient;
+class Destination;
+class Source;
+
+enum class SettingType { kString, kInteger, kBoolean, kStringMap, kEnum };
+
+struct SettingSpec {
+  std::string key;
+  std::string label;
+  std::string description;
+  SettingType type = SettingType::kString;
+  bool required = false;
+  bool secret = false;  // never logged or echoed; should come from ${env:...}
+  nlohmann::json default_value;  // null when none
+  std::vector<std::string> allowed_values;  // for kEnum
+};
+
+enum class FieldType { kString, kInteger, kNumber, kBoolean, kTimestamp, kDate, kObject, kAny };
+
+struct FieldSpec {
+  std::string key;
+  std::string label;
+  std::string description;
+  FieldType type = FieldType::kAny;
+  bool required = false;
+  bool identifier = false;  // identifies the record in the destination
+  std::string default_column;  // mapped automatically when the model has it
+};
+
+// Which changes a mapping sends.
+enum class RecordSelection { kAdded, kUpdated, kAddedOrUpdated, kDeleted, kAll };
+
+std::string_view RecordSelectionName(RecordSelection s);
+absl::StatusOr<RecordSelection> ParseRecordSelection(std::string_view name);
+std::string_view FieldTypeName(FieldType t);
+std::string_view SettingTypeName(SettingType t);
+
+struct MappedField {
+  std::string field;   // destination field key
+  std::string column;  // model column
+};
+
+struct ActionSpec {
+  std::string id;
+  std::string title;
+  std::string description;
+  std::vector<RecordSelection> selections;
+  std::vector<FieldSpec> fields;
+  // When true, a mapping may map fields the action does not declare (free-form payloads).
+  bool allows_extra_fields = false;
+  int max_batch_records = 1000;
+  int default_batch_records = 100;
+  // When true, acknowledged records become durable only when the run's
+  // session finishes (one file per run): the engine advances checkpoints then.
+  bool commit_on_finish = false;
+  // Optional cross-field checks beyond the declared fields: returns one
+  // message per problem, empty when valid.
+  std::function<std::vector<std::string>(const nlohmann::json& settings,
+                                         const std::vector<MappedField>& fields)>
+      validate;
+
+  const FieldSpec* FindField(std::string_view key) const;
+  bool Supports(RecordSelection s) const;
+};
+
+// Shared services a connector may use; owned by the caller and outliving it.
+struct ConnectorEnv {
+  HttpClient* http = nullptr;
+  Clock* clock = nullptr;
+};
+
+struct DestinationDefinition {
+  std::string type;
+  std::string title;
+  std::string description;
+  std::string maturity = "beta";
+  std::vector<SettingSpec> settings;
+  std::vector<ActionSpec> actions;
+  // Builds a destination from settings already validated against `settings`
+  // (defaults filled in, ${env:...} resolved).
+  std::function<absl::StatusOr<std::unique_ptr<Destination>>(const nlohmann::json& settings,
+                                                             const ConnectorEnv& env)>
+      create;
+
+  const ActionSpec* FindAction(std::string_view id) const;
+};
+
+struct SourceDefinition {
+  std::string type;
+  std::string title;
+  std::string description;
+  std::string maturity = "beta";
+  // Keys given directly on the source entry (e.g. `url`, `password`, `path`).
+  std::vector<SettingSpec> settings;
+  std::function<absl::StatusOr<std::unique_ptr<Source>>(const nlohmann::json& settings,
+                                                        const ConnectorEnv& env)>
+      create;
+};
+
+const SettingSpec* FindSetting(const std::vector<SettingSpec>& specs, std::string_view key);
+
+// Fills defaults and checks every setting against its spec. Returns one
+// message per problem, each prefixed by the setting key.
+std::vector<std::string> CheckSettings(const std::vector<SettingSpec>& specs,
+                                       nlohmann::json& settings);
+
+}  // namespace backflow

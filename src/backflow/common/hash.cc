@@ -1,0 +1,55 @@
+#include "backflow/common/hash.h"
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "fmt/format.h"
+
+namespace backflow {
+
+std::array<unsigned char, 16> Fingerprint::ToBytes() const {
+  std::array<unsigned char, 16> out{};
+  for (int i = 0; i < 8; ++i) {
+    out[i] = static_cast<unsigned char>(high >> (56 - 8 * i));
+    out[8 + i] = static_cast<unsigned char>(low >> (56 - 8 * i));
+  }
+  return out;
+}
+
+Fingerprint Fingerprint::FromBytes(const void* data, size_t size) {
+  Fingerprint fp;
+  if (size != 16) return fp;
+  const auto* b = static_cast<const unsigned char*>(data);
+  for (int i = 0; i < 8; ++i) {
+    fp.high = (fp.high << 8) | b[i];
+    fp.low = (fp.low << 8) | b[8 + i];
+  }
+  return fp;
+}
+
+std::string Fingerprint::ToHex() const { return fmt::format("{:016x}{:016x}", high, low); }
+
+Fingerprint Fingerprint128(std::string_view data) {
+  XXH128_hash_t h = XXH3_128bits(data.data(), data.size());
+  return Fingerprint{h.high64, h.low64};
+}
+
+Hasher128::Hasher128() : state_(XXH3_createState()) {
+  XXH3_128bits_reset(static_cast<XXH3_state_t*>(state_));
+}
+
+Hasher128::~Hasher128() { XXH3_freeState(static_cast<XXH3_state_t*>(state_)); }
+
+Hasher128& Hasher128::Add(std::string_view piece) {
+  uint64_t len = piece.size();
+  XXH3_128bits_update(static_cast<XXH3_state_t*>(state_), &len, sizeof(len));
+  XXH3_128bits_update(static_cast<XXH3_state_t*>(state_), piece.data(), piece.size());
+  return *this;
+}
+
+Fingerprint Hasher128::Finish() {
+  XXH128_hash_t h = XXH3_128bits_digest(static_cast<XXH3_state_t*>(state_));
+  return Fingerprint{h.high64, h.low64};
+}
+
+}  // namespace backflow

@@ -1,0 +1,52 @@
+// HttpClient: the seam through which every connector talks HTTP.
+//
+// Send() performs one request/response exchange, with no retries: retry
+// policy belongs to the caller, which knows the vendor's signals. Transport
+// failures (DNS, connect, TLS, reset, timeout) come back as a non-OK status:
+// kDeadlineExceeded for timeouts, kUnavailable otherwise. Any HTTP status,
+// including 4xx and 5xx, is a successful exchange and comes back as a
+// response. Implementations are safe to call from one thread at a time.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace backflow {
+
+using HttpHeaders = std::vector<std::pair<std::string, std::string>>;
+
+struct HttpRequest {
+  std::string method = "POST";
+  std::string url;
+  HttpHeaders headers;
+  std::string body;
+  std::chrono::milliseconds timeout{30'000};
+};
+
+struct HttpResponse {
+  int status = 0;
+  HttpHeaders headers;  // names lowercased
+  std::string body;
+
+  // The first header named `name` (case-insensitive), if present.
+  std::optional<std::string> Header(std::string_view name) const;
+};
+
+class HttpClient {
+ public:
+  virtual ~HttpClient() = default;
+  virtual absl::StatusOr<HttpResponse> Send(const HttpRequest& request) = 0;
+};
+
+// A libcurl-backed client that reuses connections between calls. TLS peers
+// are verified.
+std::unique_ptr<HttpClient> NewCurlHttpClient();
+
+}  // namespace backflow

@@ -1,0 +1,47 @@
+// Source and RowReader: the seam between a warehouse and the engine.
+//
+// A Source runs read-only SQL and streams the result with bounded memory.
+// Sources are used from one thread at a time.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "backflow/model/value.h"
+
+namespace backflow {
+
+class RowReader {
+ public:
+  virtual ~RowReader() = default;
+
+  // The result's columns, known before the first row.
+  virtual const Schema& schema() const = 0;
+
+  // Replaces `row` with the next row (one Value per schema column). Returns
+  // false at the clean end of the result. An error means the stream was cut
+  // short (kUnavailable: connection lost; kInvalidArgument: the query failed
+  // at run time) and no conclusion may be drawn from the rows seen so far.
+  virtual absl::StatusOr<bool> Next(Row& row) = 0;
+};
+
+class Source {
+ public:
+  virtual ~Source() = default;
+
+  // Connects and runs a trivial query. Errors carry an actionable message.
+  virtual absl::Status CheckConnection() = 0;
+
+  // Starts `sql` and returns a reader positioned before the first row.
+  // kInvalidArgument for SQL the warehouse rejects (message from the
+  // warehouse), kUnavailable / kUnauthenticated for connection problems.
+  virtual absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql) = 0;
+};
+
+// Wraps a model query so that at most `limit` rows come back.
+std::string LimitQuery(std::string_view sql, int limit);
+
+}  // namespace backflow
