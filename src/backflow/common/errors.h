@@ -16,6 +16,7 @@
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "backflow/common/fmt_absl.h"
 
 namespace backflow {
 

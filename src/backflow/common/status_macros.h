@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "backflow/common/fmt_absl.h"
 
 #define BACKFLOW_STATUS_CONCAT_INNER_(a, b) a##b
 #define BACKFLOW_STATUS_CONCAT_(a, b) BACKFLOW_STATUS_CONCAT_INNER_(a, b)

@@ -1,0 +1,37 @@
+// MemoryDestination: an in-process fake destination for engine and config
+// tests. It applies accepted records to an in-memory table (key -> payload
+// JSON), can be told to reject chosen keys or whole batches, and records what
+// it was sent. Thread-safe.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "backflow/catalog/definitions.h"
+
+namespace backflow::testing {
+
+struct MemoryDestinationState {
+  std::mutex mu;
+  std::map<std::string, std::string> records;  // key -> fields JSON
+  std::set<std::string> reject_keys;           // rejected per record (kInvalidArgument)
+  absl::Status batch_error;                    // when set, SendBatch fails whole
+  absl::Status finish_error;                   // when set, Finish fails
+  int batches = 0;
+  int finished_sessions = 0;
+  std::vector<std::string> sent_keys;  // every attempted record, in order
+  std::vector<int> batch_sizes;
+};
+
+// Type "memory". Actions: "upsert" (free-form fields, all selections) and
+// "typed" (fields: email string required identifier-free, age integer,
+// vip boolean; selections added_or_updated and all).
+DestinationDefinition MemoryDestinationDefinition(std::shared_ptr<MemoryDestinationState> state,
+                                                  bool commit_on_finish = false);
+
+}  // namespace backflow::testing

@@ -1,0 +1,630 @@
+#include "backflow/engine/sync_engine.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <optional>
+
+#include "backflow/common/clock.h"
+#include "backflow/common/errors.h"
+#include "backflow/common/json_writer.h"
+#include "backflow/common/status_macros.h"
+#include "backflow/destinations/destination.h"
+#include "backflow/engine/spool.h"
+#include "backflow/mapping/mapper.h"
+#include "backflow/sources/source.h"
+#include "fmt/format.h"
+
+namespace backflow {
+namespace {
+
+namespace fs = std::filesystem;
+using Steady = std::chrono::steady_clock;
+
+constexpr size_t kSkippedAdvanceChunk = 5'000;
+
+// An exclusive, process-lifetime lock on one mapping (released by the kernel
+// if the process dies).
+class MappingLock {
+ public:
+  static absl::StatusOr<std::unique_ptr<MappingLock>> Acquire(const std::string& dir,
+                                                              const std::string& mapping) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    std::string path = (fs::path(dir) / (mapping + ".lock")).string();
+    int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+      return absl::UnavailableError(fmt::format("cannot open lock file {}", path));
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      close(fd);
+      return absl::FailedPreconditionError(fmt::format(
+          "mapping \"{}\" is being synced by another backflow process; wait for it to finish",
+          mapping));
+    }
+    return std::unique_ptr<MappingLock>(new MappingLock(fd));
+  }
+  ~MappingLock() { close(fd_); }
+
+ private:
+  explicit MappingLock(int fd) : fd_(fd) {}
+  int fd_;
+};
+
+bool Selected(RecordSelection selection, ChangeKind change) {
+  switch (selection) {
+    case RecordSelection::kAll: return true;
+    case RecordSelection::kAdded: return change == ChangeKind::kAdded;
+    case RecordSelection::kUpdated: return change == ChangeKind::kUpdated;
+    case RecordSelection::kAddedOrUpdated: return change != ChangeKind::kDeleted;
+    case RecordSelection::kDeleted: return change == ChangeKind::kDeleted;
+  }
+  return true;
+}
+
+std::string RowJson(const Schema& schema, const Row& row) {
+  std::string out = "{";
+  for (size_t i = 0; i < schema.size() && i < row.size(); ++i) {
+    if (i > 0) out.push_back(',');
+    AppendJsonString(out, schema[i].name);
+    out.push_back(':');
+    row[i].AppendJson(out);
+  }
+  out.push_back('}');
+  return out;
+}
+
+std::string PayloadJson(const std::vector<std::string>& names, const Row& values) {
+  std::string out = "{";
+  for (size_t i = 0; i < names.size() && i < values.size(); ++i) {
+    if (i > 0) out.push_back(',');
+    AppendJsonString(out, names[i]);
+    out.push_back(':');
+    values[i].AppendJson(out);
+  }
+  out.push_back('}');
+  return out;
+}
+
+// Everything one mapping needs during a run.
+struct MappingRun {
+  const MappingConfig* config = nullptr;
+  const DestinationConfig* destination_config = nullptr;
+  const ActionSpec* action = nullptr;
+  std::unique_ptr<Destination> destination;
+  std::optional<Mapper> mapper;
+  RunInfo run;
+  Steady::time_point started;
+  std::vector<RunRecord> records;  // failed/rejected, not yet stored
+  int64_t reported = 0;
+  std::vector<PlannedChange> sample;
+  bool done = false;  // failed before delivery
+};
+
+class Runner {
+ public:
+  Runner(const Workspace& ws, const Registry& registry, StateStore& state, ConnectorEnv env,
+         const std::string& spool_dir, const SyncOptions& options)
+      : ws_(ws),
+        registry_(registry),
+        state_(state),
+        env_(env),
+        spool_dir_(spool_dir),
+        options_(options) {}
+
+  absl::StatusOr<std::vector<MappingRunResult>> Run(const ModelConfig& model,
+                                                    const std::vector<std::string>& names);
+
+ private:
+  void Progress(const std::string& phase, const std::string& mapping, int64_t sent,
+                int64_t to_send, bool force) {
+    if (!options_.on_progress) return;
+    auto now = Steady::now();
+    if (!force && now - last_progress_ < std::chrono::milliseconds(200)) return;
+    last_progress_ = now;
+    SyncProgress p;
+    p.phase = phase;
+    p.mapping = mapping;
+    p.extracted = extracted_;
+    p.sent = sent;
+    p.to_send = to_send;
+    p.elapsed_s = std::chrono::duration<double>(now - start_).count();
+    options_.on_progress(p);
+  }
+
+  void Report(MappingRun& m, RunRecord record) {
+    if (m.reported >= options_.max_reported_records) return;
+    ++m.reported;
+    m.records.push_back(std::move(record));
+  }
+
+  absl::Status FlushRecords(MappingRun& m) {
+    if (m.records.empty()) return absl::OkStatus();
+    absl::Status status = state_.AddRunRecords(m.run.id, m.records);
+    m.records.clear();
+    return status;
+  }
+
+  // Records a run-level failure and finishes the run.
+  void Fail(MappingRun& m, const std::string& error) {
+    m.run.error = error;
+    m.done = true;
+  }
+
+  absl::Status Finish(MappingRun& m) {
+    if (!m.run.error.empty()) {
+      m.run.status = RunStatus::kFailed;
+    } else if (m.run.counts.failed > 0 || m.run.counts.rejected > 0) {
+      m.run.status = RunStatus::kPartial;
+    } else {
+      m.run.status = RunStatus::kSucceeded;
+    }
+    m.run.finished_at = FormatIso8601(SystemClock().Now());
+    m.run.duration_s = std::chrono::duration<double>(Steady::now() - m.started).count();
+    absl::Status flushed = FlushRecords(m);
+    absl::Status updated = state_.UpdateRun(m.run);
+    return flushed.ok() ? updated : flushed;
+  }
+
+  absl::Status Extract(const ModelConfig& model, Source& source, Schema& schema);
+  absl::Status Diff(MappingRun& m, int index, const ModelConfig& model, const Schema& schema,
+                    const std::string& null_key_error);
+  absl::Status Deliver(MappingRun& m, int index);
+
+  const Workspace& ws_;
+  const Registry& registry_;
+  StateStore& state_;
+  ConnectorEnv env_;
+  const std::string& spool_dir_;
+  const SyncOptions& options_;
+  std::unique_ptr<Spool> spool_;
+  int64_t extracted_ = 0;
+  int64_t null_keys_ = 0;
+  Steady::time_point start_ = Steady::now();
+  Steady::time_point last_progress_{};
+};
+
+absl::Status Runner::Extract(const ModelConfig& model, Source& source, Schema& schema) {
+  BACKFLOW_ASSIGN_OR_RETURN(auto reader, source.Query(model.sql));
+  schema = reader->schema();
+  int key_index = FindColumn(schema, model.primary_key);
+  if (key_index < 0) {
+    std::vector<std::string> names;
+    for (const Column& c : schema) names.push_back(c.name);
+    return absl::FailedPreconditionError(fmt::format(
+        "model \"{}\": its unique identifier column \"{}\" is not returned by the SQL (columns: "
+        "{}); nothing was sent",
+        model.name, model.primary_key, fmt::join(names, ", ")));
+  }
+  Row row;
+  std::string encoded;
+  while (true) {
+    auto more = reader->Next(row);
+    if (!more.ok()) {
+      return absl::Status(
+          more.status().code(),
+          fmt::format("extraction failed after {} rows: {}; nothing was sent and nothing was "
+                      "treated as deleted",
+                      extracted_, more.status().message()));
+    }
+    if (!*more) break;
+    ++extracted_;
+    encoded.clear();
+    EncodeRow(row, encoded);
+    const Value& key = row[key_index];
+    if (key.is_null()) {
+      ++null_keys_;
+      BACKFLOW_RETURN_IF_ERROR(spool_->AddNullKeyRow(encoded));
+    } else {
+      BACKFLOW_RETURN_IF_ERROR(spool_->AddRow(key.ToString(), encoded));
+    }
+    Progress("extracting", "", 0, 0, false);
+  }
+  return spool_->FinishLoad();
+}
+
+absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model,
+                          const Schema& schema, const std::string& null_key_error) {
+  RunCounts& c = m.run.counts;
+  c.extracted = extracted_;
+  const std::string& name = m.config->name;
+  const Mapper& mapper = *m.mapper;
+  const FieldLayout& layout = mapper.layout();
+
+  // NULL keys: rejected for every mapping.
+  if (null_keys_ > 0) {
+    BACKFLOW_ASSIGN_OR_RETURN(sqlite::Statement nulls, spool_->ScanNullKeyRows());
+    while (true) {
+      BACKFLOW_ASSIGN_OR_RETURN(bool row, nulls.Step());
+      if (!row) break;
+      ++c.rejected;
+      BACKFLOW_ASSIGN_OR_RETURN(Row values, DecodeRow(nulls.ColumnBlob(0)));
+      Report(m, {.key = "",
+                 .outcome = "rejected",
+                 .change = "",
+                 .error = null_key_error,
+                 .error_class = "record",
+                 .payload = RowJson(schema, values),
+                 .recommended_action = fmt::format(
+                     "Make \"{}\" non-NULL in model \"{}\" (or filter those rows out in its SQL).",
+                     model.primary_key, model.name)});
+    }
+  }
+
+  BACKFLOW_ASSIGN_OR_RETURN(sqlite::Statement rows, spool_->ScanRows());
+  std::unique_ptr<CheckpointScanner> checkpoint;
+  BACKFLOW_ASSIGN_OR_RETURN(checkpoint, state_.ScanCheckpoint(name));
+  CheckpointEntry entry;
+  BACKFLOW_ASSIGN_OR_RETURN(bool have_entry, checkpoint->Next(entry));
+  BACKFLOW_ASSIGN_OR_RETURN(bool have_row, rows.Step());
+
+  std::vector<CheckpointUpdate> skipped_updates;
+  auto flush_skipped = [&]() -> absl::Status {
+    if (options_.dry_run || skipped_updates.empty()) return absl::OkStatus();
+    absl::Status s = state_.ApplyCheckpoint(name, skipped_updates);
+    skipped_updates.clear();
+    return s;
+  };
+  Row values, payload;
+  std::string encoded;
+  auto emit = [&](ChangeKind kind, std::string_view key, const Fingerprint& fp,
+                  const Row& out) -> absl::Status {
+    switch (kind) {
+      case ChangeKind::kAdded: ++c.added; break;
+      case ChangeKind::kUpdated: ++c.updated; break;
+      case ChangeKind::kDeleted: ++c.deleted; break;
+    }
+    if (!Selected(m.config->records, kind)) {
+      ++c.skipped;
+      // Changes this mapping does not send still advance its checkpoint, so
+      // they are not reported again by every later run.
+      CheckpointUpdate u;
+      u.key.assign(key);
+      u.remove = kind == ChangeKind::kDeleted;
+      u.fingerprint = fp;
+      if (!u.remove) {
+        EncodeRow(mapper.Identity(out), u.identity);
+      }
+      skipped_updates.push_back(std::move(u));
+      if (skipped_updates.size() >= kSkippedAdvanceChunk) return flush_skipped();
+      return absl::OkStatus();
+    }
+    if (options_.dry_run && static_cast<int>(m.sample.size()) < options_.dry_run_sample) {
+      const auto& names = kind == ChangeKind::kDeleted ? layout.identity : layout.fields;
+      m.sample.push_back(
+          {std::string(key), std::string(ChangeKindName(kind)), PayloadJson(names, out)});
+    }
+    encoded.clear();
+    EncodeRow(out, encoded);
+    return spool_->AddChange(index, static_cast<int>(kind), key, fp, encoded);
+  };
+
+  while (have_row || have_entry) {
+    int cmp;
+    if (!have_row) {
+      cmp = 1;
+    } else if (!have_entry) {
+      cmp = -1;
+    } else {
+      cmp = rows.ColumnText(0).compare(entry.key);
+    }
+    if (cmp > 0) {
+      // In the checkpoint only: deleted from the model.
+      BACKFLOW_ASSIGN_OR_RETURN(Row identity, DecodeRow(entry.identity));
+      BACKFLOW_RETURN_IF_ERROR(emit(ChangeKind::kDeleted, entry.key, entry.fingerprint, identity));
+      BACKFLOW_ASSIGN_OR_RETURN(have_entry, checkpoint->Next(entry));
+      continue;
+    }
+    std::string_view key = rows.ColumnText(0);
+    int64_t copies = rows.ColumnInt(1);
+    if (copies > 1) {
+      c.rejected += copies;
+      BACKFLOW_ASSIGN_OR_RETURN(values, DecodeRow(rows.ColumnBlob(2)));
+      Report(m, {.key = std::string(key),
+                 .outcome = "rejected",
+                 .change = "",
+                 .error = fmt::format("duplicate unique identifier: {} rows have {} = {}",
+                                      copies, model.primary_key, key),
+                 .error_class = "record",
+                 .payload = RowJson(schema, values),
+                 .recommended_action = fmt::format(
+                     "Make \"{}\" unique in model \"{}\" (deduplicate in its SQL); none of these "
+                     "rows is sent until then, and the record is not deleted.",
+                     model.primary_key, model.name)});
+    } else {
+      BACKFLOW_ASSIGN_OR_RETURN(values, DecodeRow(rows.ColumnBlob(2)));
+      absl::Status mapped = mapper.Map(values, payload);
+      if (!mapped.ok()) {
+        ++c.rejected;
+        Report(m, {.key = std::string(key),
+                   .outcome = "rejected",
+                   .change = "",
+                   .error = std::string(mapped.message()),
+                   .error_class = "record",
+                   .payload = RowJson(schema, values),
+                   .recommended_action =
+                       "Fix this row's value in the model, or change the mapping's fields; the "
+                       "record is sent once it maps cleanly."});
+      } else {
+        Fingerprint fp = mapper.PayloadFingerprint(payload);
+        if (cmp < 0) {
+          BACKFLOW_RETURN_IF_ERROR(emit(ChangeKind::kAdded, key, fp, payload));
+        } else if (options_.full_resync || !(fp == entry.fingerprint)) {
+          BACKFLOW_RETURN_IF_ERROR(emit(ChangeKind::kUpdated, key, fp, payload));
+        } else {
+          ++c.unchanged;
+        }
+      }
+    }
+    if (cmp == 0) {
+      BACKFLOW_ASSIGN_OR_RETURN(have_entry, checkpoint->Next(entry));
+    }
+    BACKFLOW_ASSIGN_OR_RETURN(have_row, rows.Step());
+  }
+  return flush_skipped();
+}
+
+absl::Status Runner::Deliver(MappingRun& m, int index) {
+  RunCounts& c = m.run.counts;
+  int64_t to_send = c.added + c.updated + c.deleted - c.skipped;
+  if (to_send == 0) return absl::OkStatus();
+  const std::string& name = m.config->name;
+  SessionOptions so;
+  so.mapping = name;
+  so.run_id = m.run.id;
+  so.action = m.action;
+  so.layout = m.mapper->layout();
+  so.batch_size = m.config->batch_size.value_or(m.action->default_batch_records);
+  auto session_or = m.destination->StartSession(so);
+  if (!session_or.ok()) {
+    c.failed += to_send;
+    m.run.error = fmt::format("destination \"{}\" could not start: {}; nothing was sent",
+                              m.config->destination, session_or.status().message());
+    return absl::OkStatus();
+  }
+  std::unique_ptr<ActionSession> session = *std::move(session_or);
+  const bool deferred = m.action->commit_on_finish;
+  std::vector<CheckpointUpdate> deferred_updates;  // commit_on_finish: applied after Finish
+
+  BACKFLOW_ASSIGN_OR_RETURN(sqlite::Statement changes, spool_->ScanChanges(index));
+  std::vector<OutgoingRecord> batch;
+  std::vector<Fingerprint> fingerprints;
+  int64_t attempted = 0;
+  auto send = [&]() -> absl::Status {
+    if (batch.empty()) return absl::OkStatus();
+    auto outcomes = session->SendBatch(batch);
+    std::vector<CheckpointUpdate> updates;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const OutgoingRecord& r = batch[i];
+      absl::Status status = outcomes.ok() && i < outcomes->size()
+                                ? (*outcomes)[i]
+                                : (outcomes.ok() ? absl::InternalError("no outcome for record")
+                                                 : outcomes.status());
+      if (status.ok()) {
+        ++c.succeeded;
+        CheckpointUpdate u;
+        u.key = r.key;
+        u.remove = r.is_delete();
+        u.fingerprint = fingerprints[i];
+        if (!u.remove) EncodeRow(m.mapper->Identity(r.values), u.identity);
+        updates.push_back(std::move(u));
+      } else {
+        ++c.failed;
+        Report(m, {.key = r.key,
+                   .outcome = "failed",
+                   .change = std::string(ChangeKindName(r.change)),
+                   .error = std::string(status.message()),
+                   .error_class = std::string(RetryClassName(ClassifyStatus(status))),
+                   .payload = RecordFieldsJson(so.layout, r),
+                   .recommended_action = RecommendedAction(status)});
+      }
+    }
+    attempted += static_cast<int64_t>(batch.size());
+    batch.clear();
+    fingerprints.clear();
+    if (deferred) {
+      for (auto& u : updates) deferred_updates.push_back(std::move(u));
+    } else {
+      BACKFLOW_RETURN_IF_ERROR(state_.ApplyCheckpoint(name, updates));
+    }
+    Progress("sending", name, attempted, to_send, false);
+    if (!outcomes.ok()) {
+      // The destination refused the whole batch for a reason that will not go
+      // away by itself (credentials, URL): stop instead of failing every batch.
+      c.failed += to_send - attempted;
+      m.run.error = fmt::format(
+          "destination \"{}\" refused the batch: {}; stopped after {} of {} records (the rest "
+          "are sent by the next run)",
+          m.config->destination, outcomes.status().message(), attempted, to_send);
+      return absl::CancelledError("stop");
+    }
+    return FlushRecords(m);
+  };
+
+  while (true) {
+    BACKFLOW_ASSIGN_OR_RETURN(bool row, changes.Step());
+    if (!row) break;
+    OutgoingRecord r;
+    r.key.assign(changes.ColumnText(0));
+    r.change = static_cast<ChangeKind>(changes.ColumnInt(1));
+    std::string_view fp_bytes = changes.ColumnBlob(2);
+    Fingerprint fp = Fingerprint::FromBytes(fp_bytes.data(), fp_bytes.size());
+    BACKFLOW_ASSIGN_OR_RETURN(r.values, DecodeRow(changes.ColumnBlob(3)));
+    r.dedup_id = m.mapper->DedupId(r.key, ChangeKindName(r.change), fp);
+    batch.push_back(std::move(r));
+    fingerprints.push_back(fp);
+    if (static_cast<int>(batch.size()) >= so.batch_size) {
+      absl::Status s = send();
+      if (absl::IsCancelled(s)) return absl::OkStatus();
+      BACKFLOW_RETURN_IF_ERROR(s);
+    }
+  }
+  absl::Status s = send();
+  if (absl::IsCancelled(s)) return absl::OkStatus();
+  BACKFLOW_RETURN_IF_ERROR(s);
+
+  absl::Status finished = session->Finish();
+  if (!finished.ok()) {
+    if (deferred) {
+      // Nothing became durable: every accepted record counts as failed.
+      c.failed += static_cast<int64_t>(deferred_updates.size());
+      c.succeeded -= static_cast<int64_t>(deferred_updates.size());
+    }
+    m.run.error = fmt::format("destination \"{}\" could not complete the run: {}",
+                              m.config->destination, finished.message());
+    return absl::OkStatus();
+  }
+  for (size_t i = 0; i < deferred_updates.size(); i += kSkippedAdvanceChunk) {
+    size_t end = std::min(deferred_updates.size(), i + kSkippedAdvanceChunk);
+    std::vector<CheckpointUpdate> chunk(std::make_move_iterator(deferred_updates.begin() + i),
+                                        std::make_move_iterator(deferred_updates.begin() + end));
+    BACKFLOW_RETURN_IF_ERROR(state_.ApplyCheckpoint(name, chunk));
+  }
+  Progress("sending", name, attempted, to_send, true);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<MappingRunResult>> Runner::Run(const ModelConfig& model,
+                                                          const std::vector<std::string>& names) {
+  const SourceConfig* source_config = ws_.FindSource(model.source);
+  if (source_config == nullptr) {
+    return absl::NotFoundError(fmt::format("model \"{}\" names unknown source \"{}\"",
+                                           model.name, model.source));
+  }
+  const SourceDefinition* source_def = registry_.FindSource(source_config->type);
+  if (source_def == nullptr) {
+    return absl::NotFoundError(fmt::format("unknown source type \"{}\"", source_config->type));
+  }
+
+  std::vector<std::unique_ptr<MappingLock>> locks;
+  std::vector<MappingRun> runs(names.size());
+  for (size_t i = 0; i < names.size(); ++i) {
+    MappingRun& m = runs[i];
+    m.config = ws_.FindMapping(names[i]);
+    if (m.config == nullptr || m.config->model != model.name) {
+      return absl::NotFoundError(
+          fmt::format("model \"{}\" has no mapping \"{}\"", model.name, names[i]));
+    }
+    m.destination_config = ws_.FindDestination(m.config->destination);
+    const DestinationDefinition* def =
+        m.destination_config ? registry_.FindDestination(m.destination_config->type) : nullptr;
+    m.action = def ? def->FindAction(m.config->action) : nullptr;
+    if (m.action == nullptr) {
+      return absl::FailedPreconditionError(fmt::format(
+          "mapping \"{}\" is not valid; run `backflow validate` for details", names[i]));
+    }
+    BACKFLOW_ASSIGN_OR_RETURN(auto lock,
+                              MappingLock::Acquire(spool_dir_ + "/locks", m.config->name));
+    locks.push_back(std::move(lock));
+    auto destination = def->create(m.destination_config->settings, env_);
+    m.run.mapping = m.config->name;
+    m.run.model = model.name;
+    m.run.destination = m.config->destination;
+    m.run.trigger = options_.trigger;
+    m.run.dry_run = options_.dry_run;
+    m.run.full_resync = options_.full_resync;
+    m.run.started_at = FormatIso8601(SystemClock().Now());
+    m.run.pid = getpid();
+    m.started = Steady::now();
+    BACKFLOW_ASSIGN_OR_RETURN(m.run.id, state_.CreateRun(m.run));
+    if (!destination.ok()) {
+      Fail(m, fmt::format("destination \"{}\": {}", m.config->destination,
+                          destination.status().message()));
+    } else {
+      m.destination = *std::move(destination);
+    }
+  }
+
+  auto finish_all = [&]() -> absl::StatusOr<std::vector<MappingRunResult>> {
+    std::vector<MappingRunResult> results;
+    for (MappingRun& m : runs) {
+      BACKFLOW_RETURN_IF_ERROR(Finish(m));
+      results.push_back({m.run, std::move(m.sample)});
+    }
+    Progress("done", "", 0, 0, true);
+    return results;
+  };
+  auto fail_all = [&](const std::string& error) {
+    for (MappingRun& m : runs) {
+      if (!m.done) Fail(m, error);
+      m.run.counts.extracted = extracted_;
+    }
+    return finish_all();
+  };
+
+  auto spool = Spool::Create(spool_dir_ + "/spool");
+  if (!spool.ok()) return fail_all(std::string(spool.status().message()));
+  spool_ = *std::move(spool);
+
+  // Extract once for every mapping.
+  auto source = source_def->create(source_config->settings, env_);
+  if (!source.ok()) {
+    return fail_all(fmt::format("source \"{}\": {}", model.source, source.status().message()));
+  }
+  Schema schema;
+  Progress("extracting", "", 0, 0, true);
+  absl::Status extracted = Extract(model, **source, schema);
+  if (!extracted.ok()) {
+    return fail_all(fmt::format("model \"{}\" on source \"{}\": {}", model.name, model.source,
+                                extracted.message()));
+  }
+  Progress("diffing", "", 0, 0, true);
+  std::string null_key_error =
+      fmt::format("the unique identifier {} is NULL", model.primary_key);
+  for (size_t i = 0; i < runs.size(); ++i) {
+    MappingRun& m = runs[i];
+    m.run.counts.extracted = extracted_;
+    if (m.done) continue;
+    auto mapper = Mapper::Create(m.config->name, model.name, m.config->fields, *m.action, schema,
+                                 model.primary_key);
+    if (!mapper.ok()) {
+      Fail(m, std::string(mapper.status().message()));
+      continue;
+    }
+    m.mapper = *std::move(mapper);
+    absl::Status diffed = Diff(m, static_cast<int>(i), model, schema, null_key_error);
+    if (!diffed.ok()) Fail(m, fmt::format("change detection failed: {}", diffed.message()));
+  }
+  BACKFLOW_RETURN_IF_ERROR(spool_->FinishChanges());
+
+  for (size_t i = 0; i < runs.size(); ++i) {
+    MappingRun& m = runs[i];
+    if (m.done || options_.dry_run) continue;
+    BACKFLOW_RETURN_IF_ERROR(state_.UpdateRun(m.run));  // counts visible while sending
+    absl::Status delivered = Deliver(m, static_cast<int>(i));
+    if (!delivered.ok()) {
+      Fail(m, fmt::format("delivery stopped: {}; records not confirmed are sent by the next run",
+                          delivered.message()));
+    }
+  }
+  return finish_all();
+}
+
+}  // namespace
+
+SyncEngine::SyncEngine(const Workspace& workspace, const Registry& registry, StateStore& state,
+                       ConnectorEnv env, std::string spool_dir)
+    : workspace_(workspace),
+      registry_(registry),
+      state_(state),
+      env_(env),
+      spool_dir_(std::move(spool_dir)) {}
+
+absl::StatusOr<std::vector<MappingRunResult>> SyncEngine::Run(
+    const std::string& model, const std::vector<std::string>& mappings,
+    const SyncOptions& options) {
+  const ModelConfig* m = workspace_.FindModel(model);
+  if (m == nullptr) return absl::NotFoundError(fmt::format("unknown model \"{}\"", model));
+  if (mappings.empty()) {
+    return absl::FailedPreconditionError(
+        fmt::format("model \"{}\" has no enabled mapping to sync", model));
+  }
+  BACKFLOW_RETURN_IF_ERROR(state_.MarkInterruptedRuns().status());
+  Runner runner(workspace_, registry_, state_, env_, spool_dir_, options);
+  return runner.Run(*m, mappings);
+}
+
+}  // namespace backflow

@@ -1,0 +1,317 @@
+#include "backflow/engine/sync_engine.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "backflow/common/clock.h"
+#include "backflow/destinations/testing/memory_destination.h"
+#include "backflow/sources/sqlite/sqlite_source.h"
+#include "backflow/sqlite/database.h"
+#include "fmt/format.h"
+
+namespace backflow {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::MemoryDestinationState;
+
+class SyncEngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) /
+           fmt::format("engine-{}-{}", getpid(),
+                       ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    dest_ = std::make_shared<MemoryDestinationState>();
+    ASSERT_TRUE(registry_.AddSource(SqliteSourceDefinition()).ok());
+    ASSERT_TRUE(registry_.AddDestination(MemoryDestinationDefinition(dest_)).ok());
+    auto db = sqlite::Database::Open((dir_ / "wh.db").string(),
+                                     SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+    ASSERT_TRUE(db.ok());
+    warehouse_ = std::move(*db);
+    Exec("CREATE TABLE customers (id INTEGER, email TEXT, plan TEXT, age INTEGER)");
+    for (int i = 1; i <= 10; ++i) {
+      Exec(fmt::format("INSERT INTO customers VALUES ({0}, 'u{0}@x.io', 'free', {1})", i,
+                       20 + i));
+    }
+  }
+
+  void Exec(const std::string& sql) { ASSERT_TRUE(warehouse_->Exec(sql).ok()) << sql; }
+
+  // Loads a workspace with one mapping `m` of model `customers`.
+  void Load(const std::string& mapping_extra = "", const std::string& sql =
+                "SELECT id, email, plan, age FROM customers") {
+    std::string yaml = fmt::format(R"(
+state: sqlite:state.db
+sources:
+  - {{ name: wh, type: sqlite, path: wh.db }}
+models:
+  - name: customers
+    source: wh
+    sql: "{}"
+    primary_key: id
+destinations:
+  - {{ name: mem, type: memory }}
+mappings:
+  - name: m
+    model: customers
+    destination: mem
+    action: upsert
+    fields: {{ customer_id: id, email: email, plan: plan }}
+{}
+)",
+                                   sql, mapping_extra);
+    LoadResult r = LoadWorkspaceFromString(yaml, (dir_ / "backflow.yaml").string(), registry_);
+    ASSERT_TRUE(r.ok()) << (r.diagnostics.empty() ? "" : r.diagnostics[0].ToString());
+    workspace_ = std::move(r.workspace);
+    if (!state_) {
+      auto state = OpenSqliteStateStore((dir_ / "state.db").string());
+      ASSERT_TRUE(state.ok()) << state.status();
+      state_ = std::move(*state);
+    }
+  }
+
+  RunInfo Sync(SyncOptions options = {}) {
+    FakeClock clock;
+    SyncEngine engine(workspace_, registry_, *state_, ConnectorEnv{nullptr, &clock},
+                      (dir_ / ".backflow").string());
+    auto results = engine.Run("customers", {"m"}, options);
+    EXPECT_TRUE(results.ok()) << results.status();
+    if (!results.ok() || results->empty()) return {};
+    last_sample_ = (*results)[0].sample;
+    return (*results)[0].run;
+  }
+
+  fs::path dir_;
+  Registry registry_;
+  std::shared_ptr<MemoryDestinationState> dest_;
+  std::unique_ptr<sqlite::Database> warehouse_;
+  Workspace workspace_;
+  std::unique_ptr<StateStore> state_;
+  std::vector<PlannedChange> last_sample_;
+};
+
+TEST_F(SyncEngineTest, FirstRunAddsEverythingSecondRunSendsNothing) {
+  Load();
+  RunInfo run = Sync();
+  EXPECT_EQ(run.status, RunStatus::kSucceeded) << run.error;
+  EXPECT_EQ(run.counts.extracted, 10);
+  EXPECT_EQ(run.counts.added, 10);
+  EXPECT_EQ(run.counts.succeeded, 10);
+  EXPECT_EQ(dest_->records.size(), 10u);
+  EXPECT_EQ(dest_->records["3"], R"({"customer_id":3,"email":"u3@x.io","plan":"free"})");
+  EXPECT_EQ(dest_->batch_sizes, (std::vector<int>{3, 3, 3, 1}));
+
+  dest_->sent_keys.clear();
+  run = Sync();
+  EXPECT_EQ(run.status, RunStatus::kSucceeded);
+  EXPECT_EQ(run.counts.unchanged, 10);
+  EXPECT_EQ(run.counts.added + run.counts.updated + run.counts.deleted, 0);
+  EXPECT_TRUE(dest_->sent_keys.empty());
+}
+
+TEST_F(SyncEngineTest, SendsExactlyTheInsertsUpdatesAndDeletes) {
+  Load();
+  Sync();
+  Exec("INSERT INTO customers VALUES (11, 'new@x.io', 'pro', 40)");
+  Exec("UPDATE customers SET plan = 'pro' WHERE id = 2");
+  Exec("UPDATE customers SET age = 99 WHERE id = 3");  // unmapped column: no change
+  Exec("DELETE FROM customers WHERE id = 5");
+  dest_->sent_keys.clear();
+  RunInfo run = Sync();
+  EXPECT_EQ(run.status, RunStatus::kSucceeded) << run.error;
+  EXPECT_EQ(run.counts.added, 1);
+  EXPECT_EQ(run.counts.updated, 1);
+  EXPECT_EQ(run.counts.deleted, 1);
+  EXPECT_EQ(run.counts.unchanged, 8);
+  std::vector<std::string> sent = dest_->sent_keys;
+  std::sort(sent.begin(), sent.end());
+  EXPECT_EQ(sent, (std::vector<std::string>{"11", "2", "5"}));
+  EXPECT_EQ(dest_->records.count("5"), 0u);
+  EXPECT_EQ(dest_->records["2"], R"({"customer_id":2,"email":"u2@x.io","plan":"pro"})");
+  EXPECT_EQ(dest_->records.size(), 10u);
+}
+
+TEST_F(SyncEngineTest, RejectedRecordIsRetriedNextRunUntilItSucceeds) {
+  Load();
+  dest_->reject_keys = {"4"};
+  RunInfo run = Sync();
+  EXPECT_EQ(run.status, RunStatus::kPartial);
+  EXPECT_EQ(run.counts.failed, 1);
+  EXPECT_EQ(run.counts.succeeded, 9);
+  auto records = state_->GetRunRecords(run.id, "failed", 10);
+  ASSERT_TRUE(records.ok());
+  ASSERT_EQ(records->size(), 1u);
+  EXPECT_EQ((*records)[0].key, "4");
+  EXPECT_EQ((*records)[0].payload, R"({"customer_id":4,"email":"u4@x.io","plan":"free"})");
+  EXPECT_EQ((*records)[0].error_class, "record");
+  EXPECT_FALSE((*records)[0].recommended_action.empty());
+
+  // Unchanged in the model, but never delivered: sent again.
+  dest_->sent_keys.clear();
+  run = Sync();
+  EXPECT_EQ(dest_->sent_keys, (std::vector<std::string>{"4"}));
+  EXPECT_EQ(run.counts.failed, 1);
+
+  dest_->reject_keys.clear();
+  dest_->sent_keys.clear();
+  run = Sync();
+  EXPECT_EQ(run.status, RunStatus::kSucceeded);
+  EXPECT_EQ(dest_->sent_keys, (std::vector<std::string>{"4"}));
+  EXPECT_EQ(dest_->records.size(), 10u);
+  dest_->sent_keys.clear();
+  Sync();
+  EXPECT_TRUE(dest_->sent_keys.empty());
+}
+
+TEST_F(SyncEngineTest, DuplicateAndNullKeysAreRejectedAndNeverDeleted) {
+  Load();
+  Sync();
+  Exec("INSERT INTO customers VALUES (7, 'dup@x.io', 'free', 1)");
+  Exec("INSERT INTO customers VALUES (NULL, 'nokey@x.io', 'free', 1)");
+  dest_->sent_keys.clear();
+  RunInfo run = Sync();
+  EXPECT_EQ(run.status, RunStatus::kPartial);
+  EXPECT_EQ(run.counts.rejected, 3);  // both copies of 7, and the NULL key
+  EXPECT_EQ(run.counts.deleted, 0);
+  EXPECT_TRUE(dest_->sent_keys.empty());
+  EXPECT_EQ(dest_->records.count("7"), 1u);
+  auto records = state_->GetRunRecords(run.id, "rejected", 10);
+  ASSERT_TRUE(records.ok());
+  ASSERT_EQ(records->size(), 2u);
+  EXPECT_EQ((*records)[0].error, "the unique identifier id is NULL");
+  EXPECT_EQ((*records)[1].key, "7");
+  EXPECT_NE((*records)[1].error.find("2 rows have id = 7"), std::string::npos);
+}
+
+TEST_F(SyncEngineTest, ExtractionFailureMidStreamSendsAndDeletesNothing) {
+  Load();
+  Sync();
+  // abs() of INT64_MIN raises "integer overflow" when row 6 is reached.
+  Load("", "SELECT id, email, plan, CASE WHEN id = 6 THEN abs(-9223372036854775807 - 1) "
+           "ELSE age END AS age FROM customers");
+  dest_->sent_keys.clear();
+  RunInfo run = Sync();
+  EXPECT_EQ(run.status, RunStatus::kFailed);
+  EXPECT_NE(run.error.find("extraction failed after 5 rows"), std::string::npos) << run.error;
+  EXPECT_NE(run.error.find("integer overflow"), std::string::npos) << run.error;
+  EXPECT_EQ(run.counts.deleted, 0);
+  EXPECT_TRUE(dest_->sent_keys.empty());
+  EXPECT_EQ(dest_->records.size(), 10u);
+}
+
+TEST_F(SyncEngineTest, MissingMappedColumnFailsBeforeSending) {
+  Load("", "SELECT id, email FROM customers");
+  RunInfo run = Sync();
+  EXPECT_EQ(run.status, RunStatus::kFailed);
+  EXPECT_NE(run.error.find("maps column plan that model \"customers\" no longer returns"),
+            std::string::npos)
+      << run.error;
+  EXPECT_TRUE(dest_->sent_keys.empty());
+}
+
+TEST_F(SyncEngineTest, DryRunShowsChangesAndSendsNothing) {
+  Load();
+  SyncOptions options;
+  options.dry_run = true;
+  RunInfo run = Sync(options);
+  EXPECT_EQ(run.status, RunStatus::kSucceeded);
+  EXPECT_EQ(run.counts.added, 10);
+  EXPECT_EQ(run.counts.succeeded, 0);
+  EXPECT_TRUE(dest_->sent_keys.empty());
+  ASSERT_EQ(last_sample_.size(), 10u);
+  EXPECT_EQ(last_sample_[0].change, "added");
+  EXPECT_EQ(*state_->CheckpointSize("m"), 0);
+  // A real run afterwards still sends everything.
+  run = Sync();
+  EXPECT_EQ(run.counts.succeeded, 10);
+}
+
+TEST_F(SyncEngineTest, RecordSelectionSkipsButAdvancesUnselectedChanges) {
+  Load("    records: deleted");
+  RunInfo run = Sync();
+  EXPECT_EQ(run.counts.added, 10);
+  EXPECT_EQ(run.counts.skipped, 10);
+  EXPECT_TRUE(dest_->sent_keys.empty());
+  Exec("DELETE FROM customers WHERE id IN (1, 2)");
+  Exec("UPDATE customers SET plan = 'x' WHERE id = 3");
+  run = Sync();
+  EXPECT_EQ(run.counts.deleted, 2);
+  EXPECT_EQ(run.counts.updated, 1);
+  EXPECT_EQ(run.counts.skipped, 1);
+  EXPECT_EQ(dest_->sent_keys, (std::vector<std::string>{"1", "2"}));
+}
+
+TEST_F(SyncEngineTest, FullResyncResendsEveryRecord) {
+  Load();
+  Sync();
+  dest_->sent_keys.clear();
+  SyncOptions options;
+  options.full_resync = true;
+  RunInfo run = Sync(options);
+  EXPECT_EQ(run.counts.updated, 10);
+  EXPECT_EQ(dest_->sent_keys.size(), 10u);
+}
+
+TEST_F(SyncEngineTest, WholeBatchRefusalStopsTheRunAndLosesNothing) {
+  Load();
+  dest_->batch_error = absl::UnauthenticatedError("bad token");
+  RunInfo run = Sync();
+  EXPECT_EQ(run.status, RunStatus::kFailed);
+  EXPECT_EQ(dest_->batches, 1);  // stopped after the first refusal
+  EXPECT_EQ(run.counts.failed, 10);
+  EXPECT_NE(run.error.find("bad token"), std::string::npos);
+  dest_->batch_error = absl::OkStatus();
+  run = Sync();
+  EXPECT_EQ(run.status, RunStatus::kSucceeded);
+  EXPECT_EQ(run.counts.succeeded, 10);
+}
+
+TEST_F(SyncEngineTest, TypedFieldsAreCoercedAndBadValuesRejected) {
+  std::string yaml = R"(
+sources: [{ name: wh, type: sqlite, path: wh.db }]
+models:
+  - { name: customers, source: wh, primary_key: id,
+      sql: "SELECT id, email, CASE WHEN id = 2 THEN 'old' ELSE CAST(age AS TEXT) END AS age, 1 AS vip FROM customers" }
+destinations: [{ name: mem, type: memory }]
+mappings:
+  - { name: m, model: customers, destination: mem, action: typed, records: all,
+      fields: { email: email, age: age } }
+)";
+  LoadResult r = LoadWorkspaceFromString(yaml, (dir_ / "backflow.yaml").string(), registry_);
+  ASSERT_TRUE(r.ok()) << r.diagnostics[0].ToString();
+  workspace_ = std::move(r.workspace);
+  auto state = OpenSqliteStateStore((dir_ / "state.db").string());
+  ASSERT_TRUE(state.ok());
+  state_ = std::move(*state);
+  RunInfo run = Sync();
+  EXPECT_EQ(run.counts.rejected, 1);
+  EXPECT_EQ(run.counts.succeeded, 9);
+  EXPECT_EQ(dest_->records["1"], R"({"email":"u1@x.io","age":21,"vip":true})");
+  auto records = state_->GetRunRecords(run.id, "rejected", 10);
+  ASSERT_EQ(records->size(), 1u);
+  EXPECT_EQ((*records)[0].error, "field \"age\": cannot convert string value \"old\" to an integer");
+}
+
+TEST_F(SyncEngineTest, CommitOnFinishFailureKeepsRecordsPending) {
+  auto deferred = std::make_shared<MemoryDestinationState>();
+  registry_ = Registry();
+  ASSERT_TRUE(registry_.AddSource(SqliteSourceDefinition()).ok());
+  ASSERT_TRUE(registry_.AddDestination(MemoryDestinationDefinition(deferred, true)).ok());
+  Load();
+  deferred->finish_error = absl::UnavailableError("disk full");
+  RunInfo run = Sync();
+  EXPECT_EQ(run.status, RunStatus::kFailed);
+  EXPECT_EQ(run.counts.succeeded, 0);
+  EXPECT_EQ(run.counts.failed, 10);
+  EXPECT_EQ(*state_->CheckpointSize("m"), 0);
+  deferred->finish_error = absl::OkStatus();
+  run = Sync();
+  EXPECT_EQ(run.counts.succeeded, 10);
+  EXPECT_EQ(*state_->CheckpointSize("m"), 10);
+}
+
+}  // namespace
+}  // namespace backflow

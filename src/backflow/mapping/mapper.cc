@@ -1,0 +1,188 @@
+#include "backflow/mapping/mapper.h"
+
+#include <charconv>
+#include <cmath>
+
+#include "backflow/common/fmt_absl.h"
+#include "fmt/format.h"
+
+namespace backflow {
+
+absl::StatusOr<Mapper> Mapper::Create(const std::string& mapping_name,
+                                      const std::string& model_name,
+                                      const std::vector<MappedField>& fields,
+                                      const ActionSpec& action, const Schema& schema,
+                                      const std::string& primary_key) {
+  Mapper m;
+  m.mapping_ = mapping_name;
+  std::vector<std::string> missing;
+  for (const MappedField& f : fields) {
+    int index = FindColumn(schema, f.column);
+    if (index < 0) {
+      missing.push_back(f.column);
+      continue;
+    }
+    m.layout_.fields.push_back(f.field);
+    m.columns_.push_back(index);
+    m.specs_.push_back(action.FindField(f.field));
+    if (f.column == primary_key) {
+      m.layout_.identity.push_back(f.field);
+      m.identity_.push_back(static_cast<int>(m.columns_.size()) - 1);
+    }
+  }
+  // Declared fields left unmapped take their default column when the model has it.
+  for (const FieldSpec& spec : action.fields) {
+    if (spec.default_column.empty()) continue;
+    bool mapped = false;
+    for (const MappedField& f : fields) mapped |= f.field == spec.key;
+    if (mapped) continue;
+    int index = FindColumn(schema, spec.default_column);
+    if (index < 0) {
+      if (spec.required) missing.push_back(spec.default_column);
+      continue;
+    }
+    m.layout_.fields.push_back(spec.key);
+    m.columns_.push_back(index);
+    m.specs_.push_back(&spec);
+  }
+  if (!missing.empty()) {
+    std::vector<std::string> names;
+    for (const Column& c : schema) names.push_back(c.name);
+    return absl::FailedPreconditionError(fmt::format(
+        "mapping \"{}\" maps column{} {} that model \"{}\" no longer returns (its SQL returns: "
+        "{}); nothing was sent. Fix the model's SQL or the mapping's fields.",
+        mapping_name, missing.size() > 1 ? "s" : "", fmt::join(missing, ", "), model_name,
+        fmt::join(names, ", ")));
+  }
+  return m;
+}
+
+absl::Status Mapper::Map(const Row& row, Row& payload) const {
+  payload.resize(columns_.size());
+  for (size_t i = 0; i < columns_.size(); ++i) {
+    const Value& v = row[columns_[i]];
+    const FieldSpec* spec = specs_[i];
+    if (spec == nullptr) {
+      payload[i] = v;
+      continue;
+    }
+    if (v.is_null()) {
+      if (spec->required) {
+        return absl::InvalidArgumentError(
+            fmt::format("required field \"{}\" is null", layout_.fields[i]));
+      }
+      payload[i] = v;
+      continue;
+    }
+    auto coerced = CoerceValue(v, spec->type);
+    if (!coerced.ok()) {
+      return absl::InvalidArgumentError(
+          fmt::format("field \"{}\": {}", layout_.fields[i], coerced.status().message()));
+    }
+    payload[i] = *std::move(coerced);
+  }
+  return absl::OkStatus();
+}
+
+Row Mapper::Identity(const Row& payload) const {
+  Row out;
+  out.reserve(identity_.size());
+  for (int i : identity_) out.push_back(payload[i]);
+  return out;
+}
+
+Fingerprint Mapper::PayloadFingerprint(const Row& payload) const {
+  Hasher128 h;
+  for (const std::string& f : layout_.fields) h.Add(f);
+  std::string encoded;
+  EncodeRow(payload, encoded);
+  h.Add(encoded);
+  return h.Finish();
+}
+
+std::string Mapper::DedupId(std::string_view key, std::string_view change,
+                            const Fingerprint& fingerprint) const {
+  Hasher128 h;
+  h.Add(mapping_).Add(key).Add(change).Add(fingerprint.ToHex());
+  return h.Finish().ToHex();
+}
+
+absl::StatusOr<Value> CoerceValue(const Value& v, FieldType type) {
+  auto fail = [&](std::string_view want) {
+    return absl::InvalidArgumentError(fmt::format("cannot convert {} value \"{}\" to {}",
+                                                  ValueTypeName(v.type()), v.ToString(), want));
+  };
+  switch (type) {
+    case FieldType::kAny:
+    case FieldType::kObject:
+      return v;
+    case FieldType::kString:
+      if (v.type() == ValueType::kString) return v;
+      return Value::String(v.type() == ValueType::kJson ? v.text() : v.ToString());
+    case FieldType::kInteger: {
+      if (v.type() == ValueType::kInt64) return v;
+      if (v.type() == ValueType::kBool) return Value::Int64(v.bool_value());
+      if (v.type() == ValueType::kDouble) {
+        double d = v.double_value();
+        if (std::isfinite(d) && std::trunc(d) == d && std::fabs(d) < 9.2e18) {
+          return Value::Int64(static_cast<int64_t>(d));
+        }
+        return fail("an integer");
+      }
+      const std::string& t = v.text();
+      std::string_view digits = t;
+      if (v.type() == ValueType::kDecimal) digits = digits.substr(0, digits.find('.'));
+      if (v.type() == ValueType::kDecimal && digits.size() != t.size() &&
+          t.find_first_not_of('0', digits.size() + 1) != std::string::npos) {
+        return fail("an integer");
+      }
+      int64_t out = 0;
+      auto [ptr, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), out);
+      if (ec != std::errc() || ptr != digits.data() + digits.size() || digits.empty()) {
+        return fail("an integer");
+      }
+      return Value::Int64(out);
+    }
+    case FieldType::kNumber: {
+      if (v.type() == ValueType::kInt64 || v.type() == ValueType::kDouble ||
+          v.type() == ValueType::kDecimal) {
+        return v;
+      }
+      if (v.type() == ValueType::kString) {
+        double d = 0;
+        const std::string& t = v.text();
+        auto [ptr, ec] = std::from_chars(t.data(), t.data() + t.size(), d);
+        if (ec == std::errc() && ptr == t.data() + t.size() && !t.empty()) {
+          return Value::Text(ValueType::kDecimal, t);
+        }
+      }
+      return fail("a number");
+    }
+    case FieldType::kBoolean: {
+      if (v.type() == ValueType::kBool) return v;
+      if (v.type() == ValueType::kInt64 && (v.int_value() == 0 || v.int_value() == 1)) {
+        return Value::Bool(v.int_value() == 1);
+      }
+      if (v.type() == ValueType::kString) {
+        if (v.text() == "true" || v.text() == "t" || v.text() == "1") return Value::Bool(true);
+        if (v.text() == "false" || v.text() == "f" || v.text() == "0") return Value::Bool(false);
+      }
+      return fail("a boolean");
+    }
+    case FieldType::kTimestamp:
+      if (v.type() == ValueType::kTimestamp || v.type() == ValueType::kDate ||
+          v.type() == ValueType::kString) {
+        return Value::Text(ValueType::kTimestamp, v.text());
+      }
+      return fail("a timestamp");
+    case FieldType::kDate:
+      if (v.type() == ValueType::kDate) return v;
+      if (v.type() == ValueType::kTimestamp || v.type() == ValueType::kString) {
+        if (v.text().size() >= 10) return Value::Text(ValueType::kDate, v.text().substr(0, 10));
+      }
+      return fail("a date");
+  }
+  return v;
+}
+
+}  // namespace backflow

@@ -1,0 +1,60 @@
+// Mapper: turns a model row into an action payload for one mapping.
+//
+// Built once per run against the model's result schema, it resolves every
+// mapped column (a missing one is a run-level error, raised before anything
+// is sent), coerces values to the action's declared field types and computes
+// the payload fingerprint the change detection compares. Immutable after
+// Create(); safe to share between threads.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "backflow/catalog/definitions.h"
+#include "backflow/common/hash.h"
+#include "backflow/destinations/destination.h"
+#include "backflow/model/value.h"
+
+namespace backflow {
+
+class Mapper {
+ public:
+  // kFailedPrecondition when a mapped column is not in `schema`, naming the
+  // column, the model and the columns it does return.
+  static absl::StatusOr<Mapper> Create(const std::string& mapping_name,
+                                       const std::string& model_name,
+                                       const std::vector<MappedField>& fields,
+                                       const ActionSpec& action, const Schema& schema,
+                                       const std::string& primary_key);
+
+  const FieldLayout& layout() const { return layout_; }
+
+  // Fills `payload` (FieldLayout::fields order). kInvalidArgument, naming the
+  // field, when a required field is null or a value cannot be coerced to the
+  // field's declared type.
+  absl::Status Map(const Row& row, Row& payload) const;
+
+  // The identity values (FieldLayout::identity order) of a mapped payload.
+  Row Identity(const Row& payload) const;
+
+  // Fingerprint of a mapped payload: changes exactly when what would be sent
+  // changes (field keys included).
+  Fingerprint PayloadFingerprint(const Row& payload) const;
+
+  // Deterministic dedup id for a record change.
+  std::string DedupId(std::string_view key, std::string_view change,
+                      const Fingerprint& fingerprint) const;
+
+ private:
+  std::string mapping_;
+  FieldLayout layout_;
+  std::vector<int> columns_;           // schema index per field
+  std::vector<const FieldSpec*> specs_;  // declared spec per field, or null
+  std::vector<int> identity_;          // payload index per identity field
+};
+
+// Coerces `v` to a destination field type. kInvalidArgument when impossible.
+absl::StatusOr<Value> CoerceValue(const Value& v, FieldType type);
+
+}  // namespace backflow

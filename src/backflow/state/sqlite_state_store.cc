@@ -1,0 +1,430 @@
+// SQLite implementation of StateStore (see state_store.h).
+//
+// WAL mode with synchronous=FULL: a committed checkpoint survives a process
+// kill and a power loss. Checkpoint scans use a second connection so they see
+// a stable snapshot while the engine commits acknowledgements.
+#include <signal.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "backflow/common/clock.h"
+#include "backflow/common/status_macros.h"
+#include "backflow/sqlite/database.h"
+#include "backflow/state/state_store.h"
+#include "fmt/format.h"
+
+namespace backflow {
+namespace {
+
+using sqlite::Database;
+using sqlite::Statement;
+
+// Each entry migrates the schema from version i to i+1. Append only.
+const char* const kMigrations[] = {
+    R"sql(
+CREATE TABLE runs (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  mapping TEXT NOT NULL,
+  model TEXT NOT NULL,
+  destination TEXT NOT NULL,
+  trigger TEXT NOT NULL,
+  dry_run INTEGER NOT NULL DEFAULT 0,
+  full_resync INTEGER NOT NULL DEFAULT 0,
+  status TEXT NOT NULL,
+  started_at TEXT NOT NULL,
+  finished_at TEXT,
+  duration_s REAL NOT NULL DEFAULT 0,
+  extracted INTEGER NOT NULL DEFAULT 0,
+  added INTEGER NOT NULL DEFAULT 0,
+  updated INTEGER NOT NULL DEFAULT 0,
+  deleted INTEGER NOT NULL DEFAULT 0,
+  unchanged INTEGER NOT NULL DEFAULT 0,
+  skipped INTEGER NOT NULL DEFAULT 0,
+  succeeded INTEGER NOT NULL DEFAULT 0,
+  failed INTEGER NOT NULL DEFAULT 0,
+  rejected INTEGER NOT NULL DEFAULT 0,
+  error TEXT NOT NULL DEFAULT '',
+  pid INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX runs_by_mapping ON runs (mapping, id);
+CREATE TABLE run_records (
+  run_id INTEGER NOT NULL REFERENCES runs (id),
+  seq INTEGER NOT NULL,
+  record_key TEXT NOT NULL,
+  outcome TEXT NOT NULL,
+  change TEXT NOT NULL,
+  error TEXT NOT NULL,
+  error_class TEXT NOT NULL,
+  payload TEXT NOT NULL,
+  recommended_action TEXT NOT NULL,
+  PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE checkpoints (
+  mapping TEXT NOT NULL,
+  record_key TEXT NOT NULL,
+  fingerprint BLOB NOT NULL,
+  identity BLOB NOT NULL,
+  PRIMARY KEY (mapping, record_key)
+) WITHOUT ROWID;
+)sql",
+};
+
+std::string_view Col(const Statement& s, int i) { return s.ColumnText(i); }
+
+class SqliteCheckpointScanner : public CheckpointScanner {
+ public:
+  SqliteCheckpointScanner(std::unique_ptr<Database> db, Statement stmt)
+      : db_(std::move(db)), stmt_(std::move(stmt)) {}
+  ~SqliteCheckpointScanner() override {
+    stmt_ = Statement();
+    (void)db_->Exec("COMMIT");
+  }
+
+  absl::StatusOr<bool> Next(CheckpointEntry& entry) override {
+    BACKFLOW_ASSIGN_OR_RETURN(bool more, stmt_.Step());
+    if (!more) return false;
+    entry.key.assign(stmt_.ColumnText(0));
+    std::string_view fp = stmt_.ColumnBlob(1);
+    entry.fingerprint = Fingerprint::FromBytes(fp.data(), fp.size());
+    entry.identity.assign(stmt_.ColumnBlob(2));
+    return true;
+  }
+
+ private:
+  std::unique_ptr<Database> db_;
+  Statement stmt_;
+};
+
+class SqliteStateStore : public StateStore {
+ public:
+  SqliteStateStore(std::string path, std::unique_ptr<Database> db)
+      : path_(std::move(path)), db_(std::move(db)) {}
+
+  absl::Status Migrate() {
+    BACKFLOW_RETURN_IF_ERROR(db_->Exec("PRAGMA journal_mode=WAL"));
+    BACKFLOW_RETURN_IF_ERROR(db_->Exec("PRAGMA synchronous=FULL"));
+    BACKFLOW_RETURN_IF_ERROR(db_->Exec("PRAGMA foreign_keys=ON"));
+    BACKFLOW_RETURN_IF_ERROR(db_->Exec("BEGIN IMMEDIATE"));
+    absl::Status status = [&]() -> absl::Status {
+      BACKFLOW_RETURN_IF_ERROR(db_->Exec(
+          "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+          "applied_at TEXT NOT NULL)"));
+      BACKFLOW_ASSIGN_OR_RETURN(Statement q,
+                                db_->Prepare("SELECT COALESCE(MAX(version), 0) FROM "
+                                             "schema_migrations"));
+      BACKFLOW_ASSIGN_OR_RETURN(bool row, q.Step());
+      int64_t version = row ? q.ColumnInt(0) : 0;
+      constexpr int64_t kLatest = std::size(kMigrations);
+      if (version > kLatest) {
+        return absl::FailedPreconditionError(fmt::format(
+            "state store {} has schema version {}, newer than this backflow ({}); upgrade "
+            "backflow",
+            path_, version, kLatest));
+      }
+      for (int64_t v = version; v < kLatest; ++v) {
+        BACKFLOW_RETURN_IF_ERROR(db_->Exec(kMigrations[v]));
+        BACKFLOW_ASSIGN_OR_RETURN(
+            Statement ins,
+            db_->Prepare("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)"));
+        ins.Bind(1, v + 1).Bind(2, FormatIso8601(SystemClock().Now()));
+        BACKFLOW_RETURN_IF_ERROR(ins.Run());
+      }
+      return absl::OkStatus();
+    }();
+    if (!status.ok()) {
+      (void)db_->Exec("ROLLBACK");
+      return status;
+    }
+    return db_->Exec("COMMIT");
+  }
+
+  absl::StatusOr<int64_t> CreateRun(const RunInfo& run) override {
+    BACKFLOW_ASSIGN_OR_RETURN(
+        Statement s,
+        db_->Prepare("INSERT INTO runs (mapping, model, destination, trigger, dry_run, "
+                     "full_resync, status, started_at, pid) VALUES (?,?,?,?,?,?,?,?,?)"));
+    s.Bind(1, run.mapping)
+        .Bind(2, run.model)
+        .Bind(3, run.destination)
+        .Bind(4, run.trigger)
+        .Bind(5, int64_t{run.dry_run})
+        .Bind(6, int64_t{run.full_resync})
+        .Bind(7, RunStatusName(run.status))
+        .Bind(8, run.started_at)
+        .Bind(9, run.pid);
+    BACKFLOW_RETURN_IF_ERROR(s.Run());
+    return db_->LastInsertId();
+  }
+
+  absl::Status UpdateRun(const RunInfo& run) override {
+    BACKFLOW_ASSIGN_OR_RETURN(
+        Statement s,
+        db_->Prepare("UPDATE runs SET status=?, finished_at=?, duration_s=?, extracted=?, "
+                     "added=?, updated=?, deleted=?, unchanged=?, skipped=?, succeeded=?, "
+                     "failed=?, rejected=?, error=? WHERE id=?"));
+    const RunCounts& c = run.counts;
+    s.Bind(1, RunStatusName(run.status));
+    if (run.finished_at.empty()) {
+      s.BindNull(2);
+    } else {
+      s.Bind(2, run.finished_at);
+    }
+    s.BindDouble(3, run.duration_s)
+        .Bind(4, c.extracted)
+        .Bind(5, c.added)
+        .Bind(6, c.updated)
+        .Bind(7, c.deleted)
+        .Bind(8, c.unchanged)
+        .Bind(9, c.skipped)
+        .Bind(10, c.succeeded)
+        .Bind(11, c.failed)
+        .Bind(12, c.rejected)
+        .Bind(13, run.error)
+        .Bind(14, run.id);
+    return s.Run();
+  }
+
+  absl::Status AddRunRecords(int64_t run_id, const std::vector<RunRecord>& records) override {
+    if (records.empty()) return absl::OkStatus();
+    BACKFLOW_RETURN_IF_ERROR(db_->Exec("BEGIN IMMEDIATE"));
+    absl::Status status = [&]() -> absl::Status {
+      BACKFLOW_ASSIGN_OR_RETURN(
+          Statement seq_q,
+          db_->Prepare("SELECT COALESCE(MAX(seq), 0) FROM run_records WHERE run_id=?"));
+      seq_q.Bind(1, run_id);
+      BACKFLOW_ASSIGN_OR_RETURN(bool row, seq_q.Step());
+      int64_t seq = row ? seq_q.ColumnInt(0) : 0;
+      BACKFLOW_ASSIGN_OR_RETURN(
+          Statement s, db_->Prepare("INSERT INTO run_records (run_id, seq, record_key, outcome, "
+                                    "change, error, error_class, payload, recommended_action) "
+                                    "VALUES (?,?,?,?,?,?,?,?,?)"));
+      for (const RunRecord& r : records) {
+        s.Bind(1, run_id)
+            .Bind(2, ++seq)
+            .Bind(3, r.key)
+            .Bind(4, r.outcome)
+            .Bind(5, r.change)
+            .Bind(6, r.error)
+            .Bind(7, r.error_class)
+            .Bind(8, r.payload)
+            .Bind(9, r.recommended_action);
+        BACKFLOW_RETURN_IF_ERROR(s.Run());
+      }
+      return absl::OkStatus();
+    }();
+    if (!status.ok()) {
+      (void)db_->Exec("ROLLBACK");
+      return status;
+    }
+    return db_->Exec("COMMIT");
+  }
+
+  static RunInfo ReadRun(const Statement& s) {
+    RunInfo r;
+    r.id = s.ColumnInt(0);
+    r.mapping = Col(s, 1);
+    r.model = Col(s, 2);
+    r.destination = Col(s, 3);
+    r.trigger = Col(s, 4);
+    r.dry_run = s.ColumnInt(5) != 0;
+    r.full_resync = s.ColumnInt(6) != 0;
+    r.status = ParseRunStatus(Col(s, 7)).value_or(RunStatus::kFailed);
+    r.started_at = Col(s, 8);
+    r.finished_at = Col(s, 9);
+    r.duration_s = s.ColumnDouble(10);
+    RunCounts& c = r.counts;
+    c.extracted = s.ColumnInt(11);
+    c.added = s.ColumnInt(12);
+    c.updated = s.ColumnInt(13);
+    c.deleted = s.ColumnInt(14);
+    c.unchanged = s.ColumnInt(15);
+    c.skipped = s.ColumnInt(16);
+    c.succeeded = s.ColumnInt(17);
+    c.failed = s.ColumnInt(18);
+    c.rejected = s.ColumnInt(19);
+    r.error = Col(s, 20);
+    r.pid = s.ColumnInt(21);
+    return r;
+  }
+
+  static constexpr const char* kRunColumns =
+      "id, mapping, model, destination, trigger, dry_run, full_resync, status, started_at, "
+      "finished_at, duration_s, extracted, added, updated, deleted, unchanged, skipped, "
+      "succeeded, failed, rejected, error, pid";
+
+  absl::StatusOr<RunInfo> GetRun(int64_t id) override {
+    BACKFLOW_ASSIGN_OR_RETURN(
+        Statement s, db_->Prepare(fmt::format("SELECT {} FROM runs WHERE id=?", kRunColumns)));
+    s.Bind(1, id);
+    BACKFLOW_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) {
+      return absl::NotFoundError(
+          fmt::format("no run with id {}; list runs with `backflow runs list`", id));
+    }
+    return ReadRun(s);
+  }
+
+  absl::StatusOr<std::vector<RunInfo>> ListRuns(const std::string& mapping, int limit) override {
+    BACKFLOW_ASSIGN_OR_RETURN(
+        Statement s, db_->Prepare(fmt::format("SELECT {} FROM runs WHERE (?1 = '' OR mapping = "
+                                              "?1) ORDER BY id DESC LIMIT ?2",
+                                              kRunColumns)));
+    s.Bind(1, mapping).Bind(2, int64_t{limit});
+    std::vector<RunInfo> runs;
+    while (true) {
+      BACKFLOW_ASSIGN_OR_RETURN(bool row, s.Step());
+      if (!row) break;
+      runs.push_back(ReadRun(s));
+    }
+    return runs;
+  }
+
+  absl::StatusOr<std::vector<RunRecord>> GetRunRecords(int64_t run_id, const std::string& outcome,
+                                                       int limit) override {
+    BACKFLOW_ASSIGN_OR_RETURN(
+        Statement s,
+        db_->Prepare("SELECT record_key, outcome, change, error, error_class, payload, "
+                     "recommended_action FROM run_records WHERE run_id=?1 AND (?2 = '' OR "
+                     "outcome = ?2) ORDER BY seq LIMIT ?3"));
+    s.Bind(1, run_id).Bind(2, outcome).Bind(3, int64_t{limit});
+    std::vector<RunRecord> out;
+    while (true) {
+      BACKFLOW_ASSIGN_OR_RETURN(bool row, s.Step());
+      if (!row) break;
+      RunRecord r;
+      r.key = Col(s, 0);
+      r.outcome = Col(s, 1);
+      r.change = Col(s, 2);
+      r.error = Col(s, 3);
+      r.error_class = Col(s, 4);
+      r.payload = Col(s, 5);
+      r.recommended_action = Col(s, 6);
+      out.push_back(std::move(r));
+    }
+    return out;
+  }
+
+  absl::StatusOr<int> MarkInterruptedRuns() override {
+    BACKFLOW_ASSIGN_OR_RETURN(Statement s,
+                              db_->Prepare("SELECT id, pid FROM runs WHERE status='running'"));
+    std::vector<int64_t> dead;
+    while (true) {
+      BACKFLOW_ASSIGN_OR_RETURN(bool row, s.Step());
+      if (!row) break;
+      auto pid = static_cast<pid_t>(s.ColumnInt(1));
+      if (pid == getpid()) continue;
+      if (pid <= 0 || (kill(pid, 0) != 0 && errno == ESRCH)) dead.push_back(s.ColumnInt(0));
+    }
+    BACKFLOW_ASSIGN_OR_RETURN(
+        Statement u, db_->Prepare("UPDATE runs SET status='interrupted', error=? WHERE id=?"));
+    for (int64_t id : dead) {
+      u.Bind(1,
+             "the process running this sync stopped before it finished; records it had not "
+             "confirmed are sent again by the next run")
+          .Bind(2, id);
+      BACKFLOW_RETURN_IF_ERROR(u.Run());
+    }
+    return static_cast<int>(dead.size());
+  }
+
+  absl::StatusOr<std::unique_ptr<CheckpointScanner>> ScanCheckpoint(
+      const std::string& mapping) override {
+    BACKFLOW_ASSIGN_OR_RETURN(auto reader,
+                              Database::Open(path_, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX));
+    BACKFLOW_RETURN_IF_ERROR(reader->Exec("BEGIN"));
+    BACKFLOW_ASSIGN_OR_RETURN(
+        Statement s, reader->Prepare("SELECT record_key, fingerprint, identity FROM checkpoints "
+                                     "WHERE mapping=? ORDER BY record_key"));
+    s.Bind(1, mapping);
+    return std::unique_ptr<CheckpointScanner>(
+        new SqliteCheckpointScanner(std::move(reader), std::move(s)));
+  }
+
+  absl::Status ApplyCheckpoint(const std::string& mapping,
+                               const std::vector<CheckpointUpdate>& updates) override {
+    if (updates.empty()) return absl::OkStatus();
+    if (!upsert_stmt_.raw()) {
+      BACKFLOW_ASSIGN_OR_RETURN(
+          upsert_stmt_,
+          db_->Prepare("INSERT INTO checkpoints (mapping, record_key, fingerprint, identity) "
+                       "VALUES (?,?,?,?) ON CONFLICT (mapping, record_key) DO UPDATE SET "
+                       "fingerprint=excluded.fingerprint, identity=excluded.identity"));
+      BACKFLOW_ASSIGN_OR_RETURN(
+          delete_stmt_, db_->Prepare("DELETE FROM checkpoints WHERE mapping=? AND record_key=?"));
+    }
+    BACKFLOW_RETURN_IF_ERROR(db_->Exec("BEGIN IMMEDIATE"));
+    for (const CheckpointUpdate& u : updates) {
+      absl::Status status;
+      if (u.remove) {
+        status = delete_stmt_.Bind(1, mapping).Bind(2, u.key).Run();
+      } else {
+        auto fp = u.fingerprint.ToBytes();
+        status = upsert_stmt_.Bind(1, mapping)
+                     .Bind(2, u.key)
+                     .BindBlob(3, std::string_view(reinterpret_cast<const char*>(fp.data()),
+                                                   fp.size()))
+                     .BindBlob(4, u.identity)
+                     .Run();
+      }
+      if (!status.ok()) {
+        (void)db_->Exec("ROLLBACK");
+        return status;
+      }
+    }
+    return db_->Exec("COMMIT");
+  }
+
+  absl::StatusOr<int64_t> CheckpointSize(const std::string& mapping) override {
+    BACKFLOW_ASSIGN_OR_RETURN(Statement s,
+                              db_->Prepare("SELECT COUNT(*) FROM checkpoints WHERE mapping=?"));
+    s.Bind(1, mapping);
+    BACKFLOW_ASSIGN_OR_RETURN(bool row, s.Step());
+    return row ? s.ColumnInt(0) : 0;
+  }
+
+ private:
+  std::string path_;
+  std::unique_ptr<Database> db_;
+  Statement upsert_stmt_;
+  Statement delete_stmt_;
+};
+
+}  // namespace
+
+std::string_view RunStatusName(RunStatus s) {
+  switch (s) {
+    case RunStatus::kRunning: return "running";
+    case RunStatus::kSucceeded: return "succeeded";
+    case RunStatus::kPartial: return "partial";
+    case RunStatus::kFailed: return "failed";
+    case RunStatus::kInterrupted: return "interrupted";
+  }
+  return "failed";
+}
+
+absl::StatusOr<RunStatus> ParseRunStatus(std::string_view name) {
+  for (auto s : {RunStatus::kRunning, RunStatus::kSucceeded, RunStatus::kPartial,
+                 RunStatus::kFailed, RunStatus::kInterrupted}) {
+    if (RunStatusName(s) == name) return s;
+  }
+  return absl::InvalidArgumentError(fmt::format("unknown run status \"{}\"", name));
+}
+
+absl::StatusOr<std::unique_ptr<StateStore>> OpenSqliteStateStore(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+  if (ec) {
+    return absl::UnavailableError(
+        fmt::format("cannot create the state folder {}: {}", parent.string(), ec.message()));
+  }
+  BACKFLOW_ASSIGN_OR_RETURN(
+      auto db, Database::Open(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                                        SQLITE_OPEN_NOMUTEX));
+  auto store = std::make_unique<SqliteStateStore>(path, std::move(db));
+  BACKFLOW_RETURN_IF_ERROR(store->Migrate());
+  return std::unique_ptr<StateStore>(std::move(store));
+}
+
+}  // namespace backflow

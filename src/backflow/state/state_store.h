@@ -1,0 +1,123 @@
+// StateStore: durable run history, per-record failures and per-mapping
+// checkpoints (what each mapping last delivered successfully).
+//
+// The checkpoint of a mapping maps a record key to the fingerprint of the
+// payload the destination last accepted, plus the identity values a delete
+// needs. It only advances through ApplyCheckpoint(), which the engine calls
+// after the destination acknowledged records, so a crash can lose at most the
+// acknowledgement of the batch in flight (that batch is re-sent), never a change.
+//
+// Implementations are used from one thread at a time; ScanCheckpoint() readers
+// see a consistent snapshot even while ApplyCheckpoint() commits.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "backflow/common/hash.h"
+
+namespace backflow {
+
+enum class RunStatus { kRunning, kSucceeded, kPartial, kFailed, kInterrupted };
+std::string_view RunStatusName(RunStatus s);
+absl::StatusOr<RunStatus> ParseRunStatus(std::string_view name);
+
+struct RunCounts {
+  int64_t extracted = 0;
+  int64_t added = 0;
+  int64_t updated = 0;
+  int64_t deleted = 0;
+  int64_t unchanged = 0;
+  int64_t skipped = 0;  // changes the mapping's record selection does not send
+  int64_t succeeded = 0;
+  int64_t failed = 0;
+  int64_t rejected = 0;
+};
+
+struct RunInfo {
+  int64_t id = 0;
+  std::string mapping;
+  std::string model;
+  std::string destination;
+  std::string trigger = "cli";
+  bool dry_run = false;
+  bool full_resync = false;
+  RunStatus status = RunStatus::kRunning;
+  std::string started_at;   // ISO-8601 UTC
+  std::string finished_at;  // empty while running
+  double duration_s = 0;
+  RunCounts counts;
+  std::string error;  // run-level error, empty when none
+  int64_t pid = 0;
+};
+
+struct RunRecord {
+  std::string key;
+  std::string outcome;  // "failed" or "rejected"
+  std::string change;   // "added", "updated", "deleted" or "" for rejected rows
+  std::string error;
+  std::string error_class;  // see RetryClassName()
+  std::string payload;      // JSON of what was (or would have been) sent
+  std::string recommended_action;
+};
+
+struct CheckpointEntry {
+  std::string key;
+  Fingerprint fingerprint;
+  std::string identity;  // EncodeRow() of the identity values
+};
+
+struct CheckpointUpdate {
+  std::string key;
+  bool remove = false;  // true: the record was deleted in the destination
+  Fingerprint fingerprint;
+  std::string identity;
+};
+
+// Ordered reader over one mapping's checkpoint.
+class CheckpointScanner {
+ public:
+  virtual ~CheckpointScanner() = default;
+  // Next entry in ascending byte order of key; false at the end.
+  virtual absl::StatusOr<bool> Next(CheckpointEntry& entry) = 0;
+};
+
+class StateStore {
+ public:
+  virtual ~StateStore() = default;
+
+  // Inserts a run in status kRunning and returns its id.
+  virtual absl::StatusOr<int64_t> CreateRun(const RunInfo& run) = 0;
+  // Writes the run's counts, status, error and end time.
+  virtual absl::Status UpdateRun(const RunInfo& run) = 0;
+  virtual absl::Status AddRunRecords(int64_t run_id, const std::vector<RunRecord>& records) = 0;
+  // kNotFound for an unknown id.
+  virtual absl::StatusOr<RunInfo> GetRun(int64_t id) = 0;
+  // Newest first; `mapping` empty means all mappings.
+  virtual absl::StatusOr<std::vector<RunInfo>> ListRuns(const std::string& mapping,
+                                                        int limit) = 0;
+  // `outcome` empty means all outcomes.
+  virtual absl::StatusOr<std::vector<RunRecord>> GetRunRecords(int64_t run_id,
+                                                               const std::string& outcome,
+                                                               int limit) = 0;
+  // Marks runs left in kRunning by processes that no longer exist as
+  // kInterrupted. Returns how many were marked.
+  virtual absl::StatusOr<int> MarkInterruptedRuns() = 0;
+
+  virtual absl::StatusOr<std::unique_ptr<CheckpointScanner>> ScanCheckpoint(
+      const std::string& mapping) = 0;
+  // Applies all updates atomically and durably.
+  virtual absl::Status ApplyCheckpoint(const std::string& mapping,
+                                       const std::vector<CheckpointUpdate>& updates) = 0;
+  virtual absl::StatusOr<int64_t> CheckpointSize(const std::string& mapping) = 0;
+};
+
+// Opens (creating and migrating if needed) a SQLite state store at `path`.
+absl::StatusOr<std::unique_ptr<StateStore>> OpenSqliteStateStore(const std::string& path);
+
+}  // namespace backflow
