@@ -30,6 +30,7 @@ struct SettingSpec {
   SettingType type = SettingType::kString;
   bool required = false;
   bool secret = false;  // never logged or echoed; should come from ${env:...}
+  bool is_path = false;  // a filesystem path: relative values resolve against the workspace folder
   nlohmann::json default_value;  // null when none
   std::vector<std::string> allowed_values;  // for kEnum
 };

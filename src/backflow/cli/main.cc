@@ -1,1 +1,680 @@
-int main() { return 0; }
+// `backflow`: the command-line interface (config as code).
+//
+// Exit codes: 0 success; 1 a run or command failed; 2 a sync finished but
+// some records failed or were rejected; 3 the workspace file is invalid.
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+
+#include "backflow/catalog/registry.h"
+#include "backflow/cli/output.h"
+#include "backflow/common/clock.h"
+#include "backflow/common/http_client.h"
+#include "backflow/common/json_writer.h"
+#include "backflow/config/workspace.h"
+#include "backflow/destinations/destination.h"
+#include "backflow/engine/sync_engine.h"
+#include "backflow/sources/source.h"
+#include "backflow/state/state_store.h"
+#include "fmt/format.h"
+#include "nlohmann/json.hpp"
+
+namespace backflow::cli {
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitFailed = 1;
+constexpr int kExitPartial = 2;
+constexpr int kExitInvalidConfig = 3;
+
+struct GlobalOptions {
+  std::string config = "backflow.yaml";
+  bool json = false;
+};
+
+void PrintError(const std::string& message) { fmt::print(stderr, "error: {}\n", message); }
+
+// Loads the workspace; prints diagnostics (warnings too) to stderr.
+std::optional<Workspace> Load(const GlobalOptions& g, bool quiet_warnings = false) {
+  LoadResult result = LoadWorkspace(g.config, BuiltinRegistry());
+  for (const Diagnostic& d : result.diagnostics) {
+    if (!d.is_error() && quiet_warnings) continue;
+    fmt::print(stderr, "{}\n", d.ToString());
+  }
+  if (!result.ok()) {
+    fmt::print(stderr, "{} error{} in {}; run `backflow validate` after fixing them\n",
+               result.error_count(), result.error_count() == 1 ? "" : "s", g.config);
+    return std::nullopt;
+  }
+  return std::move(result.workspace);
+}
+
+std::string StatePath(const Workspace& ws) { return ws.state_url.substr(strlen("sqlite:")); }
+
+std::string StateDir(const Workspace& ws) {
+  return std::filesystem::path(StatePath(ws)).parent_path().string();
+}
+
+absl::StatusOr<std::unique_ptr<StateStore>> OpenState(const Workspace& ws) {
+  return OpenSqliteStateStore(StatePath(ws));
+}
+
+// ---------------------------------------------------------------- validate
+
+int Validate(const GlobalOptions& g) {
+  LoadResult result = LoadWorkspace(g.config, BuiltinRegistry());
+  if (g.json) {
+    nlohmann::json out;
+    out["valid"] = result.ok();
+    out["file"] = g.config;
+    out["diagnostics"] = nlohmann::json::array();
+    for (const Diagnostic& d : result.diagnostics) {
+      out["diagnostics"].push_back({{"severity", d.is_error() ? "error" : "warning"},
+                                    {"file", d.file},
+                                    {"line", d.line},
+                                    {"column", d.column},
+                                    {"path", d.path},
+                                    {"message", d.message},
+                                    {"hint", d.hint}});
+    }
+    fmt::print("{}\n", out.dump());
+    return result.ok() ? kExitOk : kExitInvalidConfig;
+  }
+  for (const Diagnostic& d : result.diagnostics) fmt::print("{}\n", d.ToString());
+  if (!result.ok()) {
+    fmt::print("{}: {} error{}\n", g.config, result.error_count(),
+               result.error_count() == 1 ? "" : "s");
+    return kExitInvalidConfig;
+  }
+  const Workspace& ws = result.workspace;
+  fmt::print("{} is valid: {} source{}, {} model{}, {} destination{}, {} mapping{}\n", g.config,
+             ws.sources.size(), ws.sources.size() == 1 ? "" : "s", ws.models.size(),
+             ws.models.size() == 1 ? "" : "s", ws.destinations.size(),
+             ws.destinations.size() == 1 ? "" : "s", ws.mappings.size(),
+             ws.mappings.size() == 1 ? "" : "s");
+  return kExitOk;
+}
+
+// --------------------------------------------------------- test-connection
+
+int TestConnection(const GlobalOptions& g, const std::string& name) {
+  auto ws = Load(g, true);
+  if (!ws) return kExitInvalidConfig;
+  auto http = NewCurlHttpClient();
+  ConnectorEnv env{http.get(), &SystemClock()};
+  std::string kind, type;
+  absl::Status status;
+  auto start = std::chrono::steady_clock::now();
+  if (const SourceConfig* s = ws->FindSource(name)) {
+    kind = "source";
+    type = s->type;
+    auto source = BuiltinRegistry().FindSource(s->type)->create(s->settings, env);
+    status = source.ok() ? (*source)->CheckConnection() : source.status();
+  } else if (const DestinationConfig* d = ws->FindDestination(name)) {
+    kind = "destination";
+    type = d->type;
+    auto dest = BuiltinRegistry().FindDestination(d->type)->create(d->settings, env);
+    status = dest.ok() ? (*dest)->CheckConnection() : dest.status();
+  } else {
+    std::vector<std::string> names;
+    for (const auto& s : ws->sources) names.push_back(s.name);
+    for (const auto& d : ws->destinations) names.push_back(d.name);
+    std::string suggestion = ClosestMatch(name, names);
+    PrintError(fmt::format("no source or destination named \"{}\"{}", name,
+                           suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)",
+                                                                 suggestion)));
+    return kExitFailed;
+  }
+  double elapsed =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (g.json) {
+    nlohmann::json out = {{"name", name}, {"kind", kind},         {"type", type},
+                          {"ok", status.ok()}, {"duration_s", elapsed}};
+    if (!status.ok()) out["error"] = std::string(status.message());
+    fmt::print("{}\n", out.dump());
+  } else if (status.ok()) {
+    fmt::print("ok: {} \"{}\" ({}) is reachable ({})\n", kind, name, type, Duration(elapsed));
+  } else {
+    fmt::print("failed: {} \"{}\" ({}): {}\n", kind, name, type, status.message());
+  }
+  return status.ok() ? kExitOk : kExitFailed;
+}
+
+// ----------------------------------------------------------------- preview
+
+int Preview(const GlobalOptions& g, const std::string& model_name, int limit) {
+  auto ws = Load(g, true);
+  if (!ws) return kExitInvalidConfig;
+  const ModelConfig* model = ws->FindModel(model_name);
+  if (model == nullptr) {
+    std::vector<std::string> names;
+    for (const auto& m : ws->models) names.push_back(m.name);
+    std::string suggestion = ClosestMatch(model_name, names);
+    PrintError(fmt::format("no model named \"{}\"{}", model_name,
+                           suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)",
+                                                                 suggestion)));
+    return kExitFailed;
+  }
+  const SourceConfig* sc = ws->FindSource(model->source);
+  auto http = NewCurlHttpClient();
+  ConnectorEnv env{http.get(), &SystemClock()};
+  auto source = BuiltinRegistry().FindSource(sc->type)->create(sc->settings, env);
+  absl::StatusOr<std::unique_ptr<RowReader>> reader =
+      source.ok() ? (*source)->Query(LimitQuery(model->sql, limit)) : source.status();
+  std::vector<Row> rows;
+  absl::Status status = reader.status();
+  if (reader.ok()) {
+    Row row;
+    while (true) {
+      auto more = (*reader)->Next(row);
+      if (!more.ok()) {
+        status = more.status();
+        break;
+      }
+      if (!*more) break;
+      rows.push_back(row);
+    }
+  }
+  if (!status.ok()) {
+    PrintError(fmt::format("model \"{}\" on source \"{}\": {}", model->name, model->source,
+                           status.message()));
+    return kExitFailed;
+  }
+  const Schema& schema = (*reader)->schema();
+  bool has_key = FindColumn(schema, model->primary_key) >= 0;
+  if (g.json) {
+    nlohmann::json out;
+    out["model"] = model->name;
+    out["primary_key"] = model->primary_key;
+    out["columns"] = nlohmann::json::array();
+    for (const Column& c : schema) {
+      out["columns"].push_back({{"name", c.name},
+                                {"type", std::string(ValueTypeName(c.type))},
+                                {"source_type", c.source_type}});
+    }
+    out["rows"] = nlohmann::json::array();
+    for (const Row& r : rows) {
+      std::string text = "[";
+      for (size_t i = 0; i < r.size(); ++i) {
+        if (i > 0) text += ",";
+        r[i].AppendJson(text);
+      }
+      out["rows"].push_back(nlohmann::json::parse(text + "]"));
+    }
+    fmt::print("{}\n", out.dump());
+    return has_key ? kExitOk : kExitFailed;
+  }
+  std::vector<std::vector<std::string>> table;
+  std::vector<std::string> header, types;
+  for (const Column& c : schema) {
+    header.push_back(c.name == model->primary_key ? c.name + " (key)" : c.name);
+    types.push_back(std::string(ValueTypeName(c.type)) +
+                    (c.source_type.empty() ? "" : " · " + c.source_type));
+  }
+  table.push_back(header);
+  table.push_back(types);
+  for (const Row& r : rows) {
+    std::vector<std::string> cells;
+    for (const Value& v : r) cells.push_back(v.is_null() ? "NULL" : v.ToString());
+    table.push_back(cells);
+  }
+  fmt::print("{}", Table(table));
+  fmt::print("{} row{} (first {} of model \"{}\" on source \"{}\")\n", rows.size(),
+             rows.size() == 1 ? "" : "s", limit, model->name, model->source);
+  if (!has_key) {
+    PrintError(fmt::format("the model's unique identifier column \"{}\" is not in the result",
+                           model->primary_key));
+    return kExitFailed;
+  }
+  return kExitOk;
+}
+
+// -------------------------------------------------------------------- sync
+
+void AppendRunJson(JsonWriter& w, const RunInfo& r) {
+  const RunCounts& c = r.counts;
+  w.Key("run_id").Int(r.id);
+  w.Key("mapping").String(r.mapping);
+  w.Key("status").String(RunStatusName(r.status));
+  w.Key("dry_run").Bool(r.dry_run);
+  w.Key("extracted").Int(c.extracted);
+  w.Key("added").Int(c.added);
+  w.Key("updated").Int(c.updated);
+  w.Key("deleted").Int(c.deleted);
+  w.Key("unchanged").Int(c.unchanged);
+  w.Key("skipped").Int(c.skipped);
+  w.Key("succeeded").Int(c.succeeded);
+  w.Key("failed").Int(c.failed);
+  w.Key("rejected").Int(c.rejected);
+  w.Key("duration_s").Double(std::round(r.duration_s * 1000) / 1000);
+  if (!r.error.empty()) w.Key("error").String(r.error);
+}
+
+void PrintRunSummary(const RunInfo& r, const std::vector<PlannedChange>& sample) {
+  const RunCounts& c = r.counts;
+  fmt::print("{} {} · {} ({} → {}) · {} in {}\n", r.dry_run ? "Dry run" : "Run", r.id,
+             r.mapping, r.model, r.destination, RunStatusName(r.status),
+             Duration(r.duration_s));
+  fmt::print("  extracted  {} rows\n", Thousands(c.extracted));
+  fmt::print("  changes    {} added · {} updated · {} deleted · {} unchanged", Thousands(c.added),
+             Thousands(c.updated), Thousands(c.deleted), Thousands(c.unchanged));
+  if (c.skipped > 0) fmt::print(" · {} not selected by `records`", Thousands(c.skipped));
+  fmt::print("\n");
+  if (r.dry_run) {
+    int64_t would = c.added + c.updated + c.deleted - c.skipped;
+    fmt::print("  would send {} records; nothing was sent\n", Thousands(would));
+    if (c.rejected > 0) fmt::print("  rejected   {} rows\n", Thousands(c.rejected));
+    if (!sample.empty()) {
+      std::vector<std::vector<std::string>> table = {{"change", "key", "payload"}};
+      for (const PlannedChange& p : sample) table.push_back({p.change, p.key, p.payload});
+      fmt::print("\n{}", Table(table, 100));
+      if (static_cast<int64_t>(sample.size()) < would) {
+        fmt::print("… and {} more\n", Thousands(would - static_cast<int64_t>(sample.size())));
+      }
+    }
+  } else {
+    fmt::print("  delivery   {} succeeded · {} failed · {} rejected\n", Thousands(c.succeeded),
+               Thousands(c.failed), Thousands(c.rejected));
+  }
+  if (!r.error.empty()) fmt::print("  error      {}\n", r.error);
+  if (c.failed > 0 || c.rejected > 0) {
+    fmt::print("  details    backflow runs show {}\n", r.id);
+  }
+}
+
+int Sync(const GlobalOptions& g, const std::string& mapping_name, const std::string& model_name,
+         bool dry_run, bool full_resync) {
+  auto ws = Load(g, true);
+  if (!ws) return kExitInvalidConfig;
+  std::string model;
+  std::vector<std::string> mappings;
+  if (!model_name.empty()) {
+    if (ws->FindModel(model_name) == nullptr) {
+      PrintError(fmt::format("no model named \"{}\"", model_name));
+      return kExitFailed;
+    }
+    model = model_name;
+    for (const MappingConfig& m : ws->mappings) {
+      if (m.model == model && m.enabled) mappings.push_back(m.name);
+    }
+    if (mappings.empty()) {
+      PrintError(fmt::format("model \"{}\" has no enabled mapping", model));
+      return kExitFailed;
+    }
+  } else {
+    const MappingConfig* m = ws->FindMapping(mapping_name);
+    if (m == nullptr) {
+      std::vector<std::string> names;
+      for (const auto& x : ws->mappings) names.push_back(x.name);
+      std::string suggestion = ClosestMatch(mapping_name, names);
+      PrintError(fmt::format("no mapping named \"{}\"{}", mapping_name,
+                             suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)",
+                                                                   suggestion)));
+      return kExitFailed;
+    }
+    if (!m->enabled) {
+      PrintError(fmt::format("mapping \"{}\" is disabled (enabled: false in {})", m->name,
+                             g.config));
+      return kExitFailed;
+    }
+    model = m->model;
+    mappings.push_back(m->name);
+  }
+  auto state = OpenState(*ws);
+  if (!state.ok()) {
+    PrintError(fmt::format("state store: {}", state.status().message()));
+    return kExitFailed;
+  }
+  auto http = NewCurlHttpClient();
+  SyncEngine engine(*ws, BuiltinRegistry(), **state, ConnectorEnv{http.get(), &SystemClock()},
+                    StateDir(*ws));
+  SyncOptions options;
+  options.dry_run = dry_run;
+  options.full_resync = full_resync;
+  bool tty = isatty(STDERR_FILENO);
+  if (tty) {
+    options.on_progress = [](const SyncProgress& p) {
+      double rate = 0;
+      std::string line;
+      if (p.phase == "extracting") {
+        rate = p.elapsed_s > 0 ? p.extracted / p.elapsed_s : 0;
+        line = fmt::format("extracting: {} rows ({} rows/s)", Thousands(p.extracted),
+                           Thousands(static_cast<int64_t>(rate)));
+      } else if (p.phase == "diffing") {
+        line = fmt::format("comparing {} rows with the last sync", Thousands(p.extracted));
+      } else if (p.phase == "sending") {
+        line = fmt::format("sending {}: {}/{} records", p.mapping, Thousands(p.sent),
+                           Thousands(p.to_send));
+      }
+      fmt::print(stderr, "\r\033[K{}", line);
+      if (p.phase == "done") fmt::print(stderr, "\r\033[K");
+      fflush(stderr);
+    };
+  }
+  auto results = engine.Run(model, mappings, options);
+  if (!results.ok()) {
+    PrintError(std::string(results.status().message()));
+    return kExitFailed;
+  }
+  int exit_code = kExitOk;
+  for (const MappingRunResult& r : *results) {
+    if (r.run.status == RunStatus::kFailed) {
+      exit_code = kExitFailed;
+    } else if (r.run.status == RunStatus::kPartial && exit_code == kExitOk) {
+      exit_code = kExitPartial;
+    }
+  }
+  if (!g.json) {
+    for (size_t i = 0; i < results->size(); ++i) {
+      if (i > 0) fmt::print("\n");
+      PrintRunSummary((*results)[i].run, (*results)[i].sample);
+    }
+    return exit_code;
+  }
+  JsonWriter w;
+  if (model_name.empty()) {
+    w.BeginObject();
+    AppendRunJson(w, (*results)[0].run);
+    if (dry_run) {
+      w.Key("changes").BeginArray();
+      for (const PlannedChange& p : (*results)[0].sample) {
+        w.BeginObject().Key("change").String(p.change).Key("key").String(p.key);
+        w.Key("payload").Raw(p.payload).EndObject();
+      }
+      w.EndArray();
+    }
+    w.EndObject();
+  } else {
+    RunCounts total;
+    double duration = 0;
+    for (const MappingRunResult& r : *results) {
+      total.succeeded += r.run.counts.succeeded;
+      total.failed += r.run.counts.failed;
+      total.rejected += r.run.counts.rejected;
+      total.added += r.run.counts.added;
+      total.updated += r.run.counts.updated;
+      total.deleted += r.run.counts.deleted;
+      total.extracted = r.run.counts.extracted;
+      duration = std::max(duration, r.run.duration_s);
+    }
+    w.BeginObject();
+    w.Key("model").String(model);
+    w.Key("run_id").Int((*results)[0].run.id);
+    w.Key("status").String(exit_code == kExitOk        ? "succeeded"
+                           : exit_code == kExitPartial ? "partial"
+                                                       : "failed");
+    w.Key("extracted").Int(total.extracted);
+    w.Key("added").Int(total.added);
+    w.Key("updated").Int(total.updated);
+    w.Key("deleted").Int(total.deleted);
+    w.Key("succeeded").Int(total.succeeded);
+    w.Key("failed").Int(total.failed);
+    w.Key("rejected").Int(total.rejected);
+    w.Key("duration_s").Double(std::round(duration * 1000) / 1000);
+    w.Key("runs").BeginArray();
+    for (const MappingRunResult& r : *results) {
+      w.BeginObject();
+      AppendRunJson(w, r.run);
+      w.EndObject();
+    }
+    w.EndArray().EndObject();
+  }
+  fmt::print("{}\n", w.str());
+  return exit_code;
+}
+
+// -------------------------------------------------------------------- runs
+
+int RunsList(const GlobalOptions& g, const std::string& mapping, int limit) {
+  auto ws = Load(g, true);
+  if (!ws) return kExitInvalidConfig;
+  auto state = OpenState(*ws);
+  if (!state.ok()) {
+    PrintError(fmt::format("state store: {}", state.status().message()));
+    return kExitFailed;
+  }
+  (void)(*state)->MarkInterruptedRuns();
+  auto runs = (*state)->ListRuns(mapping, limit);
+  if (!runs.ok()) {
+    PrintError(std::string(runs.status().message()));
+    return kExitFailed;
+  }
+  if (g.json) {
+    JsonWriter w;
+    w.BeginObject().Key("runs").BeginArray();
+    for (const RunInfo& r : *runs) {
+      w.BeginObject();
+      AppendRunJson(w, r);
+      w.Key("model").String(r.model).Key("destination").String(r.destination);
+      w.Key("started_at").String(r.started_at).Key("finished_at").String(r.finished_at);
+      w.EndObject();
+    }
+    w.EndArray().EndObject();
+    fmt::print("{}\n", w.str());
+    return kExitOk;
+  }
+  if (runs->empty()) {
+    fmt::print("no runs yet{}; start one with `backflow sync MAPPING`\n",
+               mapping.empty() ? "" : " for mapping \"" + mapping + "\"");
+    return kExitOk;
+  }
+  std::vector<std::vector<std::string>> table = {{"run", "mapping", "status", "started",
+                                                  "duration", "extracted", "added", "updated",
+                                                  "deleted", "succeeded", "failed", "rejected"}};
+  for (const RunInfo& r : *runs) {
+    const RunCounts& c = r.counts;
+    table.push_back({std::to_string(r.id), r.mapping,
+                     std::string(RunStatusName(r.status)) + (r.dry_run ? " (dry run)" : ""),
+                     r.started_at.substr(0, 19), Duration(r.duration_s), Thousands(c.extracted),
+                     Thousands(c.added), Thousands(c.updated), Thousands(c.deleted),
+                     Thousands(c.succeeded), Thousands(c.failed), Thousands(c.rejected)});
+  }
+  fmt::print("{}", Table(table));
+  return kExitOk;
+}
+
+int RunsShow(const GlobalOptions& g, int64_t id, int limit) {
+  auto ws = Load(g, true);
+  if (!ws) return kExitInvalidConfig;
+  auto state = OpenState(*ws);
+  if (!state.ok()) {
+    PrintError(fmt::format("state store: {}", state.status().message()));
+    return kExitFailed;
+  }
+  (void)(*state)->MarkInterruptedRuns();
+  auto run = (*state)->GetRun(id);
+  if (!run.ok()) {
+    PrintError(std::string(run.status().message()));
+    return kExitFailed;
+  }
+  auto records = (*state)->GetRunRecords(id, "", limit);
+  if (!records.ok()) {
+    PrintError(std::string(records.status().message()));
+    return kExitFailed;
+  }
+  if (g.json) {
+    JsonWriter w;
+    w.BeginObject();
+    AppendRunJson(w, *run);
+    w.Key("model").String(run->model).Key("destination").String(run->destination);
+    w.Key("trigger").String(run->trigger).Key("full_resync").Bool(run->full_resync);
+    w.Key("started_at").String(run->started_at).Key("finished_at").String(run->finished_at);
+    w.Key("records").BeginArray();
+    for (const RunRecord& r : *records) {
+      w.BeginObject();
+      w.Key("key").String(r.key).Key("outcome").String(r.outcome).Key("change").String(r.change);
+      w.Key("error").String(r.error).Key("error_class").String(r.error_class);
+      w.Key("payload").Raw(r.payload.empty() ? "null" : r.payload);
+      w.Key("recommended_action").String(r.recommended_action);
+      w.EndObject();
+    }
+    w.EndArray().EndObject();
+    fmt::print("{}\n", w.str());
+    return kExitOk;
+  }
+  PrintRunSummary(*run, {});
+  fmt::print("  started    {}{}\n", run->started_at,
+             run->finished_at.empty() ? "" : "  finished " + run->finished_at);
+  if (records->empty()) return kExitOk;
+  int64_t total = run->counts.failed + run->counts.rejected;
+  fmt::print("\n{} of {} failed or rejected records:\n", records->size(), Thousands(total));
+  for (const RunRecord& r : *records) {
+    fmt::print("\n  {} {} {}\n", r.outcome, r.change.empty() ? "row" : r.change,
+               r.key.empty() ? "(no key)" : "key " + r.key);
+    fmt::print("    error   {} [{}]\n", r.error, r.error_class);
+    fmt::print("    payload {}\n", r.payload);
+    fmt::print("    action  {}\n", r.recommended_action);
+  }
+  return kExitOk;
+}
+
+// ----------------------------------------------------------------- catalog
+
+nlohmann::json SettingsJson(const std::vector<SettingSpec>& settings) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const SettingSpec& s : settings) {
+    nlohmann::json j = {{"key", s.key},
+                        {"type", std::string(SettingTypeName(s.type))},
+                        {"required", s.required},
+                        {"secret", s.secret},
+                        {"description", s.description}};
+    if (!s.default_value.is_null()) j["default"] = s.default_value;
+    if (!s.allowed_values.empty()) j["allowed_values"] = s.allowed_values;
+    out.push_back(j);
+  }
+  return out;
+}
+
+int Catalog(const GlobalOptions& g) {
+  const Registry& r = BuiltinRegistry();
+  if (g.json) {
+    nlohmann::json out;
+    out["sources"] = nlohmann::json::array();
+    for (const SourceDefinition& s : r.sources()) {
+      out["sources"].push_back({{"type", s.type},
+                                {"title", s.title},
+                                {"description", s.description},
+                                {"maturity", s.maturity},
+                                {"settings", SettingsJson(s.settings)}});
+    }
+    out["destinations"] = nlohmann::json::array();
+    for (const DestinationDefinition& d : r.destinations()) {
+      nlohmann::json actions = nlohmann::json::array();
+      for (const ActionSpec& a : d.actions) {
+        nlohmann::json fields = nlohmann::json::array();
+        for (const FieldSpec& f : a.fields) {
+          fields.push_back({{"key", f.key},
+                            {"type", std::string(FieldTypeName(f.type))},
+                            {"required", f.required},
+                            {"identifier", f.identifier},
+                            {"default_column", f.default_column},
+                            {"description", f.description}});
+        }
+        std::vector<std::string> selections;
+        for (RecordSelection s : a.selections) selections.emplace_back(RecordSelectionName(s));
+        actions.push_back({{"id", a.id},
+                           {"title", a.title},
+                           {"description", a.description},
+                           {"records", selections},
+                           {"fields", fields},
+                           {"allows_extra_fields", a.allows_extra_fields},
+                           {"default_batch_records", a.default_batch_records},
+                           {"max_batch_records", a.max_batch_records}});
+      }
+      out["destinations"].push_back({{"type", d.type},
+                                     {"title", d.title},
+                                     {"description", d.description},
+                                     {"maturity", d.maturity},
+                                     {"settings", SettingsJson(d.settings)},
+                                     {"actions", actions}});
+    }
+    fmt::print("{}\n", out.dump(2));
+    return kExitOk;
+  }
+  fmt::print("Sources\n");
+  for (const SourceDefinition& s : r.sources()) {
+    fmt::print("  {:<10} {} [{}]\n", s.type, s.description, s.maturity);
+  }
+  fmt::print("\nDestinations\n");
+  for (const DestinationDefinition& d : r.destinations()) {
+    fmt::print("  {:<10} {} [{}]\n", d.type, d.description, d.maturity);
+    for (const ActionSpec& a : d.actions) {
+      fmt::print("    action {:<12} {} (batches of up to {})\n", a.id, a.title,
+                 a.max_batch_records);
+    }
+  }
+  fmt::print("\n`backflow catalog --json` prints every setting and field.\n");
+  return kExitOk;
+}
+
+int Main(int argc, char** argv) {
+  CLI::App app{"Backflow: sync warehouse rows into business tools (Reverse ETL)", "backflow"};
+  app.set_version_flag("--version", "backflow 0.1.0");
+  app.require_subcommand(1);
+  app.fallthrough();
+  GlobalOptions g;
+  app.add_option("-c,--config", g.config, "workspace file")->capture_default_str();
+  app.add_flag("--json", g.json, "machine-readable output");
+  int result = kExitOk;
+
+  auto* validate = app.add_subcommand("validate", "check the workspace file; lists every error");
+  validate->callback([&] { result = Validate(g); });
+
+  std::string name;
+  auto* test = app.add_subcommand("test-connection", "check a source's or destination's access");
+  test->add_option("NAME", name, "source or destination name")->required();
+  test->callback([&] { result = TestConnection(g, name); });
+
+  int limit = 10;
+  auto* preview = app.add_subcommand("preview", "show a model's first rows with column types");
+  preview->add_option("MODEL", name, "model name")->required();
+  preview->add_option("--limit", limit, "rows to show")->check(CLI::Range(1, 1000));
+  preview->callback([&] { result = Preview(g, name, limit); });
+
+  std::string model;
+  bool dry_run = false, full_resync = false;
+  auto* sync = app.add_subcommand("sync", "sync one mapping, or every enabled mapping of a model");
+  sync->add_option("MAPPING", name, "mapping name");
+  sync->add_option("--model", model, "sync every enabled mapping of MODEL from one extraction");
+  sync->add_flag("--dry-run", dry_run, "show the change set; send nothing");
+  sync->add_flag("--full-resync", full_resync,
+                 "send every record again, not only the changes");
+  sync->callback([&] {
+    if (name.empty() == model.empty()) {
+      throw CLI::ValidationError("sync", "give either MAPPING or --model MODEL");
+    }
+    result = Sync(g, name, model, dry_run, full_resync);
+  });
+
+  auto* runs = app.add_subcommand("runs", "inspect past runs");
+  runs->require_subcommand(1);
+  int runs_limit = 20;
+  auto* list = runs->add_subcommand("list", "recent runs, newest first");
+  list->add_option("MAPPING", name, "only this mapping's runs");
+  list->add_option("--limit", runs_limit, "how many runs")->check(CLI::Range(1, 10000));
+  list->callback([&] { result = RunsList(g, name, runs_limit); });
+  int64_t run_id = 0;
+  int records_limit = 50;
+  auto* show = runs->add_subcommand("show", "one run with its failed and rejected records");
+  show->add_option("RUN_ID", run_id, "run id")->required();
+  show->add_option("--limit", records_limit, "how many records")->check(CLI::Range(1, 100000));
+  show->callback([&] { result = RunsShow(g, run_id, records_limit); });
+
+  auto* catalog = app.add_subcommand("catalog", "list source and destination types");
+  catalog->callback([&] { result = Catalog(g); });
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  return result;
+}
+
+}  // namespace
+}  // namespace backflow::cli
+
+int main(int argc, char** argv) { return backflow::cli::Main(argc, argv); }

@@ -200,6 +200,13 @@ class Loader {
     if (path.is_absolute()) return path.lexically_normal().string();
     return (fs::path(result_.workspace.base_dir) / path).lexically_normal().string();
   }
+  void ResolvePathSettings(const std::vector<SettingSpec>& specs, nlohmann::json& settings) {
+    for (const SettingSpec& spec : specs) {
+      if (spec.is_path && settings.contains(spec.key) && settings[spec.key].is_string()) {
+        settings[spec.key] = ResolvePath(settings[spec.key].get<std::string>());
+      }
+    }
+  }
   std::string ReferenceHint(const std::string& what, const std::string& name,
                             const std::vector<std::string>& names) {
     std::string suggestion = ClosestMatch(name, names);
@@ -320,10 +327,7 @@ void Loader::LoadSources(const YAML::Node& root) {
       if (e[s.key].IsDefined()) source.settings[s.key] = ToJson(e[s.key], path + "." + s.key);
     }
     CheckSettingsAt(def->settings, source.settings, e, path);
-    if (source.type == "sqlite" && source.settings.contains("path") &&
-        source.settings["path"].is_string()) {
-      source.settings["path"] = ResolvePath(source.settings["path"].get<std::string>());
-    }
+    ResolvePathSettings(def->settings, source.settings);
     result_.workspace.sources.push_back(std::move(source));
   }
 }
@@ -487,6 +491,7 @@ void Loader::LoadDestinations(const YAML::Node& root) {
       dest.settings = ToJson(settings, spath);
     }
     CheckSettingsAt(def->settings, dest.settings, settings.IsDefined() ? settings : e, spath);
+    ResolvePathSettings(def->settings, dest.settings);
     result_.workspace.destinations.push_back(std::move(dest));
   }
 }

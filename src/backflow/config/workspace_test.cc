@@ -1,0 +1,217 @@
+#include "backflow/config/workspace.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include "backflow/destinations/testing/memory_destination.h"
+#include "backflow/sources/sqlite/sqlite_source.h"
+
+namespace backflow {
+namespace {
+
+class WorkspaceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(registry_.AddSource(SqliteSourceDefinition()).ok());
+    ASSERT_TRUE(registry_
+                    .AddDestination(testing::MemoryDestinationDefinition(
+                        std::make_shared<testing::MemoryDestinationState>()))
+                    .ok());
+  }
+  LoadResult Load(const std::string& yaml) {
+    return LoadWorkspaceFromString(yaml, "/ws/backflow.yaml", registry_);
+  }
+  // All error messages, one per line, as `validate` prints them.
+  std::string Errors(const LoadResult& r) {
+    std::string out;
+    for (const Diagnostic& d : r.diagnostics) {
+      if (d.is_error()) out += d.ToString() + "\n";
+    }
+    return out;
+  }
+  Registry registry_;
+};
+
+constexpr char kValid[] = R"(
+state: sqlite:.backflow/state.db
+sources:
+  - name: sample
+    type: sqlite
+    path: sample/warehouse.db
+models:
+  - name: customers
+    source: sample
+    sql: SELECT id, email FROM customers
+    primary_key: id
+    schedule: { days: [mon, thu], at: "09:00" }
+destinations:
+  - name: mem
+    type: memory
+    settings: { label: crm }
+mappings:
+  - name: to_mem
+    model: customers
+    destination: mem
+    action: upsert
+    records: added_or_updated
+    fields: { customer_id: id, email: email }
+    batch_size: 50
+)";
+
+TEST_F(WorkspaceTest, LoadsAValidWorkspace) {
+  LoadResult r = Load(kValid);
+  ASSERT_TRUE(r.ok()) << Errors(r);
+  const Workspace& ws = r.workspace;
+  EXPECT_EQ(ws.state_url, "sqlite:/ws/.backflow/state.db");
+  ASSERT_EQ(ws.sources.size(), 1u);
+  EXPECT_EQ(ws.sources[0].settings["path"], "/ws/sample/warehouse.db");
+  ASSERT_EQ(ws.models.size(), 1u);
+  EXPECT_EQ(ws.models[0].schedule.kind, Schedule::Kind::kWeekly);
+  EXPECT_EQ(ws.models[0].schedule.weekdays, (std::vector<int>{1, 4}));
+  EXPECT_EQ(ws.models[0].schedule.hour, 9);
+  EXPECT_EQ(ws.models[0].schedule.ToString(), "mon,thu at 09:00 UTC");
+  const MappingConfig* m = ws.FindMapping("to_mem");
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(m->records, RecordSelection::kAddedOrUpdated);
+  EXPECT_EQ(m->batch_size, 50);
+  ASSERT_EQ(m->fields.size(), 2u);
+  EXPECT_EQ(m->fields[0].field, "customer_id");
+  EXPECT_EQ(m->fields[0].column, "id");
+}
+
+TEST_F(WorkspaceTest, ReportsEveryErrorWithPositionAndHint) {
+  LoadResult r = Load(R"(
+sources:
+  - name: sample
+    type: sqlite
+    path: x.db
+models:
+  - name: customers
+    source: sampel
+    sql: SELECT 1
+    primary_key: id
+    schedule: { every: 5m }
+destinations:
+  - name: mem
+    type: memroy
+mappings:
+  - name: m
+    model: customer
+    destination: mem
+    action: upsert
+    records: some
+    fields: { a: b }
+    enabld: true
+)");
+  EXPECT_FALSE(r.ok());
+  std::string errors = Errors(r);
+  EXPECT_NE(errors.find("/ws/backflow.yaml:8:13: error: models[0].source: unknown source "
+                        "\"sampel\" (hint: did you mean \"sample\"?)"),
+            std::string::npos)
+      << errors;
+  EXPECT_NE(errors.find("models[0].schedule.every: unsupported interval \"5m\""),
+            std::string::npos)
+      << errors;
+  EXPECT_NE(errors.find("destinations[0].type: unknown destination type \"memroy\" (hint: did "
+                        "you mean \"memory\"?)"),
+            std::string::npos)
+      << errors;
+  EXPECT_NE(errors.find("mappings[0].model: unknown model \"customer\" (hint: did you mean "
+                        "\"customers\"?)"),
+            std::string::npos)
+      << errors;
+  EXPECT_NE(errors.find("mappings[0].records: unknown record selection \"some\""),
+            std::string::npos)
+      << errors;
+  EXPECT_NE(errors.find("mappings[0].enabld: unknown key \"enabld\" (hint: did you mean "
+                        "\"enabled\"?)"),
+            std::string::npos)
+      << errors;
+  // The mapping names a destination that failed to load: not reported twice.
+  EXPECT_EQ(errors.find("unknown destination \"mem\""), std::string::npos) << errors;
+  EXPECT_EQ(r.error_count(), 6u) << errors;
+}
+
+TEST_F(WorkspaceTest, ChecksActionFieldsAndSelections) {
+  LoadResult r = Load(R"(
+sources: [{ name: s, type: sqlite, path: x.db }]
+models: [{ name: m, source: s, sql: SELECT 1, primary_key: id }]
+destinations: [{ name: d, type: memory }]
+mappings:
+  - { name: a, model: m, destination: d, action: typed, records: deleted,
+      fields: { age: age, nickname: nick } }
+  - { name: b, model: m, destination: d, action: upsrt, fields: { x: y } }
+  - { name: c, model: m, destination: d, action: typed, fields: { email: e }, batch_size: 11 }
+)");
+  std::string errors = Errors(r);
+  EXPECT_NE(errors.find("action \"typed\" cannot send \"deleted\" records (hint: use one of: "
+                        "added_or_updated, all)"),
+            std::string::npos)
+      << errors;
+  EXPECT_NE(errors.find("action \"typed\" has no field \"nickname\""), std::string::npos)
+      << errors;
+  EXPECT_NE(errors.find("required field \"email\" is not mapped"), std::string::npos) << errors;
+  EXPECT_NE(errors.find("destination type \"memory\" has no action \"upsrt\" (hint: did you mean "
+                        "\"upsert\"?)"),
+            std::string::npos)
+      << errors;
+  EXPECT_NE(errors.find("mappings[2].batch_size: must be a whole number from 1 to 10"),
+            std::string::npos)
+      << errors;
+}
+
+TEST_F(WorkspaceTest, ResolvesEnvironmentAndWarnsAboutClearSecrets) {
+  setenv("BACKFLOW_TEST_LABEL", "from-env", 1);
+  unsetenv("BACKFLOW_TEST_MISSING");
+  LoadResult r = Load(R"(
+sources: [{ name: s, type: sqlite, path: x.db }]
+models: [{ name: m, source: s, sql: SELECT 1, primary_key: id }]
+destinations:
+  - { name: d, type: memory, settings: { label: "${env:BACKFLOW_TEST_LABEL}", token: hunter2 } }
+  - { name: e, type: memory, settings: { label: "${env:BACKFLOW_TEST_MISSING}" } }
+mappings: []
+)");
+  EXPECT_EQ(r.workspace.FindDestination("d")->settings["label"], "from-env");
+  std::string all;
+  for (const Diagnostic& d : r.diagnostics) all += d.ToString() + "\n";
+  EXPECT_NE(all.find("warning: destinations[0].settings.token: secret written in clear"),
+            std::string::npos)
+      << all;
+  EXPECT_NE(all.find("environment variable BACKFLOW_TEST_MISSING is not set"), std::string::npos)
+      << all;
+  EXPECT_EQ(all.find("hunter2"), std::string::npos);
+}
+
+TEST_F(WorkspaceTest, InvalidYamlIsOneDiagnosticWithPosition) {
+  LoadResult r = Load("sources:\n  - name: [unclosed\n");
+  ASSERT_EQ(r.diagnostics.size(), 1u);
+  EXPECT_EQ(r.diagnostics[0].line, 3);
+  EXPECT_NE(r.diagnostics[0].message.find("invalid YAML"), std::string::npos);
+}
+
+TEST_F(WorkspaceTest, DuplicateNamesAndMissingFile) {
+  LoadResult r = Load(R"(
+sources:
+  - { name: s, type: sqlite, path: a.db }
+  - { name: s, type: sqlite, path: b.db }
+)");
+  EXPECT_NE(Errors(r).find("duplicate source name \"s\""), std::string::npos);
+  LoadResult missing = LoadWorkspace("/nonexistent/backflow.yaml", registry_);
+  ASSERT_EQ(missing.diagnostics.size(), 1u);
+  EXPECT_NE(missing.diagnostics[0].message.find("cannot read the workspace file"),
+            std::string::npos);
+}
+
+TEST_F(WorkspaceTest, RejectsPostgresStateForNow) {
+  LoadResult r = Load("state: postgresql://localhost/backflow\n");
+  EXPECT_NE(Errors(r).find("state: a PostgreSQL state store is not supported"),
+            std::string::npos);
+}
+
+TEST(ClosestMatchTest, SuggestsOnlyPlausibleTypos) {
+  EXPECT_EQ(ClosestMatch("warehous", {"warehouse", "sample"}), "warehouse");
+  EXPECT_EQ(ClosestMatch("zzzz", {"warehouse", "sample"}), "");
+}
+
+}  // namespace
+}  // namespace backflow

@@ -1,0 +1,97 @@
+#include "backflow/mapping/mapper.h"
+
+#include <gtest/gtest.h>
+
+namespace backflow {
+namespace {
+
+ActionSpec TypedAction() {
+  ActionSpec a;
+  a.id = "typed";
+  a.fields = {{.key = "email", .type = FieldType::kString, .required = true},
+              {.key = "age", .type = FieldType::kInteger},
+              {.key = "vip", .type = FieldType::kBoolean},
+              {.key = "country", .type = FieldType::kString, .default_column = "country"}};
+  a.allows_extra_fields = true;
+  return a;
+}
+
+Schema TestSchema() {
+  return {{"id", ValueType::kInt64, ""},
+          {"email", ValueType::kString, ""},
+          {"age", ValueType::kString, ""},
+          {"vip", ValueType::kInt64, ""},
+          {"country", ValueType::kString, ""}};
+}
+
+TEST(MapperTest, MapsCoercesAndAddsDefaultColumns) {
+  ActionSpec action = TypedAction();
+  auto m = Mapper::Create("m", "customers",
+                          {{"id", "id"}, {"email", "email"}, {"age", "age"}, {"vip", "vip"}},
+                          action, TestSchema(), "id");
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->layout().fields, (std::vector<std::string>{"id", "email", "age", "vip", "country"}));
+  EXPECT_EQ(m->layout().identity, (std::vector<std::string>{"id"}));
+  Row payload;
+  Row row = {Value::Int64(7), Value::String("a@b.c"), Value::String("42"), Value::Int64(1),
+             Value::String("FR")};
+  ASSERT_TRUE(m->Map(row, payload).ok());
+  EXPECT_EQ(payload[2], Value::Int64(42));
+  EXPECT_EQ(payload[3], Value::Bool(true));
+  EXPECT_EQ(m->Identity(payload), (Row{Value::Int64(7)}));
+
+  row[2] = Value::String("forty");
+  absl::Status bad = m->Map(row, payload);
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(bad.message(), "field \"age\": cannot convert string value \"forty\" to an integer");
+  row[2] = Value::Null();
+  row[1] = Value::Null();
+  EXPECT_EQ(m->Map(row, payload).message(), "required field \"email\" is null");
+}
+
+TEST(MapperTest, FingerprintChangesWithPayloadAndFieldNames) {
+  ActionSpec action;
+  action.allows_extra_fields = true;
+  Schema schema = {{"id", ValueType::kInt64, ""}, {"email", ValueType::kString, ""}};
+  auto a = Mapper::Create("m", "c", {{"id", "id"}, {"email", "email"}}, action, schema, "id");
+  auto b = Mapper::Create("m", "c", {{"id", "id"}, {"mail", "email"}}, action, schema, "id");
+  Row p1 = {Value::Int64(1), Value::String("x")};
+  Row p2 = {Value::Int64(1), Value::String("y")};
+  EXPECT_EQ(a->PayloadFingerprint(p1), a->PayloadFingerprint(p1));
+  EXPECT_NE(a->PayloadFingerprint(p1), a->PayloadFingerprint(p2));
+  EXPECT_NE(a->PayloadFingerprint(p1), b->PayloadFingerprint(p1));
+  Fingerprint fp = a->PayloadFingerprint(p1);
+  EXPECT_EQ(a->DedupId("1", "added", fp), a->DedupId("1", "added", fp));
+  EXPECT_NE(a->DedupId("1", "added", fp), a->DedupId("1", "updated", fp));
+  EXPECT_EQ(a->DedupId("1", "added", fp).size(), 32u);
+}
+
+TEST(MapperTest, MissingColumnsFailWithTheColumnsTheModelReturns) {
+  ActionSpec action = TypedAction();
+  auto m = Mapper::Create("to_crm", "customers", {{"email", "mail"}, {"plan", "plan"}}, action,
+                          TestSchema(), "id");
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(m.status().message(),
+            "mapping \"to_crm\" maps columns mail, plan that model \"customers\" no longer "
+            "returns (its SQL returns: id, email, age, vip, country); nothing was sent. Fix the "
+            "model's SQL or the mapping's fields.");
+}
+
+TEST(CoerceValueTest, ConvertsBetweenCompatibleTypesOnly) {
+  EXPECT_EQ(*CoerceValue(Value::Text(ValueType::kDecimal, "12.000"), FieldType::kInteger),
+            Value::Int64(12));
+  EXPECT_FALSE(CoerceValue(Value::Text(ValueType::kDecimal, "12.5"), FieldType::kInteger).ok());
+  EXPECT_EQ(*CoerceValue(Value::Double(3.0), FieldType::kInteger), Value::Int64(3));
+  EXPECT_EQ(*CoerceValue(Value::Int64(5), FieldType::kString), Value::String("5"));
+  EXPECT_EQ(*CoerceValue(Value::String("2.5"), FieldType::kNumber),
+            Value::Text(ValueType::kDecimal, "2.5"));
+  EXPECT_FALSE(CoerceValue(Value::String("abc"), FieldType::kNumber).ok());
+  EXPECT_EQ(*CoerceValue(Value::String("false"), FieldType::kBoolean), Value::Bool(false));
+  EXPECT_EQ(*CoerceValue(Value::Text(ValueType::kTimestamp, "2024-01-02T00:00:00Z"),
+                         FieldType::kDate),
+            Value::Text(ValueType::kDate, "2024-01-02"));
+}
+
+}  // namespace
+}  // namespace backflow

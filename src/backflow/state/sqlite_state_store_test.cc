@@ -1,0 +1,162 @@
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "backflow/model/value.h"
+#include "backflow/state/state_store.h"
+#include "fmt/format.h"
+
+namespace backflow {
+namespace {
+
+namespace fs = std::filesystem;
+
+class SqliteStateStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    path_ = (fs::path(::testing::TempDir()) /
+             fmt::format("state-{}-{}/state.db", getpid(),
+                         ::testing::UnitTest::GetInstance()->current_test_info()->name()))
+                .string();
+    fs::remove_all(fs::path(path_).parent_path());
+    auto store = OpenSqliteStateStore(path_);
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = std::move(*store);
+  }
+
+  std::vector<CheckpointEntry> Scan(const std::string& mapping) {
+    auto scanner = store_->ScanCheckpoint(mapping);
+    EXPECT_TRUE(scanner.ok());
+    std::vector<CheckpointEntry> out;
+    CheckpointEntry e;
+    while (*(*scanner)->Next(e)) out.push_back(e);
+    return out;
+  }
+
+  std::string path_;
+  std::unique_ptr<StateStore> store_;
+};
+
+TEST_F(SqliteStateStoreTest, RunsRoundTripNewestFirst) {
+  RunInfo run;
+  run.mapping = "m";
+  run.model = "customers";
+  run.destination = "hook";
+  run.started_at = "2026-01-01T00:00:00.000Z";
+  run.pid = getpid();
+  auto id1 = store_->CreateRun(run);
+  auto id2 = store_->CreateRun(run);
+  ASSERT_TRUE(id1.ok() && id2.ok());
+  run.id = *id2;
+  run.status = RunStatus::kPartial;
+  run.counts.extracted = 10;
+  run.counts.failed = 2;
+  run.error = "";
+  run.finished_at = "2026-01-01T00:00:05.000Z";
+  run.duration_s = 5;
+  ASSERT_TRUE(store_->UpdateRun(run).ok());
+  auto got = store_->GetRun(*id2);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->status, RunStatus::kPartial);
+  EXPECT_EQ(got->counts.failed, 2);
+  EXPECT_EQ(got->finished_at, "2026-01-01T00:00:05.000Z");
+  auto runs = store_->ListRuns("m", 10);
+  ASSERT_EQ(runs->size(), 2u);
+  EXPECT_EQ((*runs)[0].id, *id2);
+  EXPECT_TRUE(store_->ListRuns("other", 10)->empty());
+  EXPECT_EQ(store_->GetRun(999).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(SqliteStateStoreTest, RunRecordsKeepOrderAndFilterByOutcome) {
+  RunInfo run;
+  run.mapping = "m";
+  auto id = store_->CreateRun(run);
+  ASSERT_TRUE(id.ok());
+  ASSERT_TRUE(store_->AddRunRecords(*id, {{.key = "1", .outcome = "failed", .error = "a"},
+                                          {.key = "2", .outcome = "rejected", .error = "b"}})
+                  .ok());
+  ASSERT_TRUE(store_->AddRunRecords(*id, {{.key = "3", .outcome = "failed", .error = "c"}}).ok());
+  auto all = store_->GetRunRecords(*id, "", 10);
+  ASSERT_EQ(all->size(), 3u);
+  EXPECT_EQ((*all)[2].key, "3");
+  auto failed = store_->GetRunRecords(*id, "failed", 10);
+  ASSERT_EQ(failed->size(), 2u);
+  EXPECT_EQ((*failed)[1].error, "c");
+}
+
+TEST_F(SqliteStateStoreTest, RunsOfDeadProcessesAreMarkedInterrupted) {
+  pid_t child = fork();
+  if (child == 0) _exit(0);
+  waitpid(child, nullptr, 0);  // a pid that no longer exists
+  RunInfo dead;
+  dead.mapping = "m";
+  dead.pid = child;
+  RunInfo alive = dead;
+  alive.pid = getpid();
+  auto dead_id = store_->CreateRun(dead);
+  auto alive_id = store_->CreateRun(alive);
+  EXPECT_EQ(*store_->MarkInterruptedRuns(), 1);
+  EXPECT_EQ(store_->GetRun(*dead_id)->status, RunStatus::kInterrupted);
+  EXPECT_EQ(store_->GetRun(*alive_id)->status, RunStatus::kRunning);
+}
+
+TEST_F(SqliteStateStoreTest, CheckpointScansInKeyOrderAndAppliesAtomically) {
+  auto fp = [](const char* s) { return Fingerprint128(s); };
+  ASSERT_TRUE(store_
+                  ->ApplyCheckpoint("m", {{.key = "b", .fingerprint = fp("b"), .identity = "ib"},
+                                          {.key = "a", .fingerprint = fp("a"), .identity = "ia"},
+                                          {.key = "c", .fingerprint = fp("c"), .identity = "ic"}})
+                  .ok());
+  ASSERT_TRUE(store_->ApplyCheckpoint("other", {{.key = "z", .fingerprint = fp("z")}}).ok());
+  std::vector<CheckpointEntry> entries = Scan("m");
+  ASSERT_EQ(entries.size(), 3u);
+  EXPECT_EQ(entries[0].key, "a");
+  EXPECT_EQ(entries[0].fingerprint, fp("a"));
+  EXPECT_EQ(entries[0].identity, "ia");
+  EXPECT_EQ(entries[2].key, "c");
+
+  ASSERT_TRUE(store_
+                  ->ApplyCheckpoint("m", {{.key = "a", .remove = true},
+                                          {.key = "b", .fingerprint = fp("b2"), .identity = "x"}})
+                  .ok());
+  entries = Scan("m");
+  ASSERT_EQ(entries.size(), 2u);
+  EXPECT_EQ(entries[0].key, "b");
+  EXPECT_EQ(entries[0].fingerprint, fp("b2"));
+  EXPECT_EQ(*store_->CheckpointSize("m"), 2);
+  EXPECT_EQ(*store_->CheckpointSize("other"), 1);
+}
+
+TEST_F(SqliteStateStoreTest, ScannerSeesASnapshotWhileCommitsHappen) {
+  auto fp = Fingerprint128("x");
+  std::vector<CheckpointUpdate> initial;
+  for (int i = 0; i < 100; ++i) initial.push_back({.key = fmt::format("k{:03}", i), .fingerprint = fp});
+  ASSERT_TRUE(store_->ApplyCheckpoint("m", initial).ok());
+  auto scanner = store_->ScanCheckpoint("m");
+  ASSERT_TRUE(scanner.ok());
+  CheckpointEntry e;
+  ASSERT_TRUE(*(*scanner)->Next(e));
+  // Commit while the scan is open: it must neither block nor change what the scan sees.
+  ASSERT_TRUE(store_->ApplyCheckpoint("m", {{.key = "k050", .remove = true},
+                                            {.key = "k100", .fingerprint = fp}})
+                  .ok());
+  int count = 1;
+  while (*(*scanner)->Next(e)) ++count;
+  EXPECT_EQ(count, 100);
+  EXPECT_EQ(*store_->CheckpointSize("m"), 100);
+}
+
+TEST_F(SqliteStateStoreTest, ReopeningKeepsDataAndSchema) {
+  RunInfo run;
+  run.mapping = "m";
+  ASSERT_TRUE(store_->CreateRun(run).ok());
+  store_.reset();
+  auto reopened = OpenSqliteStateStore(path_);
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  EXPECT_EQ((*reopened)->ListRuns("", 10)->size(), 1u);
+}
+
+}  // namespace
+}  // namespace backflow

@@ -190,7 +190,8 @@ SourceDefinition SqliteSourceDefinition() {
                    .label = "Database file",
                    .description = "path of the .db file, relative to the workspace file",
                    .type = SettingType::kString,
-                   .required = true}};
+                   .required = true,
+                   .is_path = true}};
   def.create = [](const nlohmann::json& settings,
                   const ConnectorEnv&) -> absl::StatusOr<std::unique_ptr<Source>> {
     return std::make_unique<SqliteSource>(settings.at("path").get<std::string>());

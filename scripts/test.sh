@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite: installs dependencies, checks formatting, builds with
+# AddressSanitizer + UndefinedBehaviorSanitizer and runs every test with ctest
+# (ctest itself starts a throwaway PostgreSQL server for the tests that need one).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+scripts/install-deps.sh
+scripts/check-format.sh
+
+build="${BACKFLOW_TEST_BUILD_DIR:-build-asan}"
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DBACKFLOW_SANITIZE=ON >/dev/null
+cmake --build "$build"
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+ctest --test-dir "$build" --output-on-failure -j2 --timeout 600

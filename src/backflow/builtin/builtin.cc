@@ -1,0 +1,38 @@
+// The connectors this binary ships: one line each.
+#include "backflow/catalog/registry.h"
+#include "backflow/destinations/file/file_destination.h"
+#include "backflow/destinations/postgres/postgres_destination.h"
+#include "backflow/destinations/webhook/webhook_destination.h"
+#include "backflow/sources/postgres/postgres_source.h"
+#include "backflow/sources/sqlite/sqlite_source.h"
+
+namespace backflow {
+namespace {
+
+void Add(absl::Status status) {
+  if (!status.ok()) {
+    // A malformed built-in definition is a programming error caught by tests.
+    fprintf(stderr, "backflow: invalid built-in connector: %s\n",
+            std::string(status.message()).c_str());
+    abort();
+  }
+}
+
+Registry* BuildRegistry() {
+  auto* registry = new Registry();
+  Add(registry->AddSource(SqliteSourceDefinition()));
+  Add(registry->AddSource(PostgresSourceDefinition()));
+  Add(registry->AddDestination(WebhookDestinationDefinition()));
+  Add(registry->AddDestination(FileDestinationDefinition()));
+  Add(registry->AddDestination(PostgresDestinationDefinition()));
+  return registry;
+}
+
+}  // namespace
+
+const Registry& BuiltinRegistry() {
+  static const Registry* registry = BuildRegistry();
+  return *registry;
+}
+
+}  // namespace backflow

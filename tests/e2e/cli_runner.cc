@@ -1,0 +1,70 @@
+#include "cli_runner.h"
+
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+namespace backflow::e2e {
+namespace {
+
+pid_t Spawn(const std::string& cwd, const std::vector<std::string>& args, const std::string& out,
+            const std::string& err) {
+  pid_t pid = fork();
+  if (pid != 0) return pid;
+  if (chdir(cwd.c_str()) != 0) _exit(127);
+  int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  int e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  dup2(o, STDOUT_FILENO);
+  dup2(e, STDERR_FILENO);
+  std::vector<char*> argv;
+  std::string binary = BackflowBinary();
+  argv.push_back(binary.data());
+  std::vector<std::string> copy = args;
+  for (std::string& a : copy) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  execv(binary.c_str(), argv.data());
+  _exit(127);
+}
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+}  // namespace
+
+std::string CliResult::LastLine() const {
+  std::string s = out;
+  while (!s.empty() && s.back() == '\n') s.pop_back();
+  size_t nl = s.rfind('\n');
+  return nl == std::string::npos ? s : s.substr(nl + 1);
+}
+
+std::string BackflowBinary() {
+  const char* b = std::getenv("BACKFLOW_BINARY");
+  return b != nullptr ? b : "backflow";
+}
+
+CliResult RunCli(const std::string& cwd, const std::vector<std::string>& args) {
+  std::string out = cwd + "/.cli.out", err = cwd + "/.cli.err";
+  pid_t pid = Spawn(cwd, args, out, err);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  CliResult r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = Slurp(out);
+  r.err = Slurp(err);
+  return r;
+}
+
+pid_t StartCli(const std::string& cwd, const std::vector<std::string>& args) {
+  return Spawn(cwd, args, "/dev/null", "/dev/null");
+}
+
+}  // namespace backflow::e2e
