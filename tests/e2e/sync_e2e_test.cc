@@ -1,14 +1,13 @@
 // End-to-end scenarios: the real `backflow` binary syncs a SQLite warehouse to
 // a protocol-faithful webhook receiver on loopback, and we check what the
 // receiver ends up holding against the model.
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/wait.h>
 
 #include <filesystem>
 #include <fstream>
-
-#include <gtest/gtest.h>
 
 #include "backflow/sqlite/database.h"
 #include "backflow/testing/webhook_receiver.h"
@@ -39,8 +38,8 @@ class SyncE2eTest : public ::testing::Test {
     options.signing_secret = kSecret;
     receiver_ = std::make_unique<WebhookReceiver>(options);
     ASSERT_TRUE(receiver_->Start().ok());
-    auto db = sqlite::Database::Open(dir_ + "/warehouse.db",
-                                     SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+    auto db =
+        sqlite::Database::Open(dir_ + "/warehouse.db", SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
     ASSERT_TRUE(db.ok());
     warehouse_ = std::move(*db);
     Exec("CREATE TABLE customers (id INTEGER, email TEXT, plan TEXT, ltv NUMERIC)");
@@ -61,7 +60,8 @@ class SyncE2eTest : public ::testing::Test {
 
   void WriteWorkspace(const std::string& sql = "SELECT id, email, plan, ltv FROM customers",
                       int batch_size = 25) {
-    std::ofstream(dir_ + "/backflow.yaml") << fmt::format(R"(
+    std::ofstream(dir_ + "/backflow.yaml")
+        << fmt::format(R"(
 state: sqlite:.backflow/state.db
 sources:
   - name: warehouse
@@ -89,8 +89,7 @@ mappings:
     batch_size: {}
     fields: {{ customer_id: id, email: email, plan: plan, ltv: ltv }}
 )",
-                                                          sql, receiver_->Url("/ingest"),
-                                                          batch_size);
+                       sql, receiver_->Url("/ingest"), batch_size);
   }
 
   CliResult Sync(std::vector<std::string> extra = {}) {
@@ -183,8 +182,7 @@ TEST_F(SyncE2eTest, RejectedRecordIsReportedAndRetriedNextRun) {
   EXPECT_EQ(s["failed"], 1);
   EXPECT_EQ(s["succeeded"], 199);
 
-  CliResult show = RunCli(dir_, {"runs", "show", std::to_string(s["run_id"].get<int>()),
-                                 "--json"});
+  CliResult show = RunCli(dir_, {"runs", "show", std::to_string(s["run_id"].get<int>()), "--json"});
   ASSERT_EQ(show.exit_code, 0) << show.err;
   nlohmann::json run = nlohmann::json::parse(show.LastLine());
   ASSERT_EQ(run["records"].size(), 1u);
@@ -274,8 +272,7 @@ TEST_F(SyncE2eTest, DryRunSendsNothing) {
 TEST_F(SyncE2eTest, ValidateAndPreview) {
   CliResult v = RunCli(dir_, {"validate"});
   EXPECT_EQ(v.exit_code, 0) << v.out << v.err;
-  EXPECT_NE(v.out.find("is valid: 1 source, 1 model, 1 destination, 1 mapping"),
-            std::string::npos)
+  EXPECT_NE(v.out.find("is valid: 1 source, 1 model, 1 destination, 1 mapping"), std::string::npos)
       << v.out;
   CliResult p = RunCli(dir_, {"preview", "customers", "--json"});
   ASSERT_EQ(p.exit_code, 0) << p.err;

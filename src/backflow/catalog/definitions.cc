@@ -7,19 +7,24 @@ namespace backflow {
 
 std::string_view RecordSelectionName(RecordSelection s) {
   switch (s) {
-    case RecordSelection::kAdded: return "added";
-    case RecordSelection::kUpdated: return "updated";
-    case RecordSelection::kAddedOrUpdated: return "added_or_updated";
-    case RecordSelection::kDeleted: return "deleted";
-    case RecordSelection::kAll: return "all";
+    case RecordSelection::kAdded:
+      return "added";
+    case RecordSelection::kUpdated:
+      return "updated";
+    case RecordSelection::kAddedOrUpdated:
+      return "added_or_updated";
+    case RecordSelection::kDeleted:
+      return "deleted";
+    case RecordSelection::kAll:
+      return "all";
   }
   return "all";
 }
 
 absl::StatusOr<RecordSelection> ParseRecordSelection(std::string_view name) {
-  for (auto s : {RecordSelection::kAdded, RecordSelection::kUpdated,
-                 RecordSelection::kAddedOrUpdated, RecordSelection::kDeleted,
-                 RecordSelection::kAll}) {
+  for (auto s :
+       {RecordSelection::kAdded, RecordSelection::kUpdated, RecordSelection::kAddedOrUpdated,
+        RecordSelection::kDeleted, RecordSelection::kAll}) {
     if (RecordSelectionName(s) == name) return s;
   }
   return absl::InvalidArgumentError(fmt::format(
@@ -29,25 +34,38 @@ absl::StatusOr<RecordSelection> ParseRecordSelection(std::string_view name) {
 
 std::string_view FieldTypeName(FieldType t) {
   switch (t) {
-    case FieldType::kString: return "string";
-    case FieldType::kInteger: return "integer";
-    case FieldType::kNumber: return "number";
-    case FieldType::kBoolean: return "boolean";
-    case FieldType::kTimestamp: return "timestamp";
-    case FieldType::kDate: return "date";
-    case FieldType::kObject: return "object";
-    case FieldType::kAny: return "any";
+    case FieldType::kString:
+      return "string";
+    case FieldType::kInteger:
+      return "integer";
+    case FieldType::kNumber:
+      return "number";
+    case FieldType::kBoolean:
+      return "boolean";
+    case FieldType::kTimestamp:
+      return "timestamp";
+    case FieldType::kDate:
+      return "date";
+    case FieldType::kObject:
+      return "object";
+    case FieldType::kAny:
+      return "any";
   }
   return "any";
 }
 
 std::string_view SettingTypeName(SettingType t) {
   switch (t) {
-    case SettingType::kString: return "string";
-    case SettingType::kInteger: return "integer";
-    case SettingType::kBoolean: return "boolean";
-    case SettingType::kStringMap: return "map of strings";
-    case SettingType::kEnum: return "one of the allowed values";
+    case SettingType::kString:
+      return "string";
+    case SettingType::kInteger:
+      return "integer";
+    case SettingType::kBoolean:
+      return "boolean";
+    case SettingType::kStringMap:
+      return "map of strings";
+    case SettingType::kEnum:
+      return "one of the allowed values";
   }
   return "string";
 }
@@ -90,15 +108,17 @@ std::vector<std::string> CheckSettings(const std::vector<SettingSpec>& specs,
       if (!spec.default_value.is_null()) {
         settings[spec.key] = spec.default_value;
       } else if (spec.required) {
-        problems.push_back(fmt::format("{}: required setting is missing ({})", spec.key,
-                                       spec.description));
+        problems.push_back(
+            fmt::format("{}: required setting is missing ({})", spec.key, spec.description));
       }
       continue;
     }
     nlohmann::json& v = *it;
     bool ok = true;
     switch (spec.type) {
-      case SettingType::kString: ok = v.is_string(); break;
+      case SettingType::kString:
+        ok = v.is_string();
+        break;
       case SettingType::kInteger:
         if (v.is_string()) {  // values from ${env:...} arrive as text
           try {
@@ -146,9 +166,8 @@ std::vector<std::string> CheckSettings(const std::vector<SettingSpec>& specs,
       }
     }
     if (!ok) {
-      problems.push_back(
-          fmt::format("{}: must be a {} ({})", spec.key, SettingTypeName(spec.type),
-                      spec.description));
+      problems.push_back(fmt::format("{}: must be a {} ({})", spec.key, SettingTypeName(spec.type),
+                                     spec.description));
     }
   }
   return problems;

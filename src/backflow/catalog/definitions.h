@@ -29,9 +29,9 @@ struct SettingSpec {
   std::string description;
   SettingType type = SettingType::kString;
   bool required = false;
-  bool secret = false;  // never logged or echoed; should come from ${env:...}
+  bool secret = false;   // never logged or echoed; should come from ${env:...}
   bool is_path = false;  // a filesystem path: relative values resolve against the workspace folder
-  nlohmann::json default_value;  // null when none
+  nlohmann::json default_value;             // null when none
   std::vector<std::string> allowed_values;  // for kEnum
 };
 
@@ -43,7 +43,7 @@ struct FieldSpec {
   std::string description;
   FieldType type = FieldType::kAny;
   bool required = false;
-  bool identifier = false;  // identifies the record in the destination
+  bool identifier = false;     // identifies the record in the destination
   std::string default_column;  // mapped automatically when the model has it
 };
 

@@ -37,9 +37,9 @@ absl::Status Registry::AddDestination(DestinationDefinition def) {
           "destination \"{}\": action \"{}\" supports no record selection", def.type, a.id));
     }
     if (a.default_batch_records < 1 || a.default_batch_records > a.max_batch_records) {
-      return absl::InvalidArgumentError(fmt::format(
-          "destination \"{}\": action \"{}\" default batch size is outside 1..max", def.type,
-          a.id));
+      return absl::InvalidArgumentError(
+          fmt::format("destination \"{}\": action \"{}\" default batch size is outside 1..max",
+                      def.type, a.id));
     }
     for (const FieldSpec& f : a.fields) {
       if (f.identifier && !f.required) {

@@ -123,16 +123,18 @@ int TestConnection(const GlobalOptions& g, const std::string& name) {
     for (const auto& s : ws->sources) names.push_back(s.name);
     for (const auto& d : ws->destinations) names.push_back(d.name);
     std::string suggestion = ClosestMatch(name, names);
-    PrintError(fmt::format("no source or destination named \"{}\"{}", name,
-                           suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)",
-                                                                 suggestion)));
+    PrintError(
+        fmt::format("no source or destination named \"{}\"{}", name,
+                    suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)", suggestion)));
     return kExitFailed;
   }
-  double elapsed =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (g.json) {
-    nlohmann::json out = {{"name", name}, {"kind", kind},         {"type", type},
-                          {"ok", status.ok()}, {"duration_s", elapsed}};
+    nlohmann::json out = {{"name", name},
+                          {"kind", kind},
+                          {"type", type},
+                          {"ok", status.ok()},
+                          {"duration_s", elapsed}};
     if (!status.ok()) out["error"] = std::string(status.message());
     fmt::print("{}\n", out.dump());
   } else if (status.ok()) {
@@ -153,9 +155,9 @@ int Preview(const GlobalOptions& g, const std::string& model_name, int limit) {
     std::vector<std::string> names;
     for (const auto& m : ws->models) names.push_back(m.name);
     std::string suggestion = ClosestMatch(model_name, names);
-    PrintError(fmt::format("no model named \"{}\"{}", model_name,
-                           suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)",
-                                                                 suggestion)));
+    PrintError(
+        fmt::format("no model named \"{}\"{}", model_name,
+                    suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)", suggestion)));
     return kExitFailed;
   }
   const SourceConfig* sc = ws->FindSource(model->source);
@@ -255,9 +257,8 @@ void AppendRunJson(JsonWriter& w, const RunInfo& r) {
 
 void PrintRunSummary(const RunInfo& r, const std::vector<PlannedChange>& sample) {
   const RunCounts& c = r.counts;
-  fmt::print("{} {} · {} ({} → {}) · {} in {}\n", r.dry_run ? "Dry run" : "Run", r.id,
-             r.mapping, r.model, r.destination, RunStatusName(r.status),
-             Duration(r.duration_s));
+  fmt::print("{} {} · {} ({} → {}) · {} in {}\n", r.dry_run ? "Dry run" : "Run", r.id, r.mapping,
+             r.model, r.destination, RunStatusName(r.status), Duration(r.duration_s));
   fmt::print("  extracted  {} rows\n", Thousands(c.extracted));
   fmt::print("  changes    {} added · {} updated · {} deleted · {} unchanged", Thousands(c.added),
              Thousands(c.updated), Thousands(c.deleted), Thousands(c.unchanged));
@@ -310,14 +311,14 @@ int Sync(const GlobalOptions& g, const std::string& mapping_name, const std::str
       std::vector<std::string> names;
       for (const auto& x : ws->mappings) names.push_back(x.name);
       std::string suggestion = ClosestMatch(mapping_name, names);
-      PrintError(fmt::format("no mapping named \"{}\"{}", mapping_name,
-                             suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)",
-                                                                   suggestion)));
+      PrintError(fmt::format(
+          "no mapping named \"{}\"{}", mapping_name,
+          suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)", suggestion)));
       return kExitFailed;
     }
     if (!m->enabled) {
-      PrintError(fmt::format("mapping \"{}\" is disabled (enabled: false in {})", m->name,
-                             g.config));
+      PrintError(
+          fmt::format("mapping \"{}\" is disabled (enabled: false in {})", m->name, g.config));
       return kExitFailed;
     }
     model = m->model;
@@ -461,9 +462,9 @@ int RunsList(const GlobalOptions& g, const std::string& mapping, int limit) {
                mapping.empty() ? "" : " for mapping \"" + mapping + "\"");
     return kExitOk;
   }
-  std::vector<std::vector<std::string>> table = {{"run", "mapping", "status", "started",
-                                                  "duration", "extracted", "added", "updated",
-                                                  "deleted", "succeeded", "failed", "rejected"}};
+  std::vector<std::vector<std::string>> table = {{"run", "mapping", "status", "started", "duration",
+                                                  "extracted", "added", "updated", "deleted",
+                                                  "succeeded", "failed", "rejected"}};
   for (const RunInfo& r : *runs) {
     const RunCounts& c = r.counts;
     table.push_back({std::to_string(r.id), r.mapping,
@@ -640,8 +641,7 @@ int Main(int argc, char** argv) {
   sync->add_option("MAPPING", name, "mapping name");
   sync->add_option("--model", model, "sync every enabled mapping of MODEL from one extraction");
   sync->add_flag("--dry-run", dry_run, "show the change set; send nothing");
-  sync->add_flag("--full-resync", full_resync,
-                 "send every record again, not only the changes");
+  sync->add_flag("--full-resync", full_resync, "send every record again, not only the changes");
   sync->callback([&] {
     if (name.empty() == model.empty()) {
       throw CLI::ValidationError("sync", "give either MAPPING or --model MODEL");

@@ -37,11 +37,16 @@ bool IsRetryable(const absl::Status& status) {
 
 std::string_view RetryClassName(RetryClass c) {
   switch (c) {
-    case RetryClass::kTransient: return "transient";
-    case RetryClass::kRateLimited: return "rate_limited";
-    case RetryClass::kRecord: return "record";
-    case RetryClass::kConfiguration: return "configuration";
-    case RetryClass::kInternal: return "internal";
+    case RetryClass::kTransient:
+      return "transient";
+    case RetryClass::kRateLimited:
+      return "rate_limited";
+    case RetryClass::kRecord:
+      return "record";
+    case RetryClass::kConfiguration:
+      return "configuration";
+    case RetryClass::kInternal:
+      return "internal";
   }
   return "internal";
 }

@@ -8,10 +8,20 @@ namespace {
 TEST(JsonWriterTest, WritesNestedStructuresWithCommas) {
   JsonWriter w;
   w.BeginObject()
-      .Key("a").Int(1)
-      .Key("b").BeginArray().String("x").Null().Bool(true).Double(1.5).EndArray()
-      .Key("c").BeginObject().EndObject()
-      .Key("d").Raw("[1,2]")
+      .Key("a")
+      .Int(1)
+      .Key("b")
+      .BeginArray()
+      .String("x")
+      .Null()
+      .Bool(true)
+      .Double(1.5)
+      .EndArray()
+      .Key("c")
+      .BeginObject()
+      .EndObject()
+      .Key("d")
+      .Raw("[1,2]")
       .EndObject();
   EXPECT_EQ(w.str(), R"({"a":1,"b":["x",null,true,1.5],"c":{},"d":[1,2]})");
 }

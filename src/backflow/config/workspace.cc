@@ -40,10 +40,8 @@ class Loader {
   void Error(const YAML::Node& at, std::string path, std::string message, std::string hint = "") {
     Add(Diagnostic::Severity::kError, at, std::move(path), std::move(message), std::move(hint));
   }
-  void Warning(const YAML::Node& at, std::string path, std::string message,
-               std::string hint = "") {
-    Add(Diagnostic::Severity::kWarning, at, std::move(path), std::move(message),
-        std::move(hint));
+  void Warning(const YAML::Node& at, std::string path, std::string message, std::string hint = "") {
+    Add(Diagnostic::Severity::kWarning, at, std::move(path), std::move(message), std::move(hint));
   }
   void Add(Diagnostic::Severity severity, const YAML::Node& at, std::string path,
            std::string message, std::string hint) {
@@ -242,8 +240,9 @@ LoadResult Loader::Load(const std::string& yaml) {
     return std::move(result_);
   }
   if (!root.IsMap()) {
-    Error(root, "", "the workspace file must be a mapping with sources, models, destinations "
-                    "and mappings");
+    Error(root, "",
+          "the workspace file must be a mapping with sources, models, destinations "
+          "and mappings");
     return std::move(result_);
   }
   try {
@@ -505,8 +504,9 @@ void Loader::LoadMappings(const YAML::Node& root) {
   for (size_t i = 0; i < entries.size(); ++i) {
     const YAML::Node& e = entries[i];
     std::string path = fmt::format("mappings[{}]", i);
-    CheckKeys(e, path, {"name", "model", "destination", "action", "records", "fields", "enabled",
-                        "batch_size", "description"});
+    CheckKeys(e, path,
+              {"name", "model", "destination", "action", "records", "fields", "enabled",
+               "batch_size", "description"});
     MappingConfig mapping;
     auto name = EntryName(e, path, seen, "mapping");
     if (name) mapping.name = *name;
@@ -588,8 +588,8 @@ void Loader::LoadMappings(const YAML::Node& root) {
       if (size < 1 || size > max) {
         Error(e["batch_size"], path + ".batch_size",
               fmt::format("must be a whole number from 1 to {}", max),
-              action ? fmt::format("action \"{}\" accepts at most {} records per batch",
-                                   action->id, max)
+              action ? fmt::format("action \"{}\" accepts at most {} records per batch", action->id,
+                                   max)
                      : "");
       } else {
         mapping.batch_size = size;
@@ -617,8 +617,7 @@ void Loader::LoadMappings(const YAML::Node& root) {
         }
         if (action != nullptr && !action->allows_extra_fields &&
             action->FindField(key) == nullptr) {
-          Error(it->first, fpath,
-                fmt::format("action \"{}\" has no field \"{}\"", action->id, key),
+          Error(it->first, fpath, fmt::format("action \"{}\" has no field \"{}\"", action->id, key),
                 ReferenceHint("field", key, field_keys));
           continue;
         }
@@ -629,14 +628,12 @@ void Loader::LoadMappings(const YAML::Node& root) {
         for (const FieldSpec& f : action->fields) {
           if (!f.required || mapped.count(f.key)) continue;
           if (!f.default_column.empty()) continue;  // the Mapper maps it from the model
-          Error(fields, path + ".fields",
-                fmt::format("required field \"{}\" is not mapped", f.key),
+          Error(fields, path + ".fields", fmt::format("required field \"{}\" is not mapped", f.key),
                 fmt::format("add {}: <column> ({})", f.key, f.description));
         }
       }
       if (action != nullptr && action->validate && dest_config != nullptr) {
-        for (const std::string& problem : action->validate(dest_config->settings,
-                                                           mapping.fields)) {
+        for (const std::string& problem : action->validate(dest_config->settings, mapping.fields)) {
           Error(fields, path + ".fields", problem);
         }
       }
@@ -659,7 +656,8 @@ std::string Diagnostic::ToString() const {
 
 std::string Schedule::ToString() const {
   switch (kind) {
-    case Kind::kManual: return "manual";
+    case Kind::kManual:
+      return "manual";
     case Kind::kInterval:
       if (interval_minutes % 1440 == 0) return fmt::format("every {}d", interval_minutes / 1440);
       if (interval_minutes % 60 == 0) return fmt::format("every {}h", interval_minutes / 60);

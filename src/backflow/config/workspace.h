@@ -23,8 +23,8 @@ struct Diagnostic {
   enum class Severity { kError, kWarning };
   Severity severity = Severity::kError;
   std::string file;
-  int line = 0;    // 1-based; 0 when unknown
-  int column = 0;  // 1-based; 0 when unknown
+  int line = 0;         // 1-based; 0 when unknown
+  int column = 0;       // 1-based; 0 when unknown
   std::string path;     // e.g. "models[1].primary_key"
   std::string message;  // what is wrong
   std::string hint;     // how to fix it; may be empty

@@ -109,8 +109,7 @@ mappings:
                         "\"sampel\" (hint: did you mean \"sample\"?)"),
             std::string::npos)
       << errors;
-  EXPECT_NE(errors.find("models[0].schedule.every: unsupported interval \"5m\""),
-            std::string::npos)
+  EXPECT_NE(errors.find("models[0].schedule.every: unsupported interval \"5m\""), std::string::npos)
       << errors;
   EXPECT_NE(errors.find("destinations[0].type: unknown destination type \"memroy\" (hint: did "
                         "you mean \"memory\"?)"),
@@ -148,8 +147,7 @@ mappings:
                         "added_or_updated, all)"),
             std::string::npos)
       << errors;
-  EXPECT_NE(errors.find("action \"typed\" has no field \"nickname\""), std::string::npos)
-      << errors;
+  EXPECT_NE(errors.find("action \"typed\" has no field \"nickname\""), std::string::npos) << errors;
   EXPECT_NE(errors.find("required field \"email\" is not mapped"), std::string::npos) << errors;
   EXPECT_NE(errors.find("destination type \"memory\" has no action \"upsrt\" (hint: did you mean "
                         "\"upsert\"?)"),
@@ -204,8 +202,7 @@ sources:
 
 TEST_F(WorkspaceTest, RejectsPostgresStateForNow) {
   LoadResult r = Load("state: postgresql://localhost/backflow\n");
-  EXPECT_NE(Errors(r).find("state: a PostgreSQL state store is not supported"),
-            std::string::npos);
+  EXPECT_NE(Errors(r).find("state: a PostgreSQL state store is not supported"), std::string::npos);
 }
 
 TEST(ClosestMatchTest, SuggestsOnlyPlausibleTypos) {

@@ -6,9 +6,12 @@ namespace backflow {
 
 std::string_view ChangeKindName(ChangeKind k) {
   switch (k) {
-    case ChangeKind::kAdded: return "added";
-    case ChangeKind::kUpdated: return "updated";
-    case ChangeKind::kDeleted: return "deleted";
+    case ChangeKind::kAdded:
+      return "added";
+    case ChangeKind::kUpdated:
+      return "updated";
+    case ChangeKind::kDeleted:
+      return "deleted";
   }
   return "added";
 }

@@ -40,8 +40,8 @@ absl::StatusOr<std::unique_ptr<Spool>> Spool::Create(const std::string& dir) {
       (fs::path(dir) / fmt::format("extract-{}-{}.db", getpid(), counter++)).string();
   fs::remove(path, ec);
   BACKFLOW_ASSIGN_OR_RETURN(
-      auto db, sqlite::Database::Open(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                                                SQLITE_OPEN_NOMUTEX));
+      auto db, sqlite::Database::Open(
+                   path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX));
   // Scratch data: a crash discards it, so no journal and no fsync.
   BACKFLOW_RETURN_IF_ERROR(db->Exec(
       "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-65536; "
@@ -113,8 +113,8 @@ absl::StatusOr<sqlite::Statement> Spool::ScanNullKeyRows() {
   return db_->Prepare("SELECT row FROM null_key_rows ORDER BY seq");
 }
 
-absl::Status Spool::AddChange(int mapping, int change, std::string_view key,
-                              const Fingerprint& fp, std::string_view encoded_payload) {
+absl::Status Spool::AddChange(int mapping, int change, std::string_view key, const Fingerprint& fp,
+                              std::string_view encoded_payload) {
   BACKFLOW_RETURN_IF_ERROR(MaybeCommit());
   auto bytes = fp.ToBytes();
   return insert_change_.Bind(1, int64_t{mapping})

@@ -56,11 +56,16 @@ class MappingLock {
 
 bool Selected(RecordSelection selection, ChangeKind change) {
   switch (selection) {
-    case RecordSelection::kAll: return true;
-    case RecordSelection::kAdded: return change == ChangeKind::kAdded;
-    case RecordSelection::kUpdated: return change == ChangeKind::kUpdated;
-    case RecordSelection::kAddedOrUpdated: return change != ChangeKind::kDeleted;
-    case RecordSelection::kDeleted: return change == ChangeKind::kDeleted;
+    case RecordSelection::kAll:
+      return true;
+    case RecordSelection::kAdded:
+      return change == ChangeKind::kAdded;
+    case RecordSelection::kUpdated:
+      return change == ChangeKind::kUpdated;
+    case RecordSelection::kAddedOrUpdated:
+      return change != ChangeKind::kDeleted;
+    case RecordSelection::kDeleted:
+      return change == ChangeKind::kDeleted;
   }
   return true;
 }
@@ -119,8 +124,8 @@ class Runner {
                                                     const std::vector<std::string>& names);
 
  private:
-  void Progress(const std::string& phase, const std::string& mapping, int64_t sent,
-                int64_t to_send, bool force) {
+  void Progress(const std::string& phase, const std::string& mapping, int64_t sent, int64_t to_send,
+                bool force) {
     if (!options_.on_progress) return;
     auto now = Steady::now();
     if (!force && now - last_progress_ < std::chrono::milliseconds(200)) return;
@@ -226,8 +231,8 @@ absl::Status Runner::Extract(const ModelConfig& model, Source& source, Schema& s
   return spool_->FinishLoad();
 }
 
-absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model,
-                          const Schema& schema, const std::string& null_key_error) {
+absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, const Schema& schema,
+                          const std::string& null_key_error) {
   RunCounts& c = m.run.counts;
   c.extracted = extracted_;
   const std::string& name = m.config->name;
@@ -273,9 +278,15 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model,
   auto emit = [&](ChangeKind kind, std::string_view key, const Fingerprint& fp,
                   const Row& out) -> absl::Status {
     switch (kind) {
-      case ChangeKind::kAdded: ++c.added; break;
-      case ChangeKind::kUpdated: ++c.updated; break;
-      case ChangeKind::kDeleted: ++c.deleted; break;
+      case ChangeKind::kAdded:
+        ++c.added;
+        break;
+      case ChangeKind::kUpdated:
+        ++c.updated;
+        break;
+      case ChangeKind::kDeleted:
+        ++c.deleted;
+        break;
     }
     if (!Selected(m.config->records, kind)) {
       ++c.skipped;
@@ -326,8 +337,8 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model,
       Report(m, {.key = std::string(key),
                  .outcome = "rejected",
                  .change = "",
-                 .error = fmt::format("duplicate unique identifier: {} rows have {} = {}",
-                                      copies, model.primary_key, key),
+                 .error = fmt::format("duplicate unique identifier: {} rows have {} = {}", copies,
+                                      model.primary_key, key),
                  .error_class = "record",
                  .payload = RowJson(schema, values),
                  .recommended_action = fmt::format(
@@ -399,10 +410,10 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
     std::vector<CheckpointUpdate> updates;
     for (size_t i = 0; i < batch.size(); ++i) {
       const OutgoingRecord& r = batch[i];
-      absl::Status status = outcomes.ok() && i < outcomes->size()
-                                ? (*outcomes)[i]
-                                : (outcomes.ok() ? absl::InternalError("no outcome for record")
-                                                 : outcomes.status());
+      absl::Status status =
+          outcomes.ok() && i < outcomes->size()
+              ? (*outcomes)[i]
+              : (outcomes.ok() ? absl::InternalError("no outcome for record") : outcomes.status());
       if (status.ok()) {
         ++c.succeeded;
         CheckpointUpdate u;
@@ -491,8 +502,8 @@ absl::StatusOr<std::vector<MappingRunResult>> Runner::Run(const ModelConfig& mod
                                                           const std::vector<std::string>& names) {
   const SourceConfig* source_config = ws_.FindSource(model.source);
   if (source_config == nullptr) {
-    return absl::NotFoundError(fmt::format("model \"{}\" names unknown source \"{}\"",
-                                           model.name, model.source));
+    return absl::NotFoundError(
+        fmt::format("model \"{}\" names unknown source \"{}\"", model.name, model.source));
   }
   const SourceDefinition* source_def = registry_.FindSource(source_config->type);
   if (source_def == nullptr) {
@@ -572,8 +583,7 @@ absl::StatusOr<std::vector<MappingRunResult>> Runner::Run(const ModelConfig& mod
                                 extracted.message()));
   }
   Progress("diffing", "", 0, 0, true);
-  std::string null_key_error =
-      fmt::format("the unique identifier {} is NULL", model.primary_key);
+  std::string null_key_error = fmt::format("the unique identifier {} is NULL", model.primary_key);
   for (size_t i = 0; i < runs.size(); ++i) {
     MappingRun& m = runs[i];
     m.run.counts.extracted = extracted_;

@@ -33,16 +33,15 @@ class SyncEngineTest : public ::testing::Test {
     warehouse_ = std::move(*db);
     Exec("CREATE TABLE customers (id INTEGER, email TEXT, plan TEXT, age INTEGER)");
     for (int i = 1; i <= 10; ++i) {
-      Exec(fmt::format("INSERT INTO customers VALUES ({0}, 'u{0}@x.io', 'free', {1})", i,
-                       20 + i));
+      Exec(fmt::format("INSERT INTO customers VALUES ({0}, 'u{0}@x.io', 'free', {1})", i, 20 + i));
     }
   }
 
   void Exec(const std::string& sql) { ASSERT_TRUE(warehouse_->Exec(sql).ok()) << sql; }
 
   // Loads a workspace with one mapping `m` of model `customers`.
-  void Load(const std::string& mapping_extra = "", const std::string& sql =
-                "SELECT id, email, plan, age FROM customers") {
+  void Load(const std::string& mapping_extra = "",
+            const std::string& sql = "SELECT id, email, plan, age FROM customers") {
     std::string yaml = fmt::format(R"(
 state: sqlite:state.db
 sources:
@@ -190,8 +189,9 @@ TEST_F(SyncEngineTest, ExtractionFailureMidStreamSendsAndDeletesNothing) {
   Load();
   Sync();
   // abs() of INT64_MIN raises "integer overflow" when row 6 is reached.
-  Load("", "SELECT id, email, plan, CASE WHEN id = 6 THEN abs(-9223372036854775807 - 1) "
-           "ELSE age END AS age FROM customers");
+  Load("",
+       "SELECT id, email, plan, CASE WHEN id = 6 THEN abs(-9223372036854775807 - 1) "
+       "ELSE age END AS age FROM customers");
   dest_->sent_keys.clear();
   RunInfo run = Sync();
   EXPECT_EQ(run.status, RunStatus::kFailed);
@@ -292,7 +292,8 @@ mappings:
   EXPECT_EQ(dest_->records["1"], R"({"email":"u1@x.io","age":21,"vip":true})");
   auto records = state_->GetRunRecords(run.id, "rejected", 10);
   ASSERT_EQ(records->size(), 1u);
-  EXPECT_EQ((*records)[0].error, "field \"age\": cannot convert string value \"old\" to an integer");
+  EXPECT_EQ((*records)[0].error,
+            "field \"age\": cannot convert string value \"old\" to an integer");
 }
 
 TEST_F(SyncEngineTest, CommitOnFinishFailureKeepsRecordsPending) {

@@ -49,9 +49,9 @@ class Mapper {
  private:
   std::string mapping_;
   FieldLayout layout_;
-  std::vector<int> columns_;           // schema index per field
+  std::vector<int> columns_;             // schema index per field
   std::vector<const FieldSpec*> specs_;  // declared spec per field, or null
-  std::vector<int> identity_;          // payload index per identity field
+  std::vector<int> identity_;            // payload index per identity field
 };
 
 // Coerces `v` to a destination field type. kInvalidArgument when impossible.

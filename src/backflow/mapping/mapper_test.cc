@@ -88,9 +88,9 @@ TEST(CoerceValueTest, ConvertsBetweenCompatibleTypesOnly) {
             Value::Text(ValueType::kDecimal, "2.5"));
   EXPECT_FALSE(CoerceValue(Value::String("abc"), FieldType::kNumber).ok());
   EXPECT_EQ(*CoerceValue(Value::String("false"), FieldType::kBoolean), Value::Bool(false));
-  EXPECT_EQ(*CoerceValue(Value::Text(ValueType::kTimestamp, "2024-01-02T00:00:00Z"),
-                         FieldType::kDate),
-            Value::Text(ValueType::kDate, "2024-01-02"));
+  EXPECT_EQ(
+      *CoerceValue(Value::Text(ValueType::kTimestamp, "2024-01-02T00:00:00Z"), FieldType::kDate),
+      Value::Text(ValueType::kDate, "2024-01-02"));
 }
 
 }  // namespace

@@ -11,16 +11,26 @@ namespace backflow {
 
 std::string_view ValueTypeName(ValueType t) {
   switch (t) {
-    case ValueType::kNull: return "null";
-    case ValueType::kBool: return "boolean";
-    case ValueType::kInt64: return "integer";
-    case ValueType::kDouble: return "number";
-    case ValueType::kDecimal: return "decimal";
-    case ValueType::kString: return "string";
-    case ValueType::kTimestamp: return "timestamp";
-    case ValueType::kDate: return "date";
-    case ValueType::kJson: return "json";
-    case ValueType::kBytes: return "bytes";
+    case ValueType::kNull:
+      return "null";
+    case ValueType::kBool:
+      return "boolean";
+    case ValueType::kInt64:
+      return "integer";
+    case ValueType::kDouble:
+      return "number";
+    case ValueType::kDecimal:
+      return "decimal";
+    case ValueType::kString:
+      return "string";
+    case ValueType::kTimestamp:
+      return "timestamp";
+    case ValueType::kDate:
+      return "date";
+    case ValueType::kJson:
+      return "json";
+    case ValueType::kBytes:
+      return "bytes";
   }
   return "unknown";
 }
@@ -63,41 +73,65 @@ Value Value::Text(ValueType type, std::string text) {
 
 std::string Value::ToString() const {
   switch (type_) {
-    case ValueType::kNull: return "";
-    case ValueType::kBool: return int_ ? "true" : "false";
-    case ValueType::kInt64: return std::to_string(int_);
-    case ValueType::kDouble: return fmt::format("{}", double_);
-    case ValueType::kBytes: return absl::Base64Escape(text_);
-    default: return text_;
+    case ValueType::kNull:
+      return "";
+    case ValueType::kBool:
+      return int_ ? "true" : "false";
+    case ValueType::kInt64:
+      return std::to_string(int_);
+    case ValueType::kDouble:
+      return fmt::format("{}", double_);
+    case ValueType::kBytes:
+      return absl::Base64Escape(text_);
+    default:
+      return text_;
   }
 }
 
 void Value::AppendJson(std::string& out) const {
   switch (type_) {
-    case ValueType::kNull: out.append("null"); return;
-    case ValueType::kBool: out.append(int_ ? "true" : "false"); return;
-    case ValueType::kInt64: fmt::format_to(std::back_inserter(out), "{}", int_); return;
+    case ValueType::kNull:
+      out.append("null");
+      return;
+    case ValueType::kBool:
+      out.append(int_ ? "true" : "false");
+      return;
+    case ValueType::kInt64:
+      fmt::format_to(std::back_inserter(out), "{}", int_);
+      return;
     case ValueType::kDouble: {
       JsonWriter w;
       w.Double(double_);
       out.append(w.str());
       return;
     }
-    case ValueType::kDecimal: out.append(text_); return;  // exact: JSON numbers are unbounded
-    case ValueType::kJson: out.append(text_.empty() ? "null" : text_); return;
-    case ValueType::kBytes: AppendJsonString(out, absl::Base64Escape(text_)); return;
-    default: AppendJsonString(out, text_); return;
+    case ValueType::kDecimal:
+      out.append(text_);
+      return;  // exact: JSON numbers are unbounded
+    case ValueType::kJson:
+      out.append(text_.empty() ? "null" : text_);
+      return;
+    case ValueType::kBytes:
+      AppendJsonString(out, absl::Base64Escape(text_));
+      return;
+    default:
+      AppendJsonString(out, text_);
+      return;
   }
 }
 
 bool operator==(const Value& a, const Value& b) {
   if (a.type_ != b.type_) return false;
   switch (a.type_) {
-    case ValueType::kNull: return true;
+    case ValueType::kNull:
+      return true;
     case ValueType::kBool:
-    case ValueType::kInt64: return a.int_ == b.int_;
-    case ValueType::kDouble: return a.double_ == b.double_;
-    default: return a.text_ == b.text_;
+    case ValueType::kInt64:
+      return a.int_ == b.int_;
+    case ValueType::kDouble:
+      return a.double_ == b.double_;
+    default:
+      return a.text_ == b.text_;
   }
 }
 
@@ -136,7 +170,8 @@ void EncodeRow(const Row& row, std::string& out) {
   for (const Value& v : row) {
     out.push_back(static_cast<char>(v.type()));
     switch (v.type()) {
-      case ValueType::kNull: break;
+      case ValueType::kNull:
+        break;
       case ValueType::kBool:
       case ValueType::kInt64: {
         // Zig-zag so small negatives stay short.
@@ -169,7 +204,9 @@ absl::StatusOr<Row> DecodeRow(std::string_view in) {
     auto type = static_cast<ValueType>(in.front());
     in.remove_prefix(1);
     switch (type) {
-      case ValueType::kNull: row.push_back(Value::Null()); break;
+      case ValueType::kNull:
+        row.push_back(Value::Null());
+        break;
       case ValueType::kBool:
       case ValueType::kInt64: {
         uint64_t z = 0;

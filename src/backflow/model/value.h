@@ -21,7 +21,7 @@ enum class ValueType : uint8_t {
   kBool = 1,
   kInt64 = 2,
   kDouble = 3,
-  kDecimal = 4,    // text: optional '-', digits, optional '.' digits
+  kDecimal = 4,  // text: optional '-', digits, optional '.' digits
   kString = 5,
   kTimestamp = 6,  // text: ISO-8601, UTC with 'Z' when the source had a zone
   kDate = 7,       // text: YYYY-MM-DD

@@ -6,8 +6,8 @@
 namespace backflow::sqlite {
 
 absl::Status StatusFromSqlite(int rc, sqlite3* db, std::string_view context) {
-  std::string message = fmt::format("{}: {}", context,
-                                    db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+  std::string message =
+      fmt::format("{}: {}", context, db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
   switch (rc & 0xff) {
     case SQLITE_BUSY:
     case SQLITE_LOCKED:

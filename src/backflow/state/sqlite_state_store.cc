@@ -107,12 +107,11 @@ class SqliteStateStore : public StateStore {
     BACKFLOW_RETURN_IF_ERROR(db_->Exec("PRAGMA foreign_keys=ON"));
     BACKFLOW_RETURN_IF_ERROR(db_->Exec("BEGIN IMMEDIATE"));
     absl::Status status = [&]() -> absl::Status {
-      BACKFLOW_RETURN_IF_ERROR(db_->Exec(
-          "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
-          "applied_at TEXT NOT NULL)"));
-      BACKFLOW_ASSIGN_OR_RETURN(Statement q,
-                                db_->Prepare("SELECT COALESCE(MAX(version), 0) FROM "
-                                             "schema_migrations"));
+      BACKFLOW_RETURN_IF_ERROR(
+          db_->Exec("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+                    "applied_at TEXT NOT NULL)"));
+      BACKFLOW_ASSIGN_OR_RETURN(Statement q, db_->Prepare("SELECT COALESCE(MAX(version), 0) FROM "
+                                                          "schema_migrations"));
       BACKFLOW_ASSIGN_OR_RETURN(bool row, q.Step());
       int64_t version = row ? q.ColumnInt(0) : 0;
       constexpr int64_t kLatest = std::size(kMigrations);
@@ -360,12 +359,12 @@ class SqliteStateStore : public StateStore {
         status = delete_stmt_.Bind(1, mapping).Bind(2, u.key).Run();
       } else {
         auto fp = u.fingerprint.ToBytes();
-        status = upsert_stmt_.Bind(1, mapping)
-                     .Bind(2, u.key)
-                     .BindBlob(3, std::string_view(reinterpret_cast<const char*>(fp.data()),
-                                                   fp.size()))
-                     .BindBlob(4, u.identity)
-                     .Run();
+        status =
+            upsert_stmt_.Bind(1, mapping)
+                .Bind(2, u.key)
+                .BindBlob(3, std::string_view(reinterpret_cast<const char*>(fp.data()), fp.size()))
+                .BindBlob(4, u.identity)
+                .Run();
       }
       if (!status.ok()) {
         (void)db_->Exec("ROLLBACK");
@@ -394,11 +393,16 @@ class SqliteStateStore : public StateStore {
 
 std::string_view RunStatusName(RunStatus s) {
   switch (s) {
-    case RunStatus::kRunning: return "running";
-    case RunStatus::kSucceeded: return "succeeded";
-    case RunStatus::kPartial: return "partial";
-    case RunStatus::kFailed: return "failed";
-    case RunStatus::kInterrupted: return "interrupted";
+    case RunStatus::kRunning:
+      return "running";
+    case RunStatus::kSucceeded:
+      return "succeeded";
+    case RunStatus::kPartial:
+      return "partial";
+    case RunStatus::kFailed:
+      return "failed";
+    case RunStatus::kInterrupted:
+      return "interrupted";
   }
   return "failed";
 }
@@ -420,8 +424,8 @@ absl::StatusOr<std::unique_ptr<StateStore>> OpenSqliteStateStore(const std::stri
         fmt::format("cannot create the state folder {}: {}", parent.string(), ec.message()));
   }
   BACKFLOW_ASSIGN_OR_RETURN(
-      auto db, Database::Open(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                                        SQLITE_OPEN_NOMUTEX));
+      auto db,
+      Database::Open(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX));
   auto store = std::make_unique<SqliteStateStore>(path, std::move(db));
   BACKFLOW_RETURN_IF_ERROR(store->Migrate());
   return std::unique_ptr<StateStore>(std::move(store));

@@ -74,8 +74,9 @@ TEST_F(SqliteStateStoreTest, RunRecordsKeepOrderAndFilterByOutcome) {
   run.mapping = "m";
   auto id = store_->CreateRun(run);
   ASSERT_TRUE(id.ok());
-  ASSERT_TRUE(store_->AddRunRecords(*id, {{.key = "1", .outcome = "failed", .error = "a"},
-                                          {.key = "2", .outcome = "rejected", .error = "b"}})
+  ASSERT_TRUE(store_
+                  ->AddRunRecords(*id, {{.key = "1", .outcome = "failed", .error = "a"},
+                                        {.key = "2", .outcome = "rejected", .error = "b"}})
                   .ok());
   ASSERT_TRUE(store_->AddRunRecords(*id, {{.key = "3", .outcome = "failed", .error = "c"}}).ok());
   auto all = store_->GetRunRecords(*id, "", 10);
@@ -132,15 +133,17 @@ TEST_F(SqliteStateStoreTest, CheckpointScansInKeyOrderAndAppliesAtomically) {
 TEST_F(SqliteStateStoreTest, ScannerSeesASnapshotWhileCommitsHappen) {
   auto fp = Fingerprint128("x");
   std::vector<CheckpointUpdate> initial;
-  for (int i = 0; i < 100; ++i) initial.push_back({.key = fmt::format("k{:03}", i), .fingerprint = fp});
+  for (int i = 0; i < 100; ++i)
+    initial.push_back({.key = fmt::format("k{:03}", i), .fingerprint = fp});
   ASSERT_TRUE(store_->ApplyCheckpoint("m", initial).ok());
   auto scanner = store_->ScanCheckpoint("m");
   ASSERT_TRUE(scanner.ok());
   CheckpointEntry e;
   ASSERT_TRUE(*(*scanner)->Next(e));
   // Commit while the scan is open: it must neither block nor change what the scan sees.
-  ASSERT_TRUE(store_->ApplyCheckpoint("m", {{.key = "k050", .remove = true},
-                                            {.key = "k100", .fingerprint = fp}})
+  ASSERT_TRUE(store_
+                  ->ApplyCheckpoint(
+                      "m", {{.key = "k050", .remove = true}, {.key = "k100", .fingerprint = fp}})
                   .ok());
   int count = 1;
   while (*(*scanner)->Next(e)) ++count;

@@ -99,8 +99,7 @@ class StateStore {
   // kNotFound for an unknown id.
   virtual absl::StatusOr<RunInfo> GetRun(int64_t id) = 0;
   // Newest first; `mapping` empty means all mappings.
-  virtual absl::StatusOr<std::vector<RunInfo>> ListRuns(const std::string& mapping,
-                                                        int limit) = 0;
+  virtual absl::StatusOr<std::vector<RunInfo>> ListRuns(const std::string& mapping, int limit) = 0;
   // `outcome` empty means all outcomes.
   virtual absl::StatusOr<std::vector<RunRecord>> GetRunRecords(int64_t run_id,
                                                                const std::string& outcome,

@@ -66,11 +66,9 @@ DestinationDefinition MemoryDestinationDefinition(std::shared_ptr<MemoryDestinat
   def.type = "memory";
   def.title = "Memory (tests)";
   def.description = "Keeps records in memory.";
-  def.settings = {{.key = "label", .description = "free text", .type = SettingType::kString},
-                  {.key = "token",
-                   .description = "a secret",
-                   .type = SettingType::kString,
-                   .secret = true}};
+  def.settings = {
+      {.key = "label", .description = "free text", .type = SettingType::kString},
+      {.key = "token", .description = "a secret", .type = SettingType::kString, .secret = true}};
   ActionSpec upsert;
   upsert.id = "upsert";
   upsert.title = "Upsert";

@@ -4,10 +4,10 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "backflow/common/fmt_absl.h"
 #include "backflow/common/status_macros.h"
 #include "backflow/sources/source.h"
 #include "backflow/sqlite/database.h"
-#include "backflow/common/fmt_absl.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -38,10 +38,14 @@ ValueType DeclaredType(const char* decl) {
 
 ValueType StorageType(int storage) {
   switch (storage) {
-    case SQLITE_INTEGER: return ValueType::kInt64;
-    case SQLITE_FLOAT: return ValueType::kDouble;
-    case SQLITE_BLOB: return ValueType::kBytes;
-    default: return ValueType::kString;
+    case SQLITE_INTEGER:
+      return ValueType::kInt64;
+    case SQLITE_FLOAT:
+      return ValueType::kDouble;
+    case SQLITE_BLOB:
+      return ValueType::kBytes;
+    default:
+      return ValueType::kString;
   }
 }
 
@@ -127,10 +131,14 @@ class SqliteRowReader : public RowReader {
     // The value does not match the column's declared type (SQLite allows
     // that): keep it as what it is.
     switch (storage) {
-      case SQLITE_INTEGER: return Value::Int64(sqlite3_column_int64(s, i));
-      case SQLITE_FLOAT: return Value::Double(sqlite3_column_double(s, i));
-      case SQLITE_BLOB: return Value::Text(ValueType::kBytes, std::string(stmt_.ColumnBlob(i)));
-      default: return Value::String(std::string(stmt_.ColumnText(i)));
+      case SQLITE_INTEGER:
+        return Value::Int64(sqlite3_column_int64(s, i));
+      case SQLITE_FLOAT:
+        return Value::Double(sqlite3_column_double(s, i));
+      case SQLITE_BLOB:
+        return Value::Text(ValueType::kBytes, std::string(stmt_.ColumnBlob(i)));
+      default:
+        return Value::String(std::string(stmt_.ColumnText(i)));
     }
   }
 

@@ -19,7 +19,8 @@ class SqliteSourceTest : public ::testing::Test {
     std::filesystem::remove(path_);
     auto db = sqlite::Database::Open(path_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
     ASSERT_TRUE(db.ok());
-    ASSERT_TRUE((*db)->Exec(R"(
+    ASSERT_TRUE((*db)
+                    ->Exec(R"(
       CREATE TABLE t (id INTEGER, name TEXT, price NUMERIC, score REAL, active BOOLEAN,
                       seen TIMESTAMP, born DATE, doc JSON, raw BLOB);
       INSERT INTO t VALUES (1, 'Zoë', 12.5, 0.25, 1, '2024-01-02T03:04:05Z', '1990-05-06',
