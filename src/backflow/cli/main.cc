@@ -7,8 +7,10 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 
+#include "backflow/catalog/markdown.h"
 #include "backflow/catalog/registry.h"
 #include "backflow/cli/output.h"
 #include "backflow/common/clock.h"
@@ -549,7 +551,34 @@ nlohmann::json SettingsJson(const std::vector<SettingSpec>& settings) {
   return out;
 }
 
-int Catalog(const GlobalOptions& g) {
+// Writes one markdown page per connector under `dir`/sources and `dir`/destinations.
+int WriteDocs(const std::string& dir) {
+  namespace fs = std::filesystem;
+  const Registry& r = BuiltinRegistry();
+  auto write = [](const fs::path& path, const std::string& text) {
+    std::error_code ec;
+    fs::create_directories(path.parent_path(), ec);
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << text;
+    return static_cast<bool>(out);
+  };
+  for (const SourceDefinition& s : r.sources()) {
+    if (!write(fs::path(dir) / "sources" / (s.type + ".md"), SourceMarkdown(s))) {
+      PrintError("cannot write docs under " + dir);
+      return kExitFailed;
+    }
+  }
+  for (const DestinationDefinition& d : r.destinations()) {
+    if (!write(fs::path(dir) / "destinations" / (d.type + ".md"), DestinationMarkdown(d))) {
+      PrintError("cannot write docs under " + dir);
+      return kExitFailed;
+    }
+  }
+  return kExitOk;
+}
+
+int Catalog(const GlobalOptions& g, const std::string& docs_dir) {
+  if (!docs_dir.empty()) return WriteDocs(docs_dir);
   const Registry& r = BuiltinRegistry();
   if (g.json) {
     nlohmann::json out;
@@ -663,8 +692,10 @@ int Main(int argc, char** argv) {
   show->add_option("--limit", records_limit, "how many records")->check(CLI::Range(1, 100000));
   show->callback([&] { result = RunsShow(g, run_id, records_limit); });
 
+  std::string docs_dir;
   auto* catalog = app.add_subcommand("catalog", "list source and destination types");
-  catalog->callback([&] { result = Catalog(g); });
+  catalog->add_option("--docs", docs_dir, "write one markdown page per connector under DIR");
+  catalog->callback([&] { result = Catalog(g, docs_dir); });
 
   try {
     app.parse(argc, argv);

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Fails when docs/sources or docs/destinations differ from what the connector
+# definitions generate. Usage: check-docs.sh BACKFLOW_BINARY
+# Regenerate with: backflow catalog --docs docs
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+"$1" catalog --docs "$tmp"
+for kind in sources destinations; do
+  if ! diff -ru "$root/docs/$kind" "$tmp/$kind"; then
+    echo "docs/$kind is out of date: run \`backflow catalog --docs docs\` and commit the result" >&2
+    exit 1
+  fi
+done
