@@ -530,6 +530,10 @@ absl::StatusOr<std::vector<MappingRunResult>> Runner::Run(const ModelConfig& mod
     BACKFLOW_ASSIGN_OR_RETURN(auto lock,
                               MappingLock::Acquire(spool_dir_ + "/locks", m.config->name));
     locks.push_back(std::move(lock));
+  }
+  // Every mapping is locked: the runs can start.
+  for (MappingRun& m : runs) {
+    const DestinationDefinition* def = registry_.FindDestination(m.destination_config->type);
     auto destination = def->create(m.destination_config->settings, env_);
     m.run.mapping = m.config->name;
     m.run.model = model.name;

@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <sys/file.h>
+
 #include <filesystem>
 
 #include "backflow/common/clock.h"
@@ -312,6 +315,23 @@ TEST_F(SyncEngineTest, CommitOnFinishFailureKeepsRecordsPending) {
   run = Sync();
   EXPECT_EQ(run.counts.succeeded, 10);
   EXPECT_EQ(*state_->CheckpointSize("m"), 10);
+}
+
+TEST_F(SyncEngineTest, AMappingIsNeverSyncedTwiceAtOnce) {
+  Load();
+  fs::create_directories(dir_ / ".backflow" / "locks");
+  int fd = open((dir_ / ".backflow" / "locks" / "m.lock").c_str(), O_RDWR | O_CREAT, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(flock(fd, LOCK_EX | LOCK_NB), 0);  // as another process syncing "m" would
+  FakeClock clock;
+  SyncEngine engine(workspace_, registry_, *state_, ConnectorEnv{nullptr, &clock},
+                    (dir_ / ".backflow").string());
+  auto results = engine.Run("customers", {"m"}, {});
+  EXPECT_EQ(results.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(state_->ListRuns("m", 10)->empty());
+  EXPECT_TRUE(dest_->sent_keys.empty());
+  close(fd);
+  EXPECT_EQ(Sync().status, RunStatus::kSucceeded);
 }
 
 }  // namespace
