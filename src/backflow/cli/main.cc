@@ -14,6 +14,7 @@
 #include "backflow/catalog/registry.h"
 #include "backflow/cli/output.h"
 #include "backflow/common/clock.h"
+#include "backflow/common/fmt_absl.h"
 #include "backflow/common/http_client.h"
 #include "backflow/common/json_writer.h"
 #include "backflow/config/workspace.h"
@@ -225,7 +226,7 @@ int Preview(const GlobalOptions& g, const std::string& model_name, int limit) {
     for (const Value& v : r) cells.push_back(v.is_null() ? "NULL" : v.ToString());
     table.push_back(cells);
   }
-  fmt::print("{}", Table(table));
+  fmt::print("{}", Table(table, 40, 2));
   fmt::print("{} row{} (first {} of model \"{}\" on source \"{}\")\n", rows.size(),
              rows.size() == 1 ? "" : "s", limit, model->name, model->source);
   if (!has_key) {

@@ -46,7 +46,8 @@ std::string Duration(double seconds) {
   return fmt::format("{}h{:02}m", total / 3600, (total % 3600) / 60);
 }
 
-std::string Table(const std::vector<std::vector<std::string>>& rows, size_t max_width) {
+std::string Table(const std::vector<std::vector<std::string>>& rows, size_t max_width,
+                  size_t header_rows) {
   std::vector<size_t> widths;
   std::vector<std::vector<std::string>> cells;
   for (const auto& row : rows) {
@@ -70,7 +71,7 @@ std::string Table(const std::vector<std::vector<std::string>>& rows, size_t max_
       if (i + 1 < cells[r].size()) line += std::string(widths[i] - Width(cells[r][i]) + 2, ' ');
     }
     out += line + "\n";
-    if (r == 0) {
+    if (r + 1 == header_rows) {
       std::string rule;
       for (size_t i = 0; i < widths.size(); ++i) {
         rule += std::string(widths[i], '-') + (i + 1 < widths.size() ? "  " : "");

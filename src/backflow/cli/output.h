@@ -13,7 +13,9 @@ std::string Thousands(int64_t n);
 // "850ms", "12.3s", "4m05s", "1h02m"
 std::string Duration(double seconds);
 // Left-aligned columns separated by two spaces; cells longer than
-// `max_width` are cut with "…". The first row is the header, underlined.
-std::string Table(const std::vector<std::vector<std::string>>& rows, size_t max_width = 40);
+// `max_width` are cut with "…". The first `header_rows` rows are the header,
+// underlined.
+std::string Table(const std::vector<std::vector<std::string>>& rows, size_t max_width = 40,
+                  size_t header_rows = 1);
 
 }  // namespace backflow::cli
