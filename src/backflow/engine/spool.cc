@@ -51,6 +51,9 @@ absl::StatusOr<std::unique_ptr<Spool>> Spool::Create(const std::string& dir) {
       "CREATE TABLE null_key_rows (seq INTEGER PRIMARY KEY, row BLOB NOT NULL);"
       "CREATE TABLE changes (mapping INTEGER NOT NULL, seq INTEGER NOT NULL, key TEXT NOT NULL, "
       "change INTEGER NOT NULL, fingerprint BLOB NOT NULL, payload BLOB NOT NULL, "
+      "PRIMARY KEY (mapping, seq)) WITHOUT ROWID;"
+      "CREATE TABLE acks (mapping INTEGER NOT NULL, seq INTEGER NOT NULL, key TEXT NOT NULL, "
+      "remove INTEGER NOT NULL, fingerprint BLOB NOT NULL, identity BLOB NOT NULL, "
       "PRIMARY KEY (mapping, seq)) WITHOUT ROWID;"));
   auto spool = std::unique_ptr<Spool>(new Spool(path, std::move(db)));
   BACKFLOW_ASSIGN_OR_RETURN(
@@ -63,6 +66,10 @@ absl::StatusOr<std::unique_ptr<Spool>> Spool::Create(const std::string& dir) {
       spool->insert_change_,
       spool->db_->Prepare("INSERT INTO changes (mapping, seq, key, change, fingerprint, payload) "
                           "VALUES (?,?,?,?,?,?)"));
+  BACKFLOW_ASSIGN_OR_RETURN(
+      spool->insert_ack_,
+      spool->db_->Prepare("INSERT INTO acks (mapping, seq, key, remove, fingerprint, identity) "
+                          "VALUES (?,?,?,?,?,?)"));
   return spool;
 }
 
@@ -70,6 +77,7 @@ Spool::~Spool() {
   insert_row_ = sqlite::Statement();
   insert_null_ = sqlite::Statement();
   insert_change_ = sqlite::Statement();
+  insert_ack_ = sqlite::Statement();
   db_.reset();
   std::error_code ec;
   fs::remove(path_, ec);
@@ -132,6 +140,30 @@ absl::StatusOr<sqlite::Statement> Spool::ScanChanges(int mapping) {
   BACKFLOW_ASSIGN_OR_RETURN(
       sqlite::Statement s,
       db_->Prepare("SELECT key, change, fingerprint, payload FROM changes WHERE mapping = ? "
+                   "ORDER BY seq"));
+  s.Bind(1, int64_t{mapping});
+  return s;
+}
+
+absl::Status Spool::AddAck(int mapping, std::string_view key, bool remove, const Fingerprint& fp,
+                           std::string_view identity) {
+  BACKFLOW_RETURN_IF_ERROR(MaybeCommit());
+  auto bytes = fp.ToBytes();
+  return insert_ack_.Bind(1, int64_t{mapping})
+      .Bind(2, ++change_seq_)
+      .Bind(3, key)
+      .Bind(4, int64_t{remove})
+      .BindBlob(5, std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()))
+      .BindBlob(6, identity)
+      .Run();
+}
+
+absl::Status Spool::FinishAcks() { return FinishLoad(); }
+
+absl::StatusOr<sqlite::Statement> Spool::ScanAcks(int mapping) {
+  BACKFLOW_ASSIGN_OR_RETURN(
+      sqlite::Statement s,
+      db_->Prepare("SELECT key, remove, fingerprint, identity FROM acks WHERE mapping = ? "
                    "ORDER BY seq"));
   s.Bind(1, int64_t{mapping});
   return s;

@@ -41,6 +41,13 @@ class Spool {
   // Columns (key TEXT, change INTEGER, fingerprint BLOB, payload BLOB) in insertion order.
   absl::StatusOr<sqlite::Statement> ScanChanges(int mapping);
 
+  // Acknowledgements held back until a commit-on-finish session completes.
+  absl::Status AddAck(int mapping, std::string_view key, bool remove, const Fingerprint& fp,
+                      std::string_view identity);
+  absl::Status FinishAcks();
+  // Columns (key TEXT, remove INTEGER, fingerprint BLOB, identity BLOB).
+  absl::StatusOr<sqlite::Statement> ScanAcks(int mapping);
+
  private:
   Spool(std::string path, std::unique_ptr<sqlite::Database> db)
       : path_(std::move(path)), db_(std::move(db)) {}
@@ -51,6 +58,7 @@ class Spool {
   sqlite::Statement insert_row_;
   sqlite::Statement insert_null_;
   sqlite::Statement insert_change_;
+  sqlite::Statement insert_ack_;
   int64_t pending_ = 0;
   int64_t change_seq_ = 0;
   bool in_transaction_ = false;

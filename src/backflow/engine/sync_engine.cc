@@ -24,7 +24,8 @@ namespace {
 namespace fs = std::filesystem;
 using Steady = std::chrono::steady_clock;
 
-constexpr size_t kSkippedAdvanceChunk = 5'000;
+// Checkpoint updates applied per transaction when many are applied at once.
+constexpr size_t kCheckpointChunk = 5'000;
 
 // An exclusive, process-lifetime lock on one mapping (released by the kernel
 // if the process dies).
@@ -300,7 +301,7 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
         EncodeRow(mapper.Identity(out), u.identity);
       }
       skipped_updates.push_back(std::move(u));
-      if (skipped_updates.size() >= kSkippedAdvanceChunk) return flush_skipped();
+      if (skipped_updates.size() >= kCheckpointChunk) return flush_skipped();
       return absl::OkStatus();
     }
     if (options_.dry_run && static_cast<int>(m.sample.size()) < options_.dry_run_sample) {
@@ -397,8 +398,9 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
     return absl::OkStatus();
   }
   std::unique_ptr<ActionSession> session = *std::move(session_or);
+  // commit_on_finish: acknowledgements wait in the spool until Finish() succeeds.
   const bool deferred = m.action->commit_on_finish;
-  std::vector<CheckpointUpdate> deferred_updates;  // commit_on_finish: applied after Finish
+  int64_t deferred_count = 0;
 
   BACKFLOW_ASSIGN_OR_RETURN(sqlite::Statement changes, spool_->ScanChanges(index));
   std::vector<OutgoingRecord> batch;
@@ -437,7 +439,10 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
     batch.clear();
     fingerprints.clear();
     if (deferred) {
-      for (auto& u : updates) deferred_updates.push_back(std::move(u));
+      for (const CheckpointUpdate& u : updates) {
+        BACKFLOW_RETURN_IF_ERROR(spool_->AddAck(index, u.key, u.remove, u.fingerprint, u.identity));
+      }
+      deferred_count += static_cast<int64_t>(updates.size());
     } else {
       BACKFLOW_RETURN_IF_ERROR(state_.ApplyCheckpoint(name, updates));
     }
@@ -481,18 +486,34 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
   if (!finished.ok()) {
     if (deferred) {
       // Nothing became durable: every accepted record counts as failed.
-      c.failed += static_cast<int64_t>(deferred_updates.size());
-      c.succeeded -= static_cast<int64_t>(deferred_updates.size());
+      c.failed += deferred_count;
+      c.succeeded -= deferred_count;
     }
     m.run.error = fmt::format("destination \"{}\" could not complete the run: {}",
                               m.config->destination, finished.message());
     return absl::OkStatus();
   }
-  for (size_t i = 0; i < deferred_updates.size(); i += kSkippedAdvanceChunk) {
-    size_t end = std::min(deferred_updates.size(), i + kSkippedAdvanceChunk);
-    std::vector<CheckpointUpdate> chunk(std::make_move_iterator(deferred_updates.begin() + i),
-                                        std::make_move_iterator(deferred_updates.begin() + end));
-    BACKFLOW_RETURN_IF_ERROR(state_.ApplyCheckpoint(name, chunk));
+  if (deferred) {
+    BACKFLOW_RETURN_IF_ERROR(spool_->FinishAcks());
+    BACKFLOW_ASSIGN_OR_RETURN(sqlite::Statement acks, spool_->ScanAcks(index));
+    std::vector<CheckpointUpdate> chunk;
+    while (true) {
+      BACKFLOW_ASSIGN_OR_RETURN(bool row, acks.Step());
+      if (row) {
+        CheckpointUpdate u;
+        u.key.assign(acks.ColumnText(0));
+        u.remove = acks.ColumnInt(1) != 0;
+        std::string_view fp = acks.ColumnBlob(2);
+        u.fingerprint = Fingerprint::FromBytes(fp.data(), fp.size());
+        u.identity.assign(acks.ColumnBlob(3));
+        chunk.push_back(std::move(u));
+      }
+      if (!row || chunk.size() >= kCheckpointChunk) {
+        BACKFLOW_RETURN_IF_ERROR(state_.ApplyCheckpoint(name, chunk));
+        chunk.clear();
+      }
+      if (!row) break;
+    }
   }
   Progress("sending", name, attempted, to_send, true);
   return absl::OkStatus();

@@ -1,8 +1,7 @@
 #include "backflow/engine/sync_engine.h"
 
-#include <gtest/gtest.h>
-
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/file.h>
 
 #include <filesystem>
