@@ -65,6 +65,18 @@ absl::StatusOr<std::unique_ptr<StateStore>> OpenState(const Workspace& ws) {
   return OpenSqliteStateStore(StatePath(ws));
 }
 
+// Opens the state store for the runs commands, first marking the runs of
+// processes that died as interrupted. Prints the error and returns null on failure.
+std::unique_ptr<StateStore> OpenStateForReading(const Workspace& ws) {
+  auto state = OpenState(ws);
+  if (!state.ok()) {
+    PrintError(fmt::format("state store: {}", state.status().message()));
+    return nullptr;
+  }
+  (void)(*state)->MarkInterruptedRuns();
+  return *std::move(state);
+}
+
 // ---------------------------------------------------------------- validate
 
 int Validate(const GlobalOptions& g) {
@@ -435,13 +447,9 @@ int Sync(const GlobalOptions& g, const std::string& mapping_name, const std::str
 int RunsList(const GlobalOptions& g, const std::string& mapping, int limit) {
   auto ws = Load(g, true);
   if (!ws) return kExitInvalidConfig;
-  auto state = OpenState(*ws);
-  if (!state.ok()) {
-    PrintError(fmt::format("state store: {}", state.status().message()));
-    return kExitFailed;
-  }
-  (void)(*state)->MarkInterruptedRuns();
-  auto runs = (*state)->ListRuns(mapping, limit);
+  auto state = OpenStateForReading(*ws);
+  if (!state) return kExitFailed;
+  auto runs = state->ListRuns(mapping, limit);
   if (!runs.ok()) {
     PrintError(std::string(runs.status().message()));
     return kExitFailed;
@@ -483,18 +491,14 @@ int RunsList(const GlobalOptions& g, const std::string& mapping, int limit) {
 int RunsShow(const GlobalOptions& g, int64_t id, int limit) {
   auto ws = Load(g, true);
   if (!ws) return kExitInvalidConfig;
-  auto state = OpenState(*ws);
-  if (!state.ok()) {
-    PrintError(fmt::format("state store: {}", state.status().message()));
-    return kExitFailed;
-  }
-  (void)(*state)->MarkInterruptedRuns();
-  auto run = (*state)->GetRun(id);
+  auto state = OpenStateForReading(*ws);
+  if (!state) return kExitFailed;
+  auto run = state->GetRun(id);
   if (!run.ok()) {
     PrintError(std::string(run.status().message()));
     return kExitFailed;
   }
-  auto records = (*state)->GetRunRecords(id, "", limit);
+  auto records = state->GetRunRecords(id, "", limit);
   if (!records.ok()) {
     PrintError(std::string(records.status().message()));
     return kExitFailed;

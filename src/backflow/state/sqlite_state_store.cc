@@ -101,12 +101,24 @@ class SqliteStateStore : public StateStore {
   SqliteStateStore(std::string path, std::unique_ptr<Database> db)
       : path_(std::move(path)), db_(std::move(db)) {}
 
+  // Runs `body` in one IMMEDIATE transaction: committed if it returns OK,
+  // rolled back otherwise.
+  template <typename Body>
+  absl::Status InTransaction(Body body) {
+    BACKFLOW_RETURN_IF_ERROR(db_->Exec("BEGIN IMMEDIATE"));
+    absl::Status status = body();
+    if (!status.ok()) {
+      (void)db_->Exec("ROLLBACK");
+      return status;
+    }
+    return db_->Exec("COMMIT");
+  }
+
   absl::Status Migrate() {
     BACKFLOW_RETURN_IF_ERROR(db_->Exec("PRAGMA journal_mode=WAL"));
     BACKFLOW_RETURN_IF_ERROR(db_->Exec("PRAGMA synchronous=FULL"));
     BACKFLOW_RETURN_IF_ERROR(db_->Exec("PRAGMA foreign_keys=ON"));
-    BACKFLOW_RETURN_IF_ERROR(db_->Exec("BEGIN IMMEDIATE"));
-    absl::Status status = [&]() -> absl::Status {
+    return InTransaction([&]() -> absl::Status {
       BACKFLOW_RETURN_IF_ERROR(
           db_->Exec("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
                     "applied_at TEXT NOT NULL)"));
@@ -130,12 +142,7 @@ class SqliteStateStore : public StateStore {
         BACKFLOW_RETURN_IF_ERROR(ins.Run());
       }
       return absl::OkStatus();
-    }();
-    if (!status.ok()) {
-      (void)db_->Exec("ROLLBACK");
-      return status;
-    }
-    return db_->Exec("COMMIT");
+    });
   }
 
   absl::StatusOr<int64_t> CreateRun(const RunInfo& run) override {
@@ -186,8 +193,7 @@ class SqliteStateStore : public StateStore {
 
   absl::Status AddRunRecords(int64_t run_id, const std::vector<RunRecord>& records) override {
     if (records.empty()) return absl::OkStatus();
-    BACKFLOW_RETURN_IF_ERROR(db_->Exec("BEGIN IMMEDIATE"));
-    absl::Status status = [&]() -> absl::Status {
+    return InTransaction([&]() -> absl::Status {
       BACKFLOW_ASSIGN_OR_RETURN(
           Statement seq_q,
           db_->Prepare("SELECT COALESCE(MAX(seq), 0) FROM run_records WHERE run_id=?"));
@@ -211,12 +217,7 @@ class SqliteStateStore : public StateStore {
         BACKFLOW_RETURN_IF_ERROR(s.Run());
       }
       return absl::OkStatus();
-    }();
-    if (!status.ok()) {
-      (void)db_->Exec("ROLLBACK");
-      return status;
-    }
-    return db_->Exec("COMMIT");
+    });
   }
 
   static RunInfo ReadRun(const Statement& s) {
@@ -352,26 +353,22 @@ class SqliteStateStore : public StateStore {
       BACKFLOW_ASSIGN_OR_RETURN(
           delete_stmt_, db_->Prepare("DELETE FROM checkpoints WHERE mapping=? AND record_key=?"));
     }
-    BACKFLOW_RETURN_IF_ERROR(db_->Exec("BEGIN IMMEDIATE"));
-    for (const CheckpointUpdate& u : updates) {
-      absl::Status status;
-      if (u.remove) {
-        status = delete_stmt_.Bind(1, mapping).Bind(2, u.key).Run();
-      } else {
+    return InTransaction([&]() -> absl::Status {
+      for (const CheckpointUpdate& u : updates) {
+        if (u.remove) {
+          BACKFLOW_RETURN_IF_ERROR(delete_stmt_.Bind(1, mapping).Bind(2, u.key).Run());
+          continue;
+        }
         auto fp = u.fingerprint.ToBytes();
-        status =
+        BACKFLOW_RETURN_IF_ERROR(
             upsert_stmt_.Bind(1, mapping)
                 .Bind(2, u.key)
                 .BindBlob(3, std::string_view(reinterpret_cast<const char*>(fp.data()), fp.size()))
                 .BindBlob(4, u.identity)
-                .Run();
+                .Run());
       }
-      if (!status.ok()) {
-        (void)db_->Exec("ROLLBACK");
-        return status;
-      }
-    }
-    return db_->Exec("COMMIT");
+      return absl::OkStatus();
+    });
   }
 
   absl::StatusOr<int64_t> CheckpointSize(const std::string& mapping) override {
