@@ -1,0 +1,236 @@
+#include "backflow/pg/connection.h"
+
+#include <string>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/strip.h"
+#include "fmt/format.h"
+
+namespace backflow::pg {
+namespace {
+
+struct ConninfoDeleter {
+  void operator()(PQconninfoOption* options) const { PQconninfoFree(options); }
+};
+
+// Collapses libpq's multi-line messages into one line.
+std::string OneLine(std::string_view text) {
+  std::string out;
+  bool space = false;
+  for (char c : text) {
+    if (c == '\n' || c == '\t' || c == '\r' || c == ' ') {
+      space = !out.empty();
+      continue;
+    }
+    if (space) out.push_back(' ');
+    space = false;
+    out.push_back(c);
+  }
+  return out;
+}
+
+// Drops libpq's `connection to server at "h", port p failed: ` prefix (the
+// caller names the target itself) and the server's "FATAL:" severity.
+std::string ServerPart(std::string message) {
+  size_t failed = message.find(" failed: ");
+  if (absl::StartsWith(message, "connection to server") && failed != std::string::npos) {
+    message.erase(0, failed + 9);
+  }
+  for (const char* severity : {"FATAL: ", "ERROR: "}) {
+    if (absl::StartsWith(message, severity)) message.erase(0, std::string(severity).size());
+  }
+  return message;
+}
+
+std::string Target(PGconn* conn) {
+  std::string host = PQhost(conn) != nullptr ? PQhost(conn) : "";
+  std::string port = PQport(conn) != nullptr ? PQport(conn) : "";
+  if (host.empty()) host = "localhost";
+  if (port.empty()) port = "5432";
+  if (absl::StartsWith(host, "/")) return fmt::format("{} (socket, port {})", host, port);
+  return fmt::format("{}:{}", host, port);
+}
+
+absl::Status ConnectError(const std::string& target, std::string message) {
+  message = ServerPart(OneLine(message));
+  if (absl::StrContains(message, "password authentication failed") ||
+      absl::StrContains(message, "no password supplied") ||
+      absl::StrContains(message, "authentication failed") ||
+      (absl::StrContains(message, "role \"") && absl::StrContains(message, "does not exist")) ||
+      absl::StrContains(message, "pg_hba.conf")) {
+    return absl::UnauthenticatedError(
+        fmt::format("PostgreSQL at {} rejected the login: {}. Check the user in `url` and the "
+                    "password (the `password` setting or the url)",
+                    target, message));
+  }
+  if (absl::StrContains(message, "database \"") && absl::StrContains(message, "does not exist")) {
+    return absl::FailedPreconditionError(
+        fmt::format("PostgreSQL at {}: {}. Check the database name in `url`", target, message));
+  }
+  if (absl::StrContains(message, "permission denied")) {
+    return absl::PermissionDeniedError(fmt::format("PostgreSQL at {}: {}", target, message));
+  }
+  return absl::UnavailableError(fmt::format(
+      "cannot connect to PostgreSQL at {}: {}. Check the host and port in `url` and that the "
+      "server accepts connections",
+      target, message));
+}
+
+}  // namespace
+
+absl::StatusCode CodeForSqlState(std::string_view s) {
+  if (s.size() != 5) return absl::StatusCode::kUnknown;
+  std::string_view cls = s.substr(0, 2);
+  if (cls == "28") return absl::StatusCode::kUnauthenticated;
+  if (s == "3D000" || s == "3F000") return absl::StatusCode::kFailedPrecondition;
+  if (s == "42501") return absl::StatusCode::kPermissionDenied;
+  if (s == "57014") return absl::StatusCode::kDeadlineExceeded;
+  if (cls == "08" || cls == "53" || s == "57P01" || s == "57P02" || s == "57P03" || s == "40001" ||
+      s == "40P01" || s == "55P03") {
+    return absl::StatusCode::kUnavailable;
+  }
+  if (cls == "42" || cls == "21" || cls == "22" || cls == "23" || cls == "54" || cls == "P0" ||
+      s == "0A000" || s == "25006" || cls == "2F" || cls == "39" || cls == "44") {
+    return absl::StatusCode::kInvalidArgument;
+  }
+  if (cls == "XX") return absl::StatusCode::kInternal;
+  return absl::StatusCode::kUnknown;
+}
+
+std::string QuoteIdentifier(std::string_view name) {
+  std::string out = "\"";
+  for (char c : name) {
+    if (c == '"') out.push_back('"');
+    out.push_back(c);
+  }
+  out.push_back('"');
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const ConnectOptions& options) {
+  std::vector<std::string> secrets;
+  if (!options.password.empty()) secrets.push_back(options.password);
+
+  // Validate the url and find any password in it (so messages can hide it).
+  char* parse_error = nullptr;
+  std::unique_ptr<PQconninfoOption, ConninfoDeleter> parsed(
+      PQconninfoParse(options.url.c_str(), &parse_error));
+  if (parsed == nullptr) {
+    std::string message = parse_error != nullptr ? OneLine(parse_error) : "out of memory";
+    if (parse_error != nullptr) PQfreemem(parse_error);
+    Connection scrubber(nullptr, "", secrets);
+    // The url itself may hold a password: never echo it.
+    return absl::InvalidArgumentError(
+        fmt::format("invalid PostgreSQL url ({}); expected postgresql://user@host:port/database "
+                    "or \"host=... port=... dbname=... user=...\"",
+                    scrubber.Scrub(message)));
+  }
+  for (PQconninfoOption* o = parsed.get(); o->keyword != nullptr; ++o) {
+    if (std::string_view(o->keyword) == "password" && o->val != nullptr && o->val[0] != '\0') {
+      secrets.push_back(o->val);
+    }
+  }
+
+  std::string timeout = std::to_string(std::max(2, options.connect_timeout_seconds));
+  std::vector<const char*> keys = {"dbname"};
+  std::vector<const char*> values = {options.url.c_str()};
+  auto add = [&](const char* key, const char* value) {
+    keys.push_back(key);
+    values.push_back(value);
+  };
+  if (!options.password.empty()) add("password", options.password.c_str());
+  add("connect_timeout", timeout.c_str());
+  add("fallback_application_name", "backflow");
+  add("keepalives", "1");
+  add("keepalives_idle", "30");
+  add("keepalives_interval", "10");
+  add("keepalives_count", "3");
+  keys.push_back(nullptr);
+  values.push_back(nullptr);
+
+  PGconn* raw = PQconnectdbParams(keys.data(), values.data(), /*expand_dbname=*/1);
+  if (raw == nullptr) return absl::ResourceExhaustedError("libpq could not allocate a connection");
+  std::string target = Target(raw);
+  std::unique_ptr<Connection> conn(new Connection(raw, target, std::move(secrets)));
+  if (PQstatus(raw) != CONNECTION_OK) {
+    absl::Status status = ConnectError(target, PQerrorMessage(raw));
+    return absl::Status(status.code(), conn->Scrub(std::string(status.message())));
+  }
+
+  if (!options.settings.empty()) {
+    std::string sql = "SELECT ";
+    std::vector<const char*> params;
+    for (size_t i = 0; i < options.settings.size(); ++i) {
+      if (i > 0) sql += ", ";
+      sql += fmt::format("set_config(${}, ${}, false)", 2 * i + 1, 2 * i + 2);
+      params.push_back(options.settings[i].first.c_str());
+      params.push_back(options.settings[i].second.c_str());
+    }
+    absl::StatusOr<Result> result = conn->Exec(sql, params, "applying session settings failed");
+    if (!result.ok()) return result.status();
+  }
+  return conn;
+}
+
+Connection::Connection(PGconn* conn, std::string target, std::vector<std::string> secrets)
+    : conn_(conn), target_(std::move(target)), secrets_(std::move(secrets)) {}
+
+Connection::~Connection() {
+  if (conn_ != nullptr) PQfinish(conn_);
+}
+
+absl::StatusOr<Result> Connection::Exec(const std::string& sql,
+                                        const std::vector<const char*>& params,
+                                        std::string_view what) {
+  Result result(PQexecParams(conn_, sql.c_str(), static_cast<int>(params.size()), nullptr,
+                             params.data(), nullptr, nullptr, /*resultFormat=*/0));
+  ExecStatusType st = result != nullptr ? PQresultStatus(result.get()) : PGRES_FATAL_ERROR;
+  if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) return result;
+  return ErrorFromResult(result.get(), what);
+}
+
+absl::Status Connection::ErrorFromResult(const PGresult* result, std::string_view what) const {
+  const char* state = result != nullptr ? PQresultErrorField(result, PG_DIAG_SQLSTATE) : nullptr;
+  if (state == nullptr) {
+    // Client-side failure: no SQLSTATE. Usually the connection is gone.
+    std::string message =
+        OneLine(result != nullptr ? PQresultErrorMessage(result) : PQerrorMessage(conn_));
+    if (message.empty()) message = OneLine(PQerrorMessage(conn_));
+    if (broken() || message.empty() || absl::StrContains(message, "connection") ||
+        absl::StrContains(message, "server closed")) {
+      return absl::UnavailableError(
+          Scrub(fmt::format("{}: lost the connection to PostgreSQL at {}: {}", what, target_,
+                            message.empty() ? "no response" : message)));
+    }
+    return absl::UnknownError(Scrub(fmt::format("{}: {}", what, message)));
+  }
+  auto field = [&](int code) -> std::string {
+    const char* v = PQresultErrorField(result, code);
+    return v != nullptr ? OneLine(v) : "";
+  };
+  std::string primary = field(PG_DIAG_MESSAGE_PRIMARY);
+  std::string message =
+      fmt::format("{}: PostgreSQL at {} reported: {} (SQLSTATE {}", what, target_, primary, state);
+  std::string position = field(PG_DIAG_STATEMENT_POSITION);
+  if (!position.empty()) message += ", at character " + position;
+  message += ")";
+  std::string detail = field(PG_DIAG_MESSAGE_DETAIL);
+  if (!detail.empty()) message += ". Detail: " + detail;
+  std::string hint = field(PG_DIAG_MESSAGE_HINT);
+  if (!hint.empty()) message += ". Hint: " + hint;
+  absl::StatusCode code = CodeForSqlState(state);
+  if (code == absl::StatusCode::kUnauthenticated) {
+    message += ". Check the user and password";
+  }
+  return absl::Status(code, Scrub(std::move(message)));
+}
+
+std::string Connection::Scrub(std::string text) const {
+  for (const std::string& secret : secrets_) {
+    if (!secret.empty()) text = absl::StrReplaceAll(text, {{secret, "********"}});
+  }
+  return text;
+}
+
+}  // namespace backflow::pg

@@ -1,0 +1,98 @@
+// pg::Connection: a libpq connection with Backflow's error conventions.
+//
+// Used by the PostgreSQL source and destination. Open() connects from a user
+// `url` (a postgresql:// URI or a key=value conninfo string) plus an optional
+// separate password, with a short connect timeout, TCP keepalives and
+// `fallback_application_name=backflow`, then applies the requested session
+// settings. Every failure becomes an absl::Status whose code follows
+// common/errors.h:
+//   kInvalidArgument    malformed url; SQL the server rejects (syntax, unknown
+//                       column/table: message and position from the server);
+//                       data errors (SQLSTATE classes 21, 22, 23)
+//   kUnauthenticated    bad user/password (SQLSTATE 28xxx)
+//   kPermissionDenied   missing privileges (42501)
+//   kFailedPrecondition unknown database (3D000) or schema (3F000)
+//   kUnavailable        cannot connect, connection lost, server shutting down,
+//                       serialization failure or deadlock (retryable)
+//   kDeadlineExceeded   statement cancelled or timed out (57014)
+//   kInternal/kUnknown  anything else
+// No message ever contains the password (neither the separate one nor one
+// embedded in the url). A Connection is used from one thread at a time.
+#pragma once
+
+#include <libpq-fe.h>
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace backflow::pg {
+
+struct ResultDeleter {
+  void operator()(PGresult* result) const { PQclear(result); }
+};
+// An owned PGresult.
+using Result = std::unique_ptr<PGresult, ResultDeleter>;
+
+struct ConnectOptions {
+  // postgresql:// URI or conninfo string. May embed a password.
+  std::string url;
+  // When not empty, overrides any password in `url`.
+  std::string password;
+  // libpq's connect_timeout (seconds; libpq treats values below 2 as 2).
+  int connect_timeout_seconds = 10;
+  // Session settings applied right after connecting, as (name, value) pairs,
+  // e.g. {"TimeZone", "UTC"}. Applied in one round trip with set_config().
+  std::vector<std::pair<std::string, std::string>> settings;
+};
+
+class Connection {
+ public:
+  // Connects and applies `options.settings`. See the header comment for the
+  // status codes.
+  static absl::StatusOr<std::unique_ptr<Connection>> Open(const ConnectOptions& options);
+
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  PGconn* get() const { return conn_; }
+  // "host:port" of the server, for messages.
+  const std::string& target() const { return target_; }
+  // True once libpq considers the connection unusable (e.g. the server went away).
+  bool broken() const { return PQstatus(conn_) != CONNECTION_OK; }
+
+  // Runs `sql` with text parameters (nullptr = SQL NULL) and returns the
+  // result when it succeeded (COMMAND_OK or TUPLES_OK); otherwise the
+  // classified error, prefixed by `what`.
+  absl::StatusOr<Result> Exec(const std::string& sql, const std::vector<const char*>& params = {},
+                              std::string_view what = "query failed");
+
+  // The classified error carried by a failed `result` of this connection (or,
+  // when `result` is null, by the connection itself). `what` prefixes the
+  // message ("query failed").
+  absl::Status ErrorFromResult(const PGresult* result, std::string_view what) const;
+
+  // Removes every known secret from `text`.
+  std::string Scrub(std::string text) const;
+
+ private:
+  Connection(PGconn* conn, std::string target, std::vector<std::string> secrets);
+
+  PGconn* conn_;
+  std::string target_;
+  std::vector<std::string> secrets_;
+};
+
+// The status code for a SQLSTATE (five characters), per the header comment.
+absl::StatusCode CodeForSqlState(std::string_view sqlstate);
+
+// `name` as a double-quoted SQL identifier ("a""b").
+std::string QuoteIdentifier(std::string_view name);
+
+}  // namespace backflow::pg
