@@ -96,6 +96,9 @@ struct DestinationDefinition {
   std::string maturity = "beta";
   std::vector<SettingSpec> settings;
   std::vector<ActionSpec> actions;
+  // Extra reference prose (markdown) for the generated docs: wire format,
+  // vendor quirks. Optional.
+  std::string notes;
   // Builds a destination from settings already validated against `settings`
   // (defaults filled in, ${env:...} resolved).
   std::function<absl::StatusOr<std::unique_ptr<Destination>>(const nlohmann::json& settings,

@@ -98,6 +98,7 @@ std::string DestinationMarkdown(const DestinationDefinition& def) {
       }
     }
   }
+  if (!def.notes.empty()) out += "\n" + def.notes;
   return out;
 }
 

@@ -518,6 +518,39 @@ DestinationDefinition WebhookDestinationDefinition() {
   send.default_batch_records = 100;
   send.max_batch_records = 1000;
   def.actions.push_back(send);
+  def.notes = R"md(## Wire format
+
+Each batch is one `POST` with `Content-Type: application/json`:
+
+```json
+{"batch_id": "9f2c…", "mapping": "customers_to_crm", "run_id": 12, "count": 2,
+ "records": [
+   {"id": "5d1e…", "operation": "upsert", "change": "added", "key": "42",
+    "fields": {"customer_id": 42, "email": "ada@example.com", "plan": "pro"}},
+   {"id": "a07b…", "operation": "delete", "change": "deleted", "key": "7",
+    "fields": {"customer_id": 7}}]}
+```
+
+- `id` is deterministic (mapping, key, change, payload): the same change always carries the same
+  id, so receivers can deduplicate. `batch_id` derives from the record ids.
+- Headers: `webhook-id: msg_<batch_id>` (the same on every retry of the batch),
+  `webhook-timestamp` (Unix seconds), `webhook-signature: v1,<base64 HMAC-SHA256 of
+  "<webhook-id>.<webhook-timestamp>.<body>">` when `signing_secret` is set (Standard Webhooks),
+  `X-Idempotency-Key` (= `webhook-id`), `User-Agent: backflow/<version>`, plus `headers`.
+- A connection check (`backflow test-connection`) sends `{"count":0,"records":[],"test":true}`.
+
+## Replies
+
+| reply | outcome |
+| --- | --- |
+| 2xx | every record accepted, unless the body lists per-record results (below) |
+| 2xx or 207 with `{"results":[{"id":"<record id>","status":"error","error":"…","retryable":false}]}` | listed records failed (retried next run); the others accepted |
+| 408, 429, 5xx, timeout, connection error | retried with exponential backoff and jitter, honouring `Retry-After`; after `max_retries` the batch's records fail and are retried next run |
+| 413 | the batch is split in halves and re-sent |
+| 401, 403 | the run stops: check `signing_secret` and `headers` |
+| 404, 410, 3xx | the run stops: check `url` |
+| other 4xx | the batch's records fail with the receiver's message |
+)md";
 
   def.create = [](const nlohmann::json& settings,
                   const ConnectorEnv& env) -> absl::StatusOr<std::unique_ptr<Destination>> {
