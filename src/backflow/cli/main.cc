@@ -267,6 +267,11 @@ void AppendRunJson(JsonWriter& w, const RunInfo& r) {
   w.Key("failed").Int(c.failed);
   w.Key("rejected").Int(c.rejected);
   w.Key("duration_s").Double(std::round(r.duration_s * 1000) / 1000);
+  w.Key("timings").BeginObject();
+  w.Key("extract_s").Double(std::round(r.extract_s * 1000) / 1000);
+  w.Key("diff_s").Double(std::round(r.diff_s * 1000) / 1000);
+  w.Key("deliver_s").Double(std::round(r.deliver_s * 1000) / 1000);
+  w.EndObject();
   if (!r.error.empty()) w.Key("error").String(r.error);
 }
 
@@ -274,6 +279,10 @@ void PrintRunSummary(const RunInfo& r, const std::vector<PlannedChange>& sample)
   const RunCounts& c = r.counts;
   fmt::print("{} {} · {} ({} → {}) · {} in {}\n", r.dry_run ? "Dry run" : "Run", r.id, r.mapping,
              r.model, r.destination, RunStatusName(r.status), Duration(r.duration_s));
+  if (r.status != RunStatus::kRunning) {
+    fmt::print("  time       extract {} · compare {} · send {}\n", Duration(r.extract_s),
+               Duration(r.diff_s), Duration(r.deliver_s));
+  }
   fmt::print("  extracted  {} rows\n", Thousands(c.extracted));
   fmt::print("  changes    {} added · {} updated · {} deleted · {} unchanged", Thousands(c.added),
              Thousands(c.updated), Thousands(c.deleted), Thousands(c.unchanged));
@@ -302,7 +311,7 @@ void PrintRunSummary(const RunInfo& r, const std::vector<PlannedChange>& sample)
 }
 
 int Sync(const GlobalOptions& g, const std::string& mapping_name, const std::string& model_name,
-         bool dry_run, bool full_resync) {
+         const SyncOptions& base_options) {
   auto ws = Load(g, true);
   if (!ws) return kExitInvalidConfig;
   std::string model;
@@ -348,8 +357,8 @@ int Sync(const GlobalOptions& g, const std::string& mapping_name, const std::str
   SyncEngine engine(*ws, BuiltinRegistry(), **state, ConnectorEnv{http.get(), &SystemClock()},
                     StateDir(*ws));
   SyncOptions options;
-  options.dry_run = dry_run;
-  options.full_resync = full_resync;
+  options = base_options;
+  const bool dry_run = options.dry_run;
   bool tty = isatty(STDERR_FILENO);
   if (tty) {
     options.on_progress = [](const SyncProgress& p) {
@@ -670,17 +679,20 @@ int Main(int argc, char** argv) {
   preview->callback([&] { result = Preview(g, name, limit); });
 
   std::string model;
-  bool dry_run = false, full_resync = false;
+  SyncOptions sync_options;
   auto* sync = app.add_subcommand("sync", "sync one mapping, or every enabled mapping of a model");
   sync->add_option("MAPPING", name, "mapping name");
   sync->add_option("--model", model, "sync every enabled mapping of MODEL from one extraction");
-  sync->add_flag("--dry-run", dry_run, "show the change set; send nothing");
-  sync->add_flag("--full-resync", full_resync, "send every record again, not only the changes");
+  sync->add_flag("--dry-run", sync_options.dry_run, "show the change set; send nothing");
+  sync->add_flag("--full-resync", sync_options.full_resync,
+                 "send every record again, not only the changes");
+  sync->add_flag("--allow-mass-delete", sync_options.allow_mass_delete,
+                 "send the deletes even when they exceed the mapping's max_deletes");
   sync->callback([&] {
     if (name.empty() == model.empty()) {
       throw CLI::ValidationError("sync", "give either MAPPING or --model MODEL");
     }
-    result = Sync(g, name, model, dry_run, full_resync);
+    result = Sync(g, name, model, sync_options);
   });
 
   auto* runs = app.add_subcommand("runs", "inspect past runs");

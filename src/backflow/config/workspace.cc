@@ -506,7 +506,7 @@ void Loader::LoadMappings(const YAML::Node& root) {
     std::string path = fmt::format("mappings[{}]", i);
     CheckKeys(e, path,
               {"name", "model", "destination", "action", "records", "fields", "enabled",
-               "batch_size", "description"});
+               "batch_size", "max_deletes", "description"});
     MappingConfig mapping;
     auto name = EntryName(e, path, seen, "mapping");
     if (name) mapping.name = *name;
@@ -593,6 +593,22 @@ void Loader::LoadMappings(const YAML::Node& root) {
                      : "");
       } else {
         mapping.batch_size = size;
+      }
+    }
+    if (e["max_deletes"].IsDefined()) {
+      static const std::regex kPercent("^([0-9]{1,3}(\\.[0-9]+)?)%$");
+      static const std::regex kCount("^[0-9]{1,15}$");
+      std::string text = e["max_deletes"].Scalar();
+      std::smatch match;
+      if (std::regex_match(text, match, kPercent) && std::stod(match[1].str()) <= 100) {
+        mapping.max_deletes = {.is_percent = true, .percent = std::stod(match[1].str())};
+      } else if (std::regex_match(text, kCount)) {
+        mapping.max_deletes = {.is_percent = false, .count = std::stoll(text)};
+      } else {
+        Error(e["max_deletes"], path + ".max_deletes",
+              fmt::format("\"{}\" is not a percentage or a count", text),
+              "e.g. max_deletes: 20% (of the records last synced) or max_deletes: 1000; "
+              "100% turns the check off");
       }
     }
     YAML::Node fields = e["fields"];

@@ -64,6 +64,13 @@ struct DestinationConfig {
   nlohmann::json settings;  // defaults filled, env resolved
 };
 
+// How many deletes one run may send before it is refused (see `max_deletes`).
+struct DeleteLimit {
+  bool is_percent = true;
+  double percent = 50;  // of the records the mapping last synced
+  int64_t count = 0;
+};
+
 struct MappingConfig {
   std::string name;
   std::string model;
@@ -73,6 +80,7 @@ struct MappingConfig {
   std::vector<MappedField> fields;  // in file order
   bool enabled = true;
   std::optional<int> batch_size;
+  DeleteLimit max_deletes;
 };
 
 struct Workspace {

@@ -205,6 +205,31 @@ TEST_F(WorkspaceTest, RejectsPostgresStateForNow) {
   EXPECT_NE(Errors(r).find("state: a PostgreSQL state store is not supported"), std::string::npos);
 }
 
+TEST_F(WorkspaceTest, ParsesMaxDeletes) {
+  LoadResult r = Load(R"(
+sources: [{ name: s, type: sqlite, path: x.db }]
+models: [{ name: m, source: s, sql: SELECT 1, primary_key: id }]
+destinations: [{ name: d, type: memory }]
+mappings:
+  - { name: a, model: m, destination: d, action: upsert, fields: { x: y } }
+  - { name: b, model: m, destination: d, action: upsert, fields: { x: y }, max_deletes: 12.5% }
+  - { name: c, model: m, destination: d, action: upsert, fields: { x: y }, max_deletes: 300 }
+  - { name: e, model: m, destination: d, action: upsert, fields: { x: y }, max_deletes: lots }
+  - { name: f, model: m, destination: d, action: upsert, fields: { x: y }, max_deletes: 150% }
+)");
+  const Workspace& ws = r.workspace;
+  EXPECT_TRUE(ws.FindMapping("a")->max_deletes.is_percent);
+  EXPECT_EQ(ws.FindMapping("a")->max_deletes.percent, 50);
+  EXPECT_EQ(ws.FindMapping("b")->max_deletes.percent, 12.5);
+  EXPECT_FALSE(ws.FindMapping("c")->max_deletes.is_percent);
+  EXPECT_EQ(ws.FindMapping("c")->max_deletes.count, 300);
+  std::string errors = Errors(r);
+  EXPECT_NE(errors.find("mappings[3].max_deletes: \"lots\" is not a percentage or a count"),
+            std::string::npos)
+      << errors;
+  EXPECT_NE(errors.find("mappings[4].max_deletes: \"150%\""), std::string::npos) << errors;
+}
+
 TEST(ClosestMatchTest, SuggestsOnlyPlausibleTypos) {
   EXPECT_EQ(ClosestMatch("warehous", {"warehouse", "sample"}), "warehouse");
   EXPECT_EQ(ClosestMatch("zzzz", {"warehouse", "sample"}), "");

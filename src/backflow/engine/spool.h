@@ -41,12 +41,16 @@ class Spool {
   // Columns (key TEXT, change INTEGER, fingerprint BLOB, payload BLOB) in insertion order.
   absl::StatusOr<sqlite::Statement> ScanChanges(int mapping);
 
-  // Acknowledgements held back until a commit-on-finish session completes.
-  absl::Status AddAck(int mapping, std::string_view key, bool remove, const Fingerprint& fp,
-                      std::string_view identity);
+  // Checkpoint updates held back until they may be applied, in separate
+  // lists per mapping: changes the mapping does not send (applied once the
+  // run is allowed to proceed) and acknowledgements of a commit-on-finish
+  // session (applied once it completes).
+  enum class AckList { kSkipped = 0, kDeferred = 1 };
+  absl::Status AddAck(int mapping, AckList list, std::string_view key, bool remove,
+                      const Fingerprint& fp, std::string_view identity);
   absl::Status FinishAcks();
   // Columns (key TEXT, remove INTEGER, fingerprint BLOB, identity BLOB).
-  absl::StatusOr<sqlite::Statement> ScanAcks(int mapping);
+  absl::StatusOr<sqlite::Statement> ScanAcks(int mapping, AckList list);
 
  private:
   Spool(std::string path, std::unique_ptr<sqlite::Database> db)

@@ -107,7 +107,8 @@ struct MappingRun {
   std::vector<RunRecord> records;  // failed/rejected, not yet stored
   int64_t reported = 0;
   std::vector<PlannedChange> sample;
-  bool done = false;  // failed before delivery
+  int64_t checkpoint_records = 0;  // records the checkpoint held before this run
+  bool done = false;               // failed before delivery
 };
 
 class Runner {
@@ -179,6 +180,10 @@ class Runner {
   absl::Status Diff(MappingRun& m, int index, const ModelConfig& model, const Schema& schema,
                     const std::string& null_key_error);
   absl::Status Deliver(MappingRun& m, int index);
+  absl::Status ApplyAcks(MappingRun& m, int index, Spool::AckList list);
+  // The run-level error when the change set deletes more than the mapping's
+  // max_deletes allows; empty when it may proceed.
+  std::string CheckDeletionThreshold(const MappingRun& m) const;
 
   const Workspace& ws_;
   const Registry& registry_;
@@ -267,15 +272,8 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
   BACKFLOW_ASSIGN_OR_RETURN(bool have_entry, checkpoint->Next(entry));
   BACKFLOW_ASSIGN_OR_RETURN(bool have_row, rows.Step());
 
-  std::vector<CheckpointUpdate> skipped_updates;
-  auto flush_skipped = [&]() -> absl::Status {
-    if (options_.dry_run || skipped_updates.empty()) return absl::OkStatus();
-    absl::Status s = state_.ApplyCheckpoint(name, skipped_updates);
-    skipped_updates.clear();
-    return s;
-  };
   Row values, payload;
-  std::string encoded;
+  std::string encoded, identity;
   auto emit = [&](ChangeKind kind, std::string_view key, const Fingerprint& fp,
                   const Row& out) -> absl::Status {
     switch (kind) {
@@ -291,18 +289,16 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
     }
     if (!Selected(m.config->records, kind)) {
       ++c.skipped;
-      // Changes this mapping does not send still advance its checkpoint, so
-      // they are not reported again by every later run.
-      CheckpointUpdate u;
-      u.key.assign(key);
-      u.remove = kind == ChangeKind::kDeleted;
-      u.fingerprint = fp;
-      if (!u.remove) {
-        EncodeRow(mapper.Identity(out), u.identity);
+      // Changes this mapping does not send still advance its checkpoint (once
+      // the run may proceed), so they are not reported again by every run.
+      bool remove = kind == ChangeKind::kDeleted;
+      identity.clear();
+      if (remove) {
+        EncodeRow(out, identity);
+      } else {
+        EncodeRow(mapper.Identity(out), identity);
       }
-      skipped_updates.push_back(std::move(u));
-      if (skipped_updates.size() >= kCheckpointChunk) return flush_skipped();
-      return absl::OkStatus();
+      return spool_->AddAck(index, Spool::AckList::kSkipped, key, remove, fp, identity);
     }
     if (options_.dry_run && static_cast<int>(m.sample.size()) < options_.dry_run_sample) {
       const auto& names = kind == ChangeKind::kDeleted ? layout.identity : layout.fields;
@@ -323,6 +319,7 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
     } else {
       cmp = rows.ColumnText(0).compare(entry.key);
     }
+    if (cmp >= 0) ++m.checkpoint_records;
     if (cmp > 0) {
       // In the checkpoint only: deleted from the model.
       BACKFLOW_ASSIGN_OR_RETURN(Row identity, DecodeRow(entry.identity));
@@ -376,7 +373,50 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
     }
     BACKFLOW_ASSIGN_OR_RETURN(have_row, rows.Step());
   }
-  return flush_skipped();
+  return absl::OkStatus();
+}
+
+absl::Status Runner::ApplyAcks(MappingRun& m, int index, Spool::AckList list) {
+  BACKFLOW_RETURN_IF_ERROR(spool_->FinishAcks());
+  BACKFLOW_ASSIGN_OR_RETURN(sqlite::Statement acks, spool_->ScanAcks(index, list));
+  std::vector<CheckpointUpdate> chunk;
+  while (true) {
+    BACKFLOW_ASSIGN_OR_RETURN(bool row, acks.Step());
+    if (row) {
+      CheckpointUpdate u;
+      u.key.assign(acks.ColumnText(0));
+      u.remove = acks.ColumnInt(1) != 0;
+      std::string_view fp = acks.ColumnBlob(2);
+      u.fingerprint = Fingerprint::FromBytes(fp.data(), fp.size());
+      u.identity.assign(acks.ColumnBlob(3));
+      chunk.push_back(std::move(u));
+    }
+    if (!row || chunk.size() >= kCheckpointChunk) {
+      BACKFLOW_RETURN_IF_ERROR(state_.ApplyCheckpoint(m.config->name, chunk));
+      chunk.clear();
+    }
+    if (!row) return absl::OkStatus();
+  }
+}
+
+std::string Runner::CheckDeletionThreshold(const MappingRun& m) const {
+  const RunCounts& c = m.run.counts;
+  if (options_.allow_mass_delete || c.deleted == 0) return "";
+  const MappingConfig& config = *m.config;
+  int64_t limit = config.max_deletes.count;
+  std::string rule = fmt::format("{}", limit);
+  if (config.max_deletes.is_percent) {
+    limit = static_cast<int64_t>(config.max_deletes.percent / 100.0 *
+                                 static_cast<double>(m.checkpoint_records));
+    rule = fmt::format("{}% of the {} records last synced", config.max_deletes.percent,
+                       m.checkpoint_records);
+  }
+  if (c.deleted <= limit) return "";
+  return fmt::format(
+      "refused: this run would delete {} records, more than max_deletes allows ({}); nothing "
+      "was sent. If the model really lost these rows, run again with --allow-mass-delete (or "
+      "raise max_deletes on mapping \"{}\"); otherwise check the model's SQL and source",
+      c.deleted, rule, config.name);
 }
 
 absl::Status Runner::Deliver(MappingRun& m, int index) {
@@ -440,7 +480,8 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
     fingerprints.clear();
     if (deferred) {
       for (const CheckpointUpdate& u : updates) {
-        BACKFLOW_RETURN_IF_ERROR(spool_->AddAck(index, u.key, u.remove, u.fingerprint, u.identity));
+        BACKFLOW_RETURN_IF_ERROR(spool_->AddAck(index, Spool::AckList::kDeferred, u.key, u.remove,
+                                                u.fingerprint, u.identity));
       }
       deferred_count += static_cast<int64_t>(updates.size());
     } else {
@@ -493,28 +534,7 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
                               m.config->destination, finished.message());
     return absl::OkStatus();
   }
-  if (deferred) {
-    BACKFLOW_RETURN_IF_ERROR(spool_->FinishAcks());
-    BACKFLOW_ASSIGN_OR_RETURN(sqlite::Statement acks, spool_->ScanAcks(index));
-    std::vector<CheckpointUpdate> chunk;
-    while (true) {
-      BACKFLOW_ASSIGN_OR_RETURN(bool row, acks.Step());
-      if (row) {
-        CheckpointUpdate u;
-        u.key.assign(acks.ColumnText(0));
-        u.remove = acks.ColumnInt(1) != 0;
-        std::string_view fp = acks.ColumnBlob(2);
-        u.fingerprint = Fingerprint::FromBytes(fp.data(), fp.size());
-        u.identity.assign(acks.ColumnBlob(3));
-        chunk.push_back(std::move(u));
-      }
-      if (!row || chunk.size() >= kCheckpointChunk) {
-        BACKFLOW_RETURN_IF_ERROR(state_.ApplyCheckpoint(name, chunk));
-        chunk.clear();
-      }
-      if (!row) break;
-    }
-  }
+  if (deferred) BACKFLOW_RETURN_IF_ERROR(ApplyAcks(m, index, Spool::AckList::kDeferred));
   Progress("sending", name, attempted, to_send, true);
   return absl::OkStatus();
 }
@@ -602,7 +622,13 @@ absl::StatusOr<std::vector<MappingRunResult>> Runner::Run(const ModelConfig& mod
   }
   Schema schema;
   Progress("extracting", "", 0, 0, true);
+  auto phase_start = Steady::now();
+  auto seconds_since = [](Steady::time_point t) {
+    return std::chrono::duration<double>(Steady::now() - t).count();
+  };
   absl::Status extracted = Extract(model, **source, schema);
+  double extract_s = seconds_since(phase_start);
+  for (MappingRun& m : runs) m.run.extract_s = extract_s;
   if (!extracted.ok()) {
     return fail_all(fmt::format("model \"{}\" on source \"{}\": {}", model.name, model.source,
                                 extracted.message()));
@@ -620,8 +646,15 @@ absl::StatusOr<std::vector<MappingRunResult>> Runner::Run(const ModelConfig& mod
       continue;
     }
     m.mapper = *std::move(mapper);
+    phase_start = Steady::now();
     absl::Status diffed = Diff(m, static_cast<int>(i), model, schema, null_key_error);
-    if (!diffed.ok()) Fail(m, fmt::format("change detection failed: {}", diffed.message()));
+    m.run.diff_s = seconds_since(phase_start);
+    if (!diffed.ok()) {
+      Fail(m, fmt::format("change detection failed: {}", diffed.message()));
+      continue;
+    }
+    std::string refused = CheckDeletionThreshold(m);
+    if (!refused.empty()) Fail(m, refused);
   }
   BACKFLOW_RETURN_IF_ERROR(spool_->FinishChanges());
 
@@ -629,7 +662,10 @@ absl::StatusOr<std::vector<MappingRunResult>> Runner::Run(const ModelConfig& mod
     MappingRun& m = runs[i];
     if (m.done || options_.dry_run) continue;
     BACKFLOW_RETURN_IF_ERROR(state_.UpdateRun(m.run));  // counts visible while sending
-    absl::Status delivered = Deliver(m, static_cast<int>(i));
+    phase_start = Steady::now();
+    absl::Status delivered = ApplyAcks(m, static_cast<int>(i), Spool::AckList::kSkipped);
+    if (delivered.ok()) delivered = Deliver(m, static_cast<int>(i));
+    m.run.deliver_s = seconds_since(phase_start);
     if (!delivered.ok()) {
       Fail(m, fmt::format("delivery stopped: {}; records not confirmed are sent by the next run",
                           delivered.message()));

@@ -36,6 +36,8 @@ struct SyncProgress {
 struct SyncOptions {
   bool dry_run = false;
   bool full_resync = false;
+  // Lifts every mapping's max_deletes limit for this run.
+  bool allow_mass_delete = false;
   std::string trigger = "cli";
   // Called from the syncing thread, at most a few times per second.
   std::function<void(const SyncProgress&)> on_progress;

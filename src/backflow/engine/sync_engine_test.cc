@@ -333,5 +333,69 @@ TEST_F(SyncEngineTest, AMappingIsNeverSyncedTwiceAtOnce) {
   EXPECT_EQ(Sync().status, RunStatus::kSucceeded);
 }
 
+TEST_F(SyncEngineTest, MassDeleteIsRefusedUnlessAllowed) {
+  Load();
+  Sync();
+  Exec("DELETE FROM customers WHERE id > 4");  // 6 of 10: above the default 50%
+  dest_->sent_keys.clear();
+  RunInfo run = Sync();
+  EXPECT_EQ(run.status, RunStatus::kFailed);
+  EXPECT_EQ(run.counts.deleted, 6);
+  EXPECT_NE(run.error.find("would delete 6 records, more than max_deletes allows (50% of the 10 "
+                           "records last synced)"),
+            std::string::npos)
+      << run.error;
+  EXPECT_NE(run.error.find("--allow-mass-delete"), std::string::npos);
+  EXPECT_TRUE(dest_->sent_keys.empty());
+  EXPECT_EQ(*state_->CheckpointSize("m"), 10);
+
+  SyncOptions dry;
+  dry.dry_run = true;
+  EXPECT_EQ(Sync(dry).status, RunStatus::kFailed);  // a dry run says the real one would be refused
+
+  SyncOptions allow;
+  allow.allow_mass_delete = true;
+  run = Sync(allow);
+  EXPECT_EQ(run.status, RunStatus::kSucceeded) << run.error;
+  EXPECT_EQ(dest_->records.size(), 4u);
+}
+
+TEST_F(SyncEngineTest, MaxDeletesAcceptsCountsAndPercentages) {
+  Load("    max_deletes: 2");
+  Sync();
+  Exec("DELETE FROM customers WHERE id > 7");  // 3 deletes, limit 2
+  EXPECT_EQ(Sync().status, RunStatus::kFailed);
+  Load("    max_deletes: 100%");
+  RunInfo run = Sync();
+  EXPECT_EQ(run.status, RunStatus::kSucceeded) << run.error;
+  EXPECT_EQ(run.counts.deleted, 3);
+}
+
+TEST_F(SyncEngineTest, RefusedRunDoesNotAdvanceSkippedChanges) {
+  Load("    records: added_or_updated");
+  Sync();
+  Exec("DELETE FROM customers WHERE id > 2");  // 8 skipped deletes: still over the limit
+  RunInfo run = Sync();
+  EXPECT_EQ(run.status, RunStatus::kFailed);
+  EXPECT_EQ(*state_->CheckpointSize("m"), 10);  // nothing advanced
+  SyncOptions allow;
+  allow.allow_mass_delete = true;
+  run = Sync(allow);
+  EXPECT_EQ(run.counts.skipped, 8);
+  EXPECT_EQ(*state_->CheckpointSize("m"), 2);
+}
+
+TEST_F(SyncEngineTest, RunsRecordTheTimeOfEachPhase) {
+  Load();
+  RunInfo run = Sync();
+  EXPECT_GT(run.extract_s, 0);
+  EXPECT_GT(run.diff_s, 0);
+  EXPECT_GT(run.deliver_s, 0);
+  EXPECT_LE(run.extract_s + run.diff_s + run.deliver_s, run.duration_s + 1e-3);
+  auto stored = state_->GetRun(run.id);
+  ASSERT_TRUE(stored.ok());
+  EXPECT_DOUBLE_EQ(stored->deliver_s, run.deliver_s);
+}
+
 }  // namespace
 }  // namespace backflow

@@ -68,6 +68,11 @@ CREATE TABLE checkpoints (
   PRIMARY KEY (mapping, record_key)
 ) WITHOUT ROWID;
 )sql",
+    R"sql(
+ALTER TABLE runs ADD COLUMN extract_s REAL NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN diff_s REAL NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN deliver_s REAL NOT NULL DEFAULT 0;
+)sql",
 };
 
 std::string_view Col(const Statement& s, int i) { return s.ColumnText(i); }
@@ -166,9 +171,10 @@ class SqliteStateStore : public StateStore {
   absl::Status UpdateRun(const RunInfo& run) override {
     BACKFLOW_ASSIGN_OR_RETURN(
         Statement s,
-        db_->Prepare("UPDATE runs SET status=?, finished_at=?, duration_s=?, extracted=?, "
-                     "added=?, updated=?, deleted=?, unchanged=?, skipped=?, succeeded=?, "
-                     "failed=?, rejected=?, error=? WHERE id=?"));
+        db_->Prepare(
+            "UPDATE runs SET status=?, finished_at=?, duration_s=?, extracted=?, "
+            "added=?, updated=?, deleted=?, unchanged=?, skipped=?, succeeded=?, "
+            "failed=?, rejected=?, error=?, extract_s=?, diff_s=?, deliver_s=? WHERE id=?"));
     const RunCounts& c = run.counts;
     s.Bind(1, RunStatusName(run.status));
     if (run.finished_at.empty()) {
@@ -187,7 +193,10 @@ class SqliteStateStore : public StateStore {
         .Bind(11, c.failed)
         .Bind(12, c.rejected)
         .Bind(13, run.error)
-        .Bind(14, run.id);
+        .BindDouble(14, run.extract_s)
+        .BindDouble(15, run.diff_s)
+        .BindDouble(16, run.deliver_s)
+        .Bind(17, run.id);
     return s.Run();
   }
 
@@ -245,13 +254,16 @@ class SqliteStateStore : public StateStore {
     c.rejected = s.ColumnInt(19);
     r.error = Col(s, 20);
     r.pid = s.ColumnInt(21);
+    r.extract_s = s.ColumnDouble(22);
+    r.diff_s = s.ColumnDouble(23);
+    r.deliver_s = s.ColumnDouble(24);
     return r;
   }
 
   static constexpr const char* kRunColumns =
       "id, mapping, model, destination, trigger, dry_run, full_resync, status, started_at, "
       "finished_at, duration_s, extracted, added, updated, deleted, unchanged, skipped, "
-      "succeeded, failed, rejected, error, pid";
+      "succeeded, failed, rejected, error, pid, extract_s, diff_s, deliver_s";
 
   absl::StatusOr<RunInfo> GetRun(int64_t id) override {
     BACKFLOW_ASSIGN_OR_RETURN(

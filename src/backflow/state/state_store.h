@@ -51,6 +51,10 @@ struct RunInfo {
   std::string started_at;   // ISO-8601 UTC
   std::string finished_at;  // empty while running
   double duration_s = 0;
+  // Time spent per phase: reading the model, change detection, sending.
+  double extract_s = 0;
+  double diff_s = 0;
+  double deliver_s = 0;
   RunCounts counts;
   std::string error;  // run-level error, empty when none
   int64_t pid = 0;
