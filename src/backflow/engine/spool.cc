@@ -53,7 +53,7 @@ absl::StatusOr<std::unique_ptr<Spool>> Spool::Create(const std::string& dir) {
       "change INTEGER NOT NULL, fingerprint BLOB NOT NULL, payload BLOB NOT NULL, "
       "PRIMARY KEY (mapping, seq)) WITHOUT ROWID;"
       "CREATE TABLE acks (mapping INTEGER NOT NULL, list INTEGER NOT NULL, seq INTEGER NOT NULL, "
-      "key TEXT NOT NULL, remove INTEGER NOT NULL, fingerprint BLOB NOT NULL, "
+      "key TEXT NOT NULL, kind INTEGER NOT NULL, fingerprint BLOB NOT NULL, "
       "identity BLOB NOT NULL, PRIMARY KEY (mapping, list, seq)) WITHOUT ROWID;"));
   auto spool = std::unique_ptr<Spool>(new Spool(path, std::move(db)));
   BACKFLOW_ASSIGN_OR_RETURN(
@@ -68,7 +68,7 @@ absl::StatusOr<std::unique_ptr<Spool>> Spool::Create(const std::string& dir) {
                           "VALUES (?,?,?,?,?,?)"));
   BACKFLOW_ASSIGN_OR_RETURN(
       spool->insert_ack_,
-      spool->db_->Prepare("INSERT INTO acks (mapping, list, seq, key, remove, fingerprint, "
+      spool->db_->Prepare("INSERT INTO acks (mapping, list, seq, key, kind, fingerprint, "
                           "identity) VALUES (?,?,?,?,?,?,?)"));
   return spool;
 }
@@ -145,17 +145,16 @@ absl::StatusOr<sqlite::Statement> Spool::ScanChanges(int mapping) {
   return s;
 }
 
-absl::Status Spool::AddAck(int mapping, AckList list, std::string_view key, bool remove,
-                           const Fingerprint& fp, std::string_view identity) {
+absl::Status Spool::AddAck(int mapping, AckList list, const CheckpointUpdate& update) {
   BACKFLOW_RETURN_IF_ERROR(MaybeCommit());
-  auto bytes = fp.ToBytes();
+  auto bytes = update.fingerprint.ToBytes();
   return insert_ack_.Bind(1, int64_t{mapping})
       .Bind(2, static_cast<int64_t>(list))
       .Bind(3, ++change_seq_)
-      .Bind(4, key)
-      .Bind(5, int64_t{remove})
+      .Bind(4, update.key)
+      .Bind(5, static_cast<int64_t>(update.kind))
       .BindBlob(6, std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()))
-      .BindBlob(7, identity)
+      .BindBlob(7, update.identity)
       .Run();
 }
 
@@ -164,7 +163,7 @@ absl::Status Spool::FinishAcks() { return FinishLoad(); }
 absl::StatusOr<sqlite::Statement> Spool::ScanAcks(int mapping, AckList list) {
   BACKFLOW_ASSIGN_OR_RETURN(
       sqlite::Statement s,
-      db_->Prepare("SELECT key, remove, fingerprint, identity FROM acks WHERE mapping = ? AND "
+      db_->Prepare("SELECT key, kind, fingerprint, identity FROM acks WHERE mapping = ? AND "
                    "list = ? ORDER BY seq"));
   s.Bind(1, int64_t{mapping}).Bind(2, static_cast<int64_t>(list));
   return s;

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "backflow/common/hash.h"
 #include "backflow/sqlite/database.h"
+#include "backflow/state/state_store.h"
 
 namespace backflow {
 
@@ -46,10 +47,10 @@ class Spool {
   // run is allowed to proceed) and acknowledgements of a commit-on-finish
   // session (applied once it completes).
   enum class AckList { kSkipped = 0, kDeferred = 1 };
-  absl::Status AddAck(int mapping, AckList list, std::string_view key, bool remove,
-                      const Fingerprint& fp, std::string_view identity);
+  absl::Status AddAck(int mapping, AckList list, const CheckpointUpdate& update);
   absl::Status FinishAcks();
-  // Columns (key TEXT, remove INTEGER, fingerprint BLOB, identity BLOB).
+  // Columns (key TEXT, kind INTEGER (CheckpointUpdate::Kind), fingerprint BLOB,
+  // identity BLOB).
   absl::StatusOr<sqlite::Statement> ScanAcks(int mapping, AckList list);
 
  private:

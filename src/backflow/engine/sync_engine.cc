@@ -107,7 +107,7 @@ struct MappingRun {
   std::vector<RunRecord> records;  // failed/rejected, not yet stored
   int64_t reported = 0;
   std::vector<PlannedChange> sample;
-  int64_t checkpoint_records = 0;  // records the checkpoint held before this run
+  int64_t checkpoint_records = 0;  // records the destination held (or may hold) before this run
   bool done = false;               // failed before delivery
 };
 
@@ -180,6 +180,13 @@ class Runner {
   absl::Status Diff(MappingRun& m, int index, const ModelConfig& model, const Schema& schema,
                     const std::string& null_key_error);
   absl::Status Deliver(MappingRun& m, int index);
+  // One model row of the merge: rejected, added, updated or unchanged.
+  // `entry` is the row's checkpoint entry, null when it has none.
+  template <typename Emit>
+  absl::Status DiffRow(MappingRun& m, const ModelConfig& model, const Schema& schema,
+                       const sqlite::Statement& rows, const std::string& key,
+                       const CheckpointEntry* entry, bool was_in_flight, Emit& emit, Row& values,
+                       Row& payload);
   absl::Status ApplyAcks(MappingRun& m, int index, Spool::AckList list);
   // The run-level error when the change set deletes more than the mapping's
   // max_deletes allows; empty when it may proceed.
@@ -265,15 +272,20 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
     }
   }
 
+  // Three streams in key order: the model's rows, the checkpoint, and the
+  // records a previous run sent without learning the outcome.
   BACKFLOW_ASSIGN_OR_RETURN(sqlite::Statement rows, spool_->ScanRows());
-  std::unique_ptr<CheckpointScanner> checkpoint;
-  BACKFLOW_ASSIGN_OR_RETURN(checkpoint, state_.ScanCheckpoint(name));
-  CheckpointEntry entry;
-  BACKFLOW_ASSIGN_OR_RETURN(bool have_entry, checkpoint->Next(entry));
+  BACKFLOW_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointScanner> checkpoint,
+                            state_.ScanCheckpoint(name));
+  BACKFLOW_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointScanner> in_flight,
+                            state_.ScanInFlight(name));
+  CheckpointEntry entry, flight;
   BACKFLOW_ASSIGN_OR_RETURN(bool have_row, rows.Step());
+  BACKFLOW_ASSIGN_OR_RETURN(bool have_entry, checkpoint->Next(entry));
+  BACKFLOW_ASSIGN_OR_RETURN(bool have_flight, in_flight->Next(flight));
 
   Row values, payload;
-  std::string encoded, identity;
+  std::string encoded;
   auto emit = [&](ChangeKind kind, std::string_view key, const Fingerprint& fp,
                   const Row& out) -> absl::Status {
     switch (kind) {
@@ -291,14 +303,16 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
       ++c.skipped;
       // Changes this mapping does not send still advance its checkpoint (once
       // the run may proceed), so they are not reported again by every run.
-      bool remove = kind == ChangeKind::kDeleted;
-      identity.clear();
-      if (remove) {
-        EncodeRow(out, identity);
+      CheckpointUpdate u;
+      u.key.assign(key);
+      u.fingerprint = fp;
+      if (kind == ChangeKind::kDeleted) {
+        u.kind = CheckpointUpdate::Kind::kRemove;
+        EncodeRow(out, u.identity);
       } else {
-        EncodeRow(mapper.Identity(out), identity);
+        EncodeRow(mapper.Identity(out), u.identity);
       }
-      return spool_->AddAck(index, Spool::AckList::kSkipped, key, remove, fp, identity);
+      return spool_->AddAck(index, Spool::AckList::kSkipped, u);
     }
     if (options_.dry_run && static_cast<int>(m.sample.size()) < options_.dry_run_sample) {
       const auto& names = kind == ChangeKind::kDeleted ? layout.identity : layout.fields;
@@ -310,68 +324,93 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
     return spool_->AddChange(index, static_cast<int>(kind), key, fp, encoded);
   };
 
-  while (have_row || have_entry) {
-    int cmp;
-    if (!have_row) {
-      cmp = 1;
-    } else if (!have_entry) {
-      cmp = -1;
+  std::string key;
+  while (have_row || have_entry || have_flight) {
+    bool first = true;
+    auto consider = [&](bool have, std::string_view k) {
+      if (have && (first || k < std::string_view(key))) {
+        key.assign(k);
+        first = false;
+      }
+    };
+    consider(have_row, rows.ColumnText(0));
+    consider(have_entry, entry.key);
+    consider(have_flight, flight.key);
+    const bool in_rows = have_row && rows.ColumnText(0) == key;
+    const bool in_checkpoint = have_entry && entry.key == key;
+    const bool was_in_flight = have_flight && flight.key == key;
+    // Records the destination holds, or may hold: the base of max_deletes.
+    if (in_checkpoint || was_in_flight) ++m.checkpoint_records;
+    if (!in_rows) {
+      // Gone from the model: delete what the destination holds, or may hold.
+      BACKFLOW_ASSIGN_OR_RETURN(Row identity,
+                                DecodeRow(in_checkpoint ? entry.identity : flight.identity));
+      BACKFLOW_RETURN_IF_ERROR(emit(ChangeKind::kDeleted, key,
+                                    in_checkpoint ? entry.fingerprint : Fingerprint{}, identity));
     } else {
-      cmp = rows.ColumnText(0).compare(entry.key);
+      BACKFLOW_RETURN_IF_ERROR(DiffRow(m, model, schema, rows, key,
+                                       in_checkpoint ? &entry : nullptr, was_in_flight, emit,
+                                       values, payload));
     }
-    if (cmp >= 0) ++m.checkpoint_records;
-    if (cmp > 0) {
-      // In the checkpoint only: deleted from the model.
-      BACKFLOW_ASSIGN_OR_RETURN(Row identity, DecodeRow(entry.identity));
-      BACKFLOW_RETURN_IF_ERROR(emit(ChangeKind::kDeleted, entry.key, entry.fingerprint, identity));
+    if (in_rows) {
+      BACKFLOW_ASSIGN_OR_RETURN(have_row, rows.Step());
+    }
+    if (in_checkpoint) {
       BACKFLOW_ASSIGN_OR_RETURN(have_entry, checkpoint->Next(entry));
-      continue;
     }
-    std::string_view key = rows.ColumnText(0);
-    int64_t copies = rows.ColumnInt(1);
-    if (copies > 1) {
-      c.rejected += copies;
-      BACKFLOW_ASSIGN_OR_RETURN(values, DecodeRow(rows.ColumnBlob(2)));
+    if (was_in_flight) {
+      BACKFLOW_ASSIGN_OR_RETURN(have_flight, in_flight->Next(flight));
+    }
+  }
+  return absl::OkStatus();
+}
+
+template <typename Emit>
+absl::Status Runner::DiffRow(MappingRun& m, const ModelConfig& model, const Schema& schema,
+                             const sqlite::Statement& rows, const std::string& key,
+                             const CheckpointEntry* entry, bool was_in_flight, Emit& emit,
+                             Row& values, Row& payload) {
+  RunCounts& c = m.run.counts;
+  const Mapper& mapper = *m.mapper;
+  int64_t copies = rows.ColumnInt(1);
+  if (copies > 1) {
+    c.rejected += copies;
+    BACKFLOW_ASSIGN_OR_RETURN(values, DecodeRow(rows.ColumnBlob(2)));
+    Report(m, {.key = std::string(key),
+               .outcome = "rejected",
+               .change = "",
+               .error = fmt::format("duplicate unique identifier: {} rows have {} = {}", copies,
+                                    model.primary_key, key),
+               .error_class = "record",
+               .payload = RowJson(schema, values),
+               .recommended_action = fmt::format(
+                   "Make \"{}\" unique in model \"{}\" (deduplicate in its SQL); none of these "
+                   "rows is sent until then, and the record is not deleted.",
+                   model.primary_key, model.name)});
+  } else {
+    BACKFLOW_ASSIGN_OR_RETURN(values, DecodeRow(rows.ColumnBlob(2)));
+    absl::Status mapped = mapper.Map(values, payload);
+    if (!mapped.ok()) {
+      ++c.rejected;
       Report(m, {.key = std::string(key),
                  .outcome = "rejected",
                  .change = "",
-                 .error = fmt::format("duplicate unique identifier: {} rows have {} = {}", copies,
-                                      model.primary_key, key),
+                 .error = std::string(mapped.message()),
                  .error_class = "record",
                  .payload = RowJson(schema, values),
-                 .recommended_action = fmt::format(
-                     "Make \"{}\" unique in model \"{}\" (deduplicate in its SQL); none of these "
-                     "rows is sent until then, and the record is not deleted.",
-                     model.primary_key, model.name)});
+                 .recommended_action =
+                     "Fix this row's value in the model, or change the mapping's fields; the "
+                     "record is sent once it maps cleanly."});
     } else {
-      BACKFLOW_ASSIGN_OR_RETURN(values, DecodeRow(rows.ColumnBlob(2)));
-      absl::Status mapped = mapper.Map(values, payload);
-      if (!mapped.ok()) {
-        ++c.rejected;
-        Report(m, {.key = std::string(key),
-                   .outcome = "rejected",
-                   .change = "",
-                   .error = std::string(mapped.message()),
-                   .error_class = "record",
-                   .payload = RowJson(schema, values),
-                   .recommended_action =
-                       "Fix this row's value in the model, or change the mapping's fields; the "
-                       "record is sent once it maps cleanly."});
+      Fingerprint fp = mapper.PayloadFingerprint(payload);
+      if (entry == nullptr) {
+        BACKFLOW_RETURN_IF_ERROR(emit(ChangeKind::kAdded, key, fp, payload));
+      } else if (was_in_flight || options_.full_resync || !(fp == entry->fingerprint)) {
+        BACKFLOW_RETURN_IF_ERROR(emit(ChangeKind::kUpdated, key, fp, payload));
       } else {
-        Fingerprint fp = mapper.PayloadFingerprint(payload);
-        if (cmp < 0) {
-          BACKFLOW_RETURN_IF_ERROR(emit(ChangeKind::kAdded, key, fp, payload));
-        } else if (options_.full_resync || !(fp == entry.fingerprint)) {
-          BACKFLOW_RETURN_IF_ERROR(emit(ChangeKind::kUpdated, key, fp, payload));
-        } else {
-          ++c.unchanged;
-        }
+        ++c.unchanged;
       }
     }
-    if (cmp == 0) {
-      BACKFLOW_ASSIGN_OR_RETURN(have_entry, checkpoint->Next(entry));
-    }
-    BACKFLOW_ASSIGN_OR_RETURN(have_row, rows.Step());
   }
   return absl::OkStatus();
 }
@@ -385,7 +424,7 @@ absl::Status Runner::ApplyAcks(MappingRun& m, int index, Spool::AckList list) {
     if (row) {
       CheckpointUpdate u;
       u.key.assign(acks.ColumnText(0));
-      u.remove = acks.ColumnInt(1) != 0;
+      u.kind = static_cast<CheckpointUpdate::Kind>(acks.ColumnInt(1));
       std::string_view fp = acks.ColumnBlob(2);
       u.fingerprint = Fingerprint::FromBytes(fp.data(), fp.size());
       u.identity.assign(acks.ColumnBlob(3));
@@ -406,6 +445,7 @@ std::string Runner::CheckDeletionThreshold(const MappingRun& m) const {
   int64_t limit = config.max_deletes.count;
   std::string rule = fmt::format("{}", limit);
   if (config.max_deletes.is_percent) {
+    if (config.max_deletes.percent >= 100) return "";
     limit = static_cast<int64_t>(config.max_deletes.percent / 100.0 *
                                  static_cast<double>(m.checkpoint_records));
     rule = fmt::format("{}% of the {} records last synced", config.max_deletes.percent,
@@ -448,6 +488,15 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
   int64_t attempted = 0;
   auto send = [&]() -> absl::Status {
     if (batch.empty()) return absl::OkStatus();
+    // Durably note what is about to be sent: if this process dies before the
+    // outcome is recorded, the next run re-sends these records' current state.
+    std::vector<InFlightEntry> in_flight(batch.size());
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const OutgoingRecord& r = batch[i];
+      in_flight[i].key = r.key;
+      EncodeRow(r.is_delete() ? r.values : m.mapper->Identity(r.values), in_flight[i].identity);
+    }
+    BACKFLOW_RETURN_IF_ERROR(state_.MarkInFlight(name, in_flight));
     auto outcomes = session->SendBatch(batch);
     std::vector<CheckpointUpdate> updates;
     for (size_t i = 0; i < batch.size(); ++i) {
@@ -456,15 +505,23 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
           outcomes.ok() && i < outcomes->size()
               ? (*outcomes)[i]
               : (outcomes.ok() ? absl::InternalError("no outcome for record") : outcomes.status());
+      CheckpointUpdate u;
+      u.key = r.key;
+      u.fingerprint = fingerprints[i];
+      u.identity = std::move(in_flight[i].identity);
       if (status.ok()) {
         ++c.succeeded;
-        CheckpointUpdate u;
-        u.key = r.key;
-        u.remove = r.is_delete();
-        u.fingerprint = fingerprints[i];
-        if (!u.remove) EncodeRow(m.mapper->Identity(r.values), u.identity);
+        u.kind = r.is_delete() ? CheckpointUpdate::Kind::kRemove : CheckpointUpdate::Kind::kUpsert;
         updates.push_back(std::move(u));
       } else {
+        // A definite "no" leaves the destination as the checkpoint describes
+        // it; after a transient or unclassified failure the write may have
+        // happened, so the record stays in flight.
+        RetryClass retry = ClassifyStatus(status);
+        if (!outcomes.ok() || retry == RetryClass::kRecord || retry == RetryClass::kConfiguration) {
+          u.kind = CheckpointUpdate::Kind::kSettle;
+          updates.push_back(std::move(u));
+        }
         ++c.failed;
         Report(m, {.key = r.key,
                    .outcome = "failed",
@@ -480,10 +537,9 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
     fingerprints.clear();
     if (deferred) {
       for (const CheckpointUpdate& u : updates) {
-        BACKFLOW_RETURN_IF_ERROR(spool_->AddAck(index, Spool::AckList::kDeferred, u.key, u.remove,
-                                                u.fingerprint, u.identity));
+        BACKFLOW_RETURN_IF_ERROR(spool_->AddAck(index, Spool::AckList::kDeferred, u));
+        if (u.kind != CheckpointUpdate::Kind::kSettle) ++deferred_count;
       }
-      deferred_count += static_cast<int64_t>(updates.size());
     } else {
       BACKFLOW_RETURN_IF_ERROR(state_.ApplyCheckpoint(name, updates));
     }

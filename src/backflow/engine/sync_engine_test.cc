@@ -8,6 +8,7 @@
 
 #include "backflow/common/clock.h"
 #include "backflow/destinations/testing/memory_destination.h"
+#include "backflow/model/value.h"
 #include "backflow/sources/sqlite/sqlite_source.h"
 #include "backflow/sqlite/database.h"
 #include "fmt/format.h"
@@ -395,6 +396,61 @@ TEST_F(SyncEngineTest, RunsRecordTheTimeOfEachPhase) {
   auto stored = state_->GetRun(run.id);
   ASSERT_TRUE(stored.ok());
   EXPECT_DOUBLE_EQ(stored->deliver_s, run.deliver_s);
+}
+
+TEST_F(SyncEngineTest, RecordsLeftInFlightAreResentOrDeleted) {
+  Load();
+  Sync();
+  // As if a process died after sending these and before recording the outcome:
+  // "3" is unchanged in the model, "77" was being added and is gone from it.
+  std::string identity;
+  EncodeRow({Value::Int64(77)}, identity);
+  ASSERT_TRUE(
+      state_->MarkInFlight("m", {{.key = "3", .identity = ""}, {.key = "77", .identity = identity}})
+          .ok());
+  dest_->sent_keys.clear();
+  dest_->records["77"] = "{}";
+  RunInfo run = Sync();
+  EXPECT_EQ(run.status, RunStatus::kSucceeded) << run.error;
+  EXPECT_EQ(run.counts.updated, 1);
+  EXPECT_EQ(run.counts.deleted, 1);
+  std::vector<std::string> sent = dest_->sent_keys;
+  std::sort(sent.begin(), sent.end());
+  EXPECT_EQ(sent, (std::vector<std::string>{"3", "77"}));
+  EXPECT_EQ(dest_->records.count("77"), 0u);
+  // Settled: the next run has nothing to do.
+  dest_->sent_keys.clear();
+  Sync();
+  EXPECT_TRUE(dest_->sent_keys.empty());
+}
+
+TEST_F(SyncEngineTest, AnAmbiguousFailureIsCleanedUpWhenTheModelDropsTheRecord) {
+  Load();
+  Sync();
+  Exec("INSERT INTO customers VALUES (11, 'late@x.io', 'free', 1)");
+  dest_->lost_reply_keys = {"11"};  // written, but the reply never came
+  RunInfo run = Sync();
+  EXPECT_EQ(run.counts.failed, 1);
+  EXPECT_EQ(dest_->records.count("11"), 1u);
+  dest_->lost_reply_keys.clear();
+  Exec("DELETE FROM customers WHERE id = 11");
+  run = Sync();
+  EXPECT_EQ(run.counts.deleted, 1);
+  EXPECT_EQ(dest_->records.count("11"), 0u);
+  EXPECT_EQ(dest_->records.size(), 10u);
+}
+
+TEST_F(SyncEngineTest, DefiniteRefusalsAreSettled) {
+  Load();
+  dest_->batch_error = absl::PermissionDeniedError("forbidden");  // nothing accepted
+  Sync();
+  dest_->batch_error = absl::OkStatus();
+  dest_->reject_keys = {"1"};
+  Sync();
+  auto scanner = state_->ScanInFlight("m");
+  ASSERT_TRUE(scanner.ok());
+  CheckpointEntry e;
+  EXPECT_FALSE(*(*scanner)->Next(e));  // nothing left in flight
 }
 
 }  // namespace

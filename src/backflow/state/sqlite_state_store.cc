@@ -73,6 +73,14 @@ ALTER TABLE runs ADD COLUMN extract_s REAL NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN diff_s REAL NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN deliver_s REAL NOT NULL DEFAULT 0;
 )sql",
+    R"sql(
+CREATE TABLE in_flight (
+  mapping TEXT NOT NULL,
+  record_key TEXT NOT NULL,
+  identity BLOB NOT NULL,
+  PRIMARY KEY (mapping, record_key)
+) WITHOUT ROWID;
+)sql",
 };
 
 std::string_view Col(const Statement& s, int i) { return s.ColumnText(i); }
@@ -89,6 +97,7 @@ class SqliteCheckpointScanner : public CheckpointScanner {
   absl::StatusOr<bool> Next(CheckpointEntry& entry) override {
     BACKFLOW_ASSIGN_OR_RETURN(bool more, stmt_.Step());
     if (!more) return false;
+    // Columns: key, fingerprint (NULL for in-flight entries), identity.
     entry.key.assign(stmt_.ColumnText(0));
     std::string_view fp = stmt_.ColumnBlob(1);
     entry.fingerprint = Fingerprint::FromBytes(fp.data(), fp.size());
@@ -342,15 +351,17 @@ class SqliteStateStore : public StateStore {
 
   absl::StatusOr<std::unique_ptr<CheckpointScanner>> ScanCheckpoint(
       const std::string& mapping) override {
-    BACKFLOW_ASSIGN_OR_RETURN(auto reader,
-                              Database::Open(path_, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX));
-    BACKFLOW_RETURN_IF_ERROR(reader->Exec("BEGIN"));
-    BACKFLOW_ASSIGN_OR_RETURN(
-        Statement s, reader->Prepare("SELECT record_key, fingerprint, identity FROM checkpoints "
-                                     "WHERE mapping=? ORDER BY record_key"));
-    s.Bind(1, mapping);
-    return std::unique_ptr<CheckpointScanner>(
-        new SqliteCheckpointScanner(std::move(reader), std::move(s)));
+    return Scan(
+        "SELECT record_key, fingerprint, identity FROM checkpoints WHERE mapping=? ORDER BY "
+        "record_key",
+        mapping);
+  }
+
+  absl::StatusOr<std::unique_ptr<CheckpointScanner>> ScanInFlight(
+      const std::string& mapping) override {
+    return Scan(
+        "SELECT record_key, NULL, identity FROM in_flight WHERE mapping=? ORDER BY record_key",
+        mapping);
   }
 
   absl::Status ApplyCheckpoint(const std::string& mapping,
@@ -364,20 +375,49 @@ class SqliteStateStore : public StateStore {
                        "fingerprint=excluded.fingerprint, identity=excluded.identity"));
       BACKFLOW_ASSIGN_OR_RETURN(
           delete_stmt_, db_->Prepare("DELETE FROM checkpoints WHERE mapping=? AND record_key=?"));
+      BACKFLOW_ASSIGN_OR_RETURN(
+          settle_stmt_, db_->Prepare("DELETE FROM in_flight WHERE mapping=? AND record_key=?"));
     }
     return InTransaction([&]() -> absl::Status {
       for (const CheckpointUpdate& u : updates) {
-        if (u.remove) {
-          BACKFLOW_RETURN_IF_ERROR(delete_stmt_.Bind(1, mapping).Bind(2, u.key).Run());
-          continue;
+        BACKFLOW_RETURN_IF_ERROR(settle_stmt_.Bind(1, mapping).Bind(2, u.key).Run());
+        switch (u.kind) {
+          case CheckpointUpdate::Kind::kSettle:
+            break;
+          case CheckpointUpdate::Kind::kRemove:
+            BACKFLOW_RETURN_IF_ERROR(delete_stmt_.Bind(1, mapping).Bind(2, u.key).Run());
+            break;
+          case CheckpointUpdate::Kind::kUpsert: {
+            auto fp = u.fingerprint.ToBytes();
+            BACKFLOW_RETURN_IF_ERROR(
+                upsert_stmt_.Bind(1, mapping)
+                    .Bind(2, u.key)
+                    .BindBlob(3,
+                              std::string_view(reinterpret_cast<const char*>(fp.data()), fp.size()))
+                    .BindBlob(4, u.identity)
+                    .Run());
+            break;
+          }
         }
-        auto fp = u.fingerprint.ToBytes();
+      }
+      return absl::OkStatus();
+    });
+  }
+
+  absl::Status MarkInFlight(const std::string& mapping,
+                            const std::vector<InFlightEntry>& entries) override {
+    if (entries.empty()) return absl::OkStatus();
+    if (!in_flight_stmt_.raw()) {
+      BACKFLOW_ASSIGN_OR_RETURN(
+          in_flight_stmt_,
+          db_->Prepare(
+              "INSERT INTO in_flight (mapping, record_key, identity) VALUES (?,?,?) "
+              "ON CONFLICT (mapping, record_key) DO UPDATE SET identity=excluded.identity"));
+    }
+    return InTransaction([&]() -> absl::Status {
+      for (const InFlightEntry& e : entries) {
         BACKFLOW_RETURN_IF_ERROR(
-            upsert_stmt_.Bind(1, mapping)
-                .Bind(2, u.key)
-                .BindBlob(3, std::string_view(reinterpret_cast<const char*>(fp.data()), fp.size()))
-                .BindBlob(4, u.identity)
-                .Run());
+            in_flight_stmt_.Bind(1, mapping).Bind(2, e.key).BindBlob(3, e.identity).Run());
       }
       return absl::OkStatus();
     });
@@ -394,8 +434,23 @@ class SqliteStateStore : public StateStore {
  private:
   std::string path_;
   std::unique_ptr<Database> db_;
+  // Reads `sql` (one `?` for the mapping) on a second connection, inside one
+  // read transaction, so the scan sees a snapshot while commits go on.
+  absl::StatusOr<std::unique_ptr<CheckpointScanner>> Scan(const char* sql,
+                                                          const std::string& mapping) {
+    BACKFLOW_ASSIGN_OR_RETURN(auto reader,
+                              Database::Open(path_, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX));
+    BACKFLOW_RETURN_IF_ERROR(reader->Exec("BEGIN"));
+    BACKFLOW_ASSIGN_OR_RETURN(Statement s, reader->Prepare(sql));
+    s.Bind(1, mapping);
+    return std::unique_ptr<CheckpointScanner>(
+        new SqliteCheckpointScanner(std::move(reader), std::move(s)));
+  }
+
   Statement upsert_stmt_;
   Statement delete_stmt_;
+  Statement settle_stmt_;
+  Statement in_flight_stmt_;
 };
 
 }  // namespace

@@ -119,7 +119,7 @@ TEST_F(SqliteStateStoreTest, CheckpointScansInKeyOrderAndAppliesAtomically) {
   EXPECT_EQ(entries[2].key, "c");
 
   ASSERT_TRUE(store_
-                  ->ApplyCheckpoint("m", {{.key = "a", .remove = true},
+                  ->ApplyCheckpoint("m", {{.key = "a", .kind = CheckpointUpdate::Kind::kRemove},
                                           {.key = "b", .fingerprint = fp("b2"), .identity = "x"}})
                   .ok());
   entries = Scan("m");
@@ -142,8 +142,8 @@ TEST_F(SqliteStateStoreTest, ScannerSeesASnapshotWhileCommitsHappen) {
   ASSERT_TRUE(*(*scanner)->Next(e));
   // Commit while the scan is open: it must neither block nor change what the scan sees.
   ASSERT_TRUE(store_
-                  ->ApplyCheckpoint(
-                      "m", {{.key = "k050", .remove = true}, {.key = "k100", .fingerprint = fp}})
+                  ->ApplyCheckpoint("m", {{.key = "k050", .kind = CheckpointUpdate::Kind::kRemove},
+                                          {.key = "k100", .fingerprint = fp}})
                   .ok());
   int count = 1;
   while (*(*scanner)->Next(e)) ++count;

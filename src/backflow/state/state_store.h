@@ -4,8 +4,14 @@
 // The checkpoint of a mapping maps a record key to the fingerprint of the
 // payload the destination last accepted, plus the identity values a delete
 // needs. It only advances through ApplyCheckpoint(), which the engine calls
-// after the destination acknowledged records, so a crash can lose at most the
-// acknowledgement of the batch in flight (that batch is re-sent), never a change.
+// after the destination acknowledged records.
+//
+// Records are marked in flight (MarkInFlight) durably before they are sent and
+// settled by ApplyCheckpoint(). A record still in flight when the next run
+// starts (the process died, or the reply was ambiguous) may or may not have
+// reached the destination, so that run sends its current state again (or a
+// delete, if the model no longer has it): a crash re-sends at most the
+// batches in flight, and never loses a change.
 //
 // Implementations are used from one thread at a time; ScanCheckpoint() readers
 // see a consistent snapshot even while ApplyCheckpoint() commits.
@@ -77,10 +83,20 @@ struct CheckpointEntry {
 };
 
 struct CheckpointUpdate {
+  enum class Kind {
+    kUpsert,  // the destination holds this payload (fingerprint, identity)
+    kRemove,  // the record was deleted in the destination
+    kSettle,  // the destination definitely did not change: only clears "in flight"
+  };
   std::string key;
-  bool remove = false;  // true: the record was deleted in the destination
+  Kind kind = Kind::kUpsert;
   Fingerprint fingerprint;
   std::string identity;
+};
+
+struct InFlightEntry {
+  std::string key;
+  std::string identity;  // EncodeRow() of the identity values sent
 };
 
 // Ordered reader over one mapping's checkpoint.
@@ -114,9 +130,17 @@ class StateStore {
 
   virtual absl::StatusOr<std::unique_ptr<CheckpointScanner>> ScanCheckpoint(
       const std::string& mapping) = 0;
-  // Applies all updates atomically and durably.
+  // Applies all updates atomically and durably; every updated key is also
+  // settled (no longer in flight).
   virtual absl::Status ApplyCheckpoint(const std::string& mapping,
                                        const std::vector<CheckpointUpdate>& updates) = 0;
+  // Durably records that these records are about to be sent.
+  virtual absl::Status MarkInFlight(const std::string& mapping,
+                                    const std::vector<InFlightEntry>& entries) = 0;
+  // The records still in flight, in ascending byte order of key (entries'
+  // fingerprints are zero).
+  virtual absl::StatusOr<std::unique_ptr<CheckpointScanner>> ScanInFlight(
+      const std::string& mapping) = 0;
   virtual absl::StatusOr<int64_t> CheckpointSize(const std::string& mapping) = 0;
 };
 

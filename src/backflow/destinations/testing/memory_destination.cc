@@ -28,7 +28,9 @@ class MemorySession : public ActionSession {
       } else {
         state_->records[r.key] = RecordFieldsJson(options_.layout, r);
       }
-      out.push_back(absl::OkStatus());
+      out.push_back(state_->lost_reply_keys.count(r.key)
+                        ? absl::UnavailableError("timed out waiting for the reply")
+                        : absl::OkStatus());
     }
     return out;
   }

@@ -20,6 +20,7 @@ struct MemoryDestinationState {
   std::mutex mu;
   std::map<std::string, std::string> records;  // key -> fields JSON
   std::set<std::string> reject_keys;           // rejected per record (kInvalidArgument)
+  std::set<std::string> lost_reply_keys;       // applied, but answered kUnavailable
   absl::Status batch_error;                    // when set, SendBatch fails whole
   absl::Status finish_error;                   // when set, Finish fails
   int batches = 0;
