@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "backflow/common/fmt_absl.h"
+#include "backflow/scheduler/schedule.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -334,8 +335,9 @@ void Loader::LoadSources(const YAML::Node& root) {
 std::optional<Schedule> Loader::LoadSchedule(const YAML::Node& node, const std::string& path) {
   Schedule s;
   const std::string kHint =
-      "use manual, { every: 1h } (15m, 30m, 1h, 2h, 4h, 6h, 8h, 12h, 1d) or "
-      "{ days: [mon, thu], at: \"09:00\" }";
+      "use manual, { every: 1h } (15m, 30m, 1h, 2h, 4h, 6h, 8h, 12h, 1d), "
+      "{ days: [mon, thu], at: \"09:00\", timezone: Europe/Paris } or "
+      "{ cron: \"0 9 * * 1-5\", timezone: UTC }";
   if (!node.IsDefined() || node.IsNull()) return s;
   if (node.IsScalar()) {
     if (node.Scalar() == "manual") return s;
@@ -346,7 +348,30 @@ std::optional<Schedule> Loader::LoadSchedule(const YAML::Node& node, const std::
     Error(node, path, "must be manual or a mapping", kHint);
     return std::nullopt;
   }
-  CheckKeys(node, path, {"every", "days", "at", "timezone"});
+  CheckKeys(node, path, {"every", "days", "at", "cron", "timezone"});
+  if (node["timezone"].IsDefined()) {
+    s.timezone = node["timezone"].Scalar();
+    auto tz = LoadScheduleTimeZone(s.timezone);
+    if (!tz.ok()) {
+      Error(node["timezone"], path + ".timezone", std::string(tz.status().message()));
+      return std::nullopt;
+    }
+  }
+  if (node["cron"].IsDefined()) {
+    if (node["every"].IsDefined() || node["days"].IsDefined() || node["at"].IsDefined()) {
+      Error(node, path, "\"cron\" cannot be combined with \"every\", \"days\" or \"at\"", kHint);
+      return std::nullopt;
+    }
+    s.kind = Schedule::Kind::kCron;
+    s.cron = node["cron"].Scalar();
+    auto cron = ParseCron(s.cron);
+    if (!cron.ok()) {
+      Error(node["cron"], path + ".cron", std::string(cron.status().message()),
+            "five fields: minute hour day-of-month month day-of-week, e.g. \"0 9 * * 1-5\"");
+      return std::nullopt;
+    }
+    return s;
+  }
   if (node["every"].IsDefined()) {
     static const std::vector<std::pair<std::string, int>> kIntervals = {
         {"15m", 15}, {"30m", 30}, {"1h", 60},   {"2h", 120},  {"4h", 240},
@@ -411,7 +436,6 @@ std::optional<Schedule> Loader::LoadSchedule(const YAML::Node& node, const std::
   } else {
     s.hour = std::stoi(m[1].str());
   }
-  if (node["timezone"].IsDefined()) s.timezone = node["timezone"].Scalar();
   if (!ok) return std::nullopt;
   return s;
 }
@@ -678,6 +702,8 @@ std::string Schedule::ToString() const {
       if (interval_minutes % 1440 == 0) return fmt::format("every {}d", interval_minutes / 1440);
       if (interval_minutes % 60 == 0) return fmt::format("every {}h", interval_minutes / 60);
       return fmt::format("every {}m", interval_minutes);
+    case Kind::kCron:
+      return fmt::format("cron \"{}\" {}", cron, timezone);
     case Kind::kWeekly: {
       std::vector<std::string> days;
       for (int d : weekdays) days.emplace_back(kWeekdayNames[d]);

@@ -35,12 +35,13 @@ struct Diagnostic {
 };
 
 struct Schedule {
-  enum class Kind { kManual, kInterval, kWeekly };
+  enum class Kind { kManual, kInterval, kWeekly, kCron };
   Kind kind = Kind::kManual;
-  int interval_minutes = 0;   // kInterval: 15, 30, 60, 120, 240, 360, 480, 720 or 1440
-  std::vector<int> weekdays;  // kWeekly: 0 = Sunday … 6 = Saturday, ascending
-  int hour = 0;               // kWeekly: 0..23 (top of the hour)
-  std::string timezone = "UTC";
+  int interval_minutes = 0;      // kInterval: 15, 30, 60, 120, 240, 360, 480, 720 or 1440
+  std::vector<int> weekdays;     // kWeekly: 0 = Sunday … 6 = Saturday, ascending
+  int hour = 0;                  // kWeekly: 0..23 (top of the hour)
+  std::string cron;              // kCron: five fields, validated
+  std::string timezone = "UTC";  // kWeekly and kCron: an IANA name, validated
   std::string ToString() const;
 };
 

@@ -230,6 +230,29 @@ mappings:
   EXPECT_NE(errors.find("mappings[4].max_deletes: \"150%\""), std::string::npos) << errors;
 }
 
+TEST_F(WorkspaceTest, ValidatesCronAndTimeZones) {
+  LoadResult r = Load(R"(
+sources: [{ name: s, type: sqlite, path: x.db }]
+models:
+  - { name: a, source: s, sql: SELECT 1, primary_key: id,
+      schedule: { cron: "0 9 * * 1-5", timezone: Europe/Paris } }
+  - { name: b, source: s, sql: SELECT 1, primary_key: id, schedule: { cron: "0 24 * * *" } }
+  - { name: c, source: s, sql: SELECT 1, primary_key: id,
+      schedule: { days: [mon], at: "09:00", timezone: Europe/Pariss } }
+)");
+  const ModelConfig* a = r.workspace.FindModel("a");
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(a->schedule.kind, Schedule::Kind::kCron);
+  EXPECT_EQ(a->schedule.ToString(), "cron \"0 9 * * 1-5\" Europe/Paris");
+  std::string errors = Errors(r);
+  EXPECT_NE(errors.find("models[1].schedule.cron: hour: 24 is out of range 0-23"),
+            std::string::npos)
+      << errors;
+  EXPECT_NE(errors.find("models[2].schedule.timezone: unknown time zone \"Europe/Pariss\""),
+            std::string::npos)
+      << errors;
+}
+
 TEST(ClosestMatchTest, SuggestsOnlyPlausibleTypos) {
   EXPECT_EQ(ClosestMatch("warehous", {"warehouse", "sample"}), "warehouse");
   EXPECT_EQ(ClosestMatch("zzzz", {"warehouse", "sample"}), "");
