@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <map>
 #include <optional>
 
 #include "backflow/common/clock.h"
@@ -100,7 +101,9 @@ struct MappingRun {
   const MappingConfig* config = nullptr;
   const DestinationConfig* destination_config = nullptr;
   const ActionSpec* action = nullptr;
-  std::unique_ptr<Destination> destination;
+  // Shared by the mappings of this run that use the same destination (and
+  // so its rate limit).
+  std::shared_ptr<Destination> destination;
   std::optional<Mapper> mapper;
   RunInfo run;
   Steady::time_point started;
@@ -629,9 +632,14 @@ absl::StatusOr<std::vector<MappingRunResult>> Runner::Run(const ModelConfig& mod
     locks.push_back(std::move(lock));
   }
   // Every mapping is locked: the runs can start.
+  std::map<std::string, std::shared_ptr<Destination>> destinations;
   for (MappingRun& m : runs) {
     const DestinationDefinition* def = registry_.FindDestination(m.destination_config->type);
-    auto destination = def->create(m.destination_config->settings, env_);
+    absl::StatusOr<std::shared_ptr<Destination>> destination = destinations[m.config->destination];
+    if (*destination == nullptr) {
+      destination = def->create(m.destination_config->settings, env_);
+      if (destination.ok()) destinations[m.config->destination] = *destination;
+    }
     m.run.mapping = m.config->name;
     m.run.model = model.name;
     m.run.destination = m.config->destination;

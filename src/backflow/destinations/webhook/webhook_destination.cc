@@ -16,6 +16,7 @@
 #include "backflow/common/hash.h"
 #include "backflow/common/http_client.h"
 #include "backflow/common/json_writer.h"
+#include "backflow/delivery/rate_limiter.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
 
@@ -49,6 +50,7 @@ struct WebhookConfig {
   std::chrono::milliseconds timeout{30'000};
   int max_retries = 5;
   std::chrono::milliseconds max_retry_wait{300'000};
+  int64_t max_requests_per_second = 0;  // 0: no limit
 };
 
 absl::StatusOr<WebhookConfig> ParseConfig(const nlohmann::json& settings) {
@@ -110,6 +112,10 @@ absl::StatusOr<WebhookConfig> ParseConfig(const nlohmann::json& settings) {
     return absl::OkStatus();
   };
   int64_t timeout_ms = 0, max_retries = 0, max_wait_s = 0;
+  if (absl::Status s = int_setting("max_requests_per_second", 0, 0, &cfg.max_requests_per_second);
+      !s.ok()) {
+    return s;
+  }
   if (absl::Status s = int_setting("timeout_ms", 30'000, 1, &timeout_ms); !s.ok()) return s;
   if (absl::Status s = int_setting("max_retries", 5, 0, &max_retries); !s.ok()) return s;
   if (absl::Status s = int_setting("max_retry_wait_s", 300, 0, &max_wait_s); !s.ok()) return s;
@@ -151,7 +157,12 @@ struct Delivery {
 class WebhookDestination final : public Destination {
  public:
   WebhookDestination(WebhookConfig cfg, HttpClient* http, Clock* clock)
-      : cfg_(std::move(cfg)), http_(http), clock_(clock) {}
+      : cfg_(std::move(cfg)), http_(http), clock_(clock) {
+    if (cfg_.max_requests_per_second > 0) {
+      limiter_ = std::make_unique<RateLimiter>(*clock_, cfg_.max_requests_per_second,
+                                               std::chrono::seconds(1));
+    }
+  }
 
   absl::Status CheckConnection() override;
   absl::StatusOr<std::unique_ptr<ActionSession>> StartSession(
@@ -174,6 +185,7 @@ class WebhookDestination final : public Destination {
   WebhookConfig cfg_;
   HttpClient* http_;
   Clock* clock_;
+  std::unique_ptr<RateLimiter> limiter_;  // shared by every session of this destination
 };
 
 HttpRequest WebhookDestination::BuildRequest(const std::string& body,
@@ -210,6 +222,7 @@ Delivery WebhookDestination::Deliver(const std::string& body, const std::string&
   const int max_attempts = retry ? cfg_.max_retries + 1 : 1;
   for (int attempt = 1;; ++attempt) {
     d.attempts = attempt;
+    if (limiter_ != nullptr) limiter_->Acquire();
     d.response = http_->Send(BuildRequest(body, webhook_id));
     bool retryable = !d.response.ok() || IsRetryableStatus(d.response->status);
     if (!retryable || attempt >= max_attempts) return d;
@@ -496,6 +509,16 @@ DestinationDefinition WebhookDestinationDefinition() {
   retries.type = SettingType::kInteger;
   retries.default_value = 5;
   def.settings.push_back(retries);
+
+  SettingSpec rate;
+  rate.key = "max_requests_per_second";
+  rate.label = "Max requests per second";
+  rate.description =
+      "Caps the requests (retries included) sent to this destination per second, across all of "
+      "its mappings; 0 means no cap. Use it when the receiver's quota is shared with other tools.";
+  rate.type = SettingType::kInteger;
+  rate.default_value = 0;
+  def.settings.push_back(rate);
 
   SettingSpec wait;
   wait.key = "max_retry_wait_s";

@@ -322,6 +322,21 @@ TEST_F(WebhookDestinationTest, ServerErrorThenSuccess) {
   EXPECT_EQ(receiver_->State().size(), 1u);
 }
 
+TEST_F(WebhookDestinationTest, MaxRequestsPerSecondPacesEveryRequest) {
+  StartReceiver();
+  receiver_->EnqueueReply(WebhookReply::Status(500));  // the retry is paced too
+  auto session = Session({{"max_requests_per_second", 4}});
+  ASSERT_NE(session, nullptr);
+  for (int i = 0; i < 20; ++i) {
+    std::vector<OutgoingRecord> batch = {Upsert(std::to_string(i), "a@x.io")};
+    ASSERT_TRUE(session->SendBatch(batch).ok());
+  }
+  // 21 requests at 4 per second: the last starts no earlier than 4 s after the first.
+  EXPECT_EQ(receiver_->request_count(), 21);
+  EXPECT_GE(clock_.total_slept(), seconds(4));
+  EXPECT_EQ(receiver_->State().size(), 20u);
+}
+
 TEST_F(WebhookDestinationTest, RetriesExhausted) {
   StartReceiver();
   receiver_->EnqueueReplies(4, WebhookReply::Status(503, "maintenance"));

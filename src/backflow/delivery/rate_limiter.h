@@ -1,0 +1,41 @@
+// RateLimiter: at most N requests in any window of length W, the way vendors
+// state their limits ("190 requests per 10 seconds").
+//
+// A sliding-window log: a request may start once fewer than N requests
+// started in the W before it, so no window of length W ever holds more than
+// N starts, and under saturation the rate converges to exactly N/W. One
+// limiter is shared by every mapping that sends to the same destination.
+// Thread-safe: each caller reserves its start time under a lock, then waits
+// outside it on the injected Clock (instant with a FakeClock).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+
+#include "backflow/common/clock.h"
+
+namespace backflow {
+
+class RateLimiter {
+ public:
+  // Requires: requests >= 1, window > 0; `clock` outlives the limiter.
+  RateLimiter(Clock& clock, int64_t requests, Clock::Duration window);
+
+  // Waits until one more request may start and returns how long it waited.
+  Clock::Duration Acquire();
+
+  // Total time callers have waited, for metrics.
+  Clock::Duration total_wait() const;
+
+ private:
+  Clock& clock_;
+  const size_t requests_;
+  const Clock::Duration window_;
+  mutable std::mutex mu_;
+  std::deque<Clock::TimePoint> starts_;  // the last `requests_` reserved start times
+  Clock::Duration total_wait_{0};
+};
+
+}  // namespace backflow
