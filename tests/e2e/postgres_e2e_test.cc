@@ -101,6 +101,10 @@ mappings:
   EXPECT_EQ(p["columns"][2]["type"], "decimal");
   EXPECT_EQ(p["columns"][3]["type"], "timestamp");
 
+  CliResult tested = RunCli(dir_, {"mapping", "test", "to_hook", "--record", "2", "--json"});
+  ASSERT_EQ(tested.exit_code, 0) << tested.out << tested.err;
+  EXPECT_EQ(nlohmann::json::parse(tested.LastLine())["payload"]["ltv"], 3.0);
+
   CliResult r = RunCli(dir_, {"sync", "to_hook", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
   nlohmann::json s = nlohmann::json::parse(r.LastLine());

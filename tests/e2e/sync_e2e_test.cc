@@ -287,6 +287,20 @@ TEST_F(SyncE2eTest, ValidateAndPreview) {
   EXPECT_EQ(preview["columns"][0]["name"], "id");
   EXPECT_EQ(preview["columns"][0]["type"], "integer");
 
+  CliResult t = RunCli(dir_, {"mapping", "test", "customers_to_hook", "--record", "5", "--json"});
+  ASSERT_EQ(t.exit_code, 0) << t.err;
+  nlohmann::json tested = nlohmann::json::parse(t.LastLine());
+  EXPECT_EQ(tested["payload"], nlohmann::json::parse(R"({"customer_id":5,
+      "email":"user5@example.com","plan":"free","ltv":50})"));
+  EXPECT_EQ(receiver_->request_count(), 0);  // nothing sent
+  Exec("INSERT INTO customers VALUES (5, 'again@example.com', 'free', 1)");
+  t = RunCli(dir_, {"mapping", "test", "customers_to_hook", "--record", "5"});
+  EXPECT_EQ(t.exit_code, 1);
+  EXPECT_NE(t.out.find("rejected duplicate unique identifier"), std::string::npos) << t.out;
+  t = RunCli(dir_, {"mapping", "test", "customers_to_hook", "--record", "404"});
+  EXPECT_EQ(t.exit_code, 1);
+  EXPECT_NE(t.err.find("has no row with id = 404"), std::string::npos) << t.err;
+
   std::ofstream(dir_ + "/bad.yaml") << "sources:\n  - name: w\n    type: snowflak\n";
   CliResult bad = RunCli(dir_, {"-c", "bad.yaml", "validate"});
   EXPECT_EQ(bad.exit_code, 3);

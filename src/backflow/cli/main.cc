@@ -20,6 +20,7 @@
 #include "backflow/config/workspace.h"
 #include "backflow/destinations/destination.h"
 #include "backflow/engine/sync_engine.h"
+#include "backflow/mapping/mapper.h"
 #include "backflow/sources/source.h"
 #include "backflow/state/state_store.h"
 #include "fmt/format.h"
@@ -247,6 +248,122 @@ int Preview(const GlobalOptions& g, const std::string& model_name, int limit) {
     return kExitFailed;
   }
   return kExitOk;
+}
+
+// ------------------------------------------------------------ mapping test
+
+// Quotes an SQL identifier ("a""b") for the query that picks one record.
+std::string QuoteIdentifier(const std::string& name) {
+  std::string out = "\"";
+  for (char c : name) out += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return out + "\"";
+}
+
+int MappingTest(const GlobalOptions& g, const std::string& mapping_name,
+                const std::optional<std::string>& record_key) {
+  auto ws = Load(g, true);
+  if (!ws) return kExitInvalidConfig;
+  const MappingConfig* mapping = ws->FindMapping(mapping_name);
+  if (mapping == nullptr) {
+    std::vector<std::string> names;
+    for (const auto& m : ws->mappings) names.push_back(m.name);
+    std::string suggestion = ClosestMatch(mapping_name, names);
+    PrintError(
+        fmt::format("no mapping named \"{}\"{}", mapping_name,
+                    suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)", suggestion)));
+    return kExitFailed;
+  }
+  const ModelConfig* model = ws->FindModel(mapping->model);
+  const SourceConfig* sc = ws->FindSource(model->source);
+  const DestinationConfig* dc = ws->FindDestination(mapping->destination);
+  const ActionSpec* action =
+      BuiltinRegistry().FindDestination(dc->type)->FindAction(mapping->action);
+  auto http = NewCurlHttpClient();
+  ConnectorEnv env{http.get(), &SystemClock()};
+  auto source = BuiltinRegistry().FindSource(sc->type)->create(sc->settings, env);
+  std::string sql = LimitQuery(model->sql, 1);
+  if (record_key) {
+    std::string literal = "'";
+    for (char c : *record_key) literal += c == '\'' ? std::string("''") : std::string(1, c);
+    literal += "'";
+    // Two rows at most: a second one means the key is duplicated.
+    sql =
+        fmt::format("SELECT * FROM (\n{}\n) AS backflow_record WHERE CAST({} AS TEXT) = {} LIMIT 2",
+                    TrimModelSql(model->sql), QuoteIdentifier(model->primary_key), literal);
+  }
+  absl::StatusOr<std::unique_ptr<RowReader>> reader =
+      source.ok() ? (*source)->Query(sql) : source.status();
+  Row row, second;
+  absl::Status status = reader.status();
+  bool found = false, duplicated = false;
+  if (reader.ok()) {
+    auto more = (*reader)->Next(row);
+    status = more.status();
+    found = more.ok() && *more;
+    if (found && record_key) {
+      auto again = (*reader)->Next(second);
+      status = again.status();
+      duplicated = again.ok() && *again;
+    }
+  }
+  if (!status.ok()) {
+    PrintError(fmt::format("model \"{}\" on source \"{}\": {}", model->name, model->source,
+                           status.message()));
+    return kExitFailed;
+  }
+  if (!found) {
+    PrintError(record_key ? fmt::format("model \"{}\" has no row with {} = {}", model->name,
+                                        model->primary_key, *record_key)
+                          : fmt::format("model \"{}\" returns no rows", model->name));
+    return kExitFailed;
+  }
+  const Schema& schema = (*reader)->schema();
+  auto mapper = Mapper::Create(mapping->name, model->name, mapping->fields, *action, schema,
+                               model->primary_key);
+  if (!mapper.ok()) {
+    PrintError(std::string(mapper.status().message()));
+    return kExitFailed;
+  }
+  std::string key = row[FindColumn(schema, model->primary_key)].ToString();
+  Row payload;
+  absl::Status mapped = mapper->Map(row, payload);
+  if (duplicated) {
+    mapped = absl::InvalidArgumentError(
+        fmt::format("duplicate unique identifier: several rows have {} = {}; none of them is sent",
+                    model->primary_key, key));
+  }
+  std::string row_json = "{";
+  for (size_t i = 0; i < schema.size(); ++i) {
+    if (i > 0) row_json += ",";
+    AppendJsonString(row_json, schema[i].name);
+    row_json += ":";
+    row[i].AppendJson(row_json);
+  }
+  row_json += "}";
+  OutgoingRecord record;
+  record.key = key;
+  record.values = payload;
+  std::string payload_json = mapped.ok() ? RecordFieldsJson(mapper->layout(), record) : "null";
+  if (g.json) {
+    JsonWriter w;
+    w.BeginObject().Key("mapping").String(mapping->name).Key("action").String(mapping->action);
+    w.Key("key").String(key).Key("row").Raw(row_json).Key("payload").Raw(payload_json);
+    if (!mapped.ok()) w.Key("error").String(std::string(mapped.message()));
+    w.EndObject();
+    fmt::print("{}\n", w.str());
+  } else {
+    fmt::print("mapping  {} ({} → {}.{})\n", mapping->name, model->name, mapping->destination,
+               mapping->action);
+    fmt::print("record   {} = {}\n", model->primary_key, key);
+    fmt::print("row      {}\n", row_json);
+    if (mapped.ok()) {
+      fmt::print("payload  {}\n", payload_json);
+      fmt::print("(nothing was sent)\n");
+    } else {
+      fmt::print("rejected {}\n", mapped.message());
+    }
+  }
+  return mapped.ok() ? kExitOk : kExitFailed;
 }
 
 // -------------------------------------------------------------------- sync
@@ -710,6 +827,19 @@ int Main(int argc, char** argv) {
   show->callback([&] { result = RunsShow(g, run_id, records_limit); });
 
   std::string docs_dir;
+  std::string record_key;
+  auto* mapping_cmd = app.add_subcommand("mapping", "inspect mappings");
+  mapping_cmd->require_subcommand(1);
+  auto* mapping_test = mapping_cmd->add_subcommand(
+      "test", "show the payload one record would produce; send nothing");
+  mapping_test->add_option("MAPPING", name, "mapping name")->required();
+  mapping_test->add_option("--record", record_key,
+                           "the record's unique identifier (default: the first row)");
+  mapping_test->callback([&] {
+    result = MappingTest(
+        g, name, record_key.empty() ? std::nullopt : std::optional<std::string>(record_key));
+  });
+
   auto* catalog = app.add_subcommand("catalog", "list source and destination types");
   catalog->add_option("--docs", docs_dir, "write one markdown page per connector under DIR");
   catalog->callback([&] { result = Catalog(g, docs_dir); });

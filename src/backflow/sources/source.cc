@@ -5,15 +5,20 @@
 
 namespace backflow {
 
-std::string LimitQuery(std::string_view sql, int limit) {
+std::string TrimModelSql(std::string_view sql) {
   std::string body(sql);
   absl::StripAsciiWhitespace(&body);
   while (!body.empty() && body.back() == ';') {
     body.pop_back();
     absl::StripTrailingAsciiWhitespace(&body);
   }
+  return body;
+}
+
+std::string LimitQuery(std::string_view sql, int limit) {
   // The newline ends any trailing "--" comment in the model's SQL.
-  return fmt::format("SELECT * FROM (\n{}\n) AS backflow_limited LIMIT {}", body, limit);
+  return fmt::format("SELECT * FROM (\n{}\n) AS backflow_limited LIMIT {}", TrimModelSql(sql),
+                     limit);
 }
 
 }  // namespace backflow

@@ -41,6 +41,11 @@ class Source {
   virtual absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql) = 0;
 };
 
+// The model's SQL without surrounding whitespace and trailing semicolons,
+// ready to be wrapped as a subquery (wrap it between newlines so a trailing
+// "--" comment stays inside).
+std::string TrimModelSql(std::string_view sql);
+
 // Wraps a model query so that at most `limit` rows come back.
 std::string LimitQuery(std::string_view sql, int limit);
 
