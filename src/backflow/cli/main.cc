@@ -10,6 +10,7 @@
 #include <fstream>
 #include <iostream>
 
+#include "backflow/catalog/json_schema.h"
 #include "backflow/catalog/markdown.h"
 #include "backflow/catalog/registry.h"
 #include "backflow/cli/output.h"
@@ -667,21 +668,6 @@ int RunsShow(const GlobalOptions& g, int64_t id, int limit) {
 
 // ----------------------------------------------------------------- catalog
 
-nlohmann::json SettingsJson(const std::vector<SettingSpec>& settings) {
-  nlohmann::json out = nlohmann::json::array();
-  for (const SettingSpec& s : settings) {
-    nlohmann::json j = {{"key", s.key},
-                        {"type", std::string(SettingTypeName(s.type))},
-                        {"required", s.required},
-                        {"secret", s.secret},
-                        {"description", s.description}};
-    if (!s.default_value.is_null()) j["default"] = s.default_value;
-    if (!s.allowed_values.empty()) j["allowed_values"] = s.allowed_values;
-    out.push_back(j);
-  }
-  return out;
-}
-
 // Writes one markdown page per connector under `dir`/sources and `dir`/destinations.
 int WriteDocs(const std::string& dir) {
   namespace fs = std::filesystem;
@@ -712,47 +698,7 @@ int Catalog(const GlobalOptions& g, const std::string& docs_dir) {
   if (!docs_dir.empty()) return WriteDocs(docs_dir);
   const Registry& r = BuiltinRegistry();
   if (g.json) {
-    nlohmann::json out;
-    out["sources"] = nlohmann::json::array();
-    for (const SourceDefinition& s : r.sources()) {
-      out["sources"].push_back({{"type", s.type},
-                                {"title", s.title},
-                                {"description", s.description},
-                                {"maturity", s.maturity},
-                                {"settings", SettingsJson(s.settings)}});
-    }
-    out["destinations"] = nlohmann::json::array();
-    for (const DestinationDefinition& d : r.destinations()) {
-      nlohmann::json actions = nlohmann::json::array();
-      for (const ActionSpec& a : d.actions) {
-        nlohmann::json fields = nlohmann::json::array();
-        for (const FieldSpec& f : a.fields) {
-          fields.push_back({{"key", f.key},
-                            {"type", std::string(FieldTypeName(f.type))},
-                            {"required", f.required},
-                            {"identifier", f.identifier},
-                            {"default_column", f.default_column},
-                            {"description", f.description}});
-        }
-        std::vector<std::string> selections;
-        for (RecordSelection s : a.selections) selections.emplace_back(RecordSelectionName(s));
-        actions.push_back({{"id", a.id},
-                           {"title", a.title},
-                           {"description", a.description},
-                           {"records", selections},
-                           {"fields", fields},
-                           {"allows_extra_fields", a.allows_extra_fields},
-                           {"default_batch_records", a.default_batch_records},
-                           {"max_batch_records", a.max_batch_records}});
-      }
-      out["destinations"].push_back({{"type", d.type},
-                                     {"title", d.title},
-                                     {"description", d.description},
-                                     {"maturity", d.maturity},
-                                     {"settings", SettingsJson(d.settings)},
-                                     {"actions", actions}});
-    }
-    fmt::print("{}\n", out.dump(2));
+    fmt::print("{}\n", CatalogJson(r.sources(), r.destinations()).dump(2));
     return kExitOk;
   }
   fmt::print("Sources\n");
