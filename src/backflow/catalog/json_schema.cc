@@ -88,9 +88,9 @@ nlohmann::ordered_json ActionFieldsJsonSchema(const ActionSpec& action) {
 }
 
 nlohmann::ordered_json CatalogJson(const std::vector<SourceDefinition>& sources,
-                           const std::vector<DestinationDefinition>& destinations) {
+                                   const std::vector<DestinationDefinition>& destinations) {
   nlohmann::ordered_json out = {{"sources", nlohmann::ordered_json::array()},
-                        {"destinations", nlohmann::ordered_json::array()}};
+                                {"destinations", nlohmann::ordered_json::array()}};
   for (const SourceDefinition& s : sources) {
     out["sources"].push_back({{"type", s.type},
                               {"title", s.title},

@@ -14,6 +14,6 @@ nlohmann::ordered_json ActionFieldsJsonSchema(const ActionSpec& action);
 // The whole catalog: {"sources": [...], "destinations": [...]}, each entry
 // with its metadata and schemas.
 nlohmann::ordered_json CatalogJson(const std::vector<SourceDefinition>& sources,
-                           const std::vector<DestinationDefinition>& destinations);
+                                   const std::vector<DestinationDefinition>& destinations);
 
 }  // namespace backflow

@@ -19,8 +19,9 @@ TEST(JsonSchemaTest, SettingsBecomeAnObjectSchema) {
   EXPECT_EQ(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
   EXPECT_EQ(schema["required"], nlohmann::ordered_json({"url"}));
   EXPECT_EQ(schema["additionalProperties"], false);
-  EXPECT_EQ(schema["properties"]["url"],
-            nlohmann::ordered_json({{"type", "string"}, {"title", "URL"}, {"description", "where"}}));
+  EXPECT_EQ(
+      schema["properties"]["url"],
+      nlohmann::ordered_json({{"type", "string"}, {"title", "URL"}, {"description", "where"}}));
   EXPECT_EQ(schema["properties"]["token"]["writeOnly"], true);
   EXPECT_EQ(schema["properties"]["format"]["enum"], nlohmann::ordered_json({"jsonl", "csv"}));
   EXPECT_EQ(schema["properties"]["format"]["default"], "jsonl");

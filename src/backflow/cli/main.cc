@@ -42,6 +42,17 @@ struct GlobalOptions {
 
 void PrintError(const std::string& message) { fmt::print(stderr, "error: {}\n", message); }
 
+// "no model named "x" (did you mean "y"?)" for a name not among `items`.
+template <typename Config>
+void PrintUnknown(const char* what, const std::string& name, const std::vector<Config>& items) {
+  std::vector<std::string> names;
+  for (const Config& item : items) names.push_back(item.name);
+  std::string suggestion = ClosestMatch(name, names);
+  PrintError(
+      fmt::format("no {} named \"{}\"{}", what, name,
+                  suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)", suggestion)));
+}
+
 // Loads the workspace; prints diagnostics (warnings too) to stderr.
 std::optional<Workspace> Load(const GlobalOptions& g, bool quiet_warnings = false) {
   LoadResult result = LoadWorkspace(g.config, BuiltinRegistry());
@@ -169,12 +180,7 @@ int Preview(const GlobalOptions& g, const std::string& model_name, int limit) {
   if (!ws) return kExitInvalidConfig;
   const ModelConfig* model = ws->FindModel(model_name);
   if (model == nullptr) {
-    std::vector<std::string> names;
-    for (const auto& m : ws->models) names.push_back(m.name);
-    std::string suggestion = ClosestMatch(model_name, names);
-    PrintError(
-        fmt::format("no model named \"{}\"{}", model_name,
-                    suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)", suggestion)));
+    PrintUnknown("model", model_name, ws->models);
     return kExitFailed;
   }
   const SourceConfig* sc = ws->FindSource(model->source);
@@ -266,12 +272,7 @@ int MappingTest(const GlobalOptions& g, const std::string& mapping_name,
   if (!ws) return kExitInvalidConfig;
   const MappingConfig* mapping = ws->FindMapping(mapping_name);
   if (mapping == nullptr) {
-    std::vector<std::string> names;
-    for (const auto& m : ws->mappings) names.push_back(m.name);
-    std::string suggestion = ClosestMatch(mapping_name, names);
-    PrintError(
-        fmt::format("no mapping named \"{}\"{}", mapping_name,
-                    suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)", suggestion)));
+    PrintUnknown("mapping", mapping_name, ws->mappings);
     return kExitFailed;
   }
   const ModelConfig* model = ws->FindModel(mapping->model);
@@ -436,7 +437,7 @@ int Sync(const GlobalOptions& g, const std::string& mapping_name, const std::str
   std::vector<std::string> mappings;
   if (!model_name.empty()) {
     if (ws->FindModel(model_name) == nullptr) {
-      PrintError(fmt::format("no model named \"{}\"", model_name));
+      PrintUnknown("model", model_name, ws->models);
       return kExitFailed;
     }
     model = model_name;
@@ -450,12 +451,7 @@ int Sync(const GlobalOptions& g, const std::string& mapping_name, const std::str
   } else {
     const MappingConfig* m = ws->FindMapping(mapping_name);
     if (m == nullptr) {
-      std::vector<std::string> names;
-      for (const auto& x : ws->mappings) names.push_back(x.name);
-      std::string suggestion = ClosestMatch(mapping_name, names);
-      PrintError(fmt::format(
-          "no mapping named \"{}\"{}", mapping_name,
-          suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)", suggestion)));
+      PrintUnknown("mapping", mapping_name, ws->mappings);
       return kExitFailed;
     }
     if (!m->enabled) {
