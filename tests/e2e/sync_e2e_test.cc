@@ -310,5 +310,29 @@ TEST_F(SyncE2eTest, ValidateAndPreview) {
       << bad.out;
 }
 
+TEST_F(SyncE2eTest, DamagedStateIsDetectedAndNothingIsSent) {
+  ASSERT_EQ(Sync().exit_code, 0);
+  int64_t before = receiver_->request_count();
+  {
+    // Scribble over every page but the first two of the state file.
+    std::fstream f(dir_ + "/.backflow/state.db", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(0, std::ios::end);
+    int64_t size = f.tellg();
+    ASSERT_GT(size, 16384);
+    for (int64_t off = 8192; off < size; off += 4096) {
+      f.seekp(off + 64);
+      f.write(std::string(512, '\xde').data(), 512);
+    }
+  }
+  Exec("DELETE FROM customers WHERE id = 1");
+  CliResult r = Sync();
+  EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+  std::string all = r.out + r.err;
+  EXPECT_TRUE(all.find("damaged") != std::string::npos ||
+              all.find("malformed") != std::string::npos)
+      << all;
+  EXPECT_EQ(receiver_->request_count(), before);
+}
+
 }  // namespace
 }  // namespace backflow

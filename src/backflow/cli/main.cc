@@ -662,6 +662,30 @@ int RunsShow(const GlobalOptions& g, int64_t id, int limit) {
   return kExitOk;
 }
 
+// -------------------------------------------------------------- checkpoint
+
+int CheckpointReset(const GlobalOptions& g, const std::string& mapping_name) {
+  auto ws = Load(g, true);
+  if (!ws) return kExitInvalidConfig;
+  if (ws->FindMapping(mapping_name) == nullptr) {
+    PrintUnknown("mapping", mapping_name, ws->mappings);
+    return kExitFailed;
+  }
+  auto state = OpenState(*ws);
+  absl::Status status = state.ok() ? (*state)->ResetCheckpoint(mapping_name) : state.status();
+  if (!status.ok()) {
+    PrintError(
+        fmt::format("could not reset the checkpoint of \"{}\": {}; if the state file is "
+                    "damaged, move {} aside (every mapping then starts over)",
+                    mapping_name, status.message(), StatePath(*ws)));
+    return kExitFailed;
+  }
+  fmt::print(
+      "the checkpoint of mapping \"{}\" is reset: its next run sends every record as added\n",
+      mapping_name);
+  return kExitOk;
+}
+
 // ----------------------------------------------------------------- catalog
 
 // Writes one markdown page per connector under `dir`/sources and `dir`/destinations.
@@ -767,6 +791,13 @@ int Main(int argc, char** argv) {
   show->add_option("RUN_ID", run_id, "run id")->required();
   show->add_option("--limit", records_limit, "how many records")->check(CLI::Range(1, 100000));
   show->callback([&] { result = RunsShow(g, run_id, records_limit); });
+
+  auto* checkpoint = app.add_subcommand("checkpoint", "manage what mappings last delivered");
+  checkpoint->require_subcommand(1);
+  auto* reset = checkpoint->add_subcommand(
+      "reset", "forget what MAPPING delivered: its next run sends every record again");
+  reset->add_option("MAPPING", name, "mapping name")->required();
+  reset->callback([&] { result = CheckpointReset(g, name); });
 
   std::string docs_dir;
   std::string record_key;

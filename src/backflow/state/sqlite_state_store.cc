@@ -7,8 +7,10 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <optional>
 
 #include "backflow/common/clock.h"
+#include "backflow/common/hash.h"
 #include "backflow/common/status_macros.h"
 #include "backflow/sqlite/database.h"
 #include "backflow/state/state_store.h"
@@ -81,33 +83,82 @@ CREATE TABLE in_flight (
   PRIMARY KEY (mapping, record_key)
 ) WITHOUT ROWID;
 )sql",
+    R"sql(
+CREATE TABLE checkpoint_meta (
+  mapping TEXT PRIMARY KEY,
+  records INTEGER NOT NULL,
+  checksum INTEGER NOT NULL
+);
+)sql",
+};
+
+// An order-independent checksum of a checkpoint: the wrapping sum of one
+// 64-bit hash per entry, so an update subtracts the old entry's hash and
+// adds the new one. Together with the record count it detects entries that
+// were lost, changed or invented by damage to the file.
+uint64_t EntryHash(std::string_view key, std::string_view fingerprint, std::string_view identity) {
+  Hasher128 h;
+  h.Add(key).Add(fingerprint).Add(identity);
+  return h.Finish().low;
+}
+
+struct CheckpointSummary {
+  int64_t records = 0;
+  uint64_t checksum = 0;
 };
 
 std::string_view Col(const Statement& s, int i) { return s.ColumnText(i); }
 
 class SqliteCheckpointScanner : public CheckpointScanner {
  public:
-  SqliteCheckpointScanner(std::unique_ptr<Database> db, Statement stmt)
-      : db_(std::move(db)), stmt_(std::move(stmt)) {}
+  // `expected`: the summary to verify at the end of the scan, if any.
+  SqliteCheckpointScanner(std::unique_ptr<Database> db, Statement stmt, std::string mapping,
+                          std::optional<CheckpointSummary> expected)
+      : db_(std::move(db)),
+        stmt_(std::move(stmt)),
+        mapping_(std::move(mapping)),
+        expected_(expected) {}
   ~SqliteCheckpointScanner() override {
     stmt_ = Statement();
     (void)db_->Exec("COMMIT");
   }
 
   absl::StatusOr<bool> Next(CheckpointEntry& entry) override {
-    BACKFLOW_ASSIGN_OR_RETURN(bool more, stmt_.Step());
-    if (!more) return false;
+    auto more = stmt_.Step();
+    if (!more.ok()) return Damaged(std::string(more.status().message()));
+    if (!*more) {
+      if (expected_ &&
+          (seen_.records != expected_->records || seen_.checksum != expected_->checksum)) {
+        return Damaged(fmt::format("read {} of its {} records, or some of them changed",
+                                   seen_.records, expected_->records));
+      }
+      return false;
+    }
     // Columns: key, fingerprint (NULL for in-flight entries), identity.
     entry.key.assign(stmt_.ColumnText(0));
     std::string_view fp = stmt_.ColumnBlob(1);
     entry.fingerprint = Fingerprint::FromBytes(fp.data(), fp.size());
     entry.identity.assign(stmt_.ColumnBlob(2));
+    ++seen_.records;
+    seen_.checksum += EntryHash(entry.key, fp, entry.identity);
     return true;
   }
 
  private:
+  absl::Status Damaged(const std::string& detail) const {
+    return absl::DataLossError(fmt::format(
+        "the checkpoint of mapping \"{}\" in the state store is damaged ({}); nothing was "
+        "sent. Restore the state file from a backup, or run `backflow checkpoint reset {}` to "
+        "start this mapping over (every record is then sent as added, and records deleted from "
+        "the model meanwhile are not deleted in the destination)",
+        mapping_, detail, mapping_));
+  }
+
   std::unique_ptr<Database> db_;
   Statement stmt_;
+  std::string mapping_;
+  std::optional<CheckpointSummary> expected_;
+  CheckpointSummary seen_;
 };
 
 class SqliteStateStore : public StateStore {
@@ -354,14 +405,14 @@ class SqliteStateStore : public StateStore {
     return Scan(
         "SELECT record_key, fingerprint, identity FROM checkpoints WHERE mapping=? ORDER BY "
         "record_key",
-        mapping);
+        mapping, /*verify=*/true);
   }
 
   absl::StatusOr<std::unique_ptr<CheckpointScanner>> ScanInFlight(
       const std::string& mapping) override {
     return Scan(
         "SELECT record_key, NULL, identity FROM in_flight WHERE mapping=? ORDER BY record_key",
-        mapping);
+        mapping, /*verify=*/false);
   }
 
   absl::Status ApplyCheckpoint(const std::string& mapping,
@@ -378,9 +429,33 @@ class SqliteStateStore : public StateStore {
       BACKFLOW_ASSIGN_OR_RETURN(
           settle_stmt_, db_->Prepare("DELETE FROM in_flight WHERE mapping=? AND record_key=?"));
     }
+    if (!old_stmt_.raw()) {
+      BACKFLOW_ASSIGN_OR_RETURN(
+          old_stmt_, db_->Prepare("SELECT fingerprint, identity FROM checkpoints WHERE mapping=? "
+                                  "AND record_key=?"));
+      BACKFLOW_ASSIGN_OR_RETURN(
+          meta_stmt_,
+          db_->Prepare("INSERT INTO checkpoint_meta (mapping, records, checksum) VALUES (?,?,?) "
+                       "ON CONFLICT (mapping) DO UPDATE SET records=excluded.records, "
+                       "checksum=excluded.checksum"));
+    }
     return InTransaction([&]() -> absl::Status {
+      BACKFLOW_ASSIGN_OR_RETURN(CheckpointSummary summary, ReadSummary(*db_, mapping));
       for (const CheckpointUpdate& u : updates) {
         BACKFLOW_RETURN_IF_ERROR(settle_stmt_.Bind(1, mapping).Bind(2, u.key).Run());
+        if (u.kind == CheckpointUpdate::Kind::kSettle) continue;
+        // Take the entry being replaced or removed out of the summary.
+        old_stmt_.Bind(1, mapping).Bind(2, u.key);
+        auto found = old_stmt_.Step();
+        if (!found.ok()) {
+          old_stmt_.Reset();
+          return found.status();
+        }
+        if (*found) {
+          --summary.records;
+          summary.checksum -= EntryHash(u.key, old_stmt_.ColumnBlob(0), old_stmt_.ColumnBlob(1));
+        }
+        old_stmt_.Reset();
         switch (u.kind) {
           case CheckpointUpdate::Kind::kSettle:
             break;
@@ -389,6 +464,10 @@ class SqliteStateStore : public StateStore {
             break;
           case CheckpointUpdate::Kind::kUpsert: {
             auto fp = u.fingerprint.ToBytes();
+            ++summary.records;
+            summary.checksum += EntryHash(
+                u.key, std::string_view(reinterpret_cast<const char*>(fp.data()), fp.size()),
+                u.identity);
             BACKFLOW_RETURN_IF_ERROR(
                 upsert_stmt_.Bind(1, mapping)
                     .Bind(2, u.key)
@@ -399,6 +478,20 @@ class SqliteStateStore : public StateStore {
             break;
           }
         }
+      }
+      return meta_stmt_.Bind(1, mapping)
+          .Bind(2, summary.records)
+          .Bind(3, static_cast<int64_t>(summary.checksum))
+          .Run();
+    });
+  }
+
+  absl::Status ResetCheckpoint(const std::string& mapping) override {
+    return InTransaction([&]() -> absl::Status {
+      for (const char* table : {"checkpoints", "checkpoint_meta", "in_flight"}) {
+        BACKFLOW_ASSIGN_OR_RETURN(
+            Statement s, db_->Prepare(fmt::format("DELETE FROM {} WHERE mapping=?", table)));
+        BACKFLOW_RETURN_IF_ERROR(s.Bind(1, mapping).Run());
       }
       return absl::OkStatus();
     });
@@ -436,20 +529,42 @@ class SqliteStateStore : public StateStore {
   std::unique_ptr<Database> db_;
   // Reads `sql` (one `?` for the mapping) on a second connection, inside one
   // read transaction, so the scan sees a snapshot while commits go on.
+  // With `verify`, the scan checks what it read against the checkpoint's
+  // summary (read in the same snapshot) when it reaches the end.
   absl::StatusOr<std::unique_ptr<CheckpointScanner>> Scan(const char* sql,
-                                                          const std::string& mapping) {
+                                                          const std::string& mapping, bool verify) {
     BACKFLOW_ASSIGN_OR_RETURN(auto reader,
                               Database::Open(path_, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX));
     BACKFLOW_RETURN_IF_ERROR(reader->Exec("BEGIN"));
+    std::optional<CheckpointSummary> expected;
+    if (verify) {
+      BACKFLOW_ASSIGN_OR_RETURN(CheckpointSummary summary, ReadSummary(*reader, mapping));
+      expected = summary;
+    }
     BACKFLOW_ASSIGN_OR_RETURN(Statement s, reader->Prepare(sql));
     s.Bind(1, mapping);
     return std::unique_ptr<CheckpointScanner>(
-        new SqliteCheckpointScanner(std::move(reader), std::move(s)));
+        new SqliteCheckpointScanner(std::move(reader), std::move(s), mapping, expected));
+  }
+
+  static absl::StatusOr<CheckpointSummary> ReadSummary(Database& db, const std::string& mapping) {
+    BACKFLOW_ASSIGN_OR_RETURN(
+        Statement q, db.Prepare("SELECT records, checksum FROM checkpoint_meta WHERE mapping=?"));
+    q.Bind(1, mapping);
+    BACKFLOW_ASSIGN_OR_RETURN(bool row, q.Step());
+    CheckpointSummary summary;
+    if (row) {
+      summary.records = q.ColumnInt(0);
+      summary.checksum = static_cast<uint64_t>(q.ColumnInt(1));
+    }
+    return summary;
   }
 
   Statement upsert_stmt_;
   Statement delete_stmt_;
   Statement settle_stmt_;
+  Statement old_stmt_;
+  Statement meta_stmt_;
   Statement in_flight_stmt_;
 };
 

@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "backflow/model/value.h"
+#include "backflow/sqlite/database.h"
 #include "backflow/state/state_store.h"
 #include "fmt/format.h"
 
@@ -159,6 +160,47 @@ TEST_F(SqliteStateStoreTest, ReopeningKeepsDataAndSchema) {
   auto reopened = OpenSqliteStateStore(path_);
   ASSERT_TRUE(reopened.ok()) << reopened.status();
   EXPECT_EQ((*reopened)->ListRuns("", 10)->size(), 1u);
+}
+
+TEST_F(SqliteStateStoreTest, DamagedCheckpointIsDetectedAtTheEndOfTheScan) {
+  auto fp = Fingerprint128("x");
+  std::vector<CheckpointUpdate> initial;
+  for (int i = 0; i < 50; ++i)
+    initial.push_back({.key = fmt::format("k{:02}", i), .fingerprint = fp});
+  ASSERT_TRUE(store_->ApplyCheckpoint("m", initial).ok());
+  ASSERT_TRUE(store_
+                  ->ApplyCheckpoint("m", {{.key = "k03", .kind = CheckpointUpdate::Kind::kRemove},
+                                          {.key = "k04", .fingerprint = Fingerprint128("y")}})
+                  .ok());
+  EXPECT_EQ(Scan("m").size(), 49u);  // consistent: no error
+
+  // Damage behind the store's back: a lost row, then a changed fingerprint.
+  auto tamper = [&](const std::string& sql) {
+    auto db = sqlite::Database::Open(path_, SQLITE_OPEN_READWRITE);
+    ASSERT_TRUE(db.ok());
+    ASSERT_TRUE((*db)->Exec(sql).ok());
+  };
+  auto scan_status = [&]() {
+    auto scanner = store_->ScanCheckpoint("m");
+    EXPECT_TRUE(scanner.ok());
+    CheckpointEntry e;
+    while (true) {
+      auto more = (*scanner)->Next(e);
+      if (!more.ok()) return more.status();
+      if (!*more) return absl::OkStatus();
+    }
+  };
+  tamper("DELETE FROM checkpoints WHERE record_key = 'k10'");
+  absl::Status status = scan_status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(status.message().find("read 48 of its 49 records"), absl::string_view::npos) << status;
+  EXPECT_NE(status.message().find("backflow checkpoint reset m"), absl::string_view::npos);
+
+  ASSERT_TRUE(store_->ResetCheckpoint("m").ok());
+  ASSERT_TRUE(store_->ApplyCheckpoint("m", initial).ok());
+  EXPECT_TRUE(scan_status().ok());
+  tamper("UPDATE checkpoints SET fingerprint = zeroblob(16) WHERE record_key = 'k20'");
+  EXPECT_EQ(scan_status().code(), absl::StatusCode::kDataLoss);
 }
 
 }  // namespace

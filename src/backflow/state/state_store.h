@@ -14,7 +14,9 @@
 // batches in flight, and never loses a change.
 //
 // Implementations are used from one thread at a time; ScanCheckpoint() readers
-// see a consistent snapshot even while ApplyCheckpoint() commits.
+// see a consistent snapshot even while ApplyCheckpoint() commits. A checkpoint
+// scan verifies what it read against a count and checksum kept with the
+// checkpoint, and fails with kDataLoss at its end if the store was damaged.
 #pragma once
 
 #include <cstdint>
@@ -142,6 +144,8 @@ class StateStore {
   virtual absl::StatusOr<std::unique_ptr<CheckpointScanner>> ScanInFlight(
       const std::string& mapping) = 0;
   virtual absl::StatusOr<int64_t> CheckpointSize(const std::string& mapping) = 0;
+  // Forgets everything the mapping delivered: its next run starts over.
+  virtual absl::Status ResetCheckpoint(const std::string& mapping) = 0;
 };
 
 // Opens (creating and migrating if needed) a SQLite state store at `path`.
