@@ -9,6 +9,7 @@ packages=(
   libsqlite3-dev sqlite3 libpq-dev libcurl4-openssl-dev libssl-dev libxxhash-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   postgresql postgresql-client
+  mariadb-server mariadb-client libmariadb-dev
   python3 python3-psycopg2 time curl
 )
 

@@ -3,6 +3,7 @@
 #include "backflow/destinations/file/file_destination.h"
 #include "backflow/destinations/postgres/postgres_destination.h"
 #include "backflow/destinations/webhook/webhook_destination.h"
+#include "backflow/sources/mysql/mysql_source.h"
 #include "backflow/sources/postgres/postgres_source.h"
 #include "backflow/sources/sqlite/sqlite_source.h"
 
@@ -22,6 +23,7 @@ Registry* BuildRegistry() {
   auto* registry = new Registry();
   Add(registry->AddSource(SqliteSourceDefinition()));
   Add(registry->AddSource(PostgresSourceDefinition()));
+  Add(registry->AddSource(MysqlSourceDefinition()));
   Add(registry->AddDestination(WebhookDestinationDefinition()));
   Add(registry->AddDestination(FileDestinationDefinition()));
   Add(registry->AddDestination(PostgresDestinationDefinition()));
