@@ -415,18 +415,6 @@ class MysqlRowReader : public RowReader {
   absl::Status error_;
 };
 
-std::string StripStatementEnd(std::string_view sql) {
-  size_t end = sql.size();
-  while (end > 0) {
-    char c = sql[end - 1];
-    if (c != ';' && c != ' ' && c != '\t' && c != '\n' && c != '\r' && c != '\f' && c != '\v') {
-      break;
-    }
-    --end;
-  }
-  return std::string(sql.substr(0, end));
-}
-
 class MysqlSource : public Source {
  public:
   MysqlSource(std::string url, std::string password)
@@ -445,7 +433,7 @@ class MysqlSource : public Source {
 
   absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql) override {
     BACKFLOW_ASSIGN_OR_RETURN(auto conn, Connect(url_, password_));
-    std::string text = StripStatementEnd(sql);
+    std::string text = TrimModelSql(sql);
     if (mysql_real_query(conn->mysql, text.data(), text.size()) != 0) {
       return QueryError(*conn, "query failed");
     }

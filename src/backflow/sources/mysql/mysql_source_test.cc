@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "backflow/common/fmt_absl.h"
+#include "backflow/testing/process.h"
 #include "fmt/format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -42,26 +43,6 @@ std::string ReadLine(const std::string& path) {
 bool RunningInCi() {
   const char* ci = std::getenv("CI");
   return ci != nullptr && ci[0] != '\0';
-}
-
-long PeakRssKb() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return usage.ru_maxrss;
-}
-
-// A TCP port on 127.0.0.1 that nothing listens on.
-int UnusedPort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
 }
 
 // Loads the server the `mariadb` ctest fixture started
@@ -384,7 +365,7 @@ TEST_F(MysqlSourceTest, UnknownDatabaseIsFailedPrecondition) {
 }
 
 TEST_F(MysqlSourceTest, NothingListeningIsUnavailableNamingHostAndPort) {
-  int port = UnusedPort();
+  int port = testing::UnusedPort();
   auto source =
       NewMysqlSource(fmt::format("mysql://backflow@127.0.0.1:{}/backflow_test", port), "secret-pw");
   absl::Status status = source->CheckConnection();
@@ -426,10 +407,10 @@ TEST_F(MysqlSourceTest, StreamsMillionsOfRowsInBoundedMemory) {
     return rows;
   };
   ASSERT_EQ(stream(50000), 50000);
-  long before_kb = PeakRssKb();
+  long before_kb = testing::PeakRssKb();
   constexpr long kRows = 1'000'000;
   ASSERT_EQ(stream(kRows), kRows);
-  long growth_mb = (PeakRssKb() - before_kb) / 1024;
+  long growth_mb = (testing::PeakRssKb() - before_kb) / 1024;
   RecordProperty("peak_rss_growth_mb", static_cast<int>(growth_mb));
   std::cout << "peak RSS growth after streaming " << kRows << " rows: " << growth_mb << " MB\n";
   // Buffering the result would take well over 100 MB; streaming needs ~0.
@@ -438,13 +419,13 @@ TEST_F(MysqlSourceTest, StreamsMillionsOfRowsInBoundedMemory) {
   // Control: the same result fully buffered (mysql_store_result) does exceed
   // the bound, so the measurement above is meaningful (also under ASan).
   MYSQL* m = Admin();
-  long control_before_kb = PeakRssKb();
+  long control_before_kb = testing::PeakRssKb();
   std::string query = fmt::format(fmt::runtime(sql), kRows);
   ASSERT_EQ(mysql_query(m, query.c_str()), 0) << mysql_error(m);
   MYSQL_RES* buffered = mysql_store_result(m);
   ASSERT_NE(buffered, nullptr) << mysql_error(m);
   EXPECT_EQ(mysql_num_rows(buffered), static_cast<uint64_t>(kRows));
-  long control_mb = (PeakRssKb() - control_before_kb) / 1024;
+  long control_mb = (testing::PeakRssKb() - control_before_kb) / 1024;
   mysql_free_result(buffered);
   mysql_close(m);
   std::cout << "peak RSS growth when buffering the same result: " << control_mb << " MB\n";

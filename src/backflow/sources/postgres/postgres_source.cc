@@ -222,20 +222,6 @@ class PostgresCopyReader : public RowReader {
   absl::Status error_;
 };
 
-// `sql` without trailing whitespace and semicolons, so it can be wrapped in
-// COPY (...).
-std::string StripStatementEnd(std::string_view sql) {
-  size_t end = sql.size();
-  while (end > 0) {
-    char c = sql[end - 1];
-    if (c != ';' && c != ' ' && c != '\t' && c != '\n' && c != '\r' && c != '\f' && c != '\v') {
-      break;
-    }
-    --end;
-  }
-  return std::string(sql.substr(0, end));
-}
-
 class PostgresSource : public Source {
  public:
   PostgresSource(std::string url, std::string password, PostgresExtraction extraction)
@@ -286,7 +272,7 @@ class PostgresSource : public Source {
 
   absl::StatusOr<std::unique_ptr<RowReader>> QueryCopy(std::unique_ptr<pg::Connection> conn,
                                                        std::string_view sql) {
-    std::string text = StripStatementEnd(sql);
+    std::string text = TrimModelSql(sql);
     // Parse and describe without running: the schema, and any SQL error,
     // before the first row. The unnamed statement is one statement only.
     pg::Result prepared(PQprepare(conn->get(), "", text.c_str(), 0, nullptr));

@@ -13,6 +13,7 @@
 #include <random>
 
 #include "backflow/pg/testing/test_server.h"
+#include "backflow/testing/process.h"
 #include "fmt/format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -85,26 +86,6 @@ std::string Show(const Value& v) {
   return fmt::format(
       "{}:{:?}", ValueTypeName(v.type()),
       v.type() == ValueType::kDouble ? fmt::format("{}", v.double_value()) : v.ToString());
-}
-
-// A TCP port on 127.0.0.1 that nothing listens on.
-int UnusedPort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
-long PeakRssKb() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return usage.ru_maxrss;
 }
 
 TEST(PostgresSourceDefinitionTest, DeclaresUrlAndSecretPassword) {
@@ -312,7 +293,7 @@ TEST_F(PostgresSourceTest, WrongPasswordIsUnauthenticatedAndNeverEchoed) {
 }
 
 TEST_F(PostgresSourceTest, NothingListeningIsUnavailableWithHostAndPort) {
-  int port = UnusedPort();
+  int port = testing::UnusedPort();
   auto source = NewPostgresSource(
       fmt::format("postgresql://backflow@127.0.0.1:{}/backflow_test", port), "pw");
   absl::Status status = source->CheckConnection();
@@ -545,12 +526,12 @@ TEST_F(PostgresSourceTest, StreamsMillionsOfRowsInBoundedMemory) {
   // control comes last.
   ASSERT_EQ(stream(50000, PostgresExtraction::kCopy), 50000);
   ASSERT_EQ(stream(50000, PostgresExtraction::kRows), 50000);
-  long before_kb = PeakRssKb();
+  long before_kb = testing::PeakRssKb();
   constexpr int kRows = 2'000'000;
   for (PostgresExtraction extraction : {PostgresExtraction::kCopy, PostgresExtraction::kRows}) {
     const char* name = extraction == PostgresExtraction::kCopy ? "copy" : "rows";
     ASSERT_EQ(stream(kRows, extraction), kRows) << name;
-    long growth_mb = (PeakRssKb() - before_kb) / 1024;
+    long growth_mb = (testing::PeakRssKb() - before_kb) / 1024;
     RecordProperty(fmt::format("peak_rss_growth_mb_{}", name), static_cast<int>(growth_mb));
     std::cout << "peak RSS growth after streaming " << kRows << " rows (" << name
               << "): " << growth_mb << " MB\n";
@@ -563,11 +544,11 @@ TEST_F(PostgresSourceTest, StreamsMillionsOfRowsInBoundedMemory) {
   // bound, so the measurement above is meaningful (also under ASan).
   auto conn = Connect();
   ASSERT_TRUE(conn.ok()) << conn.status();
-  long control_before_kb = PeakRssKb();
+  long control_before_kb = testing::PeakRssKb();
   auto buffered = (*conn)->Exec(fmt::format(fmt::runtime(sql), kRows));
   ASSERT_TRUE(buffered.ok()) << buffered.status();
   ASSERT_EQ(PQntuples(buffered->get()), kRows);
-  long control_mb = (PeakRssKb() - control_before_kb) / 1024;
+  long control_mb = (testing::PeakRssKb() - control_before_kb) / 1024;
   std::cout << "peak RSS growth when buffering the same result: " << control_mb << " MB\n";
   EXPECT_GT(control_mb, 48);
 }
