@@ -334,14 +334,7 @@ int MappingTest(const GlobalOptions& g, const std::string& mapping_name,
         fmt::format("duplicate unique identifier: several rows have {} = {}; none of them is sent",
                     model->primary_key, key));
   }
-  std::string row_json = "{";
-  for (size_t i = 0; i < schema.size(); ++i) {
-    if (i > 0) row_json += ",";
-    AppendJsonString(row_json, schema[i].name);
-    row_json += ":";
-    row[i].AppendJson(row_json);
-  }
-  row_json += "}";
+  std::string row_json = JsonObject(schema, row);
   OutgoingRecord record;
   record.key = key;
   record.values = payload;

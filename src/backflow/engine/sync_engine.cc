@@ -11,7 +11,6 @@
 
 #include "backflow/common/clock.h"
 #include "backflow/common/errors.h"
-#include "backflow/common/json_writer.h"
 #include "backflow/common/status_macros.h"
 #include "backflow/destinations/destination.h"
 #include "backflow/engine/spool.h"
@@ -70,30 +69,6 @@ bool Selected(RecordSelection selection, ChangeKind change) {
       return change == ChangeKind::kDeleted;
   }
   return true;
-}
-
-std::string RowJson(const Schema& schema, const Row& row) {
-  std::string out = "{";
-  for (size_t i = 0; i < schema.size() && i < row.size(); ++i) {
-    if (i > 0) out.push_back(',');
-    AppendJsonString(out, schema[i].name);
-    out.push_back(':');
-    row[i].AppendJson(out);
-  }
-  out.push_back('}');
-  return out;
-}
-
-std::string PayloadJson(const std::vector<std::string>& names, const Row& values) {
-  std::string out = "{";
-  for (size_t i = 0; i < names.size() && i < values.size(); ++i) {
-    if (i > 0) out.push_back(',');
-    AppendJsonString(out, names[i]);
-    out.push_back(':');
-    values[i].AppendJson(out);
-  }
-  out.push_back('}');
-  return out;
 }
 
 // Everything one mapping needs during a run.
@@ -268,7 +243,7 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
                  .change = "",
                  .error = null_key_error,
                  .error_class = "record",
-                 .payload = RowJson(schema, values),
+                 .payload = JsonObject(schema, values),
                  .recommended_action = fmt::format(
                      "Make \"{}\" non-NULL in model \"{}\" (or filter those rows out in its SQL).",
                      model.primary_key, model.name)});
@@ -320,7 +295,7 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
     if (options_.dry_run && static_cast<int>(m.sample.size()) < options_.dry_run_sample) {
       const auto& names = kind == ChangeKind::kDeleted ? layout.identity : layout.fields;
       m.sample.push_back(
-          {std::string(key), std::string(ChangeKindName(kind)), PayloadJson(names, out)});
+          {std::string(key), std::string(ChangeKindName(kind)), JsonObject(names, out)});
     }
     encoded.clear();
     EncodeRow(out, encoded);
@@ -385,7 +360,7 @@ absl::Status Runner::DiffRow(MappingRun& m, const ModelConfig& model, const Sche
                .error = fmt::format("duplicate unique identifier: {} rows have {} = {}", copies,
                                     model.primary_key, key),
                .error_class = "record",
-               .payload = RowJson(schema, values),
+               .payload = JsonObject(schema, values),
                .recommended_action = fmt::format(
                    "Make \"{}\" unique in model \"{}\" (deduplicate in its SQL); none of these "
                    "rows is sent until then, and the record is not deleted.",
@@ -400,7 +375,7 @@ absl::Status Runner::DiffRow(MappingRun& m, const ModelConfig& model, const Sche
                  .change = "",
                  .error = std::string(mapped.message()),
                  .error_class = "record",
-                 .payload = RowJson(schema, values),
+                 .payload = JsonObject(schema, values),
                  .recommended_action =
                      "Fix this row's value in the model, or change the mapping's fields; the "
                      "record is sent once it maps cleanly."});

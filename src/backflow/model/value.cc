@@ -135,6 +135,33 @@ bool operator==(const Value& a, const Value& b) {
   }
 }
 
+namespace {
+
+template <typename NameOf>
+std::string JsonObjectOf(size_t size, NameOf name_of, const Row& values) {
+  std::string out = "{";
+  for (size_t i = 0; i < size && i < values.size(); ++i) {
+    if (i > 0) out.push_back(',');
+    AppendJsonString(out, name_of(i));
+    out.push_back(':');
+    values[i].AppendJson(out);
+  }
+  out.push_back('}');
+  return out;
+}
+
+}  // namespace
+
+std::string JsonObject(const std::vector<std::string>& names, const Row& values) {
+  return JsonObjectOf(
+      names.size(), [&](size_t i) -> const std::string& { return names[i]; }, values);
+}
+
+std::string JsonObject(const Schema& schema, const Row& values) {
+  return JsonObjectOf(
+      schema.size(), [&](size_t i) -> const std::string& { return schema[i].name; }, values);
+}
+
 int FindColumn(const Schema& schema, std::string_view name) {
   for (size_t i = 0; i < schema.size(); ++i) {
     if (schema[i].name == name) return static_cast<int>(i);

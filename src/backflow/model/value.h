@@ -74,6 +74,10 @@ struct Column {
 using Schema = std::vector<Column>;
 using Row = std::vector<Value>;
 
+// {"name": value, ...} from parallel lists of names and values.
+std::string JsonObject(const std::vector<std::string>& names, const Row& values);
+std::string JsonObject(const Schema& schema, const Row& values);
+
 // Index of `name` in `schema`, or -1.
 int FindColumn(const Schema& schema, std::string_view name);
 
