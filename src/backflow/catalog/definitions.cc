@@ -70,6 +70,16 @@ std::string_view SettingTypeName(SettingType t) {
   return "string";
 }
 
+bool ActionSpec::AcceptsField(std::string_view key) const {
+  if (allows_extra_fields || FindField(key) != nullptr) return true;
+  for (const std::string& parent : extra_field_parents) {
+    if (key.size() > parent.size() + 1 && key.starts_with(parent) && key[parent.size()] == '.') {
+      return true;
+    }
+  }
+  return false;
+}
+
 const FieldSpec* ActionSpec::FindField(std::string_view key) const {
   for (const FieldSpec& f : fields) {
     if (f.key == key) return &f;

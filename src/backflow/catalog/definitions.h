@@ -45,6 +45,8 @@ struct FieldSpec {
   bool required = false;
   bool identifier = false;     // identifies the record in the destination
   std::string default_column;  // mapped automatically when the model has it
+  // When non-empty, the only values the field accepts (checked per record).
+  std::vector<std::string> allowed_values;
 };
 
 // Which changes a mapping sends.
@@ -68,6 +70,10 @@ struct ActionSpec {
   std::vector<FieldSpec> fields;
   // When true, a mapping may map fields the action does not declare (free-form payloads).
   bool allows_extra_fields = false;
+  // Objects under which a mapping may add any field: {"traits"} accepts
+  // "traits.plan", "traits.address.city". Each is also a declared kObject
+  // field (mapping it whole, e.g. from a JSON column, is allowed too).
+  std::vector<std::string> extra_field_parents;
   int max_batch_records = 1000;
   int default_batch_records = 100;
   // When true, acknowledged records become durable only when the run's
@@ -80,6 +86,9 @@ struct ActionSpec {
       validate;
 
   const FieldSpec* FindField(std::string_view key) const;
+  // Whether a mapping may map `key`: declared, under an extra_field_parent,
+  // or any key when allows_extra_fields.
+  bool AcceptsField(std::string_view key) const;
   bool Supports(RecordSelection s) const;
 };
 

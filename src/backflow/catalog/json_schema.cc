@@ -77,14 +77,24 @@ nlohmann::ordered_json ActionFieldsJsonSchema(const ActionSpec& action) {
     if (!f.description.empty()) p["description"] = f.description;
     if (f.identifier) p["x-backflow-identifier"] = true;
     if (!f.default_column.empty()) p["x-backflow-default-column"] = f.default_column;
+    if (!f.allowed_values.empty()) p["enum"] = f.allowed_values;
     properties[f.key] = std::move(p);
     if (f.required) required.push_back(f.key);
   }
-  return {{"$schema", kDraft},
-          {"type", "object"},
-          {"properties", std::move(properties)},
-          {"required", std::move(required)},
-          {"additionalProperties", action.allows_extra_fields}};
+  nlohmann::ordered_json schema = {{"$schema", kDraft},
+                                   {"type", "object"},
+                                   {"properties", std::move(properties)},
+                                   {"required", std::move(required)},
+                                   {"additionalProperties", action.allows_extra_fields}};
+  if (!action.extra_field_parents.empty()) {
+    // Mapping keys are flat ("traits.plan"): describe the accepted prefixes.
+    nlohmann::ordered_json patterns = nlohmann::ordered_json::object();
+    for (const std::string& parent : action.extra_field_parents) {
+      patterns["^" + parent + "\\..+$"] = nlohmann::ordered_json::object();
+    }
+    schema["patternProperties"] = std::move(patterns);
+  }
+  return schema;
 }
 
 nlohmann::ordered_json CatalogJson(const std::vector<SourceDefinition>& sources,

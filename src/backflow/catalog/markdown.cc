@@ -1,6 +1,7 @@
 #include "backflow/catalog/markdown.h"
 
 #include "fmt/format.h"
+#include "fmt/ranges.h"
 
 namespace backflow {
 namespace {
@@ -86,15 +87,26 @@ std::string DestinationMarkdown(const DestinationDefinition& def) {
     if (a.allows_extra_fields) {
       out += "- any field name may be mapped: each mapped field is sent under its own name\n";
     }
+    for (const std::string& parent : a.extra_field_parents) {
+      out += fmt::format(
+          "- any field under `{0}` may be mapped (`{0}.plan: plan_column` sends "
+          "`{{\"{0}\": {{\"plan\": …}}}}`)\n",
+          parent);
+    }
     if (!a.fields.empty()) {
       out +=
           "\n| field | type | required | identifier | default column | description |\n"
           "| --- | --- | --- | --- | --- | --- |\n";
       for (const FieldSpec& f : a.fields) {
+        std::string description = f.description;
+        if (!f.allowed_values.empty()) {
+          description +=
+              " One of: `" + fmt::format("{}", fmt::join(f.allowed_values, "`, `")) + "`.";
+        }
         out += fmt::format("| `{}` | {} | {} | {} | {} | {} |\n", f.key, FieldTypeName(f.type),
                            f.required ? "yes" : "no", f.identifier ? "yes" : "no",
                            f.default_column.empty() ? "" : "`" + f.default_column + "`",
-                           Escape(f.description));
+                           Escape(description));
       }
     }
   }

@@ -655,10 +655,15 @@ void Loader::LoadMappings(const YAML::Node& root) {
           Error(it->second, fpath, "must name a model column", "e.g. email: email_address");
           continue;
         }
-        if (action != nullptr && !action->allows_extra_fields &&
-            action->FindField(key) == nullptr) {
+        if (action != nullptr && !action->AcceptsField(key)) {
+          std::string hint = ReferenceHint("field", key, field_keys);
+          if (!action->extra_field_parents.empty()) {
+            hint += fmt::format("; any field under {} may be added, e.g. {}.{}",
+                                fmt::join(action->extra_field_parents, ", "),
+                                action->extra_field_parents.front(), key);
+          }
           Error(it->first, fpath, fmt::format("action \"{}\" has no field \"{}\"", action->id, key),
-                ReferenceHint("field", key, field_keys));
+                hint);
           continue;
         }
         mapped.insert(key);

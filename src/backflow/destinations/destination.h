@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "backflow/catalog/definitions.h"
 #include "backflow/model/value.h"
+#include "nlohmann/json.hpp"
 
 namespace backflow {
 
@@ -47,6 +48,17 @@ struct OutgoingRecord {
 // Renders a record's payload as a JSON object ({"field": value, ...}), nested
 // paths not expanded. Used for run reports and JSON-speaking destinations.
 std::string RecordFieldsJson(const FieldLayout& layout, const OutgoingRecord& record);
+
+// The record's payload as a JSON object for building API bodies: dotted field
+// keys become nested objects ("traits.plan" -> {"traits":{"plan":...}}), JSON
+// values are embedded as JSON, nulls are kept (APIs use them to clear a
+// field). When a path is both a value and a parent, the later field wins.
+nlohmann::json RecordPayload(const FieldLayout& layout, const OutgoingRecord& record);
+
+// One value as JSON: decimals as numbers when they fit a double exactly
+// enough to round-trip their text, else as strings; timestamps and dates as
+// their ISO-8601 text; bytes as base64.
+nlohmann::json ValueToJson(const Value& v);
 
 struct SessionOptions {
   std::string mapping;

@@ -1,10 +1,12 @@
 #include "backflow/mapping/mapper.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 
 #include "backflow/common/fmt_absl.h"
 #include "fmt/format.h"
+#include "fmt/ranges.h"
 
 namespace backflow {
 
@@ -78,6 +80,13 @@ absl::Status Mapper::Map(const Row& row, Row& payload) const {
     if (!coerced.ok()) {
       return absl::InvalidArgumentError(
           fmt::format("field \"{}\": {}", layout_.fields[i], coerced.status().message()));
+    }
+    if (!spec->allowed_values.empty() && coerced->type() == ValueType::kString &&
+        std::find(spec->allowed_values.begin(), spec->allowed_values.end(), coerced->text()) ==
+            spec->allowed_values.end()) {
+      return absl::InvalidArgumentError(fmt::format("field \"{}\": \"{}\" is not one of {}",
+                                                    layout_.fields[i], coerced->text(),
+                                                    fmt::join(spec->allowed_values, ", ")));
     }
     payload[i] = *std::move(coerced);
   }

@@ -16,6 +16,7 @@
 #include "backflow/common/hash.h"
 #include "backflow/common/http_client.h"
 #include "backflow/common/json_writer.h"
+#include "backflow/delivery/http_delivery.h"
 #include "backflow/delivery/rate_limiter.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
@@ -34,11 +35,7 @@ std::string Lower(std::string_view s) {
   return out;
 }
 
-std::string Snippet(std::string_view body) {
-  std::string out(body.substr(0, kBodySnippetBytes));
-  if (body.size() > kBodySnippetBytes) out += "...";
-  return out;
-}
+std::string Snippet(std::string_view body) { return BodySnippet(body, kBodySnippetBytes); }
 
 bool IsRetryableStatus(int status) { return status == 408 || status == 429 || status >= 500; }
 
@@ -148,12 +145,6 @@ std::string BuildBody(std::string_view batch_id, const SessionOptions& options,
   return w.Release();
 }
 
-// The last outcome of a delivery and how many attempts it took.
-struct Delivery {
-  absl::StatusOr<HttpResponse> response;
-  int attempts = 0;
-};
-
 class WebhookDestination final : public Destination {
  public:
   WebhookDestination(WebhookConfig cfg, HttpClient* http, Clock* clock)
@@ -168,10 +159,18 @@ class WebhookDestination final : public Destination {
   absl::StatusOr<std::unique_ptr<ActionSession>> StartSession(
       const SessionOptions& options) override;
 
-  // One POST of `body`, retried on transient failures (up to max_retries)
-  // when `retry` is set.
-  Delivery Deliver(const std::string& body, const std::string& webhook_id, bool retry,
-                   std::mt19937_64& rng);
+  // A sender for one session (or one connection check).
+  HttpDelivery NewDelivery() const {
+    RetryPolicy policy;
+    policy.max_retries = cfg_.max_retries;
+    policy.base_backoff = kBaseBackoff;
+    policy.max_wait = cfg_.max_retry_wait;
+    VendorRules rules;
+    rules.retryable = [](const HttpResponse& r) { return IsRetryableStatus(r.status); };
+    return HttpDelivery(http_, clock_, {limiter_.get()}, policy, rules);
+  }
+
+  HttpRequest BuildRequest(const std::string& body, const std::string& webhook_id) const;
 
   // Non-OK status for replies that call for stopping the run, else OK.
   absl::Status ConfigurationError(const HttpResponse& resp) const;
@@ -180,8 +179,6 @@ class WebhookDestination final : public Destination {
   Clock* clock() const { return clock_; }
 
  private:
-  HttpRequest BuildRequest(const std::string& body, const std::string& webhook_id) const;
-
   WebhookConfig cfg_;
   HttpClient* http_;
   Clock* clock_;
@@ -214,33 +211,6 @@ HttpRequest WebhookDestination::BuildRequest(const std::string& body,
   req.headers.emplace_back("X-Idempotency-Key", webhook_id);
   for (const auto& h : cfg_.static_headers) req.headers.push_back(h);
   return req;
-}
-
-Delivery WebhookDestination::Deliver(const std::string& body, const std::string& webhook_id,
-                                     bool retry, std::mt19937_64& rng) {
-  Delivery d;
-  const int max_attempts = retry ? cfg_.max_retries + 1 : 1;
-  for (int attempt = 1;; ++attempt) {
-    d.attempts = attempt;
-    if (limiter_ != nullptr) limiter_->Acquire();
-    d.response = http_->Send(BuildRequest(body, webhook_id));
-    bool retryable = !d.response.ok() || IsRetryableStatus(d.response->status);
-    if (!retryable || attempt >= max_attempts) return d;
-
-    // Exponential backoff with full jitter, unless the receiver said how long.
-    std::optional<std::chrono::milliseconds> wait;
-    if (d.response.ok()) {
-      if (auto ra = d.response->Header("retry-after")) wait = ParseRetryAfter(*ra, clock_->Now());
-    }
-    if (!wait) {
-      int shift = std::min(attempt - 1, 30);
-      auto ceiling = std::min<int64_t>(kBaseBackoff.count() << shift, cfg_.max_retry_wait.count());
-      std::uniform_int_distribution<int64_t> dist(0, std::max<int64_t>(ceiling, 0));
-      wait = std::chrono::milliseconds(dist(rng));
-    }
-    wait = std::min(*wait, cfg_.max_retry_wait);
-    clock_->SleepFor(*wait);
-  }
 }
 
 absl::Status WebhookDestination::ConfigurationError(const HttpResponse& resp) const {
@@ -280,8 +250,9 @@ absl::Status WebhookDestination::CheckConnection() {
   std::string body = fmt::format(
       R"({{"batch_id":"{}","mapping":"","run_id":0,"count":0,"records":[],"test":true}})",
       batch_id);
-  std::mt19937_64 rng(std::random_device{}());
-  Delivery d = Deliver(body, "msg_" + batch_id, /*retry=*/false, rng);
+  HttpDelivery delivery = NewDelivery();
+  DeliveryResult d =
+      delivery.Send([&] { return BuildRequest(body, "msg_" + batch_id); }, /*retry=*/false);
   if (!d.response.ok()) {
     return absl::UnavailableError(fmt::format("could not reach the webhook receiver at {}: {}",
                                               cfg_.url,
@@ -304,7 +275,7 @@ absl::Status WebhookDestination::CheckConnection() {
 class WebhookSession final : public ActionSession {
  public:
   WebhookSession(WebhookDestination* dest, SessionOptions options)
-      : dest_(dest), options_(std::move(options)), rng_(std::random_device{}()) {}
+      : dest_(dest), options_(std::move(options)), delivery_(dest->NewDelivery()) {}
 
   absl::StatusOr<std::vector<absl::Status>> SendBatch(
       std::span<const OutgoingRecord> batch) override {
@@ -321,7 +292,7 @@ class WebhookSession final : public ActionSession {
 
   WebhookDestination* dest_;
   SessionOptions options_;
-  std::mt19937_64 rng_;
+  HttpDelivery delivery_;
 };
 
 absl::StatusOr<std::vector<absl::Status>> WebhookSession::SendPart(
@@ -329,14 +300,14 @@ absl::StatusOr<std::vector<absl::Status>> WebhookSession::SendPart(
   const WebhookConfig& cfg = dest_->cfg();
   std::string batch_id = WebhookBatchId(records);
   std::string body = BuildBody(batch_id, options_, records);
-  Delivery d = dest_->Deliver(body, "msg_" + batch_id, /*retry=*/true, rng_);
+  const std::string webhook_id = "msg_" + batch_id;
+  DeliveryResult d = delivery_.Send([&] { return dest_->BuildRequest(body, webhook_id); });
   auto all = [&](const absl::Status& s) { return std::vector<absl::Status>(records.size(), s); };
-  const char* times = d.attempts == 1 ? "attempt" : "attempts";
 
   if (!d.response.ok()) {
     return all(absl::UnavailableError(
-        fmt::format("webhook delivery to {} failed after {} {}; last error: {}", cfg.url,
-                    d.attempts, times, std::string(d.response.status().message()))));
+        fmt::format("webhook delivery to {} failed {}; last error: {}", cfg.url, d.AttemptsText(),
+                    std::string(d.response.status().message()))));
   }
   const HttpResponse& resp = *d.response;
   const int status = resp.status;
@@ -363,9 +334,8 @@ absl::StatusOr<std::vector<absl::Status>> WebhookSession::SendPart(
     return out;
   }
   if (IsRetryableStatus(status)) {
-    std::string message =
-        fmt::format("webhook delivery to {} failed after {} {}; last reply: HTTP {}: {}", cfg.url,
-                    d.attempts, times, status, Snippet(resp.body));
+    std::string message = fmt::format("webhook delivery to {} failed {}; last reply: HTTP {}: {}",
+                                      cfg.url, d.AttemptsText(), status, Snippet(resp.body));
     if (status == 429) {
       absl::Status s = absl::ResourceExhaustedError(message);
       if (auto ra = resp.Header("retry-after")) {
@@ -438,25 +408,6 @@ std::string WebhookSignature(std::string_view key, std::string_view webhook_id,
   signed_content.reserve(webhook_id.size() + timestamp.size() + body.size() + 2);
   signed_content.append(webhook_id).append(".").append(timestamp).append(".").append(body);
   return "v1," + Base64Encode(HmacSha256(key, signed_content));
-}
-
-std::optional<std::chrono::milliseconds> ParseRetryAfter(std::string_view value,
-                                                         Clock::TimePoint now) {
-  while (!value.empty() && value.front() == ' ') value.remove_prefix(1);
-  while (!value.empty() && value.back() == ' ') value.remove_suffix(1);
-  if (value.empty()) return std::nullopt;
-  if (std::all_of(value.begin(), value.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-    if (value.size() > 9) return std::chrono::hours(24 * 365);  // absurdly large: cap later
-    return std::chrono::seconds(std::stoll(std::string(value)));
-  }
-  // IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT".
-  std::tm tm{};
-  std::string text(value);
-  const char* end = strptime(text.c_str(), "%a, %d %b %Y %H:%M:%S GMT", &tm);
-  if (end == nullptr || *end != '\0') return std::nullopt;
-  auto when = std::chrono::system_clock::from_time_t(timegm(&tm));
-  if (when <= now) return std::chrono::milliseconds(0);
-  return std::chrono::ceil<std::chrono::milliseconds>(when - now);
 }
 
 DestinationDefinition WebhookDestinationDefinition() {

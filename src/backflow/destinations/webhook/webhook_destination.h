@@ -39,6 +39,7 @@
 #include "absl/status/statusor.h"
 #include "backflow/catalog/definitions.h"
 #include "backflow/common/clock.h"
+#include "backflow/delivery/http_delivery.h"  // ParseRetryAfter
 #include "backflow/destinations/destination.h"
 
 namespace backflow {
@@ -57,10 +58,5 @@ absl::StatusOr<std::string> WebhookSigningKey(std::string_view secret);
 // The webhook-signature header value: "v1,<base64 HMAC-SHA256>".
 std::string WebhookSignature(std::string_view key, std::string_view webhook_id,
                              std::string_view timestamp, std::string_view body);
-
-// Parses a Retry-After value: delay-seconds or an IMF-fixdate HTTP-date
-// (relative to `now`; dates in the past give zero). nullopt when unparsable.
-std::optional<std::chrono::milliseconds> ParseRetryAfter(std::string_view value,
-                                                         Clock::TimePoint now);
 
 }  // namespace backflow
