@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fails when docs/sources or docs/destinations differ from what the connector
+# Fails when docs/sources, docs/destinations or docs/mapping.md differ from what the connector
 # definitions generate. Usage: check-docs.sh BACKFLOW_BINARY
 # Regenerate with: backflow catalog --docs docs
 set -euo pipefail
@@ -13,3 +13,7 @@ for kind in sources destinations; do
     exit 1
   fi
 done
+if ! diff -u "$root/docs/mapping.md" "$tmp/mapping.md"; then
+  echo "docs/mapping.md is out of date: run \`backflow catalog --docs docs\` and commit the result" >&2
+  exit 1
+fi

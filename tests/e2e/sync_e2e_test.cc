@@ -58,8 +58,9 @@ class SyncE2eTest : public ::testing::Test {
     Exec("COMMIT");
   }
 
-  void WriteWorkspace(const std::string& sql = "SELECT id, email, plan, ltv FROM customers",
-                      int batch_size = 25) {
+  void WriteWorkspace(
+      const std::string& sql = "SELECT id, email, plan, ltv FROM customers", int batch_size = 25,
+      const std::string& fields = "{ customer_id: id, email: email, plan: plan, ltv: ltv }") {
     std::ofstream(dir_ + "/backflow.yaml")
         << fmt::format(R"(
 state: sqlite:.backflow/state.db
@@ -87,9 +88,9 @@ mappings:
     action: send_batch
     records: all
     batch_size: {}
-    fields: {{ customer_id: id, email: email, plan: plan, ltv: ltv }}
+    fields: {}
 )",
-                       sql, receiver_->Url("/ingest"), batch_size);
+                       sql, receiver_->Url("/ingest"), batch_size, fields);
   }
 
   CliResult Sync(std::vector<std::string> extra = {}) {
@@ -273,6 +274,44 @@ TEST_F(SyncE2eTest, DryRunSendsNothing) {
   EXPECT_NE(human.out.find("would send 200 records; nothing was sent"), std::string::npos)
       << human.out;
   EXPECT_EQ(receiver_->request_count(), 0);
+}
+
+TEST_F(SyncE2eTest, MappingExpressionsShapeThePayload) {
+  WriteWorkspace("SELECT id, email, plan, ltv FROM customers", 25, R"yaml(
+      user_id: "concat('u_', id)"
+      traits.email: "upper(email)"
+      traits.plan: coalesce(plan, 'none')
+      greeting: "'Hello {{email}}'"
+      email_sha256: hash_email(email)
+      source: "'warehouse'")yaml");
+  CliResult t = RunCli(dir_, {"mapping", "test", "customers_to_hook", "--record", "5", "--json"});
+  ASSERT_EQ(t.exit_code, 0) << t.out << t.err;
+  nlohmann::json payload = nlohmann::json::parse(t.LastLine())["payload"];
+  EXPECT_EQ(payload["user_id"], "u_5");
+  EXPECT_EQ(payload["traits.email"], "USER5@EXAMPLE.COM");
+  EXPECT_EQ(payload["greeting"], "Hello user5@example.com");
+  EXPECT_EQ(payload["email_sha256"].get<std::string>().size(), 64u);
+  EXPECT_EQ(payload["source"], "warehouse");
+
+  CliResult r = Sync();
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_EQ(Summary(r)["succeeded"], 200);
+  // Deletes carry the fields computed from the unique identifier alone.
+  Exec("DELETE FROM customers WHERE id = 7");
+  size_t before = receiver_->Requests().size();
+  r = Sync();
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  std::vector<ReceivedRequest> sent = RequestsSince(before);
+  ASSERT_EQ(sent.size(), 1u);
+  nlohmann::json body = nlohmann::json::parse(sent[0].body);
+  EXPECT_EQ(body["records"][0]["fields"], nlohmann::json::parse(R"({"user_id":"u_7"})"));
+
+  // A syntax error is a config error with the file position.
+  WriteWorkspace("SELECT id, email, plan, ltv FROM customers", 25, "{ email: lowr(email) }");
+  CliResult v = RunCli(dir_, {"validate"});
+  EXPECT_EQ(v.exit_code, 3);
+  EXPECT_NE(v.out.find("mappings[0].fields.email: unknown function lowr()"), std::string::npos)
+      << v.out;
 }
 
 TEST_F(SyncE2eTest, ValidateAndPreview) {

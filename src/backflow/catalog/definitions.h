@@ -58,8 +58,10 @@ std::string_view FieldTypeName(FieldType t);
 std::string_view SettingTypeName(SettingType t);
 
 struct MappedField {
-  std::string field;   // destination field key
-  std::string column;  // model column
+  std::string field;  // destination field key ("email", "traits.plan")
+  // What the value is computed from: a model column name, or an expression
+  // of the mapping language (mapping/expression.h).
+  std::string value;
 };
 
 struct ActionSpec {

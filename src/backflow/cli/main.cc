@@ -21,6 +21,7 @@
 #include "backflow/config/workspace.h"
 #include "backflow/destinations/destination.h"
 #include "backflow/engine/sync_engine.h"
+#include "backflow/mapping/expression.h"
 #include "backflow/mapping/mapper.h"
 #include "backflow/sources/source.h"
 #include "backflow/state/state_store.h"
@@ -681,7 +682,8 @@ int CheckpointReset(const GlobalOptions& g, const std::string& mapping_name) {
 
 // ----------------------------------------------------------------- catalog
 
-// Writes one markdown page per connector under `dir`/sources and `dir`/destinations.
+// Writes one markdown page per connector under `dir`/sources and `dir`/destinations, and
+// the mapping language reference as `dir`/mapping.md.
 int WriteDocs(const std::string& dir) {
   namespace fs = std::filesystem;
   const Registry& r = BuiltinRegistry();
@@ -703,6 +705,10 @@ int WriteDocs(const std::string& dir) {
       PrintError("cannot write docs under " + dir);
       return kExitFailed;
     }
+  }
+  if (!write(fs::path(dir) / "mapping.md", MappingLanguageMarkdown())) {
+    PrintError("cannot write docs under " + dir);
+    return kExitFailed;
   }
   return kExitOk;
 }

@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "backflow/common/fmt_absl.h"
+#include "backflow/mapping/expression.h"
 #include "backflow/scheduler/schedule.h"
 #include "fmt/format.h"
 
@@ -652,7 +653,14 @@ void Loader::LoadMappings(const YAML::Node& root) {
         std::string key = it->first.Scalar();
         std::string fpath = path + ".fields." + key;
         if (!it->second.IsScalar() || it->second.Scalar().empty()) {
-          Error(it->second, fpath, "must name a model column", "e.g. email: email_address");
+          Error(it->second, fpath, "must be a model column or an expression",
+                "e.g. email: email_address, or email: lower(trim(email_address))");
+          continue;
+        }
+        if (absl::StatusOr<Expression> expr = Expression::Parse(it->second.Scalar()); !expr.ok()) {
+          Error(it->second, fpath, std::string(expr.status().message()),
+                "columns are written as-is, text literals in single quotes ('pro'), functions "
+                "as lower(email); see docs/mapping.md");
           continue;
         }
         if (action != nullptr && !action->AcceptsField(key)) {

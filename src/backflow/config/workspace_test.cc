@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <algorithm>
+
 #include "backflow/destinations/testing/memory_destination.h"
 #include "backflow/sources/sqlite/sqlite_source.h"
 
@@ -76,7 +78,7 @@ TEST_F(WorkspaceTest, LoadsAValidWorkspace) {
   EXPECT_EQ(m->batch_size, 50);
   ASSERT_EQ(m->fields.size(), 2u);
   EXPECT_EQ(m->fields[0].field, "customer_id");
-  EXPECT_EQ(m->fields[0].column, "id");
+  EXPECT_EQ(m->fields[0].value, "id");
 }
 
 TEST_F(WorkspaceTest, ReportsEveryErrorWithPositionAndHint) {
@@ -156,6 +158,30 @@ mappings:
   EXPECT_NE(errors.find("mappings[2].batch_size: must be a whole number from 1 to 10"),
             std::string::npos)
       << errors;
+}
+
+TEST_F(WorkspaceTest, ChecksMappingExpressions) {
+  LoadResult r = Load(R"yaml(
+sources: [{ name: s, type: sqlite, path: x.db }]
+models: [{ name: m, source: s, sql: SELECT 1, primary_key: id }]
+destinations: [{ name: d, type: memory }]
+mappings:
+  - name: a
+    model: m
+    destination: d
+    action: upsert
+    fields:
+      ok: "lower(trim(email))"
+      literal: "'pro'"
+      spaced: Email Address
+      bad: "lowr(email)"
+)yaml");
+  std::string errors = Errors(r);
+  EXPECT_NE(errors.find("/ws/backflow.yaml:14:12: error: mappings[0].fields.bad: unknown function "
+                        "lowr() at character 1 of `lowr(email)`"),
+            std::string::npos)
+      << errors;
+  EXPECT_EQ(std::count(errors.begin(), errors.end(), '\n'), 1) << errors;
 }
 
 TEST_F(WorkspaceTest, ResolvesEnvironmentAndWarnsAboutClearSecrets) {

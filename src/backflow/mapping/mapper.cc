@@ -19,18 +19,29 @@ absl::StatusOr<Mapper> Mapper::Create(const std::string& mapping_name,
   m.mapping_ = mapping_name;
   std::vector<std::string> missing;
   for (const MappedField& f : fields) {
-    int index = FindColumn(schema, f.column);
-    if (index < 0) {
-      missing.push_back(f.column);
+    absl::StatusOr<Expression> expr = Expression::Parse(f.value);
+    if (!expr.ok()) {
+      return absl::FailedPreconditionError(fmt::format(
+          "mapping \"{}\": field \"{}\": {}", mapping_name, f.field, expr.status().message()));
+    }
+    std::vector<std::string> absent = expr->Bind(schema);
+    if (!absent.empty()) {
+      for (std::string& c : absent) {
+        if (std::find(missing.begin(), missing.end(), c) == missing.end()) {
+          missing.push_back(std::move(c));
+        }
+      }
       continue;
     }
     m.layout_.fields.push_back(f.field);
-    m.columns_.push_back(index);
+    m.columns_.push_back(expr->is_column() ? FindColumn(schema, expr->columns().front()) : -1);
     m.specs_.push_back(action.FindField(f.field));
-    if (f.column == primary_key) {
+    // A field computed from the unique identifier alone identifies the record.
+    if (expr->columns().size() == 1 && expr->columns().front() == primary_key) {
       m.layout_.identity.push_back(f.field);
       m.identity_.push_back(static_cast<int>(m.columns_.size()) - 1);
     }
+    m.expressions_.push_back(*std::move(expr));
   }
   // Declared fields left unmapped take their default column when the model has it.
   for (const FieldSpec& spec : action.fields) {
@@ -46,13 +57,15 @@ absl::StatusOr<Mapper> Mapper::Create(const std::string& mapping_name,
     m.layout_.fields.push_back(spec.key);
     m.columns_.push_back(index);
     m.specs_.push_back(&spec);
+    m.expressions_.emplace_back();  // unused: a plain column
   }
   if (!missing.empty()) {
     std::vector<std::string> names;
     for (const Column& c : schema) names.push_back(c.name);
     return absl::FailedPreconditionError(fmt::format(
         "mapping \"{}\" maps column{} {} that model \"{}\" no longer returns (its SQL returns: "
-        "{}); nothing was sent. Fix the model's SQL or the mapping's fields.",
+        "{}); nothing was sent. Fix the model's SQL or the mapping's fields (a text literal is "
+        "written in single quotes, inside double quotes in YAML: plan: \"'pro'\").",
         mapping_name, missing.size() > 1 ? "s" : "", fmt::join(missing, ", "), model_name,
         fmt::join(names, ", ")));
   }
@@ -61,8 +74,18 @@ absl::StatusOr<Mapper> Mapper::Create(const std::string& mapping_name,
 
 absl::Status Mapper::Map(const Row& row, Row& payload) const {
   payload.resize(columns_.size());
+  Value computed;
   for (size_t i = 0; i < columns_.size(); ++i) {
-    const Value& v = row[columns_[i]];
+    if (columns_[i] < 0) {
+      absl::StatusOr<Value> v = expressions_[i].Evaluate(row);
+      if (!v.ok()) {
+        return absl::InvalidArgumentError(fmt::format("field \"{}\" = {}: {}", layout_.fields[i],
+                                                      expressions_[i].text(),
+                                                      v.status().message()));
+      }
+      computed = *std::move(v);
+    }
+    const Value& v = columns_[i] < 0 ? computed : row[columns_[i]];
     const FieldSpec* spec = specs_[i];
     if (spec == nullptr) {
       payload[i] = v;
@@ -179,11 +202,15 @@ absl::StatusOr<Value> CoerceValue(const Value& v, FieldType type) {
       return fail("a boolean");
     }
     case FieldType::kTimestamp:
-      if (v.type() == ValueType::kTimestamp || v.type() == ValueType::kDate ||
-          v.type() == ValueType::kString) {
-        return Value::Text(ValueType::kTimestamp, v.text());
+      if (v.type() == ValueType::kTimestamp) return v;
+      if (v.type() == ValueType::kDate || v.type() == ValueType::kString) {
+        absl::StatusOr<Value> t = ToTimestamp(v);
+        if (t.ok()) return t;
       }
-      return fail("a timestamp");
+      return absl::InvalidArgumentError(fmt::format(
+          "cannot convert {} value \"{}\" to a timestamp (ISO-8601 expected; for seconds since "
+          "1970 map iso8601(column))",
+          ValueTypeName(v.type()), v.ToString()));
     case FieldType::kDate:
       if (v.type() == ValueType::kDate) return v;
       if (v.type() == ValueType::kTimestamp || v.type() == ValueType::kString) {

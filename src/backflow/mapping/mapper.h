@@ -14,14 +14,16 @@
 #include "backflow/catalog/definitions.h"
 #include "backflow/common/hash.h"
 #include "backflow/destinations/destination.h"
+#include "backflow/mapping/expression.h"
 #include "backflow/model/value.h"
 
 namespace backflow {
 
 class Mapper {
  public:
-  // kFailedPrecondition when a mapped column is not in `schema`, naming the
-  // column, the model and the columns it does return.
+  // Each field's value is an Expression (mapping/expression.h), usually just
+  // a column. kFailedPrecondition when a referenced column is not in
+  // `schema`, naming the column, the model and the columns it does return.
   static absl::StatusOr<Mapper> Create(const std::string& mapping_name,
                                        const std::string& model_name,
                                        const std::vector<MappedField>& fields,
@@ -49,7 +51,8 @@ class Mapper {
  private:
   std::string mapping_;
   FieldLayout layout_;
-  std::vector<int> columns_;             // schema index per field
+  std::vector<int> columns_;             // schema index per plain-column field, else -1
+  std::vector<Expression> expressions_;  // per field; evaluated when columns_[i] < 0
   std::vector<const FieldSpec*> specs_;  // declared spec per field, or null
   std::vector<int> identity_;            // payload index per identity field
 };

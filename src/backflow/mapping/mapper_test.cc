@@ -75,7 +75,58 @@ TEST(MapperTest, MissingColumnsFailWithTheColumnsTheModelReturns) {
   EXPECT_EQ(m.status().message(),
             "mapping \"to_crm\" maps columns mail, plan that model \"customers\" no longer "
             "returns (its SQL returns: id, email, age, vip, country); nothing was sent. Fix the "
-            "model's SQL or the mapping's fields.");
+            "model's SQL or the mapping's fields (a text literal is written in single quotes, "
+            "inside double quotes in YAML: plan: \"'pro'\").");
+}
+
+TEST(MapperTest, ExpressionsComputeFieldsAndFailPerRecord) {
+  ActionSpec action = TypedAction();
+  action.fields.push_back(
+      {.key = "tier", .type = FieldType::kString, .allowed_values = {"gold", "silver"}});
+  action.fields.push_back({.key = "seen", .type = FieldType::kTimestamp});
+  auto m = Mapper::Create("m", "customers",
+                          {{"user", "concat('u_', id)"},
+                           {"email", "lower(email)"},
+                           {"tier", "coalesce(country, 'silver')"},
+                           {"seen", "age"},
+                           {"source", "'warehouse'"}},
+                          action, TestSchema(), "id");
+  ASSERT_TRUE(m.ok()) << m.status();
+  // A field computed from the unique identifier alone identifies the record.
+  EXPECT_EQ(m->layout().identity, (std::vector<std::string>{"user"}));
+  Row payload;
+  Row row = {Value::Int64(7), Value::String("A@B.C"), Value::String("2026-01-02 03:04:05"),
+             Value::Int64(1), Value::Null()};
+  ASSERT_TRUE(m->Map(row, payload).ok());
+  EXPECT_EQ(payload[0], Value::String("u_7"));
+  EXPECT_EQ(payload[1], Value::String("a@b.c"));
+  EXPECT_EQ(payload[2], Value::String("silver"));
+  EXPECT_EQ(payload[3], Value::Text(ValueType::kTimestamp, "2026-01-02T03:04:05Z"));
+  EXPECT_EQ(payload[4], Value::String("warehouse"));
+  EXPECT_EQ(m->Identity(payload), (Row{Value::String("u_7")}));
+
+  // A value outside allowed_values, or text that is not a timestamp, fails the record.
+  row[4] = Value::String("bronze");
+  absl::Status s = m->Map(row, payload);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(), "field \"tier\": \"bronze\" is not one of gold, silver");
+  row[4] = Value::String("gold");
+  row[2] = Value::String("yesterday");
+  s = m->Map(row, payload);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("to a timestamp"), std::string_view::npos) << s;
+}
+
+TEST(MapperTest, ExpressionErrorsNameFieldAndExpression) {
+  ActionSpec action = TypedAction();
+  auto m = Mapper::Create("m", "customers", {{"email", "json(email)"}}, action, TestSchema(), "id");
+  ASSERT_TRUE(m.ok()) << m.status();
+  Row payload;
+  Row row = {Value::Int64(7), Value::String("not json"), Value::Null(), Value::Null(),
+             Value::Null()};
+  absl::Status s = m->Map(row, payload);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(), "field \"email\" = json(email): json: \"not json\" is not valid JSON");
 }
 
 TEST(CoerceValueTest, ConvertsBetweenCompatibleTypesOnly) {
