@@ -2,6 +2,7 @@
 #include "backflow/catalog/registry.h"
 #include "backflow/destinations/file/file_destination.h"
 #include "backflow/destinations/postgres/postgres_destination.h"
+#include "backflow/destinations/segment/segment_destination.h"
 #include "backflow/destinations/webhook/webhook_destination.h"
 #include "backflow/sources/mysql/mysql_source.h"
 #include "backflow/sources/postgres/postgres_source.h"
@@ -25,6 +26,7 @@ Registry* BuildRegistry() {
   Add(registry->AddSource(PostgresSourceDefinition()));
   Add(registry->AddSource(MysqlSourceDefinition()));
   Add(registry->AddDestination(WebhookDestinationDefinition()));
+  Add(registry->AddDestination(SegmentDestinationDefinition()));
   Add(registry->AddDestination(FileDestinationDefinition()));
   Add(registry->AddDestination(PostgresDestinationDefinition()));
   return registry;

@@ -593,6 +593,16 @@ void Loader::LoadMappings(const YAML::Node& root) {
                 fmt::format("use one of: {}", fmt::join(names, ", ")));
         }
       }
+    } else if (action != nullptr && !action->selections.empty()) {
+      // Unset: everything the action can send (e.g. only added rows for an event action).
+      mapping.records = action->selections.front();
+      for (RecordSelection s : {RecordSelection::kAll, RecordSelection::kAddedOrUpdated,
+                                RecordSelection::kAdded, RecordSelection::kDeleted}) {
+        if (action->Supports(s)) {
+          mapping.records = s;
+          break;
+        }
+      }
     }
     if (e["enabled"].IsDefined()) {
       std::string v = e["enabled"].Scalar();

@@ -77,6 +77,7 @@ struct MappingConfig {
   std::string model;
   std::string destination;
   std::string action;
+  // Unset in the file: the widest selection the action supports.
   RecordSelection records = RecordSelection::kAll;
   std::vector<MappedField> fields;  // in file order
   bool enabled = true;

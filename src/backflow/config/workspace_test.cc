@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "backflow/destinations/destination.h"
 #include "backflow/destinations/testing/memory_destination.h"
 #include "backflow/sources/sqlite/sqlite_source.h"
 
@@ -158,6 +159,34 @@ mappings:
   EXPECT_NE(errors.find("mappings[2].batch_size: must be a whole number from 1 to 10"),
             std::string::npos)
       << errors;
+}
+
+TEST_F(WorkspaceTest, UnsetRecordsDefaultsToWhatTheActionCanSend) {
+  DestinationDefinition events;
+  events.type = "events";
+  events.title = "Events";
+  ActionSpec track;
+  track.id = "track";
+  track.selections = {RecordSelection::kAdded};
+  track.allows_extra_fields = true;
+  events.actions.push_back(track);
+  events.create = [](const nlohmann::json&,
+                     const ConnectorEnv&) -> absl::StatusOr<std::unique_ptr<Destination>> {
+    return absl::UnimplementedError("not used");
+  };
+  absl::Status added = registry_.AddDestination(events);
+  ASSERT_TRUE(added.ok()) << added;
+  LoadResult r = Load(R"(
+sources: [{ name: s, type: sqlite, path: x.db }]
+models: [{ name: m, source: s, sql: SELECT 1, primary_key: id }]
+destinations: [{ name: d, type: events }, { name: mem, type: memory }]
+mappings:
+  - { name: a, model: m, destination: d, action: track, fields: { x: id } }
+  - { name: b, model: m, destination: mem, action: upsert, fields: { x: id } }
+)");
+  ASSERT_TRUE(r.ok()) << Errors(r);
+  EXPECT_EQ(r.workspace.mappings[0].records, RecordSelection::kAdded);
+  EXPECT_EQ(r.workspace.mappings[1].records, RecordSelection::kAll);
 }
 
 TEST_F(WorkspaceTest, ChecksMappingExpressions) {
