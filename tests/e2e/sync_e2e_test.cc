@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "backflow/sqlite/database.h"
 #include "backflow/testing/webhook_receiver.h"
@@ -274,6 +275,33 @@ TEST_F(SyncE2eTest, DryRunSendsNothing) {
   EXPECT_NE(human.out.find("would send 200 records; nothing was sent"), std::string::npos)
       << human.out;
   EXPECT_EQ(receiver_->request_count(), 0);
+}
+
+TEST_F(SyncE2eTest, ConcurrentBatchesKeepTheReceiverExact) {
+  std::string yaml;
+  {
+    std::ifstream in(dir_ + "/backflow.yaml");
+    yaml.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  size_t at = yaml.find("      max_retries: 2\n");
+  ASSERT_NE(at, std::string::npos);
+  yaml.insert(at, "      concurrency: 4\n");
+  std::ofstream(dir_ + "/backflow.yaml") << yaml;
+  receiver_->EnqueueReplies(8, WebhookReply::Slow(std::chrono::milliseconds(100)));
+  receiver_->RejectKey("13", "bad email", /*retryable=*/false);
+  CliResult r = Sync();
+  EXPECT_EQ(r.exit_code, 2) << r.out << r.err;  // one record rejected
+  nlohmann::json s = Summary(r);
+  EXPECT_EQ(s["succeeded"], 199);
+  EXPECT_EQ(receiver_->request_count(), 8);
+  EXPECT_TRUE(receiver_->DuplicateRecordIds().empty());
+
+  receiver_->ClearRejections();
+  Exec("UPDATE customers SET plan = 'enterprise' WHERE id BETWEEN 50 AND 120");
+  r = Sync();
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_EQ(Summary(r)["succeeded"], 72);  // 71 updates + the retried rejection
+  EXPECT_EQ(receiver_->State(), Model());
 }
 
 TEST_F(SyncE2eTest, MappingExpressionsShapeThePayload) {

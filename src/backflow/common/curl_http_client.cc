@@ -1,8 +1,9 @@
 // libcurl implementation of HttpClient (see http_client.h for the contract).
 //
-// One easy handle per client, reset between requests so that its connection
-// cache survives (keep-alive). No redirects are followed, TLS peers and host
-// names are verified, HTTP/2 is used when the server offers it over TLS, and
+// Thread-safe: each Send() borrows an easy handle from the client's pool (a
+// new one when all are busy) and returns it afterwards; a handle is reset
+// between requests so that its connection cache survives (keep-alive). No redirects are followed,
+// TLS peers and host names are verified, HTTP/2 is used when the server offers it over TLS, and
 // "Expect: 100-continue" is never sent.
 //
 // Note: like every libcurl user, this client inherits libcurl's one silent
@@ -15,7 +16,9 @@
 #include <algorithm>
 #include <cctype>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "backflow/common/http_client.h"
@@ -93,19 +96,40 @@ struct SlistDeleter {
 
 class CurlHttpClient final : public HttpClient {
  public:
-  CurlHttpClient() {
-    EnsureCurlGlobalInit();
-    handle_ = curl_easy_init();
-  }
+  CurlHttpClient() { EnsureCurlGlobalInit(); }
   ~CurlHttpClient() override {
-    if (handle_ != nullptr) curl_easy_cleanup(handle_);
+    for (CURL* h : idle_) curl_easy_cleanup(h);
   }
   CurlHttpClient(const CurlHttpClient&) = delete;
   CurlHttpClient& operator=(const CurlHttpClient&) = delete;
 
   absl::StatusOr<HttpResponse> Send(const HttpRequest& request) override {
-    if (handle_ == nullptr) return absl::InternalError("curl_easy_init failed");
-    CURL* h = handle_;
+    CURL* h = Borrow();
+    if (h == nullptr) return absl::InternalError("curl_easy_init failed");
+    absl::StatusOr<HttpResponse> out = Perform(h, request);
+    Return(h);
+    return out;
+  }
+
+ private:
+  CURL* Borrow() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!idle_.empty()) {
+        CURL* h = idle_.back();
+        idle_.pop_back();
+        return h;
+      }
+    }
+    return curl_easy_init();
+  }
+
+  void Return(CURL* h) {
+    std::lock_guard<std::mutex> lock(mu_);
+    idle_.push_back(h);
+  }
+
+  static absl::StatusOr<HttpResponse> Perform(CURL* h, const HttpRequest& request) {
     curl_easy_reset(h);  // keeps live connections, DNS and TLS session caches
 
     char error_buffer[CURL_ERROR_SIZE] = {0};
@@ -171,8 +195,8 @@ class CurlHttpClient final : public HttpClient {
     return std::move(ex.response);
   }
 
- private:
-  CURL* handle_ = nullptr;
+  std::mutex mu_;
+  std::vector<CURL*> idle_;  // handles not in use, each with its own live connections
 };
 
 }  // namespace

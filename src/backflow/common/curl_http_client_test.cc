@@ -1,6 +1,8 @@
+#include <atomic>
 #include <chrono>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -99,6 +101,32 @@ TEST_F(CurlHttpClientTest, ReusesConnection) {
   std::vector<TestRequest> got = recorder_.requests();
   ASSERT_EQ(got.size(), 3u);
   EXPECT_EQ(got[2].request_on_connection, 3);
+}
+
+TEST_F(CurlHttpClientTest, ConcurrentCallersEachGetAConnectionAndReuseIt) {
+  TestResponse slow;
+  slow.delay = std::chrono::milliseconds(50);
+  recorder_.SetNext(slow);
+  constexpr int kThreads = 4;
+  constexpr int kRequestsEach = 5;
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kRequestsEach; ++i) {
+        HttpRequest req;
+        req.url = server_.Url("/t" + std::to_string(t));
+        req.body = std::to_string(i);
+        absl::StatusOr<HttpResponse> resp = client_->Send(req);
+        if (resp.ok() && resp->status == 200) ++ok;
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(ok.load(), kThreads * kRequestsEach);
+  // At most one connection per concurrent caller, each reused.
+  EXPECT_GE(server_.connections_accepted(), 2);
+  EXPECT_LE(server_.connections_accepted(), kThreads);
 }
 
 TEST_F(CurlHttpClientTest, GetAndPutMethods) {

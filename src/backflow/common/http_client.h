@@ -5,7 +5,8 @@
 // failures (DNS, connect, TLS, reset, timeout) come back as a non-OK status:
 // kDeadlineExceeded for timeouts, kUnavailable otherwise. Any HTTP status,
 // including 4xx and 5xx, is a successful exchange and comes back as a
-// response. Implementations are safe to call from one thread at a time.
+// response. Implementations are thread-safe: the engine delivers batches of
+// one mapping from several threads at once (see Destination::concurrency()).
 #pragma once
 
 #include <chrono>
@@ -45,8 +46,8 @@ class HttpClient {
   virtual absl::StatusOr<HttpResponse> Send(const HttpRequest& request) = 0;
 };
 
-// A libcurl-backed client that reuses connections between calls. TLS peers
-// are verified.
+// A libcurl-backed client that reuses connections between calls (a pool of
+// handles, one per concurrent caller). TLS peers are verified.
 std::unique_ptr<HttpClient> NewCurlHttpClient();
 
 }  // namespace backflow

@@ -54,7 +54,34 @@ std::vector<SettingSpec> HttpSettingSpecs(const HttpSettingsDefaults& defaults) 
   wait.type = SettingType::kInteger;
   wait.default_value = 300;
   specs.push_back(wait);
+
+  if (defaults.concurrency > 0) {
+    specs.push_back(ConcurrencySettingSpec(defaults.concurrency));
+  }
   return specs;
+}
+
+SettingSpec ConcurrencySettingSpec(int default_value) {
+  SettingSpec c;
+  c.key = "concurrency";
+  c.label = "Concurrent requests";
+  c.description = fmt::format(
+      "Batches of one mapping sent at once (1 to {}). More hides network latency; the rate "
+      "limits still apply across all of them.",
+      kMaxConcurrency);
+  c.type = SettingType::kInteger;
+  c.default_value = default_value;
+  return c;
+}
+
+absl::StatusOr<int> ParseConcurrency(const nlohmann::json& settings) {
+  auto it = settings.find("concurrency");
+  if (it == settings.end() || it->is_null()) return 1;
+  if (!it->is_number_integer() || it->get<int64_t>() < 1 || it->get<int64_t>() > kMaxConcurrency) {
+    return absl::InvalidArgumentError(
+        fmt::format("concurrency: must be a whole number from 1 to {}", kMaxConcurrency));
+  }
+  return static_cast<int>(it->get<int64_t>());
 }
 
 std::unique_ptr<RateLimiter> HttpSettings::UserLimiter(Clock& clock) const {
@@ -98,6 +125,9 @@ absl::StatusOr<HttpSettings> ParseHttpSettings(const nlohmann::json& settings) {
   out.timeout = std::chrono::milliseconds(*timeout);
   out.retry.max_retries = static_cast<int>(std::min<int64_t>(*retries, 100));
   out.retry.max_wait = std::chrono::seconds(*wait);
+  absl::StatusOr<int> concurrency = ParseConcurrency(settings);
+  if (!concurrency.ok()) return concurrency.status();
+  out.concurrency = *concurrency;
   return out;
 }
 

@@ -1,7 +1,8 @@
 // The settings every HTTP destination takes, declared once: base_url (the
 // vendor's default; regional hosts, proxies and tests override it),
 // max_requests_per_second (a cap below the vendor's limit for quotas shared
-// with other tools), timeout_ms, max_retries and max_retry_wait_s.
+// with other tools), timeout_ms, max_retries, max_retry_wait_s and, for
+// destinations whose sessions may run concurrently, concurrency.
 #pragma once
 
 #include <chrono>
@@ -24,6 +25,9 @@ struct HttpSettingsDefaults {
   std::string base_url_help;  // when to change it (regions, instances)
   int max_retries = 5;
   int64_t timeout_ms = 30'000;
+  // When > 0, the `concurrency` setting is declared with this default: the
+  // destination's sessions may run at once (Destination::concurrency()).
+  int concurrency = 0;
 };
 
 // The five SettingSpecs, to append to a destination's own settings.
@@ -34,10 +38,19 @@ struct HttpSettings {
   int64_t max_requests_per_second = 0;  // 0: no user cap
   std::chrono::milliseconds timeout{30'000};
   RetryPolicy retry;
+  int concurrency = 1;  // batches of one mapping in flight at once
 
   // The user's cap as a limiter, or null when there is none.
   std::unique_ptr<RateLimiter> UserLimiter(Clock& clock) const;
 };
+
+inline constexpr int kMaxConcurrency = 32;
+
+// The `concurrency` setting (for destinations that declare it without the
+// other HTTP settings) and its parser: 1 when unset, kInvalidArgument outside
+// 1..kMaxConcurrency.
+SettingSpec ConcurrencySettingSpec(int default_value);
+absl::StatusOr<int> ParseConcurrency(const nlohmann::json& settings);
 
 // Reads the settings declared by HttpSettingSpecs from validated settings
 // (defaults filled in). kInvalidArgument, naming the key, for a base_url that

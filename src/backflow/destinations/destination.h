@@ -1,9 +1,10 @@
 // Destination and ActionSession: the seam between the engine and a business tool.
 //
 // A Destination is built from validated settings (see catalog/definitions.h).
-// For each run and mapping the engine opens one ActionSession, sends the
-// change set through it in batches no larger than the action's limit, then
-// calls Finish(). Sessions are used from one thread at a time.
+// For each run and mapping the engine opens one ActionSession (or
+// concurrency() of them), sends the change set through them in batches no
+// larger than the action's limit, then calls Finish() on each. A session is
+// used from one thread at a time.
 #pragma once
 
 #include <cstdint>
@@ -97,6 +98,13 @@ class Destination {
 
   virtual absl::StatusOr<std::unique_ptr<ActionSession>> StartSession(
       const SessionOptions& options) = 0;
+
+  // How many sessions the engine may run at once for one mapping, each on its
+  // own thread with one batch in flight. A destination returning more than 1
+  // promises that its sessions may run concurrently (shared state such as
+  // rate limiters is thread-safe). Actions with commit_on_finish always get
+  // one session.
+  virtual int concurrency() const { return 1; }
 };
 
 }  // namespace backflow

@@ -4,6 +4,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <map>
@@ -13,6 +14,7 @@
 #include "backflow/common/errors.h"
 #include "backflow/common/status_macros.h"
 #include "backflow/destinations/destination.h"
+#include "backflow/engine/batch_pool.h"
 #include "backflow/engine/spool.h"
 #include "backflow/mapping/mapper.h"
 #include "backflow/sources/source.h"
@@ -448,45 +450,78 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
   so.action = m.action;
   so.layout = m.mapper->layout();
   so.batch_size = m.config->batch_size.value_or(m.action->default_batch_records);
-  auto session_or = m.destination->StartSession(so);
-  if (!session_or.ok()) {
-    c.failed += to_send;
-    m.run.error = fmt::format("destination \"{}\" could not start: {}; nothing was sent",
-                              m.config->destination, session_or.status().message());
-    return absl::OkStatus();
-  }
-  std::unique_ptr<ActionSession> session = *std::move(session_or);
-  // commit_on_finish: acknowledgements wait in the spool until Finish() succeeds.
+  // commit_on_finish: acknowledgements wait in the spool until Finish() succeeds,
+  // and the run's output is one stream, so one session.
   const bool deferred = m.action->commit_on_finish;
+  int64_t batches = (to_send + so.batch_size - 1) / so.batch_size;
+  int sessions_wanted = deferred ? 1 : std::max(1, m.destination->concurrency());
+  sessions_wanted = static_cast<int>(std::min<int64_t>(sessions_wanted, batches));
+  std::vector<std::unique_ptr<ActionSession>> sessions;
+  for (int i = 0; i < sessions_wanted; ++i) {
+    auto session_or = m.destination->StartSession(so);
+    if (!session_or.ok()) {
+      c.failed += to_send;
+      m.run.error = fmt::format("destination \"{}\" could not start: {}; nothing was sent",
+                                m.config->destination, session_or.status().message());
+      return absl::OkStatus();
+    }
+    sessions.push_back(*std::move(session_or));
+  }
+  BatchPool pool(std::move(sessions));
   int64_t deferred_count = 0;
 
   BACKFLOW_ASSIGN_OR_RETURN(sqlite::Statement changes, spool_->ScanChanges(index));
-  std::vector<OutgoingRecord> batch;
-  std::vector<Fingerprint> fingerprints;
   int64_t attempted = 0;
-  auto send = [&]() -> absl::Status {
-    if (batch.empty()) return absl::OkStatus();
-    // Durably note what is about to be sent: if this process dies before the
-    // outcome is recorded, the next run re-sends these records' current state.
-    std::vector<InFlightEntry> in_flight(batch.size());
-    for (size_t i = 0; i < batch.size(); ++i) {
-      const OutgoingRecord& r = batch[i];
-      in_flight[i].key = r.key;
-      EncodeRow(r.is_delete() ? r.values : m.mapper->Identity(r.values), in_flight[i].identity);
+  absl::Status stop;  // set when the destination refused a batch as a whole
+
+  // Reads the next batch from the spool and durably notes what is about to be
+  // sent: if this process dies before the outcome is recorded, the next run
+  // re-sends these records' current state. Null when the spool is exhausted.
+  bool spool_done = false;  // stepping a finished statement would restart it
+  auto next_batch = [&]() -> absl::StatusOr<std::unique_ptr<BatchJob>> {
+    auto job = std::make_unique<BatchJob>();
+    while (!spool_done && static_cast<int>(job->records.size()) < so.batch_size) {
+      BACKFLOW_ASSIGN_OR_RETURN(bool row, changes.Step());
+      if (!row) {
+        spool_done = true;
+        break;
+      }
+      OutgoingRecord r;
+      r.key.assign(changes.ColumnText(0));
+      r.change = static_cast<ChangeKind>(changes.ColumnInt(1));
+      std::string_view fp_bytes = changes.ColumnBlob(2);
+      Fingerprint fp = Fingerprint::FromBytes(fp_bytes.data(), fp_bytes.size());
+      BACKFLOW_ASSIGN_OR_RETURN(r.values, DecodeRow(changes.ColumnBlob(3)));
+      r.dedup_id = m.mapper->DedupId(r.key, ChangeKindName(r.change), fp);
+      job->records.push_back(std::move(r));
+      job->fingerprints.push_back(fp);
     }
-    BACKFLOW_RETURN_IF_ERROR(state_.MarkInFlight(name, in_flight));
-    auto outcomes = session->SendBatch(batch);
+    if (job->records.empty()) return nullptr;
+    job->in_flight.resize(job->records.size());
+    for (size_t i = 0; i < job->records.size(); ++i) {
+      const OutgoingRecord& r = job->records[i];
+      job->in_flight[i].key = r.key;
+      EncodeRow(r.is_delete() ? r.values : m.mapper->Identity(r.values),
+                job->in_flight[i].identity);
+    }
+    BACKFLOW_RETURN_IF_ERROR(state_.MarkInFlight(name, job->in_flight));
+    return job;
+  };
+
+  // Records the outcome of a delivered batch.
+  auto settle = [&](BatchJob& job) -> absl::Status {
+    const auto& outcomes = job.outcomes;
     std::vector<CheckpointUpdate> updates;
-    for (size_t i = 0; i < batch.size(); ++i) {
-      const OutgoingRecord& r = batch[i];
+    for (size_t i = 0; i < job.records.size(); ++i) {
+      const OutgoingRecord& r = job.records[i];
       absl::Status status =
           outcomes.ok() && i < outcomes->size()
               ? (*outcomes)[i]
               : (outcomes.ok() ? absl::InternalError("no outcome for record") : outcomes.status());
       CheckpointUpdate u;
       u.key = r.key;
-      u.fingerprint = fingerprints[i];
-      u.identity = std::move(in_flight[i].identity);
+      u.fingerprint = job.fingerprints[i];
+      u.identity = std::move(job.in_flight[i].identity);
       if (status.ok()) {
         ++c.succeeded;
         u.kind = r.is_delete() ? CheckpointUpdate::Kind::kRemove : CheckpointUpdate::Kind::kUpsert;
@@ -510,9 +545,7 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
                    .recommended_action = RecommendedAction(status)});
       }
     }
-    attempted += static_cast<int64_t>(batch.size());
-    batch.clear();
-    fingerprints.clear();
+    attempted += static_cast<int64_t>(job.records.size());
     if (deferred) {
       for (const CheckpointUpdate& u : updates) {
         BACKFLOW_RETURN_IF_ERROR(spool_->AddAck(index, Spool::AckList::kDeferred, u));
@@ -522,42 +555,42 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
       BACKFLOW_RETURN_IF_ERROR(state_.ApplyCheckpoint(name, updates));
     }
     Progress("sending", name, attempted, to_send, false);
-    if (!outcomes.ok()) {
-      // The destination refused the whole batch for a reason that will not go
-      // away by itself (credentials, URL): stop instead of failing every batch.
-      c.failed += to_send - attempted;
-      m.run.error = fmt::format(
-          "destination \"{}\" refused the batch: {}; stopped after {} of {} records (the rest "
-          "are sent by the next run)",
-          m.config->destination, outcomes.status().message(), attempted, to_send);
-      return absl::CancelledError("stop");
-    }
+    // The destination refused the whole batch for a reason that will not go
+    // away by itself (credentials, URL): send no more batches.
+    if (!outcomes.ok() && stop.ok()) stop = outcomes.status();
     return FlushRecords(m);
   };
 
+  bool exhausted = false;
   while (true) {
-    BACKFLOW_ASSIGN_OR_RETURN(bool row, changes.Step());
-    if (!row) break;
-    OutgoingRecord r;
-    r.key.assign(changes.ColumnText(0));
-    r.change = static_cast<ChangeKind>(changes.ColumnInt(1));
-    std::string_view fp_bytes = changes.ColumnBlob(2);
-    Fingerprint fp = Fingerprint::FromBytes(fp_bytes.data(), fp_bytes.size());
-    BACKFLOW_ASSIGN_OR_RETURN(r.values, DecodeRow(changes.ColumnBlob(3)));
-    r.dedup_id = m.mapper->DedupId(r.key, ChangeKindName(r.change), fp);
-    batch.push_back(std::move(r));
-    fingerprints.push_back(fp);
-    if (static_cast<int>(batch.size()) >= so.batch_size) {
-      absl::Status s = send();
-      if (absl::IsCancelled(s)) return absl::OkStatus();
-      BACKFLOW_RETURN_IF_ERROR(s);
+    // Settle finished batches first: memory stays bounded and a stop is seen early.
+    while (pool.HasDone()) {
+      std::unique_ptr<BatchJob> done = pool.WaitDone();
+      BACKFLOW_RETURN_IF_ERROR(settle(*done));
     }
+    if (stop.ok() && !exhausted && pool.HasIdle()) {
+      BACKFLOW_ASSIGN_OR_RETURN(std::unique_ptr<BatchJob> job, next_batch());
+      if (job == nullptr) {
+        exhausted = true;
+      } else {
+        pool.Submit(std::move(job));
+      }
+      continue;
+    }
+    if (pool.outstanding() == 0) break;
+    std::unique_ptr<BatchJob> done = pool.WaitDone();
+    BACKFLOW_RETURN_IF_ERROR(settle(*done));
   }
-  absl::Status s = send();
-  if (absl::IsCancelled(s)) return absl::OkStatus();
-  BACKFLOW_RETURN_IF_ERROR(s);
+  if (!stop.ok()) {
+    c.failed += to_send - attempted;
+    m.run.error = fmt::format(
+        "destination \"{}\" refused the batch: {}; stopped after {} of {} records (the rest "
+        "are sent by the next run)",
+        m.config->destination, stop.message(), attempted, to_send);
+    return absl::OkStatus();
+  }
 
-  absl::Status finished = session->Finish();
+  absl::Status finished = pool.FinishAll();
   if (!finished.ok()) {
     if (deferred) {
       // Nothing became durable: every accepted record counts as failed.

@@ -272,6 +272,55 @@ TEST_F(SyncEngineTest, WholeBatchRefusalStopsTheRunAndLosesNothing) {
   EXPECT_EQ(run.counts.succeeded, 10);
 }
 
+TEST_F(SyncEngineTest, ConcurrentSessionsDeliverEveryRecordOnce) {
+  for (int i = 11; i <= 200; ++i) {
+    Exec(fmt::format("INSERT INTO customers VALUES ({0}, 'u{0}@x.io', 'free', 30)", i));
+  }
+  Load("    batch_size: 10");
+  dest_->concurrency = 4;
+  dest_->send_delay = std::chrono::milliseconds(5);
+  dest_->reject_keys = {"17", "150"};
+  RunInfo run = Sync();
+  EXPECT_EQ(run.status, RunStatus::kPartial) << run.error;
+  EXPECT_EQ(run.counts.succeeded, 198);
+  EXPECT_EQ(run.counts.failed, 2);
+  EXPECT_EQ(dest_->records.size(), 198u);
+  EXPECT_EQ(dest_->sent_keys.size(), 200u);  // each record sent once
+  EXPECT_GE(dest_->max_in_flight, 2);
+  EXPECT_LE(dest_->max_in_flight, 4);
+  EXPECT_EQ(dest_->finished_sessions, 4);
+
+  // The rejected records, and only they, are retried.
+  dest_->reject_keys.clear();
+  dest_->sent_keys.clear();
+  run = Sync();
+  EXPECT_EQ(run.status, RunStatus::kSucceeded) << run.error;
+  std::vector<std::string> sent = dest_->sent_keys;
+  std::sort(sent.begin(), sent.end());
+  EXPECT_EQ(sent, (std::vector<std::string>{"150", "17"}));
+  EXPECT_EQ(dest_->records.size(), 200u);
+}
+
+TEST_F(SyncEngineTest, ConcurrentRefusalStopsNewBatchesAndLosesNothing) {
+  for (int i = 11; i <= 200; ++i) {
+    Exec(fmt::format("INSERT INTO customers VALUES ({0}, 'u{0}@x.io', 'free', 30)", i));
+  }
+  Load("    batch_size: 10");
+  dest_->concurrency = 4;
+  dest_->send_delay = std::chrono::milliseconds(2);
+  dest_->batch_error = absl::UnauthenticatedError("bad token");
+  RunInfo run = Sync();
+  EXPECT_EQ(run.status, RunStatus::kFailed);
+  EXPECT_LE(dest_->batches, 4);  // only the batches already in flight
+  EXPECT_EQ(run.counts.failed, 200);
+  EXPECT_EQ(run.counts.succeeded, 0);
+  dest_->batch_error = absl::OkStatus();
+  run = Sync();
+  EXPECT_EQ(run.status, RunStatus::kSucceeded) << run.error;
+  EXPECT_EQ(run.counts.succeeded, 200);
+  EXPECT_EQ(dest_->records.size(), 200u);
+}
+
 TEST_F(SyncEngineTest, TypedFieldsAreCoercedAndBadValuesRejected) {
   std::string yaml = R"(
 sources: [{ name: wh, type: sqlite, path: wh.db }]

@@ -58,6 +58,10 @@ absl::StatusOr<Mapper> Mapper::Create(const std::string& mapping_name,
     m.columns_.push_back(index);
     m.specs_.push_back(&spec);
     m.expressions_.emplace_back();  // unused: a plain column
+    if (spec.default_column == primary_key) {
+      m.layout_.identity.push_back(spec.key);
+      m.identity_.push_back(static_cast<int>(m.columns_.size()) - 1);
+    }
   }
   if (!missing.empty()) {
     std::vector<std::string> names;

@@ -117,6 +117,15 @@ TEST(MapperTest, ExpressionsComputeFieldsAndFailPerRecord) {
   EXPECT_NE(s.message().find("to a timestamp"), std::string_view::npos) << s;
 }
 
+TEST(MapperTest, DefaultColumnFromTheUniqueIdentifierIsAnIdentityField) {
+  ActionSpec action = TypedAction();
+  action.fields.push_back(
+      {.key = "external_id", .type = FieldType::kString, .default_column = "id"});
+  auto m = Mapper::Create("m", "customers", {{"email", "email"}}, action, TestSchema(), "id");
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->layout().identity, (std::vector<std::string>{"external_id"}));
+}
+
 TEST(MapperTest, ExpressionErrorsNameFieldAndExpression) {
   ActionSpec action = TypedAction();
   auto m = Mapper::Create("m", "customers", {{"email", "json(email)"}}, action, TestSchema(), "id");

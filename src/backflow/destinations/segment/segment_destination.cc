@@ -74,6 +74,7 @@ class SegmentDestination final : public Destination {
   absl::Status CheckConnection() override;
   absl::StatusOr<std::unique_ptr<ActionSession>> StartSession(
       const SessionOptions& options) override;
+  int concurrency() const override { return cfg_.http.concurrency; }
 
   HttpDelivery NewDelivery() {
     VendorRules rules;
@@ -586,6 +587,7 @@ DestinationDefinition SegmentDestinationDefinition() {
 
   HttpSettingsDefaults http;
   http.base_url = kDefaultBaseUrl;
+  http.concurrency = 4;
   http.base_url_help = fmt::format(
       "EU workspaces must use {}: an EU workspace's events sent to the US endpoint are "
       "accepted (HTTP 200) but silently lost.",

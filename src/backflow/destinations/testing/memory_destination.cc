@@ -1,5 +1,8 @@
 #include "backflow/destinations/testing/memory_destination.h"
 
+#include <algorithm>
+#include <thread>
+
 #include "backflow/destinations/destination.h"
 
 namespace backflow::testing {
@@ -12,7 +15,15 @@ class MemorySession : public ActionSession {
 
   absl::StatusOr<std::vector<absl::Status>> SendBatch(
       std::span<const OutgoingRecord> batch) override {
+    std::chrono::milliseconds delay;
+    {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      state_->max_in_flight = std::max(state_->max_in_flight, ++state_->in_flight);
+      delay = state_->send_delay;
+    }
+    if (delay.count() > 0) std::this_thread::sleep_for(delay);
     std::lock_guard<std::mutex> lock(state_->mu);
+    --state_->in_flight;
     ++state_->batches;
     state_->batch_sizes.push_back(static_cast<int>(batch.size()));
     for (const OutgoingRecord& r : batch) state_->sent_keys.push_back(r.key);
@@ -51,6 +62,10 @@ class MemoryDestination : public Destination {
   explicit MemoryDestination(std::shared_ptr<MemoryDestinationState> state)
       : state_(std::move(state)) {}
   absl::Status CheckConnection() override { return absl::OkStatus(); }
+  int concurrency() const override {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    return state_->concurrency;
+  }
   absl::StatusOr<std::unique_ptr<ActionSession>> StartSession(
       const SessionOptions& options) override {
     return std::make_unique<MemorySession>(state_, options);

@@ -4,6 +4,7 @@
 // it was sent. Thread-safe.
 #pragma once
 
+#include <chrono>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -27,6 +28,13 @@ struct MemoryDestinationState {
   int finished_sessions = 0;
   std::vector<std::string> sent_keys;  // every attempted record, in order
   std::vector<int> batch_sizes;
+  // Concurrency: what Destination::concurrency() returns, how long each
+  // SendBatch takes (real time, outside the lock), and the most batches seen
+  // in flight at once.
+  int concurrency = 1;
+  std::chrono::milliseconds send_delay{0};
+  int in_flight = 0;
+  int max_in_flight = 0;
 };
 
 // Type "memory". Actions: "upsert" (free-form fields, all selections) and

@@ -17,6 +17,7 @@
 #include "backflow/common/http_client.h"
 #include "backflow/common/json_writer.h"
 #include "backflow/delivery/http_delivery.h"
+#include "backflow/delivery/http_settings.h"
 #include "backflow/delivery/rate_limiter.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
@@ -48,6 +49,7 @@ struct WebhookConfig {
   int max_retries = 5;
   std::chrono::milliseconds max_retry_wait{300'000};
   int64_t max_requests_per_second = 0;  // 0: no limit
+  int concurrency = 1;
 };
 
 absl::StatusOr<WebhookConfig> ParseConfig(const nlohmann::json& settings) {
@@ -116,6 +118,9 @@ absl::StatusOr<WebhookConfig> ParseConfig(const nlohmann::json& settings) {
   if (absl::Status s = int_setting("timeout_ms", 30'000, 1, &timeout_ms); !s.ok()) return s;
   if (absl::Status s = int_setting("max_retries", 5, 0, &max_retries); !s.ok()) return s;
   if (absl::Status s = int_setting("max_retry_wait_s", 300, 0, &max_wait_s); !s.ok()) return s;
+  absl::StatusOr<int> concurrency = ParseConcurrency(settings);
+  if (!concurrency.ok()) return concurrency.status();
+  cfg.concurrency = *concurrency;
   cfg.timeout = std::chrono::milliseconds(timeout_ms);
   cfg.max_retries = static_cast<int>(std::min<int64_t>(max_retries, 100));
   cfg.max_retry_wait = std::chrono::seconds(max_wait_s);
@@ -158,6 +163,7 @@ class WebhookDestination final : public Destination {
   absl::Status CheckConnection() override;
   absl::StatusOr<std::unique_ptr<ActionSession>> StartSession(
       const SessionOptions& options) override;
+  int concurrency() const override { return cfg_.concurrency; }
 
   // A sender for one session (or one connection check).
   HttpDelivery NewDelivery() const {
@@ -478,6 +484,8 @@ DestinationDefinition WebhookDestinationDefinition() {
   wait.type = SettingType::kInteger;
   wait.default_value = 300;
   def.settings.push_back(wait);
+
+  def.settings.push_back(ConcurrencySettingSpec(1));
 
   ActionSpec send;
   send.id = "send_batch";

@@ -26,8 +26,9 @@
 // the batch's records with kInvalidArgument. CheckConnection() POSTs one
 // signed {"count":0,"records":[],"test":true} batch, without retries, and
 // maps the reply the same way (2xx = OK; 408/429/5xx/transport errors =
-// kUnavailable; other 4xx = kFailedPrecondition). Sessions are used from one
-// thread at a time; the destination itself holds no mutable state.
+// kUnavailable; other 4xx = kFailedPrecondition). A session is used from one
+// thread at a time; `concurrency` sessions of a mapping may run at once (the
+// destination's only shared state, the rate limiter, is thread-safe).
 #pragma once
 
 #include <chrono>
