@@ -1,6 +1,9 @@
 // The connectors this binary ships: one line each.
 #include "backflow/catalog/registry.h"
+#include "backflow/destinations/braze/braze_destination.h"
 #include "backflow/destinations/file/file_destination.h"
+#include "backflow/destinations/hubspot/hubspot_destination.h"
+#include "backflow/destinations/mixpanel/mixpanel_destination.h"
 #include "backflow/destinations/postgres/postgres_destination.h"
 #include "backflow/destinations/segment/segment_destination.h"
 #include "backflow/destinations/webhook/webhook_destination.h"
@@ -27,6 +30,9 @@ Registry* BuildRegistry() {
   Add(registry->AddSource(MysqlSourceDefinition()));
   Add(registry->AddDestination(WebhookDestinationDefinition()));
   Add(registry->AddDestination(SegmentDestinationDefinition()));
+  Add(registry->AddDestination(HubSpotDestinationDefinition()));
+  Add(registry->AddDestination(BrazeDestinationDefinition()));
+  Add(registry->AddDestination(MixpanelDestinationDefinition()));
   Add(registry->AddDestination(FileDestinationDefinition()));
   Add(registry->AddDestination(PostgresDestinationDefinition()));
   return registry;
