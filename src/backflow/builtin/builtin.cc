@@ -2,6 +2,7 @@
 #include "backflow/catalog/registry.h"
 #include "backflow/destinations/braze/braze_destination.h"
 #include "backflow/destinations/file/file_destination.h"
+#include "backflow/destinations/google_sheets/google_sheets_destination.h"
 #include "backflow/destinations/hubspot/hubspot_destination.h"
 #include "backflow/destinations/mixpanel/mixpanel_destination.h"
 #include "backflow/destinations/postgres/postgres_destination.h"
@@ -33,6 +34,7 @@ Registry* BuildRegistry() {
   Add(registry->AddDestination(HubSpotDestinationDefinition()));
   Add(registry->AddDestination(BrazeDestinationDefinition()));
   Add(registry->AddDestination(MixpanelDestinationDefinition()));
+  Add(registry->AddDestination(GoogleSheetsDestinationDefinition()));
   Add(registry->AddDestination(FileDestinationDefinition()));
   Add(registry->AddDestination(PostgresDestinationDefinition()));
   return registry;

@@ -31,7 +31,9 @@ TEST(BuiltinRegistryTest, DefinitionsAreComplete) {
     }
   }
   EXPECT_EQ(sources, (std::vector<std::string>{"sqlite", "postgres", "mysql"}));
-  EXPECT_EQ(destinations, (std::vector<std::string>{"webhook", "segment", "hubspot", "braze", "mixpanel", "file", "postgres"}));
+  EXPECT_EQ(destinations,
+            (std::vector<std::string>{"webhook", "segment", "hubspot", "braze", "mixpanel",
+                                      "google_sheets", "file", "postgres"}));
 }
 
 TEST(BuiltinRegistryTest, RejectsDuplicateRegistration) {

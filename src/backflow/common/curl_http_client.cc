@@ -10,7 +10,8 @@
 // re-send when a *reused* keep-alive connection turns out to be dead before
 // any reply byte arrives (the server closed it while idle). A receiver can
 // therefore, rarely, see the same request twice; connectors send stable
-// idempotency keys for exactly this reason.
+// idempotency keys for exactly this reason, and requests marked
+// non-idempotent get a fresh connection so this cannot happen to them.
 #include <curl/curl.h>
 
 #include <algorithm>
@@ -143,6 +144,8 @@ class CurlHttpClient final : public HttpClient {
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(h, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS));
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    // A reused connection may be re-sent on transparently: not for these.
+    if (!request.idempotent) curl_easy_setopt(h, CURLOPT_FRESH_CONNECT, 1L);
     curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");  // any encoding curl can decode
     long timeout_ms = std::max<long>(1, static_cast<long>(request.timeout.count()));
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);

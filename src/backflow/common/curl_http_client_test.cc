@@ -129,6 +129,19 @@ TEST_F(CurlHttpClientTest, ConcurrentCallersEachGetAConnectionAndReuseIt) {
   EXPECT_LE(server_.connections_accepted(), kThreads);
 }
 
+TEST_F(CurlHttpClientTest, NonIdempotentRequestsUseAFreshConnection) {
+  HttpRequest req;
+  req.url = server_.Url();
+  req.body = "1";
+  ASSERT_TRUE(client_->Send(req).ok());
+  req.idempotent = false;
+  ASSERT_TRUE(client_->Send(req).ok());
+  EXPECT_EQ(server_.connections_accepted(), 2);
+  std::vector<TestRequest> got = recorder_.requests();
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[1].request_on_connection, 1);
+}
+
 TEST_F(CurlHttpClientTest, GetAndPutMethods) {
   HttpRequest get;
   get.method = "GET";

@@ -29,6 +29,11 @@ struct HttpRequest {
   HttpHeaders headers;
   std::string body;
   std::chrono::milliseconds timeout{30'000};
+  // False for a request that must never be sent twice by the transport (an
+  // append without an idempotency key). HTTP clients may re-send a request
+  // once when a reused keep-alive connection turns out to be dead; such a
+  // request goes over a fresh connection instead.
+  bool idempotent = true;
 };
 
 struct HttpResponse {
