@@ -89,6 +89,11 @@ DeliveryResult HttpDelivery::Send(const std::function<HttpRequest()>& build, boo
   bool refreshed = false;
   for (int attempt = 1;; ++attempt) {
     d.attempts = attempt;
+    // Wait for the limiters first, so that what `build` stamps (timestamps,
+    // signatures) is fresh when the request leaves.
+    for (RateLimiter* limiter : limiters_) {
+      if (limiter != nullptr) limiter->Acquire();
+    }
     HttpRequest request = build();
     if (auth_ != nullptr) {
       absl::StatusOr<std::string> token = auth_->Token(/*refresh=*/false);
@@ -98,9 +103,6 @@ DeliveryResult HttpDelivery::Send(const std::function<HttpRequest()>& build, boo
         return d;
       }
       request.headers.emplace_back("Authorization", "Bearer " + *token);
-    }
-    for (RateLimiter* limiter : limiters_) {
-      if (limiter != nullptr) limiter->Acquire();
     }
     d.response = http_->Send(request);
     if (d.response.ok() && d.response->status == 401 && auth_ != nullptr && !refreshed) {

@@ -4,10 +4,11 @@
 
 namespace backflow {
 
-RateLimiter::RateLimiter(Clock& clock, int64_t requests, Clock::Duration window)
+RateLimiter::RateLimiter(Clock& clock, int64_t requests, Clock::Duration window, double margin)
     : clock_(clock),
       requests_(static_cast<size_t>(std::max<int64_t>(1, requests))),
-      window_(window) {}
+      window_(window +
+              std::chrono::duration_cast<Clock::Duration>(window * std::max(0.0, margin))) {}
 
 Clock::Duration RateLimiter::Acquire() {
   Clock::TimePoint start;

@@ -2,9 +2,12 @@
 // state their limits ("190 requests per 10 seconds").
 //
 // A sliding-window log: a request may start once fewer than N requests
-// started in the W before it, so no window of length W ever holds more than
-// N starts, and under saturation the rate converges to exactly N/W. One
-// limiter is shared by every mapping that sends to the same destination.
+// started in the W' before it, where W' is W plus a safety margin (2% of W
+// by default), so no window of length W ever holds more than N starts and
+// the requests' *arrivals* at the vendor stay within the limit too, as long
+// as network latency varies by less than the margin. Under saturation the
+// rate converges to N/W' (98% of the limit). One limiter is shared by every
+// mapping that sends to the same destination.
 // Thread-safe: each caller reserves its start time under a lock, then waits
 // outside it on the injected Clock (instant with a FakeClock).
 #pragma once
@@ -20,8 +23,9 @@ namespace backflow {
 
 class RateLimiter {
  public:
-  // Requires: requests >= 1, window > 0; `clock` outlives the limiter.
-  RateLimiter(Clock& clock, int64_t requests, Clock::Duration window);
+  // Requires: requests >= 1, window > 0, margin >= 0; `clock` outlives the
+  // limiter.
+  RateLimiter(Clock& clock, int64_t requests, Clock::Duration window, double margin = 0.02);
 
   // Waits until one more request may start and returns how long it waited.
   Clock::Duration Acquire();
