@@ -17,3 +17,12 @@ if ! diff -u "$root/docs/mapping.md" "$tmp/mapping.md"; then
   echo "docs/mapping.md is out of date: run \`backflow catalog --docs docs\` and commit the result" >&2
   exit 1
 fi
+
+# The workspace example in the README must stay a valid workspace.
+awk '/^## The workspace file/{f=1} f&&/^```yaml/{p=1;next} p&&/^```/{exit} p' "$root/README.md" \
+  > "$tmp/readme.yaml"
+if ! HOOK_SECRET=x SEGMENT_WRITE_KEY=x PGPASSWORD=x "$1" -c "$tmp/readme.yaml" validate >"$tmp/out"; then
+  cat "$tmp/out" >&2
+  echo "the README's workspace example is not valid" >&2
+  exit 1
+fi
