@@ -4,6 +4,8 @@
 #include "backflow/destinations/file/file_destination.h"
 #include "backflow/destinations/google_sheets/google_sheets_destination.h"
 #include "backflow/destinations/hubspot/hubspot_destination.h"
+#include "backflow/destinations/iterable/iterable_destination.h"
+#include "backflow/destinations/meta_capi/meta_capi_destination.h"
 #include "backflow/destinations/mixpanel/mixpanel_destination.h"
 #include "backflow/destinations/postgres/postgres_destination.h"
 #include "backflow/destinations/segment/segment_destination.h"
@@ -35,6 +37,8 @@ Registry* BuildRegistry() {
   Add(registry->AddDestination(BrazeDestinationDefinition()));
   Add(registry->AddDestination(MixpanelDestinationDefinition()));
   Add(registry->AddDestination(GoogleSheetsDestinationDefinition()));
+  Add(registry->AddDestination(MetaCapiDestinationDefinition()));
+  Add(registry->AddDestination(IterableDestinationDefinition()));
   Add(registry->AddDestination(FileDestinationDefinition()));
   Add(registry->AddDestination(PostgresDestinationDefinition()));
   return registry;

@@ -31,9 +31,9 @@ TEST(BuiltinRegistryTest, DefinitionsAreComplete) {
     }
   }
   EXPECT_EQ(sources, (std::vector<std::string>{"sqlite", "postgres", "mysql"}));
-  EXPECT_EQ(destinations,
-            (std::vector<std::string>{"webhook", "segment", "hubspot", "braze", "mixpanel",
-                                      "google_sheets", "file", "postgres"}));
+  EXPECT_EQ(destinations, (std::vector<std::string>{"webhook", "segment", "hubspot", "braze",
+                                                    "mixpanel", "google_sheets", "meta_capi",
+                                                    "iterable", "file", "postgres"}));
 }
 
 TEST(BuiltinRegistryTest, RejectsDuplicateRegistration) {
