@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -23,6 +24,7 @@
 #include "backflow/engine/sync_engine.h"
 #include "backflow/mapping/expression.h"
 #include "backflow/mapping/mapper.h"
+#include "backflow/service/scheduler_service.h"
 #include "backflow/sources/source.h"
 #include "backflow/state/state_store.h"
 #include "fmt/format.h"
@@ -680,6 +682,57 @@ int CheckpointReset(const GlobalOptions& g, const std::string& mapping_name) {
   return kExitOk;
 }
 
+// ------------------------------------------------------------------- serve
+
+SchedulerService* g_service = nullptr;  // for the signal handler
+
+extern "C" void OnStopSignal(int) {
+  if (g_service != nullptr) g_service->RequestStop();
+}
+
+int Serve(const GlobalOptions& g, bool once, const std::string& now_text, int poll_seconds) {
+  SchedulerOptions options;
+  options.config_path = g.config;
+  options.once = once;
+  options.poll = std::chrono::seconds(poll_seconds);
+  if (!now_text.empty()) {
+    if (!once) {
+      PrintError("--now only applies with --once");
+      return kExitInvalidConfig;
+    }
+    absl::Time t;
+    std::string err;
+    if (!absl::ParseTime(absl::RFC3339_full, now_text, &t, &err)) {
+      PrintError(
+          fmt::format("--now: \"{}\" is not an RFC 3339 time such as "
+                      "2026-11-27T09:00:00Z ({})",
+                      now_text, err));
+      return kExitInvalidConfig;
+    }
+    options.now = t;
+  }
+  // Validate first, printing every problem the way `validate` does.
+  if (!Load(g)) return kExitInvalidConfig;
+  auto http = NewCurlHttpClient();
+  SchedulerService service(options, BuiltinRegistry(), ConnectorEnv{http.get(), &SystemClock()},
+                           stdout);
+  g_service = &service;
+  struct sigaction action {};
+  action.sa_handler = OnStopSignal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
+  absl::StatusOr<SchedulerOutcome> outcome = service.Run();
+  g_service = nullptr;
+  if (!outcome.ok()) {
+    PrintError(std::string(outcome.status().message()));
+    return kExitFailed;
+  }
+  if (outcome->failed_runs > 0) return kExitFailed;
+  if (outcome->partial_runs > 0) return kExitPartial;
+  return kExitOk;
+}
+
 // ----------------------------------------------------------------- catalog
 
 // Writes one markdown page per connector under `dir`/sources and `dir`/destinations, and
@@ -776,6 +829,19 @@ int Main(int argc, char** argv) {
     }
     result = Sync(g, name, model, sync_options);
   });
+
+  bool once = false;
+  std::string now_text;
+  int poll_seconds = 1;
+  auto* serve = app.add_subcommand(
+      "serve",
+      "run models on their schedules until stopped (SIGTERM/SIGINT finish the run in "
+      "progress first); logs one JSON line per event");
+  serve->add_flag("--once", once, "decide once, run what is due now, wait for it and exit");
+  serve->add_option("--now", now_text, "with --once: decide as if it were this RFC 3339 time");
+  serve->add_option("--poll-seconds", poll_seconds, "how often schedules are checked")
+      ->check(CLI::Range(1, 3600));
+  serve->callback([&] { result = Serve(g, once, now_text, poll_seconds); });
 
   auto* runs = app.add_subcommand("runs", "inspect past runs");
   runs->require_subcommand(1);

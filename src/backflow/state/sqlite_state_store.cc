@@ -90,6 +90,14 @@ CREATE TABLE checkpoint_meta (
   checksum INTEGER NOT NULL
 );
 )sql",
+    R"sql(
+CREATE TABLE schedule_state (
+  model TEXT PRIMARY KEY,
+  last_tick INTEGER NOT NULL,
+  skipped_ticks INTEGER NOT NULL,
+  missed_ticks INTEGER NOT NULL
+);
+)sql",
 };
 
 // An order-independent checksum of a checkpoint: the wrapping sum of one
@@ -495,6 +503,35 @@ class SqliteStateStore : public StateStore {
       }
       return absl::OkStatus();
     });
+  }
+
+  absl::StatusOr<std::optional<ScheduleState>> GetScheduleState(const std::string& model) override {
+    BACKFLOW_ASSIGN_OR_RETURN(
+        Statement s,
+        db_->Prepare(
+            "SELECT last_tick, skipped_ticks, missed_ticks FROM schedule_state WHERE model=?"));
+    s.Bind(1, model);
+    BACKFLOW_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) return std::optional<ScheduleState>();
+    ScheduleState out;
+    out.last_tick = s.ColumnInt(0);
+    out.skipped_ticks = s.ColumnInt(1);
+    out.missed_ticks = s.ColumnInt(2);
+    return std::optional<ScheduleState>(out);
+  }
+
+  absl::Status SetScheduleState(const std::string& model, const ScheduleState& state) override {
+    BACKFLOW_ASSIGN_OR_RETURN(
+        Statement s,
+        db_->Prepare("INSERT INTO schedule_state (model, last_tick, skipped_ticks, missed_ticks) "
+                     "VALUES (?,?,?,?) ON CONFLICT (model) DO UPDATE SET "
+                     "last_tick=excluded.last_tick, skipped_ticks=excluded.skipped_ticks, "
+                     "missed_ticks=excluded.missed_ticks"));
+    return s.Bind(1, model)
+        .Bind(2, state.last_tick)
+        .Bind(3, state.skipped_ticks)
+        .Bind(4, state.missed_ticks)
+        .Run();
   }
 
   absl::Status MarkInFlight(const std::string& mapping,

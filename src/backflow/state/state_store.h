@@ -101,6 +101,12 @@ struct InFlightEntry {
   std::string identity;  // EncodeRow() of the identity values sent
 };
 
+struct ScheduleState {
+  int64_t last_tick = 0;      // Unix seconds
+  int64_t skipped_ticks = 0;  // ticks not run because the previous run was still going
+  int64_t missed_ticks = 0;   // ticks that fell in downtime and were folded into one run
+};
+
 // Ordered reader over one mapping's checkpoint.
 class CheckpointScanner {
  public:
@@ -146,6 +152,13 @@ class StateStore {
   virtual absl::StatusOr<int64_t> CheckpointSize(const std::string& mapping) = 0;
   // Forgets everything the mapping delivered: its next run starts over.
   virtual absl::Status ResetCheckpoint(const std::string& mapping) = 0;
+
+  // The scheduler's memory per model: the last schedule tick it acted on
+  // (ran or skipped), as Unix seconds, and how many ticks it skipped in all.
+  // nullopt when the model was never scheduled.
+  virtual absl::StatusOr<std::optional<ScheduleState>> GetScheduleState(
+      const std::string& model) = 0;
+  virtual absl::Status SetScheduleState(const std::string& model, const ScheduleState& state) = 0;
 };
 
 // Opens (creating and migrating if needed) a SQLite state store at `path`.

@@ -1,0 +1,48 @@
+// PlanScheduledRuns: which models' schedules are due now, under the
+// service's rules (issue 6):
+//  * A model seen for the first time starts counting from `now`: nothing
+//    runs at once, the first run is at its next tick.
+//  * Due ticks run the model once, for the latest of them; earlier ticks
+//    that fell in downtime are folded into that run (counted as missed), so a
+//    schedule that missed ten ticks runs once, not ten times.
+//  * A model that is still queued or running (`busy`) is not overlapped: its
+//    due ticks are skipped and counted.
+// Pure: the caller persists `states` (StateStore::SetScheduleState) and
+// supplies the time, so tests drive it with any clock. Thread-compatible.
+#pragma once
+
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "backflow/config/workspace.h"
+#include "backflow/state/state_store.h"
+
+namespace backflow {
+
+// The first tick of `schedule` strictly after `after`. kNotFound for a
+// manual schedule (or none within 5 years); kInvalidArgument for a schedule
+// that does not parse (validation prevents it).
+absl::StatusOr<absl::Time> NextScheduleTick(const Schedule& schedule, absl::Time after);
+
+struct ScheduleDecision {
+  enum class Action { kRun, kSkip };
+  std::string model;
+  Action action = Action::kRun;
+  absl::Time tick;     // the latest due tick
+  int64_t missed = 0;  // earlier due ticks folded into this decision
+};
+
+// Counting of folded ticks stops here (a year of 15-minute ticks is 35,040).
+inline constexpr int64_t kMaxCountedTicks = 100'000;
+
+// Decides for every model with a schedule; updates `states` (keyed by
+// model) for each model it decided on or saw for the first time.
+std::vector<ScheduleDecision> PlanScheduledRuns(const std::vector<ModelConfig>& models,
+                                                const std::set<std::string>& busy, absl::Time now,
+                                                std::map<std::string, ScheduleState>& states);
+
+}  // namespace backflow
