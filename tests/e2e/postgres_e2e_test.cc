@@ -13,6 +13,7 @@
 #include "cli_runner.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
+#include "pg_e2e.h"
 
 namespace backflow {
 namespace {
@@ -21,20 +22,9 @@ namespace fs = std::filesystem;
 using e2e::CliResult;
 using e2e::RunCli;
 
-class PostgresE2eTest : public pg::testing::PostgresTest {
+class PostgresE2eTest : public e2e::PostgresE2eTest {
  protected:
-  void SetUp() override {
-    PostgresTest::SetUp();
-    if (IsSkipped() || HasFailure()) return;
-    dir_ = (fs::path(::testing::TempDir()) /
-            fmt::format("pg-e2e-{}-{}", getpid(),
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-    setenv("BACKFLOW_E2E_PG_PASSWORD", server().password.c_str(), 1);
-    table_ = pg::testing::UniqueName("customers");
-  }
+  void SetUp() override { SetUpE2e("customers"); }
 
   // Rows of `sql` on the test server, each as "v1|v2|...".
   std::vector<std::string> Query(const std::string& sql) {
@@ -54,9 +44,6 @@ class PostgresE2eTest : public pg::testing::PostgresTest {
     }
     return rows;
   }
-
-  std::string dir_;
-  std::string table_;
 };
 
 TEST_F(PostgresE2eTest, PostgresModelToWebhook) {

@@ -18,6 +18,7 @@
 #include "cli_runner.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
+#include "pg_e2e.h"
 
 namespace backflow {
 namespace {
@@ -29,17 +30,11 @@ using json = nlohmann::json;
 
 const char kApiKey[] = "braze-e2e-rest-key";
 
-class BrazeE2eTest : public pg::testing::PostgresTest {
+class BrazeE2eTest : public e2e::PostgresE2eTest {
  protected:
   void SetUp() override {
-    PostgresTest::SetUp();
-    if (IsSkipped() || HasFailure()) return;
-    dir_ = (fs::path(::testing::TempDir()) / fmt::format("braze-e2e-{}", getpid())).string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-    setenv("BACKFLOW_E2E_PG_PASSWORD", server().password.c_str(), 1);
+    if (!SetUpE2e("braze_users")) return;
     setenv("BACKFLOW_E2E_BRAZE_KEY", kApiKey, 1);
-    table_ = pg::testing::UniqueName("braze_users");
   }
 
   // external_id -> the attributes the model's rows should give in Braze
@@ -66,9 +61,6 @@ class BrazeE2eTest : public pg::testing::PostgresTest {
     }
     return out;
   }
-
-  std::string dir_;
-  std::string table_;
 };
 
 TEST_F(BrazeE2eTest, PostgresModelToBrazeUsers) {

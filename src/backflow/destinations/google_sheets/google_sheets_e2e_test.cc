@@ -18,6 +18,7 @@
 #include "cli_runner.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
+#include "pg_e2e.h"
 
 namespace backflow {
 namespace {
@@ -32,24 +33,15 @@ constexpr char kEmail[] = "e2e-sync@backflow-e2e.iam.gserviceaccount.com";
 constexpr char kDoc[] = "e2e-spreadsheet-7f3a";
 constexpr char kSheet[] = "Customers";
 
-class GoogleSheetsE2eTest : public pg::testing::PostgresTest {
+class GoogleSheetsE2eTest : public e2e::PostgresE2eTest {
  protected:
   void SetUp() override {
-    PostgresTest::SetUp();
-    if (IsSkipped() || HasFailure()) return;
-    dir_ = (fs::path(::testing::TempDir()) /
-            fmt::format("sheets-e2e-{}-{}", getpid(),
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-    table_ = pg::testing::UniqueName("sheet_customers");
+    if (!SetUpE2e("sheet_customers")) return;
     fake_ = std::make_unique<FakeSheetsServer>();
     ASSERT_TRUE(fake_->Start().ok());
     key_json_ = fake_->AddServiceAccount(kEmail);
     ASSERT_FALSE(key_json_.empty());
     fake_->CreateSpreadsheet(kDoc, kSheet);
-    setenv("BACKFLOW_E2E_PG_PASSWORD", server().password.c_str(), 1);
     setenv("BACKFLOW_E2E_SHEETS_KEY", key_json_.c_str(), 1);
   }
 
@@ -138,8 +130,6 @@ mappings:
     return n;
   }
 
-  std::string dir_;
-  std::string table_;
   std::string key_json_;
   std::unique_ptr<FakeSheetsServer> fake_;
 };

@@ -18,6 +18,7 @@
 #include "cli_runner.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
+#include "pg_e2e.h"
 
 namespace backflow {
 namespace {
@@ -30,20 +31,11 @@ using Properties = std::map<std::string, std::string>;
 
 constexpr char kToken[] = "pat-na1-e2e-7d1f0c2a";
 
-class HubSpotE2eTest : public pg::testing::PostgresTest {
+class HubSpotE2eTest : public e2e::PostgresE2eTest {
  protected:
   void SetUp() override {
-    PostgresTest::SetUp();
-    if (IsSkipped() || HasFailure()) return;
-    dir_ = (fs::path(::testing::TempDir()) /
-            fmt::format("hubspot-e2e-{}-{}", getpid(),
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-    setenv("BACKFLOW_E2E_PG_PASSWORD", server().password.c_str(), 1);
+    if (!SetUpE2e("hubspot_contacts")) return;
     setenv("BACKFLOW_E2E_HUBSPOT_TOKEN", kToken, 1);
-    table_ = pg::testing::UniqueName("hubspot_contacts");
     FakeHubSpotOptions options;
     options.tokens = {{kToken, {"crm.objects.contacts.read", "crm.objects.contacts.write"}}};
     fake_ = std::make_unique<FakeHubSpotServer>(options);
@@ -93,8 +85,6 @@ class HubSpotE2eTest : public pg::testing::PostgresTest {
     return s;
   }
 
-  std::string dir_;
-  std::string table_;
   std::unique_ptr<FakeHubSpotServer> fake_;
 };
 

@@ -18,6 +18,7 @@
 #include "cli_runner.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
+#include "pg_e2e.h"
 
 namespace backflow {
 namespace {
@@ -29,20 +30,11 @@ using json = nlohmann::json;
 
 const char kApiKey[] = "itbl-e2e-server-key-7c1d";
 
-class IterableE2eTest : public pg::testing::PostgresTest {
+class IterableE2eTest : public e2e::PostgresE2eTest {
  protected:
   void SetUp() override {
-    PostgresTest::SetUp();
-    if (IsSkipped() || HasFailure()) return;
-    dir_ = (fs::path(::testing::TempDir()) /
-            fmt::format("iterable-e2e-{}-{}", getpid(),
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-    setenv("BACKFLOW_E2E_PG_PASSWORD", server().password.c_str(), 1);
+    if (!SetUpE2e("iterable_users")) return;
     setenv("BACKFLOW_E2E_ITERABLE_KEY", kApiKey, 1);
-    table_ = pg::testing::UniqueName("iterable_users");
     FakeIterableOptions options;
     options.api_keys[kApiKey] = IterableKeyType::kServerSide;
     fake_ = std::make_unique<FakeIterableServer>(options);
@@ -86,8 +78,6 @@ class IterableE2eTest : public pg::testing::PostgresTest {
     return out;
   }
 
-  std::string dir_;
-  std::string table_;
   std::unique_ptr<FakeIterableServer> fake_;
 };
 

@@ -20,6 +20,7 @@
 #include "cli_runner.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
+#include "pg_e2e.h"
 
 namespace backflow {
 namespace {
@@ -34,20 +35,11 @@ constexpr char kPixel[] = "770011223344";
 
 std::string Sha(const std::string& s) { return HexEncode(Sha256(s)); }
 
-class MetaCapiE2eTest : public pg::testing::PostgresTest {
+class MetaCapiE2eTest : public e2e::PostgresE2eTest {
  protected:
   void SetUp() override {
-    PostgresTest::SetUp();
-    if (IsSkipped() || HasFailure()) return;
-    dir_ = (fs::path(::testing::TempDir()) /
-            fmt::format("meta-capi-e2e-{}-{}", getpid(),
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-    setenv("BACKFLOW_E2E_PG_PASSWORD", server().password.c_str(), 1);
+    if (!SetUpE2e("meta_purchases")) return;
     setenv("BACKFLOW_E2E_META_TOKEN", kToken, 1);
-    table_ = pg::testing::UniqueName("meta_purchases");
     FakeMetaCapiOptions options;
     options.access_tokens = {kToken};
     options.pixel_ids = {kPixel};
@@ -152,8 +144,6 @@ mappings:
     return out;
   }
 
-  std::string dir_;
-  std::string table_;
   std::unique_ptr<FakeMetaCapiServer> fake_;
 };
 

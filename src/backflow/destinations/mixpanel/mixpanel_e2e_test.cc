@@ -18,6 +18,7 @@
 #include "cli_runner.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
+#include "pg_e2e.h"
 
 namespace backflow {
 namespace {
@@ -30,21 +31,12 @@ using json = nlohmann::json;
 constexpr char kToken[] = "e2e_project_token_7d1a";
 constexpr char kSecret[] = "e2e_sa_secret_93bf";
 
-class MixpanelE2eTest : public pg::testing::PostgresTest {
+class MixpanelE2eTest : public e2e::PostgresE2eTest {
  protected:
   void SetUp() override {
-    PostgresTest::SetUp();
-    if (IsSkipped() || HasFailure()) return;
-    dir_ = (fs::path(::testing::TempDir()) /
-            fmt::format("mixpanel-e2e-{}-{}", getpid(),
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-    setenv("BACKFLOW_E2E_PG_PASSWORD", server().password.c_str(), 1);
+    if (!SetUpE2e("mixpanel_users")) return;
     setenv("BACKFLOW_E2E_MIXPANEL_TOKEN", kToken, 1);
     setenv("BACKFLOW_E2E_MIXPANEL_SECRET", kSecret, 1);
-    table_ = pg::testing::UniqueName("mixpanel_users");
     FakeMixpanelOptions options;
     options.project_token = kToken;
     options.project_id = 777;
@@ -74,8 +66,6 @@ class MixpanelE2eTest : public pg::testing::PostgresTest {
     return out;
   }
 
-  std::string dir_;
-  std::string table_;
   std::unique_ptr<FakeMixpanelServer> fake_;
 };
 

@@ -16,6 +16,7 @@
 #include "cli_runner.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
+#include "pg_e2e.h"
 
 namespace backflow {
 namespace {
@@ -27,20 +28,11 @@ using json = nlohmann::json;
 
 constexpr char kWriteKey[] = "e2e_write_key_4f9c";
 
-class SegmentE2eTest : public pg::testing::PostgresTest {
+class SegmentE2eTest : public e2e::PostgresE2eTest {
  protected:
   void SetUp() override {
-    PostgresTest::SetUp();
-    if (IsSkipped() || HasFailure()) return;
-    dir_ = (fs::path(::testing::TempDir()) /
-            fmt::format("segment-e2e-{}-{}", getpid(),
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-    setenv("BACKFLOW_E2E_PG_PASSWORD", server().password.c_str(), 1);
+    if (!SetUpE2e("segment_users")) return;
     setenv("BACKFLOW_E2E_SEGMENT_KEY", kWriteKey, 1);
-    table_ = pg::testing::UniqueName("segment_users");
     FakeSegmentOptions options;
     options.write_keys = {kWriteKey};
     fake_ = std::make_unique<FakeSegmentServer>(options);
@@ -66,8 +58,6 @@ class SegmentE2eTest : public pg::testing::PostgresTest {
     return out;
   }
 
-  std::string dir_;
-  std::string table_;
   std::unique_ptr<FakeSegmentServer> fake_;
 };
 
