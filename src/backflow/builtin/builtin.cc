@@ -12,6 +12,7 @@
 #include "backflow/destinations/webhook/webhook_destination.h"
 #include "backflow/sources/mysql/mysql_source.h"
 #include "backflow/sources/postgres/postgres_source.h"
+#include "backflow/sources/snowflake/snowflake_source.h"
 #include "backflow/sources/sqlite/sqlite_source.h"
 
 namespace backflow {
@@ -31,6 +32,7 @@ Registry* BuildRegistry() {
   Add(registry->AddSource(SqliteSourceDefinition()));
   Add(registry->AddSource(PostgresSourceDefinition()));
   Add(registry->AddSource(MysqlSourceDefinition()));
+  Add(registry->AddSource(SnowflakeSourceDefinition()));
   Add(registry->AddDestination(WebhookDestinationDefinition()));
   Add(registry->AddDestination(SegmentDestinationDefinition()));
   Add(registry->AddDestination(HubSpotDestinationDefinition()));

@@ -1,0 +1,256 @@
+// End-to-end: the real `backflow` binary reads a model from the fake
+// Snowflake SQL API (key-pair JWT, async polling, gzip partitions) and syncs
+// it to the webhook receiver; after each sync the receiver must hold exactly
+// the rows the fake's tables hold.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backflow/sources/snowflake/fake_snowflake_server.h"
+#include "backflow/testing/webhook_receiver.h"
+#include "cli_runner.h"
+#include "fmt/format.h"
+#include "nlohmann/json.hpp"
+
+namespace backflow {
+namespace {
+
+namespace fs = std::filesystem;
+using e2e::CliResult;
+using e2e::RunCli;
+using json = nlohmann::json;
+
+constexpr char kModelSql[] = "SELECT ID, EMAIL, PLAN, LTV, UPDATED_AT, TRAITS FROM CUSTOMERS";
+
+class SnowflakeE2eTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = (fs::path(::testing::TempDir()) /
+            fmt::format("snowflake-e2e-{}-{}", getpid(),
+                        ::testing::UnitTest::GetInstance()->current_test_info()->name()))
+               .string();
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+
+    FakeSnowflakeOptions options;
+    options.rows_per_partition = 25;
+    options.still_running_polls = 2;
+    fake_ = std::make_unique<FakeSnowflakeServer>(options);
+    ASSERT_TRUE(fake_->Start().ok());
+    auto keys = GenerateRsaKeyPair();
+    ASSERT_TRUE(keys.ok());
+    FakeSnowflakeUser user;
+    user.name = "SYNC_USER";
+    user.public_keys_pem = {keys->public_key_pem};
+    user.roles = {"PUBLIC", "RETL"};
+    fake_->AddUser(user);
+    setenv("BACKFLOW_E2E_SNOWFLAKE_KEY", keys->private_key_pem.c_str(), 1);
+    ASSERT_TRUE(fake_
+                    ->CreateTable("CUSTOMERS", {{"ID", "NUMBER(38,0)"},
+                                                {"EMAIL", "VARCHAR(200)"},
+                                                {"PLAN", "VARCHAR"},
+                                                {"LTV", "NUMBER(12,2)"},
+                                                {"UPDATED_AT", "TIMESTAMP_LTZ"},
+                                                {"TRAITS", "VARIANT"}})
+                    .ok());
+    Insert(1, 120);
+
+    receiver_ = std::make_unique<WebhookReceiver>();
+    ASSERT_TRUE(receiver_->Start().ok());
+    WriteConfig();
+  }
+
+  void Exec(const std::string& sql) { ASSERT_TRUE(fake_->Exec(sql).ok()) << sql; }
+
+  void Insert(int from, int to) {
+    for (int i = from; i <= to; ++i) {
+      Exec(fmt::format(
+          "INSERT INTO CUSTOMERS VALUES ({0}, 'user{0}@example.com', '{1}', '{2}.{3:02d}', "
+          "'2024-06-{4:02d} 10:{5:02d}:00', '{{\"seats\":{0},\"tags\":[\"a\",\"b\"]}}')",
+          i, i % 3 == 0 ? "pro" : "free", i * 10, i % 100, 1 + i % 28, i % 60));
+    }
+  }
+
+  void WriteConfig() {
+    std::ofstream(dir_ + "/backflow.yaml")
+        << fmt::format(R"(
+state: sqlite:.backflow/state.db
+sources:
+  - name: warehouse
+    type: snowflake
+    account: myorg-myaccount
+    user: sync_user
+    private_key: ${{env:BACKFLOW_E2E_SNOWFLAKE_KEY}}
+    warehouse: COMPUTE_WH
+    database: ANALYTICS
+    schema: PUBLIC
+    role: RETL
+    base_url: "{}"
+    max_retries: 1
+models:
+  - name: customers
+    source: warehouse
+    sql: {}
+    primary_key: ID
+    schedule: manual
+destinations:
+  - name: hook
+    type: webhook
+    settings:
+      url: {}
+      max_retries: 2
+mappings:
+  - name: customers_to_hook
+    model: customers
+    destination: hook
+    action: send_batch
+    records: all
+    batch_size: 40
+    fields: {{ customer_id: ID, email: EMAIL, plan: PLAN, ltv: LTV, updated_at: UPDATED_AT, traits: TRAITS }}
+)",
+                       fake_->BaseUrl(), kModelSql, receiver_->Url("/ingest"));
+  }
+
+  // The fake's rows as the receiver should hold them, by key.
+  std::map<std::string, json> Model() {
+    auto rows = fake_->Select(kModelSql);
+    EXPECT_TRUE(rows.ok()) << rows.status();
+    std::map<std::string, json> out;
+    if (!rows.ok()) return out;
+    for (const auto& r : *rows) {
+      std::string at = r[4].get<std::string>();
+      at[10] = 'T';
+      out[std::to_string(r[0].get<int64_t>())] = {
+          {"customer_id", r[0]},    {"email", r[1]},
+          {"plan", r[2]},           {"ltv", json::parse(r[3].get<std::string>())},
+          {"updated_at", at + "Z"}, {"traits", json::parse(r[5].get<std::string>())}};
+    }
+    return out;
+  }
+
+  CliResult Sync() { return RunCli(dir_, {"sync", "customers_to_hook", "--json"}); }
+
+  static json Summary(const CliResult& r) {
+    json j = json::parse(r.LastLine(), nullptr, false);
+    EXPECT_FALSE(j.is_discarded()) << "stdout: " << r.out << "\nstderr: " << r.err;
+    return j;
+  }
+
+  std::string dir_;
+  std::unique_ptr<FakeSnowflakeServer> fake_;
+  std::unique_ptr<WebhookReceiver> receiver_;
+};
+
+TEST_F(SnowflakeE2eTest, TestConnectionAndPreview) {
+  CliResult r = RunCli(dir_, {"test-connection", "warehouse", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  json check = json::parse(r.LastLine());
+  EXPECT_EQ(check["ok"], true);
+  EXPECT_EQ(check["type"], "snowflake");
+
+  r = RunCli(dir_, {"preview", "customers", "--limit", "30", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  json preview = json::parse(r.LastLine());
+  std::vector<std::pair<std::string, std::string>> columns;
+  for (const json& c : preview["columns"]) columns.emplace_back(c["name"], c["type"]);
+  EXPECT_EQ(columns, (std::vector<std::pair<std::string, std::string>>{{"ID", "integer"},
+                                                                       {"EMAIL", "string"},
+                                                                       {"PLAN", "string"},
+                                                                       {"LTV", "decimal"},
+                                                                       {"UPDATED_AT", "timestamp"},
+                                                                       {"TRAITS", "json"}}));
+  EXPECT_EQ(preview["columns"][3]["source_type"], "NUMBER(12,2)");
+  ASSERT_EQ(preview["rows"].size(), 30u);  // across two partitions
+  EXPECT_EQ(preview["rows"][0],
+            json::parse(R"([1,"user1@example.com","free",10.01,"2024-06-02T10:01:00Z",
+                            {"seats":1,"tags":["a","b"]}])"));
+  EXPECT_EQ(fake_->CountRequests("partition=1", 200), 1);
+  EXPECT_TRUE(fake_->LastSubmitBody()["statement"].get<std::string>().find("LIMIT 30") !=
+              std::string::npos);
+
+  // A wrong warehouse name is reported with what to fix.
+  std::string config;
+  {
+    std::ifstream in(dir_ + "/backflow.yaml");
+    config.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  config.replace(config.find("COMPUTE_WH"), 10, "compute_wh");
+  std::ofstream(dir_ + "/backflow.yaml") << config;
+  r = RunCli(dir_, {"test-connection", "warehouse", "--json"});
+  EXPECT_NE(r.exit_code, 0);
+  check = json::parse(r.LastLine());
+  EXPECT_EQ(check["ok"], false);
+  EXPECT_NE(check["error"].get<std::string>().find("warehouse \"compute_wh\""), std::string::npos)
+      << check;
+}
+
+TEST_F(SnowflakeE2eTest, SyncThenExactlyTheChanges) {
+  CliResult r = Sync();
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  json s = Summary(r);
+  EXPECT_EQ(s["status"], "succeeded");
+  EXPECT_EQ(s["extracted"], 120);
+  EXPECT_EQ(s["added"], 120);
+  EXPECT_EQ(s["succeeded"], 120);
+  EXPECT_EQ(receiver_->State(), Model());
+  EXPECT_EQ(receiver_->request_count(), 3);  // 120 records in batches of 40
+  // Partitions 1..4 fetched once each; the statement ran once, polled twice.
+  for (int p = 1; p <= 4; ++p) {
+    EXPECT_EQ(fake_->CountRequests(fmt::format("partition={}", p), 200), 1) << p;
+  }
+  EXPECT_EQ(fake_->CountRequests("partition=5"), 0);
+  EXPECT_EQ(fake_->executions(), 1);
+  EXPECT_EQ(fake_->CountRequests("GET /api/v2/statements/", 202), 2);
+  EXPECT_TRUE(fake_->cancellations().empty());
+
+  Insert(121, 122);
+  Exec("UPDATE CUSTOMERS SET PLAN = 'enterprise', LTV = '999.99' WHERE ID = 7");
+  Exec("DELETE FROM CUSTOMERS WHERE ID IN (8, 90)");
+  size_t seen = receiver_->Requests().size();
+  r = Sync();
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  s = Summary(r);
+  EXPECT_EQ(s["added"], 2);
+  EXPECT_EQ(s["updated"], 1);
+  EXPECT_EQ(s["deleted"], 2);
+  EXPECT_EQ(s["succeeded"], 5);
+  EXPECT_EQ(receiver_->Requests().size(), seen + 1);
+  EXPECT_EQ(receiver_->State(), Model());
+  EXPECT_EQ(receiver_->State()["7"]["ltv"], 999.99);
+
+  // Nothing changed: nothing sent.
+  seen = receiver_->Requests().size();
+  r = Sync();
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_EQ(receiver_->Requests().size(), seen);
+  EXPECT_EQ(fake_->executions(), 3);
+}
+
+TEST_F(SnowflakeE2eTest, FailedExtractionSendsNothingAndCancels) {
+  ASSERT_EQ(Sync().exit_code, 0);
+  Exec("UPDATE CUSTOMERS SET PLAN = 'churned' WHERE ID <= 10");
+  // Partition 3 keeps failing (max_retries: 1 -> two attempts).
+  for (int i = 0; i < 2; ++i) fake_->EnqueueReply(FakeSnowflakeReply::Error(503, "partition=3"));
+  size_t seen = receiver_->Requests().size();
+  CliResult r = Sync();
+  EXPECT_NE(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE((r.out + r.err).find("partition 3"), std::string::npos) << r.out << r.err;
+  EXPECT_EQ(receiver_->Requests().size(), seen);
+  EXPECT_EQ(fake_->cancellations().size(), 1u);
+
+  // The next run delivers the changes.
+  r = Sync();
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_EQ(Summary(r)["updated"], 10);
+  EXPECT_EQ(receiver_->State(), Model());
+}
+
+}  // namespace
+}  // namespace backflow
