@@ -8,8 +8,10 @@
 #include "backflow/destinations/meta_capi/meta_capi_destination.h"
 #include "backflow/destinations/mixpanel/mixpanel_destination.h"
 #include "backflow/destinations/postgres/postgres_destination.h"
+#include "backflow/destinations/salesforce/salesforce_destination.h"
 #include "backflow/destinations/segment/segment_destination.h"
 #include "backflow/destinations/webhook/webhook_destination.h"
+#include "backflow/sources/bigquery/bigquery_source.h"
 #include "backflow/sources/mysql/mysql_source.h"
 #include "backflow/sources/postgres/postgres_source.h"
 #include "backflow/sources/snowflake/snowflake_source.h"
@@ -33,6 +35,7 @@ Registry* BuildRegistry() {
   Add(registry->AddSource(PostgresSourceDefinition()));
   Add(registry->AddSource(MysqlSourceDefinition()));
   Add(registry->AddSource(SnowflakeSourceDefinition()));
+  Add(registry->AddSource(BigQuerySourceDefinition()));
   Add(registry->AddDestination(WebhookDestinationDefinition()));
   Add(registry->AddDestination(SegmentDestinationDefinition()));
   Add(registry->AddDestination(HubSpotDestinationDefinition()));
@@ -41,6 +44,7 @@ Registry* BuildRegistry() {
   Add(registry->AddDestination(GoogleSheetsDestinationDefinition()));
   Add(registry->AddDestination(MetaCapiDestinationDefinition()));
   Add(registry->AddDestination(IterableDestinationDefinition()));
+  Add(registry->AddDestination(SalesforceDestinationDefinition()));
   Add(registry->AddDestination(FileDestinationDefinition()));
   Add(registry->AddDestination(PostgresDestinationDefinition()));
   return registry;
