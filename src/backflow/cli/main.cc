@@ -262,13 +262,6 @@ int Preview(const GlobalOptions& g, const std::string& model_name, int limit) {
 
 // ------------------------------------------------------------ mapping test
 
-// Quotes an SQL identifier ("a""b") for the query that picks one record.
-std::string QuoteIdentifier(const std::string& name) {
-  std::string out = "\"";
-  for (char c : name) out += c == '"' ? std::string("\"\"") : std::string(1, c);
-  return out + "\"";
-}
-
 int MappingTest(const GlobalOptions& g, const std::string& mapping_name,
                 const std::optional<std::string>& record_key) {
   auto ws = Load(g, true);
@@ -286,29 +279,37 @@ int MappingTest(const GlobalOptions& g, const std::string& mapping_name,
   auto http = NewCurlHttpClient();
   ConnectorEnv env{http.get(), &SystemClock()};
   auto source = BuiltinRegistry().FindSource(sc->type)->create(sc->settings, env);
-  std::string sql = LimitQuery(model->sql, 1);
-  if (record_key) {
-    std::string literal = "'";
-    for (char c : *record_key) literal += c == '\'' ? std::string("''") : std::string(1, c);
-    literal += "'";
-    // Two rows at most: a second one means the key is duplicated.
-    sql =
-        fmt::format("SELECT * FROM (\n{}\n) AS backflow_record WHERE CAST({} AS TEXT) = {} LIMIT 2",
-                    TrimModelSql(model->sql), QuoteIdentifier(model->primary_key), literal);
-  }
+  // Without --record, the first row. With it, the model's rows are scanned
+  // for the key on the client (the key is compared as text, like the engine
+  // does), which works in every warehouse's SQL dialect; a second match
+  // means the key is duplicated.
+  std::string sql = record_key ? model->sql : LimitQuery(model->sql, 1);
   absl::StatusOr<std::unique_ptr<RowReader>> reader =
       source.ok() ? (*source)->Query(sql) : source.status();
-  Row row, second;
+  Row row, next;
   absl::Status status = reader.status();
   bool found = false, duplicated = false;
   if (reader.ok()) {
-    auto more = (*reader)->Next(row);
-    status = more.status();
-    found = more.ok() && *more;
-    if (found && record_key) {
-      auto again = (*reader)->Next(second);
-      status = again.status();
-      duplicated = again.ok() && *again;
+    const int key_index = FindColumn((*reader)->schema(), model->primary_key);
+    if (record_key && key_index < 0) {
+      status = absl::FailedPreconditionError(fmt::format(
+          "its SQL returns no column named {} (the model's primary_key)", model->primary_key));
+    }
+    while (status.ok()) {
+      absl::StatusOr<bool> more = (*reader)->Next(found ? next : row);
+      status = more.status();
+      if (!more.ok() || !*more) break;
+      if (!record_key) {
+        found = true;
+        break;
+      }
+      const Row& current = found ? next : row;
+      if (current[key_index].is_null() || current[key_index].ToString() != *record_key) continue;
+      if (found) {
+        duplicated = true;
+        break;
+      }
+      found = true;
     }
   }
   if (!status.ok()) {
@@ -872,7 +873,8 @@ int Main(int argc, char** argv) {
       "test", "show the payload one record would produce; send nothing");
   mapping_test->add_option("MAPPING", name, "mapping name")->required();
   mapping_test->add_option("--record", record_key,
-                           "the record's unique identifier (default: the first row)");
+                           "the record's unique identifier, found by reading the model's rows "
+                           "(default: the first row)");
   mapping_test->callback([&] {
     result = MappingTest(
         g, name, record_key.empty() ? std::nullopt : std::optional<std::string>(record_key));
