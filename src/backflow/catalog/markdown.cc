@@ -54,10 +54,15 @@ std::string SourceMarkdown(const SourceDefinition& def) {
   out += SettingsTable(def.settings);
   out += fmt::format("\n## Example\n\n```yaml\nsources:\n  - name: my_{}\n    type: {}\n", def.type,
                      def.type);
+  // The required settings, and one secret (sources often take one of several
+  // credentials: listing them all would show a combination they refuse).
+  bool secret_shown = false;
+  for (const SettingSpec& s : def.settings) secret_shown |= s.required && s.secret;
   for (const SettingSpec& s : def.settings) {
-    if (!s.required && !s.secret) continue;
-    out += fmt::format("    {}: {}\n", s.key,
-                       s.secret ? "${env:" + std::string("MY_SECRET") + "}" : "...");
+    bool first_secret = s.secret && !secret_shown;
+    if (!s.required && !first_secret) continue;
+    secret_shown |= s.secret;
+    out += fmt::format("    {}: {}\n", s.key, s.secret ? "${env:MY_SECRET}" : "...");
   }
   out += "```\n";
   return out;
