@@ -43,6 +43,7 @@ struct Schedule {
   std::string cron;              // kCron: five fields, validated
   std::string timezone = "UTC";  // kWeekly and kCron: an IANA name, validated
   std::string ToString() const;
+  bool operator==(const Schedule&) const = default;
 };
 
 struct SourceConfig {

@@ -1,5 +1,7 @@
 #include "backflow/scheduler/planner.h"
 
+#include <algorithm>
+
 #include "backflow/scheduler/schedule.h"
 
 namespace backflow {
@@ -28,23 +30,53 @@ absl::StatusOr<absl::Time> NextScheduleTick(const Schedule& schedule, absl::Time
   return absl::NotFoundError("unknown schedule kind");
 }
 
+std::optional<absl::Time> SchedulePlanner::Next(const ModelConfig& model,
+                                                const ScheduleState& state) {
+  auto it = next_.find(model.name);
+  if (it != next_.end() && it->second.after == state.last_tick &&
+      it->second.schedule == model.schedule) {
+    return it->second.at;
+  }
+  NextTick fresh;
+  fresh.after = state.last_tick;
+  fresh.schedule = model.schedule;
+  absl::StatusOr<absl::Time> next =
+      NextScheduleTick(model.schedule, absl::FromUnixSeconds(state.last_tick));
+  if (next.ok()) fresh.at = *next;
+  std::optional<absl::Time> at = fresh.at;
+  next_[model.name] = std::move(fresh);
+  return at;
+}
+
 std::vector<ScheduleDecision> PlanScheduledRuns(const std::vector<ModelConfig>& models,
                                                 const std::set<std::string>& busy, absl::Time now,
                                                 std::map<std::string, ScheduleState>& states) {
+  SchedulePlanner planner;
+  return planner.Plan(models, busy, now, states);
+}
+
+std::vector<ScheduleDecision> SchedulePlanner::Plan(const std::vector<ModelConfig>& models,
+                                                    const std::set<std::string>& busy,
+                                                    absl::Time now,
+                                                    std::map<std::string, ScheduleState>& states) {
   std::vector<ScheduleDecision> out;
+  // Nothing can be due before the earliest next tick seen by the last scan.
+  if (!dirty_ && models.size() == scanned_models_ && now < earliest_) return out;
+  earliest_ = absl::InfiniteFuture();
+  scanned_models_ = models.size();
+  dirty_ = false;
   for (const ModelConfig& model : models) {
     if (model.schedule.kind == Schedule::Kind::kManual) continue;
     auto it = states.find(model.name);
     if (it == states.end()) {
       ScheduleState fresh;
       fresh.last_tick = absl::ToUnixSeconds(now);
-      states[model.name] = fresh;
-      continue;
+      it = states.emplace(model.name, fresh).first;
     }
     ScheduleState& state = it->second;
-    absl::Time last = absl::FromUnixSeconds(state.last_tick);
-    absl::StatusOr<absl::Time> next = NextScheduleTick(model.schedule, last);
-    if (!next.ok() || *next > now) continue;
+    std::optional<absl::Time> next = Next(model, state);
+    if (next && *next > now) earliest_ = std::min(earliest_, *next);
+    if (!next || *next > now) continue;
     // Walk to the latest due tick, counting the ones folded into it.
     absl::Time latest = *next;
     int64_t folded = 0;
@@ -65,6 +97,9 @@ std::vector<ScheduleDecision> PlanScheduledRuns(const std::vector<ModelConfig>& 
     } else {
       d.action = ScheduleDecision::Action::kRun;
       state.missed_ticks += folded;
+    }
+    if (std::optional<absl::Time> after = Next(model, state)) {
+      earliest_ = std::min(earliest_, *after);
     }
     out.push_back(std::move(d));
   }

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -41,6 +42,34 @@ inline constexpr int64_t kMaxCountedTicks = 100'000;
 
 // Decides for every model with a schedule; updates `states` (keyed by
 // model) for each model it decided on or saw for the first time.
+//
+// A planner remembers each model's next tick until its state or schedule
+// changes, and the earliest of them: a poll before that time costs nothing
+// (bench/scheduler_bench.cc). Call Invalidate() when the models or the states
+// change other than through Plan() (a reloaded workspace). Not thread-safe.
+class SchedulePlanner {
+ public:
+  void Invalidate() { dirty_ = true; }
+  std::vector<ScheduleDecision> Plan(const std::vector<ModelConfig>& models,
+                                     const std::set<std::string>& busy, absl::Time now,
+                                     std::map<std::string, ScheduleState>& states);
+
+ private:
+  struct NextTick {
+    int64_t after = 0;             // the last_tick it was computed from
+    Schedule schedule;             // the schedule it was computed for
+    std::optional<absl::Time> at;  // nullopt: no next tick
+  };
+  // The first tick after `state.last_tick`, from the cache when still valid.
+  std::optional<absl::Time> Next(const ModelConfig& model, const ScheduleState& state);
+
+  std::map<std::string, NextTick> next_;
+  bool dirty_ = true;
+  size_t scanned_models_ = 0;
+  absl::Time earliest_ = absl::InfinitePast();
+};
+
+// One-shot form of SchedulePlanner::Plan (no memory between calls).
 std::vector<ScheduleDecision> PlanScheduledRuns(const std::vector<ModelConfig>& models,
                                                 const std::set<std::string>& busy, absl::Time now,
                                                 std::map<std::string, ScheduleState>& states);

@@ -108,3 +108,29 @@ TEST(PlannerTest, CronOnMonthEnds) {
 
 }  // namespace
 }  // namespace backflow
+
+namespace backflow {
+namespace {
+
+TEST(PlannerTest, AKeptPlannerSkipsIdlePollsAndSeesReloadedSchedules) {
+  std::vector<ModelConfig> models = {Hourly("a")};
+  std::map<std::string, ScheduleState> states;
+  SchedulePlanner planner;
+  EXPECT_TRUE(planner.Plan(models, {}, At("2026-03-01T10:05:00Z"), states).empty());
+  EXPECT_TRUE(planner.Plan(models, {}, At("2026-03-01T10:20:00Z"), states).empty());
+  // The workspace is reloaded with a 15-minute schedule.
+  models[0].schedule.interval_minutes = 15;
+  planner.Invalidate();
+  auto due = planner.Plan(models, {}, At("2026-03-01T10:20:00Z"), states);
+  ASSERT_EQ(due.size(), 1u);
+  EXPECT_EQ(due[0].tick, At("2026-03-01T10:15:00Z"));
+  EXPECT_TRUE(planner.Plan(models, {}, At("2026-03-01T10:29:59Z"), states).empty());
+  EXPECT_EQ(planner.Plan(models, {}, At("2026-03-01T10:30:00Z"), states).size(), 1u);
+  // A model added by a reload is seen (the model count changed).
+  models.push_back(Hourly("b"));
+  EXPECT_TRUE(planner.Plan(models, {}, At("2026-03-01T10:31:00Z"), states).empty());
+  EXPECT_EQ(states.count("b"), 1u);
+}
+
+}  // namespace
+}  // namespace backflow

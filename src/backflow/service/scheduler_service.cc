@@ -202,6 +202,7 @@ absl::StatusOr<SchedulerOutcome> SchedulerService::Run() {
     w.Key("scheduled_models").Int(scheduled);
   });
 
+  SchedulePlanner planner;
   absl::Status error;
   while (true) {
     // Pick up edits of the workspace file; an invalid edit keeps the last valid one.
@@ -211,6 +212,7 @@ absl::StatusOr<SchedulerOutcome> SchedulerService::Run() {
       LoadResult reloaded = LoadWorkspace(options_.config_path, registry_);
       if (reloaded.ok()) {
         workspace = std::make_shared<const Workspace>(std::move(reloaded.workspace));
+        planner.Invalidate();
         log.Write("workspace_reloaded", [&](JsonWriter&) {});
       } else {
         log.Write("workspace_invalid", [&](JsonWriter& w) {
@@ -232,7 +234,7 @@ absl::StatusOr<SchedulerOutcome> SchedulerService::Run() {
     }
     std::map<std::string, ScheduleState> before = states;
     std::vector<ScheduleDecision> decisions =
-        PlanScheduledRuns(workspace->models, busy_now, now, states);
+        planner.Plan(workspace->models, busy_now, now, states);
     for (const auto& [model, state] : states) {
       auto it = before.find(model);
       if (it != before.end() && it->second.last_tick == state.last_tick) continue;
