@@ -14,6 +14,7 @@
 #include "backflow/sources/bigquery/bigquery_source.h"
 #include "backflow/sources/mysql/mysql_source.h"
 #include "backflow/sources/postgres/postgres_source.h"
+#include "backflow/sources/redshift/redshift_source.h"
 #include "backflow/sources/snowflake/snowflake_source.h"
 #include "backflow/sources/sqlite/sqlite_source.h"
 
@@ -36,6 +37,7 @@ Registry* BuildRegistry() {
   Add(registry->AddSource(MysqlSourceDefinition()));
   Add(registry->AddSource(SnowflakeSourceDefinition()));
   Add(registry->AddSource(BigQuerySourceDefinition()));
+  Add(registry->AddSource(RedshiftSourceDefinition()));
   Add(registry->AddDestination(WebhookDestinationDefinition()));
   Add(registry->AddDestination(SegmentDestinationDefinition()));
   Add(registry->AddDestination(HubSpotDestinationDefinition()));

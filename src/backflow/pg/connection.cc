@@ -1,5 +1,6 @@
 #include "backflow/pg/connection.h"
 
+#include <cstdlib>
 #include <string>
 
 #include "absl/strings/match.h"
@@ -52,7 +53,8 @@ std::string Target(PGconn* conn) {
   return fmt::format("{}:{}", host, port);
 }
 
-absl::Status ConnectError(const std::string& target, std::string message) {
+absl::Status ConnectError(const std::string& server, const std::string& target,
+                          std::string message) {
   message = ServerPart(OneLine(message));
   if (absl::StrContains(message, "password authentication failed") ||
       absl::StrContains(message, "no password supplied") ||
@@ -60,21 +62,21 @@ absl::Status ConnectError(const std::string& target, std::string message) {
       (absl::StrContains(message, "role \"") && absl::StrContains(message, "does not exist")) ||
       absl::StrContains(message, "pg_hba.conf")) {
     return absl::UnauthenticatedError(
-        fmt::format("PostgreSQL at {} rejected the login: {}. Check the user in `url` and the "
+        fmt::format("{} at {} rejected the login: {}. Check the user in `url` and the "
                     "password (the `password` setting or the url)",
-                    target, message));
+                    server, target, message));
   }
   if (absl::StrContains(message, "database \"") && absl::StrContains(message, "does not exist")) {
     return absl::FailedPreconditionError(
-        fmt::format("PostgreSQL at {}: {}. Check the database name in `url`", target, message));
+        fmt::format("{} at {}: {}. Check the database name in `url`", server, target, message));
   }
   if (absl::StrContains(message, "permission denied")) {
-    return absl::PermissionDeniedError(fmt::format("PostgreSQL at {}: {}", target, message));
+    return absl::PermissionDeniedError(fmt::format("{} at {}: {}", server, target, message));
   }
-  return absl::UnavailableError(fmt::format(
-      "cannot connect to PostgreSQL at {}: {}. Check the host and port in `url` and that the "
-      "server accepts connections",
-      target, message));
+  return absl::UnavailableError(
+      fmt::format("cannot connect to {} at {}: {}. Check the host and port in `url` and that the "
+                  "server accepts connections",
+                  server, target, message));
 }
 
 }  // namespace
@@ -133,12 +135,16 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const ConnectOption
   }
 
   std::string timeout = std::to_string(std::max(2, options.connect_timeout_seconds));
-  std::vector<const char*> keys = {"dbname"};
-  std::vector<const char*> values = {options.url.c_str()};
+  std::vector<const char*> keys;
+  std::vector<const char*> values;
   auto add = [&](const char* key, const char* value) {
     keys.push_back(key);
     values.push_back(value);
   };
+  // Keywords before the url are overridden by it; those after override it.
+  for (const auto& [key, value] : options.defaults) add(key.c_str(), value.c_str());
+  add("dbname", options.url.c_str());
+  for (const auto& [key, value] : options.overrides) add(key.c_str(), value.c_str());
   if (!options.password.empty()) add("password", options.password.c_str());
   add("connect_timeout", timeout.c_str());
   add("fallback_application_name", "backflow");
@@ -152,9 +158,10 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const ConnectOption
   PGconn* raw = PQconnectdbParams(keys.data(), values.data(), /*expand_dbname=*/1);
   if (raw == nullptr) return absl::ResourceExhaustedError("libpq could not allocate a connection");
   std::string target = Target(raw);
-  std::unique_ptr<Connection> conn(new Connection(raw, target, std::move(secrets)));
+  std::unique_ptr<Connection> conn(
+      new Connection(raw, target, std::move(secrets), options.server_name));
   if (PQstatus(raw) != CONNECTION_OK) {
-    absl::Status status = ConnectError(target, PQerrorMessage(raw));
+    absl::Status status = ConnectError(options.server_name, target, PQerrorMessage(raw));
     return absl::Status(status.code(), conn->Scrub(std::string(status.message())));
   }
 
@@ -173,8 +180,12 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const ConnectOption
   return conn;
 }
 
-Connection::Connection(PGconn* conn, std::string target, std::vector<std::string> secrets)
-    : conn_(conn), target_(std::move(target)), secrets_(std::move(secrets)) {}
+Connection::Connection(PGconn* conn, std::string target, std::vector<std::string> secrets,
+                       std::string server_name)
+    : conn_(conn),
+      target_(std::move(target)),
+      server_name_(std::move(server_name)),
+      secrets_(std::move(secrets)) {}
 
 Connection::~Connection() {
   if (conn_ != nullptr) PQfinish(conn_);
@@ -190,7 +201,8 @@ absl::StatusOr<Result> Connection::Exec(const std::string& sql,
   return ErrorFromResult(result.get(), what);
 }
 
-absl::Status Connection::ErrorFromResult(const PGresult* result, std::string_view what) const {
+absl::Status Connection::ErrorFromResult(const PGresult* result, std::string_view what,
+                                         int position_offset) const {
   const char* state = result != nullptr ? PQresultErrorField(result, PG_DIAG_SQLSTATE) : nullptr;
   if (state == nullptr) {
     // Client-side failure: no SQLSTATE. Usually the connection is gone.
@@ -200,7 +212,7 @@ absl::Status Connection::ErrorFromResult(const PGresult* result, std::string_vie
     if (broken() || message.empty() || absl::StrContains(message, "connection") ||
         absl::StrContains(message, "server closed")) {
       return absl::UnavailableError(
-          Scrub(fmt::format("{}: lost the connection to PostgreSQL at {}: {}", what, target_,
+          Scrub(fmt::format("{}: lost the connection to {} at {}: {}", what, server_name_, target_,
                             message.empty() ? "no response" : message)));
     }
     return absl::UnknownError(Scrub(fmt::format("{}: {}", what, message)));
@@ -210,10 +222,13 @@ absl::Status Connection::ErrorFromResult(const PGresult* result, std::string_vie
     return v != nullptr ? OneLine(v) : "";
   };
   std::string primary = field(PG_DIAG_MESSAGE_PRIMARY);
-  std::string message =
-      fmt::format("{}: PostgreSQL at {} reported: {} (SQLSTATE {}", what, target_, primary, state);
+  std::string message = fmt::format("{}: {} at {} reported: {} (SQLSTATE {}", what, server_name_,
+                                    target_, primary, state);
   std::string position = field(PG_DIAG_STATEMENT_POSITION);
-  if (!position.empty()) message += ", at character " + position;
+  if (!position.empty()) {
+    int at = std::atoi(position.c_str()) - position_offset;
+    if (at > 0) message += fmt::format(", at character {}", at);
+  }
   message += ")";
   std::string detail = field(PG_DIAG_MESSAGE_DETAIL);
   if (!detail.empty()) message += ". Detail: " + detail;

@@ -16,8 +16,10 @@
 //                       serialization failure or deadlock (retryable)
 //   kDeadlineExceeded   statement cancelled or timed out (57014)
 //   kInternal/kUnknown  anything else
-// No message ever contains the password (neither the separate one nor one
-// embedded in the url). A Connection is used from one thread at a time.
+// Messages name the server as ConnectOptions::server_name ("PostgreSQL" by
+// default; wire-compatible warehouses pass their own name). No message ever
+// contains the password (neither the separate one nor one embedded in the
+// url). A Connection is used from one thread at a time.
 #pragma once
 
 #include <libpq-fe.h>
@@ -49,6 +51,12 @@ struct ConnectOptions {
   // Session settings applied right after connecting, as (name, value) pairs,
   // e.g. {"TimeZone", "UTC"}. Applied in one round trip with set_config().
   std::vector<std::pair<std::string, std::string>> settings;
+  // libpq connection keywords (e.g. {"port", "5439"}): `defaults` apply
+  // unless the url sets the same keyword; `overrides` win over the url.
+  std::vector<std::pair<std::string, std::string>> defaults;
+  std::vector<std::pair<std::string, std::string>> overrides;
+  // How messages name the server ("PostgreSQL at host:port ...").
+  std::string server_name = "PostgreSQL";
 };
 
 class Connection {
@@ -75,17 +83,22 @@ class Connection {
 
   // The classified error carried by a failed `result` of this connection (or,
   // when `result` is null, by the connection itself). `what` prefixes the
-  // message ("query failed").
-  absl::Status ErrorFromResult(const PGresult* result, std::string_view what) const;
+  // message ("query failed"). The server's error position is reported minus
+  // `position_offset` (the length of text the caller put before the user's
+  // SQL), and left out when it falls inside that text.
+  absl::Status ErrorFromResult(const PGresult* result, std::string_view what,
+                               int position_offset = 0) const;
 
   // Removes every known secret from `text`.
   std::string Scrub(std::string text) const;
 
  private:
-  Connection(PGconn* conn, std::string target, std::vector<std::string> secrets);
+  Connection(PGconn* conn, std::string target, std::vector<std::string> secrets,
+             std::string server_name = "PostgreSQL");
 
   PGconn* conn_;
   std::string target_;
+  std::string server_name_;
   std::vector<std::string> secrets_;
 };
 

@@ -1,0 +1,701 @@
+#include "backflow/sources/redshift/redshift_source.h"
+
+#include <poll.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "backflow/common/clock.h"
+#include "backflow/common/fmt_absl.h"
+#include "backflow/common/status_macros.h"
+#include "backflow/pg/connection.h"
+#include "backflow/pg/types.h"
+#include "fmt/format.h"
+
+namespace backflow {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr char kCursorName[] = "backflow_cursor";
+constexpr char kSystemCaBundle[] = "/etc/ssl/certs/ca-certificates.crt";
+constexpr int kMaxFetchSize = 100000;
+
+bool IsSpace(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f'; }
+bool IsIdentStart(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
+         static_cast<unsigned char>(c) >= 0x80;
+}
+bool IsIdentChar(char c) { return IsIdentStart(c) || (c >= '0' && c <= '9') || c == '$'; }
+
+// Characters (not bytes) in UTF-8 `text`: server error positions count
+// characters.
+int Utf8Chars(std::string_view text) {
+  int n = 0;
+  for (char c : text) n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+  return n;
+}
+
+std::string NormalizeUrl(const std::string& url) {
+  for (std::string_view prefix : {"jdbc:redshift://", "redshift://"}) {
+    if (absl::AsciiStrToLower(url.substr(0, prefix.size())) == prefix) {
+      return "postgresql://" + url.substr(prefix.size());
+    }
+  }
+  return url;
+}
+
+pg::ConnectOptions ConnectOptionsFor(const RedshiftConfig& config) {
+  pg::ConnectOptions options;
+  options.url = NormalizeUrl(config.url);
+  options.password = config.password;
+  options.connect_timeout_seconds = config.connect_timeout_s;
+  options.server_name = "Redshift";
+  options.defaults = {{"port", "5439"}};
+  options.overrides = {{"sslmode", config.sslmode}};
+  if (config.sslmode == "verify-ca" || config.sslmode == "verify-full") {
+    std::string root = config.sslrootcert;
+    std::error_code ec;
+    if (root.empty() && std::filesystem::exists(kSystemCaBundle, ec)) root = kSystemCaBundle;
+    if (!root.empty()) options.overrides.emplace_back("sslrootcert", root);
+  }
+  return options;
+}
+
+absl::StatusOr<std::unique_ptr<pg::Connection>> Connect(const RedshiftConfig& config) {
+  absl::StatusOr<std::unique_ptr<pg::Connection>> conn =
+      pg::Connection::Open(ConnectOptionsFor(config));
+  if (!conn.ok()) return ClassifyRedshiftError(conn.status());
+  return conn;
+}
+
+// Runs `sql` with the simple-query protocol (text results; several
+// statements allowed) and returns the last result, or the classified error.
+absl::StatusOr<pg::Result> ExecSimple(pg::Connection& conn, const std::string& sql,
+                                      std::string_view what, int position_offset = 0) {
+  pg::Result result(PQexec(conn.get(), sql.c_str()));
+  ExecStatusType st = result != nullptr ? PQresultStatus(result.get()) : PGRES_FATAL_ERROR;
+  if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) return result;
+  if (st == PGRES_COPY_OUT || st == PGRES_COPY_IN || st == PGRES_COPY_BOTH) {
+    return absl::InternalError(fmt::format("{}: Redshift unexpectedly started a COPY", what));
+  }
+  return ClassifyRedshiftError(conn.ErrorFromResult(result.get(), what, position_offset));
+}
+
+// Asks the server to stop the running statement (best effort).
+void CancelRunning(PGconn* conn) {
+  if (PGcancel* cancel = PQgetCancel(conn); cancel != nullptr) {
+    char buf[256];
+    PQcancel(cancel, buf, sizeof(buf));
+    PQfreeCancel(cancel);
+  }
+}
+
+// Reads and discards results until the connection is idle. False when
+// `deadline` passed first or the connection broke.
+bool DrainUntil(PGconn* conn, std::chrono::steady_clock::time_point deadline) {
+  while (true) {
+    if (PQconsumeInput(conn) == 0) return false;
+    while (PQisBusy(conn) == 0) {
+      PGresult* result = PQgetResult(conn);
+      if (result == nullptr) return true;
+      PQclear(result);
+    }
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return false;
+    pollfd p{PQsocket(conn), POLLIN, 0};
+    if (poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 1000))) < 0 &&
+        errno != EINTR) {
+      return false;
+    }
+  }
+}
+
+// FETCH FORWARD batches from the session's one cursor, one batch ahead.
+class RedshiftCursorReader : public RowReader {
+ public:
+  RedshiftCursorReader(std::unique_ptr<pg::Connection> conn, pg::Result first,
+                       const RedshiftConfig& config)
+      : conn_(std::move(conn)),
+        fetch_sql_(fmt::format("FETCH FORWARD {} FROM {}", config.fetch_size, kCursorName)),
+        fetch_size_(config.fetch_size),
+        cancel_wait_(config.cancel_wait) {
+    int n = PQnfields(first.get());
+    schema_.reserve(n);
+    oids_.reserve(n);
+    for (int i = 0; i < n; ++i) {
+      Oid oid = PQftype(first.get(), i);
+      oids_.push_back(oid);
+      schema_.push_back(Column{PQfname(first.get(), i), RedshiftValueTypeForOid(oid),
+                               RedshiftTypeName(oid, PQfmod(first.get(), i))});
+    }
+    TakeBatch(std::move(first));
+  }
+
+  ~RedshiftCursorReader() override {
+    if (done_ || conn_->broken()) return;
+    Abandon();
+  }
+
+  const Schema& schema() const override { return schema_; }
+
+  absl::StatusOr<bool> Next(Row& row) override {
+    if (!error_.ok()) return error_;
+    if (done_) return false;
+    while (next_row_ >= batch_rows_) {
+      batch_.reset();
+      if (!pending_.ok()) return Fail(pending_);
+      if (last_batch_) return Finish();
+      absl::StatusOr<pg::Result> batch = ReceiveFetch();
+      if (!batch.ok()) return Fail(batch.status());
+      TakeBatch(*std::move(batch));
+    }
+    row.resize(oids_.size());
+    for (size_t i = 0; i < oids_.size(); ++i) {
+      int col = static_cast<int>(i);
+      if (PQgetisnull(batch_.get(), next_row_, col)) {
+        row[i] = Value::Null();
+      } else {
+        row[i] = DecodeRedshiftText(oids_[i],
+                                    std::string_view(PQgetvalue(batch_.get(), next_row_, col),
+                                                     PQgetlength(batch_.get(), next_row_, col)));
+      }
+    }
+    ++next_row_;
+    return true;
+  }
+
+ private:
+  // Makes `batch` current and, unless it is the last, sends the next FETCH.
+  void TakeBatch(pg::Result batch) {
+    batch_ = std::move(batch);
+    batch_rows_ = PQntuples(batch_.get());
+    next_row_ = 0;
+    last_batch_ = batch_rows_ < fetch_size_;
+    if (!last_batch_) {
+      if (PQsendQuery(conn_->get(), fetch_sql_.c_str()) == 1) {
+        in_flight_ = true;
+      } else {
+        // Reported once the rows already received are handed out.
+        pending_ =
+            ClassifyRedshiftError(conn_->ErrorFromResult(nullptr, "fetching the next rows failed"));
+      }
+    }
+  }
+
+  absl::StatusOr<pg::Result> ReceiveFetch() {
+    in_flight_ = false;
+    pg::Result result(PQgetResult(conn_->get()));
+    ExecStatusType st = result != nullptr ? PQresultStatus(result.get()) : PGRES_FATAL_ERROR;
+    absl::Status status;
+    if (result == nullptr) {
+      status = conn_->ErrorFromResult(nullptr, "query ended unexpectedly");
+    } else if (st != PGRES_TUPLES_OK) {
+      status = conn_->ErrorFromResult(result.get(), "query failed while fetching rows");
+    } else if (PQnfields(result.get()) != static_cast<int>(oids_.size())) {
+      status = absl::InternalError(fmt::format("FETCH returned {} columns where the cursor has {}",
+                                               PQnfields(result.get()), oids_.size()));
+    }
+    // The FETCH is one statement: nothing but the end should follow.
+    while (pg::Result extra{PQgetResult(conn_->get())}) {
+    }
+    if (!status.ok()) return ClassifyRedshiftError(status);
+    return result;
+  }
+
+  absl::StatusOr<bool> Finish() {
+    absl::StatusOr<pg::Result> closed =
+        ExecSimple(*conn_, fmt::format("CLOSE {}; COMMIT", kCursorName),
+                   "ending the read-only transaction failed");
+    if (!closed.ok()) return Fail(closed.status());
+    done_ = true;
+    return false;
+  }
+
+  absl::Status Fail(absl::Status status) {
+    error_ = std::move(status);
+    batch_.reset();
+    batch_rows_ = 0;
+    next_row_ = 0;
+    return error_;
+  }
+
+  // Stops a FETCH in flight and ends the transaction, each within
+  // cancel_wait; the connection is closed by the destructor either way.
+  void Abandon() {
+    PGconn* conn = conn_->get();
+    if (in_flight_) {
+      // Cancel only a FETCH the server is still working on.
+      if (PQconsumeInput(conn) == 0) return;
+      if (PQisBusy(conn) != 0) CancelRunning(conn);
+      if (!DrainUntil(conn, std::chrono::steady_clock::now() + cancel_wait_)) return;
+      in_flight_ = false;
+    }
+    const char* sql = nullptr;
+    std::string close_and_rollback = fmt::format("CLOSE {}; ROLLBACK", kCursorName);
+    switch (PQtransactionStatus(conn)) {
+      case PQTRANS_INTRANS:
+        sql = close_and_rollback.c_str();
+        break;
+      case PQTRANS_INERROR:
+        sql = "ROLLBACK";
+        break;
+      default:
+        break;
+    }
+    if (sql != nullptr && PQsendQuery(conn, sql) == 1) {
+      DrainUntil(conn, std::chrono::steady_clock::now() + cancel_wait_);
+    }
+  }
+
+  std::unique_ptr<pg::Connection> conn_;
+  const std::string fetch_sql_;
+  const int fetch_size_;
+  const std::chrono::milliseconds cancel_wait_;
+  Schema schema_;
+  std::vector<Oid> oids_;
+  pg::Result batch_;
+  int batch_rows_ = 0;
+  int next_row_ = 0;
+  bool last_batch_ = false;
+  bool in_flight_ = false;  // a FETCH was sent and its result not yet read
+  bool done_ = false;
+  absl::Status pending_;  // failure to report once the current batch is out
+  absl::Status error_;
+};
+
+class RedshiftSource : public Source {
+ public:
+  RedshiftSource(RedshiftConfig config, Clock* clock) : config_(std::move(config)), clock_(clock) {}
+
+  absl::Status CheckConnection() override {
+    BACKFLOW_ASSIGN_OR_RETURN(auto conn, Connect(config_));
+    return ExecSimple(*conn, RedshiftSessionSql(config_) + "SELECT 1", "connection check failed")
+        .status();
+  }
+
+  absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql) override {
+    std::string text = TrimModelSql(sql);
+    std::vector<std::string_view> statements = SplitSqlStatements(text);
+    if (statements.empty()) {
+      return absl::InvalidArgumentError("the model's SQL is empty; a model must be one SELECT");
+    }
+    if (statements.size() > 1) {
+      return absl::InvalidArgumentError(fmt::format(
+          "the model's SQL holds {} statements; a model must be one SELECT (Redshift reads it "
+          "through a cursor, which takes exactly one query)",
+          statements.size()));
+    }
+    std::chrono::milliseconds wait = config_.retry_initial;
+    for (int attempt = 0;; ++attempt) {
+      absl::StatusOr<std::unique_ptr<RowReader>> reader = TryQuery(text);
+      if (reader.ok() || reader.status().code() != absl::StatusCode::kUnavailable ||
+          attempt >= config_.max_retries) {
+        return reader;
+      }
+      clock_->SleepFor(wait);
+      wait = std::min(wait * 2, config_.retry_max);
+    }
+  }
+
+ private:
+  absl::StatusOr<std::unique_ptr<RowReader>> TryQuery(const std::string& text) {
+    BACKFLOW_ASSIGN_OR_RETURN(auto conn, Connect(config_));
+    // Newlines around the model keep a trailing "-- comment" inside it.
+    std::string prefix = fmt::format("{}BEGIN READ ONLY; DECLARE {} CURSOR FOR\n",
+                                     RedshiftSessionSql(config_), kCursorName);
+    BACKFLOW_RETURN_IF_ERROR(
+        ExecSimple(*conn, prefix + text + "\n", "query failed", Utf8Chars(prefix)).status());
+    BACKFLOW_ASSIGN_OR_RETURN(
+        pg::Result first,
+        ExecSimple(*conn, fmt::format("FETCH FORWARD {} FROM {}", config_.fetch_size, kCursorName),
+                   "query failed"));
+    if (PQresultStatus(first.get()) != PGRES_TUPLES_OK || PQnfields(first.get()) == 0) {
+      return absl::InvalidArgumentError(
+          "the query returned no columns; a model must be a SELECT that returns rows");
+    }
+    return std::unique_ptr<RowReader>(
+        std::make_unique<RedshiftCursorReader>(std::move(conn), std::move(first), config_));
+  }
+
+  RedshiftConfig config_;
+  Clock* clock_;
+};
+
+int HexNibble(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// VARBYTE text: hex digits, with or without a leading \x.
+Value DecodeVarbyte(std::string_view text) {
+  std::string_view hex = text;
+  if (hex.starts_with("\\x")) hex.remove_prefix(2);
+  if (hex.size() % 2 != 0) return Value::String(std::string(text));
+  std::string bytes;
+  bytes.reserve(hex.size() / 2);
+  for (size_t i = 0; i < hex.size(); i += 2) {
+    int hi = HexNibble(hex[i]);
+    int lo = HexNibble(hex[i + 1]);
+    if (hi < 0 || lo < 0) return Value::String(std::string(text));
+    bytes.push_back(static_cast<char>(hi * 16 + lo));
+  }
+  return Value::Text(ValueType::kBytes, std::move(bytes));
+}
+
+SettingSpec Setting(std::string key, std::string label, std::string description,
+                    SettingType type = SettingType::kString) {
+  SettingSpec spec;
+  spec.key = std::move(key);
+  spec.label = std::move(label);
+  spec.description = std::move(description);
+  spec.type = type;
+  return spec;
+}
+
+}  // namespace
+
+ValueType RedshiftValueTypeForOid(Oid oid) {
+  switch (oid) {
+    case kRedshiftSuperOid:
+      return ValueType::kJson;
+    case kRedshiftVarbyteOid:
+      return ValueType::kBytes;
+    default:
+      return pg::ValueTypeForOid(oid);
+  }
+}
+
+std::string RedshiftTypeName(Oid oid, int typmod) {
+  switch (oid) {
+    case kRedshiftSuperOid:
+      return "super";
+    case kRedshiftVarbyteOid:
+      return typmod >= 4 ? fmt::format("varbyte({})", typmod - 4) : "varbyte";
+    case kRedshiftGeometryOid:
+      return "geometry";
+    case kRedshiftGeographyOid:
+      return "geography";
+    case kRedshiftHllSketchOid:
+      return "hllsketch";
+    case kRedshiftIntervalY2MOid:
+      return "interval year to month";
+    case kRedshiftIntervalD2SOid:
+      return "interval day to second";
+    case 3999:
+      return "geometryhex";
+    default:
+      return pg::TypeNameForOid(oid, typmod);
+  }
+}
+
+Value DecodeRedshiftText(Oid oid, std::string_view text) {
+  switch (oid) {
+    case kRedshiftSuperOid:
+      return Value::Text(ValueType::kJson, pg::CompactJson(text));
+    case kRedshiftVarbyteOid:
+      return DecodeVarbyte(text);
+    default:
+      return pg::DecodeText(oid, text);
+  }
+}
+
+absl::Status ClassifyRedshiftError(absl::Status status) {
+  if (status.ok()) return status;
+  std::string message(status.message());
+  if (absl::StrContains(message, "Serializable isolation violation") ||
+      absl::StrContains(message, "reported: 1023 (SQLSTATE XX000") ||
+      absl::StrContains(message, "conflict with concurrent transaction")) {
+    return absl::UnavailableError(
+        fmt::format("{}. Redshift aborted this read to resolve a conflict with concurrent "
+                    "writes; retrying the run usually succeeds (schedule syncs away from loads "
+                    "into the same tables if it keeps happening)",
+                    message));
+  }
+  if (status.code() == absl::StatusCode::kUnavailable &&
+      (absl::StrContains(message, "SSL") || absl::StrContains(message, "certificate"))) {
+    bool lost = absl::StrContains(message, "SSL SYSCALL") ||
+                absl::StrContains(message, "lost the connection") ||
+                absl::StrContains(message, "EOF detected");
+    if (!lost) {
+      return absl::FailedPreconditionError(fmt::format(
+          "{}. Check the `sslmode` setting (verify-full needs the server certificate to chain to "
+          "a CA in `sslrootcert`, by default the system bundle; Redshift clusters accept TLS on "
+          "their endpoint) and `sslrootcert`",
+          message));
+    }
+  }
+  return status;
+}
+
+std::vector<std::string_view> SplitSqlStatements(std::string_view sql) {
+  std::vector<std::string_view> out;
+  size_t start = 0;
+  bool content = false;
+  auto emit = [&](size_t end) {
+    if (content) {
+      std::string_view piece = sql.substr(start, end - start);
+      while (!piece.empty() && IsSpace(piece.front())) piece.remove_prefix(1);
+      while (!piece.empty() && IsSpace(piece.back())) piece.remove_suffix(1);
+      out.push_back(piece);
+    }
+    content = false;
+  };
+  size_t i = 0;
+  const size_t n = sql.size();
+  while (i < n) {
+    char c = sql[i];
+    if (c == '-' && i + 1 < n && sql[i + 1] == '-') {
+      while (i < n && sql[i] != '\n') ++i;
+      continue;
+    }
+    if (c == '/' && i + 1 < n && sql[i + 1] == '*') {
+      int depth = 1;
+      i += 2;
+      while (i < n && depth > 0) {
+        if (sql[i] == '/' && i + 1 < n && sql[i + 1] == '*') {
+          ++depth;
+          i += 2;
+        } else if (sql[i] == '*' && i + 1 < n && sql[i + 1] == '/') {
+          --depth;
+          i += 2;
+        } else {
+          ++i;
+        }
+      }
+      continue;
+    }
+    if (c == ';') {
+      emit(i);
+      start = ++i;
+      continue;
+    }
+    if (!IsSpace(c)) content = true;
+    if (c == '\'' || c == '"') {
+      // Backslash escapes apply in string literals (Redshift, like
+      // PostgreSQL 8.0); doubled quotes in both.
+      ++i;
+      while (i < n) {
+        if (c == '\'' && sql[i] == '\\') {
+          i += 2;
+        } else if (sql[i] == c) {
+          if (i + 1 < n && sql[i + 1] == c) {
+            i += 2;
+          } else {
+            ++i;
+            break;
+          }
+        } else {
+          ++i;
+        }
+      }
+      continue;
+    }
+    if (c == '$' && (i == 0 || !IsIdentChar(sql[i - 1]))) {
+      size_t j = i + 1;
+      if (j < n && IsIdentStart(sql[j])) {
+        while (j < n && IsIdentChar(sql[j]) && sql[j] != '$') ++j;
+      }
+      if (j < n && sql[j] == '$') {
+        std::string_view tag = sql.substr(i, j - i + 1);
+        size_t close = sql.find(tag, j + 1);
+        i = close == std::string_view::npos ? n : close + tag.size();
+        continue;
+      }
+    }
+    if (IsIdentStart(c)) {
+      while (i < n && IsIdentChar(sql[i])) ++i;
+      continue;
+    }
+    ++i;
+  }
+  emit(n);
+  return out;
+}
+
+std::string RedshiftSessionSql(const RedshiftConfig& config) {
+  std::string sql =
+      "SET timezone TO 'UTC'; SET datestyle TO 'ISO, MDY'; SET extra_float_digits TO 2; ";
+  if (config.statement_timeout_s > 0) {
+    sql += fmt::format("SET statement_timeout TO {}; ",
+                       static_cast<int64_t>(config.statement_timeout_s) * 1000);
+  }
+  if (!config.query_group.empty()) {
+    std::string quoted;
+    for (char c : config.query_group) {
+      if (c == '\'') quoted.push_back('\'');
+      quoted.push_back(c);
+    }
+    sql += fmt::format("SET query_group TO '{}'; ", quoted);
+  }
+  return sql;
+}
+
+absl::StatusOr<RedshiftConfig> ParseRedshiftSettings(const json& settings) {
+  auto text = [&](const char* key) -> std::string {
+    auto it = settings.find(key);
+    return it != settings.end() && it->is_string() ? it->get<std::string>() : "";
+  };
+  auto integer = [&](const char* key, int64_t fallback, int64_t min,
+                     int64_t max) -> absl::StatusOr<int> {
+    auto it = settings.find(key);
+    if (it == settings.end() || it->is_null()) return static_cast<int>(fallback);
+    if (!it->is_number_integer() || it->get<int64_t>() < min || it->get<int64_t>() > max) {
+      return absl::InvalidArgumentError(
+          fmt::format("{}: must be a whole number from {} to {}", key, min, max));
+    }
+    return static_cast<int>(it->get<int64_t>());
+  };
+  RedshiftConfig config;
+  config.url = text("url");
+  if (config.url.empty()) {
+    return absl::InvalidArgumentError(
+        "url: required; e.g. postgresql://analytics@examplecluster.abc123xyz789.us-east-1."
+        "redshift.amazonaws.com:5439/dev");
+  }
+  // A url libpq cannot parse is reported (without echoing it) on connect.
+  std::string normalized = NormalizeUrl(config.url);
+  char* error = nullptr;
+  std::string in_url;
+  if (PQconninfoOption* parsed = PQconninfoParse(normalized.c_str(), &error); parsed != nullptr) {
+    for (PQconninfoOption* o = parsed; o->keyword != nullptr; ++o) {
+      std::string_view key = o->keyword;
+      if ((key == "sslmode" || key == "sslrootcert") && o->val != nullptr && o->val[0] != '\0') {
+        in_url = o->keyword;
+      }
+    }
+    PQconninfoFree(parsed);
+  }
+  if (error != nullptr) PQfreemem(error);
+  if (!in_url.empty()) {
+    return absl::InvalidArgumentError(fmt::format(
+        "url: remove {0} from the url and use the `{0}` setting instead (it defaults to "
+        "verify-full for sslmode)",
+        in_url));
+  }
+  config.password = text("password");
+  std::string sslmode = text("sslmode");
+  if (!sslmode.empty()) config.sslmode = sslmode;
+  static const std::vector<std::string> kModes = {"disable", "allow",     "prefer",
+                                                  "require", "verify-ca", "verify-full"};
+  if (std::find(kModes.begin(), kModes.end(), config.sslmode) == kModes.end()) {
+    return absl::InvalidArgumentError(
+        "sslmode: must be one of disable, allow, prefer, require, verify-ca, verify-full");
+  }
+  config.sslrootcert = text("sslrootcert");
+  config.query_group = text("query_group");
+  BACKFLOW_ASSIGN_OR_RETURN(config.fetch_size,
+                            integer("fetch_size", config.fetch_size, 1, kMaxFetchSize));
+  BACKFLOW_ASSIGN_OR_RETURN(config.statement_timeout_s,
+                            integer("statement_timeout_s", 0, 0, 7 * 24 * 3600));
+  BACKFLOW_ASSIGN_OR_RETURN(config.max_retries, integer("max_retries", config.max_retries, 0, 10));
+  BACKFLOW_ASSIGN_OR_RETURN(config.connect_timeout_s,
+                            integer("connect_timeout_s", config.connect_timeout_s, 2, 600));
+  return config;
+}
+
+std::unique_ptr<Source> NewRedshiftSource(RedshiftConfig config, const ConnectorEnv& env) {
+  Clock* clock = env.clock != nullptr ? env.clock : &SystemClock();
+  return std::make_unique<RedshiftSource>(std::move(config), clock);
+}
+
+SourceDefinition RedshiftSourceDefinition() {
+  SourceDefinition def;
+  def.type = "redshift";
+  def.title = "Amazon Redshift";
+  def.description =
+      "Runs model SQL on Amazon Redshift (provisioned or Serverless) over its PostgreSQL-"
+      "compatible endpoint (port 5439) with TLS, in a read-only transaction pinned to UTC. Rows "
+      "are read through a cursor (`DECLARE ... CURSOR FOR <model>`, then `FETCH FORWARD "
+      "<fetch_size>` batches, the next batch requested while the current one is handed out), "
+      "because Redshift has no COPY TO STDOUT and no binary results; only the simple-query "
+      "protocol and text results are used. Note that Redshift materialises a cursor's whole "
+      "result on the leader node at the first FETCH, within a per-cluster cursor size limit. "
+      "BIGINT and DECIMAL stay exact, TIMESTAMPTZ becomes ISO-8601 UTC, SUPER becomes JSON, "
+      "VARBYTE bytes; GEOMETRY, GEOGRAPHY, HLLSKETCH, TIME and intervals arrive as text. "
+      "Connection failures, serializable isolation violations (error 1023) and other transient "
+      "errors before the first row are retried with backoff; a read abandoned early is "
+      "cancelled and rolled back. The user needs SELECT on the tables (and USAGE on their "
+      "schemas).";
+  def.maturity = "beta";
+
+  SettingSpec url = Setting(
+      "url", "Connection URL",
+      "postgresql://user@<cluster endpoint>:5439/<database>, e.g. "
+      "postgresql://analytics@examplecluster.abc123xyz789.us-east-1.redshift.amazonaws.com:5439/"
+      "dev (Serverless: <workgroup>.<account>.<region>.redshift-serverless.amazonaws.com). A "
+      "jdbc:redshift:// or redshift:// prefix is read as postgresql://; the port defaults to "
+      "5439. Keep the password and TLS options out of it.");
+  url.required = true;
+  def.settings.push_back(url);
+  SettingSpec password =
+      Setting("password", "Password",
+              "Password of the url's database user, e.g. ${env:REDSHIFT_PASSWORD} (a temporary "
+              "password from GetClusterCredentials works too, until it expires).");
+  password.secret = true;
+  def.settings.push_back(password);
+  SettingSpec sslmode =
+      Setting("sslmode", "TLS mode",
+              "libpq sslmode. verify-full (default) encrypts and checks that the certificate "
+              "matches the endpoint's host name; require encrypts without checking the "
+              "certificate; disable only for local test servers.",
+              SettingType::kEnum);
+  sslmode.default_value = "verify-full";
+  sslmode.allowed_values = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"};
+  def.settings.push_back(sslmode);
+  SettingSpec root = Setting(
+      "sslrootcert", "CA bundle",
+      "PEM file of the CAs that may sign the cluster's certificate, for verify-ca and "
+      "verify-full, e.g. AWS's redshift-ca-bundle.crt. Default: the system bundle "
+      "/etc/ssl/certs/ca-certificates.crt, which holds the Amazon root CAs of current Redshift "
+      "certificates.");
+  root.is_path = true;
+  def.settings.push_back(root);
+  SettingSpec fetch = Setting(
+      "fetch_size", "Rows per FETCH",
+      "Rows read per FETCH FORWARD round trip; at most two batches are held in memory. 1 to "
+      "100000. Single-node clusters accept at most 1000; AWS suggests about 4000 on multi-node "
+      "clusters.",
+      SettingType::kInteger);
+  fetch.default_value = 1000;
+  def.settings.push_back(fetch);
+  SettingSpec timeout =
+      Setting("statement_timeout_s", "Statement timeout (s)",
+              "When above 0, sets Redshift's statement_timeout so a statement running longer is "
+              "cancelled by the server; 0 keeps the cluster's setting.",
+              SettingType::kInteger);
+  timeout.default_value = 0;
+  def.settings.push_back(timeout);
+  def.settings.push_back(Setting("query_group", "Query group",
+                                 "When set, `SET query_group TO '<value>'` routes the queries to "
+                                 "the matching WLM queue."));
+  SettingSpec retries = Setting(
+      "max_retries", "Max retries",
+      "Retries (with exponential backoff from 1 s, at most 30 s apart) when connecting or "
+      "starting the query fails transiently: connection refused or lost, serializable isolation "
+      "violation, server restarting. Failures after rows were read are never retried.",
+      SettingType::kInteger);
+  retries.default_value = 2;
+  def.settings.push_back(retries);
+  SettingSpec connect =
+      Setting("connect_timeout_s", "Connect timeout (s)",
+              "How long to wait for the connection to be established.", SettingType::kInteger);
+  connect.default_value = 10;
+  def.settings.push_back(connect);
+
+  def.create = [](const json& settings,
+                  const ConnectorEnv& env) -> absl::StatusOr<std::unique_ptr<Source>> {
+    BACKFLOW_ASSIGN_OR_RETURN(RedshiftConfig config, ParseRedshiftSettings(settings));
+    return NewRedshiftSource(std::move(config), env);
+  };
+  return def;
+}
+
+}  // namespace backflow
