@@ -1,0 +1,292 @@
+// End-to-end: the real `backflow` binary reads a model from Databricks (the
+// SQLite-backed fake of the Statement Execution API, its OAuth token endpoint
+// and the presigned storage behind external links, on loopback) and syncs it
+// to a protocol-faithful webhook receiver; the receiver's state must equal
+// the rows the fake holds, after changes too.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "backflow/sources/databricks/fake_databricks_server.h"
+#include "backflow/testing/webhook_receiver.h"
+#include "cli_runner.h"
+#include "fmt/format.h"
+#include "nlohmann/json.hpp"
+
+namespace backflow {
+namespace {
+
+namespace fs = std::filesystem;
+using e2e::CliResult;
+using e2e::RunCli;
+using json = nlohmann::json;
+
+constexpr char kSecret[] = "whsec_c2VjcmV0LWZvci1lMmUtdGVzdHM=";
+constexpr char kPat[] = "dapie2e0123456789abcdef0123456789ab";
+constexpr char kClientId[] = "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9";
+constexpr char kClientSecret[] = "dosee2e0123456789abcdef";
+constexpr char kWarehouse[] = "abcdef0123456789";
+
+class DatabricksE2eTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = (fs::path(::testing::TempDir()) /
+            fmt::format("dbx-e2e-{}-{}", getpid(),
+                        ::testing::UnitTest::GetInstance()->current_test_info()->name()))
+               .string();
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+
+    FakeDatabricksOptions options;
+    options.chunk_rows = 40;
+    fake_ = std::make_unique<FakeDatabricksServer>(options);
+    ASSERT_TRUE(fake_->Start().ok());
+    fake_->AddPersonalAccessToken(kPat, "analyst@example.com");
+    fake_->AddServicePrincipal(kClientId, kClientSecret);
+    setenv("BACKFLOW_E2E_DBX_TOKEN", kPat, 1);
+    setenv("BACKFLOW_E2E_DBX_CLIENT_SECRET", kClientSecret, 1);
+    ASSERT_TRUE(fake_->CreateSchema("crm").ok());
+    Exec(
+        "CREATE TABLE crm.customers (id BIGINT, email STRING TEXT, plan STRING TEXT, ltv DECIMAL "
+        "TEXT(20,2), updated_at TIMESTAMP, tags TEXT)");
+    fake_->SetColumnType("tags", "ARRAY<STRING>");
+    InsertCustomers(1, 230);
+
+    setenv("HOOK_SECRET", kSecret, 1);
+    WebhookReceiverOptions hook;
+    hook.signing_secret = kSecret;
+    receiver_ = std::make_unique<WebhookReceiver>(hook);
+    ASSERT_TRUE(receiver_->Start().ok());
+    WriteWorkspace();
+  }
+
+  void Exec(const std::string& sql) { ASSERT_TRUE(fake_->Exec(sql).ok()) << sql; }
+
+  void InsertCustomers(int from, int to) {
+    Exec("BEGIN");
+    for (int i = from; i <= to; ++i) {
+      Exec(
+          fmt::format("INSERT INTO crm.customers VALUES ({0}, 'user{0}@example.com', '{1}', "
+                      "'{0}12345678901.5{2}', '2024-06-{3:02} 08:{4:02}:00.12345{5}', '{6}')",
+                      i, i % 3 == 0 ? "pro" : "free", i % 10, i % 28 + 1, i % 60, i % 9 + 1,
+                      i % 4 == 0 ? "[]" : fmt::format(R"(["t{}","vip"])", i % 5)));
+    }
+    Exec("COMMIT");
+  }
+
+  // `auth` is the YAML of the credentials; `extra` more source settings.
+  void WriteWorkspace(const std::string& sql =
+                          "SELECT id, email, plan, ltv, updated_at, tags FROM "
+                          "main.crm.customers",
+                      const std::string& auth = "token: ${env:BACKFLOW_E2E_DBX_TOKEN}",
+                      const std::string& extra = "disposition: external_links") {
+    std::ofstream(dir_ + "/backflow.yaml") << fmt::format(
+        R"(
+state: sqlite:.backflow/state.db
+sources:
+  - name: warehouse
+    type: databricks
+    host: {}
+    warehouse_id: {}
+    catalog: main
+    schema: crm
+    {}
+    {}
+    max_retries: 1
+models:
+  - name: customers
+    source: warehouse
+    sql: "{}"
+    primary_key: id
+    schedule: manual
+destinations:
+  - name: hook
+    type: webhook
+    settings:
+      url: {}
+      signing_secret: ${{env:HOOK_SECRET}}
+      max_retries: 2
+mappings:
+  - name: customers_to_hook
+    model: customers
+    destination: hook
+    action: send_batch
+    records: all
+    batch_size: 50
+    fields: {{ customer_id: id, email: email, plan: plan, ltv: ltv, updated_at: updated_at, tags: tags }}
+)",
+        fake_->BaseUrl(), warehouse_, auth, extra, sql, receiver_->Url("/ingest"));
+  }
+
+  CliResult Sync() { return RunCli(dir_, {"sync", "customers_to_hook", "--json"}); }
+
+  static json Summary(const CliResult& r) {
+    json j = json::parse(r.LastLine(), nullptr, false);
+    EXPECT_FALSE(j.is_discarded()) << "stdout: " << r.out << "\nstderr: " << r.err;
+    return j;
+  }
+
+  // The model as the receiver should hold it, read from the fake's SQLite.
+  std::map<std::string, json> Model() {
+    std::map<std::string, json> out;
+    absl::StatusOr<json> rows =
+        fake_->QueryRows("SELECT id, email, plan, ltv, updated_at, tags FROM crm.customers");
+    EXPECT_TRUE(rows.ok()) << rows.status();
+    if (!rows.ok()) return out;
+    for (const json& r : *rows) {
+      std::string ts = r["updated_at"];  // "2024-06-01 08:01:00.123452" in UTC
+      ts[10] = 'T';
+      out[std::to_string(r["id"].get<int64_t>())] = {
+          {"customer_id", r["id"]}, {"email", r["email"]},
+          {"plan", r["plan"]},      {"ltv", json::parse(r["ltv"].get<std::string>())},
+          {"updated_at", ts + "Z"}, {"tags", json::parse(r["tags"].get<std::string>())}};
+    }
+    return out;
+  }
+
+  std::string dir_;
+  std::string warehouse_ = kWarehouse;
+  std::unique_ptr<FakeDatabricksServer> fake_;
+  std::unique_ptr<WebhookReceiver> receiver_;
+};
+
+TEST_F(DatabricksE2eTest, TestConnectionAndPreview) {
+  CliResult t = RunCli(dir_, {"test-connection", "warehouse", "--json"});
+  ASSERT_EQ(t.exit_code, 0) << t.out << t.err;
+  json checked = json::parse(t.LastLine());
+  EXPECT_EQ(checked["ok"], true);
+  EXPECT_EQ(checked["type"], "databricks");
+
+  CliResult p = RunCli(dir_, {"preview", "customers", "--json"});
+  ASSERT_EQ(p.exit_code, 0) << p.out << p.err;
+  json preview = json::parse(p.LastLine());
+  std::vector<std::pair<std::string, std::string>> columns;
+  for (const json& c : preview["columns"]) columns.emplace_back(c["name"], c["type"]);
+  EXPECT_EQ(columns, (std::vector<std::pair<std::string, std::string>>{{"id", "integer"},
+                                                                       {"email", "string"},
+                                                                       {"plan", "string"},
+                                                                       {"ltv", "decimal"},
+                                                                       {"updated_at", "timestamp"},
+                                                                       {"tags", "json"}}));
+  EXPECT_EQ(preview["columns"][3]["source_type"], "DECIMAL(20,2)");
+  EXPECT_EQ(preview["columns"][5]["source_type"], "ARRAY<STRING>");
+  ASSERT_EQ(preview["rows"].size(), 10u);
+  EXPECT_EQ(preview["rows"][0], json::parse(R"([1,"user1@example.com","free",112345678901.51,
+                            "2024-06-02T08:01:00.123452Z",["t1","vip"]])"));
+  // The preview ran the wrapped model with the source's defaults.
+  bool wrapped = false;
+  for (const auto& r : fake_->Requests()) {
+    if (r.method != "execute") continue;
+    json body = json::parse(r.body);
+    EXPECT_EQ(body["warehouse_id"], kWarehouse);
+    EXPECT_EQ(body["catalog"], "main");
+    EXPECT_EQ(body["format"], "JSON_ARRAY");
+    wrapped |= body["statement"].get<std::string>().find("LIMIT 10") != std::string::npos;
+  }
+  EXPECT_TRUE(wrapped);
+  for (const auto& r : fake_->Requests()) {
+    if (r.method == "download") {
+      EXPECT_FALSE(r.had_authorization);
+    }
+  }
+
+  // Actionable failures: a refused token, a missing warehouse, a broken model.
+  setenv("BACKFLOW_E2E_DBX_TOKEN", "dapi-revoked", 1);
+  t = RunCli(dir_, {"test-connection", "warehouse"});
+  EXPECT_EQ(t.exit_code, 1);
+  EXPECT_NE(t.out.find("check `token`"), std::string::npos) << t.out;
+  setenv("BACKFLOW_E2E_DBX_TOKEN", kPat, 1);
+
+  warehouse_ = "deadbeef00000000";
+  WriteWorkspace("SELECT id FROM main.crm.customers");
+  t = RunCli(dir_, {"test-connection", "warehouse"});
+  EXPECT_EQ(t.exit_code, 1) << t.out << t.err;
+  EXPECT_NE(t.out.find("warehouse_id \"deadbeef00000000\""), std::string::npos) << t.out;
+  warehouse_ = kWarehouse;
+
+  WriteWorkspace("SELECT id, email FROM main.crm.customerz");
+  p = RunCli(dir_, {"preview", "customers"});
+  EXPECT_EQ(p.exit_code, 1);
+  EXPECT_NE(p.err.find("[TABLE_OR_VIEW_NOT_FOUND]"), std::string::npos) << p.err;
+  EXPECT_EQ(receiver_->request_count(), 0);
+}
+
+TEST_F(DatabricksE2eTest, SyncsEveryChunkThroughExternalLinksThenExactlyTheChanges) {
+  CliResult r = Sync();
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  json s = Summary(r);
+  EXPECT_EQ(s["status"], "succeeded");
+  EXPECT_EQ(s["extracted"], 230);
+  EXPECT_EQ(s["added"], 230);
+  EXPECT_EQ(s["succeeded"], 230);
+  EXPECT_EQ(receiver_->State(), Model());
+  EXPECT_EQ(fake_->CountRequests("download", 200), 6);  // 6 chunks of 40 rows
+  EXPECT_EQ(fake_->CountRequests("chunk"), 5);
+  EXPECT_TRUE(fake_->Cancels().empty());
+
+  Exec(
+      "INSERT INTO crm.customers VALUES (231, 'new@example.com', 'pro', '5', "
+      "'2024-07-01 00:00:00', '[\"new\"]')");
+  Exec("UPDATE crm.customers SET plan = 'enterprise', tags = '[\"big\"]' WHERE id = 7");
+  Exec("UPDATE crm.customers SET updated_at = '2024-06-30 23:59:59.999999' WHERE id = 8");
+  Exec("DELETE FROM crm.customers WHERE id IN (9, 10)");
+  r = Sync();
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  s = Summary(r);
+  EXPECT_EQ(s["added"], 1);
+  EXPECT_EQ(s["updated"], 2);
+  EXPECT_EQ(s["deleted"], 2);
+  std::map<std::string, json> model = Model();
+  EXPECT_EQ(receiver_->State(), model);
+  EXPECT_EQ(model["231"]["updated_at"], "2024-07-01T00:00:00Z");
+
+  // Nothing changed: nothing sent.
+  int64_t sent = receiver_->request_count();
+  r = Sync();
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_EQ(receiver_->request_count(), sent);
+}
+
+TEST_F(DatabricksE2eTest, OAuthInlineAndAnExtractionCutShortSendsNothing) {
+  WriteWorkspace(
+      "SELECT id, email, plan, ltv, updated_at, tags FROM main.crm.customers",
+      fmt::format("client_id: {}\n    client_secret: ${{env:BACKFLOW_E2E_DBX_CLIENT_SECRET}}",
+                  kClientId),
+      "disposition: inline");
+  ASSERT_EQ(Sync().exit_code, 0);
+  EXPECT_EQ(receiver_->State(), Model());
+  EXPECT_EQ(fake_->CountRequests("token"), 1);
+  EXPECT_EQ(fake_->CountRequests("download"), 0);
+  int64_t sent = receiver_->request_count();
+
+  Exec("DELETE FROM crm.customers WHERE id > 200");  // would be 30 deletes
+  // Chunk 3 keeps failing: the run must not mistake the rows it got for the model.
+  FakeDatabricksFault fault = FakeDatabricksFault::Unavailable("chunk", 2);
+  fault.skip = 1;
+  fake_->AddFault(fault);
+  CliResult r = Sync();
+  EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+  json s = Summary(r);
+  EXPECT_EQ(s["status"], "failed");
+  EXPECT_NE(s["error"].get<std::string>().find("TEMPORARILY_UNAVAILABLE"), std::string::npos)
+      << s.dump();
+  EXPECT_EQ(receiver_->request_count(), sent);
+  EXPECT_EQ(fake_->Cancels().size(), 1u);
+
+  fake_->ClearFaults();
+  // A rate-limited submit and a statement that fails transiently are retried within the run.
+  fake_->AddFault(FakeDatabricksFault::RateLimit("execute", 1, "1"));
+  fake_->FailNextStatement({"TEMPORARILY_UNAVAILABLE", "warehouse restarting", ""});
+  r = Sync();
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_EQ(Summary(r)["deleted"], 30);
+  EXPECT_EQ(receiver_->State(), Model());
+  EXPECT_EQ(receiver_->State().size(), 200u);
+}
+
+}  // namespace
+}  // namespace backflow
