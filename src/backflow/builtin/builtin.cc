@@ -12,6 +12,7 @@
 #include "backflow/destinations/segment/segment_destination.h"
 #include "backflow/destinations/webhook/webhook_destination.h"
 #include "backflow/sources/bigquery/bigquery_source.h"
+#include "backflow/sources/clickhouse/clickhouse_source.h"
 #include "backflow/sources/databricks/databricks_source.h"
 #include "backflow/sources/mysql/mysql_source.h"
 #include "backflow/sources/postgres/postgres_source.h"
@@ -40,6 +41,7 @@ Registry* BuildRegistry() {
   Add(registry->AddSource(BigQuerySourceDefinition()));
   Add(registry->AddSource(RedshiftSourceDefinition()));
   Add(registry->AddSource(DatabricksSourceDefinition()));
+  Add(registry->AddSource(ClickHouseSourceDefinition()));
   Add(registry->AddDestination(WebhookDestinationDefinition()));
   Add(registry->AddDestination(SegmentDestinationDefinition()));
   Add(registry->AddDestination(HubSpotDestinationDefinition()));

@@ -113,6 +113,44 @@ bool HeaderEqualsIgnoreCase(const std::string& a, std::string_view b) {
   return a.size() == b.size() && Lower(a) == Lower(b);
 }
 
+// Whether the peer has closed (or reset) the connection, without blocking.
+bool PeerClosed(int fd) {
+  char c;
+  ssize_t n = ::recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n == 0) return true;
+  if (n < 0) return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+  return false;
+}
+
+// Sends the chunks `resp.stream` produces, then (unless it aborts) the final
+// chunk and the trailers. False when the client went away.
+bool SendStream(int fd, const TestResponse& resp, bool& aborted) {
+  std::string piece;
+  TestHeaders trailers;
+  aborted = false;
+  while (true) {
+    piece.clear();
+    const TestResponse::StreamStep step = resp.stream(piece, trailers);
+    if (!piece.empty()) {
+      if (!SendAll(fd, fmt::format("{:x}\r\n", piece.size())) || !SendAll(fd, piece) ||
+          !SendAll(fd, "\r\n")) {
+        return false;
+      }
+    } else if (step == TestResponse::StreamStep::kMore && PeerClosed(fd)) {
+      return false;
+    }
+    if (step == TestResponse::StreamStep::kAbort) {
+      aborted = true;
+      return true;
+    }
+    if (step == TestResponse::StreamStep::kEnd) break;
+  }
+  std::string end = "0\r\n";
+  for (const auto& [name, value] : trailers) end += fmt::format("{}: {}\r\n", name, value);
+  end += "\r\n";
+  return SendAll(fd, end);
+}
+
 }  // namespace
 
 std::optional<std::string> TestRequest::Header(std::string_view name) const {
@@ -314,19 +352,34 @@ void HttpTestServer::Serve(Connection* conn, int64_t number) {
         goto done;
       }
       bool close_after = resp.close_after_reply || client_wants_close;
+      const bool streamed = static_cast<bool>(resp.stream) && req.method != "HEAD";
       std::string out = fmt::format("HTTP/1.1 {} {}\r\n", resp.status, ReasonPhrase(resp.status));
       for (const auto& [name, value] : resp.headers) {
         if (HeaderEqualsIgnoreCase(name, "content-length") ||
-            HeaderEqualsIgnoreCase(name, "connection")) {
+            HeaderEqualsIgnoreCase(name, "connection") ||
+            HeaderEqualsIgnoreCase(name, "transfer-encoding")) {
           continue;
         }
         out += fmt::format("{}: {}\r\n", name, value);
       }
-      out += fmt::format("Content-Length: {}\r\n", resp.body.size());
+      if (streamed) {
+        out += "Transfer-Encoding: chunked\r\n";
+      } else {
+        out += fmt::format("Content-Length: {}\r\n", resp.body.size());
+      }
       if (close_after) out += "Connection: close\r\n";
       out += "\r\n";
-      if (req.method != "HEAD") out += resp.body;
-      if (!SendAll(fd, out) || close_after) goto done;
+      if (!streamed) {
+        if (req.method != "HEAD") out += resp.body;
+        if (!SendAll(fd, out) || close_after) goto done;
+        continue;
+      }
+      bool aborted = false;
+      if (!SendAll(fd, out) || !SendStream(fd, resp, aborted)) {
+        if (resp.on_client_gone) resp.on_client_gone();
+        goto done;
+      }
+      if (aborted || close_after) goto done;
     }
   }
 done:

@@ -3,6 +3,8 @@
 // Binds 127.0.0.1 on an ephemeral port, accepts connections on a background
 // thread and serves each connection on its own thread (keep-alive, requests
 // with Content-Length bodies; chunked request bodies are answered with 501).
+// Replies carry a Content-Length body, or a chunked body produced piece by
+// piece (TestResponse::stream).
 // Every request is passed to the handler, whose TestResponse says what to
 // answer, how long to wait first (to simulate slow replies and client
 // timeouts) or whether to drop the connection without replying (a reset).
@@ -57,6 +59,24 @@ struct TestResponse {
   bool reset_connection = false;
   // Replies, then closes the connection ("Connection: close").
   bool close_after_reply = false;
+
+  // Streaming replies. When `stream` is set, the body is sent with
+  // "Transfer-Encoding: chunked" instead of `body` (and a Content-Length):
+  // the connection thread calls `stream` until it returns kEnd or kAbort,
+  // and sends each non-empty piece it appended as one chunk before asking
+  // for the next, so a client that reads slowly holds the producer back (TCP
+  // backpressure). A call that appends nothing and returns kMore lets the
+  // server check the connection: a client that has closed it is noticed
+  // then. kEnd sends the final zero-size chunk followed by the trailer fields
+  // the producer put in `trailers`; kAbort closes the connection without it
+  // (a deliberately broken framing, as servers do to signal a failure after
+  // the status line went out). The producer runs without server locks held;
+  // one that blocks must be released by its owner before Stop().
+  enum class StreamStep { kMore, kEnd, kAbort };
+  std::function<StreamStep(std::string& piece, TestHeaders& trailers)> stream;
+  // With `stream`: called once if the client closed the connection (or
+  // Stop() ran) before the whole body was sent; no more pieces are asked for.
+  std::function<void()> on_client_gone;
 
   static TestResponse Json(int status, std::string body);
   static TestResponse Reset();

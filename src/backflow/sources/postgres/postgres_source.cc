@@ -372,7 +372,8 @@ SourceDefinition PostgresSourceDefinition() {
       "How rows are read. copy (default) streams the model with `COPY (query) TO STDOUT`, at "
       "about the speed the server produces rows. rows reads the result row by row (libpq "
       "single-row mode), which costs more client CPU per row: use it for servers or poolers "
-      "that do not support COPY TO STDOUT (Amazon Redshift, some proxies), or for statements "
+      "that do not support COPY TO STDOUT (some proxies; Amazon Redshift has its own `redshift` "
+      "source type), or for statements "
       "PostgreSQL cannot run inside COPY such as SHOW or EXPLAIN. Both give the same columns "
       "and values.";
   extraction.type = SettingType::kEnum;
