@@ -20,6 +20,7 @@
 #include "backflow/common/errors.h"
 #include "backflow/common/http_client.h"
 #include "backflow/common/status_macros.h"
+#include "backflow/delivery/google_service_account.h"
 #include "backflow/delivery/http_delivery.h"
 #include "backflow/delivery/http_settings.h"
 #include "backflow/delivery/jwt_bearer.h"
@@ -69,47 +70,8 @@ std::string PercentEncode(std::string_view text) {
   return out;
 }
 
-struct ServiceAccountKey {
-  std::string client_email;
-  std::string private_key;
-  std::string private_key_id;
-  std::string project_id;
-};
-
-absl::StatusOr<ServiceAccountKey> ParseServiceAccountKey(const std::string& text) {
-  json key = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (!key.is_object()) {
-    return absl::InvalidArgumentError(
-        "service_account_key: not JSON; set it to the content of the service account's JSON key "
-        "file (IAM & Admin > Service accounts > Keys > Add key > JSON), e.g. "
-        "${env:GOOGLE_SERVICE_ACCOUNT_KEY} with the variable holding the file's text");
-  }
-  auto text_of = [&](const char* name) -> std::string {
-    auto it = key.find(name);
-    return it != key.end() && it->is_string() ? it->get<std::string>() : "";
-  };
-  std::string type = text_of("type");
-  if (!type.empty() && type != "service_account") {
-    return absl::InvalidArgumentError(fmt::format(
-        "service_account_key: the key's type is \"{}\", not \"service_account\": create a key "
-        "for a service account (user OAuth client files do not work)",
-        type));
-  }
-  ServiceAccountKey out;
-  out.client_email = text_of("client_email");
-  out.private_key = text_of("private_key");
-  out.private_key_id = text_of("private_key_id");
-  out.project_id = text_of("project_id");
-  if (out.client_email.empty() || out.private_key.empty()) {
-    return absl::InvalidArgumentError(
-        "service_account_key: the key has no client_email or private_key; use the JSON key file "
-        "of a service account as downloaded");
-  }
-  return out;
-}
-
 struct SheetsConfig {
-  ServiceAccountKey key;
+  GoogleServiceAccountKey key;
   std::string spreadsheet_id;
   std::string sheet;
   std::string token_url;
@@ -979,7 +941,7 @@ absl::StatusOr<SheetsConfig> ParseConfig(const json& settings) {
         "service_account_key: required; the service account's JSON key file content, e.g. "
         "${env:GOOGLE_SA_KEY}");
   }
-  absl::StatusOr<ServiceAccountKey> key = ParseServiceAccountKey(key_text);
+  absl::StatusOr<GoogleServiceAccountKey> key = ParseGoogleServiceAccountKey(key_text);
   if (!key.ok()) return key.status();
   cfg.key = *std::move(key);
   cfg.spreadsheet_id = SheetsSpreadsheetId(text("spreadsheet_id"));

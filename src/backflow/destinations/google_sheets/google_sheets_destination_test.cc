@@ -193,7 +193,7 @@ TEST_F(GoogleSheetsTest, BadSettingsAreInvalidArgumentsWithoutEchoingTheKey) {
   };
   auto [code, message] = code_and_message({{"service_account_key", "/home/me/key.json"}});
   EXPECT_EQ(code, absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(message, HasSubstr("content of the service account's JSON key file"));
+  EXPECT_THAT(message, HasSubstr("content (not the path) of the service account's JSON key file"));
 
   json key = json::parse(key_json_);
   key["private_key"] = "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n";

@@ -15,6 +15,7 @@
 #include "backflow/common/http_client.h"
 #include "backflow/common/json_writer.h"
 #include "backflow/common/status_macros.h"
+#include "backflow/delivery/google_service_account.h"
 #include "backflow/delivery/http_delivery.h"
 #include "backflow/delivery/http_settings.h"
 #include "backflow/delivery/jwt_bearer.h"
@@ -706,47 +707,8 @@ namespace {
 
 // ------------------------------------------------------------ the source
 
-struct ServiceAccountKey {
-  std::string client_email;
-  std::string private_key;
-  std::string private_key_id;
-  std::string project_id;
-};
-
-absl::StatusOr<ServiceAccountKey> ParseServiceAccountKey(const std::string& text) {
-  json key = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (!key.is_object()) {
-    return absl::InvalidArgumentError(
-        "service_account_key: not JSON; set it to the content (not the path) of the service "
-        "account's JSON key file (IAM & Admin > Service accounts > Keys > Add key > JSON), e.g. "
-        "${env:BIGQUERY_SA_KEY} after export BIGQUERY_SA_KEY=\"$(cat key.json)\"");
-  }
-  auto text_of = [&](const char* name) -> std::string {
-    auto it = key.find(name);
-    return it != key.end() && it->is_string() ? it->get<std::string>() : "";
-  };
-  std::string type = text_of("type");
-  if (!type.empty() && type != "service_account") {
-    return absl::InvalidArgumentError(fmt::format(
-        "service_account_key: the key's type is \"{}\", not \"service_account\": create a JSON "
-        "key for a service account (user credentials and OAuth client files do not work)",
-        type));
-  }
-  ServiceAccountKey out;
-  out.client_email = text_of("client_email");
-  out.private_key = text_of("private_key");
-  out.private_key_id = text_of("private_key_id");
-  out.project_id = text_of("project_id");
-  if (out.client_email.empty() || out.private_key.empty()) {
-    return absl::InvalidArgumentError(
-        "service_account_key: the key has no client_email or private_key; use the service "
-        "account's JSON key file as downloaded");
-  }
-  return out;
-}
-
 struct BigQueryConfig {
-  ServiceAccountKey key;
+  GoogleServiceAccountKey key;
   std::string project_id;
   std::string location;
   std::string token_url;
@@ -1338,7 +1300,7 @@ absl::StatusOr<BigQueryConfig> ParseConfig(const json& settings) {
         "service_account_key: required; the content of the service account's JSON key file, "
         "e.g. ${env:BIGQUERY_SA_KEY}");
   }
-  BACKFLOW_ASSIGN_OR_RETURN(cfg.key, ParseServiceAccountKey(key_text));
+  BACKFLOW_ASSIGN_OR_RETURN(cfg.key, ParseGoogleServiceAccountKey(key_text));
   cfg.project_id = text("project_id");
   if (cfg.project_id.empty()) cfg.project_id = cfg.key.project_id;
   if (cfg.project_id.empty()) {
