@@ -74,6 +74,10 @@ struct Column {
 using Schema = std::vector<Column>;
 using Row = std::vector<Value>;
 
+// JSON text without the whitespace outside strings (strings and numbers
+// untouched): the canonical text of kJson values, whatever the warehouse sent.
+std::string CompactJson(std::string_view json);
+
 // {"name": value, ...} from parallel lists of names and values.
 std::string JsonObject(const std::vector<std::string>& names, const Row& values);
 std::string JsonObject(const Schema& schema, const Row& values);

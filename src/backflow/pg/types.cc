@@ -252,28 +252,4 @@ Value DecodeText(Oid oid, std::string_view text) {
   }
 }
 
-std::string CompactJson(std::string_view json) {
-  std::string out;
-  out.reserve(json.size());
-  bool in_string = false;
-  bool escaped = false;
-  for (char c : json) {
-    if (in_string) {
-      out.push_back(c);
-      if (escaped) {
-        escaped = false;
-      } else if (c == '\\') {
-        escaped = true;
-      } else if (c == '"') {
-        in_string = false;
-      }
-      continue;
-    }
-    if (c == ' ' || c == '\n' || c == '\t' || c == '\r') continue;
-    if (c == '"') in_string = true;
-    out.push_back(c);
-  }
-  return out;
-}
-
 }  // namespace backflow::pg

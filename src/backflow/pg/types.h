@@ -57,7 +57,4 @@ Schema SchemaFromResult(const PGresult* result);
 // Decodes one non-NULL text-format cell of a column of type `oid`.
 Value DecodeText(Oid oid, std::string_view text);
 
-// `json` without insignificant whitespace (strings untouched).
-std::string CompactJson(std::string_view json);
-
 }  // namespace backflow::pg

@@ -68,30 +68,6 @@ std::string UrlEncode(std::string_view text) {
   return out;
 }
 
-// JSON text without whitespace outside strings.
-std::string CompactJsonText(std::string_view in) {
-  std::string out;
-  out.reserve(in.size());
-  bool in_string = false;
-  for (size_t i = 0; i < in.size(); ++i) {
-    char c = in[i];
-    if (in_string) {
-      out.push_back(c);
-      if (c == '\\' && i + 1 < in.size()) {
-        out.push_back(in[++i]);
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-      out.push_back(c);
-    } else if (c != ' ' && c != '\t' && c != '\n' && c != '\r') {
-      out.push_back(c);
-    }
-  }
-  return out;
-}
-
 // ------------------------------------------------------------------ numbers
 
 // A decimal number in text: sign, digits without leading zeros, and the power
@@ -383,7 +359,7 @@ absl::Status AppendJsonScalar(const BigQueryField& f, const std::string& path, c
     }
     case Kind::kJson: {
       if (!json::accept(*text)) return BadCell(path, f.type, v);
-      out += CompactJsonText(*text);
+      out += CompactJson(*text);
       return absl::OkStatus();
     }
     case Kind::kDatetime: {
@@ -694,7 +670,7 @@ absl::StatusOr<Value> DecodeBigQueryCell(const BigQueryField& field, const json&
     }
     case Kind::kJson:
       if (!json::accept(*text)) return BadCell(field.name, field.type, v);
-      return Value::Text(ValueType::kJson, CompactJsonText(*text));
+      return Value::Text(ValueType::kJson, CompactJson(*text));
     case Kind::kRecord:  // handled above
     case Kind::kString:
     case Kind::kOther:

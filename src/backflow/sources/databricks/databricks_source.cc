@@ -339,30 +339,6 @@ ValueType ValueTypeOfKind(const std::string& kind) {
   return ValueType::kString;
 }
 
-// JSON text without whitespace outside strings.
-std::string CompactJson(std::string_view in) {
-  std::string out;
-  out.reserve(in.size());
-  bool in_string = false;
-  for (size_t i = 0; i < in.size(); ++i) {
-    char c = in[i];
-    if (in_string) {
-      out.push_back(c);
-      if (c == '\\' && i + 1 < in.size()) {
-        out.push_back(in[++i]);
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-      out.push_back(c);
-    } else if (c != ' ' && c != '\t' && c != '\n' && c != '\r') {
-      out.push_back(c);
-    }
-  }
-  return out;
-}
-
 absl::Status BadCell(const DatabricksColumnType& type, const json& cell, std::string fix = "") {
   std::string text = Dump(cell);
   if (text.size() > 64) text = text.substr(0, 64) + "...";

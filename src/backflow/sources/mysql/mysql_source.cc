@@ -271,30 +271,6 @@ ColumnDecoder DescribeField(const MYSQL_FIELD& field, Column& column) {
   }
 }
 
-// JSON text without whitespace outside strings.
-std::string CompactJson(std::string_view in) {
-  std::string out;
-  out.reserve(in.size());
-  bool in_string = false;
-  for (size_t i = 0; i < in.size(); ++i) {
-    char c = in[i];
-    if (in_string) {
-      out.push_back(c);
-      if (c == '\\' && i + 1 < in.size()) {
-        out.push_back(in[++i]);
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-      out.push_back(c);
-    } else if (c != ' ' && c != '\t' && c != '\n' && c != '\r') {
-      out.push_back(c);
-    }
-  }
-  return out;
-}
-
 // A DATE / DATETIME / TIMESTAMP text with a zero month or day ('0000-00-00').
 bool IsZeroDate(std::string_view text) {
   return text.size() >= 10 && (text.substr(5, 2) == "00" || text.substr(8, 2) == "00");

@@ -399,7 +399,7 @@ std::string RedshiftTypeName(Oid oid, int typmod) {
 Value DecodeRedshiftText(Oid oid, std::string_view text) {
   switch (oid) {
     case kRedshiftSuperOid:
-      return Value::Text(ValueType::kJson, pg::CompactJson(text));
+      return Value::Text(ValueType::kJson, CompactJson(text));
     case kRedshiftVarbyteOid:
       return DecodeVarbyte(text);
     default:
