@@ -98,6 +98,31 @@ CREATE TABLE schedule_state (
   missed_ticks INTEGER NOT NULL
 );
 )sql",
+    R"sql(
+ALTER TABLE runs ADD COLUMN request_id INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN requested_at TEXT NOT NULL DEFAULT '';
+ALTER TABLE runs ADD COLUMN worker TEXT NOT NULL DEFAULT '';
+ALTER TABLE runs ADD COLUMN lease_until_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX runs_by_status ON runs (status, request_id);
+CREATE INDEX runs_by_model ON runs (model, id);
+CREATE TABLE api_tokens (
+  name TEXT PRIMARY KEY,
+  token_hash TEXT NOT NULL UNIQUE,
+  read_only INTEGER NOT NULL,
+  created_at TEXT NOT NULL,
+  last_used_at TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE secrets (
+  name TEXT PRIMARY KEY,
+  ciphertext BLOB NOT NULL,
+  updated_at TEXT NOT NULL
+);
+CREATE TABLE alert_state (
+  key TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+);
+)sql",
 };
 
 // An order-independent checksum of a checkpoint: the wrapping sum of one
@@ -116,6 +141,8 @@ struct CheckpointSummary {
 };
 
 std::string_view Col(const Statement& s, int i) { return s.ColumnText(i); }
+
+std::string Iso(absl::Time t) { return FormatIso8601(absl::ToChronoTime(t)); }
 
 class SqliteCheckpointScanner : public CheckpointScanner {
  public:
@@ -325,13 +352,28 @@ class SqliteStateStore : public StateStore {
     r.extract_s = s.ColumnDouble(22);
     r.diff_s = s.ColumnDouble(23);
     r.deliver_s = s.ColumnDouble(24);
+    r.request_id = s.ColumnInt(25);
+    r.requested_at = Col(s, 26);
+    r.worker = Col(s, 27);
+    r.cancel_requested = s.ColumnInt(28) != 0;
     return r;
   }
 
   static constexpr const char* kRunColumns =
       "id, mapping, model, destination, trigger, dry_run, full_resync, status, started_at, "
       "finished_at, duration_s, extracted, added, updated, deleted, unchanged, skipped, "
-      "succeeded, failed, rejected, error, pid, extract_s, diff_s, deliver_s";
+      "succeeded, failed, rejected, error, pid, extract_s, diff_s, deliver_s, request_id, "
+      "requested_at, worker, cancel_requested";
+
+  absl::StatusOr<std::vector<RunInfo>> ReadRuns(Statement& s) {
+    std::vector<RunInfo> runs;
+    while (true) {
+      BACKFLOW_ASSIGN_OR_RETURN(bool row, s.Step());
+      if (!row) break;
+      runs.push_back(ReadRun(s));
+    }
+    return runs;
+  }
 
   absl::StatusOr<RunInfo> GetRun(int64_t id) override {
     BACKFLOW_ASSIGN_OR_RETURN(
@@ -345,19 +387,19 @@ class SqliteStateStore : public StateStore {
     return ReadRun(s);
   }
 
-  absl::StatusOr<std::vector<RunInfo>> ListRuns(const std::string& mapping, int limit) override {
+  absl::StatusOr<std::vector<RunInfo>> ListRuns(const RunFilter& f) override {
     BACKFLOW_ASSIGN_OR_RETURN(
-        Statement s, db_->Prepare(fmt::format("SELECT {} FROM runs WHERE (?1 = '' OR mapping = "
-                                              "?1) ORDER BY id DESC LIMIT ?2",
-                                              kRunColumns)));
-    s.Bind(1, mapping).Bind(2, int64_t{limit});
-    std::vector<RunInfo> runs;
-    while (true) {
-      BACKFLOW_ASSIGN_OR_RETURN(bool row, s.Step());
-      if (!row) break;
-      runs.push_back(ReadRun(s));
-    }
-    return runs;
+        Statement s,
+        db_->Prepare(fmt::format(
+            "SELECT {} FROM runs WHERE (?1 = '' OR mapping = ?1) AND (?2 = '' OR model = ?2) AND "
+            "(?3 = '' OR status = ?3) AND (?4 = 0 OR id < ?4) ORDER BY id DESC LIMIT ?5",
+            kRunColumns)));
+    s.Bind(1, f.mapping)
+        .Bind(2, f.model)
+        .Bind(3, f.status ? RunStatusName(*f.status) : std::string_view(""))
+        .Bind(4, f.before_id)
+        .Bind(5, int64_t{f.limit});
+    return ReadRuns(s);
   }
 
   absl::StatusOr<std::vector<RunRecord>> GetRunRecords(int64_t run_id, const std::string& outcome,
@@ -386,8 +428,9 @@ class SqliteStateStore : public StateStore {
   }
 
   absl::StatusOr<int> MarkInterruptedRuns() override {
-    BACKFLOW_ASSIGN_OR_RETURN(Statement s,
-                              db_->Prepare("SELECT id, pid FROM runs WHERE status='running'"));
+    BACKFLOW_ASSIGN_OR_RETURN(
+        Statement s,
+        db_->Prepare("SELECT id, pid FROM runs WHERE status='running' AND lease_until_ms = 0"));
     std::vector<int64_t> dead;
     while (true) {
       BACKFLOW_ASSIGN_OR_RETURN(bool row, s.Step());
@@ -406,6 +449,248 @@ class SqliteStateStore : public StateStore {
       BACKFLOW_RETURN_IF_ERROR(u.Run());
     }
     return static_cast<int>(dead.size());
+  }
+
+  absl::StatusOr<std::vector<int64_t>> EnqueueRuns(const std::vector<RunInfo>& runs) override {
+    std::vector<int64_t> ids;
+    BACKFLOW_RETURN_IF_ERROR(InTransaction([&]() -> absl::Status {
+      BACKFLOW_ASSIGN_OR_RETURN(
+          Statement s,
+          db_->Prepare("INSERT INTO runs (mapping, model, destination, trigger, dry_run, "
+                       "full_resync, status, started_at, requested_at, request_id) VALUES "
+                       "(?,?,?,?,?,?,'queued','',?,?)"));
+      for (const RunInfo& run : runs) {
+        s.Bind(1, run.mapping)
+            .Bind(2, run.model)
+            .Bind(3, run.destination)
+            .Bind(4, run.trigger)
+            .Bind(5, int64_t{run.dry_run})
+            .Bind(6, int64_t{run.full_resync})
+            .Bind(7, run.requested_at)
+            .Bind(8, ids.empty() ? int64_t{0} : ids.front());
+        BACKFLOW_RETURN_IF_ERROR(s.Run());
+        ids.push_back(db_->LastInsertId());
+      }
+      if (ids.empty()) return absl::OkStatus();
+      BACKFLOW_ASSIGN_OR_RETURN(Statement u,
+                                db_->Prepare("UPDATE runs SET request_id=?1 WHERE id=?1"));
+      return u.Bind(1, ids.front()).Run();
+    }));
+    return ids;
+  }
+
+  absl::StatusOr<std::vector<RunInfo>> ClaimRuns(const std::string& worker, absl::Time now,
+                                                 absl::Duration lease) override {
+    std::vector<RunInfo> claimed;
+    const int64_t now_ms = absl::ToUnixMillis(now);
+    BACKFLOW_RETURN_IF_ERROR(InTransaction([&]() -> absl::Status {
+      BACKFLOW_ASSIGN_OR_RETURN(Statement q,
+                                db_->Prepare("SELECT request_id FROM runs WHERE status='queued' OR "
+                                             "(status='running' AND lease_until_ms > 0 AND "
+                                             "lease_until_ms < ?) ORDER BY request_id LIMIT 1"));
+      q.Bind(1, now_ms);
+      BACKFLOW_ASSIGN_OR_RETURN(bool row, q.Step());
+      if (!row) return absl::OkStatus();
+      const int64_t request = q.ColumnInt(0);
+      BACKFLOW_ASSIGN_OR_RETURN(
+          Statement u,
+          db_->Prepare("UPDATE runs SET started_at = CASE WHEN status='queued' THEN ?1 ELSE "
+                       "started_at END, status='running', worker=?2, pid=?3, lease_until_ms=?4 "
+                       "WHERE request_id=?5 AND status IN ('queued', 'running')"));
+      u.Bind(1, Iso(now))
+          .Bind(2, worker)
+          .Bind(3, int64_t{getpid()})
+          .Bind(4, absl::ToUnixMillis(now + lease))
+          .Bind(5, request);
+      BACKFLOW_RETURN_IF_ERROR(u.Run());
+      BACKFLOW_ASSIGN_OR_RETURN(
+          Statement r,
+          db_->Prepare(
+              fmt::format("SELECT {} FROM runs WHERE request_id=? AND status='running' ORDER BY id",
+                          kRunColumns)));
+      r.Bind(1, request);
+      BACKFLOW_ASSIGN_OR_RETURN(claimed, ReadRuns(r));
+      return absl::OkStatus();
+    }));
+    return claimed;
+  }
+
+  absl::StatusOr<LeaseRenewal> RenewLeases(const std::string& worker,
+                                           const std::vector<int64_t>& run_ids, absl::Time now,
+                                           absl::Duration lease) override {
+    LeaseRenewal out;
+    BACKFLOW_RETURN_IF_ERROR(InTransaction([&]() -> absl::Status {
+      BACKFLOW_ASSIGN_OR_RETURN(Statement u,
+                                db_->Prepare("UPDATE runs SET lease_until_ms=? WHERE worker=? AND "
+                                             "status='running' AND lease_until_ms > 0"));
+      BACKFLOW_RETURN_IF_ERROR(u.Bind(1, absl::ToUnixMillis(now + lease)).Bind(2, worker).Run());
+      BACKFLOW_ASSIGN_OR_RETURN(
+          Statement q,
+          db_->Prepare("SELECT worker, status, cancel_requested FROM runs WHERE id=?"));
+      for (int64_t id : run_ids) {
+        q.Bind(1, id);
+        BACKFLOW_ASSIGN_OR_RETURN(bool row, q.Step());
+        if (!row || Col(q, 0) != worker || Col(q, 1) != "running") {
+          out.lost.push_back(id);
+        } else if (q.ColumnInt(2) != 0) {
+          out.cancel_requested.push_back(id);
+        }
+        q.Reset();
+      }
+      return absl::OkStatus();
+    }));
+    return out;
+  }
+
+  absl::Status ReleaseRuns(const std::string& worker) override {
+    BACKFLOW_ASSIGN_OR_RETURN(
+        Statement u, db_->Prepare("UPDATE runs SET status='queued', lease_until_ms=0 WHERE "
+                                  "worker=? AND status='running' AND lease_until_ms > 0"));
+    return u.Bind(1, worker).Run();
+  }
+
+  absl::StatusOr<RunInfo> CancelRun(int64_t id, absl::Time now) override {
+    absl::StatusOr<RunInfo> out;
+    BACKFLOW_RETURN_IF_ERROR(InTransaction([&]() -> absl::Status {
+      BACKFLOW_ASSIGN_OR_RETURN(RunInfo run, GetRun(id));
+      if (run.status == RunStatus::kQueued) {
+        BACKFLOW_ASSIGN_OR_RETURN(Statement u,
+                                  db_->Prepare("UPDATE runs SET status='cancelled', finished_at=?, "
+                                               "cancel_requested=1, error=? WHERE id=?"));
+        BACKFLOW_RETURN_IF_ERROR(
+            u.Bind(1, Iso(now)).Bind(2, "cancelled before it started").Bind(3, id).Run());
+      } else if (run.status == RunStatus::kRunning) {
+        BACKFLOW_ASSIGN_OR_RETURN(Statement u,
+                                  db_->Prepare("UPDATE runs SET cancel_requested=1 WHERE id=?"));
+        BACKFLOW_RETURN_IF_ERROR(u.Bind(1, id).Run());
+      } else {
+        return absl::FailedPreconditionError(fmt::format(
+            "run {} already finished ({}); only queued or running runs can be cancelled", id,
+            RunStatusName(run.status)));
+      }
+      out = GetRun(id);
+      return out.status();
+    }));
+    return out;
+  }
+
+  absl::StatusOr<int64_t> CountRuns(RunStatus status) override {
+    BACKFLOW_ASSIGN_OR_RETURN(Statement s,
+                              db_->Prepare("SELECT COUNT(*) FROM runs WHERE status=?"));
+    s.Bind(1, RunStatusName(status));
+    BACKFLOW_ASSIGN_OR_RETURN(bool row, s.Step());
+    return row ? s.ColumnInt(0) : 0;
+  }
+
+  absl::Status CreateApiToken(const ApiToken& token) override {
+    BACKFLOW_ASSIGN_OR_RETURN(Statement q, db_->Prepare("SELECT 1 FROM api_tokens WHERE name=?"));
+    q.Bind(1, token.name);
+    BACKFLOW_ASSIGN_OR_RETURN(bool exists, q.Step());
+    if (exists) {
+      return absl::AlreadyExistsError(fmt::format(
+          "a token named \"{}\" exists; revoke it first with `backflow token revoke {}`",
+          token.name, token.name));
+    }
+    BACKFLOW_ASSIGN_OR_RETURN(Statement s,
+                              db_->Prepare("INSERT INTO api_tokens (name, token_hash, read_only, "
+                                           "created_at) VALUES (?,?,?,?)"));
+    return s.Bind(1, token.name)
+        .Bind(2, token.token_hash)
+        .Bind(3, int64_t{token.read_only})
+        .Bind(4, token.created_at)
+        .Run();
+  }
+
+  absl::StatusOr<std::optional<ApiToken>> UseApiToken(const std::string& token_hash,
+                                                      absl::Time now) override {
+    BACKFLOW_ASSIGN_OR_RETURN(
+        Statement q, db_->Prepare("SELECT name, token_hash, read_only, created_at, last_used_at "
+                                  "FROM api_tokens WHERE token_hash=?"));
+    q.Bind(1, token_hash);
+    BACKFLOW_ASSIGN_OR_RETURN(bool row, q.Step());
+    if (!row) return std::optional<ApiToken>();
+    ApiToken t{std::string(Col(q, 0)), std::string(Col(q, 1)), q.ColumnInt(2) != 0,
+               std::string(Col(q, 3)), std::string(Col(q, 4))};
+    // Last use is kept to the minute: no write per request.
+    std::string minute = Iso(absl::FromUnixSeconds(absl::ToUnixSeconds(now) / 60 * 60));
+    if (t.last_used_at < minute) {
+      BACKFLOW_ASSIGN_OR_RETURN(Statement u,
+                                db_->Prepare("UPDATE api_tokens SET last_used_at=? WHERE name=?"));
+      BACKFLOW_RETURN_IF_ERROR(u.Bind(1, Iso(now)).Bind(2, t.name).Run());
+      t.last_used_at = Iso(now);
+    }
+    return std::optional<ApiToken>(std::move(t));
+  }
+
+  absl::StatusOr<std::vector<ApiToken>> ListApiTokens() override {
+    BACKFLOW_ASSIGN_OR_RETURN(
+        Statement q, db_->Prepare("SELECT name, token_hash, read_only, created_at, last_used_at "
+                                  "FROM api_tokens ORDER BY name"));
+    std::vector<ApiToken> out;
+    while (true) {
+      BACKFLOW_ASSIGN_OR_RETURN(bool row, q.Step());
+      if (!row) break;
+      out.push_back({std::string(Col(q, 0)), std::string(Col(q, 1)), q.ColumnInt(2) != 0,
+                     std::string(Col(q, 3)), std::string(Col(q, 4))});
+    }
+    return out;
+  }
+
+  absl::Status RevokeApiToken(const std::string& name) override {
+    return DeleteNamed(
+        "api_tokens", name,
+        fmt::format("no token named \"{}\"; list them with `backflow token list`", name));
+  }
+
+  absl::Status PutSecret(const std::string& name, const std::string& ciphertext,
+                         absl::Time now) override {
+    BACKFLOW_ASSIGN_OR_RETURN(
+        Statement s,
+        db_->Prepare("INSERT INTO secrets (name, ciphertext, updated_at) VALUES "
+                     "(?,?,?) ON CONFLICT (name) DO UPDATE SET "
+                     "ciphertext=excluded.ciphertext, updated_at=excluded.updated_at"));
+    return s.Bind(1, name).BindBlob(2, ciphertext).Bind(3, Iso(now)).Run();
+  }
+
+  absl::StatusOr<std::optional<std::string>> GetSecret(const std::string& name) override {
+    BACKFLOW_ASSIGN_OR_RETURN(Statement q,
+                              db_->Prepare("SELECT ciphertext FROM secrets WHERE name=?"));
+    q.Bind(1, name);
+    BACKFLOW_ASSIGN_OR_RETURN(bool row, q.Step());
+    if (!row) return std::optional<std::string>();
+    return std::optional<std::string>(std::string(q.ColumnBlob(0)));
+  }
+
+  absl::StatusOr<std::vector<SecretInfo>> ListSecrets() override {
+    BACKFLOW_ASSIGN_OR_RETURN(Statement q,
+                              db_->Prepare("SELECT name, updated_at FROM secrets ORDER BY name"));
+    std::vector<SecretInfo> out;
+    while (true) {
+      BACKFLOW_ASSIGN_OR_RETURN(bool row, q.Step());
+      if (!row) break;
+      out.push_back({std::string(Col(q, 0)), std::string(Col(q, 1))});
+    }
+    return out;
+  }
+
+  absl::Status DeleteSecret(const std::string& name) override {
+    return DeleteNamed("secrets", name, fmt::format("no secret named \"{}\"", name));
+  }
+
+  absl::StatusOr<std::optional<std::string>> GetAlertState(const std::string& key) override {
+    BACKFLOW_ASSIGN_OR_RETURN(Statement q,
+                              db_->Prepare("SELECT value FROM alert_state WHERE key=?"));
+    q.Bind(1, key);
+    BACKFLOW_ASSIGN_OR_RETURN(bool row, q.Step());
+    if (!row) return std::optional<std::string>();
+    return std::optional<std::string>(std::string(Col(q, 0)));
+  }
+
+  absl::Status SetAlertState(const std::string& key, const std::string& value) override {
+    BACKFLOW_ASSIGN_OR_RETURN(Statement s,
+                              db_->Prepare("INSERT INTO alert_state (key, value) VALUES (?,?) ON "
+                                           "CONFLICT (key) DO UPDATE SET value=excluded.value"));
+    return s.Bind(1, key).Bind(2, value).Run();
   }
 
   absl::StatusOr<std::unique_ptr<CheckpointScanner>> ScanCheckpoint(
@@ -564,6 +849,18 @@ class SqliteStateStore : public StateStore {
  private:
   std::string path_;
   std::unique_ptr<Database> db_;
+
+  absl::Status DeleteNamed(const char* table, const std::string& name,
+                           const std::string& not_found) {
+    BACKFLOW_ASSIGN_OR_RETURN(
+        Statement s,
+        db_->Prepare(fmt::format("DELETE FROM {} WHERE name=? RETURNING name", table)));
+    s.Bind(1, name);
+    BACKFLOW_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) return absl::NotFoundError(not_found);
+    s.Reset();
+    return absl::OkStatus();
+  }
   // Reads `sql` (one `?` for the mapping) on a second connection, inside one
   // read transaction, so the scan sees a snapshot while commits go on.
   // With `verify`, the scan checks what it read against the checkpoint's
@@ -609,6 +906,10 @@ class SqliteStateStore : public StateStore {
 
 std::string_view RunStatusName(RunStatus s) {
   switch (s) {
+    case RunStatus::kQueued:
+      return "queued";
+    case RunStatus::kCancelled:
+      return "cancelled";
     case RunStatus::kRunning:
       return "running";
     case RunStatus::kSucceeded:
@@ -624,8 +925,9 @@ std::string_view RunStatusName(RunStatus s) {
 }
 
 absl::StatusOr<RunStatus> ParseRunStatus(std::string_view name) {
-  for (auto s : {RunStatus::kRunning, RunStatus::kSucceeded, RunStatus::kPartial,
-                 RunStatus::kFailed, RunStatus::kInterrupted}) {
+  for (auto s :
+       {RunStatus::kQueued, RunStatus::kRunning, RunStatus::kSucceeded, RunStatus::kPartial,
+        RunStatus::kFailed, RunStatus::kInterrupted, RunStatus::kCancelled}) {
     if (RunStatusName(s) == name) return s;
   }
   return absl::InvalidArgumentError(fmt::format("unknown run status \"{}\"", name));

@@ -7,6 +7,7 @@
 #include "backflow/model/value.h"
 #include "backflow/sqlite/database.h"
 #include "backflow/state/state_store.h"
+#include "backflow/state/state_store_contract.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -205,3 +206,21 @@ TEST_F(SqliteStateStoreTest, DamagedCheckpointIsDetectedAtTheEndOfTheScan) {
 
 }  // namespace
 }  // namespace backflow
+
+namespace backflow::testing {
+namespace {
+
+INSTANTIATE_TEST_SUITE_P(
+    Sqlite, StateStoreContractTest,
+    ::testing::Values(StateStoreFactory{
+        "sqlite",
+        [](const std::string& test, bool reopen) -> absl::StatusOr<std::unique_ptr<StateStore>> {
+          std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) /
+                                      fmt::format("state-contract-{}-{}", getpid(), test);
+          if (!reopen) std::filesystem::remove_all(dir);
+          return OpenSqliteStateStore((dir / "state.db").string());
+        }}),
+    [](const ::testing::TestParamInfo<StateStoreFactory>& info) { return info.param.name; });
+
+}  // namespace
+}  // namespace backflow::testing

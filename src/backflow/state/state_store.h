@@ -13,6 +13,12 @@
 // delete, if the model no longer has it): a crash re-sends at most the
 // batches in flight, and never loses a change.
 //
+// Runs started by `backflow sync` are created directly (CreateRun). Runs
+// requested through the service (schedule, API) are queued first
+// (EnqueueRuns) and taken by a worker (ClaimRuns) under a lease it renews
+// while it works; a run whose lease expired (its worker died) is taken again
+// by the next ClaimRuns and finished from the in-flight journal.
+//
 // Implementations are used from one thread at a time; ScanCheckpoint() readers
 // see a consistent snapshot even while ApplyCheckpoint() commits. A checkpoint
 // scan verifies what it read against a count and checksum kept with the
@@ -27,11 +33,20 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "backflow/common/hash.h"
 
 namespace backflow {
 
-enum class RunStatus { kRunning, kSucceeded, kPartial, kFailed, kInterrupted };
+enum class RunStatus {
+  kQueued,
+  kRunning,
+  kSucceeded,
+  kPartial,
+  kFailed,
+  kInterrupted,
+  kCancelled,
+};
 std::string_view RunStatusName(RunStatus s);
 absl::StatusOr<RunStatus> ParseRunStatus(std::string_view name);
 
@@ -66,6 +81,41 @@ struct RunInfo {
   RunCounts counts;
   std::string error;  // run-level error, empty when none
   int64_t pid = 0;
+  // Queued runs only (0 / empty otherwise). Runs queued together (the
+  // mappings of one model run) share request_id, the id of the first of them.
+  int64_t request_id = 0;
+  std::string requested_at;  // ISO-8601 UTC
+  std::string worker;        // the worker holding (or that last held) the run
+  bool cancel_requested = false;
+};
+
+// What ListRuns returns: newest first, at most `limit`, only ids below
+// `before_id` when it is not 0 (the cursor of the next page).
+struct RunFilter {
+  std::string mapping;  // empty: every mapping
+  std::string model;    // empty: every model
+  std::optional<RunStatus> status;
+  int limit = 50;
+  int64_t before_id = 0;
+};
+
+// An API token as stored: only a hash of the token itself.
+struct ApiToken {
+  std::string name;
+  std::string token_hash;  // lowercase hex SHA-256 of the token
+  bool read_only = false;
+  std::string created_at;    // ISO-8601 UTC
+  std::string last_used_at;  // empty when never used
+};
+
+struct LeaseRenewal {
+  std::vector<int64_t> cancel_requested;
+  std::vector<int64_t> lost;  // no longer running under this worker's lease
+};
+
+struct SecretInfo {
+  std::string name;
+  std::string updated_at;  // ISO-8601 UTC
 };
 
 struct RunRecord {
@@ -126,15 +176,67 @@ class StateStore {
   virtual absl::Status AddRunRecords(int64_t run_id, const std::vector<RunRecord>& records) = 0;
   // kNotFound for an unknown id.
   virtual absl::StatusOr<RunInfo> GetRun(int64_t id) = 0;
+  virtual absl::StatusOr<std::vector<RunInfo>> ListRuns(const RunFilter& filter) = 0;
   // Newest first; `mapping` empty means all mappings.
-  virtual absl::StatusOr<std::vector<RunInfo>> ListRuns(const std::string& mapping, int limit) = 0;
+  absl::StatusOr<std::vector<RunInfo>> ListRuns(const std::string& mapping, int limit) {
+    RunFilter f;
+    f.mapping = mapping;
+    f.limit = limit;
+    return ListRuns(f);
+  }
   // `outcome` empty means all outcomes.
   virtual absl::StatusOr<std::vector<RunRecord>> GetRunRecords(int64_t run_id,
                                                                const std::string& outcome,
                                                                int limit) = 0;
   // Marks runs left in kRunning by processes that no longer exist as
-  // kInterrupted. Returns how many were marked.
+  // kInterrupted (runs under a lease are left to ClaimRuns). Returns how many
+  // were marked.
   virtual absl::StatusOr<int> MarkInterruptedRuns() = 0;
+
+  // --- Run queue -----------------------------------------------------------
+  // Queues one run per element (status kQueued, requested_at as given) under
+  // one request id; returns their ids in order.
+  virtual absl::StatusOr<std::vector<int64_t>> EnqueueRuns(const std::vector<RunInfo>& runs) = 0;
+  // Takes, for `worker` until now + lease, the oldest request that is queued
+  // or whose lease expired; its runs (those not cancelled) become kRunning
+  // with started_at = now when they were queued. Empty when nothing is due.
+  // Safe to call from several processes at once: a request goes to one worker.
+  virtual absl::StatusOr<std::vector<RunInfo>> ClaimRuns(const std::string& worker, absl::Time now,
+                                                         absl::Duration lease) = 0;
+  // Extends the worker's leases on its running runs and says which of them
+  // to stop: cancellation requested, or the lease lost to another worker.
+  virtual absl::StatusOr<LeaseRenewal> RenewLeases(const std::string& worker,
+                                                   const std::vector<int64_t>& run_ids,
+                                                   absl::Time now, absl::Duration lease) = 0;
+  // Hands the worker's unfinished runs back to the queue (graceful shutdown).
+  virtual absl::Status ReleaseRuns(const std::string& worker) = 0;
+  // A queued run becomes kCancelled at once; a running one is flagged
+  // cancel_requested for its worker. kFailedPrecondition when the run has
+  // finished, kNotFound for an unknown id. Returns the run as it now is.
+  virtual absl::StatusOr<RunInfo> CancelRun(int64_t id, absl::Time now) = 0;
+  virtual absl::StatusOr<int64_t> CountRuns(RunStatus status) = 0;
+
+  // --- API tokens ------------------------------------------------------------
+  // kAlreadyExists when a token of that name exists.
+  virtual absl::Status CreateApiToken(const ApiToken& token) = 0;
+  // Looks a token up by hash and notes `now` as its last use.
+  virtual absl::StatusOr<std::optional<ApiToken>> UseApiToken(const std::string& token_hash,
+                                                              absl::Time now) = 0;
+  virtual absl::StatusOr<std::vector<ApiToken>> ListApiTokens() = 0;
+  // kNotFound for an unknown name.
+  virtual absl::Status RevokeApiToken(const std::string& name) = 0;
+
+  // --- Secrets (ciphertext only; see secrets/secret_box.h) -------------------
+  virtual absl::Status PutSecret(const std::string& name, const std::string& ciphertext,
+                                 absl::Time now) = 0;
+  virtual absl::StatusOr<std::optional<std::string>> GetSecret(const std::string& name) = 0;
+  virtual absl::StatusOr<std::vector<SecretInfo>> ListSecrets() = 0;
+  // kNotFound for an unknown name.
+  virtual absl::Status DeleteSecret(const std::string& name) = 0;
+
+  // --- Alert incidents: a small opaque value per key (alerts/) ---------------
+  virtual absl::StatusOr<std::optional<std::string>> GetAlertState(const std::string& key) = 0;
+  virtual absl::Status SetAlertState(const std::string& key, const std::string& value) = 0;
 
   virtual absl::StatusOr<std::unique_ptr<CheckpointScanner>> ScanCheckpoint(
       const std::string& mapping) = 0;
