@@ -26,6 +26,7 @@
 #include "backflow/mapping/mapper.h"
 #include "backflow/service/scheduler_service.h"
 #include "backflow/sources/source.h"
+#include "backflow/state/open_state_store.h"
 #include "backflow/state/state_store.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
@@ -78,7 +79,7 @@ std::string StateDir(const Workspace& ws) {
 }
 
 absl::StatusOr<std::unique_ptr<StateStore>> OpenState(const Workspace& ws) {
-  return OpenSqliteStateStore(StatePath(ws));
+  return OpenStateStore(ws.state_url);
 }
 
 // Opens the state store for the runs commands, first marking the runs of

@@ -16,6 +16,7 @@
 #include "backflow/config/workspace.h"
 #include "backflow/engine/sync_engine.h"
 #include "backflow/scheduler/planner.h"
+#include "backflow/state/open_state_store.h"
 #include "backflow/state/state_store.h"
 #include "fmt/format.h"
 
@@ -93,7 +94,7 @@ absl::StatusOr<SchedulerOutcome> SchedulerService::Run() {
   const std::string state_path = StatePath(*workspace);
   const std::string spool_dir = fs::path(state_path).parent_path().string();
 
-  absl::StatusOr<std::unique_ptr<StateStore>> store = OpenSqliteStateStore(state_path);
+  absl::StatusOr<std::unique_ptr<StateStore>> store = OpenStateStore(workspace->state_url);
   if (!store.ok()) return store.status();
   (void)(*store)->MarkInterruptedRuns();
 
@@ -114,7 +115,7 @@ absl::StatusOr<SchedulerOutcome> SchedulerService::Run() {
   std::vector<Job> dropped;
 
   std::thread worker([&] {
-    absl::StatusOr<std::unique_ptr<StateStore>> worker_store = OpenSqliteStateStore(state_path);
+    absl::StatusOr<std::unique_ptr<StateStore>> worker_store = OpenStateStore(workspace->state_url);
     while (true) {
       Job job;
       {
