@@ -89,6 +89,7 @@ struct MappingRun {
   std::vector<PlannedChange> sample;
   int64_t checkpoint_records = 0;  // records the destination held (or may hold) before this run
   bool done = false;               // failed before delivery
+  bool cancelled = false;          // stopped by SyncOptions::cancel
 };
 
 class Runner {
@@ -141,8 +142,19 @@ class Runner {
     m.done = true;
   }
 
+  bool CancelRequested() const {
+    return options_.cancel != nullptr && options_.cancel->load(std::memory_order_relaxed);
+  }
+
+  void Cancel(MappingRun& m, const std::string& what) {
+    Fail(m, fmt::format("cancelled {}", what));
+    m.cancelled = true;
+  }
+
   absl::Status Finish(MappingRun& m) {
-    if (!m.run.error.empty()) {
+    if (m.cancelled) {
+      m.run.status = RunStatus::kCancelled;
+    } else if (!m.run.error.empty()) {
       m.run.status = RunStatus::kFailed;
     } else if (m.run.counts.failed > 0 || m.run.counts.rejected > 0) {
       m.run.status = RunStatus::kPartial;
@@ -210,6 +222,10 @@ absl::Status Runner::Extract(const ModelConfig& model, Source& source, Schema& s
     }
     if (!*more) break;
     ++extracted_;
+    if ((extracted_ & 1023) == 0 && CancelRequested()) {
+      return absl::CancelledError(
+          fmt::format("cancelled during extraction after {} rows; nothing was sent", extracted_));
+    }
     encoded.clear();
     EncodeRow(row, encoded);
     const Value& key = row[key_index];
@@ -568,6 +584,10 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
       std::unique_ptr<BatchJob> done = pool.WaitDone();
       BACKFLOW_RETURN_IF_ERROR(settle(*done));
     }
+    if (!exhausted && CancelRequested()) {
+      exhausted = true;
+      m.cancelled = true;
+    }
     if (stop.ok() && !exhausted && pool.HasIdle()) {
       BACKFLOW_ASSIGN_OR_RETURN(std::unique_ptr<BatchJob> job, next_batch());
       if (job == nullptr) {
@@ -602,6 +622,11 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
     return absl::OkStatus();
   }
   if (deferred) BACKFLOW_RETURN_IF_ERROR(ApplyAcks(m, index, Spool::AckList::kDeferred));
+  if (m.cancelled) {
+    m.run.error =
+        fmt::format("cancelled after sending {} of {} records; the rest are sent by the next run",
+                    attempted, to_send);
+  }
   Progress("sending", name, attempted, to_send, true);
   return absl::OkStatus();
 }
@@ -657,7 +682,21 @@ absl::StatusOr<std::vector<MappingRunResult>> Runner::Run(const ModelConfig& mod
     m.run.started_at = FormatIso8601(SystemClock().Now());
     m.run.pid = getpid();
     m.started = Steady::now();
-    BACKFLOW_ASSIGN_OR_RETURN(m.run.id, state_.CreateRun(m.run));
+    auto queued = options_.queued_runs.find(m.config->name);
+    if (queued != options_.queued_runs.end()) {
+      const RunInfo& q = queued->second;
+      m.run.id = q.id;
+      m.run.trigger = q.trigger;
+      m.run.full_resync = q.full_resync;
+      m.run.request_id = q.request_id;
+      m.run.requested_at = q.requested_at;
+      m.run.worker = q.worker;
+      if (!q.started_at.empty()) m.run.started_at = q.started_at;
+      m.run.status = RunStatus::kRunning;
+      BACKFLOW_RETURN_IF_ERROR(state_.UpdateRun(m.run));
+    } else {
+      BACKFLOW_ASSIGN_OR_RETURN(m.run.id, state_.CreateRun(m.run));
+    }
     if (!destination.ok()) {
       Fail(m, fmt::format("destination \"{}\": {}", m.config->destination,
                           destination.status().message()));
@@ -701,6 +740,12 @@ absl::StatusOr<std::vector<MappingRunResult>> Runner::Run(const ModelConfig& mod
   absl::Status extracted = Extract(model, **source, schema);
   double extract_s = seconds_since(phase_start);
   for (MappingRun& m : runs) m.run.extract_s = extract_s;
+  if (extracted.code() == absl::StatusCode::kCancelled) {
+    for (MappingRun& m : runs) {
+      if (!m.done) Cancel(m, "during extraction; nothing was sent");
+    }
+    return finish_all();
+  }
   if (!extracted.ok()) {
     return fail_all(fmt::format("model \"{}\" on source \"{}\": {}", model.name, model.source,
                                 extracted.message()));
@@ -733,6 +778,10 @@ absl::StatusOr<std::vector<MappingRunResult>> Runner::Run(const ModelConfig& mod
   for (size_t i = 0; i < runs.size(); ++i) {
     MappingRun& m = runs[i];
     if (m.done || options_.dry_run) continue;
+    if (CancelRequested()) {
+      Cancel(m, "before sending; the changes are sent by the next run");
+      continue;
+    }
     BACKFLOW_RETURN_IF_ERROR(state_.UpdateRun(m.run));  // counts visible while sending
     phase_start = Steady::now();
     absl::Status delivered = ApplyAcks(m, static_cast<int>(i), Spool::AckList::kSkipped);

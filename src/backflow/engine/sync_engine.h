@@ -13,7 +13,9 @@
 // the mappings it syncs, so two processes never sync the same mapping at once.
 #pragma once
 
+#include <atomic>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -46,6 +48,13 @@ struct SyncOptions {
   int max_reported_records = 10'000;
   // Dry runs keep this many changes per mapping for display.
   int dry_run_sample = 20;
+  // Runs already queued in the state store (and claimed), by mapping name:
+  // the engine reports into them instead of creating new runs.
+  std::map<std::string, RunInfo> queued_runs;
+  // When another thread sets it, the run stops: extraction ends early, no new
+  // batch is sent, the batches in flight settle, and every unfinished mapping
+  // run ends kCancelled (what was not sent is sent by the next run).
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 struct PlannedChange {

@@ -502,5 +502,75 @@ TEST_F(SyncEngineTest, DefiniteRefusalsAreSettled) {
   EXPECT_FALSE(*(*scanner)->Next(e));  // nothing left in flight
 }
 
+TEST_F(SyncEngineTest, AQueuedRunIsReportedIntoItsOwnRow) {
+  Load();
+  RunInfo queued;
+  queued.mapping = "m";
+  queued.model = "customers";
+  queued.destination = "mem";
+  queued.trigger = "api";
+  queued.requested_at = "2026-01-01T00:00:00.000Z";
+  auto ids = state_->EnqueueRuns({queued});
+  ASSERT_TRUE(ids.ok());
+  auto claimed = state_->ClaimRuns("w1", absl::Now(), absl::Seconds(30));
+  ASSERT_TRUE(claimed.ok());
+  ASSERT_EQ(claimed->size(), 1u);
+  SyncOptions options;
+  options.queued_runs["m"] = (*claimed)[0];
+  RunInfo run = Sync(options);
+  EXPECT_EQ(run.id, (*ids)[0]);
+  EXPECT_EQ(run.status, RunStatus::kSucceeded) << run.error;
+  EXPECT_EQ(run.trigger, "api");
+  auto stored = state_->GetRun((*ids)[0]);
+  ASSERT_TRUE(stored.ok());
+  EXPECT_EQ(stored->status, RunStatus::kSucceeded);
+  EXPECT_EQ(stored->counts.succeeded, 10);
+  EXPECT_EQ(stored->requested_at, "2026-01-01T00:00:00.000Z");
+  EXPECT_EQ(state_->ListRuns("m", 10)->size(), 1u);
+}
+
+TEST_F(SyncEngineTest, CancellingDuringDeliveryStopsNewBatchesAndTheNextRunFinishes) {
+  Exec(
+      "WITH RECURSIVE n(i) AS (SELECT 11 UNION ALL SELECT i + 1 FROM n WHERE i < 100) "
+      "INSERT INTO customers SELECT i, 'u' || i || '@x.io', 'free', 30 FROM n");
+  Load("    batch_size: 10");
+  std::atomic<bool> cancel{false};
+  dest_->on_batch = [&](int batches) {
+    if (batches == 3) cancel.store(true);
+  };
+  SyncOptions options;
+  options.cancel = &cancel;
+  RunInfo run = Sync(options);
+  EXPECT_EQ(run.status, RunStatus::kCancelled) << run.error;
+  EXPECT_NE(run.error.find("cancelled after sending 30 of 100"), std::string::npos) << run.error;
+  EXPECT_EQ(run.counts.succeeded, 30);
+  EXPECT_EQ(run.counts.failed, 0);
+  EXPECT_EQ(dest_->records.size(), 30u);
+
+  dest_->on_batch = nullptr;
+  dest_->sent_keys.clear();
+  run = Sync();
+  EXPECT_EQ(run.status, RunStatus::kSucceeded) << run.error;
+  EXPECT_EQ(run.counts.added, 70);
+  EXPECT_EQ(dest_->sent_keys.size(), 70u);  // nothing sent twice
+  EXPECT_EQ(dest_->records.size(), 100u);
+}
+
+TEST_F(SyncEngineTest, CancellingDuringExtractionSendsNothing) {
+  Exec(
+      "WITH RECURSIVE n(i) AS (SELECT 11 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) "
+      "INSERT INTO customers SELECT i, 'u' || i || '@x.io', 'free', 30 FROM n");
+  Load();
+  std::atomic<bool> cancel{true};
+  SyncOptions options;
+  options.cancel = &cancel;
+  RunInfo run = Sync(options);
+  EXPECT_EQ(run.status, RunStatus::kCancelled);
+  EXPECT_NE(run.error.find("during extraction"), std::string::npos) << run.error;
+  EXPECT_LT(run.counts.extracted, 3000);
+  EXPECT_TRUE(dest_->sent_keys.empty());
+  EXPECT_EQ(*state_->CheckpointSize("m"), 0);
+}
+
 }  // namespace
 }  // namespace backflow

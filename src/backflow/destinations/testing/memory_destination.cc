@@ -27,6 +27,7 @@ class MemorySession : public ActionSession {
     ++state_->batches;
     state_->batch_sizes.push_back(static_cast<int>(batch.size()));
     for (const OutgoingRecord& r : batch) state_->sent_keys.push_back(r.key);
+    if (state_->on_batch) state_->on_batch(state_->batches);
     if (!state_->batch_error.ok()) return state_->batch_error;
     std::vector<absl::Status> out;
     for (const OutgoingRecord& r : batch) {

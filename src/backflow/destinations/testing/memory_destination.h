@@ -5,6 +5,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -35,6 +36,9 @@ struct MemoryDestinationState {
   std::chrono::milliseconds send_delay{0};
   int in_flight = 0;
   int max_in_flight = 0;
+  // Called (under the lock) after each batch is recorded, with the count of
+  // batches so far.
+  std::function<void(int)> on_batch;
 };
 
 // Type "memory". Actions: "upsert" (free-form fields, all selections) and
