@@ -16,6 +16,7 @@
 #include "backflow/catalog/registry.h"
 #include "backflow/cli/output.h"
 #include "backflow/common/clock.h"
+#include "backflow/common/crypto.h"
 #include "backflow/common/fmt_absl.h"
 #include "backflow/common/http_client.h"
 #include "backflow/common/json_writer.h"
@@ -24,7 +25,7 @@
 #include "backflow/engine/sync_engine.h"
 #include "backflow/mapping/expression.h"
 #include "backflow/mapping/mapper.h"
-#include "backflow/service/scheduler_service.h"
+#include "backflow/service/service.h"
 #include "backflow/sources/source.h"
 #include "backflow/state/open_state_store.h"
 #include "backflow/state/state_store.h"
@@ -686,45 +687,62 @@ int CheckpointReset(const GlobalOptions& g, const std::string& mapping_name) {
 
 // ------------------------------------------------------------------- serve
 
-SchedulerService* g_service = nullptr;  // for the signal handler
+Service* g_service = nullptr;  // for the signal handler
 
 extern "C" void OnStopSignal(int) {
   if (g_service != nullptr) g_service->RequestStop();
 }
 
-int Serve(const GlobalOptions& g, bool once, const std::string& now_text, int poll_seconds) {
-  SchedulerOptions options;
+struct ServeFlags {
+  bool once = false;
+  std::string now_text;
+  int poll_seconds = 1;
+  std::string listen;
+  int workers = 1;
+};
+
+int Serve(const GlobalOptions& g, const ServeFlags& flags) {
+  ServiceOptions options;
   options.config_path = g.config;
-  options.once = once;
-  options.poll = std::chrono::seconds(poll_seconds);
-  if (!now_text.empty()) {
-    if (!once) {
+  options.once = flags.once;
+  options.poll = std::chrono::seconds(flags.poll_seconds);
+  options.listen = flags.listen;
+  options.workers = flags.workers;
+  if (!flags.now_text.empty()) {
+    if (!flags.once) {
       PrintError("--now only applies with --once");
       return kExitInvalidConfig;
     }
     absl::Time t;
     std::string err;
-    if (!absl::ParseTime(absl::RFC3339_full, now_text, &t, &err)) {
+    if (!absl::ParseTime(absl::RFC3339_full, flags.now_text, &t, &err)) {
       PrintError(
           fmt::format("--now: \"{}\" is not an RFC 3339 time such as "
                       "2026-11-27T09:00:00Z ({})",
-                      now_text, err));
+                      flags.now_text, err));
       return kExitInvalidConfig;
     }
     options.now = t;
   }
+  if (!flags.listen.empty()) {
+    std::string host;
+    uint16_t port = 0;
+    if (absl::Status s = ParseListenAddress(flags.listen, host, port); !s.ok()) {
+      PrintError(std::string(s.message()));
+      return kExitInvalidConfig;
+    }
+  }
   // Validate first, printing every problem the way `validate` does.
   if (!Load(g)) return kExitInvalidConfig;
   auto http = NewCurlHttpClient();
-  SchedulerService service(options, BuiltinRegistry(), ConnectorEnv{http.get(), &SystemClock()},
-                           stdout);
+  Service service(options, BuiltinRegistry(), ConnectorEnv{http.get(), &SystemClock()}, stdout);
   g_service = &service;
   struct sigaction action {};
   action.sa_handler = OnStopSignal;
   sigemptyset(&action.sa_mask);
   sigaction(SIGTERM, &action, nullptr);
   sigaction(SIGINT, &action, nullptr);
-  absl::StatusOr<SchedulerOutcome> outcome = service.Run();
+  absl::StatusOr<ServiceOutcome> outcome = service.Run();
   g_service = nullptr;
   if (!outcome.ok()) {
     PrintError(std::string(outcome.status().message()));
@@ -732,6 +750,86 @@ int Serve(const GlobalOptions& g, bool once, const std::string& now_text, int po
   }
   if (outcome->failed_runs > 0) return kExitFailed;
   if (outcome->partial_runs > 0) return kExitPartial;
+  return kExitOk;
+}
+
+// ------------------------------------------------------------------- token
+
+int TokenCreate(const GlobalOptions& g, const std::string& name, bool read_only) {
+  auto ws = Load(g, true);
+  if (!ws) return kExitInvalidConfig;
+  bool valid = !name.empty() && name.size() <= 64;
+  for (char c : name) {
+    valid &= std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.';
+  }
+  if (!valid) {
+    PrintError(
+        fmt::format("token name \"{}\": use 1 to 64 letters, digits, '_', '-' or '.'", name));
+    return kExitInvalidConfig;
+  }
+  auto state = OpenState(*ws);
+  if (!state.ok()) {
+    PrintError(fmt::format("state store: {}", state.status().message()));
+    return kExitFailed;
+  }
+  const std::string token = "bf_" + HexEncode(RandomBytes(32));
+  ApiToken t{name, HexEncode(Sha256(token)), read_only, FormatIso8601(SystemClock().Now()), ""};
+  if (absl::Status s = (*state)->CreateApiToken(t); !s.ok()) {
+    PrintError(std::string(s.message()));
+    return kExitFailed;
+  }
+  fmt::print(stderr,
+             "token \"{}\" created ({}); it is shown once, below: store it now. Send it as "
+             "Authorization: Bearer <token>\n",
+             name, read_only ? "read-only" : "read and write");
+  fmt::print("{}\n", token);
+  return kExitOk;
+}
+
+int TokenList(const GlobalOptions& g) {
+  auto ws = Load(g, true);
+  if (!ws) return kExitInvalidConfig;
+  auto state = OpenState(*ws);
+  absl::StatusOr<std::vector<ApiToken>> tokens =
+      state.ok() ? (*state)->ListApiTokens() : state.status();
+  if (!tokens.ok()) {
+    PrintError(fmt::format("state store: {}", tokens.status().message()));
+    return kExitFailed;
+  }
+  if (g.json) {
+    JsonWriter w;
+    w.BeginObject().Key("tokens").BeginArray();
+    for (const ApiToken& t : *tokens) {
+      w.BeginObject().Key("name").String(t.name).Key("read_only").Bool(t.read_only);
+      w.Key("created_at").String(t.created_at).Key("last_used_at").String(t.last_used_at);
+      w.EndObject();
+    }
+    w.EndArray().EndObject();
+    fmt::print("{}\n", w.str());
+    return kExitOk;
+  }
+  if (tokens->empty()) {
+    fmt::print("no API tokens; create one with `backflow token create NAME`\n");
+    return kExitOk;
+  }
+  for (const ApiToken& t : *tokens) {
+    fmt::print("{:<24} {:<10} created {}  last used {}\n", t.name,
+               t.read_only ? "read-only" : "write", t.created_at,
+               t.last_used_at.empty() ? "never" : t.last_used_at);
+  }
+  return kExitOk;
+}
+
+int TokenRevoke(const GlobalOptions& g, const std::string& name) {
+  auto ws = Load(g, true);
+  if (!ws) return kExitInvalidConfig;
+  auto state = OpenState(*ws);
+  absl::Status s = state.ok() ? (*state)->RevokeApiToken(name) : state.status();
+  if (!s.ok()) {
+    PrintError(std::string(s.message()));
+    return kExitFailed;
+  }
+  fmt::print("token \"{}\" revoked: requests with it are refused from now on\n", name);
   return kExitOk;
 }
 
@@ -832,18 +930,39 @@ int Main(int argc, char** argv) {
     result = Sync(g, name, model, sync_options);
   });
 
-  bool once = false;
-  std::string now_text;
-  int poll_seconds = 1;
+  ServeFlags serve_flags;
   auto* serve = app.add_subcommand(
       "serve",
-      "run models on their schedules until stopped (SIGTERM/SIGINT finish the run in "
-      "progress first); logs one JSON line per event");
-  serve->add_flag("--once", once, "decide once, run what is due now, wait for it and exit");
-  serve->add_option("--now", now_text, "with --once: decide as if it were this RFC 3339 time");
-  serve->add_option("--poll-seconds", poll_seconds, "how often schedules are checked")
+      "run models on their schedules and queued runs until stopped, optionally with the REST "
+      "API (SIGTERM/SIGINT: the run in progress stops after its batches in flight and is "
+      "queued again); logs one JSON line per event");
+  serve->add_flag("--once", serve_flags.once,
+                  "decide once, run what is due now and what is queued, wait for it and exit");
+  serve->add_option("--now", serve_flags.now_text,
+                    "with --once: decide as if it were this RFC 3339 time");
+  serve
+      ->add_option("--poll-seconds", serve_flags.poll_seconds,
+                   "how often schedules and the queue are checked")
       ->check(CLI::Range(1, 3600));
-  serve->callback([&] { result = Serve(g, once, now_text, poll_seconds); });
+  serve->add_option("--listen", serve_flags.listen,
+                    "serve the REST API on HOST:PORT (e.g. 127.0.0.1:8321)");
+  serve->add_option("--workers", serve_flags.workers, "runs worked on at once")
+      ->check(CLI::Range(1, 64));
+  serve->callback([&] { result = Serve(g, serve_flags); });
+
+  auto* token = app.add_subcommand("token", "API tokens for `backflow serve --listen`");
+  token->require_subcommand(1);
+  bool read_only = false;
+  auto* token_create =
+      token->add_subcommand("create", "create a token; prints it once, alone on the last line");
+  token_create->add_option("NAME", name, "a name for the token (who or what uses it)")->required();
+  token_create->add_flag("--read-only", read_only, "may read, but not change or trigger anything");
+  token_create->callback([&] { result = TokenCreate(g, name, read_only); });
+  auto* token_list = token->add_subcommand("list", "tokens with their last use (never the token)");
+  token_list->callback([&] { result = TokenList(g); });
+  auto* token_revoke = token->add_subcommand("revoke", "revoke a token at once");
+  token_revoke->add_option("NAME", name, "token name")->required();
+  token_revoke->callback([&] { result = TokenRevoke(g, name); });
 
   auto* runs = app.add_subcommand("runs", "inspect past runs");
   runs->require_subcommand(1);

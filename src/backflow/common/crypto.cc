@@ -3,6 +3,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/rand.h>
 
 #include <array>
 #include <cstdint>
@@ -101,6 +102,14 @@ absl::StatusOr<std::string> Base64Decode(std::string_view text) {
   // Leftover bits must be zero in canonical base64.
   if (bits > 0 && (acc & ((1u << bits) - 1)) != 0) {
     return absl::InvalidArgumentError("invalid base64: non-zero trailing bits");
+  }
+  return out;
+}
+
+std::string RandomBytes(size_t n) {
+  std::string out(n, '\0');
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(out.data()), static_cast<int>(n)) != 1) {
+    std::abort();  // no entropy: nothing secret can be made safely
   }
   return out;
 }

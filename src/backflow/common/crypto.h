@@ -27,6 +27,9 @@ std::string Base64Encode(std::string_view bytes);
 // outside the alphabet are rejected with kInvalidArgument.
 absl::StatusOr<std::string> Base64Decode(std::string_view text);
 
+// `n` bytes from the operating system's cryptographically secure generator.
+std::string RandomBytes(size_t n);
+
 // Lowercase hex of raw bytes.
 std::string HexEncode(std::string_view bytes);
 
