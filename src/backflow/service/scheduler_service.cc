@@ -16,6 +16,7 @@
 #include "backflow/config/workspace.h"
 #include "backflow/engine/sync_engine.h"
 #include "backflow/scheduler/planner.h"
+#include "backflow/secrets/workspace_secrets.h"
 #include "backflow/state/open_state_store.h"
 #include "backflow/state/state_store.h"
 #include "fmt/format.h"
@@ -77,7 +78,7 @@ SchedulerService::SchedulerService(SchedulerOptions options, const Registry& reg
 
 absl::StatusOr<SchedulerOutcome> SchedulerService::Run() {
   Log log(log_);
-  LoadResult loaded = LoadWorkspace(options_.config_path, registry_);
+  LoadResult loaded = LoadWorkspaceWithSecrets(options_.config_path, registry_);
   if (!loaded.ok()) {
     std::string first;
     for (const Diagnostic& d : loaded.diagnostics) {
@@ -159,7 +160,8 @@ absl::StatusOr<SchedulerOutcome> SchedulerService::Run() {
           failed = true;
           log.Write("run_failed", [&](JsonWriter& w) {
             w.Key("model").String(job.model);
-            w.Key("error").String(std::string(results.status().message()));
+            w.Key("error").String(
+                job.workspace->RedactSecrets(std::string(results.status().message())));
           });
         } else {
           for (const MappingRunResult& r : *results) {
@@ -210,7 +212,7 @@ absl::StatusOr<SchedulerOutcome> SchedulerService::Run() {
     std::optional<fs::file_time_type> modified = ModifiedAt(options_.config_path);
     if (modified && modified != loaded_at) {
       loaded_at = modified;
-      LoadResult reloaded = LoadWorkspace(options_.config_path, registry_);
+      LoadResult reloaded = LoadWorkspaceWithSecrets(options_.config_path, registry_);
       if (reloaded.ok()) {
         workspace = std::make_shared<const Workspace>(std::move(reloaded.workspace));
         planner.Invalidate();
