@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
+#include <vector>
 
 #include "backflow/common/crypto.h"
 #include "fmt/format.h"
@@ -116,6 +118,27 @@ TEST_F(SecretBoxTest, CreatesTheKeyFileWithMode0600AndReusesIt) {
   ASSERT_TRUE(from_env.ok()) << from_env.status();
   EXPECT_EQ(from_env->key_origin(), "BACKFLOW_SECRET_KEY");
   EXPECT_EQ(*from_env->Open(sealed), "same key");
+}
+
+TEST_F(SecretBoxTest, ConcurrentFirstUsesAgreeOnOneKey) {
+  fs::path key_file = dir_ / "secret.key";
+  std::vector<std::optional<SecretBox>> boxes(8);
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < boxes.size(); ++i) {
+    threads.emplace_back([&, i] {
+      absl::StatusOr<SecretBox> box = SecretBox::LoadWith(std::nullopt, key_file.string(), true);
+      if (box.ok()) boxes[i].emplace(*std::move(box));
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  int created = 0;
+  for (const auto& box : boxes) {
+    ASSERT_TRUE(box.has_value());
+    created += box->created_key_file();
+  }
+  EXPECT_EQ(created, 1);
+  std::string sealed = boxes[0]->Seal("one key for all");
+  for (const auto& box : boxes) EXPECT_EQ(*box->Open(sealed), "one key for all");
 }
 
 TEST_F(SecretBoxTest, RefusesAKeyFileOthersCanRead) {
