@@ -11,11 +11,17 @@
 namespace backflow::e2e {
 namespace {
 
+// `in` empty: stdin is inherited.
 pid_t Spawn(const std::string& cwd, const std::vector<std::string>& args, const std::string& out,
-            const std::string& err) {
+            const std::string& err, const std::string& in = "") {
   pid_t pid = fork();
   if (pid != 0) return pid;
   if (chdir(cwd.c_str()) != 0) _exit(127);
+  if (!in.empty()) {
+    int i = open(in.c_str(), O_RDONLY);
+    if (i < 0) _exit(127);
+    dup2(i, STDIN_FILENO);
+  }
   int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   int e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   dup2(o, STDOUT_FILENO);
@@ -51,15 +57,32 @@ std::string BackflowBinary() {
   return b != nullptr ? b : "backflow";
 }
 
-CliResult RunCli(const std::string& cwd, const std::vector<std::string>& args) {
+namespace {
+
+CliResult Run(const std::string& cwd, const std::vector<std::string>& args, const std::string& in) {
   std::string out = cwd + "/.cli.out", err = cwd + "/.cli.err";
-  pid_t pid = Spawn(cwd, args, out, err);
+  pid_t pid = Spawn(cwd, args, out, err, in);
   int status = 0;
   waitpid(pid, &status, 0);
   CliResult r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   r.out = Slurp(out);
   r.err = Slurp(err);
+  return r;
+}
+
+}  // namespace
+
+CliResult RunCli(const std::string& cwd, const std::vector<std::string>& args) {
+  return Run(cwd, args, "");
+}
+
+CliResult RunCli(const std::string& cwd, const std::vector<std::string>& args,
+                 const std::string& input) {
+  std::string in = cwd + "/.cli.in";
+  std::ofstream(in, std::ios::binary | std::ios::trunc) << input;
+  CliResult r = Run(cwd, args, in);
+  unlink(in.c_str());
   return r;
 }
 

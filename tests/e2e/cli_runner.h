@@ -22,6 +22,9 @@ std::string BackflowBinary();
 
 // Runs `backflow args...` in `cwd` and waits for it.
 CliResult RunCli(const std::string& cwd, const std::vector<std::string>& args);
+// The same with `input` as its standard input.
+CliResult RunCli(const std::string& cwd, const std::vector<std::string>& args,
+                 const std::string& input);
 
 // Starts `backflow args...` in `cwd` with output discarded; returns its pid.
 pid_t StartCli(const std::string& cwd, const std::vector<std::string>& args);

@@ -35,7 +35,11 @@ std::string SettingsTable(const std::vector<SettingSpec>& settings) {
         type += (type.empty() ? "" : ", ") + ("`" + v + "`");
     }
     std::string description = s.description;
-    if (s.secret) description += " Secret: write it as `${env:NAME}`; never logged.";
+    if (s.secret) {
+      description +=
+          " Secret: write it as `${secret:NAME}` (stored with `backflow secret set NAME`) or "
+          "`${env:NAME}`; never logged.";
+    }
     if (s.is_path) description += " Relative paths are relative to the workspace file.";
     out += fmt::format("| `{}` | {} | {} | {} | {} |\n", s.key, type, s.required ? "yes" : "no",
                        s.default_value.is_null() ? "" : "`" + s.default_value.dump() + "`",

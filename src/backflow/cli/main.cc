@@ -2,14 +2,17 @@
 //
 // Exit codes: 0 success; 1 a run or command failed; 2 a sync finished but
 // some records failed or were rejected; 3 the workspace file is invalid.
+#include <termios.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 
 #include "backflow/catalog/json_schema.h"
 #include "backflow/catalog/markdown.h"
@@ -25,6 +28,9 @@
 #include "backflow/engine/sync_engine.h"
 #include "backflow/mapping/expression.h"
 #include "backflow/mapping/mapper.h"
+#include "backflow/secrets/secret_box.h"
+#include "backflow/secrets/secret_store.h"
+#include "backflow/secrets/workspace_secrets.h"
 #include "backflow/service/service.h"
 #include "backflow/sources/source.h"
 #include "backflow/state/open_state_store.h"
@@ -60,7 +66,7 @@ void PrintUnknown(const char* what, const std::string& name, const std::vector<C
 
 // Loads the workspace; prints diagnostics (warnings too) to stderr.
 std::optional<Workspace> Load(const GlobalOptions& g, bool quiet_warnings = false) {
-  LoadResult result = LoadWorkspace(g.config, BuiltinRegistry());
+  LoadResult result = LoadWorkspaceWithSecrets(g.config, BuiltinRegistry());
   for (const Diagnostic& d : result.diagnostics) {
     if (!d.is_error() && quiet_warnings) continue;
     fmt::print(stderr, "{}\n", d.ToString());
@@ -71,6 +77,12 @@ std::optional<Workspace> Load(const GlobalOptions& g, bool quiet_warnings = fals
     return std::nullopt;
   }
   return std::move(result.workspace);
+}
+
+// `status` with the values of the workspace's secrets replaced by their references.
+absl::Status Redacted(const Workspace& ws, const absl::Status& status) {
+  if (status.ok()) return status;
+  return absl::Status(status.code(), ws.RedactSecrets(std::string(status.message())));
 }
 
 std::string StatePath(const Workspace& ws) { return ws.state_url.substr(strlen("sqlite:")); }
@@ -98,7 +110,7 @@ std::unique_ptr<StateStore> OpenStateForReading(const Workspace& ws) {
 // ---------------------------------------------------------------- validate
 
 int Validate(const GlobalOptions& g) {
-  LoadResult result = LoadWorkspace(g.config, BuiltinRegistry());
+  LoadResult result = LoadWorkspaceWithSecrets(g.config, BuiltinRegistry());
   if (g.json) {
     nlohmann::json out;
     out["valid"] = result.ok();
@@ -162,6 +174,7 @@ int TestConnection(const GlobalOptions& g, const std::string& name) {
     return kExitFailed;
   }
   double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  status = Redacted(*ws, status);
   if (g.json) {
     nlohmann::json out = {{"name", name},
                           {"kind", kind},
@@ -208,6 +221,7 @@ int Preview(const GlobalOptions& g, const std::string& model_name, int limit) {
       rows.push_back(row);
     }
   }
+  status = Redacted(*ws, status);
   if (!status.ok()) {
     PrintError(fmt::format("model \"{}\" on source \"{}\": {}", model->name, model->source,
                            status.message()));
@@ -314,6 +328,7 @@ int MappingTest(const GlobalOptions& g, const std::string& mapping_name,
       found = true;
     }
   }
+  status = Redacted(*ws, status);
   if (!status.ok()) {
     PrintError(fmt::format("model \"{}\" on source \"{}\": {}", model->name, model->source,
                            status.message()));
@@ -344,7 +359,9 @@ int MappingTest(const GlobalOptions& g, const std::string& mapping_name,
   OutgoingRecord record;
   record.key = key;
   record.values = payload;
-  std::string payload_json = mapped.ok() ? RecordFieldsJson(mapper->layout(), record) : "null";
+  mapped = Redacted(*ws, mapped);
+  std::string payload_json =
+      mapped.ok() ? ws->RedactSecrets(RecordFieldsJson(mapper->layout(), record)) : "null";
   if (g.json) {
     JsonWriter w;
     w.BeginObject().Key("mapping").String(mapping->name).Key("action").String(mapping->action);
@@ -494,8 +511,11 @@ int Sync(const GlobalOptions& g, const std::string& mapping_name, const std::str
   }
   auto results = engine.Run(model, mappings, options);
   if (!results.ok()) {
-    PrintError(std::string(results.status().message()));
+    PrintError(ws->RedactSecrets(std::string(results.status().message())));
     return kExitFailed;
+  }
+  for (MappingRunResult& r : *results) {
+    for (PlannedChange& p : r.sample) p.payload = ws->RedactSecrets(std::move(p.payload));
   }
   int exit_code = kExitOk;
   for (const MappingRunResult& r : *results) {
@@ -753,10 +773,12 @@ int Serve(const GlobalOptions& g, const ServeFlags& flags) {
   return kExitOk;
 }
 
+std::optional<Workspace> LoadForSecrets(const GlobalOptions& g);
+
 // ------------------------------------------------------------------- token
 
 int TokenCreate(const GlobalOptions& g, const std::string& name, bool read_only) {
-  auto ws = Load(g, true);
+  auto ws = LoadForSecrets(g);
   if (!ws) return kExitInvalidConfig;
   bool valid = !name.empty() && name.size() <= 64;
   for (char c : name) {
@@ -787,7 +809,7 @@ int TokenCreate(const GlobalOptions& g, const std::string& name, bool read_only)
 }
 
 int TokenList(const GlobalOptions& g) {
-  auto ws = Load(g, true);
+  auto ws = LoadForSecrets(g);
   if (!ws) return kExitInvalidConfig;
   auto state = OpenState(*ws);
   absl::StatusOr<std::vector<ApiToken>> tokens =
@@ -821,7 +843,7 @@ int TokenList(const GlobalOptions& g) {
 }
 
 int TokenRevoke(const GlobalOptions& g, const std::string& name) {
-  auto ws = Load(g, true);
+  auto ws = LoadForSecrets(g);
   if (!ws) return kExitInvalidConfig;
   auto state = OpenState(*ws);
   absl::Status s = state.ok() ? (*state)->RevokeApiToken(name) : state.status();
@@ -830,6 +852,143 @@ int TokenRevoke(const GlobalOptions& g, const std::string& name) {
     return kExitFailed;
   }
   fmt::print("token \"{}\" revoked: requests with it are refused from now on\n", name);
+  return kExitOk;
+}
+
+// ------------------------------------------------------------------ secret
+
+// The workspace for the secret commands: only `state:` and `secret_key_file:`
+// must be valid, since the rest may reference secrets not set yet.
+std::optional<Workspace> LoadForSecrets(const GlobalOptions& g) {
+  LoadResult result = LoadWorkspace(g.config, BuiltinRegistry());
+  bool usable = !result.workspace.state_url.empty();
+  for (const Diagnostic& d : result.diagnostics) {
+    if (d.is_error() && (d.path.empty() || d.path == "state" || d.path == "secret_key_file")) {
+      fmt::print(stderr, "{}\n", d.ToString());
+      usable = false;
+    }
+  }
+  if (!usable) {
+    PrintError(fmt::format("{} must name a valid state store to keep secrets in", g.config));
+    return std::nullopt;
+  }
+  return std::move(result.workspace);
+}
+
+// Reads a secret value from stdin: the whole input, less one trailing newline.
+// On a terminal, one line typed without echo.
+std::string ReadSecretValue(const std::string& name) {
+  std::string value;
+  if (isatty(STDIN_FILENO)) {
+    fmt::print(stderr, "value of secret {} (not shown): ", name);
+    std::fflush(stderr);
+    termios saved{};
+    bool hidden = tcgetattr(STDIN_FILENO, &saved) == 0;
+    if (hidden) {
+      termios quiet = saved;
+      quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
+      hidden = tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet) == 0;
+    }
+    std::getline(std::cin, value);
+    if (hidden) tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved);
+    fmt::print(stderr, "\n");
+    return value;
+  }
+  value.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+  if (!value.empty() && value.back() == '\n') {
+    value.pop_back();
+    if (!value.empty() && value.back() == '\r') value.pop_back();
+  }
+  return value;
+}
+
+int SecretSet(const GlobalOptions& g, const std::string& name) {
+  if (absl::Status valid = ValidateSecretName(name); !valid.ok()) {
+    PrintError(std::string(valid.message()));
+    return kExitFailed;
+  }
+  auto ws = LoadForSecrets(g);
+  if (!ws) return kExitInvalidConfig;
+  std::string value = ReadSecretValue(name);
+  auto state = OpenState(*ws);
+  if (!state.ok()) {
+    PrintError(fmt::format("state store: {}", state.status().message()));
+    return kExitFailed;
+  }
+  absl::StatusOr<SecretBox> box = SecretBox::Load(ws->secret_key_file);
+  if (!box.ok()) {
+    PrintError(fmt::format("secret key: {}", box.status().message()));
+    return kExitFailed;
+  }
+  if (box->created_key_file()) {
+    fmt::print(stderr,
+               "created the secret key file {} (mode 0600); back it up: the secrets cannot be "
+               "read without it (or give its content as {})\n",
+               ws->secret_key_file, SecretBox::kKeyEnvVar);
+  }
+  absl::Status saved = SecretStore(**state, &*box).Set(name, value);
+  std::fill(value.begin(), value.end(), '\0');
+  if (!saved.ok()) {
+    PrintError(std::string(saved.message()));
+    return kExitFailed;
+  }
+  if (g.json) {
+    fmt::print("{}\n", nlohmann::json({{"name", name}, {"saved", true}}).dump());
+  } else {
+    fmt::print("secret {} saved\n", name);
+  }
+  return kExitOk;
+}
+
+int SecretList(const GlobalOptions& g) {
+  auto ws = LoadForSecrets(g);
+  if (!ws) return kExitInvalidConfig;
+  auto state = OpenState(*ws);
+  if (!state.ok()) {
+    PrintError(fmt::format("state store: {}", state.status().message()));
+    return kExitFailed;
+  }
+  absl::StatusOr<std::vector<SecretInfo>> secrets = SecretStore(**state, nullptr).List();
+  if (!secrets.ok()) {
+    PrintError(std::string(secrets.status().message()));
+    return kExitFailed;
+  }
+  if (g.json) {
+    nlohmann::json out = {{"secrets", nlohmann::json::array()}};
+    for (const SecretInfo& s : *secrets) {
+      out["secrets"].push_back({{"name", s.name}, {"updated_at", s.updated_at}});
+    }
+    fmt::print("{}\n", out.dump());
+    return kExitOk;
+  }
+  if (secrets->empty()) {
+    fmt::print("no secrets yet; set one with `backflow secret set NAME` (value on stdin)\n");
+    return kExitOk;
+  }
+  std::vector<std::vector<std::string>> table = {{"name", "updated"}};
+  for (const SecretInfo& s : *secrets) table.push_back({s.name, s.updated_at.substr(0, 19)});
+  fmt::print("{}", Table(table));
+  return kExitOk;
+}
+
+int SecretDelete(const GlobalOptions& g, const std::string& name) {
+  auto ws = LoadForSecrets(g);
+  if (!ws) return kExitInvalidConfig;
+  auto state = OpenState(*ws);
+  if (!state.ok()) {
+    PrintError(fmt::format("state store: {}", state.status().message()));
+    return kExitFailed;
+  }
+  absl::Status deleted = SecretStore(**state, nullptr).Delete(name);
+  if (!deleted.ok()) {
+    PrintError(std::string(deleted.message()));
+    return kExitFailed;
+  }
+  if (g.json) {
+    fmt::print("{}\n", nlohmann::json({{"name", name}, {"deleted", true}}).dump());
+  } else {
+    fmt::print("secret {} deleted\n", name);
+  }
   return kExitOk;
 }
 
@@ -999,6 +1158,21 @@ int Main(int argc, char** argv) {
     result = MappingTest(
         g, name, record_key.empty() ? std::nullopt : std::optional<std::string>(record_key));
   });
+
+  auto* secret = app.add_subcommand(
+      "secret", "manage the secrets ${secret:NAME} refers to (kept encrypted in the state store)");
+  secret->require_subcommand(1);
+  auto* secret_set = secret->add_subcommand(
+      "set",
+      "create or replace secret NAME; the value is read from stdin, never from the "
+      "command line");
+  secret_set->add_option("NAME", name, "secret name: letters, digits and '_'")->required();
+  secret_set->callback([&] { result = SecretSet(g, name); });
+  auto* secret_list = secret->add_subcommand("list", "secret names and update times (no values)");
+  secret_list->callback([&] { result = SecretList(g); });
+  auto* secret_delete = secret->add_subcommand("delete", "delete secret NAME");
+  secret_delete->add_option("NAME", name, "secret name")->required();
+  secret_delete->callback([&] { result = SecretDelete(g, name); });
 
   auto* catalog = app.add_subcommand("catalog", "list source and destination types");
   catalog->add_option("--docs", docs_dir, "write one markdown page per connector under DIR");

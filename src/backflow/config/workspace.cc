@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -24,6 +25,9 @@ namespace fs = std::filesystem;
 
 constexpr const char* kWeekdayNames[] = {"sun", "mon", "tue", "wed", "thu", "fri", "sat"};
 constexpr const char* kDefaultState = "sqlite:.backflow/state.db";
+// Shorter secret values are not scrubbed from diagnostics: replacing every
+// occurrence of two letters would garble the messages.
+constexpr size_t kMinScrubbedSecret = 4;
 
 bool IsValidName(const std::string& name) {
   static const std::regex kName("^[A-Za-z][A-Za-z0-9_-]{0,127}$");
@@ -33,8 +37,8 @@ bool IsValidName(const std::string& name) {
 // Walks one YAML document, collecting diagnostics as it goes.
 class Loader {
  public:
-  Loader(std::string file, const Registry& registry)
-      : file_(std::move(file)), registry_(registry) {}
+  Loader(std::string file, const Registry& registry, const SecretResolverFactory& secrets)
+      : file_(std::move(file)), registry_(registry), secrets_(secrets) {}
 
   LoadResult Load(const std::string& yaml);
 
@@ -47,31 +51,165 @@ class Loader {
   }
   void Add(Diagnostic::Severity severity, const YAML::Node& at, std::string path,
            std::string message, std::string hint) {
+    int line = current_line_, column = current_column_;
+    if (at.IsDefined() && at.Mark().line >= 0) {
+      line = at.Mark().line + 1;
+      column = at.Mark().column + 1;
+    }
+    AddAt(severity, line, column, std::move(path), std::move(message), std::move(hint));
+  }
+  void AddAt(Diagnostic::Severity severity, int line, int column, std::string path,
+             std::string message, std::string hint) {
     Diagnostic d;
     d.severity = severity;
     d.file = file_;
-    if (at.IsDefined() && at.Mark().line >= 0) {
-      d.line = at.Mark().line + 1;
-      d.column = at.Mark().column + 1;
-    } else {
-      d.line = current_line_;
-      d.column = current_column_;
-    }
+    d.line = line;
+    d.column = column;
     d.path = std::move(path);
     d.message = std::move(message);
     d.hint = std::move(hint);
     result_.diagnostics.push_back(std::move(d));
   }
 
-  // A scalar as text with ${env:...} resolved; reports a missing variable.
-  std::string Text(const YAML::Node& node, const std::string& path) {
-    std::vector<std::string> missing;
-    std::string value = ResolveEnvReferences(node.Scalar(), missing);
-    for (const std::string& var : missing) {
-      Error(node, path, fmt::format("environment variable {} is not set", var),
-            fmt::format("export {}=... before running backflow", var));
+  // A scalar as text with ${env:NAME} and ${secret:NAME} resolved in one pass
+  // (a value is never expanded again); reports a missing variable or secret.
+  // `allow_secrets` is false where the secrets cannot be read yet (state:).
+  std::string Text(const YAML::Node& node, const std::string& path, bool allow_secrets = true) {
+    const std::string& raw = node.Scalar();
+    std::string out;
+    size_t pos = 0;
+    std::map<std::string, int> seen;  // reference text -> occurrences so far
+    while (true) {
+      size_t start = raw.find("${", pos);
+      if (start == std::string::npos) break;
+      size_t end = raw.find('}', start);
+      if (end == std::string::npos) break;
+      std::string body = raw.substr(start + 2, end - start - 2);
+      if (body.rfind("env:", 0) == 0) {
+        out.append(raw, pos, start - pos);
+        std::string var = body.substr(4);
+        const char* value = std::getenv(var.c_str());
+        if (value == nullptr) {
+          Error(node, path, fmt::format("environment variable {} is not set", var),
+                fmt::format("export {}=... before running backflow", var));
+        } else {
+          out.append(value);
+        }
+      } else if (body.rfind("secret:", 0) == 0) {
+        out.append(raw, pos, start - pos);
+        std::string reference = raw.substr(start, end - start + 1);
+        auto [line, column] = PositionOf(node, reference, seen[reference]++);
+        out.append(SecretValue(body.substr(7), reference, allow_secrets, line, column, path));
+      } else {
+        out.append(raw, pos, start + 2 - pos);
+        pos = start + 2;
+        continue;
+      }
+      pos = end + 1;
     }
-    return value;
+    out.append(raw, pos);
+    return out;
+  }
+
+  // Where the `nth` (0-based) occurrence of `needle` in `node`'s text is in
+  // the file; the node's own position when the text is not found verbatim
+  // (e.g. written with escapes).
+  std::pair<int, int> PositionOf(const YAML::Node& node, const std::string& needle, int nth) {
+    const YAML::Mark mark = node.Mark();
+    if (yaml_ == nullptr || mark.pos < 0 || static_cast<size_t>(mark.pos) > yaml_->size()) {
+      return {mark.line + 1, mark.column + 1};
+    }
+    const size_t begin = mark.pos;
+    const size_t limit = std::min(yaml_->size(), begin + 2 * node.Scalar().size() + 256);
+    size_t at = begin;
+    for (int i = 0; i <= nth; ++i) {
+      at = yaml_->find(needle, i == 0 ? at : at + 1);
+      if (at == std::string::npos || at + needle.size() > limit) {
+        return {mark.line + 1, mark.column + 1};
+      }
+    }
+    int line = mark.line, column = mark.column;
+    for (size_t i = begin; i < at; ++i) {
+      if ((*yaml_)[i] == '\n') {
+        ++line;
+        column = 0;
+      } else {
+        ++column;
+      }
+    }
+    return {line + 1, column + 1};
+  }
+
+  // The value of ${secret:NAME} (`reference`) found at line:column.
+  std::string SecretValue(const std::string& name, const std::string& reference, bool allow_secrets,
+                          int line, int column, const std::string& path) {
+    auto error = [&](std::string message, std::string hint) {
+      AddAt(Diagnostic::Severity::kError, line, column, path, std::move(message), std::move(hint));
+    };
+    if (!allow_secrets) {
+      error(fmt::format("{} cannot be used here: the secrets are read from the state store "
+                        "this setting names",
+                        reference),
+            "use ${env:NAME} for this setting");
+      return reference;
+    }
+    if (!IsValidSecretName(name)) {
+      error(fmt::format("invalid secret name \"{}\"", name),
+            "secret names are letters, digits and '_', not starting with a digit");
+      return "";
+    }
+    // Without a resolver, or when state: is invalid (reported already), the
+    // reference stays as written.
+    if (!secrets_ || result_.workspace.state_url.empty()) return reference;
+    if (auto cached = secret_values_.find(name); cached != secret_values_.end()) {
+      if (!cached->second) ReportMissingSecret(name, line, column, path);
+      return cached->second.value_or("");
+    }
+    if (resolver_ == nullptr && !resolver_failed_) {
+      absl::StatusOr<std::unique_ptr<SecretResolver>> made = secrets_(result_.workspace);
+      if (made.ok()) {
+        resolver_ = *std::move(made);
+      } else {
+        resolver_failed_ = true;
+        error(fmt::format("cannot read the secrets: {}", made.status().message()), "");
+      }
+    }
+    if (resolver_ == nullptr) return "";
+    absl::StatusOr<std::optional<std::string>> value = resolver_->Resolve(name);
+    if (!value.ok()) {
+      std::string message =
+          fmt::format("cannot read secret \"{}\": {}", name, value.status().message());
+      // One report per distinct failure (a wrong key fails every reference alike).
+      if (resolver_errors_.insert(std::string(value.status().message())).second) {
+        error(message, "");
+      }
+      return "";
+    }
+    secret_values_[name] = *value;
+    if (!*value) ReportMissingSecret(name, line, column, path);
+    return value->value_or("");
+  }
+
+  void ReportMissingSecret(const std::string& name, int line, int column, const std::string& path) {
+    AddAt(Diagnostic::Severity::kError, line, column, path,
+          fmt::format("secret \"{}\" is not set", name),
+          fmt::format("set it with `backflow secret set {}`, which reads the value from stdin",
+                      name));
+  }
+
+  // Replaces every resolved secret value in the diagnostics by its reference:
+  // values may reach messages through checks that quote what they rejected.
+  void ScrubSecretValues() {
+    Workspace& ws = result_.workspace;
+    for (const auto& [name, value] : secret_values_) {
+      if (value) ws.resolved_secrets.emplace_back(name, *value);
+    }
+    if (ws.resolved_secrets.empty()) return;
+    for (Diagnostic& d : result_.diagnostics) {
+      d.message = ws.RedactSecrets(std::move(d.message));
+      d.hint = ws.RedactSecrets(std::move(d.hint));
+      d.path = ws.RedactSecrets(std::move(d.path));
+    }
   }
 
   // Reads a required string member of `map`.
@@ -150,7 +288,9 @@ class Loader {
       if (node.IsDefined() && node.IsScalar() && !node.Scalar().empty() &&
           node.Scalar().find("${") == std::string::npos) {
         Warning(node, path + "." + spec.key, "secret written in clear in the file",
-                fmt::format("use {}: ${{env:NAME}} and keep the value out of version control",
+                fmt::format("store it with `backflow secret set NAME` and write {}: "
+                            "${{secret:NAME}} (or use ${{env:NAME}}), and keep the value out of "
+                            "version control",
                             spec.key));
       }
     }
@@ -190,6 +330,7 @@ class Loader {
   }
 
   void LoadState(const YAML::Node& root);
+  void LoadSecretKeyFile(const YAML::Node& root);
   void LoadSources(const YAML::Node& root);
   void LoadModels(const YAML::Node& root);
   void LoadDestinations(const YAML::Node& root);
@@ -219,6 +360,12 @@ class Loader {
 
   std::string file_;
   const Registry& registry_;
+  const SecretResolverFactory& secrets_;
+  const std::string* yaml_ = nullptr;  // the text being loaded
+  std::unique_ptr<SecretResolver> resolver_;
+  bool resolver_failed_ = false;
+  std::set<std::string> resolver_errors_;
+  std::map<std::string, std::optional<std::string>> secret_values_;  // name -> value, if set
   LoadResult result_;
   std::set<std::string> declared_destinations_;
   int current_line_ = 0;
@@ -226,6 +373,7 @@ class Loader {
 };
 
 LoadResult Loader::Load(const std::string& yaml) {
+  yaml_ = &yaml;
   result_.workspace.file = file_;
   result_.workspace.base_dir = fs::absolute(fs::path(file_)).parent_path().string();
   YAML::Node root;
@@ -248,7 +396,9 @@ LoadResult Loader::Load(const std::string& yaml) {
     return std::move(result_);
   }
   try {
-    CheckKeys(root, "", {"version", "state", "sources", "models", "destinations", "mappings"});
+    CheckKeys(
+        root, "",
+        {"version", "state", "secret_key_file", "sources", "models", "destinations", "mappings"});
     // "".key → "key" for top-level paths.
     for (Diagnostic& d : result_.diagnostics) {
       if (!d.path.empty() && d.path[0] == '.') d.path.erase(0, 1);
@@ -266,6 +416,7 @@ LoadResult Loader::Load(const std::string& yaml) {
     d.message = fmt::format("unexpected YAML structure: {}", e.msg);
     result_.diagnostics.push_back(std::move(d));
   }
+  ScrubSecretValues();
   std::stable_sort(result_.diagnostics.begin(), result_.diagnostics.end(),
                    [](const Diagnostic& a, const Diagnostic& b) {
                      return std::tie(a.line, a.column) < std::tie(b.line, b.column);
@@ -281,7 +432,7 @@ void Loader::LoadState(const YAML::Node& root) {
       Error(node, "state", "must be a string like \"sqlite:.backflow/state.db\"");
       return;
     }
-    state = Text(node, "state");
+    state = Text(node, "state", /*allow_secrets=*/false);
   }
   if (state.rfind("sqlite:", 0) == 0) {
     std::string path = state.substr(7);
@@ -297,6 +448,29 @@ void Loader::LoadState(const YAML::Node& root) {
   } else {
     Error(node, "state", fmt::format("unknown state store \"{}\"", state),
           "write state: sqlite:PATH");
+  }
+  LoadSecretKeyFile(root);
+}
+
+void Loader::LoadSecretKeyFile(const YAML::Node& root) {
+  Workspace& ws = result_.workspace;
+  YAML::Node node = root["secret_key_file"];
+  if (node.IsDefined() && !node.IsNull()) {
+    if (!node.IsScalar() || node.Scalar().empty()) {
+      Error(node, "secret_key_file", "must be the path of the key file that encrypts secrets",
+            "e.g. secret_key_file: /etc/backflow/secret.key (created, mode 0600, on first use)");
+    } else {
+      std::string path = Text(node, "secret_key_file", /*allow_secrets=*/false);
+      if (!path.empty()) {
+        ws.secret_key_file = ResolvePath(path);
+        return;
+      }
+    }
+  }
+  if (ws.state_url.rfind("sqlite:", 0) == 0) {
+    ws.secret_key_file = (fs::path(ws.state_url.substr(7)).parent_path() / "secret.key").string();
+  } else {
+    ws.secret_key_file = ResolvePath(".backflow/secret.key");
   }
 }
 
@@ -736,6 +910,18 @@ std::string Schedule::ToString() const {
   return "manual";
 }
 
+std::string Workspace::RedactSecrets(std::string text) const {
+  for (const auto& [name, value] : resolved_secrets) {
+    if (value.size() < kMinScrubbedSecret) continue;
+    std::string reference = fmt::format("${{secret:{}}}", name);
+    for (size_t at = text.find(value); at != std::string::npos;
+         at = text.find(value, at + reference.size())) {
+      text.replace(at, value.size(), reference);
+    }
+  }
+  return text;
+}
+
 template <typename T>
 static const T* FindByName(const std::vector<T>& items, std::string_view name) {
   for (const T& item : items) {
@@ -764,7 +950,8 @@ size_t LoadResult::error_count() const {
                        [](const Diagnostic& d) { return d.is_error(); });
 }
 
-LoadResult LoadWorkspace(const std::string& path, const Registry& registry) {
+LoadResult LoadWorkspace(const std::string& path, const Registry& registry,
+                         const SecretResolverFactory& secrets) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     LoadResult result;
@@ -777,12 +964,20 @@ LoadResult LoadWorkspace(const std::string& path, const Registry& registry) {
   }
   std::stringstream buffer;
   buffer << in.rdbuf();
-  return LoadWorkspaceFromString(buffer.str(), path, registry);
+  return LoadWorkspaceFromString(buffer.str(), path, registry, secrets);
 }
 
 LoadResult LoadWorkspaceFromString(const std::string& yaml, const std::string& file,
-                                   const Registry& registry) {
-  return Loader(file, registry).Load(yaml);
+                                   const Registry& registry, const SecretResolverFactory& secrets) {
+  return Loader(file, registry, secrets).Load(yaml);
+}
+
+bool IsValidSecretName(std::string_view name) {
+  if (name.empty() || name.size() > 128) return false;
+  auto alpha = [](char c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_'; };
+  if (!alpha(name[0])) return false;
+  return std::all_of(name.begin(), name.end(),
+                     [&](char c) { return alpha(c) || (c >= '0' && c <= '9'); });
 }
 
 std::string ResolveEnvReferences(const std::string& text, std::vector<std::string>& missing) {

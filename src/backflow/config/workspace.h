@@ -4,12 +4,18 @@
 // LoadWorkspace() parses and validates the whole file and reports every
 // problem at once, each with its file position, its path in the document
 // (e.g. "mappings[0].fields.email") and a hint. ${env:NAME} references are
-// resolved at load time; the resolved secrets live only in memory.
+// resolved at load time, and so are ${secret:NAME} references when the caller
+// gives a SecretResolverFactory (see secrets/workspace_secrets.h); the
+// resolved values live only in memory and never appear in diagnostics.
 // A Workspace is immutable after loading and safe to share between threads.
 #pragma once
 
+#include <functional>
+#include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -90,10 +96,23 @@ struct Workspace {
   std::string file;       // the YAML file it came from
   std::string base_dir;   // relative paths (sqlite files, state) resolve against this
   std::string state_url;  // "sqlite:<absolute path>"
+  // Absolute path of the key file that encrypts the secrets: `secret_key_file:`
+  // when set, else secret.key next to the SQLite state file, else
+  // .backflow/secret.key under base_dir. BACKFLOW_SECRET_KEY overrides it.
+  std::string secret_key_file;
   std::vector<SourceConfig> sources;
   std::vector<ModelConfig> models;
   std::vector<DestinationConfig> destinations;
   std::vector<MappingConfig> mappings;
+  // Name and value of every ${secret:NAME} the load resolved, for
+  // RedactSecrets(). Never serialize this.
+  std::vector<std::pair<std::string, std::string>> resolved_secrets;
+
+  // `text` with every resolved secret value (of 4 characters or more; shorter
+  // ones would garble the text) replaced by its reference "${secret:NAME}".
+  // For messages built at run time from settings, e.g. a connector error that
+  // quotes a URL holding a token.
+  std::string RedactSecrets(std::string text) const;
 
   const SourceConfig* FindSource(std::string_view name) const;
   const ModelConfig* FindModel(std::string_view name) const;
@@ -109,13 +128,40 @@ struct LoadResult {
   size_t error_count() const;
 };
 
+// Looks up the values of ${secret:NAME} references during one load. Used
+// from the loading thread only.
+class SecretResolver {
+ public:
+  virtual ~SecretResolver() = default;
+  // The secret's value; nullopt when no secret has that name; an error when
+  // the secrets cannot be read (store unreachable, wrong key). Error messages
+  // never contain secret values.
+  virtual absl::StatusOr<std::optional<std::string>> Resolve(const std::string& name) = 0;
+};
+
+// Makes the resolver of a workspace whose `state:` and `secret_key_file:`
+// have been parsed (`workspace` has state_url, secret_key_file, file and
+// base_dir set; the rest is still loading). Called at most once per load, and
+// only when the file references a secret.
+using SecretResolverFactory =
+    std::function<absl::StatusOr<std::unique_ptr<SecretResolver>>(const Workspace& workspace)>;
+
 // Reads, parses and validates `path` against the connectors in `registry`.
 // Never fails as a call: an unreadable file or invalid YAML is a diagnostic.
-LoadResult LoadWorkspace(const std::string& path, const Registry& registry);
+// With `secrets`, a ${secret:NAME} reference is replaced by the secret's value
+// and a missing secret is an error at the reference; without it, references
+// are kept as written (for tools that need the file's structure rather than
+// its values, such as `backflow secret`).
+LoadResult LoadWorkspace(const std::string& path, const Registry& registry,
+                         const SecretResolverFactory& secrets = nullptr);
 // The same for YAML text already in memory; `file` names it in diagnostics and
 // its folder is the base for relative paths.
 LoadResult LoadWorkspaceFromString(const std::string& yaml, const std::string& file,
-                                   const Registry& registry);
+                                   const Registry& registry,
+                                   const SecretResolverFactory& secrets = nullptr);
+
+// Whether `name` can name a secret: [A-Za-z_][A-Za-z0-9_]*, at most 128 characters.
+bool IsValidSecretName(std::string_view name);
 
 // Replaces ${env:NAME} references in `text`. Unset variables are reported in
 // `missing` and replaced by nothing.

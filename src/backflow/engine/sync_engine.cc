@@ -131,6 +131,10 @@ class Runner {
 
   absl::Status FlushRecords(MappingRun& m) {
     if (m.records.empty()) return absl::OkStatus();
+    for (RunRecord& r : m.records) {  // connector errors may quote settings
+      r.error = ws_.RedactSecrets(std::move(r.error));
+      r.payload = ws_.RedactSecrets(std::move(r.payload));
+    }
     absl::Status status = state_.AddRunRecords(m.run.id, m.records);
     m.records.clear();
     return status;
@@ -163,6 +167,7 @@ class Runner {
     }
     m.run.finished_at = FormatIso8601(SystemClock().Now());
     m.run.duration_s = std::chrono::duration<double>(Steady::now() - m.started).count();
+    m.run.error = ws_.RedactSecrets(std::move(m.run.error));
     absl::Status flushed = FlushRecords(m);
     absl::Status updated = state_.UpdateRun(m.run);
     return flushed.ok() ? updated : flushed;

@@ -22,6 +22,7 @@
 #include "backflow/config/workspace.h"
 #include "backflow/engine/sync_engine.h"
 #include "backflow/scheduler/planner.h"
+#include "backflow/secrets/workspace_secrets.h"
 #include "backflow/state/open_state_store.h"
 #include "fmt/format.h"
 
@@ -161,7 +162,7 @@ Service::Service(ServiceOptions options, const Registry& registry, ConnectorEnv 
 
 absl::StatusOr<ServiceOutcome> Service::Run() {
   Log log(log_);
-  LoadResult loaded = LoadWorkspace(options_.config_path, registry_);
+  LoadResult loaded = LoadWorkspaceWithSecrets(options_.config_path, registry_);
   if (!loaded.ok()) {
     std::string first;
     for (const Diagnostic& d : loaded.diagnostics) {
@@ -467,7 +468,7 @@ absl::StatusOr<ServiceOutcome> Service::Run() {
     std::optional<fs::file_time_type> modified = ModifiedAt(options_.config_path);
     if (modified && modified != loaded_at) {
       loaded_at = modified;
-      LoadResult reloaded = LoadWorkspace(options_.config_path, registry_);
+      LoadResult reloaded = LoadWorkspaceWithSecrets(options_.config_path, registry_);
       if (reloaded.ok()) {
         {
           std::lock_guard<std::mutex> lock(ws_mu);
