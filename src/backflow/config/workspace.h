@@ -5,11 +5,14 @@
 // problem at once, each with its file position, its path in the document
 // (e.g. "mappings[0].fields.email") and a hint. ${env:NAME} references are
 // resolved at load time; the resolved secrets live only in memory.
+// Alerts (`alerts:`) are described in README.md (Alerts).
 // A Workspace is immutable after loading and safe to share between threads.
 #pragma once
 
 #include <optional>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -84,7 +87,50 @@ struct MappingConfig {
   bool enabled = true;
   std::optional<int> batch_size;
   DeleteLimit max_deletes;
+  // Alerts (by name) that cover this mapping besides their own `mappings:`.
+  std::vector<std::string> alerts;
 };
+
+// One alert rule (`alerts:` in the file): which run outcomes it reports, for
+// which mappings, and the one channel it sends them to. Delivery and the
+// once-per-incident rule live in alerts/alert_manager.h.
+struct AlertConfig {
+  enum class Channel { kWebhook, kSlack, kEmail };
+  struct Webhook {
+    std::string url;                                           // http(s), env resolved
+    std::vector<std::pair<std::string, std::string>> headers;  // in file order
+  };
+  struct Slack {
+    std::string webhook_url;  // a Slack incoming-webhook URL (a credential)
+  };
+  struct Email {
+    std::string smtp_url;  // smtp://host[:port] or smtps://host[:port]
+    std::string username;  // empty: no AUTH
+    std::string password;
+    std::string from;             // "alerts@example.com" or "Backflow <alerts@example.com>"
+    std::vector<std::string> to;  // the same forms; at least one
+    bool starttls = true;         // smtp:// only: require STARTTLS before AUTH and MAIL
+  };
+
+  std::string name;
+  bool on_failure = true;         // a run failed
+  bool on_failed_records = true;  // failed + rejected records above the threshold
+  bool on_recovery = true;        // the first healthy run after an incident
+  // Percent of a run's records (succeeded + failed + rejected) that failed or
+  // were rejected above which the run counts as failing; 0 <= x < 100.
+  double failed_records_threshold = 10;
+  // True when neither `mappings:` nor any mapping's `alerts:` names it: it
+  // then covers every mapping.
+  bool workspace_wide = true;
+  std::vector<std::string> mappings;  // sorted, unique; when not workspace_wide
+  Channel channel = Channel::kWebhook;
+  Webhook webhook;  // channel == kWebhook
+  Slack slack;      // channel == kSlack
+  Email email;      // channel == kEmail
+
+  bool Covers(std::string_view mapping) const;
+};
+std::string_view AlertChannelName(AlertConfig::Channel channel);
 
 struct Workspace {
   std::string file;       // the YAML file it came from
@@ -94,11 +140,13 @@ struct Workspace {
   std::vector<ModelConfig> models;
   std::vector<DestinationConfig> destinations;
   std::vector<MappingConfig> mappings;
+  std::vector<AlertConfig> alerts;
 
   const SourceConfig* FindSource(std::string_view name) const;
   const ModelConfig* FindModel(std::string_view name) const;
   const DestinationConfig* FindDestination(std::string_view name) const;
   const MappingConfig* FindMapping(std::string_view name) const;
+  const AlertConfig* FindAlert(std::string_view name) const;
 };
 
 struct LoadResult {
@@ -120,6 +168,11 @@ LoadResult LoadWorkspaceFromString(const std::string& yaml, const std::string& f
 // Replaces ${env:NAME} references in `text`. Unset variables are reported in
 // `missing` and replaced by nothing.
 std::string ResolveEnvReferences(const std::string& text, std::vector<std::string>& missing);
+
+// The address of a mailbox written "user@example.com" or
+// "Display Name <user@example.com>"; nullopt when it is not one (no '@',
+// spaces or line breaks in the address, unbalanced brackets, ...).
+std::optional<std::string> MailboxAddress(std::string_view mailbox);
 
 // The closest of `candidates` to `word` by edit distance, if close enough to
 // be a plausible typo; empty otherwise.
