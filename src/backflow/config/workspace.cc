@@ -1114,7 +1114,7 @@ const AlertConfig* Workspace::FindAlert(std::string_view name) const {
 }
 
 bool AlertConfig::Covers(std::string_view mapping) const {
-  return workspace_wide || std::binary_search(mappings.begin(), mappings.end(), mapping);
+  return workspace_wide || std::find(mappings.begin(), mappings.end(), mapping) != mappings.end();
 }
 
 std::string_view AlertChannelName(AlertConfig::Channel channel) {
