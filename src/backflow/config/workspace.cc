@@ -826,8 +826,8 @@ void Loader::LoadAlerts(const YAML::Node& root) {
       } else {
         Error(threshold, path + ".failed_records_threshold",
               fmt::format("\"{}\" is not a percentage from 0% to below 100%", text),
-              "e.g. failed_records_threshold: 5% (of the run's records that failed or were "
-              "rejected; 0% alerts on any failed record; default 10%)");
+              "e.g. failed_records_threshold: 5%, the share of a run's records that failed or "
+              "were rejected; 0% alerts on any failed record; the default is 10%");
       }
     }
 
