@@ -335,6 +335,21 @@ class Loader {
   void LoadModels(const YAML::Node& root);
   void LoadDestinations(const YAML::Node& root);
   void LoadMappings(const YAML::Node& root);
+  // alerts: (after the mappings, whose `alerts:` it resolves).
+  void LoadAlerts(const YAML::Node& root);
+  void LoadMappingAlerts(const YAML::Node& list, const std::string& path, MappingConfig& mapping);
+  void LoadAlertWebhook(const YAML::Node& node, const std::string& path, AlertConfig& alert);
+  void LoadAlertSlack(const YAML::Node& node, const std::string& path, AlertConfig& alert);
+  void LoadAlertEmail(const YAML::Node& node, const std::string& path, AlertConfig& alert);
+  // Warns about a credential written in the file instead of referenced.
+  void WarnIfClear(const YAML::Node& node, const std::string& path, const std::string& what,
+                   const std::string& key) {
+    if (node.IsDefined() && node.IsScalar() && !node.Scalar().empty() &&
+        node.Scalar().find("${") == std::string::npos) {
+      Warning(node, path, fmt::format("{} written in clear in the file", what),
+              fmt::format("use {}: ${{env:NAME}} and keep the value out of version control", key));
+    }
+  }
   std::optional<Schedule> LoadSchedule(const YAML::Node& node, const std::string& path);
   std::string ResolvePath(const std::string& p) const {
     fs::path path(p);
@@ -368,6 +383,14 @@ class Loader {
   std::map<std::string, std::optional<std::string>> secret_values_;  // name -> value, if set
   LoadResult result_;
   std::set<std::string> declared_destinations_;
+  // A mapping's `alerts: [name]` entries, resolved once the alerts are loaded.
+  struct AlertReference {
+    YAML::Node node;
+    std::string path;
+    std::string alert;
+    std::string mapping;
+  };
+  std::vector<AlertReference> alert_references_;
   int current_line_ = 0;
   int current_column_ = 0;
 };
@@ -396,9 +419,9 @@ LoadResult Loader::Load(const std::string& yaml) {
     return std::move(result_);
   }
   try {
-    CheckKeys(
-        root, "",
-        {"version", "state", "secret_key_file", "sources", "models", "destinations", "mappings"});
+    CheckKeys(root, "",
+              {"version", "state", "secret_key_file", "sources", "models", "destinations",
+               "mappings", "alerts"});
     // "".key → "key" for top-level paths.
     for (Diagnostic& d : result_.diagnostics) {
       if (!d.path.empty() && d.path[0] == '.') d.path.erase(0, 1);
@@ -408,6 +431,7 @@ LoadResult Loader::Load(const std::string& yaml) {
     LoadModels(root);
     LoadDestinations(root);
     LoadMappings(root);
+    LoadAlerts(root);
   } catch (const YAML::Exception& e) {
     Diagnostic d;
     d.file = file_;
@@ -705,10 +729,11 @@ void Loader::LoadMappings(const YAML::Node& root) {
     std::string path = fmt::format("mappings[{}]", i);
     CheckKeys(e, path,
               {"name", "model", "destination", "action", "records", "fields", "enabled",
-               "batch_size", "max_deletes", "description"});
+               "batch_size", "max_deletes", "description", "alerts"});
     MappingConfig mapping;
     auto name = EntryName(e, path, seen, "mapping");
     if (name) mapping.name = *name;
+    LoadMappingAlerts(e["alerts"], path + ".alerts", mapping);
     if (auto model = RequiredString(e, "model", path, "name the model whose rows are sent")) {
       mapping.model = *model;
       if (result_.workspace.FindModel(*model) == nullptr) {
@@ -879,6 +904,333 @@ void Loader::LoadMappings(const YAML::Node& root) {
   }
 }
 
+void Loader::LoadMappingAlerts(const YAML::Node& list, const std::string& path,
+                               MappingConfig& mapping) {
+  if (!list.IsDefined() || list.IsNull()) return;
+  if (!list.IsSequence()) {
+    Error(list, path, "must be a list of alert names", "e.g. alerts: [oncall]");
+    return;
+  }
+  for (size_t i = 0; i < list.size(); ++i) {
+    std::string item_path = fmt::format("{}[{}]", path, i);
+    if (!list[i].IsScalar() || list[i].Scalar().empty()) {
+      Error(list[i], item_path, "must be the name of an alert", "e.g. alerts: [oncall]");
+      continue;
+    }
+    std::string alert = list[i].Scalar();
+    if (std::find(mapping.alerts.begin(), mapping.alerts.end(), alert) != mapping.alerts.end()) {
+      continue;
+    }
+    mapping.alerts.push_back(alert);
+    alert_references_.push_back({list[i], item_path, alert, mapping.name});
+  }
+}
+
+void Loader::LoadAlerts(const YAML::Node& root) {
+  std::set<std::string> seen;
+  std::vector<std::string> mapping_names;
+  for (const MappingConfig& m : result_.workspace.mappings) mapping_names.push_back(m.name);
+  const std::vector<std::string> kEvents = {"failure", "failed_records", "recovery"};
+  const std::vector<std::string> kChannels = {"webhook", "slack", "email"};
+  const std::string kChannelHint =
+      "add one of webhook: { url: ... }, slack: { webhook_url: ... } or "
+      "email: { smtp_url: ..., from: ..., to: [...] }";
+  auto entries = Entries(root, "alerts");
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const YAML::Node& e = entries[i];
+    std::string path = fmt::format("alerts[{}]", i);
+    CheckKeys(e, path,
+              {"name", "description", "on", "failed_records_threshold", "mappings", "webhook",
+               "slack", "email"});
+    AlertConfig alert;
+    auto name = EntryName(e, path, seen, "alert");
+    if (name) alert.name = *name;
+
+    YAML::Node on = e["on"];
+    if (on.IsDefined() && !on.IsNull()) {
+      std::vector<YAML::Node> events;
+      if (on.IsScalar()) {
+        events.push_back(on);
+      } else if (on.IsSequence()) {
+        for (size_t k = 0; k < on.size(); ++k) events.push_back(on[k]);
+      }
+      if (events.empty()) {
+        Error(on, path + ".on", "must list the events to alert on",
+              "e.g. on: [failure, failed_records, recovery] (the default when omitted)");
+      } else {
+        alert.on_failure = alert.on_failed_records = alert.on_recovery = false;
+        for (size_t k = 0; k < events.size(); ++k) {
+          std::string event_path =
+              on.IsSequence() ? fmt::format("{}.on[{}]", path, k) : path + ".on";
+          std::string event = events[k].IsScalar() ? events[k].Scalar() : "";
+          if (event == "failure") {
+            alert.on_failure = true;
+          } else if (event == "failed_records") {
+            alert.on_failed_records = true;
+          } else if (event == "recovery") {
+            alert.on_recovery = true;
+          } else {
+            std::string suggestion = ClosestMatch(event, kEvents);
+            Error(events[k], event_path, fmt::format("unknown alert event \"{}\"", event),
+                  suggestion.empty() ? "use failure, failed_records or recovery"
+                                     : fmt::format("did you mean \"{}\"?", suggestion));
+          }
+        }
+        if (alert.on_recovery && !alert.on_failure && !alert.on_failed_records) {
+          Error(on, path + ".on", "\"recovery\" alone never fires",
+                "a recovery closes an incident that failure or failed_records opened: add one of "
+                "them");
+        }
+      }
+    }
+
+    YAML::Node threshold = e["failed_records_threshold"];
+    if (threshold.IsDefined() && !threshold.IsNull()) {
+      static const std::regex kPercent("^([0-9]{1,3}(\\.[0-9]+)?)%$");
+      std::string text = threshold.IsScalar() ? threshold.Scalar() : "";
+      std::smatch match;
+      if (std::regex_match(text, match, kPercent) && std::stod(match[1].str()) < 100) {
+        alert.failed_records_threshold = std::stod(match[1].str());
+        if (!alert.on_failed_records) {
+          Warning(threshold, path + ".failed_records_threshold",
+                  "has no effect: \"on\" does not include failed_records",
+                  "add failed_records to on: or remove the threshold");
+        }
+      } else {
+        Error(threshold, path + ".failed_records_threshold",
+              fmt::format("\"{}\" is not a percentage from 0% to below 100%", text),
+              "e.g. failed_records_threshold: 5%, the share of a run's records that failed or "
+              "were rejected; 0% alerts on any failed record; the default is 10%");
+      }
+    }
+
+    YAML::Node mappings = e["mappings"];
+    if (mappings.IsDefined() && !mappings.IsNull()) {
+      if (!mappings.IsSequence() || mappings.size() == 0) {
+        Error(mappings, path + ".mappings", "must be a non-empty list of mapping names",
+              "e.g. mappings: [customers_to_crm]; omit it to cover every mapping");
+      } else {
+        alert.workspace_wide = false;
+        for (size_t k = 0; k < mappings.size(); ++k) {
+          std::string item_path = fmt::format("{}.mappings[{}]", path, k);
+          std::string mapping = mappings[k].IsScalar() ? mappings[k].Scalar() : "";
+          if (result_.workspace.FindMapping(mapping) == nullptr) {
+            Error(mappings[k], item_path, fmt::format("unknown mapping \"{}\"", mapping),
+                  ReferenceHint("mapping", mapping, mapping_names));
+            continue;
+          }
+          alert.mappings.push_back(mapping);
+        }
+      }
+    }
+
+    std::vector<std::string> channels;
+    for (const std::string& c : kChannels) {
+      if (e[c].IsDefined()) channels.push_back(c);
+    }
+    if (channels.empty()) {
+      Error(e, path, "an alert needs a channel", kChannelHint);
+    } else if (channels.size() > 1) {
+      Error(e[channels[1]], path + "." + channels[1],
+            fmt::format("\"{}\" and \"{}\" are both set: an alert has exactly one channel",
+                        channels[0], channels[1]),
+            "split it into one alert per channel, each with its own name");
+    } else if (channels[0] == "webhook") {
+      LoadAlertWebhook(e["webhook"], path + ".webhook", alert);
+    } else if (channels[0] == "slack") {
+      LoadAlertSlack(e["slack"], path + ".slack", alert);
+    } else {
+      LoadAlertEmail(e["email"], path + ".email", alert);
+    }
+    result_.workspace.alerts.push_back(std::move(alert));
+  }
+
+  std::vector<std::string> alert_names;
+  for (const AlertConfig& a : result_.workspace.alerts) alert_names.push_back(a.name);
+  for (const AlertReference& ref : alert_references_) {
+    auto it = std::find_if(result_.workspace.alerts.begin(), result_.workspace.alerts.end(),
+                           [&](const AlertConfig& a) { return a.name == ref.alert; });
+    if (it == result_.workspace.alerts.end()) {
+      Error(ref.node, ref.path, fmt::format("unknown alert \"{}\"", ref.alert),
+            ReferenceHint("alert", ref.alert, alert_names));
+      continue;
+    }
+    it->workspace_wide = false;
+    if (!ref.mapping.empty()) it->mappings.push_back(ref.mapping);
+  }
+  for (AlertConfig& a : result_.workspace.alerts) {
+    std::sort(a.mappings.begin(), a.mappings.end());
+    a.mappings.erase(std::unique(a.mappings.begin(), a.mappings.end()), a.mappings.end());
+  }
+}
+
+// True for an http(s) URL with a host.
+static bool IsHttpUrl(const std::string& url) {
+  static const std::regex kUrl("^https?://[^/?#@\\s]+(/\\S*)?$");
+  return std::regex_match(url, kUrl);
+}
+
+void Loader::LoadAlertWebhook(const YAML::Node& node, const std::string& path, AlertConfig& alert) {
+  alert.channel = AlertConfig::Channel::kWebhook;
+  if (!node.IsMap()) {
+    Error(node, path, "must be a mapping with a url",
+          "e.g. webhook: { url: https://hooks.example.com/backflow }");
+    return;
+  }
+  CheckKeys(node, path, {"url", "headers"});
+  if (auto url = RequiredString(node, "url", path, "the URL alerts are POSTed to")) {
+    alert.webhook.url = *url;
+    if (!url->empty() && !IsHttpUrl(*url)) {
+      Error(node["url"], path + ".url", "must be an http:// or https:// URL with a host",
+            "e.g. url: https://hooks.example.com/backflow");
+    }
+  }
+  YAML::Node headers = node["headers"];
+  if (!headers.IsDefined() || headers.IsNull()) return;
+  if (!headers.IsMap()) {
+    Error(headers, path + ".headers", "must map header names to values",
+          "e.g. headers: { Authorization: \"Bearer ${env:ALERT_TOKEN}\" }");
+    return;
+  }
+  static const std::regex kToken("^[A-Za-z0-9!#$%&'*+.^_`|~-]+$");
+  for (auto it = headers.begin(); it != headers.end(); ++it) {
+    std::string header = it->first.Scalar();
+    std::string hpath = path + ".headers." + header;
+    if (!std::regex_match(header, kToken)) {
+      Error(it->first, hpath, fmt::format("\"{}\" is not a valid HTTP header name", header),
+            "use letters, digits and '-'");
+      continue;
+    }
+    if (!it->second.IsScalar()) {
+      Error(it->second, hpath, "must be a string");
+      continue;
+    }
+    std::string value = Text(it->second, hpath);
+    if (value.find_first_of("\r\n") != std::string::npos) {
+      Error(it->second, hpath, "must not contain line breaks");
+      continue;
+    }
+    std::string lower = header;
+    std::transform(lower.begin(), lower.end(), lower.begin(), ::tolower);
+    if (lower == "authorization" || lower.find("token") != std::string::npos ||
+        lower.find("key") != std::string::npos || lower.find("secret") != std::string::npos) {
+      WarnIfClear(it->second, hpath, "credential header", header);
+    }
+    alert.webhook.headers.emplace_back(header, value);
+  }
+}
+
+void Loader::LoadAlertSlack(const YAML::Node& node, const std::string& path, AlertConfig& alert) {
+  alert.channel = AlertConfig::Channel::kSlack;
+  const std::string kHint =
+      "create an incoming webhook in Slack (Apps > Incoming Webhooks) and write "
+      "slack: { webhook_url: ${env:SLACK_WEBHOOK_URL} }";
+  if (!node.IsMap()) {
+    Error(node, path, "must be a mapping with a webhook_url", kHint);
+    return;
+  }
+  CheckKeys(node, path, {"webhook_url"});
+  if (auto url = RequiredString(node, "webhook_url", path, kHint)) {
+    alert.slack.webhook_url = *url;
+    if (!url->empty() && !IsHttpUrl(*url)) {
+      Error(node["webhook_url"], path + ".webhook_url",
+            "must be a URL like https://hooks.slack.com/services/T…/B…/…", kHint);
+    }
+    WarnIfClear(node["webhook_url"], path + ".webhook_url",
+                "Slack webhook URL (it is a credential)", "webhook_url");
+  }
+}
+
+void Loader::LoadAlertEmail(const YAML::Node& node, const std::string& path, AlertConfig& alert) {
+  alert.channel = AlertConfig::Channel::kEmail;
+  if (!node.IsMap()) {
+    Error(node, path, "must be a mapping with smtp_url, from and to",
+          "e.g. email: { smtp_url: smtp://smtp.example.com:587, from: alerts@example.com, "
+          "to: [oncall@example.com] }");
+    return;
+  }
+  CheckKeys(node, path, {"smtp_url", "username", "password", "from", "to", "starttls"});
+  AlertConfig::Email& email = alert.email;
+  if (auto url = RequiredString(node, "smtp_url", path,
+                                "e.g. smtp_url: smtp://smtp.example.com:587 (STARTTLS) or "
+                                "smtps://smtp.example.com:465")) {
+    email.smtp_url = *url;
+    static const std::regex kSmtpUrl("^smtps?://([^/?#\\s]+)/?$");
+    std::smatch match;
+    if (email.smtp_url.empty()) {
+      // an unset ${env:...}, reported already
+    } else if (!std::regex_match(email.smtp_url, match, kSmtpUrl)) {
+      Error(node["smtp_url"], path + ".smtp_url",
+            "must be smtp://HOST[:PORT] or smtps://HOST[:PORT]",
+            "e.g. smtp_url: smtp://smtp.example.com:587");
+    } else if (match[1].str().find('@') != std::string::npos) {
+      Error(node["smtp_url"], path + ".smtp_url", "must not carry credentials",
+            "write them as username: and password: ${env:SMTP_PASSWORD}");
+    }
+  }
+  for (const char* key : {"username", "password"}) {
+    YAML::Node v = node[key];
+    if (!v.IsDefined() || v.IsNull()) continue;
+    if (!v.IsScalar()) {
+      Error(v, path + "." + key, "must be a string");
+      continue;
+    }
+    (std::string(key) == "username" ? email.username : email.password) = Text(v, path + "." + key);
+  }
+  if (node["username"].IsDefined() != node["password"].IsDefined()) {
+    Error(node, path, "username and password go together",
+          "set both to log in to the SMTP server, or neither for a relay without AUTH");
+  }
+  WarnIfClear(node["password"], path + ".password", "SMTP password", "password");
+  if (auto from = RequiredString(node, "from", path, "e.g. from: Backflow <alerts@example.com>")) {
+    email.from = *from;
+    if (!MailboxAddress(*from)) {
+      Error(node["from"], path + ".from", fmt::format("\"{}\" is not an email address", *from),
+            "write user@example.com or Name <user@example.com>");
+    }
+  }
+  YAML::Node to = node["to"];
+  if (!to.IsDefined() || to.IsNull()) {
+    Error(node, path, "\"to\" is required", "e.g. to: [oncall@example.com]");
+  } else {
+    std::vector<std::pair<YAML::Node, std::string>> items;
+    if (to.IsScalar()) {
+      items.emplace_back(to, path + ".to");
+    } else if (to.IsSequence()) {
+      for (size_t k = 0; k < to.size(); ++k) {
+        items.emplace_back(to[k], fmt::format("{}.to[{}]", path, k));
+      }
+    }
+    if (items.empty()) {
+      Error(to, path + ".to", "must list at least one recipient", "e.g. to: [oncall@example.com]");
+    }
+    for (const auto& [item, item_path] : items) {
+      std::string text = item.IsScalar() ? Text(item, item_path) : "";
+      if (!MailboxAddress(text)) {
+        Error(item, item_path, fmt::format("\"{}\" is not an email address", text),
+              "write user@example.com or Name <user@example.com>");
+        continue;
+      }
+      email.to.push_back(text);
+    }
+  }
+  YAML::Node starttls = node["starttls"];
+  if (starttls.IsDefined() && !starttls.IsNull()) {
+    std::string v = starttls.IsScalar() ? starttls.Scalar() : "";
+    if (v != "true" && v != "false") {
+      Error(starttls, path + ".starttls", "must be true or false");
+    } else {
+      email.starttls = v == "true";
+    }
+  }
+  if (email.smtp_url.rfind("smtp://", 0) == 0 && !email.starttls && !email.password.empty()) {
+    Warning(node["starttls"], path + ".starttls",
+            "the SMTP password will cross the network unencrypted",
+            "keep starttls: true (the default) or use smtps://, unless the server is a local "
+            "relay");
+  }
+}
+
 }  // namespace
 
 std::string Diagnostic::ToString() const {
@@ -941,6 +1293,42 @@ const DestinationConfig* Workspace::FindDestination(std::string_view name) const
 }
 const MappingConfig* Workspace::FindMapping(std::string_view name) const {
   return FindByName(mappings, name);
+}
+const AlertConfig* Workspace::FindAlert(std::string_view name) const {
+  return FindByName(alerts, name);
+}
+
+bool AlertConfig::Covers(std::string_view mapping) const {
+  return workspace_wide || std::find(mappings.begin(), mappings.end(), mapping) != mappings.end();
+}
+
+std::string_view AlertChannelName(AlertConfig::Channel channel) {
+  switch (channel) {
+    case AlertConfig::Channel::kWebhook:
+      return "webhook";
+    case AlertConfig::Channel::kSlack:
+      return "slack";
+    case AlertConfig::Channel::kEmail:
+      return "email";
+  }
+  return "webhook";
+}
+
+std::optional<std::string> MailboxAddress(std::string_view mailbox) {
+  if (mailbox.find_first_of("\r\n") != std::string_view::npos) return std::nullopt;
+  std::string_view address = mailbox;
+  size_t open = mailbox.find('<');
+  if (open != std::string_view::npos) {
+    size_t close = mailbox.find('>', open);
+    if (close == std::string_view::npos || close + 1 != mailbox.size()) return std::nullopt;
+    address = mailbox.substr(open + 1, close - open - 1);
+  } else if (mailbox.find('>') != std::string_view::npos) {
+    return std::nullopt;
+  }
+  static const std::regex kAddress("^[^\\s<>@,;:\"()\\[\\]]+@[A-Za-z0-9.-]+$");
+  std::string text(address);
+  if (!std::regex_match(text, kAddress)) return std::nullopt;
+  return text;
 }
 
 bool LoadResult::ok() const { return error_count() == 0; }

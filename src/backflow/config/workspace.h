@@ -7,6 +7,7 @@
 // resolved at load time, and so are ${secret:NAME} references when the caller
 // gives a SecretResolverFactory (see secrets/workspace_secrets.h); the
 // resolved values live only in memory and never appear in diagnostics.
+// Alerts (`alerts:`) are described in README.md (Alerts).
 // A Workspace is immutable after loading and safe to share between threads.
 #pragma once
 
@@ -90,7 +91,50 @@ struct MappingConfig {
   bool enabled = true;
   std::optional<int> batch_size;
   DeleteLimit max_deletes;
+  // Alerts (by name) that cover this mapping besides their own `mappings:`.
+  std::vector<std::string> alerts;
 };
+
+// One alert rule (`alerts:` in the file): which run outcomes it reports, for
+// which mappings, and the one channel it sends them to. Delivery and the
+// once-per-incident rule live in alerts/alert_manager.h.
+struct AlertConfig {
+  enum class Channel { kWebhook, kSlack, kEmail };
+  struct Webhook {
+    std::string url;                                           // http(s), env resolved
+    std::vector<std::pair<std::string, std::string>> headers;  // in file order
+  };
+  struct Slack {
+    std::string webhook_url;  // a Slack incoming-webhook URL (a credential)
+  };
+  struct Email {
+    std::string smtp_url;  // smtp://host[:port] or smtps://host[:port]
+    std::string username;  // empty: no AUTH
+    std::string password;
+    std::string from;             // "alerts@example.com" or "Backflow <alerts@example.com>"
+    std::vector<std::string> to;  // the same forms; at least one
+    bool starttls = true;         // smtp:// only: require STARTTLS before AUTH and MAIL
+  };
+
+  std::string name;
+  bool on_failure = true;         // a run failed
+  bool on_failed_records = true;  // failed + rejected records above the threshold
+  bool on_recovery = true;        // the first healthy run after an incident
+  // Percent of a run's records (succeeded + failed + rejected) that failed or
+  // were rejected above which the run counts as failing; 0 <= x < 100.
+  double failed_records_threshold = 10;
+  // True when neither `mappings:` nor any mapping's `alerts:` names it: it
+  // then covers every mapping.
+  bool workspace_wide = true;
+  std::vector<std::string> mappings;  // sorted, unique; when not workspace_wide
+  Channel channel = Channel::kWebhook;
+  Webhook webhook;  // channel == kWebhook
+  Slack slack;      // channel == kSlack
+  Email email;      // channel == kEmail
+
+  bool Covers(std::string_view mapping) const;
+};
+std::string_view AlertChannelName(AlertConfig::Channel channel);
 
 struct Workspace {
   std::string file;       // the YAML file it came from
@@ -104,6 +148,7 @@ struct Workspace {
   std::vector<ModelConfig> models;
   std::vector<DestinationConfig> destinations;
   std::vector<MappingConfig> mappings;
+  std::vector<AlertConfig> alerts;
   // Name and value of every ${secret:NAME} the load resolved, for
   // RedactSecrets(). Never serialize this.
   std::vector<std::pair<std::string, std::string>> resolved_secrets;
@@ -118,6 +163,7 @@ struct Workspace {
   const ModelConfig* FindModel(std::string_view name) const;
   const DestinationConfig* FindDestination(std::string_view name) const;
   const MappingConfig* FindMapping(std::string_view name) const;
+  const AlertConfig* FindAlert(std::string_view name) const;
 };
 
 struct LoadResult {
@@ -166,6 +212,11 @@ bool IsValidSecretName(std::string_view name);
 // Replaces ${env:NAME} references in `text`. Unset variables are reported in
 // `missing` and replaced by nothing.
 std::string ResolveEnvReferences(const std::string& text, std::vector<std::string>& missing);
+
+// The address of a mailbox written "user@example.com" or
+// "Display Name <user@example.com>"; nullopt when it is not one (no '@',
+// spaces or line breaks in the address, unbalanced brackets, ...).
+std::optional<std::string> MailboxAddress(std::string_view mailbox);
 
 // The closest of `candidates` to `word` by edit distance, if close enough to
 // be a plausible typo; empty otherwise.
