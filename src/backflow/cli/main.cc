@@ -72,11 +72,9 @@ std::optional<Workspace> Load(const GlobalOptions& g, bool quiet_warnings = fals
   return std::move(result.workspace);
 }
 
-std::string StatePath(const Workspace& ws) { return ws.state_url.substr(strlen("sqlite:")); }
+std::string StatePath(const Workspace& ws) { return ws.StateForDisplay(); }
 
-std::string StateDir(const Workspace& ws) {
-  return std::filesystem::path(StatePath(ws)).parent_path().string();
-}
+std::string StateDir(const Workspace& ws) { return ws.LocalStateDir(); }
 
 absl::StatusOr<std::unique_ptr<StateStore>> OpenState(const Workspace& ws) {
   return OpenStateStore(ws.state_url);

@@ -87,9 +87,11 @@ struct MappingConfig {
 };
 
 struct Workspace {
-  std::string file;       // the YAML file it came from
-  std::string base_dir;   // relative paths (sqlite files, state) resolve against this
-  std::string state_url;  // "sqlite:<absolute path>"
+  std::string file;      // the YAML file it came from
+  std::string base_dir;  // relative paths (sqlite files, state) resolve against this
+  // "sqlite:<absolute path>", or a "postgresql://" / "postgres://" URI as
+  // written (it may hold a password: never print it).
+  std::string state_url;
   std::vector<SourceConfig> sources;
   std::vector<ModelConfig> models;
   std::vector<DestinationConfig> destinations;
@@ -99,6 +101,14 @@ struct Workspace {
   const ModelConfig* FindModel(std::string_view name) const;
   const DestinationConfig* FindDestination(std::string_view name) const;
   const MappingConfig* FindMapping(std::string_view name) const;
+
+  // The folder for this process's local working files (the delivery spool):
+  // the SQLite state file's folder, or <base_dir>/.backflow when the state
+  // is in PostgreSQL.
+  std::string LocalStateDir() const;
+  // The state store for messages: the SQLite file's path, or the PostgreSQL
+  // url with any password masked.
+  std::string StateForDisplay() const;
 };
 
 struct LoadResult {
@@ -120,6 +130,10 @@ LoadResult LoadWorkspaceFromString(const std::string& yaml, const std::string& f
 // Replaces ${env:NAME} references in `text`. Unset variables are reported in
 // `missing` and replaced by nothing.
 std::string ResolveEnvReferences(const std::string& text, std::vector<std::string>& missing);
+
+// `url` (a postgresql:// URI) with the password of its user info and any
+// `password=` query parameter replaced by "********".
+std::string MaskUrlPassword(const std::string& url);
 
 // The closest of `candidates` to `word` by edit distance, if close enough to
 // be a plausible typo; empty otherwise.

@@ -25,10 +25,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string StatePath(const Workspace& ws) {
-  return ws.state_url.substr(ws.state_url.find(':') + 1);
-}
-
 std::optional<fs::file_time_type> ModifiedAt(const std::string& path) {
   std::error_code ec;
   fs::file_time_type t = fs::last_write_time(path, ec);
@@ -91,8 +87,7 @@ absl::StatusOr<SchedulerOutcome> SchedulerService::Run() {
   }
   auto workspace = std::make_shared<const Workspace>(std::move(loaded.workspace));
   std::optional<fs::file_time_type> loaded_at = ModifiedAt(options_.config_path);
-  const std::string state_path = StatePath(*workspace);
-  const std::string spool_dir = fs::path(state_path).parent_path().string();
+  const std::string spool_dir = workspace->LocalStateDir();
 
   absl::StatusOr<std::unique_ptr<StateStore>> store = OpenStateStore(workspace->state_url);
   if (!store.ok()) return store.status();
