@@ -716,15 +716,22 @@ class PostgresStateStore : public StateStore {
   absl::StatusOr<LeaseRenewal> RenewLeases(const std::string& worker,
                                            const std::vector<int64_t>& run_ids, absl::Time now,
                                            absl::Duration lease) override {
-    // A run is kept when this statement renewed it for `worker`: the
-    // renewal and the check are one atomic step.
-    BACKFLOW_ASSIGN_OR_RETURN(
-        Result r,
-        Exec("WITH renewed AS (UPDATE backflow.runs SET lease_until_ms = $1 WHERE worker = $2 "
-             "AND status = 'running' AND lease_until_ms > 0 RETURNING id, cancel_requested) "
-             "SELECT id, cancel_requested FROM renewed WHERE id = ANY($3::bigint[])",
-             {P(absl::ToUnixMillis(now + lease)), P(worker), P(Int64Array(run_ids))},
-             "renewing run leases"));
+    // A run is kept when this renewed it for `worker`. Rows are locked in id
+    // order, the order ClaimRuns locks a request in (its first run first), so
+    // a renewal racing a take-over of the same runs waits instead of
+    // deadlocking.
+    Result r;
+    BACKFLOW_RETURN_IF_ERROR(InTransaction([&]() -> absl::Status {
+      BACKFLOW_RETURN_IF_ERROR(LockLeasedRuns(worker));
+      BACKFLOW_ASSIGN_OR_RETURN(
+          r, Exec("WITH renewed AS (UPDATE backflow.runs SET lease_until_ms = $1 WHERE worker = "
+                  "$2 AND status = 'running' AND lease_until_ms > 0 RETURNING id, "
+                  "cancel_requested) SELECT id, cancel_requested FROM renewed WHERE id = "
+                  "ANY($3::bigint[])",
+                  {P(absl::ToUnixMillis(now + lease)), P(worker), P(Int64Array(run_ids))},
+                  "renewing run leases"));
+      return absl::OkStatus();
+    }));
     std::unordered_map<int64_t, bool> kept;
     for (int i = 0; i < Rows(r); ++i) kept[Int(r, i, 0)] = Bool(r, i, 1);
     LeaseRenewal out;
@@ -740,11 +747,14 @@ class PostgresStateStore : public StateStore {
   }
 
   absl::Status ReleaseRuns(const std::string& worker) override {
-    return Exec(
-               "UPDATE backflow.runs SET status = 'queued', lease_until_ms = 0 WHERE worker = $1 "
-               "AND status = 'running' AND lease_until_ms > 0",
-               {P(worker)}, "releasing runs")
-        .status();
+    return InTransaction([&]() -> absl::Status {
+      BACKFLOW_RETURN_IF_ERROR(LockLeasedRuns(worker));  // as in RenewLeases
+      return Exec(
+                 "UPDATE backflow.runs SET status = 'queued', lease_until_ms = 0 WHERE worker = "
+                 "$1 AND status = 'running' AND lease_until_ms > 0",
+                 {P(worker)}, "releasing runs")
+          .status();
+    });
   }
 
   absl::StatusOr<RunInfo> CancelRun(int64_t id, absl::Time now) override {
@@ -1093,6 +1103,15 @@ class PostgresStateStore : public StateStore {
     }
     in_transaction_ = false;
     return status;
+  }
+
+  // Locks the runs `worker` holds under a lease, in id order.
+  absl::Status LockLeasedRuns(const std::string& worker) {
+    return Exec(
+               "SELECT id FROM backflow.runs WHERE worker = $1 AND status = 'running' AND "
+               "lease_until_ms > 0 ORDER BY id FOR UPDATE",
+               {P(worker)}, "locking the worker's runs")
+        .status();
   }
 
   absl::StatusOr<int64_t> SchemaVersion(std::string_view what) {

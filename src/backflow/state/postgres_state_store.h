@@ -24,7 +24,9 @@
 //   synchronous_commit=off switches it on.
 // - ClaimRuns() takes the oldest due request with SELECT ... FOR UPDATE SKIP
 //   LOCKED on the request's first run: concurrent claimers, in any process,
-//   never take the same request.
+//   never take the same request. RenewLeases() and ReleaseRuns() lock the
+//   worker's runs in id order (a request's first run first), so they wait
+//   for, rather than deadlock with, a take-over of the same runs.
 // - MarkInterruptedRuns() judges only runs started on this host (runs record
 //   the host name with the pid); runs of other hosts are left alone.
 // - A broken connection (server restart) is replaced on the next call; the

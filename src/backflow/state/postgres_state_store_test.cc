@@ -672,6 +672,60 @@ TEST_F(PostgresStateStoreTest, ExpiredLeasesAreTakenOverOnceUnderConcurrency) {
   EXPECT_EQ(lost->lost.size(), 1u);
 }
 
+TEST_F(PostgresStateStoreTest, RenewalsRacingATakeOverAgreeWithItAndNeverDeadlock) {
+  std::vector<int64_t> ids;
+  for (int i = 0; i < 40; ++i) {
+    auto got = store_->EnqueueRuns({{.mapping = "a"}, {.mapping = "b"}, {.mapping = "c"}});
+    ASSERT_TRUE(got.ok());
+    ids.insert(ids.end(), got->begin(), got->end());
+  }
+  const absl::Time t0 = absl::FromUnixSeconds(1'800'000'000);
+  while (!store_->ClaimRuns("old", t0, absl::Seconds(10))->empty()) {
+  }
+  // "old" renews late (its leases ended) while "new" takes its runs over.
+  const absl::Time late = t0 + absl::Seconds(11);
+  std::vector<absl::Status> errors(2);
+  std::set<int64_t> taken;
+  std::thread renewer([&] {
+    auto store = Open();
+    if (store == nullptr) return;
+    for (int i = 0; i < 30 && errors[0].ok(); ++i) {
+      errors[0] = store->RenewLeases("old", ids, late, absl::Seconds(10)).status();
+    }
+  });
+  std::thread claimer([&] {
+    auto store = Open();
+    if (store == nullptr) return;
+    while (true) {
+      auto got = store->ClaimRuns("new", late, absl::Seconds(60));
+      if (!got.ok()) {
+        errors[1] = got.status();
+        return;
+      }
+      if (got->empty()) return;
+      for (const RunInfo& r : *got) taken.insert(r.id);
+    }
+  });
+  renewer.join();
+  claimer.join();
+  ASSERT_TRUE(errors[0].ok()) << errors[0];
+  ASSERT_TRUE(errors[1].ok()) << errors[1];
+  // Whatever the interleaving: each run is with exactly one worker, whole
+  // requests move together, and "old" is told exactly which ones it lost.
+  auto renewal = store_->RenewLeases("old", ids, late + absl::Seconds(1), absl::Seconds(10));
+  ASSERT_TRUE(renewal.ok()) << renewal.status();
+  std::set<int64_t> lost(renewal->lost.begin(), renewal->lost.end());
+  EXPECT_EQ(lost, taken);
+  for (int64_t id : ids) {
+    auto run = store_->GetRun(id);
+    ASSERT_TRUE(run.ok());
+    EXPECT_EQ(run->worker, taken.count(id) > 0 ? "new" : "old") << "run " << id;
+    EXPECT_EQ(taken.count(id), taken.count(run->request_id)) << "request split at run " << id;
+  }
+  std::printf("[ take-over ] %zu of %zu runs taken over, the rest renewed\n", taken.size(),
+              ids.size());
+}
+
 // The engine's pattern at scale: 200,000 acknowledgements applied in the
 // engine's chunks of 5,000, then one scan. Checks order, count and that the
 // scan holds one fetch of rows at a time; prints throughput (no timing
