@@ -85,11 +85,9 @@ absl::Status Redacted(const Workspace& ws, const absl::Status& status) {
   return absl::Status(status.code(), ws.RedactSecrets(std::string(status.message())));
 }
 
-std::string StatePath(const Workspace& ws) { return ws.state_url.substr(strlen("sqlite:")); }
+std::string StatePath(const Workspace& ws) { return ws.StateForDisplay(); }
 
-std::string StateDir(const Workspace& ws) {
-  return std::filesystem::path(StatePath(ws)).parent_path().string();
-}
+std::string StateDir(const Workspace& ws) { return ws.LocalStateDir(); }
 
 absl::StatusOr<std::unique_ptr<StateStore>> OpenState(const Workspace& ws) {
   return OpenStateStore(ws.state_url);

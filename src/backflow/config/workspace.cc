@@ -466,12 +466,14 @@ void Loader::LoadState(const YAML::Node& root) {
     }
     result_.workspace.state_url = "sqlite:" + ResolvePath(path);
   } else if (state.rfind("postgresql://", 0) == 0 || state.rfind("postgres://", 0) == 0) {
-    Error(node, "state", "a PostgreSQL state store is not supported by this version yet",
-          "use state: sqlite:.backflow/state.db (shared PostgreSQL state comes with "
-          "`backflow serve`)");
+    // Shared state for several `backflow serve` processes; the url as written
+    // (after ${env:...} references), checked when the store is opened.
+    result_.workspace.state_url = state;
   } else {
-    Error(node, "state", fmt::format("unknown state store \"{}\"", state),
-          "write state: sqlite:PATH");
+    // Name only the kind: the rest may hold a password.
+    Error(node, "state",
+          fmt::format("unknown state store kind \"{}\"", state.substr(0, state.find(':'))),
+          "write state: sqlite:PATH or state: postgresql://USER:PASSWORD@HOST:PORT/DATABASE");
   }
   LoadSecretKeyFile(root);
 }
@@ -1329,6 +1331,51 @@ std::optional<std::string> MailboxAddress(std::string_view mailbox) {
   std::string text(address);
   if (!std::regex_match(text, kAddress)) return std::nullopt;
   return text;
+}
+
+std::string Workspace::LocalStateDir() const {
+  if (state_url.rfind("sqlite:", 0) == 0) {
+    return fs::path(state_url.substr(7)).parent_path().string();
+  }
+  return (fs::path(base_dir) / ".backflow").lexically_normal().string();
+}
+
+std::string Workspace::StateForDisplay() const {
+  if (state_url.rfind("sqlite:", 0) == 0) return state_url.substr(7);
+  return MaskUrlPassword(state_url);
+}
+
+std::string MaskUrlPassword(const std::string& url) {
+  static constexpr std::string_view kMask = "********";
+  std::string out = url;
+  size_t scheme = out.find("://");
+  if (scheme == std::string::npos) return out;
+  // user:password@ in the authority (which ends at the first '/' or '?').
+  const size_t start = scheme + 3;
+  size_t end = out.find_first_of("/?", start);
+  if (end == std::string::npos) end = out.size();
+  size_t at = out.rfind('@', end == 0 ? 0 : end - 1);
+  if (at != std::string::npos && at >= start) {
+    size_t colon = out.find(':', start);
+    if (colon != std::string::npos && colon < at) {
+      out.replace(colon + 1, at - colon - 1, kMask);
+    }
+  }
+  // ?...&password=...&...
+  size_t query = out.find('?');
+  if (query == std::string::npos) return out;
+  size_t pos = query + 1;
+  while (pos < out.size()) {
+    size_t amp = out.find('&', pos);
+    if (amp == std::string::npos) amp = out.size();
+    constexpr std::string_view kKey = "password=";
+    if (out.compare(pos, kKey.size(), kKey) == 0) {
+      out.replace(pos + kKey.size(), amp - pos - kKey.size(), kMask);
+      amp = pos + kKey.size() + kMask.size();
+    }
+    pos = amp + 1;
+  }
+  return out;
 }
 
 bool LoadResult::ok() const { return error_count() == 0; }

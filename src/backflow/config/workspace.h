@@ -139,7 +139,9 @@ std::string_view AlertChannelName(AlertConfig::Channel channel);
 struct Workspace {
   std::string file;       // the YAML file it came from
   std::string base_dir;   // relative paths (sqlite files, state) resolve against this
-  std::string state_url;  // "sqlite:<absolute path>"
+  // "sqlite:<absolute path>", or a "postgresql://" / "postgres://" URI as
+  // written (it may hold a password: never print it).
+  std::string state_url;
   // Absolute path of the key file that encrypts the secrets: `secret_key_file:`
   // when set, else secret.key next to the SQLite state file, else
   // .backflow/secret.key under base_dir. BACKFLOW_SECRET_KEY overrides it.
@@ -164,6 +166,14 @@ struct Workspace {
   const DestinationConfig* FindDestination(std::string_view name) const;
   const MappingConfig* FindMapping(std::string_view name) const;
   const AlertConfig* FindAlert(std::string_view name) const;
+
+  // The folder for this process's local working files (the delivery spool):
+  // the SQLite state file's folder, or <base_dir>/.backflow when the state
+  // is in PostgreSQL.
+  std::string LocalStateDir() const;
+  // The state store for messages: the SQLite file's path, or the PostgreSQL
+  // url with any password masked.
+  std::string StateForDisplay() const;
 };
 
 struct LoadResult {
@@ -217,6 +227,9 @@ std::string ResolveEnvReferences(const std::string& text, std::vector<std::strin
 // "Display Name <user@example.com>"; nullopt when it is not one (no '@',
 // spaces or line breaks in the address, unbalanced brackets, ...).
 std::optional<std::string> MailboxAddress(std::string_view mailbox);
+// `url` (a postgresql:// URI) with the password of its user info and any
+// `password=` query parameter replaced by "********".
+std::string MaskUrlPassword(const std::string& url);
 
 // The closest of `candidates` to `word` by edit distance, if close enough to
 // be a plausible typo; empty otherwise.

@@ -255,9 +255,55 @@ sources:
             std::string::npos);
 }
 
-TEST_F(WorkspaceTest, RejectsPostgresStateForNow) {
-  LoadResult r = Load("state: postgresql://localhost/backflow\n");
-  EXPECT_NE(Errors(r).find("state: a PostgreSQL state store is not supported"), std::string::npos);
+TEST_F(WorkspaceTest, AcceptsPostgresStateAsWrittenWithEnvReferences) {
+  setenv("BACKFLOW_TEST_STATE_PASSWORD", "s3cret", 1);
+  LoadResult r = Load(
+      "state: postgresql://bf:${env:BACKFLOW_TEST_STATE_PASSWORD}@db.internal:5433/backflow\n");
+  ASSERT_TRUE(r.ok()) << Errors(r);
+  EXPECT_EQ(r.workspace.state_url, "postgresql://bf:s3cret@db.internal:5433/backflow");
+
+  LoadResult short_scheme = Load("state: postgres://db.internal/backflow\n");
+  ASSERT_TRUE(short_scheme.ok()) << Errors(short_scheme);
+  EXPECT_EQ(short_scheme.workspace.state_url, "postgres://db.internal/backflow");
+
+  unsetenv("BACKFLOW_TEST_STATE_UNSET");
+  LoadResult missing = Load("state: postgresql://bf:${env:BACKFLOW_TEST_STATE_UNSET}@db/x\n");
+  EXPECT_NE(Errors(missing).find("environment variable BACKFLOW_TEST_STATE_UNSET is not set"),
+            std::string::npos)
+      << Errors(missing);
+
+  // SQLite state is unchanged: relative to the workspace, and the default.
+  EXPECT_EQ(Load("state: sqlite:s.db\n").workspace.state_url, "sqlite:/ws/s.db");
+  EXPECT_EQ(Load("sources: []\n").workspace.state_url, "sqlite:/ws/.backflow/state.db");
+}
+
+TEST_F(WorkspaceTest, LocalStateDirAndStateForDisplay) {
+  Workspace sqlite = Load("state: sqlite:state/s.db\n").workspace;
+  EXPECT_EQ(sqlite.LocalStateDir(), "/ws/state");
+  EXPECT_EQ(sqlite.StateForDisplay(), "/ws/state/s.db");
+  Workspace pg = Load("state: postgresql://bf:s3cret@db:5432/backflow\n").workspace;
+  EXPECT_EQ(pg.LocalStateDir(), "/ws/.backflow");
+  EXPECT_EQ(pg.StateForDisplay(), "postgresql://bf:********@db:5432/backflow");
+}
+
+TEST(MaskUrlPasswordTest, MasksUserInfoAndQueryPasswords) {
+  EXPECT_EQ(MaskUrlPassword("postgresql://u:p@h/db"), "postgresql://u:********@h/db");
+  EXPECT_EQ(MaskUrlPassword("postgres://u:p%40ss@h:1,h2:2/db?sslmode=require"),
+            "postgres://u:********@h:1,h2:2/db?sslmode=require");
+  EXPECT_EQ(MaskUrlPassword("postgresql://u@h/db"), "postgresql://u@h/db");
+  EXPECT_EQ(MaskUrlPassword("postgresql://h:5432/db"), "postgresql://h:5432/db");
+  EXPECT_EQ(MaskUrlPassword("postgresql://h/db?user=u&password=p&sslmode=verify-full"),
+            "postgresql://h/db?user=u&password=********&sslmode=verify-full");
+  EXPECT_EQ(MaskUrlPassword("postgresql://u:pw@h?password=x"),
+            "postgresql://u:********@h?password=********");
+}
+
+TEST_F(WorkspaceTest, UnknownStateKindIsRejectedWithoutEchoingTheUrl) {
+  LoadResult r = Load("state: mysql://bf:hunter2@db/backflow\n");
+  std::string errors = Errors(r);
+  EXPECT_NE(errors.find("unknown state store kind \"mysql\""), std::string::npos) << errors;
+  EXPECT_NE(errors.find("postgresql://USER:PASSWORD@HOST:PORT/DATABASE"), std::string::npos);
+  EXPECT_EQ(errors.find("hunter2"), std::string::npos) << errors;
 }
 
 TEST_F(WorkspaceTest, ParsesMaxDeletes) {

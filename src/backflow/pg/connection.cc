@@ -201,6 +201,71 @@ absl::StatusOr<Result> Connection::Exec(const std::string& sql,
   return ErrorFromResult(result.get(), what);
 }
 
+absl::StatusOr<Result> Connection::ExecParams(const std::string& sql,
+                                              const std::vector<Param>& params, bool binary_result,
+                                              std::string_view what) {
+  std::vector<Oid> types;
+  std::vector<const char*> values;
+  std::vector<int> lengths;
+  std::vector<int> formats;
+  types.reserve(params.size());
+  values.reserve(params.size());
+  lengths.reserve(params.size());
+  formats.reserve(params.size());
+  for (const Param& p : params) {
+    types.push_back(p.type);
+    values.push_back(p.null ? nullptr : p.value.c_str());
+    lengths.push_back(static_cast<int>(p.value.size()));
+    formats.push_back(p.binary ? 1 : 0);
+  }
+  Result result(PQexecParams(conn_, sql.c_str(), static_cast<int>(params.size()), types.data(),
+                             values.data(), lengths.data(), formats.data(), binary_result ? 1 : 0));
+  ExecStatusType st = result != nullptr ? PQresultStatus(result.get()) : PGRES_FATAL_ERROR;
+  if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) return result;
+  return ErrorFromResult(result.get(), what);
+}
+
+std::string BinaryArray(Oid element_type, const std::vector<std::string_view>& elements) {
+  std::string out;
+  size_t size = 20;
+  for (std::string_view e : elements) size += 4 + e.size();
+  out.reserve(size);
+  auto put32 = [&out](uint32_t v) {
+    for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<char>(v >> shift));
+  };
+  put32(elements.empty() ? 0 : 1);  // dimensions
+  put32(0);                         // no NULLs
+  put32(element_type);
+  if (elements.empty()) return out;
+  put32(static_cast<uint32_t>(elements.size()));
+  put32(1);  // lower bound
+  for (std::string_view e : elements) {
+    put32(static_cast<uint32_t>(e.size()));
+    out.append(e.data(), e.size());
+  }
+  return out;
+}
+
+std::string BinaryInt8(int64_t value) {
+  std::string out(8, '\0');
+  auto v = static_cast<uint64_t>(value);
+  for (int i = 7; i >= 0; --i) {
+    out[i] = static_cast<char>(v & 0xff);
+    v >>= 8;
+  }
+  return out;
+}
+
+int64_t FromBinaryInt(const char* data, int length) {
+  uint64_t v = 0;
+  for (int i = 0; i < length; ++i) v = (v << 8) | static_cast<unsigned char>(data[i]);
+  // Sign-extend values narrower than 8 bytes.
+  if (length > 0 && length < 8 && (static_cast<unsigned char>(data[0]) & 0x80) != 0) {
+    v |= ~uint64_t{0} << (8 * length);
+  }
+  return static_cast<int64_t>(v);
+}
+
 absl::Status Connection::ErrorFromResult(const PGresult* result, std::string_view what,
                                          int position_offset) const {
   const char* state = result != nullptr ? PQresultErrorField(result, PG_DIAG_SQLSTATE) : nullptr;

@@ -24,6 +24,7 @@
 
 #include <libpq-fe.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -40,6 +41,30 @@ struct ResultDeleter {
 };
 // An owned PGresult.
 using Result = std::unique_ptr<PGresult, ResultDeleter>;
+
+// A parameter of Connection::ExecParams.
+struct Param {
+  std::string value;
+  // `value` is the binary send format of `type` (e.g. a bytea's raw bytes, an
+  // int8 in network byte order, an array built by BinaryArray()) instead of
+  // its text form. Type OIDs are in types.h.
+  bool binary = false;
+  bool null = false;
+  // The parameter's type OID; 0 lets the server infer it (text parameters only).
+  Oid type = 0;
+
+  static Param Text(std::string v) { return Param{std::move(v), false, false, 0}; }
+  static Param Binary(std::string v, Oid type) { return Param{std::move(v), true, false, type}; }
+  static Param Null() { return Param{"", false, true, 0}; }
+};
+
+// The binary send format of a one-dimensional array without NULLs whose
+// elements (of type `element_type`) are already in their binary send format.
+std::string BinaryArray(Oid element_type, const std::vector<std::string_view>& elements);
+// An int8 in its binary send format (8 bytes, network byte order).
+std::string BinaryInt8(int64_t value);
+// Reads an int8 (or int4/int2, by size) received in binary format.
+int64_t FromBinaryInt(const char* data, int length);
 
 struct ConnectOptions {
   // postgresql:// URI or conninfo string. May embed a password.
@@ -80,6 +105,12 @@ class Connection {
   // classified error, prefixed by `what`.
   absl::StatusOr<Result> Exec(const std::string& sql, const std::vector<const char*>& params = {},
                               std::string_view what = "query failed");
+
+  // Like Exec, with each parameter in text or binary format (see Param), and
+  // every result column in binary format when `binary_result` is true.
+  absl::StatusOr<Result> ExecParams(const std::string& sql, const std::vector<Param>& params,
+                                    bool binary_result = false,
+                                    std::string_view what = "query failed");
 
   // The classified error carried by a failed `result` of this connection (or,
   // when `result` is null, by the connection itself). `what` prefixes the

@@ -1,6 +1,7 @@
 #include "backflow/pg/connection.h"
 
 #include "backflow/pg/testing/test_server.h"
+#include "backflow/pg/types.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -65,6 +66,42 @@ TEST_F(ConnectionServerTest, PermissionDenied) {
   auto result = (*conn)->Exec("SELECT * FROM pg_authid");
   ASSERT_FALSE(result.ok());
   EXPECT_EQ(result.status().code(), absl::StatusCode::kPermissionDenied) << result.status();
+}
+
+TEST(ConnectionTest, EncodesBinaryInt8AndArrays) {
+  EXPECT_EQ(BinaryInt8(0x0102030405060708), std::string("\x01\x02\x03\x04\x05\x06\x07\x08"));
+  EXPECT_EQ(FromBinaryInt(BinaryInt8(-2).data(), 8), -2);
+  EXPECT_EQ(FromBinaryInt("\xff\xfe", 2), -2);  // an int2
+  // Empty array: no dimensions, no NULLs, element type.
+  EXPECT_EQ(BinaryArray(kByteaOid, {}), std::string("\0\0\0\0\0\0\0\0\0\0\0\x11", 12));
+}
+
+TEST_F(ConnectionServerTest, BinaryParametersAndResultsRoundTrip) {
+  auto conn = Connection::Open({server().url, server().password, 5, {}});
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  std::string nul_and_high("a\0\x80\xff", 4);
+  std::vector<std::string_view> elements = {nul_and_high, "", "x"};
+  auto result = (*conn)->ExecParams(
+      "SELECT $1::bytea, $2::bigint, cardinality($3::bytea[]), ($3::bytea[])[1], "
+      "cardinality($4::bytea[]), $5::text IS NULL, $6::text",
+      {Param::Binary(nul_and_high, kByteaOid), Param::Binary(BinaryInt8(-42), kInt8Oid),
+       Param::Binary(BinaryArray(kByteaOid, elements), kByteaArrayOid),
+       Param::Binary(BinaryArray(kByteaOid, {}), kByteaArrayOid), Param::Null(),
+       Param::Text("t\u00e9xt")},
+      /*binary_result=*/true);
+  ASSERT_TRUE(result.ok()) << result.status();
+  const PGresult* r = result->get();
+  EXPECT_EQ(std::string(PQgetvalue(r, 0, 0), PQgetlength(r, 0, 0)), nul_and_high);
+  EXPECT_EQ(FromBinaryInt(PQgetvalue(r, 0, 1), PQgetlength(r, 0, 1)), -42);
+  EXPECT_EQ(FromBinaryInt(PQgetvalue(r, 0, 2), PQgetlength(r, 0, 2)), 3);
+  EXPECT_EQ(std::string(PQgetvalue(r, 0, 3), PQgetlength(r, 0, 3)), nul_and_high);
+  EXPECT_EQ(FromBinaryInt(PQgetvalue(r, 0, 4), PQgetlength(r, 0, 4)), 0);
+  EXPECT_EQ(PQgetvalue(r, 0, 5)[0], 1);  // binary bool true
+  EXPECT_EQ(std::string(PQgetvalue(r, 0, 6), PQgetlength(r, 0, 6)), "t\u00e9xt");
+
+  auto bad = (*conn)->ExecParams("SELECT $1::bigint", {Param::Text("nope")});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
 }
 
 }  // namespace

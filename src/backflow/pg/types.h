@@ -43,6 +43,9 @@ inline constexpr Oid kTimestamptzOid = 1184;
 inline constexpr Oid kNumericOid = 1700;
 inline constexpr Oid kUuidOid = 2950;
 inline constexpr Oid kJsonbOid = 3802;
+// Arrays (for binary parameters; see Connection::ExecParams).
+inline constexpr Oid kByteaArrayOid = 1001;
+inline constexpr Oid kTextArrayOid = 1009;
 
 // The Backflow type of a column of type `oid`.
 ValueType ValueTypeForOid(Oid oid);

@@ -38,15 +38,6 @@ std::optional<fs::file_time_type> ModifiedAt(const std::string& path) {
   return t;
 }
 
-// Where this process keeps its spool and mapping locks: beside a SQLite
-// state file, else under the workspace folder.
-std::string LocalDir(const Workspace& ws) {
-  if (ws.state_url.rfind("sqlite:", 0) == 0) {
-    return fs::path(ws.state_url.substr(7)).parent_path().string();
-  }
-  return (fs::path(ws.base_dir) / ".backflow").string();
-}
-
 std::string Msg(const absl::Status& s) { return std::string(s.message()); }
 
 // One JSON object per line: {"ts": ..., "event": ..., ...fields}.
@@ -182,7 +173,7 @@ absl::StatusOr<ServiceOutcome> Service::Run() {
   };
   std::optional<fs::file_time_type> loaded_at = ModifiedAt(options_.config_path);
   const std::string state_url = workspace->state_url;
-  const std::string local_dir = LocalDir(*workspace);
+  const std::string local_dir = workspace->LocalStateDir();
 
   absl::StatusOr<std::unique_ptr<StateStore>> opened = OpenStateStore(state_url);
   if (!opened.ok()) return opened.status();

@@ -9,8 +9,10 @@
 
 namespace backflow {
 
-// `url` as in Workspace::state_url: "sqlite:<absolute path>". Creates and
-// migrates the store when needed.
+// `url` as in Workspace::state_url: "sqlite:<absolute path>", or a
+// "postgresql://" / "postgres://" URI (see postgres_state_store.h). Creates
+// and migrates the store when needed. Messages never contain a password the
+// url holds.
 absl::StatusOr<std::unique_ptr<StateStore>> OpenStateStore(const std::string& url);
 
 }  // namespace backflow
