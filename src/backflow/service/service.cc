@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "backflow/alerts/alert_manager.h"
 #include "backflow/api/api_service.h"
 #include "backflow/api/http_server.h"
 #include "backflow/common/clock.h"
@@ -186,6 +187,40 @@ absl::StatusOr<ServiceOutcome> Service::Run() {
   ConnectorEnv env = env_;
   if (env.http != nullptr) env.http = &metered;
 
+  // Alerts: one manager, rebuilt when the workspace changes, used by one
+  // worker at a time, on its own state-store handle.
+  std::mutex alerts_mu;
+  std::unique_ptr<StateStore> alerts_store;
+  std::unique_ptr<AlertManager> alerts;
+  std::shared_ptr<const Workspace> alerts_workspace;
+  auto alert = [&](const RunInfo& run) {
+    if (options_.on_run_finished) options_.on_run_finished(run);
+    if (env.http == nullptr || env.clock == nullptr) return;
+    std::lock_guard<std::mutex> lock(alerts_mu);
+    std::shared_ptr<const Workspace> ws = current();
+    if (ws != alerts_workspace) {
+      alerts.reset();
+      alerts_workspace = ws;
+      if (ws->alerts.empty()) return;
+      if (alerts_store == nullptr) {
+        absl::StatusOr<std::unique_ptr<StateStore>> opened = OpenStateStore(state_url);
+        if (!opened.ok()) return;
+        alerts_store = *std::move(opened);
+      }
+      absl::StatusOr<std::unique_ptr<AlertManager>> created =
+          AlertManager::Create(*ws, *alerts_store, *env.http, *env.clock, [&](const AlertEvent& e) {
+            log.Write(e.event, [&](JsonWriter& w) { e.AppendJsonFields(w); });
+          });
+      if (!created.ok()) {
+        log.Write("alerts_unavailable",
+                  [&](JsonWriter& w) { w.Key("error").String(Msg(created.status())); });
+        return;
+      }
+      alerts = *std::move(created);
+    }
+    if (alerts != nullptr && !alerts->empty()) alerts->OnRunFinished(run);
+  };
+
   std::mutex mu;
   std::condition_variable cv;
   bool deciding_done = false;  // with `once`: the scheduler has queued what is due
@@ -290,7 +325,7 @@ absl::StatusOr<ServiceOutcome> Service::Run() {
           w.Key("run_id").Int(run.id);
           w.Key("error").String(error);
         });
-        if (options_.on_run_finished) options_.on_run_finished(run);
+        alert(run);
       };
       for (const RunInfo& r : *claimed) {
         const MappingConfig* m = ws->FindMapping(r.mapping);
@@ -373,7 +408,7 @@ absl::StatusOr<ServiceOutcome> Service::Run() {
               w.Key("duration_s").Double(run.duration_s);
               if (!run.error.empty()) w.Key("error").String(run.error);
             });
-            if (options_.on_run_finished) options_.on_run_finished(run);
+            alert(run);
           }
           if (!results->empty()) {
             metrics.Add("backflow_rows_extracted_total", {model},
