@@ -7,6 +7,7 @@
 #include "backflow/common/crypto.h"
 #include "backflow/common/fmt_absl.h"
 #include "backflow/common/json_writer.h"
+#include "backflow/ops/ops.h"
 #include "backflow/state/open_state_store.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
@@ -368,6 +369,7 @@ HttpResponse ApiService::Handle(const HttpRequest& request) {
                                  "use a token created without --read-only"));
     }
     call.token_name = (*token)->name;
+    call.read_only = (*token)->read_only;
   }
   // Query parameters: known names, declared types and values.
   for (const auto& [name, value] : call.query) {
@@ -550,6 +552,59 @@ void ApiService::AddRoutes() {
                trigger_reply,
                "application/json",
                bind(&ApiService::TriggerModel)});
+  const char* check_reply =
+      R"({"type":"object","properties":{"name":{"type":"string"},"kind":{"type":"string"},"type":{"type":"string"},"ok":{"type":"boolean"},"duration_s":{"type":"number"},"error":{"type":["string","null"]}}})";
+  router_.Add({"POST",
+               "/api/v1/sources/{name}/test",
+               Access::kRead,
+               "sources",
+               "Tests the source's connection and credentials (200 with ok false and the "
+               "reason when it fails).",
+               {name_param},
+               "",
+               200,
+               check_reply,
+               "application/json",
+               [this](Call& c) { return TestConnection(c, "source"); }});
+  router_.Add({"POST",
+               "/api/v1/destinations/{name}/test",
+               Access::kRead,
+               "destinations",
+               "Tests the destination's connection and credentials (200 with ok false and the "
+               "reason when it fails).",
+               {name_param},
+               "",
+               200,
+               check_reply,
+               "application/json",
+               [this](Call& c) { return TestConnection(c, "destination"); }});
+  router_.Add(
+      {"POST",
+       "/api/v1/models/{name}/preview",
+       Access::kRead,
+       "models",
+       "The first rows of the model with column types. The body may give unsaved SQL (and "
+       "source, primary_key) to preview before saving; that needs a write token, and then "
+       "{name} need not exist yet.",
+       {name_param},
+       R"({"type":"object","additionalProperties":false,"properties":{"sql":{"type":"string"},"source":{"type":"string"},"primary_key":{"type":"string"},"limit":{"type":"integer","minimum":1,"maximum":100}}})",
+       200,
+       R"({"type":"object","properties":{"model":{"type":"string"},"source":{"type":"string"},"sql":{"type":"string"},"primary_key":{"type":"string"},"columns":{"type":"array","items":{"type":"object","properties":{"name":{"type":"string"},"type":{"type":"string"},"source_type":{"type":"string"},"is_key":{"type":"boolean"}}}},"rows":{"type":"array","items":{"type":"array"}},"key_found":{"type":"boolean"}}})",
+       "application/json",
+       bind(&ApiService::PreviewModel)});
+  router_.Add(
+      {"POST",
+       "/api/v1/mappings/{name}/test",
+       Access::kRead,
+       "mappings",
+       "The payload one record would produce (the first row, or record_key's); nothing is "
+       "sent.",
+       {name_param},
+       R"({"type":"object","additionalProperties":false,"properties":{"record_key":{"type":"string"}}})",
+       200,
+       R"({"type":"object","properties":{"mapping":{"type":"string"},"action":{"type":"string"},"key":{"type":"string"},"row":{"type":"object"},"payload":{"type":["object","null"]},"error":{"type":["string","null"]}}})",
+       "application/json",
+       bind(&ApiService::TestMapping)});
   for (const char* kind : {"sources", "models", "destinations", "mappings"}) {
     std::string k = kind;
     router_.Add({"GET",
@@ -843,6 +898,187 @@ HttpResponse ApiService::Enqueue(Call& call, const std::string& model,
   HttpResponse r = Json(202, w.Release());
   r.headers.emplace_back("Location", fmt::format("/api/v1/runs/{}", ids->front()));
   return r;
+}
+
+// A JSON object body with only `allowed` string/integer members; on error,
+// the response to send.
+std::optional<HttpResponse> ParseSmallBody(const std::string& body,
+                                           const std::map<std::string, std::string>& allowed,
+                                           nlohmann::json& out) {
+  out = nlohmann::json::object();
+  if (body.find_first_not_of(" \t\r\n") == std::string::npos) return std::nullopt;
+  out = nlohmann::json::parse(body, nullptr, false);
+  if (out.is_discarded()) {
+    return ErrorResponse(400, "bad_request", "the request body is not valid JSON");
+  }
+  if (!out.is_object()) {
+    return ErrorResponse(422, "invalid", "the request body must be a JSON object");
+  }
+  for (auto it = out.begin(); it != out.end(); ++it) {
+    auto spec = allowed.find(it.key());
+    if (spec == allowed.end()) {
+      std::vector<std::string> names;
+      for (const auto& [name, type] : allowed) names.push_back(name);
+      return ErrorResponse(422, "invalid", fmt::format("unknown field \"{}\"", it.key()),
+                           fmt::format("known fields: {}", fmt::join(names, ", ")), it.key());
+    }
+    bool ok = spec->second == "integer" ? it.value().is_number_integer() : it.value().is_string();
+    if (!ok) {
+      return ErrorResponse(422, "invalid",
+                           fmt::format("{} must be a{} {}", it.key(),
+                                       spec->second == "integer" ? "n" : "", spec->second),
+                           "", it.key());
+    }
+  }
+  return std::nullopt;
+}
+
+HttpResponse ApiService::TestConnection(Call& call, const std::string& kind) {
+  std::shared_ptr<const Workspace> ws = options_.workspace();
+  const std::string& name = call.path["name"];
+  bool exists =
+      kind == "source" ? ws->FindSource(name) != nullptr : ws->FindDestination(name) != nullptr;
+  if (!exists) {
+    return ErrorResponse(404, "not_found", fmt::format("no {} \"{}\"", kind, name),
+                         fmt::format("list them with GET /api/v1/{}s", kind));
+  }
+  absl::StatusOr<ops::ConnectionCheck> check =
+      ops::CheckConnection(*ws, *options_.registry, options_.env, name);
+  if (!check.ok()) return FromStatus(check.status());
+  JsonWriter w;
+  w.BeginObject();
+  w.Key("name").String(check->name);
+  w.Key("kind").String(check->kind);
+  w.Key("type").String(check->type);
+  w.Key("ok").Bool(check->status.ok());
+  w.Key("duration_s").Double(check->duration_s);
+  w.Key("error");
+  if (check->status.ok()) {
+    w.Null();
+  } else {
+    w.String(Msg(check->status));
+  }
+  w.EndObject();
+  return Json(200, w.Release());
+}
+
+HttpResponse ApiService::PreviewModel(Call& call) {
+  nlohmann::json body;
+  if (auto bad = ParseSmallBody(call.request.body,
+                                {{"sql", "string"},
+                                 {"source", "string"},
+                                 {"primary_key", "string"},
+                                 {"limit", "integer"}},
+                                body)) {
+    return *bad;
+  }
+  std::shared_ptr<const Workspace> ws = options_.workspace();
+  const std::string& name = call.path["name"];
+  const ModelConfig* model = ws->FindModel(name);
+  if (body.contains("sql") && call.read_only) {
+    return ErrorResponse(403, "forbidden",
+                         "previewing SQL given in the request runs it on the warehouse; a "
+                         "read-only token may only preview saved models",
+                         "use a token created without --read-only", "sql");
+  }
+  if (model == nullptr && !(body.contains("sql") && body.contains("source"))) {
+    return ErrorResponse(404, "not_found", fmt::format("no model \"{}\"", name),
+                         "give sql and source in the body to preview a model not saved yet");
+  }
+  std::string sql = body.value("sql", model ? model->sql : "");
+  std::string source = body.value("source", model ? model->source : "");
+  std::string primary_key = body.value("primary_key", model ? model->primary_key : "");
+  int limit = body.value("limit", 10);
+  if (limit < 1 || limit > 100) {
+    return ErrorResponse(422, "invalid", "limit must be from 1 to 100", "", "limit");
+  }
+  if (sql.find_first_not_of(" \t\r\n") == std::string::npos) {
+    return ErrorResponse(422, "invalid", "sql is empty", "", "sql");
+  }
+  absl::StatusOr<ops::PreviewResult> preview =
+      ops::Preview(*ws, *options_.registry, options_.env, source, sql, primary_key, limit);
+  if (!preview.ok()) {
+    if (preview.status().code() == absl::StatusCode::kNotFound) {
+      return ErrorResponse(422, "invalid", Msg(preview.status()), "", "source");
+    }
+    return FromStatus(preview.status());
+  }
+  if (!preview->status.ok()) {
+    return ErrorResponse(
+        422, "query_failed",
+        fmt::format("the query failed on source \"{}\": {}", source, Msg(preview->status)),
+        "fix the SQL and preview again", "sql");
+  }
+  JsonWriter w;
+  w.BeginObject();
+  w.Key("model").String(name);
+  w.Key("source").String(source);
+  w.Key("sql").String(sql);
+  w.Key("primary_key").String(primary_key);
+  w.Key("columns").BeginArray();
+  for (const Column& c : preview->schema) {
+    w.BeginObject();
+    w.Key("name").String(c.name);
+    w.Key("type").String(ValueTypeName(c.type));
+    w.Key("source_type").String(c.source_type);
+    w.Key("is_key").Bool(c.name == primary_key);
+    w.EndObject();
+  }
+  w.EndArray();
+  w.Key("rows").BeginArray();
+  for (const Row& r : preview->rows) {
+    std::string text = "[";
+    for (size_t i = 0; i < r.size(); ++i) {
+      if (i > 0) text += ",";
+      r[i].AppendJson(text);
+    }
+    w.Raw(text + "]");
+  }
+  w.EndArray();
+  w.Key("key_found").Bool(preview->has_key);
+  if (!preview->has_key) {
+    w.Key("warning").String(fmt::format(
+        "the unique identifier column \"{}\" is not in the result; a model needs it", primary_key));
+  }
+  w.EndObject();
+  return Json(200, w.Release());
+}
+
+HttpResponse ApiService::TestMapping(Call& call) {
+  nlohmann::json body;
+  if (auto bad = ParseSmallBody(call.request.body, {{"record_key", "string"}}, body)) return *bad;
+  std::shared_ptr<const Workspace> ws = options_.workspace();
+  std::optional<std::string> key;
+  if (body.contains("record_key")) key = body["record_key"].get<std::string>();
+  absl::StatusOr<ops::MappingTestResult> t =
+      ops::TestMapping(*ws, *options_.registry, options_.env, call.path["name"], key);
+  if (!t.ok()) {
+    return t.status().code() == absl::StatusCode::kNotFound
+               ? ErrorResponse(404, "not_found", Msg(t.status()),
+                               "list mappings with GET /api/v1/mappings")
+               : FromStatus(t.status());
+  }
+  if (!t->status.ok()) {
+    bool no_row = t->status.code() == absl::StatusCode::kNotFound;
+    return ErrorResponse(422, no_row ? "no_record" : "query_failed", Msg(t->status),
+                         no_row ? "check the key, or omit record_key to use the first row"
+                                : "check the model with POST /api/v1/models/{name}/preview",
+                         no_row ? "record_key" : "");
+  }
+  JsonWriter w;
+  w.BeginObject();
+  w.Key("mapping").String(call.path["name"]);
+  w.Key("key").String(t->key);
+  w.Key("row").Raw(t->row_json);
+  w.Key("payload").Raw(t->payload_json);
+  w.Key("error");
+  if (t->mapped.ok()) {
+    w.Null();
+  } else {
+    w.String(Msg(t->mapped));
+  }
+  w.EndObject();
+  return Json(200, w.Release());
 }
 
 HttpResponse ApiService::ListObjects(Call&, const std::string& kind) {

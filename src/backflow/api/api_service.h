@@ -69,6 +69,9 @@ class ApiService {
   HttpResponse CancelRun(Call& call);
   HttpResponse TriggerMapping(Call& call);
   HttpResponse TriggerModel(Call& call);
+  HttpResponse TestConnection(Call& call, const std::string& kind);
+  HttpResponse PreviewModel(Call& call);
+  HttpResponse TestMapping(Call& call);
   HttpResponse ListObjects(Call& call, const std::string& kind);
   HttpResponse GetObject(Call& call, const std::string& kind);
   HttpResponse Enqueue(Call& call, const std::string& model,

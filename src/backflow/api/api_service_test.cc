@@ -11,6 +11,7 @@
 #include "backflow/common/http_client.h"
 #include "backflow/destinations/testing/memory_destination.h"
 #include "backflow/sources/sqlite/sqlite_source.h"
+#include "backflow/sqlite/database.h"
 #include "backflow/state/state_store.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
@@ -256,6 +257,55 @@ TEST_F(ApiServiceTest, WorkspaceObjectsAndCatalogAreServed) {
   Reply catalog = Call("GET", "/api/v1/catalog", "", kRead);
   ASSERT_EQ(catalog.status, 200);
   EXPECT_TRUE(catalog.body.contains("destinations"));
+}
+
+TEST_F(ApiServiceTest, ConnectionTestsPreviewAndMappingTest) {
+  {
+    auto db = sqlite::Database::Open((dir_ / "wh.db").string(),
+                                     SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+    ASSERT_TRUE(db.ok());
+    ASSERT_TRUE((*db)->Exec("CREATE TABLE people (id INTEGER, email TEXT)").ok());
+    ASSERT_TRUE((*db)->Exec("INSERT INTO people VALUES (7, 'a@x.io'), (8, 'b@x.io')").ok());
+  }
+  Reply source = Call("POST", "/api/v1/sources/wh/test", "", kRead);
+  ASSERT_EQ(source.status, 200) << source.text;
+  EXPECT_EQ(source.body["ok"], true);
+  EXPECT_EQ(source.body["kind"], "source");
+  EXPECT_EQ(Call("POST", "/api/v1/sources/nope/test", "", kRead).status, 404);
+
+  Reply preview = Call("POST", "/api/v1/models/customers/preview", "", kRead);
+  ASSERT_EQ(preview.status, 200) << preview.text;
+  EXPECT_EQ(preview.body["columns"][0]["name"], "id");
+  EXPECT_EQ(preview.body["columns"][0]["is_key"], true);
+  EXPECT_EQ(preview.body["rows"], json::parse("[[1]]"));
+
+  // Unsaved SQL: a write token, and the model need not exist.
+  std::string unsaved = R"({"sql": "SELECT id, email FROM people ORDER BY id", "source": "wh",
+                             "primary_key": "id", "limit": 1})";
+  EXPECT_EQ(Call("POST", "/api/v1/models/draft/preview", unsaved, kRead).status, 403);
+  Reply draft = Call("POST", "/api/v1/models/draft/preview", unsaved);
+  ASSERT_EQ(draft.status, 200) << draft.text;
+  EXPECT_EQ(draft.body["rows"], json::parse(R"([[7, "a@x.io"]])"));
+  EXPECT_EQ(draft.body["columns"][1]["type"], "string");
+  Reply bad_sql = Call("POST", "/api/v1/models/draft/preview",
+                       R"({"sql": "SELECT nope FROM people", "source": "wh"})");
+  EXPECT_EQ(bad_sql.status, 422);
+  EXPECT_EQ(bad_sql.body["error"]["code"], "query_failed");
+  EXPECT_EQ(bad_sql.body["error"]["field"], "sql");
+  EXPECT_NE(bad_sql.text.find("nope"), std::string::npos) << bad_sql.text;
+  EXPECT_EQ(Call("POST", "/api/v1/models/draft/preview", "").status, 404);
+  Reply bad_limit = Call("POST", "/api/v1/models/customers/preview", R"({"limit": "ten"})");
+  EXPECT_EQ(bad_limit.status, 422);
+  EXPECT_EQ(bad_limit.body["error"]["field"], "limit");
+
+  Reply mapped = Call("POST", "/api/v1/mappings/m1/test", "", kRead);
+  ASSERT_EQ(mapped.status, 200) << mapped.text;
+  EXPECT_EQ(mapped.body["payload"], json::parse(R"({"customer_id": 1})"));
+  EXPECT_TRUE(mapped.body["error"].is_null());
+  Reply missing = Call("POST", "/api/v1/mappings/m1/test", R"({"record_key": "42"})", kRead);
+  EXPECT_EQ(missing.status, 422);
+  EXPECT_EQ(missing.body["error"]["code"], "no_record");
+  EXPECT_EQ(Call("POST", "/api/v1/mappings/zz/test", "", kRead).status, 404);
 }
 
 // The OpenAPI document lists exactly the routes the server answers.

@@ -30,6 +30,7 @@ struct Call {
   std::map<std::string, std::string> path;   // path parameters by name
   std::map<std::string, std::string> query;  // decoded query parameters
   std::string token_name;                    // empty for public routes
+  bool read_only = false;                    // the token may not change anything
 };
 
 struct Route {

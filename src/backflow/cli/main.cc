@@ -28,6 +28,7 @@
 #include "backflow/engine/sync_engine.h"
 #include "backflow/mapping/expression.h"
 #include "backflow/mapping/mapper.h"
+#include "backflow/ops/ops.h"
 #include "backflow/secrets/secret_box.h"
 #include "backflow/secrets/secret_store.h"
 #include "backflow/secrets/workspace_secrets.h"
@@ -77,12 +78,6 @@ std::optional<Workspace> Load(const GlobalOptions& g, bool quiet_warnings = fals
     return std::nullopt;
   }
   return std::move(result.workspace);
-}
-
-// `status` with the values of the workspace's secrets replaced by their references.
-absl::Status Redacted(const Workspace& ws, const absl::Status& status) {
-  if (status.ok()) return status;
-  return absl::Status(status.code(), ws.RedactSecrets(std::string(status.message())));
 }
 
 std::string StatePath(const Workspace& ws) { return ws.StateForDisplay(); }
@@ -147,44 +142,26 @@ int TestConnection(const GlobalOptions& g, const std::string& name) {
   auto ws = Load(g, true);
   if (!ws) return kExitInvalidConfig;
   auto http = NewCurlHttpClient();
-  ConnectorEnv env{http.get(), &SystemClock()};
-  std::string kind, type;
-  absl::Status status;
-  auto start = std::chrono::steady_clock::now();
-  if (const SourceConfig* s = ws->FindSource(name)) {
-    kind = "source";
-    type = s->type;
-    auto source = BuiltinRegistry().FindSource(s->type)->create(s->settings, env);
-    status = source.ok() ? (*source)->CheckConnection() : source.status();
-  } else if (const DestinationConfig* d = ws->FindDestination(name)) {
-    kind = "destination";
-    type = d->type;
-    auto dest = BuiltinRegistry().FindDestination(d->type)->create(d->settings, env);
-    status = dest.ok() ? (*dest)->CheckConnection() : dest.status();
-  } else {
-    std::vector<std::string> names;
-    for (const auto& s : ws->sources) names.push_back(s.name);
-    for (const auto& d : ws->destinations) names.push_back(d.name);
-    std::string suggestion = ClosestMatch(name, names);
-    PrintError(
-        fmt::format("no source or destination named \"{}\"{}", name,
-                    suggestion.empty() ? "" : fmt::format(" (did you mean \"{}\"?)", suggestion)));
+  absl::StatusOr<ops::ConnectionCheck> check =
+      ops::CheckConnection(*ws, BuiltinRegistry(), ConnectorEnv{http.get(), &SystemClock()}, name);
+  if (!check.ok()) {
+    PrintError(std::string(check.status().message()));
     return kExitFailed;
   }
-  double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  status = Redacted(*ws, status);
+  const absl::Status& status = check->status;
   if (g.json) {
     nlohmann::json out = {{"name", name},
-                          {"kind", kind},
-                          {"type", type},
+                          {"kind", check->kind},
+                          {"type", check->type},
                           {"ok", status.ok()},
-                          {"duration_s", elapsed}};
+                          {"duration_s", check->duration_s}};
     if (!status.ok()) out["error"] = std::string(status.message());
     fmt::print("{}\n", out.dump());
   } else if (status.ok()) {
-    fmt::print("ok: {} \"{}\" ({}) is reachable ({})\n", kind, name, type, Duration(elapsed));
+    fmt::print("ok: {} \"{}\" ({}) is reachable ({})\n", check->kind, name, check->type,
+               Duration(check->duration_s));
   } else {
-    fmt::print("failed: {} \"{}\" ({}): {}\n", kind, name, type, status.message());
+    fmt::print("failed: {} \"{}\" ({}): {}\n", check->kind, name, check->type, status.message());
   }
   return status.ok() ? kExitOk : kExitFailed;
 }
@@ -199,34 +176,19 @@ int Preview(const GlobalOptions& g, const std::string& model_name, int limit) {
     PrintUnknown("model", model_name, ws->models);
     return kExitFailed;
   }
-  const SourceConfig* sc = ws->FindSource(model->source);
   auto http = NewCurlHttpClient();
-  ConnectorEnv env{http.get(), &SystemClock()};
-  auto source = BuiltinRegistry().FindSource(sc->type)->create(sc->settings, env);
-  absl::StatusOr<std::unique_ptr<RowReader>> reader =
-      source.ok() ? (*source)->Query(LimitQuery(model->sql, limit)) : source.status();
-  std::vector<Row> rows;
-  absl::Status status = reader.status();
-  if (reader.ok()) {
-    Row row;
-    while (true) {
-      auto more = (*reader)->Next(row);
-      if (!more.ok()) {
-        status = more.status();
-        break;
-      }
-      if (!*more) break;
-      rows.push_back(row);
-    }
-  }
-  status = Redacted(*ws, status);
+  absl::StatusOr<ops::PreviewResult> preview =
+      ops::Preview(*ws, BuiltinRegistry(), ConnectorEnv{http.get(), &SystemClock()}, model->source,
+                   model->sql, model->primary_key, limit);
+  absl::Status status = preview.ok() ? preview->status : preview.status();
   if (!status.ok()) {
     PrintError(fmt::format("model \"{}\" on source \"{}\": {}", model->name, model->source,
                            status.message()));
     return kExitFailed;
   }
-  const Schema& schema = (*reader)->schema();
-  bool has_key = FindColumn(schema, model->primary_key) >= 0;
+  const Schema& schema = preview->schema;
+  const std::vector<Row>& rows = preview->rows;
+  bool has_key = preview->has_key;
   if (g.json) {
     nlohmann::json out;
     out["model"] = model->name;
@@ -285,101 +247,35 @@ int MappingTest(const GlobalOptions& g, const std::string& mapping_name,
     PrintUnknown("mapping", mapping_name, ws->mappings);
     return kExitFailed;
   }
-  const ModelConfig* model = ws->FindModel(mapping->model);
-  const SourceConfig* sc = ws->FindSource(model->source);
-  const DestinationConfig* dc = ws->FindDestination(mapping->destination);
-  const ActionSpec* action =
-      BuiltinRegistry().FindDestination(dc->type)->FindAction(mapping->action);
   auto http = NewCurlHttpClient();
-  ConnectorEnv env{http.get(), &SystemClock()};
-  auto source = BuiltinRegistry().FindSource(sc->type)->create(sc->settings, env);
-  // Without --record, the first row. With it, the model's rows are scanned
-  // for the key on the client (the key is compared as text, like the engine
-  // does), which works in every warehouse's SQL dialect; a second match
-  // means the key is duplicated.
-  std::string sql = record_key ? model->sql : LimitQuery(model->sql, 1);
-  absl::StatusOr<std::unique_ptr<RowReader>> reader =
-      source.ok() ? (*source)->Query(sql) : source.status();
-  Row row, next;
-  absl::Status status = reader.status();
-  bool found = false, duplicated = false;
-  if (reader.ok()) {
-    const int key_index = FindColumn((*reader)->schema(), model->primary_key);
-    if (record_key && key_index < 0) {
-      status = absl::FailedPreconditionError(fmt::format(
-          "its SQL returns no column named {} (the model's primary_key)", model->primary_key));
-    }
-    while (status.ok()) {
-      absl::StatusOr<bool> more = (*reader)->Next(found ? next : row);
-      status = more.status();
-      if (!more.ok() || !*more) break;
-      if (!record_key) {
-        found = true;
-        break;
-      }
-      const Row& current = found ? next : row;
-      if (current[key_index].is_null() || current[key_index].ToString() != *record_key) continue;
-      if (found) {
-        duplicated = true;
-        break;
-      }
-      found = true;
-    }
-  }
-  status = Redacted(*ws, status);
+  absl::StatusOr<ops::MappingTestResult> t = ops::TestMapping(
+      *ws, BuiltinRegistry(), ConnectorEnv{http.get(), &SystemClock()}, mapping_name, record_key);
+  absl::Status status = t.ok() ? t->status : t.status();
   if (!status.ok()) {
-    PrintError(fmt::format("model \"{}\" on source \"{}\": {}", model->name, model->source,
-                           status.message()));
+    PrintError(std::string(status.message()));
     return kExitFailed;
   }
-  if (!found) {
-    PrintError(record_key ? fmt::format("model \"{}\" has no row with {} = {}", model->name,
-                                        model->primary_key, *record_key)
-                          : fmt::format("model \"{}\" returns no rows", model->name));
-    return kExitFailed;
-  }
-  const Schema& schema = (*reader)->schema();
-  auto mapper = Mapper::Create(mapping->name, model->name, mapping->fields, *action, schema,
-                               model->primary_key);
-  if (!mapper.ok()) {
-    PrintError(std::string(mapper.status().message()));
-    return kExitFailed;
-  }
-  std::string key = row[FindColumn(schema, model->primary_key)].ToString();
-  Row payload;
-  absl::Status mapped = mapper->Map(row, payload);
-  if (duplicated) {
-    mapped = absl::InvalidArgumentError(
-        fmt::format("duplicate unique identifier: several rows have {} = {}; none of them is sent",
-                    model->primary_key, key));
-  }
-  std::string row_json = JsonObject(schema, row);
-  OutgoingRecord record;
-  record.key = key;
-  record.values = payload;
-  mapped = Redacted(*ws, mapped);
-  std::string payload_json =
-      mapped.ok() ? ws->RedactSecrets(RecordFieldsJson(mapper->layout(), record)) : "null";
+  const ModelConfig* model = ws->FindModel(mapping->model);
   if (g.json) {
     JsonWriter w;
     w.BeginObject().Key("mapping").String(mapping->name).Key("action").String(mapping->action);
-    w.Key("key").String(key).Key("row").Raw(row_json).Key("payload").Raw(payload_json);
-    if (!mapped.ok()) w.Key("error").String(std::string(mapped.message()));
+    w.Key("key").String(t->key).Key("row").Raw(t->row_json).Key("payload").Raw(t->payload_json);
+    if (!t->mapped.ok()) w.Key("error").String(std::string(t->mapped.message()));
     w.EndObject();
     fmt::print("{}\n", w.str());
   } else {
     fmt::print("mapping  {} ({} → {}.{})\n", mapping->name, model->name, mapping->destination,
                mapping->action);
-    fmt::print("record   {} = {}\n", model->primary_key, key);
-    fmt::print("row      {}\n", row_json);
-    if (mapped.ok()) {
-      fmt::print("payload  {}\n", payload_json);
+    fmt::print("record   {} = {}\n", model->primary_key, t->key);
+    fmt::print("row      {}\n", t->row_json);
+    if (t->mapped.ok()) {
+      fmt::print("payload  {}\n", t->payload_json);
       fmt::print("(nothing was sent)\n");
     } else {
-      fmt::print("rejected {}\n", mapped.message());
+      fmt::print("rejected {}\n", t->mapped.message());
     }
   }
-  return mapped.ok() ? kExitOk : kExitFailed;
+  return t->mapped.ok() ? kExitOk : kExitFailed;
 }
 
 // -------------------------------------------------------------------- sync
