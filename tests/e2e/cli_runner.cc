@@ -90,4 +90,9 @@ pid_t StartCli(const std::string& cwd, const std::vector<std::string>& args) {
   return Spawn(cwd, args, "/dev/null", "/dev/null");
 }
 
+pid_t StartCli(const std::string& cwd, const std::vector<std::string>& args,
+               const std::string& out_path, const std::string& err_path) {
+  return Spawn(cwd, args, out_path, err_path);
+}
+
 }  // namespace backflow::e2e

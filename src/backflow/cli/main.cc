@@ -662,6 +662,9 @@ int Serve(const GlobalOptions& g, const ServeFlags& flags) {
     PrintError(std::string(outcome.status().message()));
     return kExitFailed;
   }
+  // A long-running service that was asked to stop has done its job; with
+  // --once the exit code says how the runs went (for cron).
+  if (!flags.once) return kExitOk;
   if (outcome->failed_runs > 0) return kExitFailed;
   if (outcome->partial_runs > 0) return kExitPartial;
   return kExitOk;
