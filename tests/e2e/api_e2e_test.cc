@@ -265,6 +265,13 @@ TEST_F(ApiE2eTest, RunsAreTriggeredFollowedInspectedAndCancelledOverHttp) {
   EXPECT_NE(metrics.text.find("backflow_http_requests_total{host=\"127.0.0.1:"), std::string::npos);
   EXPECT_NE(metrics.text.find("backflow_run_duration_seconds_count{mapping=\"customers_to_hook\"}"),
             std::string::npos);
+  for (const char* family :
+       {"backflow_records_total{mapping=\"customers_to_hook\",outcome=\"failed\"} 1",
+        "backflow_rows_extracted_total{model=\"customers\"}", "backflow_queue_depth{status=",
+        "backflow_last_success_timestamp_seconds{mapping=\"customers_to_hook\"}",
+        "backflow_rate_limit_wait_seconds_total "}) {
+    EXPECT_NE(metrics.text.find(family), std::string::npos) << family << "\n" << metrics.text;
+  }
 
   // The log has the run ids; the service stops cleanly.
   EXPECT_EQ(Stop(), 0);

@@ -84,7 +84,18 @@ void Metrics::Observe(const std::string& name, const std::vector<std::string>& l
   ++s.count;
 }
 
+void Metrics::AddCollector(std::function<void(Metrics&)> collector) {
+  std::lock_guard<std::mutex> lock(mu_);
+  collectors_.push_back(std::move(collector));
+}
+
 std::string Metrics::Render() const {
+  std::vector<std::function<void(Metrics&)>> collectors;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    collectors = collectors_;
+  }
+  for (const auto& c : collectors) c(const_cast<Metrics&>(*this));
   std::lock_guard<std::mutex> lock(mu_);
   std::string out;
   for (const std::string& name : order_) {

@@ -7,6 +7,7 @@
 // few hundred nanoseconds, which is nothing next to the work they count.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
@@ -28,6 +29,10 @@ class Metrics {
   void Set(const std::string& name, const std::vector<std::string>& labels, double value);
   void Observe(const std::string& name, const std::vector<std::string>& labels, double value);
 
+  // Called at the start of every Render(), outside the lock, to refresh
+  // values that are read rather than counted (e.g. totals kept elsewhere).
+  void AddCollector(std::function<void(Metrics&)> collector);
+
   // The exposition text, families in declaration order, series by labels.
   std::string Render() const;
 
@@ -46,6 +51,7 @@ class Metrics {
     std::map<std::vector<std::string>, Series> series;
   };
 
+  std::vector<std::function<void(Metrics&)>> collectors_;  // set up before use
   mutable std::mutex mu_;
   std::vector<std::string> order_;
   std::map<std::string, Family> families_;

@@ -37,5 +37,15 @@ TEST(MetricsTest, RendersCountersGaugesAndCumulativeHistograms) {
             "backflow_run_duration_seconds_count{mapping=\"m\"} 3\n");
 }
 
+TEST(MetricsTest, CollectorsRefreshValuesAtEachRender) {
+  Metrics m;
+  m.Declare("backflow_wait_seconds_total", Metrics::Type::kCounter, "Waited.", {});
+  double total = 1.5;
+  m.AddCollector([&](Metrics& self) { self.Set("backflow_wait_seconds_total", {}, total); });
+  EXPECT_NE(m.Render().find("backflow_wait_seconds_total 1.5\n"), std::string::npos);
+  total = 4;
+  EXPECT_NE(m.Render().find("backflow_wait_seconds_total 4\n"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace backflow

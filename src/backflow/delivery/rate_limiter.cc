@@ -1,6 +1,7 @@
 #include "backflow/delivery/rate_limiter.h"
 
 #include <algorithm>
+#include <atomic>
 
 namespace backflow {
 
@@ -9,6 +10,14 @@ RateLimiter::RateLimiter(Clock& clock, int64_t requests, Clock::Duration window,
       requests_(static_cast<size_t>(std::max<int64_t>(1, requests))),
       window_(window +
               std::chrono::duration_cast<Clock::Duration>(window * std::max(0.0, margin))) {}
+
+namespace {
+std::atomic<int64_t> g_process_wait_ns{0};
+}  // namespace
+
+Clock::Duration RateLimiter::process_total_wait() {
+  return std::chrono::nanoseconds(g_process_wait_ns.load(std::memory_order_relaxed));
+}
 
 Clock::Duration RateLimiter::Acquire() {
   Clock::TimePoint start;
@@ -27,6 +36,8 @@ Clock::Duration RateLimiter::Acquire() {
     wait = start - now;
     total_wait_ += wait;
   }
+  g_process_wait_ns.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(wait).count(),
+                              std::memory_order_relaxed);
   if (wait > Clock::Duration::zero()) clock_.SleepFor(wait);
   return wait;
 }

@@ -32,6 +32,9 @@ class RateLimiter {
 
   // Total time callers have waited, for metrics.
   Clock::Duration total_wait() const;
+  // Total time callers of every limiter in this process have waited (the
+  // service's backflow_rate_limit_wait_seconds_total).
+  static Clock::Duration process_total_wait();
 
  private:
   Clock& clock_;

@@ -21,6 +21,7 @@
 #include "backflow/common/json_writer.h"
 #include "backflow/common/metrics.h"
 #include "backflow/config/workspace.h"
+#include "backflow/delivery/rate_limiter.h"
 #include "backflow/engine/sync_engine.h"
 #include "backflow/scheduler/planner.h"
 #include "backflow/secrets/workspace_secrets.h"
@@ -106,6 +107,12 @@ void DeclareMetrics(Metrics& m) {
             {"host", "code"});
   m.Declare("backflow_queue_depth", Metrics::Type::kGauge,
             "Runs waiting for a worker (queued) and being worked on (running).", {"status"});
+  m.Declare("backflow_rate_limit_wait_seconds_total", Metrics::Type::kCounter,
+            "Time requests waited for a destination's rate limiter, in all.", {});
+  m.AddCollector([](Metrics& self) {
+    self.Set("backflow_rate_limit_wait_seconds_total", {},
+             std::chrono::duration<double>(RateLimiter::process_total_wait()).count());
+  });
   m.Declare("backflow_schedule_skipped_ticks_total", Metrics::Type::kCounter,
             "Schedule ticks skipped because the model's previous run was still going.", {"model"});
 }
