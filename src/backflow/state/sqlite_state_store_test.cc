@@ -2,7 +2,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
+#include <future>
+#include <thread>
 
 #include "backflow/model/value.h"
 #include "backflow/sqlite/database.h"
@@ -202,6 +205,34 @@ TEST_F(SqliteStateStoreTest, DamagedCheckpointIsDetectedAtTheEndOfTheScan) {
   EXPECT_TRUE(scan_status().ok());
   tamper("UPDATE checkpoints SET fingerprint = zeroblob(16) WHERE record_key = 'k20'");
   EXPECT_EQ(scan_status().code(), absl::StatusCode::kDataLoss);
+}
+
+// UseApiToken notes the last use (a write) at most once a minute. That write
+// must wait for another connection's write transaction (the busy timeout)
+// instead of failing with "database is locked", which is what happens when it
+// is attempted while the token's SELECT still holds a read snapshot: SQLite
+// does not wait on a lock upgrade. Under load every API thread does this
+// write at the same minute boundary while a worker writes run progress.
+TEST_F(SqliteStateStoreTest, TokenUseWaitsForAnotherWriterInsteadOfFailing) {
+  ApiToken t{"bench", std::string(64, 'c'), false, "2026-01-01T00:00:00.000Z", ""};
+  ASSERT_TRUE(store_->CreateApiToken(t).ok());
+  auto writer = sqlite::Database::Open(path_, SQLITE_OPEN_READWRITE);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE((*writer)->Exec("BEGIN IMMEDIATE").ok());
+  ASSERT_TRUE((*writer)->Exec("UPDATE api_tokens SET created_at = created_at").ok());
+
+  auto use = std::async(std::launch::async, [&] {
+    return store_->UseApiToken(t.token_hash, absl::FromUnixSeconds(1'800'000'000));
+  });
+  // The lock is held until COMMIT below: the lookup must be waiting for it,
+  // not have failed at once.
+  EXPECT_EQ(use.wait_for(std::chrono::milliseconds(200)), std::future_status::timeout);
+  ASSERT_TRUE((*writer)->Exec("COMMIT").ok());
+  auto found = use.get();
+  ASSERT_TRUE(found.ok()) << found.status();
+  ASSERT_TRUE(found->has_value());
+  EXPECT_EQ((*found)->name, "bench");
+  EXPECT_FALSE((*store_->ListApiTokens())[0].last_used_at.empty());
 }
 
 }  // namespace
