@@ -90,4 +90,9 @@ pid_t StartCli(const std::string& cwd, const std::vector<std::string>& args) {
   return Spawn(cwd, args, "/dev/null", "/dev/null");
 }
 
+pid_t StartCli(const std::string& cwd, const std::vector<std::string>& args, const std::string& out,
+               const std::string& err) {
+  return Spawn(cwd, args, out, err);
+}
+
 }  // namespace backflow::e2e

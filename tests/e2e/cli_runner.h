@@ -28,5 +28,8 @@ CliResult RunCli(const std::string& cwd, const std::vector<std::string>& args,
 
 // Starts `backflow args...` in `cwd` with output discarded; returns its pid.
 pid_t StartCli(const std::string& cwd, const std::vector<std::string>& args);
+// The same with stdout and stderr written to the files `out` and `err`.
+pid_t StartCli(const std::string& cwd, const std::vector<std::string>& args, const std::string& out,
+               const std::string& err);
 
 }  // namespace backflow::e2e
