@@ -613,6 +613,7 @@ struct ServeFlags {
   int poll_seconds = 1;
   std::string listen;
   int workers = 1;
+  int lease_seconds = 30;
 };
 
 int Serve(const GlobalOptions& g, const ServeFlags& flags) {
@@ -622,6 +623,7 @@ int Serve(const GlobalOptions& g, const ServeFlags& flags) {
   options.poll = std::chrono::seconds(flags.poll_seconds);
   options.listen = flags.listen;
   options.workers = flags.workers;
+  options.lease = absl::Seconds(flags.lease_seconds);
   if (!flags.now_text.empty()) {
     if (!flags.once) {
       PrintError("--now only applies with --once");
@@ -1004,6 +1006,11 @@ int Main(int argc, char** argv) {
                     "serve the REST API on HOST:PORT (e.g. 127.0.0.1:8321)");
   serve->add_option("--workers", serve_flags.workers, "runs worked on at once")
       ->check(CLI::Range(1, 64));
+  serve
+      ->add_option("--lease-seconds", serve_flags.lease_seconds,
+                   "how long a worker's claim on a run lasts unless renewed (it is renewed every "
+                   "third of it): a worker that dies loses its run to another after this long")
+      ->check(CLI::Range(2, 3600));
   serve->callback([&] { result = Serve(g, serve_flags); });
 
   auto* token = app.add_subcommand("token", "API tokens for `backflow serve --listen`");

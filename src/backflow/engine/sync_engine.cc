@@ -30,7 +30,8 @@ using Steady = std::chrono::steady_clock;
 constexpr size_t kCheckpointChunk = 5'000;
 
 // An exclusive, process-lifetime lock on one mapping (released by the kernel
-// if the process dies).
+// if the process dies). The holder writes who it is into the file, so that a
+// refused process can say.
 class MappingLock {
  public:
   static absl::StatusOr<std::unique_ptr<MappingLock>> Acquire(const std::string& dir,
@@ -43,14 +44,28 @@ class MappingLock {
       return absl::UnavailableError(fmt::format("cannot open lock file {}", path));
     }
     if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      char buf[256];
+      ssize_t n = pread(fd, buf, sizeof(buf), 0);
       close(fd);
-      return absl::FailedPreconditionError(fmt::format(
-          "mapping \"{}\" is being synced by another backflow process; wait for it to finish",
-          mapping));
+      std::string holder(buf, n > 0 ? static_cast<size_t>(n) : 0);
+      while (!holder.empty() && (holder.back() == '\n' || holder.back() == '\0')) holder.pop_back();
+      return MappingBusyError(
+          mapping, holder.empty() ? "" : fmt::format("held by \"{}\" on this host", holder));
+    }
+    char host[256] = {};
+    gethostname(host, sizeof(host) - 1);
+    const std::string me = fmt::format("backflow {} pid {}\n", host, getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, me.data(), me.size(), 0) < 0) {
+      // Only the "busy" message of another process loses its detail.
     }
     return std::unique_ptr<MappingLock>(new MappingLock(fd));
   }
-  ~MappingLock() { close(fd_); }
+  ~MappingLock() {
+    if (ftruncate(fd_, 0) != 0) {
+      // A stale name is only shown while the next holder writes its own.
+    }
+    close(fd_);
+  }
 
  private:
   explicit MappingLock(int fd) : fd_(fd) {}
@@ -649,6 +664,7 @@ absl::StatusOr<std::vector<MappingRunResult>> Runner::Run(const ModelConfig& mod
   }
 
   std::vector<std::unique_ptr<MappingLock>> locks;
+  std::vector<std::unique_ptr<MappingLockHandle>> store_locks;
   std::vector<MappingRun> runs(names.size());
   for (size_t i = 0; i < names.size(); ++i) {
     MappingRun& m = runs[i];
@@ -668,6 +684,9 @@ absl::StatusOr<std::vector<MappingRunResult>> Runner::Run(const ModelConfig& mod
     BACKFLOW_ASSIGN_OR_RETURN(auto lock,
                               MappingLock::Acquire(spool_dir_ + "/locks", m.config->name));
     locks.push_back(std::move(lock));
+    // Other hosts sharing the state store.
+    BACKFLOW_ASSIGN_OR_RETURN(auto held, state_.LockMapping(m.config->name));
+    store_locks.push_back(std::move(held));
   }
   // Every mapping is locked: the runs can start.
   std::map<std::string, std::shared_ptr<Destination>> destinations;

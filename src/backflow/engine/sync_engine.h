@@ -10,7 +10,9 @@
 // a record that fails is retried by the next run; a process killed at any
 // point re-sends at most the batch that was in flight.
 // A SyncEngine is used from one thread; each Run() holds an exclusive lock on
-// the mappings it syncs, so two processes never sync the same mapping at once.
+// the mappings it syncs (a lock file on this host, and StateStore::LockMapping
+// for processes on other hosts sharing the state store), so two processes
+// never sync the same mapping at once.
 #pragma once
 
 #include <atomic>
@@ -75,9 +77,11 @@ class SyncEngine {
              ConnectorEnv env, std::string spool_dir);
 
   // Extracts `model` once and syncs `mappings` (names of mappings of that
-  // model) from it. Errors only when nothing could start (unknown names, a
-  // mapping locked by another process, state store unavailable); a run that
-  // started and failed is a result with status kFailed and its error.
+  // model) from it. Errors only when nothing could start or be recorded
+  // (unknown names, a mapping locked by another process: IsMappingBusy(),
+  // state store unavailable, a queued run taken over by another worker:
+  // IsRunTakenOver()); a run that started and failed is a result with
+  // status kFailed and its error.
   absl::StatusOr<std::vector<MappingRunResult>> Run(const std::string& model,
                                                     const std::vector<std::string>& mappings,
                                                     const SyncOptions& options);

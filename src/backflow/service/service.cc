@@ -360,7 +360,53 @@ absl::StatusOr<ServiceOutcome> Service::Run() {
         });
         SyncEngine engine(*ws, registry_, st, env, local_dir);
         absl::StatusOr<std::vector<MappingRunResult>> results = engine.Run(model, mappings, so);
-        if (!results.ok()) {
+        // Another process syncs one of these mappings (a `backflow sync`, or
+        // a worker that lost its lease settling its last batches): wait for
+        // it under this worker's lease.
+        for (bool told = false;
+             !results.ok() && IsMappingBusy(results.status()) && !slot.cancel.load(); told = true) {
+          if (!told) {
+            log.Write("run_waiting", [&](JsonWriter& w) {
+              w.Key("model").String(model);
+              w.Key("worker").String(slot.id);
+              w.Key("reason").String(Msg(results.status()));
+            });
+          }
+          {
+            std::unique_lock<std::mutex> lock(mu);
+            cv.wait_for(lock, options_.poll);
+          }
+          if (slot.cancel.load()) break;
+          results = engine.Run(model, mappings, so);
+        }
+        if (!results.ok() &&
+            (IsRunTakenOver(results.status()) || IsMappingBusy(results.status()))) {
+          // Stopped while waiting, or no longer this worker's run: stopping
+          // leaves the runs to ReleaseRuns (below); a cancellation is
+          // recorded; a run another worker took is left to it (the store
+          // refuses this worker's writes).
+          bool taken = IsRunTakenOver(results.status());
+          if (!taken && !slot.shutdown.load()) {
+            for (const std::string& m : mappings) {
+              RunInfo run = so.queued_runs[m];
+              run.status = RunStatus::kCancelled;
+              run.error = "cancelled before it started; nothing was sent";
+              run.finished_at = FormatIso8601(SystemClock().Now());
+              absl::Status updated = st.UpdateRun(run);
+              taken |= IsRunTakenOver(updated);
+            }
+          }
+          log.Write(taken ? "run_abandoned" : "run_stopped_waiting", [&](JsonWriter& w) {
+            w.Key("model").String(model);
+            w.Key("worker").String(slot.id);
+            w.Key("run_ids").BeginArray();
+            for (const std::string& m : mappings) w.Int(so.queued_runs[m].id);
+            w.EndArray();
+            w.Key("reason").String(taken ? "another worker took the run over after this "
+                                           "worker's lease expired; it finishes the run"
+                                         : Msg(results.status()));
+          });
+        } else if (!results.ok()) {
           failed = true;
           for (const std::string& m : mappings) {
             finish_unrunnable(so.queued_runs[m],
@@ -542,14 +588,43 @@ absl::StatusOr<ServiceOutcome> Service::Run() {
     absl::Time now = options_.once && options_.now ? *options_.now : absl::Now();
     std::map<std::string, ScheduleState> before = states;
     std::vector<ScheduleDecision> decisions = planner.Plan(ws->models, busy, now, states);
-    for (const auto& [model, state] : states) {
-      auto it = before.find(model);
-      if (it != before.end() && it->second.last_tick == state.last_tick) continue;
-      absl::Status saved = store->SetScheduleState(model, state);
-      if (!saved.ok()) {
-        error = saved;
-        break;
+    // Every changed state is stored by compare-and-set on the state this
+    // process read, with the decision's runs: when several processes share
+    // the store, the first to decide a tick queues it and the others learn
+    // the stored state instead.
+    std::map<std::string, const ScheduleDecision*> decided;
+    for (const ScheduleDecision& d : decisions) decided[d.model] = &d;
+    auto advance = [&](const std::string& model,
+                       const std::vector<RunInfo>& runs) -> std::optional<std::vector<int64_t>> {
+      auto was = before.find(model);
+      std::optional<int64_t> expected;
+      if (was != before.end()) expected = was->second.last_tick;
+      absl::StatusOr<std::optional<std::vector<int64_t>>> won =
+          store->AdvanceSchedule(model, expected, states[model], runs);
+      if (!won.ok()) {
+        error = won.status();
+        return std::nullopt;
       }
+      if (won->has_value()) return *won;
+      absl::StatusOr<std::optional<ScheduleState>> stored = store->GetScheduleState(model);
+      if (!stored.ok()) {
+        error = stored.status();
+        return std::nullopt;
+      }
+      if (stored->has_value()) {
+        states[model] = **stored;
+      } else {
+        states.erase(model);
+      }
+      planner.Invalidate();
+      return std::nullopt;
+    };
+    for (const auto& [model, state] : std::map<std::string, ScheduleState>(states)) {
+      auto was = before.find(model);
+      if (decided.count(model) > 0) continue;
+      if (was != before.end() && was->second.last_tick == state.last_tick) continue;
+      advance(model, {});  // first sight of the model: counting starts now
+      if (!error.ok()) break;
     }
     if (!error.ok()) break;
     for (const ScheduleDecision& d : decisions) {
@@ -566,26 +641,27 @@ absl::StatusOr<ServiceOutcome> Service::Run() {
           r.requested_at = FormatIso8601(SystemClock().Now());
           runs.push_back(std::move(r));
         }
-      } else {
-        metrics.Add("backflow_schedule_skipped_ticks_total", {d.model});
       }
-      std::vector<int64_t> ids;
-      if (!runs.empty()) {
-        absl::StatusOr<std::vector<int64_t>> queued = store->EnqueueRuns(runs);
-        if (!queued.ok()) {
-          error = queued.status();
-          break;
-        }
-        ids = *queued;
+      std::optional<std::vector<int64_t>> ids = advance(d.model, runs);
+      if (!error.ok()) break;
+      if (!ids) {
+        log.Write("schedule_decided_elsewhere", [&](JsonWriter& w) {
+          w.Key("model").String(d.model);
+          w.Key("tick").String(TickText(d.tick));
+          w.Key("reason").String(
+              "another process sharing the state store acted on this tick first");
+        });
+        continue;
       }
+      if (!run) metrics.Add("backflow_schedule_skipped_ticks_total", {d.model});
       log.Write(run ? "schedule_due" : "schedule_skipped", [&](JsonWriter& w) {
         w.Key("model").String(d.model);
         w.Key("tick").String(TickText(d.tick));
         if (d.missed > 0) w.Key("missed_ticks").Int(d.missed);
         if (!run) w.Key("reason").String("the previous run of this model is still going");
-        if (!ids.empty()) {
+        if (!ids->empty()) {
           w.Key("run_ids").BeginArray();
-          for (int64_t id : ids) w.Int(id);
+          for (int64_t id : *ids) w.Int(id);
           w.EndArray();
         }
       });

@@ -13,7 +13,11 @@
 // skipped; a model with a run queued or running is not queued again (the
 // tick is skipped and logged); an invalid edit of the workspace file is
 // logged and ignored (the last valid workspace stays in force). Schedule
-// state is persisted after every decision. One JSON log line per event goes
+// state is persisted after every decision, by compare-and-set together with
+// the runs it queues (StateStore::AdvanceSchedule): when several processes
+// decide the same tick, one queues it and the others log
+// "schedule_decided_elsewhere". A run whose mapping another process is
+// syncing waits (under its lease) for it to finish. One JSON log line per event goes
 // to `log` (stdout in the CLI), with run ids.
 //
 // Stopping (RequestStop, e.g. on SIGTERM): no new run is taken; a run in

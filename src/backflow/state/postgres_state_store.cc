@@ -445,6 +445,25 @@ WITH settled AS (
 SELECT record_key, fingerprint, identity FROM old
 )sql";
 
+// Holds a session-level advisory lock on a connection of its own: closing
+// the connection (on destruction, or when the process dies and the server
+// sees the socket close) releases it.
+class PgMappingLock : public MappingLockHandle {
+ public:
+  explicit PgMappingLock(std::unique_ptr<Connection> conn) : conn_(std::move(conn)) {}
+
+ private:
+  std::unique_ptr<Connection> conn_;
+};
+
+// The advisory lock key of a mapping: 64 bits of a hash of its name (the
+// migration lock's key is the only other one this schema uses).
+int64_t MappingLockKey(const std::string& mapping) {
+  Hasher128 h;
+  h.Add(std::string_view("backflow mapping lock")).Add(std::string_view(mapping));
+  return static_cast<int64_t>(h.Finish().low);
+}
+
 class PostgresStateStore : public StateStore {
  public:
   PostgresStateStore(std::string url, PostgresStateStoreOptions options)
@@ -511,18 +530,24 @@ class PostgresStateStore : public StateStore {
 
   absl::Status UpdateRun(const RunInfo& run) override {
     const RunCounts& c = run.counts;
-    return Exec(
-               "UPDATE backflow.runs SET status = $1, finished_at = $2, duration_s = $3, "
-               "extracted = $4, added = $5, updated = $6, deleted = $7, unchanged = $8, "
-               "skipped = $9, succeeded = $10, failed = $11, rejected = $12, error = $13, "
-               "extract_s = $14, diff_s = $15, deliver_s = $16 WHERE id = $17",
-               {P(RunStatusName(run.status)),
-                run.finished_at.empty() ? Param::Null() : P(run.finished_at),
-                PDouble(run.duration_s), P(c.extracted), P(c.added), P(c.updated), P(c.deleted),
-                P(c.unchanged), P(c.skipped), P(c.succeeded), P(c.failed), P(c.rejected),
-                P(ValidText(run.error)), PDouble(run.extract_s), PDouble(run.diff_s),
-                PDouble(run.deliver_s), P(run.id)})
-        .status();
+    BACKFLOW_ASSIGN_OR_RETURN(
+        Result r,
+        Exec("UPDATE backflow.runs SET status = $1, finished_at = $2, duration_s = $3, "
+             "extracted = $4, added = $5, updated = $6, deleted = $7, unchanged = $8, "
+             "skipped = $9, succeeded = $10, failed = $11, rejected = $12, error = $13, "
+             "extract_s = $14, diff_s = $15, deliver_s = $16 WHERE id = $17 AND worker = $18",
+             {P(RunStatusName(run.status)),
+              run.finished_at.empty() ? Param::Null() : P(run.finished_at), PDouble(run.duration_s),
+              P(c.extracted), P(c.added), P(c.updated), P(c.deleted), P(c.unchanged), P(c.skipped),
+              P(c.succeeded), P(c.failed), P(c.rejected), P(ValidText(run.error)),
+              PDouble(run.extract_s), PDouble(run.diff_s), PDouble(run.deliver_s), P(run.id),
+              P(run.worker)},
+             "recording the run's progress"));
+    if (Affected(r) > 0) return absl::OkStatus();
+    absl::StatusOr<RunInfo> current = GetRun(run.id);
+    if (absl::IsNotFound(current.status())) return absl::OkStatus();  // as UPDATE ... WHERE id
+    if (!current.ok()) return current.status();
+    return RunTakenOverError(run.id, run.worker, current->worker);
   }
 
   absl::Status AddRunRecords(int64_t run_id, const std::vector<RunRecord>& records) override {
@@ -655,19 +680,8 @@ class PostgresStateStore : public StateStore {
     std::vector<int64_t> ids;
     if (runs.empty()) return ids;
     BACKFLOW_RETURN_IF_ERROR(InTransaction([&]() -> absl::Status {
-      for (const RunInfo& run : runs) {
-        BACKFLOW_ASSIGN_OR_RETURN(
-            Result r,
-            Exec("INSERT INTO backflow.runs (mapping, model, destination, trigger, dry_run, "
-                 "full_resync, status, requested_at, request_id) VALUES ($1, $2, $3, $4, $5, $6, "
-                 "'queued', $7, $8) RETURNING id",
-                 {P(run.mapping), P(run.model), P(run.destination), P(run.trigger), P(run.dry_run),
-                  P(run.full_resync), P(run.requested_at),
-                  P(ids.empty() ? int64_t{0} : ids.front())}));
-        ids.push_back(Int(r, 0, 0));
-      }
-      return Exec("UPDATE backflow.runs SET request_id = $1 WHERE id = $1", {P(ids.front())})
-          .status();
+      BACKFLOW_ASSIGN_OR_RETURN(ids, InsertQueued(runs));
+      return absl::OkStatus();
     }));
     return ids;
   }
@@ -963,6 +977,35 @@ class PostgresStateStore : public StateStore {
     });
   }
 
+  absl::StatusOr<std::optional<std::vector<int64_t>>> AdvanceSchedule(
+      const std::string& model, std::optional<int64_t> expected_last_tick,
+      const ScheduleState& next, const std::vector<RunInfo>& runs) override {
+    std::optional<std::vector<int64_t>> out;
+    const std::string what = fmt::format("queuing the scheduled runs of model \"{}\"", model);
+    BACKFLOW_RETURN_IF_ERROR(InTransaction([&]() -> absl::Status {
+      // A concurrent writer of the row makes this wait, then re-check the
+      // condition against its commit (READ COMMITTED): one of them wins.
+      std::vector<Param> params = {P(model), P(next.last_tick), P(next.skipped_ticks),
+                                   P(next.missed_ticks)};
+      if (expected_last_tick) params.push_back(P(*expected_last_tick));
+      BACKFLOW_ASSIGN_OR_RETURN(
+          Result r, Exec(expected_last_tick
+                             ? "UPDATE backflow.schedule_state SET last_tick = $2, skipped_ticks = "
+                               "$3, missed_ticks = $4 WHERE model = $1 AND last_tick = $5"
+                             : "INSERT INTO backflow.schedule_state (model, last_tick, "
+                               "skipped_ticks, missed_ticks) VALUES ($1, $2, $3, $4) ON CONFLICT "
+                               "(model) DO NOTHING",
+                         std::move(params), what));
+      if (Affected(r) == 0) return absl::OkStatus();
+      BACKFLOW_ASSIGN_OR_RETURN(out, InsertQueued(runs));
+      return absl::OkStatus();
+    }));
+    return out;
+  }
+
+  absl::StatusOr<std::unique_ptr<MappingLockHandle>> LockMapping(
+      const std::string& mapping) override;
+
   absl::Status MarkInFlight(const std::string& mapping,
                             const std::vector<InFlightEntry>& entries) override {
     if (entries.empty()) return absl::OkStatus();
@@ -1105,6 +1148,28 @@ class PostgresStateStore : public StateStore {
     return status;
   }
 
+  // Inserts queued runs under one request id (the first run's); the caller
+  // holds a transaction.
+  absl::StatusOr<std::vector<int64_t>> InsertQueued(const std::vector<RunInfo>& runs) {
+    std::vector<int64_t> ids;
+    for (const RunInfo& run : runs) {
+      BACKFLOW_ASSIGN_OR_RETURN(
+          Result r,
+          Exec("INSERT INTO backflow.runs (mapping, model, destination, trigger, dry_run, "
+               "full_resync, status, requested_at, request_id) VALUES ($1, $2, $3, $4, $5, $6, "
+               "'queued', $7, $8) RETURNING id",
+               {P(run.mapping), P(run.model), P(run.destination), P(run.trigger), P(run.dry_run),
+                P(run.full_resync), P(run.requested_at), P(ids.empty() ? int64_t{0} : ids.front())},
+               "queuing a run"));
+      ids.push_back(Int(r, 0, 0));
+    }
+    if (ids.empty()) return ids;
+    BACKFLOW_RETURN_IF_ERROR(Exec("UPDATE backflow.runs SET request_id = $1 WHERE id = $1",
+                                  {P(ids.front())}, "queuing a run")
+                                 .status());
+    return ids;
+  }
+
   // Locks the runs `worker` holds under a lease, in id order.
   absl::Status LockLeasedRuns(const std::string& worker) {
     return Exec(
@@ -1189,6 +1254,51 @@ class PostgresStateStore : public StateStore {
   std::unique_ptr<Connection> conn_;
   bool in_transaction_ = false;
 };
+
+absl::StatusOr<std::unique_ptr<MappingLockHandle>> PostgresStateStore::LockMapping(
+    const std::string& mapping) {
+  const int64_t key = MappingLockKey(mapping);
+  const std::string what = fmt::format("locking mapping \"{}\" in the state store", mapping);
+  ConnectOptions options = Options(url_, /*reader=*/false);
+  // What another process's "busy" error names (at most 63 bytes are kept).
+  std::string name = fmt::format("backflow {} pid {}", host_, getpid());
+  if (name.size() > 63) name.resize(63);
+  options.overrides.push_back({"application_name", name});
+  // A host that vanishes without closing its socket loses the lock after
+  // about 30 s of silence rather than the system's TCP timeout.
+  options.settings.push_back({"tcp_keepalives_idle", "15"});
+  options.settings.push_back({"tcp_keepalives_interval", "5"});
+  options.settings.push_back({"tcp_keepalives_count", "3"});
+  BACKFLOW_ASSIGN_OR_RETURN(std::unique_ptr<Connection> conn, Connection::Open(options));
+  BACKFLOW_ASSIGN_OR_RETURN(
+      Result r, conn->ExecParams("SELECT pg_try_advisory_lock($1::bigint)", {P(key)}, false, what));
+  if (Bool(r, 0, 0)) return std::unique_ptr<MappingLockHandle>(new PgMappingLock(std::move(conn)));
+
+  // Name the holder when the server shows it (sessions of other roles may
+  // be hidden).
+  const auto bits = static_cast<uint64_t>(key);
+  absl::StatusOr<Result> holder = conn->ExecParams(
+      "SELECT COALESCE(a.application_name, ''), COALESCE(host(a.client_addr), 'a local socket'), "
+      "l.pid, COALESCE(to_char(a.backend_start AT TIME ZONE 'UTC', "
+      "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), '') FROM pg_locks l LEFT JOIN pg_stat_activity a ON "
+      "a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND "
+      "l.classid = $1::oid AND l.objid = $2::oid AND l.database = (SELECT oid FROM pg_database "
+      "WHERE datname = current_database()) LIMIT 1",
+      {P(static_cast<int64_t>(bits >> 32)), P(static_cast<int64_t>(bits & 0xffffffffu))}, false,
+      what);
+  std::string who;
+  if (holder.ok() && Rows(*holder) == 1) {
+    std::string app = Str(*holder, 0, 0);
+    who = fmt::format("held by {} from {}{}",
+                      app.empty() ? fmt::format("PostgreSQL session {}", Int(*holder, 0, 2))
+                                  : fmt::format("\"{}\"", app),
+                      Str(*holder, 0, 1),
+                      Str(*holder, 0, 3).empty()
+                          ? std::string()
+                          : fmt::format(", connected since {}", Str(*holder, 0, 3)));
+  }
+  return MappingBusyError(mapping, who);
+}
 
 }  // namespace
 

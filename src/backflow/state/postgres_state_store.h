@@ -27,6 +27,15 @@
 //   never take the same request. RenewLeases() and ReleaseRuns() lock the
 //   worker's runs in id order (a request's first run first), so they wait
 //   for, rather than deadlock with, a take-over of the same runs.
+// - AdvanceSchedule() is a conditional UPDATE (or INSERT ... ON CONFLICT DO
+//   NOTHING) of the model's row: a racing process waits for the winner's
+//   commit, then finds the condition false.
+// - LockMapping() takes a session-level advisory lock (key: a 64-bit hash of
+//   the mapping name) on a connection of its own, named "backflow HOST pid
+//   PID" (application_name) so that a refused process can say who holds it.
+//   The lock ends with that connection: when the handle is destroyed, or
+//   when the process dies and the server sees its socket close (TCP
+//   keepalives end it within about 30 s if the host vanished).
 // - MarkInterruptedRuns() judges only runs started on this host (runs record
 //   the host name with the pid); runs of other hosts are left alone.
 // - A broken connection (server restart) is replaced on the next call; the

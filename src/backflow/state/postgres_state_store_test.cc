@@ -584,6 +584,71 @@ TEST_F(PostgresStateStoreTest, ALostConnectionIsReplacedOnTheNextCall) {
   EXPECT_EQ(*first, 1);
 }
 
+TEST_F(PostgresStateStoreTest, AMappingIsLockedByOneHandleAndTheBusyErrorNamesTheHolder) {
+  auto other = Open();
+  ASSERT_NE(other, nullptr);
+  auto held = store_->LockMapping("to_hook");
+  ASSERT_TRUE(held.ok()) << held.status();
+  auto busy = other->LockMapping("to_hook");
+  ASSERT_FALSE(busy.ok());
+  EXPECT_TRUE(IsMappingBusy(busy.status())) << busy.status();
+  EXPECT_EQ(busy.status().code(), absl::StatusCode::kFailedPrecondition);
+  const std::string message(busy.status().message());
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  EXPECT_NE(message.find("\"to_hook\""), std::string::npos) << message;
+  EXPECT_NE(message.find(fmt::format("backflow {} pid {}", host, getpid())), std::string::npos)
+      << message;
+  EXPECT_NE(message.find("from 127.0.0.1"), std::string::npos) << message;
+  EXPECT_NE(message.find("connected since"), std::string::npos) << message;
+  EXPECT_EQ(message.find(server().password), std::string::npos);
+  // Another mapping is not affected.
+  auto unrelated = other->LockMapping("to_crm");
+  EXPECT_TRUE(unrelated.ok()) << unrelated.status();
+  // Released with its handle, which may outlive its store.
+  store_.reset();
+  EXPECT_FALSE(other->LockMapping("to_hook").ok());
+  held->reset();
+  auto now_free = other->LockMapping("to_hook");
+  EXPECT_TRUE(now_free.ok()) << now_free.status();
+}
+
+TEST_F(PostgresStateStoreTest, AMappingLockIsReleasedWhenItsProcessIsKilled) {
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  pid_t child = fork();
+  if (child == 0) {
+    close(ready[0]);
+    auto store = OpenPostgresStateStore(url_);
+    if (!store.ok()) _exit(2);
+    auto held = (*store)->LockMapping("to_hook");
+    if (!held.ok()) _exit(3);
+    char byte = 1;
+    if (write(ready[1], &byte, 1) != 1) _exit(4);
+    while (true) pause();  // holds the lock until killed
+  }
+  close(ready[1]);
+  char byte = 0;
+  ASSERT_EQ(read(ready[0], &byte, 1), 1) << "the child could not take the lock";
+  close(ready[0]);
+  auto busy = store_->LockMapping("to_hook");
+  EXPECT_TRUE(IsMappingBusy(busy.status())) << busy.status();
+  EXPECT_NE(std::string(busy.status().message()).find(fmt::format("pid {}", child)),
+            std::string::npos)
+      << busy.status();
+  ASSERT_EQ(kill(child, SIGKILL), 0);
+  ASSERT_EQ(waitpid(child, nullptr, 0), child);
+  // The server sees the socket close and ends the session, releasing its locks.
+  absl::StatusOr<std::unique_ptr<MappingLockHandle>> taken = absl::UnknownError("not tried");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    taken = store_->LockMapping("to_hook");
+    if (taken.ok() || !IsMappingBusy(taken.status())) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(taken.ok()) << taken.status();
+}
+
 TEST_F(PostgresStateStoreTest, ConcurrentClaimersNeverTakeTheSameRequest) {
   // Requests of one and of two runs (a model's mappings run together).
   std::map<int64_t, int64_t> request_of;  // run id -> request id

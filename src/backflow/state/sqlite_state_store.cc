@@ -269,7 +269,8 @@ class SqliteStateStore : public StateStore {
         db_->Prepare(
             "UPDATE runs SET status=?, finished_at=?, duration_s=?, extracted=?, "
             "added=?, updated=?, deleted=?, unchanged=?, skipped=?, succeeded=?, "
-            "failed=?, rejected=?, error=?, extract_s=?, diff_s=?, deliver_s=? WHERE id=?"));
+            "failed=?, rejected=?, error=?, extract_s=?, diff_s=?, deliver_s=? WHERE id=? AND "
+            "worker=?"));
     const RunCounts& c = run.counts;
     s.Bind(1, RunStatusName(run.status));
     if (run.finished_at.empty()) {
@@ -291,8 +292,14 @@ class SqliteStateStore : public StateStore {
         .BindDouble(14, run.extract_s)
         .BindDouble(15, run.diff_s)
         .BindDouble(16, run.deliver_s)
-        .Bind(17, run.id);
-    return s.Run();
+        .Bind(17, run.id)
+        .Bind(18, run.worker);
+    BACKFLOW_RETURN_IF_ERROR(s.Run());
+    if (sqlite3_changes(db_->raw()) > 0) return absl::OkStatus();
+    absl::StatusOr<RunInfo> current = GetRun(run.id);
+    if (absl::IsNotFound(current.status())) return absl::OkStatus();  // as UPDATE ... WHERE id
+    if (!current.ok()) return current.status();
+    return RunTakenOverError(run.id, run.worker, current->worker);
   }
 
   absl::Status AddRunRecords(int64_t run_id, const std::vector<RunRecord>& records) override {
@@ -454,27 +461,8 @@ class SqliteStateStore : public StateStore {
   absl::StatusOr<std::vector<int64_t>> EnqueueRuns(const std::vector<RunInfo>& runs) override {
     std::vector<int64_t> ids;
     BACKFLOW_RETURN_IF_ERROR(InTransaction([&]() -> absl::Status {
-      BACKFLOW_ASSIGN_OR_RETURN(
-          Statement s,
-          db_->Prepare("INSERT INTO runs (mapping, model, destination, trigger, dry_run, "
-                       "full_resync, status, started_at, requested_at, request_id) VALUES "
-                       "(?,?,?,?,?,?,'queued','',?,?)"));
-      for (const RunInfo& run : runs) {
-        s.Bind(1, run.mapping)
-            .Bind(2, run.model)
-            .Bind(3, run.destination)
-            .Bind(4, run.trigger)
-            .Bind(5, int64_t{run.dry_run})
-            .Bind(6, int64_t{run.full_resync})
-            .Bind(7, run.requested_at)
-            .Bind(8, ids.empty() ? int64_t{0} : ids.front());
-        BACKFLOW_RETURN_IF_ERROR(s.Run());
-        ids.push_back(db_->LastInsertId());
-      }
-      if (ids.empty()) return absl::OkStatus();
-      BACKFLOW_ASSIGN_OR_RETURN(Statement u,
-                                db_->Prepare("UPDATE runs SET request_id=?1 WHERE id=?1"));
-      return u.Bind(1, ids.front()).Run();
+      BACKFLOW_ASSIGN_OR_RETURN(ids, InsertQueued(runs));
+      return absl::OkStatus();
     }));
     return ids;
   }
@@ -822,6 +810,37 @@ class SqliteStateStore : public StateStore {
         .Run();
   }
 
+  absl::StatusOr<std::optional<std::vector<int64_t>>> AdvanceSchedule(
+      const std::string& model, std::optional<int64_t> expected_last_tick,
+      const ScheduleState& next, const std::vector<RunInfo>& runs) override {
+    std::optional<std::vector<int64_t>> out;
+    // BEGIN IMMEDIATE: the compare and the set happen under the write lock.
+    BACKFLOW_RETURN_IF_ERROR(InTransaction([&]() -> absl::Status {
+      BACKFLOW_ASSIGN_OR_RETURN(
+          Statement s,
+          db_->Prepare(expected_last_tick
+                           ? "UPDATE schedule_state SET last_tick=?2, skipped_ticks=?3, "
+                             "missed_ticks=?4 WHERE model=?1 AND last_tick=?5"
+                           : "INSERT INTO schedule_state (model, last_tick, skipped_ticks, "
+                             "missed_ticks) VALUES (?1,?2,?3,?4) ON CONFLICT (model) DO NOTHING"));
+      s.Bind(1, model)
+          .Bind(2, next.last_tick)
+          .Bind(3, next.skipped_ticks)
+          .Bind(4, next.missed_ticks);
+      if (expected_last_tick) s.Bind(5, *expected_last_tick);
+      BACKFLOW_RETURN_IF_ERROR(s.Run());
+      if (sqlite3_changes(db_->raw()) == 0) return absl::OkStatus();
+      BACKFLOW_ASSIGN_OR_RETURN(out, InsertQueued(runs));
+      return absl::OkStatus();
+    }));
+    return out;
+  }
+
+  absl::StatusOr<std::unique_ptr<MappingLockHandle>> LockMapping(const std::string&) override {
+    // One host: the engine's lock file is the lock.
+    return std::make_unique<MappingLockHandle>();
+  }
+
   absl::Status MarkInFlight(const std::string& mapping,
                             const std::vector<InFlightEntry>& entries) override {
     if (entries.empty()) return absl::OkStatus();
@@ -852,6 +871,34 @@ class SqliteStateStore : public StateStore {
  private:
   std::string path_;
   std::unique_ptr<Database> db_;
+
+  // Inserts queued runs under one request id (the first run's); the caller
+  // holds a transaction.
+  absl::StatusOr<std::vector<int64_t>> InsertQueued(const std::vector<RunInfo>& runs) {
+    std::vector<int64_t> ids;
+    if (runs.empty()) return ids;
+    BACKFLOW_ASSIGN_OR_RETURN(
+        Statement s,
+        db_->Prepare("INSERT INTO runs (mapping, model, destination, trigger, dry_run, "
+                     "full_resync, status, started_at, requested_at, request_id) VALUES "
+                     "(?,?,?,?,?,?,'queued','',?,?)"));
+    for (const RunInfo& run : runs) {
+      s.Bind(1, run.mapping)
+          .Bind(2, run.model)
+          .Bind(3, run.destination)
+          .Bind(4, run.trigger)
+          .Bind(5, int64_t{run.dry_run})
+          .Bind(6, int64_t{run.full_resync})
+          .Bind(7, run.requested_at)
+          .Bind(8, ids.empty() ? int64_t{0} : ids.front());
+      BACKFLOW_RETURN_IF_ERROR(s.Run());
+      ids.push_back(db_->LastInsertId());
+    }
+    BACKFLOW_ASSIGN_OR_RETURN(Statement u,
+                              db_->Prepare("UPDATE runs SET request_id=?1 WHERE id=?1"));
+    BACKFLOW_RETURN_IF_ERROR(u.Bind(1, ids.front()).Run());
+    return ids;
+  }
 
   absl::Status DeleteNamed(const char* table, const std::string& name,
                            const std::string& not_found) {

@@ -19,6 +19,12 @@
 // while it works; a run whose lease expired (its worker died) is taken again
 // by the next ClaimRuns and finished from the in-flight journal.
 //
+// Several processes may share one store (PostgreSQL): a schedule tick is
+// queued by whichever of them advances the model's schedule state first
+// (AdvanceSchedule), a run's row only takes the writes of the worker holding
+// it (UpdateRun), and LockMapping keeps two processes from syncing one
+// mapping at once.
+//
 // Implementations are used from one thread at a time; ScanCheckpoint() readers
 // see a consistent snapshot even while ApplyCheckpoint() commits. A checkpoint
 // scan verifies what it read against a count and checksum kept with the
@@ -157,6 +163,13 @@ struct ScheduleState {
   int64_t missed_ticks = 0;   // ticks that fell in downtime and were folded into one run
 };
 
+// An exclusive hold on one mapping, released when destroyed (or when the
+// process holding it dies).
+class MappingLockHandle {
+ public:
+  virtual ~MappingLockHandle() = default;
+};
+
 // Ordered reader over one mapping's checkpoint.
 class CheckpointScanner {
  public:
@@ -171,8 +184,14 @@ class StateStore {
 
   // Inserts a run in status kRunning and returns its id.
   virtual absl::StatusOr<int64_t> CreateRun(const RunInfo& run) = 0;
-  // Writes the run's counts, status, error and end time.
+  // Writes the run's counts, status, error and end time, provided the run is
+  // still held by `run.worker` (empty for runs created with CreateRun): a
+  // worker that lost its lease cannot overwrite the row of the worker that
+  // took the run over. Refused writes fail with RunTakenOverError().
   virtual absl::Status UpdateRun(const RunInfo& run) = 0;
+  // Appends failed/rejected records to a run (not guarded by the worker: the
+  // mapping lock keeps a worker that lost its lease from running alongside
+  // the one that took over, and what it reports happened).
   virtual absl::Status AddRunRecords(int64_t run_id, const std::vector<RunRecord>& records) = 0;
   // kNotFound for an unknown id.
   virtual absl::StatusOr<RunInfo> GetRun(int64_t id) = 0;
@@ -261,7 +280,37 @@ class StateStore {
   virtual absl::StatusOr<std::optional<ScheduleState>> GetScheduleState(
       const std::string& model) = 0;
   virtual absl::Status SetScheduleState(const std::string& model, const ScheduleState& state) = 0;
+  // Compare-and-set of a model's schedule state, across processes: when the
+  // stored state's last_tick is still `expected_last_tick` (nullopt: the
+  // model has no state yet), stores `next` and queues `runs` (as
+  // EnqueueRuns; none when empty) in the same transaction and returns their
+  // ids. nullopt when the stored state differs (another process decided
+  // first): nothing is written.
+  virtual absl::StatusOr<std::optional<std::vector<int64_t>>> AdvanceSchedule(
+      const std::string& model, std::optional<int64_t> expected_last_tick,
+      const ScheduleState& next, const std::vector<RunInfo>& runs) = 0;
+
+  // --- Mapping locks ---------------------------------------------------------
+  // Holds `mapping` for one sync against every process sharing this store,
+  // until the handle is destroyed. When another process holds it: an error
+  // for which IsMappingBusy() is true, naming the holder when the store can
+  // tell. The handle may outlive the store. A store whose processes all run
+  // on one host (SQLite) returns a handle that holds nothing: the engine's
+  // lock file covers that host.
+  virtual absl::StatusOr<std::unique_ptr<MappingLockHandle>> LockMapping(
+      const std::string& mapping) = 0;
 };
+
+// kAborted: the run is held by another worker now (`holder`); `worker` lost
+// it and its write was not applied.
+absl::Status RunTakenOverError(int64_t run_id, const std::string& worker,
+                               const std::string& holder);
+bool IsRunTakenOver(const absl::Status& status);
+
+// kFailedPrecondition: another process is syncing `mapping`; `holder`
+// describes it (may be empty when unknown).
+absl::Status MappingBusyError(const std::string& mapping, const std::string& holder);
+bool IsMappingBusy(const absl::Status& status);
 
 // Opens (creating and migrating if needed) a SQLite state store at `path`.
 absl::StatusOr<std::unique_ptr<StateStore>> OpenSqliteStateStore(const std::string& path);

@@ -1,6 +1,11 @@
 #include "backflow/state/state_store_contract.h"
 
+#include <atomic>
 #include <set>
+#include <thread>
+#include <vector>
+
+#include "fmt/format.h"
 
 namespace backflow::testing {
 
@@ -126,6 +131,130 @@ TEST_P(StateStoreContractTest, ReleasedRunsGoBackToTheQueue) {
   auto again = store_->ClaimRuns("w2", kT0, kLease);
   ASSERT_EQ(again->size(), 1u);
   EXPECT_EQ((*again)[0].worker, "w2");
+}
+
+TEST_P(StateStoreContractTest, OneOfTwoHandlesWinsTheRaceForATick) {
+  auto other = Reopen();
+  ASSERT_NE(other, nullptr);
+  const int64_t t0 = 1'800'000'000;
+  // First sight of the model: both processes start counting; one state is kept.
+  auto first = store_->AdvanceSchedule("customers", std::nullopt, {t0, 0, 0}, {});
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_TRUE(first->has_value());
+  auto second = other->AdvanceSchedule("customers", std::nullopt, {t0 + 5, 0, 0}, {});
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_FALSE(second->has_value());
+  EXPECT_EQ((*store_->GetScheduleState("customers"))->last_tick, t0);
+
+  // Both read last_tick t0 and decide the 1h tick: one queues it, with its
+  // state; the other writes nothing.
+  auto won = other->AdvanceSchedule("customers", t0, {t0 + 3600, 0, 2}, {Queued("a"), Queued("b")});
+  ASSERT_TRUE(won.ok()) << won.status();
+  ASSERT_TRUE(won->has_value());
+  ASSERT_EQ((*won)->size(), 2u);
+  EXPECT_EQ(store_->GetRun((**won)[1])->request_id, (**won)[0]);
+  auto lost = store_->AdvanceSchedule("customers", t0, {t0 + 3600, 7, 0}, {Queued("a")});
+  ASSERT_TRUE(lost.ok()) << lost.status();
+  EXPECT_FALSE(lost->has_value());
+  EXPECT_EQ(*store_->CountRuns(RunStatus::kQueued), 2);
+  auto state = store_->GetScheduleState("customers");
+  ASSERT_TRUE(state.ok() && state->has_value());
+  EXPECT_EQ((*state)->last_tick, t0 + 3600);
+  EXPECT_EQ((*state)->skipped_ticks, 0);
+  EXPECT_EQ((*state)->missed_ticks, 2);
+  // A decision with no run (a skipped tick) advances the state all the same.
+  auto skipped = store_->AdvanceSchedule("customers", t0 + 3600, {t0 + 7200, 1, 2}, {});
+  ASSERT_TRUE(skipped.ok());
+  ASSERT_TRUE(skipped->has_value());
+  EXPECT_TRUE((*skipped)->empty());
+
+  // Handles racing from threads (as processes would): exactly one wins each tick.
+  constexpr int kRacers = 4;
+  std::vector<std::unique_ptr<StateStore>> handles;
+  for (int i = 0; i < kRacers; ++i) {
+    handles.push_back(Reopen());
+    ASSERT_NE(handles.back(), nullptr);
+  }
+  int64_t last = t0 + 7200;
+  for (int tick = 1; tick <= 5; ++tick) {
+    const int64_t next = last + tick * 3600;
+    std::atomic<int> ready{0};
+    std::atomic<int> wins{0};
+    std::vector<absl::Status> errors(kRacers);
+    std::vector<std::thread> racers;
+    for (int i = 0; i < kRacers; ++i) {
+      racers.emplace_back([&, i] {
+        ++ready;
+        while (ready.load() < kRacers) std::this_thread::yield();
+        auto r = handles[i]->AdvanceSchedule("customers", last, {next, 1, 2},
+                                             {Queued(fmt::format("m{}", i))});
+        if (!r.ok()) {
+          errors[i] = r.status();
+        } else if (r->has_value()) {
+          ++wins;
+        }
+      });
+    }
+    for (std::thread& t : racers) t.join();
+    for (const absl::Status& e : errors) EXPECT_TRUE(e.ok()) << e;
+    EXPECT_EQ(wins.load(), 1) << "tick " << tick;
+    last = next;
+  }
+  EXPECT_EQ(*store_->CountRuns(RunStatus::kQueued), 2 + 5);
+  EXPECT_EQ((*store_->GetScheduleState("customers"))->last_tick, last);
+}
+
+TEST_P(StateStoreContractTest, ALostRunRefusesTheOldWorkersWrites) {
+  auto ids = store_->EnqueueRuns({Queued("a")});
+  ASSERT_TRUE(ids.ok());
+  auto mine = store_->ClaimRuns("w1", kT0, kLease);
+  ASSERT_EQ(mine->size(), 1u);
+  RunInfo progress = (*mine)[0];
+  progress.counts.succeeded = 10;
+  ASSERT_TRUE(store_->UpdateRun(progress).ok());  // still w1's
+  EXPECT_EQ(store_->GetRun(progress.id)->counts.succeeded, 10);
+
+  // w1 stops renewing; w2 takes the run over.
+  auto other = Reopen();
+  ASSERT_NE(other, nullptr);
+  auto theirs = other->ClaimRuns("w2", kT0 + kLease + absl::Seconds(1), kLease);
+  ASSERT_EQ(theirs->size(), 1u);
+  RunInfo late = progress;
+  late.status = RunStatus::kSucceeded;
+  late.counts.succeeded = 99;
+  late.finished_at = "2026-01-01T00:05:00.000Z";
+  absl::Status refused = store_->UpdateRun(late);
+  EXPECT_TRUE(IsRunTakenOver(refused)) << refused;
+  EXPECT_EQ(refused.code(), absl::StatusCode::kAborted);
+  EXPECT_NE(refused.message().find("w2"), std::string::npos) << refused;
+  auto row = store_->GetRun(progress.id);
+  ASSERT_TRUE(row.ok());
+  EXPECT_EQ(row->status, RunStatus::kRunning);
+  EXPECT_EQ(row->worker, "w2");
+  EXPECT_EQ(row->counts.succeeded, 10);
+  EXPECT_TRUE(row->finished_at.empty());
+
+  // The new holder's writes go through.
+  RunInfo done = (*theirs)[0];
+  done.status = RunStatus::kSucceeded;
+  done.counts.succeeded = 42;
+  done.finished_at = "2026-01-01T00:06:00.000Z";
+  ASSERT_TRUE(other->UpdateRun(done).ok());
+  EXPECT_EQ(store_->GetRun(done.id)->counts.succeeded, 42);
+  EXPECT_TRUE(IsRunTakenOver(store_->UpdateRun(late)));
+
+  // Runs of `backflow sync` have no worker and are not affected.
+  RunInfo cli;
+  cli.mapping = "a";
+  cli.model = "customers";
+  cli.destination = "hook";
+  cli.started_at = "2026-01-01T00:00:00.000Z";
+  auto cli_id = store_->CreateRun(cli);
+  ASSERT_TRUE(cli_id.ok());
+  cli.id = *cli_id;
+  cli.status = RunStatus::kSucceeded;
+  ASSERT_TRUE(store_->UpdateRun(cli).ok());
+  EXPECT_EQ(store_->GetRun(cli.id)->status, RunStatus::kSucceeded);
 }
 
 TEST_P(StateStoreContractTest, ListRunsFiltersAndPages) {

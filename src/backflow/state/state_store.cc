@@ -1,0 +1,45 @@
+// Errors shared by the StateStore implementations and their callers.
+#include "backflow/state/state_store.h"
+
+#include "absl/strings/cord.h"
+#include "fmt/format.h"
+
+namespace backflow {
+namespace {
+
+constexpr char kRunTakenOverPayload[] = "backflow.dev/state/run-taken-over";
+constexpr char kMappingBusyPayload[] = "backflow.dev/state/mapping-busy";
+
+absl::Status Tagged(absl::Status status, const char* type_url) {
+  status.SetPayload(type_url, absl::Cord("1"));
+  return status;
+}
+
+bool HasTag(const absl::Status& status, const char* type_url) {
+  return !status.ok() && status.GetPayload(type_url).has_value();
+}
+
+}  // namespace
+
+absl::Status RunTakenOverError(int64_t run_id, const std::string& worker,
+                               const std::string& holder) {
+  return Tagged(absl::AbortedError(fmt::format(
+                    "run {} is held by worker \"{}\" now: worker \"{}\" lost its lease (it did "
+                    "not renew it in time), so its update was not recorded",
+                    run_id, holder, worker)),
+                kRunTakenOverPayload);
+}
+
+bool IsRunTakenOver(const absl::Status& status) { return HasTag(status, kRunTakenOverPayload); }
+
+absl::Status MappingBusyError(const std::string& mapping, const std::string& holder) {
+  return Tagged(
+      absl::FailedPreconditionError(fmt::format(
+          "mapping \"{}\" is being synced by another backflow process{}; wait for it to finish",
+          mapping, holder.empty() ? std::string() : fmt::format(" ({})", holder))),
+      kMappingBusyPayload);
+}
+
+bool IsMappingBusy(const absl::Status& status) { return HasTag(status, kMappingBusyPayload); }
+
+}  // namespace backflow
