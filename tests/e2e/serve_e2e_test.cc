@@ -8,10 +8,12 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 #include <thread>
 
 #include "backflow/sqlite/database.h"
+#include "backflow/testing/http_test_server.h"
 #include "backflow/testing/webhook_receiver.h"
 #include "cli_runner.h"
 #include "fmt/format.h"
@@ -156,6 +158,61 @@ TEST_F(ServeE2eTest, TheServiceCatchesUpThenStopsCleanlyOnSigterm) {
   nlohmann::json list = nlohmann::json::parse(runs.LastLine(), nullptr, false);
   ASSERT_FALSE(list.is_discarded()) << runs.out;
   EXPECT_EQ(list["runs"].size(), 1u) << runs.out;
+}
+
+// Alerts through the service: a failing mapping alerts once per incident,
+// and its recovery once, to a webhook receiver on loopback.
+TEST_F(ServeE2eTest, AFailingMappingAlertsOnceAndRecoversOnce) {
+  std::mutex mu;
+  std::vector<nlohmann::json> alerts;
+  HttpTestServer alert_sink([&](const TestRequest& req) {
+    std::lock_guard<std::mutex> lock(mu);
+    alerts.push_back(nlohmann::json::parse(req.body, nullptr, false));
+    return TestResponse{};
+  });
+  ASSERT_TRUE(alert_sink.Start().ok());
+  auto write_workspace = [&](const std::string& hook_url) {
+    std::ofstream(dir_ + "/backflow.yaml") << fmt::format(R"(
+state: sqlite:.backflow/state.db
+sources:
+  - {{ name: warehouse, type: sqlite, path: warehouse.db }}
+models:
+  - {{ name: customers, source: warehouse, sql: "SELECT id, email FROM customers",
+      primary_key: id, schedule: {{ every: 1h }} }}
+destinations:
+  - {{ name: hook, type: webhook, settings: {{ url: "{}", max_retries: 0, timeout_ms: 2000 }} }}
+mappings:
+  - {{ name: customers_to_hook, model: customers, destination: hook, action: send_batch,
+      fields: {{ id: id, email: email }} }}
+alerts:
+  - name: oncall
+    webhook: {{ url: "{}" }}
+)",
+                                                          hook_url, alert_sink.Url("/alerts"));
+  };
+  // A destination that refuses every request: the runs fail.
+  receiver_.EnqueueReplies(100, WebhookReply::Status(403, "forbidden"));
+  write_workspace(receiver_.Url("/in"));
+  ASSERT_EQ(ServeOnceAt("2026-03-01T10:20:00Z").exit_code, 0);
+  CliResult r = ServeOnceAt("2026-03-01T11:00:00Z");
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_EQ(Events(r.out, "alert_sent").size(), 1u) << r.out;
+  r = ServeOnceAt("2026-03-01T12:00:00Z");
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_TRUE(Events(r.out, "alert_sent").empty()) << r.out;  // the incident is open
+  // Fixed: the next run succeeds and the recovery is announced once.
+  receiver_.ClearScript();
+  r = ServeOnceAt("2026-03-01T13:00:00Z");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  r = ServeOnceAt("2026-03-01T14:00:00Z");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  std::lock_guard<std::mutex> lock(mu);
+  ASSERT_EQ(alerts.size(), 2u);
+  EXPECT_EQ(alerts[0]["kind"], "failure");
+  EXPECT_EQ(alerts[0]["mapping"], "customers_to_hook");
+  EXPECT_EQ(alerts[0]["status"], "failed");
+  EXPECT_EQ(alerts[1]["kind"], "recovery");
+  EXPECT_EQ(receiver_.State().size(), 50u);
 }
 
 TEST_F(ServeE2eTest, AnInvalidWorkspaceIsRefusedWithItsErrors) {
