@@ -11,6 +11,10 @@
 // as "mappings[2].fields.email"), written atomically, and the service
 // reloads it at once (ApiOptions::reload) so the next request sees it.
 //
+// A change's reply says in X-Backflow-File-Layout whether the file's layout
+// and comments were kept ("kept") or the file had to be written again from
+// its data ("rewritten", for layouts the editor does not handle).
+//
 // Every answer about the file carries its ETag (a hash of its bytes), also on
 // the GET routes of the four kinds, which this decorates; every change needs
 // If-Match with it: 428 without, 412 when the file changed meanwhile, so two

@@ -7,9 +7,11 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "backflow/api/api_service.h"
 #include "backflow/api/http_server.h"
@@ -409,21 +411,51 @@ TEST_F(WorkspaceRoutesTest, ChangesNeedTheCurrentEtagSoEditorsNeverOverwriteEach
   EXPECT_EQ(r.status, 403);
 }
 
+// Editors racing on the same version: exactly one wins, the others are told
+// the file changed, and every source written is one of the winners'.
+TEST_F(WorkspaceRoutesTest, ConcurrentChangesFromTheSameVersionOneWins) {
+  const std::string etag = Etag();
+  constexpr int kEditors = 6;
+  std::vector<int> statuses(kEditors);
+  std::vector<std::string> bodies(kEditors);
+  std::vector<std::thread> editors;
+  for (int i = 0; i < kEditors; ++i) {
+    editors.emplace_back([&, i] {
+      auto client = NewCurlHttpClient();
+      backflow::HttpRequest req;
+      req.method = "POST";
+      req.url = base_ + "/api/v1/sources";
+      req.body = fmt::format(R"j({{"name": "s{}", "type": "sqlite", "path": "s.db"}})j", i);
+      req.headers = {{"Authorization", fmt::format("Bearer {}", kWrite)}, {"If-Match", etag}};
+      auto res = client->Send(req);
+      statuses[i] = res.ok() ? res->status : -1;
+      if (res.ok() && res->status != 201 && res->status != 412) bodies[i] = res->body;
+    });
+  }
+  for (std::thread& t : editors) t.join();
+  EXPECT_EQ(std::count(statuses.begin(), statuses.end(), 201), 1);
+  EXPECT_EQ(std::count(statuses.begin(), statuses.end(), 412), kEditors - 1)
+      << fmt::format("{}", fmt::join(bodies, "\n"));
+  LoadResult valid = Validate();
+  ASSERT_TRUE(valid.ok());
+  EXPECT_EQ(valid.workspace.sources.size(), 2u);
+}
+
 TEST_F(WorkspaceRoutesTest, CommentsAndLayoutAreKeptAndDiskEditsShowAtOnce) {
   std::string etag = Etag();
   Reply r = Send("PATCH", "/api/v1/mappings/m1",
                  R"j({"fields": {"email": "email"}, "records": "added_or_updated"})j", etag);
   ASSERT_EQ(r.status, 200) << r.text;
   std::string text = Slurp(file_);
-  // Every line the user wrote is still there: comments, flow maps, blank lines.
+  // Every line the user wrote is still there: comments (also inside the changed
+  // fields), flow maps, blank lines.
   std::istringstream in(kWorkspace);
   std::string line;
   while (std::getline(in, line)) {
-    if (line == "      customer_id: id  # the key") continue;  // inside the rewritten fields
     EXPECT_NE(text.find(line + "\n"), std::string::npos) << "lost: " << line << "\n" << text;
   }
   EXPECT_NE(text.find("  # The main sync.\n  - name: m1\n"), std::string::npos) << text;
-  EXPECT_NE(text.find("    fields:\n      customer_id: id\n      email: email\n"
+  EXPECT_NE(text.find("    fields:\n      customer_id: id  # the key\n      email: email\n"
                       "    records: added_or_updated\n"),
             std::string::npos)
       << text;

@@ -313,10 +313,12 @@ struct TextEdit {
   std::string replacement;
 };
 
-// Applies non-overlapping edits; nullopt if they overlap.
+// Applies non-overlapping edits; nullopt if they overlap. Text inserted at
+// the same place lands in the order the edits were listed.
 std::optional<std::string> ApplyEdits(std::string text, std::vector<TextEdit> edits) {
-  std::sort(edits.begin(), edits.end(),
-            [](const TextEdit& a, const TextEdit& b) { return a.begin > b.begin; });
+  std::reverse(edits.begin(), edits.end());
+  std::stable_sort(edits.begin(), edits.end(),
+                   [](const TextEdit& a, const TextEdit& b) { return a.begin > b.begin; });
   size_t limit = text.size();
   for (TextEdit& e : edits) {
     if (e.end > limit || e.begin > e.end) return std::nullopt;
@@ -351,6 +353,86 @@ std::optional<ItemSpan> LocateItem(const std::string& t, const YAML::Node& item)
   if (IndentAt(t, span.start) != span.col) return std::nullopt;  // the dash opens its line
   span.end = BlockEnd(t, NextLine(t, span.dash), span.col, t.size());
   return span;
+}
+
+// The edits that turn the block mapping `map`, whose text ends at `end`, into
+// `entry` key by key: unchanged keys keep their text, removed ones lose their
+// lines, changed ones are written again (block mappings member by member, so
+// comments on their other members stay), new ones are added after the last.
+// False when the layout is not one this handles; the caller then writes the
+// mapping whole.
+bool EditBlockMap(const std::string& t, const YAML::Node& map, const OrderedJson& entry, size_t end,
+                  std::vector<TextEdit>& edits) {
+  if (!map.IsMap() || map.Style() == YAML::EmitterStyle::Flow || map.size() == 0 ||
+      !entry.is_object() || entry.empty()) {
+    return false;
+  }
+  struct KeySpan {
+    std::string key;
+    YAML::Node value;
+    size_t pos;
+    size_t end;
+  };
+  std::vector<KeySpan> keys;
+  size_t col = 0;
+  for (auto it = map.begin(); it != map.end(); ++it) {
+    if (it->first.Mark().pos < 0) return false;
+    size_t pos = static_cast<size_t>(it->first.Mark().pos);
+    size_t key_col = pos - LineStart(t, pos);
+    if (keys.empty()) {
+      col = key_col;
+    } else if (key_col != col || pos < keys.back().pos) {
+      return false;
+    }
+    keys.push_back({it->first.Scalar(), it->second, pos, 0});
+  }
+  for (KeySpan& k : keys) k.end = BlockEnd(t, NextLine(t, k.pos), col, end, /*key=*/true);
+  for (size_t i = 0; i + 1 < keys.size(); ++i) {
+    if (keys[i].end > keys[i + 1].pos) return false;
+  }
+  auto existed = [&](const std::string& key) {
+    return std::any_of(keys.begin(), keys.end(), [&](const KeySpan& k) { return k.key == key; });
+  };
+  // The kept keys in their old order, then the new ones.
+  std::vector<std::string> old_order;
+  for (const KeySpan& k : keys) {
+    if (entry.contains(k.key)) old_order.push_back(k.key);
+  }
+  size_t at = 0;
+  for (auto it = entry.begin(); it != entry.end(); ++it) {
+    if (existed(it.key())) {
+      if (at >= old_order.size() || old_order[at] != it.key()) return false;
+      ++at;
+    } else if (at < old_order.size()) {
+      return false;
+    }
+  }
+  // The first key shares its line with a list item's dash: it cannot go alone.
+  const size_t first_line = LineStart(t, keys.front().pos);
+  if (IndentAt(t, first_line) != keys.front().pos - first_line &&
+      !entry.contains(keys.front().key)) {
+    return false;
+  }
+
+  std::vector<TextEdit> mine;
+  for (const KeySpan& k : keys) {
+    auto it = entry.find(k.key);
+    if (it == entry.end()) {
+      mine.push_back({LineStart(t, k.pos), k.end, ""});
+    } else if (!(*it == ToJson(k.value))) {
+      if (EditBlockMap(t, k.value, *it, k.end, mine)) continue;
+      bool flow =
+          (k.value.IsMap() || k.value.IsSequence()) && k.value.Style() == YAML::EmitterStyle::Flow;
+      mine.push_back({k.pos, k.end, KeyBlock(k.key, *it, col, flow)});
+    }
+  }
+  std::string added;
+  for (auto it = entry.begin(); it != entry.end(); ++it) {
+    if (!existed(it.key())) added += Spaces(col) + KeyBlock(it.key(), it.value(), col, false);
+  }
+  if (!added.empty()) mine.push_back({end, end, added});
+  edits.insert(edits.end(), mine.begin(), mine.end());
+  return true;
 }
 
 bool IsBlockList(const YAML::Node& node) {
@@ -439,15 +521,7 @@ absl::StatusOr<WorkspaceDocument::Edit> WorkspaceDocument::Finish(
     if (reread.ok() && SameDocument(reread->json_, expected)) return Edit{*targeted, true};
   }
   // The whole document from its data: right, but without the comments.
-  std::string full;
-  bool first = true;
-  for (auto it = expected.begin(); it != expected.end(); ++it) {
-    const OrderedJson& v = it.value();
-    if (!first && (v.is_object() || v.is_array()) && !v.empty()) full += "\n";
-    first = false;
-    full += Key(it.key(), false) + ":";
-    EmitValue(v, 0, full);
-  }
+  std::string full = EmitYaml(expected);
   absl::StatusOr<WorkspaceDocument> reread = Parse(full);
   if (reread.ok() && SameDocument(reread->json_, expected)) return Edit{full, false};
   return absl::InternalError(
@@ -560,78 +634,12 @@ std::optional<std::string> WorkspaceDocument::TargetedReplace(EntryKind kind, si
   YAML::Node item = list[index];
   std::optional<ItemSpan> span = LocateItem(text_, item);
   if (!span) return std::nullopt;
-  auto whole_item = [&]() -> std::optional<std::string> {
-    bool flow = item.IsMap() && item.Style() == YAML::EmitterStyle::Flow;
-    return ApplyEdits(text_, {{span->start, span->end,
-                               flow ? FlowItem(entry, span->col) : BlockItem(entry, span->col)}});
-  };
-  if (!item.IsMap() || item.Style() == YAML::EmitterStyle::Flow || item.size() == 0 ||
-      !entry.is_object() || entry.empty()) {
-    return whole_item();
-  }
-  struct KeySpan {
-    std::string key;
-    YAML::Node value;
-    size_t pos;
-    size_t end;
-  };
-  std::vector<KeySpan> keys;
-  size_t col = 0;
-  for (auto it = item.begin(); it != item.end(); ++it) {
-    if (it->first.Mark().pos < 0) return std::nullopt;
-    size_t pos = static_cast<size_t>(it->first.Mark().pos);
-    size_t key_col = pos - LineStart(text_, pos);
-    if (keys.empty()) {
-      col = key_col;
-    } else if (key_col != col || pos < keys.back().pos) {
-      return std::nullopt;
-    }
-    keys.push_back({it->first.Scalar(), it->second, pos, 0});
-  }
-  for (KeySpan& k : keys) {
-    k.end = BlockEnd(text_, NextLine(text_, k.pos), col, span->end, /*key=*/true);
-  }
-  for (size_t i = 0; i + 1 < keys.size(); ++i) {
-    if (keys[i].end > keys[i + 1].pos) return std::nullopt;
-  }
-  // The kept keys in their old order, then the new ones: otherwise the item
-  // is written whole, in the entry's order.
-  std::vector<std::string> old_order;
-  for (const KeySpan& k : keys) {
-    if (entry.contains(k.key)) old_order.push_back(k.key);
-  }
-  size_t at = 0;
-  for (auto it = entry.begin(); it != entry.end(); ++it) {
-    bool existed =
-        std::any_of(keys.begin(), keys.end(), [&](const KeySpan& k) { return k.key == it.key(); });
-    if (existed) {
-      if (at >= old_order.size() || old_order[at] != it.key()) return whole_item();
-      ++at;
-    } else if (at < old_order.size()) {
-      return whole_item();
-    }
-  }
-  if (!entry.contains(keys.front().key)) return whole_item();  // the dash line's key goes
-
   std::vector<TextEdit> edits;
-  for (const KeySpan& k : keys) {
-    auto it = entry.find(k.key);
-    if (it == entry.end()) {
-      edits.push_back({LineStart(text_, k.pos), k.end, ""});
-    } else if (!(*it == ToJson(k.value))) {
-      bool flow =
-          (k.value.IsMap() || k.value.IsSequence()) && k.value.Style() == YAML::EmitterStyle::Flow;
-      edits.push_back({k.pos, k.end, KeyBlock(k.key, *it, col, flow)});
-    }
-  }
-  std::string added;
-  for (auto it = entry.begin(); it != entry.end(); ++it) {
-    bool existed =
-        std::any_of(keys.begin(), keys.end(), [&](const KeySpan& k) { return k.key == it.key(); });
-    if (!existed) added += Spaces(col) + KeyBlock(it.key(), it.value(), col, false);
-  }
-  if (!added.empty()) edits.push_back({span->end, span->end, added});
-  return ApplyEdits(text_, std::move(edits));
+  if (EditBlockMap(text_, item, entry, span->end, edits)) return ApplyEdits(text_, edits);
+  // A one-line entry, or a layout the key-by-key edit does not handle: the entry, whole.
+  bool flow = item.IsMap() && item.Style() == YAML::EmitterStyle::Flow;
+  return ApplyEdits(text_, {{span->start, span->end,
+                             flow ? FlowItem(entry, span->col) : BlockItem(entry, span->col)}});
 }
 
 absl::StatusOr<WorkspaceDocument::Edit> WorkspaceDocument::Append(EntryKind kind,
@@ -687,7 +695,13 @@ OrderedJson MergePatch(OrderedJson target, const OrderedJson& patch) {
 std::string EmitYaml(const OrderedJson& value) {
   std::string out;
   if (value.is_object() && !value.empty()) {
-    EmitMap(value, 0, out);
+    // A blank line before each section (a top-level list or mapping).
+    for (auto it = value.begin(); it != value.end(); ++it) {
+      const OrderedJson& v = it.value();
+      if (it != value.begin() && (v.is_object() || v.is_array()) && !v.empty()) out += "\n";
+      out += Key(it.key(), false) + ":";
+      EmitValue(v, 0, out);
+    }
   } else if (value.is_array() && !value.empty()) {
     EmitSeq(value, 0, out);
   } else {

@@ -6,12 +6,15 @@
 // only the text of the entry it changes. Appending writes the new entry after
 // the section's last one (in the style of that entry: block or one-line flow);
 // removing deletes the entry's lines (and the comment lines directly above
-// it, at its indentation); replacing rewrites only the top-level keys of the
-// entry whose values changed, and adds new keys after its last line. So
-// comments, blank lines, key order, quoting and layout of everything else are
-// kept byte for byte; comments *inside* a rewritten value (e.g. within a
-// changed `fields:` block) are lost, and a flow-style (`{ ... }`) entry that
-// changes is rewritten as a whole, on one line.
+// it, at its indentation); replacing goes key by key: unchanged keys keep
+// their text, removed ones lose their lines, new ones come after the last,
+// and a changed key is written again, except that a changed block mapping
+// (`fields:`, `settings:`) is itself edited member by member. So comments,
+// blank lines, key order, quoting and layout of everything the change does
+// not touch are kept byte for byte; what is lost is a comment on a line that
+// is written again (e.g. `sql: ... # note` when the SQL changes, or inside a
+// changed list or flow-style `{ ... }` value), and a flow-style entry
+// (`- { name: ... }`) that changes is written again whole, on one line.
 //
 // Every edit is checked: the new text is parsed again and must hold exactly
 // the intended document. When a layout the targeted edit does not handle
@@ -104,7 +107,7 @@ OrderedJson MergePatch(OrderedJson target, const OrderedJson& patch);
 
 // `value` as block-style YAML, the way the editor writes entries (strings
 // quoted when they would otherwise read as another type, multi-line strings
-// as literal blocks).
+// as literal blocks), with a blank line before each top-level list or mapping.
 std::string EmitYaml(const OrderedJson& value);
 
 // Whether `value` is exactly one ${secret:NAME} or ${env:NAME} reference.

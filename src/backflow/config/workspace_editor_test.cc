@@ -168,15 +168,14 @@ TEST(WorkspaceEditorTest, ReplaceRewritesOnlyTheChangedKeys) {
                             "    destination: mem\n"
                             "    action: typed\n"
                             "    fields:\n"
-                            "      customer_id: id\n"
+                            "      customer_id: id  # the key\n"
                             "      age: age\n"
                             "    enabled: false\n"
                             "    batch_size: 10\n"
                             "  # Second mapping.\n"),
             std::string::npos)
       << edit->text;
-  ExpectLinesKept(kWorkspace, edit->text,
-                  {"    action: upsert", "      customer_id: id  # the key", "      email: email"});
+  ExpectLinesKept(kWorkspace, edit->text, {"    action: upsert", "      email: email"});
   EXPECT_EQ(Parse(edit->text).Entries(EntryKind::kMapping)[0], patched);
 
   // A multi-line value becomes a literal block; the comment above the key stays.
@@ -205,6 +204,84 @@ TEST(WorkspaceEditorTest, ReplaceRewritesOnlyTheChangedKeys) {
                             "\"${secret:MEM_TOKEN}\" } }\n"),
             std::string::npos)
       << edit->text;
+}
+
+TEST(WorkspaceEditorTest, ReplaceEditsNestedMappingsMemberByMember) {
+  const std::string text =
+      "destinations:\n"
+      "  - name: hook\n"
+      "    type: webhook\n"
+      "    settings:\n"
+      "      url: \"http://x/in\"  # the receiver\n"
+      "      # Extra headers.\n"
+      "      headers:\n"
+      "        X-Team: data  # who\n"
+      "      timeout_ms: 100\n"
+      "    description: main hook  # shown in the UI\n";
+  WorkspaceDocument doc = Parse(text);
+  OrderedJson patched =
+      MergePatch(doc.Entries(EntryKind::kDestination)[0],
+                 J(R"j({"settings": {"timeout_ms": null, "headers": {"X-Env": "prod"},
+                         "signing_secret": "${secret:HOOK}"}})j"));
+  absl::StatusOr<WorkspaceDocument::Edit> edit = doc.Replace(EntryKind::kDestination, 0, patched);
+  ASSERT_TRUE(edit.ok()) << edit.status();
+  EXPECT_TRUE(edit->layout_kept);
+  EXPECT_EQ(edit->text,
+            "destinations:\n"
+            "  - name: hook\n"
+            "    type: webhook\n"
+            "    settings:\n"
+            "      url: \"http://x/in\"  # the receiver\n"
+            "      # Extra headers.\n"
+            "      headers:\n"
+            "        X-Team: data  # who\n"
+            "        X-Env: prod\n"
+            "      signing_secret: ${secret:HOOK}\n"
+            "    description: main hook  # shown in the UI\n");
+  EXPECT_EQ(Parse(edit->text).Entries(EntryKind::kDestination)[0], patched);
+}
+
+// Many patches over the sample document: each gives exactly the intended
+// document, and the layout is kept for all of them.
+TEST(WorkspaceEditorTest, RandomPatchesGiveTheIntendedDocument) {
+  WorkspaceDocument doc = Parse(kWorkspace);
+  const std::vector<OrderedJson> values = {"x",
+                                           "true",
+                                           "12",
+                                           "a: b",
+                                           "${secret:T}",
+                                           "SELECT 1\nFROM t\n",
+                                           7,
+                                           false,
+                                           nullptr,
+                                           J(R"j({"k": "v"})j"),
+                                           J(R"j({"customer_id": null, "n": "lower(n)"})j"),
+                                           J(R"j(["a", "b"])j")};
+  const std::vector<std::string> keys = {"name",   "model", "fields", "enabled", "batch_size",
+                                         "action", "extra", "sql",    "settings"};
+  uint32_t seed = 12345;
+  auto next = [&](size_t n) {
+    seed = seed * 1103515245u + 12345u;
+    return static_cast<size_t>((seed >> 8) % n);
+  };
+  int kept = 0;
+  for (int round = 0; round < 300; ++round) {
+    EntryKind kind = std::vector<EntryKind>{EntryKind::kSource, EntryKind::kModel,
+                                            EntryKind::kDestination, EntryKind::kMapping}[next(4)];
+    OrderedJson entries = doc.Entries(kind);
+    size_t index = next(entries.size());
+    OrderedJson patch = OrderedJson::object();
+    for (size_t n = 1 + next(3); n > 0; --n)
+      patch[keys[next(keys.size())]] = values[next(values.size())];
+    patch["name"] = entries[index]["name"];  // the dash line's key stays
+    OrderedJson entry = MergePatch(entries[index], patch);
+    absl::StatusOr<WorkspaceDocument::Edit> edit = doc.Replace(kind, index, entry);
+    ASSERT_TRUE(edit.ok()) << edit.status() << " patch " << patch.dump();
+    WorkspaceDocument after = Parse(edit->text);
+    EXPECT_EQ(after.Entries(kind)[index], entry) << patch.dump() << "\n" << edit->text;
+    kept += edit->layout_kept;
+  }
+  EXPECT_EQ(kept, 300);
 }
 
 TEST(WorkspaceEditorTest, ReplaceWithKeysInAnotherOrderRewritesTheEntry) {

@@ -611,6 +611,9 @@ class SqliteStateStore : public StateStore {
     if (!row) return std::optional<ApiToken>();
     ApiToken t{std::string(Col(q, 0)), std::string(Col(q, 1)), q.ColumnInt(2) != 0,
                std::string(Col(q, 3)), std::string(Col(q, 4))};
+    // End the read first: a write inside it fails at once ("database is
+    // locked", no busy wait) when another request updated the row meanwhile.
+    q.Reset();
     // Last use is kept to the minute: no write per request.
     std::string minute = Iso(absl::FromUnixSeconds(absl::ToUnixSeconds(now) / 60 * 60));
     if (t.last_used_at < minute) {
