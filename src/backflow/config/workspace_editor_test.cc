@@ -4,8 +4,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "backflow/destinations/testing/memory_destination.h"
 #include "backflow/sources/sqlite/sqlite_source.h"
@@ -479,6 +481,30 @@ TEST(WorkspaceEditorTest, WriteFileAtomicallyReplacesTheFileKeepingItsMode) {
             absl::StatusCode::kNotFound);
   absl::Status denied = WriteFileAtomically((dir / "nowhere" / "x.yaml").string(), "x");
   EXPECT_EQ(denied.code(), absl::StatusCode::kUnavailable);
+  fs::remove_all(dir);
+}
+
+// Readers see the old or the new file, never a mix, however often it is replaced.
+TEST(WorkspaceEditorTest, ReadersNeverSeeAHalfWrittenFile) {
+  fs::path dir = fs::path(::testing::TempDir()) / fmt::format("editor-atomic-{}", getpid());
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string path = (dir / "backflow.yaml").string();
+  const std::string a(256 * 1024, 'a'), b(300 * 1024, 'b');
+  ASSERT_TRUE(WriteFileAtomically(path, a).ok());
+  std::atomic<bool> done{false};
+  std::thread writer([&] {
+    for (int i = 0; i < 100; ++i) ASSERT_TRUE(WriteFileAtomically(path, i % 2 ? a : b).ok());
+    done.store(true);
+  });
+  int reads = 0;
+  while (!done.load() || reads < 10) {
+    absl::StatusOr<std::string> read = ReadTextFile(path);
+    ASSERT_TRUE(read.ok()) << read.status();
+    ASSERT_TRUE(*read == a || *read == b) << "a read saw " << read->size() << " bytes";
+    ++reads;
+  }
+  writer.join();
   fs::remove_all(dir);
 }
 
