@@ -2,6 +2,7 @@
 
 #include <set>
 
+#include "backflow/api/workspace_routes.h"
 #include "backflow/catalog/json_schema.h"
 #include "backflow/common/clock.h"
 #include "backflow/common/crypto.h"
@@ -631,6 +632,8 @@ void ApiService::AddRoutes() {
                  "application/json",
                  [this, k](Call& c) { return GetObject(c, k); }});
   }
+  // Create, update, delete, enable/disable, the workspace, secrets (workspace_routes.h).
+  AddWorkspaceRoutes(router_, options_);
 }
 
 HttpResponse ApiService::Healthz(Call&) { return Json(200, std::string(R"({"status":"ok"})")); }

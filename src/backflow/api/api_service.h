@@ -38,6 +38,10 @@ struct ApiOptions {
   std::function<std::shared_ptr<const Workspace>()> workspace;
   // Called after runs were queued, so idle workers look at once.
   std::function<void()> wake_workers;
+  // Re-reads the workspace file (and its secrets) so that workspace() returns
+  // what it holds now: always with force (after the API changed the file or a
+  // secret), else only when the file changed since the last read. May be empty.
+  std::function<void(bool force)> reload;
   Metrics* metrics = nullptr;
   std::function<absl::Time()> now = [] { return absl::Now(); };
 };

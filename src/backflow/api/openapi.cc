@@ -124,6 +124,12 @@ std::string ApiService::OpenApiJson() const {
     if (route.path.find('{') != std::string::npos) add_error(404, "no such object");
     if (!route.params.empty() || !route.request_schema.empty()) add_error(422, "an invalid value");
     if (route.access == Access::kWrite) add_error(409, "the object's state does not allow it");
+    for (const Param& p : route.params) {
+      if (p.in == "header" && p.name == "If-Match") {
+        add_error(412, "If-Match is not the current ETag: the file changed meanwhile");
+        add_error(428, "no If-Match header");
+      }
+    }
     op["responses"] = responses;
     std::string method = route.method;
     for (char& c : method) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));

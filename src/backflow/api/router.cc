@@ -58,6 +58,13 @@ std::map<std::string, std::string> ParseQuery(std::string_view query) {
   return out;
 }
 
+Route* Router::FindDeclared(std::string_view method, std::string_view path) {
+  for (Route& route : routes_) {
+    if (route.method == method && route.path == path) return &route;
+  }
+  return nullptr;
+}
+
 Router::Match Router::Find(const std::string& method, const std::string& path) const {
   Match match;
   std::vector<std::string> segments = Segments(path);

@@ -60,6 +60,9 @@ class Router {
   };
   // `path` without the query string, percent-decoded per segment.
   Match Find(const std::string& method, const std::string& path) const;
+  // The route declared with exactly this method and path pattern (e.g.
+  // "/api/v1/runs/{id}"), so its handler can be wrapped; null if none.
+  Route* FindDeclared(std::string_view method, std::string_view path);
 
  private:
   std::vector<Route> routes_;

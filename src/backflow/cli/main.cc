@@ -24,6 +24,7 @@
 #include "backflow/common/http_client.h"
 #include "backflow/common/json_writer.h"
 #include "backflow/config/workspace.h"
+#include "backflow/config/workspace_editor.h"
 #include "backflow/destinations/destination.h"
 #include "backflow/engine/sync_engine.h"
 #include "backflow/mapping/expression.h"
@@ -133,6 +134,42 @@ int Validate(const GlobalOptions& g) {
              ws.models.size() == 1 ? "" : "s", ws.destinations.size(),
              ws.destinations.size() == 1 ? "" : "s", ws.mappings.size(),
              ws.mappings.size() == 1 ? "" : "s");
+  return kExitOk;
+}
+
+// ------------------------------------------------------------------ export
+
+// The workspace as `backflow serve` sees it: the file's document with the
+// defaults the loader fills in written out, ${secret:...} and ${env:...}
+// references as written (never their values), clear secret values masked.
+// Refused, like `serve`, when the workspace does not load.
+int Export(const GlobalOptions& g) {
+  LoadResult result = LoadWorkspaceWithSecrets(g.config, BuiltinRegistry());
+  for (const Diagnostic& d : result.diagnostics) fmt::print(stderr, "{}\n", d.ToString());
+  if (!result.ok()) {
+    fmt::print(stderr, "{} error{} in {}; run `backflow validate` after fixing them\n",
+               result.error_count(), result.error_count() == 1 ? "" : "s", g.config);
+    return kExitInvalidConfig;
+  }
+  absl::StatusOr<std::string> text = ReadTextFile(g.config);
+  if (!text.ok()) {
+    PrintError(std::string(text.status().message()));
+    return kExitFailed;
+  }
+  absl::StatusOr<WorkspaceDocument> doc = WorkspaceDocument::Parse(*text);
+  if (!doc.ok()) {
+    PrintError(std::string(doc.status().message()));
+    return kExitFailed;
+  }
+  OrderedJson out = ExportDocument(*doc, &result.workspace, BuiltinRegistry());
+  if (g.json) {
+    fmt::print("{}\n", out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
+    return kExitOk;
+  }
+  fmt::print(
+      "# The workspace {} as `backflow serve` sees it: defaults filled in, secret and\n"
+      "# environment references as written (values never printed).\n{}",
+      g.config, EmitYaml(out));
   return kExitOk;
 }
 
@@ -959,6 +996,12 @@ int Main(int argc, char** argv) {
 
   auto* validate = app.add_subcommand("validate", "check the workspace file; lists every error");
   validate->callback([&] { result = Validate(g); });
+
+  auto* export_cmd = app.add_subcommand(
+      "export",
+      "print the workspace as the service sees it (defaults filled in, references kept, no "
+      "secret values)");
+  export_cmd->callback([&] { result = Export(g); });
 
   std::string name;
   auto* test = app.add_subcommand("test-connection", "check a source's or destination's access");

@@ -180,6 +180,36 @@ absl::StatusOr<ServiceOutcome> Service::Run() {
     return workspace;
   };
   std::optional<fs::file_time_type> loaded_at = ModifiedAt(options_.config_path);
+  // Re-reads the workspace file (and its secrets) when it changed since the
+  // last read, or always with `force` (the API changed the file or a secret).
+  // An invalid file keeps the last valid workspace. Called by the scheduler
+  // and, through ApiOptions::reload, by API requests.
+  std::mutex reload_mu;
+  std::atomic<bool> workspace_changed{false};  // the planner must look again
+  auto reload = [&](bool force) {
+    std::lock_guard<std::mutex> reload_lock(reload_mu);
+    std::optional<fs::file_time_type> modified = ModifiedAt(options_.config_path);
+    if (!force && (!modified || modified == loaded_at)) return;
+    loaded_at = modified;
+    LoadResult reloaded = LoadWorkspaceWithSecrets(options_.config_path, registry_);
+    if (reloaded.ok()) {
+      {
+        std::lock_guard<std::mutex> lock(ws_mu);
+        workspace = std::make_shared<const Workspace>(std::move(reloaded.workspace));
+      }
+      workspace_changed.store(true);
+      log.Write("workspace_reloaded", [&](JsonWriter&) {});
+    } else {
+      log.Write("workspace_invalid", [&](JsonWriter& w) {
+        w.Key("errors").BeginArray();
+        for (const Diagnostic& d : reloaded.diagnostics) {
+          if (d.is_error()) w.String(d.ToString());
+        }
+        w.EndArray();
+        w.Key("action").String("kept the last valid workspace; fix the file");
+      });
+    }
+  };
   const std::string state_url = workspace->state_url;
   const std::string local_dir = workspace->LocalStateDir();
 
@@ -256,6 +286,7 @@ absl::StatusOr<ServiceOutcome> Service::Run() {
     api_options.state_url = state_url;
     api_options.workspace = current;
     api_options.wake_workers = wake;
+    api_options.reload = reload;
     api_options.metrics = &metrics;
     api_service = std::make_unique<api::ApiService>(std::move(api_options));
     api::HttpServer::Options server_options;
@@ -523,10 +554,12 @@ absl::StatusOr<ServiceOutcome> Service::Run() {
     }
   });
 
+  // The API may swap the workspace from now on: read it through current().
+  const std::shared_ptr<const Workspace> started_with = current();
   log.Write("scheduler_started", [&](JsonWriter& w) {
     w.Key("config").String(options_.config_path);
     int scheduled = 0;
-    for (const ModelConfig& m : workspace->models) {
+    for (const ModelConfig& m : started_with->models) {
       scheduled += m.schedule.kind != Schedule::Kind::kManual;
     }
     w.Key("scheduled_models").Int(scheduled);
@@ -535,7 +568,7 @@ absl::StatusOr<ServiceOutcome> Service::Run() {
 
   // ---- Scheduler.
   std::map<std::string, ScheduleState> states;
-  for (const ModelConfig& m : workspace->models) {
+  for (const ModelConfig& m : started_with->models) {
     absl::StatusOr<std::optional<ScheduleState>> s = store->GetScheduleState(m.name);
     if (!s.ok()) return s.status();
     if (s->has_value()) states[m.name] = **s;
@@ -544,28 +577,8 @@ absl::StatusOr<ServiceOutcome> Service::Run() {
   absl::Status error;
   while (true) {
     // Pick up edits of the workspace file; an invalid edit keeps the last valid one.
-    std::optional<fs::file_time_type> modified = ModifiedAt(options_.config_path);
-    if (modified && modified != loaded_at) {
-      loaded_at = modified;
-      LoadResult reloaded = LoadWorkspaceWithSecrets(options_.config_path, registry_);
-      if (reloaded.ok()) {
-        {
-          std::lock_guard<std::mutex> lock(ws_mu);
-          workspace = std::make_shared<const Workspace>(std::move(reloaded.workspace));
-        }
-        planner.Invalidate();
-        log.Write("workspace_reloaded", [&](JsonWriter&) {});
-      } else {
-        log.Write("workspace_invalid", [&](JsonWriter& w) {
-          w.Key("errors").BeginArray();
-          for (const Diagnostic& d : reloaded.diagnostics) {
-            if (d.is_error()) w.String(d.ToString());
-          }
-          w.EndArray();
-          w.Key("action").String("kept the last valid workspace; fix the file");
-        });
-      }
-    }
+    reload(/*force=*/false);
+    if (workspace_changed.exchange(false)) planner.Invalidate();
     std::shared_ptr<const Workspace> ws = current();
 
     // Models with a run queued or running are busy: their ticks are skipped.
