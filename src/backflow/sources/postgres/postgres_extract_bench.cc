@@ -125,8 +125,8 @@ int main(int argc, char** argv) {
       backflow::PostgresSourceOptions options;
       options.extraction = mode.extraction;
       options.parallel_connections = mode.connections;
-      auto source = backflow::NewPostgresSource(url, password != nullptr ? password : "",
-                                                std::move(options));
+      auto source =
+          backflow::NewPostgresSource(url, password != nullptr ? password : "", std::move(options));
       auto start = Clock::now();
       auto reader = source->Query(sql, backflow::QueryOptions{key});
       if (!reader.ok()) {
