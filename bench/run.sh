@@ -2,11 +2,12 @@
 # bench/run.sh: the change-detection benchmark of issue 3, one command.
 #
 #   bench/run.sh [--rows N] [--reps K] [--quick | --smoke] [--rss-sizes "A B ..."]
-#                [--backflow PATH] [--sink PATH] [--hasher PATH] [--keep]
+#                [--backflow PATH] [--sink PATH] [--hasher PATH]
+#                [--extract-bench PATH] [--keep]
 #
-# Builds a RelWithDebInfo `backflow` plus the helpers in bench/ (in
-# $BACKFLOW_BENCH_BUILD_DIR, default build-bench-release) unless all three
-# binaries are given, starts a throwaway PostgreSQL (scripts/pg-test-server.sh)
+# Builds a RelWithDebInfo `backflow` plus the helpers in bench/ and
+# postgres_extract_bench (in $BACKFLOW_BENCH_BUILD_DIR, default
+# build-bench-release) unless all four binaries are given, starts a throwaway PostgreSQL (scripts/pg-test-server.sh)
 # and a loopback HTTP sink (bench_http_sink) in a temporary directory
 # ($BACKFLOW_BENCH_TMPDIR, default /tmp), generates the customers table
 # (version 1: N rows; version 2: 1% updated, 0.5% deleted, 0.5% new) and
@@ -42,6 +43,7 @@ mode=full
 backflow=""
 sink_bin=""
 hasher=""
+extract_bench=""
 keep=0
 
 usage() {
@@ -59,6 +61,7 @@ while (($#)); do
     --backflow) backflow=$2; shift 2 ;;
     --sink) sink_bin=$2; shift 2 ;;
     --hasher) hasher=$2; shift 2 ;;
+    --extract-bench) extract_bench=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     -h | --help) usage ;;
     *) echo "run.sh: unknown argument $1" >&2; usage ;;
@@ -89,16 +92,17 @@ die() {
 }
 
 # ------------------------------------------------------------------ binaries
-if [[ -z $backflow || -z $sink_bin || -z $hasher ]]; then
+if [[ -z $backflow || -z $sink_bin || -z $hasher || -z $extract_bench ]]; then
   log "building backflow and the bench helpers (RelWithDebInfo) in $build_dir"
   cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
   cmake --build "$build_dir" -j "${BACKFLOW_BENCH_JOBS:-2}" \
-    --target backflow bench_http_sink bench_xxh3_lines >&2
+    --target backflow bench_http_sink bench_xxh3_lines postgres_extract_bench >&2
   [[ -n $backflow ]] || backflow=$build_dir/src/backflow/cli/backflow
   [[ -n $sink_bin ]] || sink_bin=$build_dir/bench/bench_http_sink
   [[ -n $hasher ]] || hasher=$build_dir/bench/bench_xxh3_lines
+  [[ -n $extract_bench ]] || extract_bench=$build_dir/src/backflow/sources/postgres/postgres_extract_bench
 fi
-for b in "$backflow" "$sink_bin" "$hasher"; do
+for b in "$backflow" "$sink_bin" "$hasher" "$extract_bench"; do
   [[ -x $b ]] || die "not an executable: $b"
 done
 [[ -x /usr/bin/time ]] || die "/usr/bin/time is missing (Debian package 'time'; scripts/install-deps.sh)"
@@ -325,6 +329,24 @@ raw[copy_v1]="${copy_v1[*]}"
 raw[bf_extract_plus_diff]="${bf_ed[*]}"
 raw[bf_dry_run_extract]="${bf_ext1[*]}"
 
+# ------------------------------------------- 2. extraction over 2 connections (v1)
+# postgres_extract_bench reads the model through the PostgreSQL source (rows
+# decoded, nothing else) with one connection and with parallel_connections: 2
+# (key ranges of id in one snapshot), each repetition right after its own
+# `psql COPY` baseline (the same command as copy_seconds).
+log "extraction over 1 and 2 connections ($reps repetitions, each after a psql COPY)"
+PGPASSWORD=$pg_password "$extract_bench" "$pg_url" "$query" copy copy:2 --key id \
+  --runs "$reps" --psql --json >"$work/extract.json" 2>"$work/extract.err" ||
+  { cat "$work/extract.err" >&2; die "postgres_extract_bench failed"; }
+expect "rows read over one connection" "$(jfield "$work/extract.json" modes.copy.rows)" "$rows"
+expect "rows read over two connections" "$(jfield "$work/extract.json" modes.copy:2.rows)" "$rows"
+x_psql=$(jfield "$work/extract.json" psql_s | tr -d '[],')
+x_one=$(jfield "$work/extract.json" modes.copy.runs_s | tr -d '[],')
+x_two=$(jfield "$work/extract.json" modes.copy:2.runs_s | tr -d '[],')
+raw[extract_psql_copy]="$x_psql"
+raw[extract_source_1_connection]="$x_one"
+raw[extract_source_2_connections]="$x_two"
+
 # ------------------------------------------- first (full) syncs of version 1
 log "full sync of version 1 to the sink (backflow; also the peak RSS at $rows rows)"
 rm -rf "$work/ws-inc/state"
@@ -434,6 +456,12 @@ raw[full_sync_wall_$rows]=$full_wall
 
 # ------------------------------------------- report
 m_copy1=$(median "${copy_v1[@]}")
+# shellcheck disable=SC2086 # word splitting of the space-separated lists is intended
+m_xpsql=$(median $x_psql)
+# shellcheck disable=SC2086
+m_xone=$(median $x_one)
+# shellcheck disable=SC2086
+m_xtwo=$(median $x_two)
 m_ed=$(median "${bf_ed[@]}")
 m_ext1=$(median "${bf_ext1[@]}")
 m_copy2=$(median "${copy_v2[@]}")
@@ -446,6 +474,11 @@ m_py=$(median "${py_wall[@]}")
 rate_bf=$(calc "$rows / $m_ed")
 rate_copy=$(calc "$rows / $m_copy1")
 r_extract=$(calc "$rate_bf / $rate_copy")
+rate_xpsql=$(calc "$rows / $m_xpsql")
+rate_xone=$(calc "$rows / $m_xone")
+rate_xtwo=$(calc "$rows / $m_xtwo")
+r_xtwo=$(calc "$rate_xtwo / $rate_xpsql")
+r_xone=$(calc "$rate_xone / $rate_xpsql")
 r_diff_hash=$(calc "$m_diff / $xxh3_128")
 r_diff_share=$(calc "$m_diff / $m_ext2")
 r_sync_copy=$(calc "$m_wall / $m_copy2")
@@ -468,7 +501,9 @@ echo "| --- | --- | --- | --- | --- | --- |"
 echo "| extraction + fingerprint, one connection (extract_s + diff_s of a dry run, fresh state) |" \
   "$(fmt_rate "$rate_bf") ($(fmt_s "$m_ed"); extract_s alone $(fmt_s "$m_ext1")) | COPY to /dev/null: $(fmt_rate "$rate_copy") ($(fmt_s "$m_copy1")) |" \
   "$(fmt_x "$r_extract") | ≥ 0.85× | $(verdict "$r_extract >= 0.85") |"
-echo "| extraction, 2 connections over key ranges | not implemented | COPY: $(fmt_rate "$rate_copy") | — | ≥ 1.25× | not implemented |"
+echo "| extraction, 2 connections over key ranges (postgres_extract_bench copy:2; 1 connection: $(fmt_rate "$rate_xone"), $(fmt_x "$r_xone")) |" \
+  "$(fmt_rate "$rate_xtwo") ($(fmt_s "$m_xtwo")) | COPY to /dev/null, same run: $(fmt_rate "$rate_xpsql") ($(fmt_s "$m_xpsql")) |" \
+  "$(fmt_x "$r_xtwo") | ≥ 1.25× | $(verdict "$r_xtwo >= 1.25") |"
 echo "| diff of $rows_v2 keys, excluding extraction (diff_s of the incremental sync) |" \
   "$(fmt_s "$m_diff") | XXH3-128 of the same COPY lines: $(fmt_s "$xxh3_128") (XXH3-64: $(fmt_s "$xxh3_64")) |" \
   "$(fmt_x "$r_diff_hash") | ≤ 10× | $(verdict "$r_diff_hash <= 10") |"

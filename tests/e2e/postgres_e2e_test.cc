@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "backflow/pg/testing/test_server.h"
 #include "backflow/sqlite/database.h"
@@ -188,6 +189,96 @@ mappings:
   EXPECT_EQ(s["deleted"], 1);
   EXPECT_EQ(Query(fmt::format("SELECT account_id, account_name, seats FROM {} ORDER BY 1", table_)),
             (std::vector<std::string>{"1|Acme|10", "2|Globex|25", "4|Umbrella|40"}));
+}
+
+// The same model synced over one connection and over parallel_connections: 2
+// (two key ranges in one snapshot) leaves the same destination state, run
+// after run, including rejected NULL and duplicate keys.
+TEST_F(PostgresE2eTest, ParallelExtractionGivesTheSameDestinationState) {
+  ExecOrFail(fmt::format("CREATE TABLE {} (id bigint, email text, ltv numeric(14,2))", table_));
+  ExecOrFail(
+      fmt::format("INSERT INTO {} SELECT g * 7, 'user' || g || '@example.com', g * 1.25 "
+                  "FROM generate_series(-40, 1500) g "
+                  "UNION ALL VALUES (NULL, 'nokey@example.com', 1), (35, 'dup@example.com', 2)",
+                  table_));
+  WebhookReceiver one_receiver;
+  WebhookReceiver two_receiver;
+  WebhookReceiver pid_receiver;
+  ASSERT_TRUE(one_receiver.Start().ok());
+  ASSERT_TRUE(two_receiver.Start().ok());
+  ASSERT_TRUE(pid_receiver.Start().ok());
+  auto workspace = [&](const std::string& name, int connections, const WebhookReceiver& hook) {
+    std::string ws = dir_ + "/" + name;
+    fs::create_directories(ws);
+    std::ofstream(ws + "/backflow.yaml")
+        << fmt::format(R"(
+sources:
+  - name: warehouse
+    type: postgres
+    url: {0}
+    password: ${{env:BACKFLOW_E2E_PG_PASSWORD}}
+    parallel_connections: {1}
+models:
+  - {{ name: customers, source: warehouse, primary_key: id,
+      sql: "SELECT id, email, ltv FROM {2}" }}
+  - {{ name: backends, source: warehouse, primary_key: id,
+      sql: "SELECT id, pg_backend_pid() AS pid FROM {2} WHERE id IS NOT NULL AND id <> 35" }}
+destinations:
+  - {{ name: hook, type: webhook, settings: {{ url: "{3}" }} }}
+  - {{ name: pids, type: webhook, settings: {{ url: "{4}" }} }}
+mappings:
+  - {{ name: to_hook, model: customers, destination: hook, action: send_batch, batch_size: 200,
+      fields: {{ id: id, email: email, ltv: ltv }} }}
+  - {{ name: to_pids, model: backends, destination: pids, action: send_batch,
+      fields: {{ id: id, pid: pid }} }}
+)",
+                       server().url, connections, table_, hook.Url(), pid_receiver.Url());
+    return ws;
+  };
+  const std::string one = workspace("one", 1, one_receiver);
+  const std::string two = workspace("two", 2, two_receiver);
+  auto sync = [&](const std::string& ws) {
+    CliResult r = RunCli(ws, {"sync", "to_hook", "--json"});
+    // 2: the run finished with rejected records (the NULL and duplicate keys).
+    EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
+    return nlohmann::json::parse(r.LastLine());
+  };
+  auto counts = [](const nlohmann::json& s) {
+    return fmt::format("extracted {} added {} updated {} deleted {} rejected {} succeeded {}",
+                       s["extracted"].dump(), s["added"].dump(), s["updated"].dump(),
+                       s["deleted"].dump(), s["rejected"].dump(), s["succeeded"].dump());
+  };
+
+  nlohmann::json s1 = sync(one);
+  nlohmann::json s2 = sync(two);
+  EXPECT_EQ(s1["extracted"], 1543);
+  EXPECT_EQ(s1["added"], 1540);  // 1541 ids, less id 35 (twice)
+  EXPECT_EQ(s1["rejected"], 3);  // the NULL key and both rows of id 35
+  EXPECT_EQ(counts(s2), counts(s1));
+  ASSERT_EQ(one_receiver.State().size(), 1540u);
+  EXPECT_EQ(two_receiver.State(), one_receiver.State());
+
+  ExecOrFail(fmt::format("UPDATE {} SET ltv = ltv + 1 WHERE id % 100 = 0", table_));
+  ExecOrFail(fmt::format("DELETE FROM {} WHERE id BETWEEN 5000 AND 5100", table_));
+  ExecOrFail(
+      fmt::format("INSERT INTO {} SELECT g, 'new' || g || '@example.com', 3 FROM "
+                  "generate_series(20000, 20010) g",
+                  table_));
+  s1 = sync(one);
+  s2 = sync(two);
+  EXPECT_EQ(s1["added"], 11);
+  EXPECT_GT(s1["updated"].get<int>(), 0);
+  EXPECT_GT(s1["deleted"].get<int>(), 0);
+  EXPECT_EQ(counts(s2), counts(s1));
+  EXPECT_EQ(two_receiver.State(), one_receiver.State());
+
+  // The parallel workspace did read over two connections: the rows of its
+  // `backends` model came from two server processes.
+  CliResult r = RunCli(two, {"sync", "to_pids", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  std::set<std::string> pids;
+  for (const auto& [id, record] : pid_receiver.State()) pids.insert(record["pid"].dump());
+  EXPECT_EQ(pids.size(), 2u);
 }
 
 }  // namespace

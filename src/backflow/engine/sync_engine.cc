@@ -218,7 +218,7 @@ class Runner {
 };
 
 absl::Status Runner::Extract(const ModelConfig& model, Source& source, Schema& schema) {
-  BACKFLOW_ASSIGN_OR_RETURN(auto reader, source.Query(model.sql));
+  BACKFLOW_ASSIGN_OR_RETURN(auto reader, source.Query(model.sql, QueryOptions{model.primary_key}));
   schema = reader->schema();
   int key_index = FindColumn(schema, model.primary_key);
   if (key_index < 0) {

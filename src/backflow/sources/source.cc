@@ -5,6 +5,11 @@
 
 namespace backflow {
 
+absl::StatusOr<std::unique_ptr<RowReader>> Source::Query(std::string_view sql,
+                                                         const QueryOptions& /*options*/) {
+  return Query(sql);
+}
+
 std::string TrimModelSql(std::string_view sql) {
   std::string body(sql);
   absl::StripAsciiWhitespace(&body);

@@ -1,7 +1,8 @@
 // Source and RowReader: the seam between a warehouse and the engine.
 //
 // A Source runs read-only SQL and streams the result with bounded memory.
-// Sources are used from one thread at a time.
+// Sources are used from one thread at a time (a source may use threads of its
+// own inside a reader).
 #pragma once
 
 #include <memory>
@@ -28,6 +29,14 @@ class RowReader {
   virtual absl::StatusOr<bool> Next(Row& row) = 0;
 };
 
+// What the caller knows about a query beyond its SQL. Hints only: a source
+// may use them to read faster, never to return other rows.
+struct QueryOptions {
+  // The column that identifies each row (a model's primary key); empty when
+  // unknown.
+  std::string key_column;
+};
+
 class Source {
  public:
   virtual ~Source() = default;
@@ -39,6 +48,11 @@ class Source {
   // kInvalidArgument for SQL the warehouse rejects (message from the
   // warehouse), kUnavailable / kUnauthenticated for connection problems.
   virtual absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql) = 0;
+
+  // Query(sql) with hints (see QueryOptions); same contract. The default
+  // ignores the hints.
+  virtual absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql,
+                                                           const QueryOptions& options);
 };
 
 // The model's SQL without surrounding whitespace and trailing semicolons,

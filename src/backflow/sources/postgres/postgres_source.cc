@@ -2,6 +2,8 @@
 
 #include <libpq-fe.h>
 
+#include <algorithm>
+#include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -12,6 +14,7 @@
 #include "backflow/pg/connection.h"
 #include "backflow/pg/copy_text.h"
 #include "backflow/pg/types.h"
+#include "backflow/sources/parallel_reader.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -222,10 +225,19 @@ class PostgresCopyReader : public RowReader {
   absl::Status error_;
 };
 
+// A statement's result columns, known before it runs.
+struct Described {
+  Schema schema;
+  std::vector<Oid> oids;
+};
+
+// Every connection of a parallel read runs in this kind of transaction.
+constexpr char kBeginSnapshot[] = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+
 class PostgresSource : public Source {
  public:
-  PostgresSource(std::string url, std::string password, PostgresExtraction extraction)
-      : url_(std::move(url)), password_(std::move(password)), extraction_(extraction) {}
+  PostgresSource(std::string url, std::string password, PostgresSourceOptions options)
+      : url_(std::move(url)), password_(std::move(password)), options_(std::move(options)) {}
 
   absl::Status CheckConnection() override {
     BACKFLOW_ASSIGN_OR_RETURN(auto conn,
@@ -236,8 +248,17 @@ class PostgresSource : public Source {
   absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql) override {
     BACKFLOW_ASSIGN_OR_RETURN(auto conn,
                               pg::Connection::Open(SourceConnectOptions(url_, password_)));
-    if (extraction_ == PostgresExtraction::kCopy) return QueryCopy(std::move(conn), sql);
+    if (options_.extraction == PostgresExtraction::kCopy) return QueryCopy(std::move(conn), sql);
     return QueryRows(std::move(conn), sql);
+  }
+
+  absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql,
+                                                   const QueryOptions& options) override {
+    if (options_.parallel_connections <= 1 || options.key_column.empty() ||
+        options_.extraction != PostgresExtraction::kCopy) {
+      return Query(sql);
+    }
+    return QueryParallel(sql, options.key_column);
   }
 
  private:
@@ -273,24 +294,35 @@ class PostgresSource : public Source {
   absl::StatusOr<std::unique_ptr<RowReader>> QueryCopy(std::unique_ptr<pg::Connection> conn,
                                                        std::string_view sql) {
     std::string text = TrimModelSql(sql);
-    // Parse and describe without running: the schema, and any SQL error,
-    // before the first row. The unnamed statement is one statement only.
-    pg::Result prepared(PQprepare(conn->get(), "", text.c_str(), 0, nullptr));
+    BACKFLOW_ASSIGN_OR_RETURN(Described described, Describe(*conn, text));
+    return StartCopy(std::move(conn), text, std::move(described));
+  }
+
+  // Parses and describes `text` without running it: the schema, and any SQL
+  // error, before the first row. The unnamed statement is one statement only.
+  static absl::StatusOr<Described> Describe(pg::Connection& conn, const std::string& text) {
+    pg::Result prepared(PQprepare(conn.get(), "", text.c_str(), 0, nullptr));
     if (prepared == nullptr || PQresultStatus(prepared.get()) != PGRES_COMMAND_OK) {
-      return conn->ErrorFromResult(prepared.get(), "query failed");
+      return conn.ErrorFromResult(prepared.get(), "query failed");
     }
-    pg::Result described(PQdescribePrepared(conn->get(), ""));
+    pg::Result described(PQdescribePrepared(conn.get(), ""));
     if (described == nullptr || PQresultStatus(described.get()) != PGRES_COMMAND_OK) {
-      return conn->ErrorFromResult(described.get(), "query failed");
+      return conn.ErrorFromResult(described.get(), "query failed");
     }
     int columns = PQnfields(described.get());
     if (columns == 0) return NoResultSetError();
-    Schema schema = pg::SchemaFromResult(described.get());
-    std::vector<Oid> oids;
-    oids.reserve(columns);
-    for (int i = 0; i < columns; ++i) oids.push_back(PQftype(described.get(), i));
-    described.reset();
+    Described out;
+    out.schema = pg::SchemaFromResult(described.get());
+    out.oids.reserve(columns);
+    for (int i = 0; i < columns; ++i) out.oids.push_back(PQftype(described.get(), i));
+    return out;
+  }
 
+  // Starts `COPY (<text>) TO STDOUT` for a statement described as `described`.
+  static absl::StatusOr<std::unique_ptr<RowReader>> StartCopy(std::unique_ptr<pg::Connection> conn,
+                                                              const std::string& text,
+                                                              Described described) {
+    const int columns = static_cast<int>(described.oids.size());
     // Newlines around the statement keep a trailing "-- comment" inside it.
     std::string copy = "COPY (\n" + text + "\n) TO STDOUT";
     pg::Result started(
@@ -301,8 +333,8 @@ class PostgresSource : public Source {
         return absl::InternalError(fmt::format("COPY announced {} columns where the query has {}",
                                                PQnfields(started.get()), columns));
       }
-      return std::unique_ptr<RowReader>(
-          new PostgresCopyReader(std::move(conn), std::move(schema), std::move(oids)));
+      return std::unique_ptr<RowReader>(new PostgresCopyReader(
+          std::move(conn), std::move(described.schema), std::move(described.oids)));
     }
     absl::Status status = conn->ErrorFromResult(started.get(), "query failed");
     const char* state =
@@ -325,16 +357,147 @@ class PostgresSource : public Source {
     return status;
   }
 
+  // parallel_connections > 1: see the header comment.
+  absl::StatusOr<std::unique_ptr<RowReader>> QueryParallel(std::string_view sql,
+                                                           const std::string& key_column) {
+    const std::string text = TrimModelSql(sql);
+    BACKFLOW_ASSIGN_OR_RETURN(auto first,
+                              pg::Connection::Open(SourceConnectOptions(url_, password_)));
+    // One snapshot for every connection: the first exports it (its first
+    // statement, which fixes the snapshot), the others import it.
+    BACKFLOW_RETURN_IF_ERROR(
+        first->Exec(kBeginSnapshot, {}, "starting the extraction's transaction failed").status());
+    absl::StatusOr<pg::Result> exported = first->Exec("SELECT pg_export_snapshot()");
+    if (!exported.ok()) {
+      return absl::Status(
+          exported.status().code(),
+          fmt::format("{}; parallel_connections needs a PostgreSQL server that exports snapshots "
+                      "(pg_export_snapshot): set parallel_connections: 1 for this source",
+                      exported.status().message()));
+    }
+    const std::string snapshot = PQgetvalue(exported->get(), 0, 0);
+    if (snapshot.empty() ||
+        snapshot.find_first_not_of("0123456789ABCDEFabcdef-") != std::string::npos) {
+      return absl::InternalError("PostgreSQL exported a snapshot id of an unexpected form");
+    }
+    BACKFLOW_ASSIGN_OR_RETURN(Described described, Describe(*first, text));
+
+    BACKFLOW_ASSIGN_OR_RETURN(std::vector<std::string> predicates,
+                              SplitPredicates(*first, text, described, key_column));
+    if (predicates.size() <= 1) {
+      // Nothing to split on: one COPY, in the transaction already open.
+      return StartCopy(std::move(first), text, std::move(described));
+    }
+    if (options_.after_snapshot_export_for_testing) options_.after_snapshot_export_for_testing();
+
+    std::vector<std::unique_ptr<pg::Connection>> conns;
+    conns.push_back(std::move(first));
+    for (size_t i = 1; i < predicates.size(); ++i) {
+      BACKFLOW_ASSIGN_OR_RETURN(auto conn,
+                                pg::Connection::Open(SourceConnectOptions(url_, password_)));
+      BACKFLOW_RETURN_IF_ERROR(
+          conn->Exec(kBeginSnapshot, {}, "starting the extraction's transaction failed").status());
+      if (options_.share_snapshot) {
+        BACKFLOW_RETURN_IF_ERROR(conn->Exec("SET TRANSACTION SNAPSHOT '" + snapshot + "'", {},
+                                            "importing the extraction's snapshot failed")
+                                     .status());
+      }
+      conns.push_back(std::move(conn));
+    }
+
+    // Every COPY is started before any thread runs, so a failure to start
+    // one closes them all (their readers cancel on destruction).
+    std::vector<ParallelReaderPart> parts;
+    parts.reserve(conns.size());
+    for (size_t i = 0; i < conns.size(); ++i) {
+      std::shared_ptr<PGcancel> cancel(PQgetCancel(conns[i]->get()), PQfreeCancel);
+      if (cancel == nullptr) return absl::InternalError("libpq could not prepare a cancel request");
+      std::string part =
+          fmt::format("SELECT * FROM (\n{}\n) AS backflow_model WHERE {}", text, predicates[i]);
+      BACKFLOW_ASSIGN_OR_RETURN(auto reader, StartCopy(std::move(conns[i]), part, described));
+      parts.push_back(ParallelReaderPart{std::move(reader), [cancel] {
+                                           char buf[256];
+                                           PQcancel(cancel.get(), buf, sizeof(buf));
+                                         }});
+    }
+    return NewParallelRowReader(std::move(described.schema), std::move(parts));
+  }
+
+  // The WHERE condition of each connection's share of the rows (over the
+  // model as `backflow_model`), one per connection; a single entry when the
+  // read is not split (no usable key column, fewer than two integer key
+  // values in the range).
+  absl::StatusOr<std::vector<std::string>> SplitPredicates(pg::Connection& conn,
+                                                           const std::string& text,
+                                                           const Described& described,
+                                                           const std::string& key_column) const {
+    const std::vector<std::string> whole = {"true"};
+    int key = -1;
+    for (size_t i = 0; i < described.schema.size(); ++i) {
+      if (described.schema[i].name != key_column) continue;
+      // A name returned twice cannot be referenced unambiguously.
+      if (key >= 0) return whole;
+      key = static_cast<int>(i);
+    }
+    // Without the key column the engine reports the model's error itself.
+    if (key < 0) return whole;
+    const std::string k = "backflow_model." + pg::QuoteIdentifier(described.schema[key].name);
+    const int n = options_.parallel_connections;
+    std::vector<std::string> predicates;
+    Oid oid = described.oids[key];
+    if (oid != pg::kInt2Oid && oid != pg::kInt4Oid && oid != pg::kInt8Oid) {
+      // Any other type: by hash of the key's text.
+      for (int i = 0; i < n; ++i) {
+        predicates.push_back(fmt::format("(hashtext({}::text) & 2147483647) % {} = {}{}", k, n, i,
+                                         i == 0 ? fmt::format(" OR {} IS NULL", k) : ""));
+      }
+      return predicates;
+    }
+    absl::StatusOr<pg::Result> bounds = conn.Exec(
+        fmt::format("SELECT min({0})::int8, max({0})::int8 FROM (\n{1}\n) AS backflow_model", k,
+                    text),
+        {}, "finding the key range to split the model failed");
+    if (!bounds.ok()) return bounds.status();
+    if (PQgetisnull(bounds->get(), 0, 0) || PQgetisnull(bounds->get(), 0, 1)) return whole;
+    const __int128 lo = std::stoll(PQgetvalue(bounds->get(), 0, 0));
+    const __int128 hi = std::stoll(PQgetvalue(bounds->get(), 0, 1));
+    const __int128 span = hi - lo + 1;
+    const int parts = static_cast<int>(std::min<__int128>(n, span));
+    if (parts <= 1) return whole;
+    // Range i is [lo + span*i/parts, lo + span*(i+1)/parts); the first and the
+    // last are open-ended, and NULL keys belong to the first.
+    auto bound = [&](int i) {
+      return fmt::format("'{}'::int8", static_cast<int64_t>(lo + span * i / parts));
+    };
+    for (int i = 0; i < parts; ++i) {
+      if (i == 0) {
+        predicates.push_back(fmt::format("{0} < {1} OR {0} IS NULL", k, bound(1)));
+      } else if (i == parts - 1) {
+        predicates.push_back(fmt::format("{} >= {}", k, bound(i)));
+      } else {
+        predicates.push_back(fmt::format("{0} >= {1} AND {0} < {2}", k, bound(i), bound(i + 1)));
+      }
+    }
+    return predicates;
+  }
+
   std::string url_;
   std::string password_;
-  PostgresExtraction extraction_;
+  PostgresSourceOptions options_;
 };
 
 }  // namespace
 
 std::unique_ptr<Source> NewPostgresSource(std::string url, std::string password,
                                           PostgresExtraction extraction) {
-  return std::make_unique<PostgresSource>(std::move(url), std::move(password), extraction);
+  PostgresSourceOptions options;
+  options.extraction = extraction;
+  return NewPostgresSource(std::move(url), std::move(password), std::move(options));
+}
+
+std::unique_ptr<Source> NewPostgresSource(std::string url, std::string password,
+                                          PostgresSourceOptions options) {
+  return std::make_unique<PostgresSource>(std::move(url), std::move(password), std::move(options));
 }
 
 SourceDefinition PostgresSourceDefinition() {
@@ -380,6 +543,26 @@ SourceDefinition PostgresSourceDefinition() {
   extraction.default_value = "copy";
   extraction.allowed_values = {"copy", "rows"};
   def.settings.push_back(extraction);
+  SettingSpec parallel;
+  parallel.key = "parallel_connections";
+  parallel.label = "Parallel connections";
+  parallel.description = fmt::format(
+      "Connections that read a model at once during a sync, 1 to {} (default 1). Above 1, the "
+      "model's rows are split by its unique identifier column and read with COPY over that many "
+      "connections sharing one snapshot (REPEATABLE READ READ ONLY transactions, "
+      "pg_export_snapshot), so writes committed during the read never produce a mix. Integer "
+      "identifiers (smallint, integer, bigint) are split into equal ranges between their min and "
+      "max (one extra min/max query over the model); other types by a hash of their text, each "
+      "connection then evaluating the whole model and keeping its share. Worth it when the "
+      "server has idle cores and the model is a plain scan of a table; it costs one server "
+      "process per connection. Needs `extraction: copy` and PostgreSQL itself (not a "
+      "look-alike without exported snapshots). The model must return the same rows each time "
+      "it runs in one snapshot: no random(), no LIMIT without ORDER BY; now() is each "
+      "connection's own transaction start. Previews and connection tests use one connection.",
+      kMaxPostgresParallelConnections);
+  parallel.type = SettingType::kInteger;
+  parallel.default_value = 1;
+  def.settings.push_back(parallel);
   def.create = [](const nlohmann::json& settings,
                   const ConnectorEnv&) -> absl::StatusOr<std::unique_ptr<Source>> {
     auto url = settings.find("url");
@@ -398,7 +581,24 @@ SourceDefinition PostgresSourceDefinition() {
         return absl::InvalidArgumentError("extraction: must be copy or rows");
       }
     }
-    return NewPostgresSource(url->get<std::string>(), std::move(password), mode);
+    PostgresSourceOptions options;
+    options.extraction = mode;
+    auto parallel = settings.find("parallel_connections");
+    if (parallel != settings.end() && !parallel->is_null()) {
+      if (!parallel->is_number_integer() || *parallel < 1 ||
+          *parallel > kMaxPostgresParallelConnections) {
+        return absl::InvalidArgumentError(
+            fmt::format("parallel_connections: must be an integer from 1 to {}, got {}",
+                        kMaxPostgresParallelConnections, parallel->dump()));
+      }
+      options.parallel_connections = parallel->get<int>();
+    }
+    if (options.parallel_connections > 1 && mode != PostgresExtraction::kCopy) {
+      return absl::InvalidArgumentError(
+          "parallel_connections: reading over several connections needs `extraction: copy`; "
+          "remove `extraction: rows` or set parallel_connections: 1");
+    }
+    return NewPostgresSource(url->get<std::string>(), std::move(password), std::move(options));
   };
   return def;
 }

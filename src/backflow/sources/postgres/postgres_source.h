@@ -26,9 +26,36 @@
 // for SQL PostgreSQL rejects (with its message and position),
 // kUnauthenticated for a wrong user/password, kUnavailable when the server
 // cannot be reached or the connection drops.
-// A source and its readers are used from one thread at a time.
+//
+// Parallel extraction (parallel_connections N > 1, copy extraction, and a key
+// column given through Query(sql, QueryOptions{key_column})): the first
+// connection opens a REPEATABLE READ READ ONLY transaction, exports its
+// snapshot (pg_export_snapshot) and describes the model; the model's rows are
+// then split by the key into N shares, each read by its own connection whose
+// own transaction imports that snapshot (SET TRANSACTION SNAPSHOT) before its
+// COPY, so every share comes from the same snapshot, whatever commits
+// meanwhile. Shares (conditions on the model wrapped as a subquery):
+//   integer keys (smallint, integer, bigint): `SELECT min(k), max(k)` of the
+//     model in that snapshot, then N equal ranges [a, b) of that span, the
+//     first and last open-ended; NULL keys go to the first range. Fewer
+//     ranges when the span has fewer values than N; one read when the model
+//     has no non-NULL key.
+//   other key types: `(hashtext(k::text) & 2147483647) % N = i`, NULL keys in
+//     share 0. Each connection evaluates the whole model and keeps its share.
+// A model without the key column, or returning it twice, is read by one
+// connection (inside the same kind of transaction). The N COPY streams are
+// read and decoded on N threads and merged by a ParallelRowReader
+// (sources/parallel_reader.h): rows in no particular order, bounded memory,
+// the first error of any connection is the reader's error, and destroying the
+// reader cancels every connection's query and closes them all. Query(sql)
+// without options, `extraction: rows`, and N = 1 read as described above,
+// with no explicit transaction.
+//
+// A source and its readers are used from one thread at a time (a parallel
+// reader uses its own threads internally).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -41,8 +68,23 @@ namespace backflow {
 // How a PostgreSQL source reads a result (the `extraction` setting).
 enum class PostgresExtraction { kCopy, kRows };
 
+// The largest accepted parallel_connections.
+inline constexpr int kMaxPostgresParallelConnections = 16;
+
+struct PostgresSourceOptions {
+  PostgresExtraction extraction = PostgresExtraction::kCopy;
+  // Connections of a parallel read (see above); 1 reads over one connection.
+  int parallel_connections = 1;
+  // Testing: called on the Query() thread of a parallel read after the first
+  // connection exported its snapshot and found the key range, before the
+  // other connections import the snapshot.
+  std::function<void()> after_snapshot_export_for_testing;
+  // Testing: false skips importing the snapshot, to show what it prevents.
+  bool share_snapshot = true;
+};
+
 // The definition of the "postgres" source type (settings: url, password,
-// extraction).
+// extraction, parallel_connections).
 SourceDefinition PostgresSourceDefinition();
 
 // A PostgreSQL source for `url` (postgresql:// URI or conninfo) and an
@@ -50,5 +92,7 @@ SourceDefinition PostgresSourceDefinition();
 std::unique_ptr<Source> NewPostgresSource(
     std::string url, std::string password,
     PostgresExtraction extraction = PostgresExtraction::kCopy);
+std::unique_ptr<Source> NewPostgresSource(std::string url, std::string password,
+                                          PostgresSourceOptions options);
 
 }  // namespace backflow

@@ -6,10 +6,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <bit>
 #include <cstdint>
 #include <iostream>
 #include <limits>
+#include <map>
 #include <random>
 
 #include "backflow/pg/testing/test_server.h"
@@ -551,6 +553,332 @@ TEST_F(PostgresSourceTest, StreamsMillionsOfRowsInBoundedMemory) {
   long control_mb = (testing::PeakRssKb() - control_before_kb) / 1024;
   std::cout << "peak RSS growth when buffering the same result: " << control_mb << " MB\n";
   EXPECT_GT(control_mb, 48);
+}
+
+// ----------------------------------------------------------------------------
+// Parallel extraction (parallel_connections > 1).
+
+TEST(PostgresSourceDefinitionTest, ParallelConnectionsIsAnIntegerDefaultingToOne) {
+  SourceDefinition def = PostgresSourceDefinition();
+  const SettingSpec* parallel = FindSetting(def.settings, "parallel_connections");
+  ASSERT_NE(parallel, nullptr);
+  EXPECT_EQ(parallel->type, SettingType::kInteger);
+  EXPECT_FALSE(parallel->required);
+  EXPECT_EQ(parallel->default_value, 1);
+  EXPECT_THAT(parallel->description, HasSubstr("snapshot"));
+  EXPECT_THAT(parallel->description, HasSubstr("hash"));
+  const nlohmann::json url = "postgresql://x@127.0.0.1/db";
+  nlohmann::json from_env = {{"url", url}, {"parallel_connections", "4"}};
+  EXPECT_TRUE(CheckSettings(def.settings, from_env).empty());
+  EXPECT_EQ(from_env["parallel_connections"], 4);
+  nlohmann::json wrong = {{"url", url}, {"parallel_connections", "many"}};
+  EXPECT_EQ(CheckSettings(def.settings, wrong).size(), 1u);
+  EXPECT_TRUE(def.create({{"url", url}, {"parallel_connections", 4}}, ConnectorEnv{}).ok());
+  for (int n : {0, -1, kMaxPostgresParallelConnections + 1}) {
+    auto created = def.create({{"url", url}, {"parallel_connections", n}}, ConnectorEnv{});
+    ASSERT_FALSE(created.ok()) << n;
+    EXPECT_THAT(created.status().message(), HasSubstr("parallel_connections")) << n;
+  }
+  auto rows = def.create({{"url", url}, {"parallel_connections", 2}, {"extraction", "rows"}},
+                         ConnectorEnv{});
+  ASSERT_FALSE(rows.ok());
+  EXPECT_THAT(rows.status().message(), HasSubstr("extraction: copy"));
+}
+
+class PostgresParallelTest : public PostgresSourceTest {
+ protected:
+  std::unique_ptr<Source> MakeParallel(int n, const std::string& app = "",
+                                       PostgresSourceOptions options = {}) const {
+    options.parallel_connections = n;
+    std::string url = app.empty() ? server().url : server().UrlWith("application_name=" + app);
+    return NewPostgresSource(url, server().password, std::move(options));
+  }
+
+  // Every row of `sql` read with `key` as the key column, each rendered as
+  // "v1|v2|..." (NULL as "<null>"), sorted: a multiset.
+  std::vector<std::string> ReadSorted(Source& source, const std::string& sql,
+                                      const std::string& key, Schema* schema = nullptr) {
+    std::vector<std::string> rows;
+    auto reader = source.Query(sql, QueryOptions{key});
+    EXPECT_TRUE(reader.ok()) << reader.status();
+    if (!reader.ok()) return rows;
+    if (schema != nullptr) *schema = (*reader)->schema();
+    Row row;
+    while (true) {
+      absl::StatusOr<bool> more = (*reader)->Next(row);
+      EXPECT_TRUE(more.ok()) << more.status();
+      if (!more.ok() || !*more) break;
+      std::string text;
+      for (size_t i = 0; i < row.size(); ++i) {
+        if (i > 0) text += "|";
+        text += row[i].is_null() ? "<null>" : row[i].ToString();
+      }
+      rows.push_back(std::move(text));
+    }
+    std::sort(rows.begin(), rows.end());
+    return rows;
+  }
+
+  // Backends connected with application_name `app`, polled until it equals
+  // `want` (backends appear and go away asynchronously); returns the last count.
+  int Backends(const std::string& app, int want) {
+    auto admin = Connect();
+    EXPECT_TRUE(admin.ok()) << admin.status();
+    if (!admin.ok()) return -1;
+    int count = -1;
+    for (int attempt = 0; attempt < 100 && count != want; ++attempt) {
+      if (attempt > 0) usleep(50'000);
+      auto active = (*admin)->Exec(
+          "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", {app.c_str()});
+      EXPECT_TRUE(active.ok()) << active.status();
+      if (!active.ok()) return -1;
+      count = std::atoi(PQgetvalue(active->get(), 0, 0));
+    }
+    return count;
+  }
+
+  // A table with integer keys that have gaps, negative values, duplicates and
+  // NULLs, plus a text column.
+  std::string MakeGappyTable() {
+    std::string table = pg::testing::UniqueName("src_par");
+    ExecOrFail(fmt::format("CREATE TABLE {} (id int8, v text)", table));
+    ExecOrFail(fmt::format(R"sql(
+      INSERT INTO {0}
+      SELECT g * 3, 'a' || g FROM generate_series(1, 2000) g                        -- gaps
+      UNION ALL SELECT g, 'far' || g FROM generate_series(1000000, 1000040) g
+      UNION ALL SELECT g, 'neg' || g FROM generate_series(-520, -500) g
+      UNION ALL VALUES (7, 'dup1'), (7, 'dup2'), (6, 'dup-of-a2'),
+                       (NULL, 'null1'), (NULL, 'null2'), (NULL, 'null1'))sql",
+                           table));
+    return table;
+  }
+};
+
+TEST_F(PostgresParallelTest, SameRowsOverOneTwoAndFourConnectionsForIntegerKeys) {
+  std::string table = MakeGappyTable();
+  for (const char* model :
+       {"SELECT id, v FROM {}", "SELECT id::int4 AS id, v FROM {}",
+        "SELECT id::int2 AS id, v FROM {} WHERE id IS NULL OR id BETWEEN -32768 AND 32767",
+        "SELECT v, id FROM {} ORDER BY v;"}) {
+    std::string sql = fmt::format(fmt::runtime(model), table);
+    std::vector<std::string> one = ReadSorted(*MakeSource(), sql, "id");
+    ASSERT_GT(one.size(), 2000u) << sql;
+    EXPECT_EQ(std::count(one.begin(), one.end(), "<null>|null1") +
+                  std::count(one.begin(), one.end(), "null1|<null>"),
+              2)
+        << sql;
+    for (int n : {2, 4}) {
+      Schema schema;
+      EXPECT_EQ(ReadSorted(*MakeParallel(n), sql, "id", &schema), one) << sql << ", " << n;
+      EXPECT_EQ(schema.size(), 2u);
+    }
+  }
+  // More connections than key values, and a single key value.
+  std::string few = fmt::format("SELECT id, v FROM {} WHERE id IN (3, 6) OR id IS NULL", table);
+  EXPECT_EQ(ReadSorted(*MakeParallel(8), few, "id"), ReadSorted(*MakeSource(), few, "id"));
+  std::string single = fmt::format("SELECT id, v FROM {} WHERE id = 7", table);
+  EXPECT_EQ(ReadSorted(*MakeParallel(4), single, "id").size(), 2u);
+  // No rows at all; only NULL keys.
+  EXPECT_TRUE(
+      ReadSorted(*MakeParallel(4), fmt::format("SELECT id, v FROM {} WHERE false", table), "id")
+          .empty());
+  EXPECT_EQ(ReadSorted(*MakeParallel(4),
+                       fmt::format("SELECT id, v FROM {} WHERE id IS NULL", table), "id")
+                .size(),
+            3u);
+  ExecOrFail(fmt::format("DROP TABLE {}", table));
+}
+
+TEST_F(PostgresParallelTest, ExtremeIntegerKeysDoNotOverflowTheRanges) {
+  std::string sql =
+      "SELECT * FROM (VALUES ((-9223372036854775808)::int8), (0::int8), (1::int8), "
+      "(9223372036854775807::int8), (NULL::int8)) AS t(id)";
+  std::vector<std::string> want = {"-9223372036854775808", "0", "1", "9223372036854775807",
+                                   "<null>"};
+  std::sort(want.begin(), want.end());
+  for (int n : {2, 3, 16}) EXPECT_EQ(ReadSorted(*MakeParallel(n), sql, "id"), want) << n;
+}
+
+TEST_F(PostgresParallelTest, SameRowsOverOneTwoAndFourConnectionsForTextKeys) {
+  std::string table = MakeGappyTable();
+  for (const char* model : {"SELECT id::text AS k, v FROM {}",
+                            "SELECT md5(coalesce(id, 0)::text)::uuid AS k, id, v FROM {}",
+                            "SELECT v AS k, id FROM {}"}) {
+    std::string sql = fmt::format(fmt::runtime(model), table);
+    std::vector<std::string> one = ReadSorted(*MakeSource(), sql, "k");
+    ASSERT_GT(one.size(), 2000u) << sql;
+    for (int n : {2, 4}) EXPECT_EQ(ReadSorted(*MakeParallel(n), sql, "k"), one) << sql << n;
+  }
+  ExecOrFail(fmt::format("DROP TABLE {}", table));
+}
+
+TEST_F(PostgresParallelTest, WithoutAUsableKeyColumnOneConnectionReadsEverything) {
+  std::string table = MakeGappyTable();
+  std::string sql = fmt::format("SELECT id, v FROM {}", table);
+  std::vector<std::string> one = ReadSorted(*MakeSource(), sql, "id");
+  EXPECT_EQ(ReadSorted(*MakeParallel(4), sql, "no_such_column"), one);
+  // A key column returned twice cannot be referenced: one connection.
+  std::string twice = fmt::format("SELECT id, v, id FROM {}", table);
+  EXPECT_EQ(ReadSorted(*MakeParallel(4), twice, "id").size(), one.size());
+  // Statements COPY cannot wrap keep their usual error.
+  auto show = MakeParallel(2)->Query("SHOW TimeZone", QueryOptions{"TimeZone"});
+  ASSERT_FALSE(show.ok());
+  EXPECT_THAT(show.status().message(), HasSubstr("extraction: rows"));
+  // SQL errors come from Query(), with the position in the user's SQL.
+  auto bad = MakeParallel(2)->Query("SELECT nope FROM generate_series(1, 3) g", QueryOptions{"g"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.status().message(), HasSubstr("at character 8"));
+  ExecOrFail(fmt::format("DROP TABLE {}", table));
+}
+
+TEST_F(PostgresParallelTest, ReadsOverNConnectionsAndDroppingTheReaderEndsThemAll) {
+  for (const char* key_type : {"", "::text"}) {
+    for (int n : {2, 4}) {
+      std::string app = pg::testing::UniqueName("src_par_drop");
+      auto reader = MakeParallel(n, app)->Query(
+          fmt::format("SELECT g{} AS id, md5(g::text) AS h FROM generate_series(1, 2000000) g",
+                      key_type),
+          QueryOptions{"id"});
+      ASSERT_TRUE(reader.ok()) << reader.status();
+      Row row;
+      for (int i = 0; i < 100; ++i) {
+        absl::StatusOr<bool> more = (*reader)->Next(row);
+        ASSERT_TRUE(more.ok() && *more) << more.status();
+      }
+      // Every share is still being read (the queue is far smaller than a share).
+      EXPECT_EQ(Backends(app, n), n) << key_type << " " << n;
+      reader->reset();  // cancels every query; must not hang
+      EXPECT_EQ(Backends(app, 0), 0) << "a dropped parallel reader left backends, " << n;
+    }
+  }
+}
+
+TEST_F(PostgresParallelTest, AnErrorOnOneConnectionIsAnErrorNotACleanEnd) {
+  std::string app = pg::testing::UniqueName("src_par_err");
+  // Only the second range (ids > 100000) fails, after rows were delivered.
+  auto reader = MakeParallel(2, app)->Query(
+      "SELECT g AS id, CASE WHEN g = 190000 THEN 1 / (g - g) ELSE 0 END AS q "
+      "FROM generate_series(1, 200000) g",
+      QueryOptions{"id"});
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  Row row;
+  long rows = 0;
+  absl::StatusOr<bool> more;
+  while ((more = (*reader)->Next(row)).ok() && *more) ++rows;
+  ASSERT_FALSE(more.ok()) << "clean end after " << rows << " rows";
+  EXPECT_EQ(more.status().code(), absl::StatusCode::kInvalidArgument) << more.status();
+  EXPECT_THAT(more.status().message(), HasSubstr("division by zero"));
+  EXPECT_LT(rows, 200000);
+  EXPECT_FALSE((*reader)->Next(row).ok());  // sticky
+  // The other connection was stopped too.
+  EXPECT_EQ(Backends(app, 0), 0);
+}
+
+TEST_F(PostgresParallelTest, ATerminatedBackendIsUnavailableNotACleanEnd) {
+  std::string app = pg::testing::UniqueName("src_par_kill");
+  auto reader = MakeParallel(3, app)->Query(
+      "SELECT g AS id, md5(g::text) FROM generate_series(1, 3000000) g", QueryOptions{"id"});
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  Row row;
+  for (int i = 0; i < 1000; ++i) {
+    absl::StatusOr<bool> more = (*reader)->Next(row);
+    ASSERT_TRUE(more.ok() && *more) << more.status();
+  }
+  ASSERT_EQ(Backends(app, 3), 3);
+  auto admin = Connect();
+  ASSERT_TRUE(admin.ok()) << admin.status();
+  // Terminate one of the three backends (the newest: not the snapshot's exporter).
+  auto killed = (*admin)->Exec(
+      "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 "
+      "ORDER BY backend_start DESC LIMIT 1",
+      {app.c_str()});
+  ASSERT_TRUE(killed.ok()) << killed.status();
+  ASSERT_EQ(PQntuples(killed->get()), 1);
+  absl::StatusOr<bool> more;
+  long rows = 1000;
+  while ((more = (*reader)->Next(row)).ok() && *more) ++rows;
+  ASSERT_FALSE(more.ok()) << "clean end after " << rows << " rows";
+  EXPECT_EQ(more.status().code(), absl::StatusCode::kUnavailable) << more.status();
+  EXPECT_LT(rows, 3000000);
+  reader->reset();
+  EXPECT_EQ(Backends(app, 0), 0);
+}
+
+// Every row is updated after the first connection took its snapshot and
+// before the others start: they must still see the old version.
+TEST_F(PostgresParallelTest, EveryConnectionReadsTheSameSnapshot) {
+  std::string table = pg::testing::UniqueName("src_par_snap");
+  ExecOrFail(fmt::format("CREATE TABLE {} (id int8 PRIMARY KEY, version int8)", table));
+  ExecOrFail(fmt::format("INSERT INTO {} SELECT g, 1 FROM generate_series(1, 20000) g", table));
+  const std::string sql = fmt::format("SELECT id, version FROM {}", table);
+  int next_version = 1;
+  auto read_versions = [&](bool share_snapshot) {
+    PostgresSourceOptions options;
+    options.share_snapshot = share_snapshot;
+    int held = 0;
+    options.after_snapshot_export_for_testing = [&] {
+      ++held;
+      ExecOrFail(fmt::format("UPDATE {} SET version = {}", table, ++next_version));
+    };
+    std::map<int64_t, long> versions;  // version -> rows
+    auto reader = MakeParallel(4, "", options)->Query(sql, QueryOptions{"id"});
+    EXPECT_TRUE(reader.ok()) << reader.status();
+    if (!reader.ok()) return versions;
+    Row row;
+    absl::StatusOr<bool> more;
+    long rows = 0;
+    while ((more = (*reader)->Next(row)).ok() && *more) {
+      ++rows;
+      ++versions[row[1].int_value()];
+    }
+    EXPECT_TRUE(more.ok()) << more.status();
+    EXPECT_EQ(rows, 20000);
+    EXPECT_EQ(held, 1);
+    return versions;
+  };
+  // All 20000 rows come from the version before the update.
+  EXPECT_EQ(read_versions(true), (std::map<int64_t, long>{{1, 20000}}));
+  // Control: without importing the snapshot, the later connections see the
+  // update, so the hold does fall between the connections' starts.
+  std::map<int64_t, long> mixed = read_versions(false);
+  EXPECT_EQ(mixed.size(), 2u);
+  EXPECT_EQ(mixed[2], 5000);   // the first of four ranges: the exporter's snapshot
+  EXPECT_EQ(mixed[3], 15000);  // the other three: after the update
+  ExecOrFail(fmt::format("DROP TABLE {}", table));
+}
+
+TEST_F(PostgresParallelTest, StreamsMillionsOfRowsInBoundedMemory) {
+  const std::string sql =
+      "SELECT g AS id, md5(g::text) AS hash, g::numeric / 7 AS ratio, "
+      "timestamptz '2024-01-01' + g * interval '1 second' AS at, repeat('x', 40) AS pad "
+      "FROM generate_series(1, {}) g";
+  auto stream = [&](int n) -> long {
+    auto reader = MakeParallel(2)->Query(fmt::format(fmt::runtime(sql), n), QueryOptions{"id"});
+    EXPECT_TRUE(reader.ok()) << reader.status();
+    if (!reader.ok()) return 0;
+    Row row;
+    long rows = 0;
+    long id_sum = 0;
+    absl::StatusOr<bool> more;
+    while ((more = (*reader)->Next(row)).ok() && *more) {
+      ++rows;
+      id_sum += row[0].int_value();
+    }
+    EXPECT_TRUE(more.ok()) << more.status();
+    EXPECT_EQ(id_sum, static_cast<long>(n) * (n + 1) / 2);
+    return rows;
+  };
+  ASSERT_EQ(stream(50000), 50000);
+  long before_kb = testing::PeakRssKb();
+  constexpr int kRows = 2'000'000;
+  ASSERT_EQ(stream(kRows), kRows);
+  long growth_mb = (testing::PeakRssKb() - before_kb) / 1024;
+  RecordProperty("peak_rss_growth_mb_parallel", static_cast<int>(growth_mb));
+  std::cout << "peak RSS growth after streaming " << kRows
+            << " rows over 2 connections: " << growth_mb << " MB\n";
+  // Buffering would take several hundred MB (see the single-connection test's control).
+  EXPECT_LT(growth_mb, 48);
 }
 
 }  // namespace

@@ -1,0 +1,183 @@
+#include "backflow/sources/parallel_reader.h"
+
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <utility>
+
+#include "absl/status/status.h"
+
+namespace backflow {
+namespace {
+
+// Rows [0, size) are live; rows past `size` are storage kept for reuse.
+struct Batch {
+  std::vector<Row> rows;
+  size_t size = 0;
+};
+
+// Approximate heap bytes held by a row, for the batch byte limit.
+size_t RowBytes(const Row& row) {
+  size_t bytes = sizeof(Row) + row.capacity() * sizeof(Value);
+  for (const Value& v : row) bytes += v.text().capacity();
+  return bytes;
+}
+
+class ParallelRowReader : public RowReader {
+ public:
+  ParallelRowReader(Schema schema, std::vector<ParallelReaderPart> parts,
+                    ParallelReaderLimits limits)
+      : schema_(std::move(schema)), limits_(limits) {
+    if (limits_.batch_rows == 0) limits_.batch_rows = 1;
+    if (limits_.queue_batches == 0) limits_.queue_batches = 2 * parts.size();
+    running_ = parts.size();
+    cancels_.reserve(parts.size());
+    for (ParallelReaderPart& part : parts) cancels_.push_back(std::move(part.cancel));
+    threads_.reserve(parts.size());
+    for (ParallelReaderPart& part : parts) {
+      threads_.emplace_back(
+          [this, reader = std::move(part.reader)]() mutable { Work(std::move(reader)); });
+    }
+  }
+
+  ~ParallelRowReader() override { Stop(); }
+
+  const Schema& schema() const override { return schema_; }
+
+  absl::StatusOr<bool> Next(Row& row) override {
+    if (!sticky_.ok()) return sticky_;
+    if (finished_) return false;
+    while (current_.size == pos_) {
+      std::unique_lock lock(mu_);
+      if (!current_.rows.empty()) {
+        current_.size = 0;
+        free_.push_back(std::move(current_));
+        current_ = Batch{};
+      }
+      pos_ = 0;
+      ready_.wait(lock, [&] { return !error_.ok() || !queue_.empty() || running_ == 0; });
+      if (!error_.ok()) {
+        sticky_ = error_;
+        lock.unlock();
+        Stop();
+        return sticky_;
+      }
+      if (queue_.empty()) {  // every part ended cleanly
+        lock.unlock();
+        finished_ = true;
+        Stop();
+        return false;
+      }
+      current_ = std::move(queue_.front());
+      queue_.pop_front();
+      space_.notify_one();
+    }
+    // The caller's previous row goes back into the batch: its storage is
+    // reused when the batch is refilled.
+    std::swap(row, current_.rows[pos_++]);
+    return true;
+  }
+
+ private:
+  void Work(std::unique_ptr<RowReader> reader) {
+    Batch batch = TakeFreeBatch();
+    size_t bytes = 0;
+    absl::Status error;
+    while (true) {
+      if (batch.size == batch.rows.size()) batch.rows.emplace_back();
+      absl::StatusOr<bool> more = reader->Next(batch.rows[batch.size]);
+      if (!more.ok()) {
+        error = more.status();
+        break;
+      }
+      if (!*more) break;
+      bytes += RowBytes(batch.rows[batch.size]);
+      ++batch.size;
+      if (batch.size >= limits_.batch_rows || bytes >= limits_.batch_bytes) {
+        if (!Push(std::move(batch))) break;  // stopping
+        batch = TakeFreeBatch();
+        bytes = 0;
+      }
+    }
+    if (error.ok() && batch.size > 0) Push(std::move(batch));
+    // Close the part (e.g. its connection) on this thread, before reporting.
+    reader.reset();
+    std::lock_guard lock(mu_);
+    if (!error.ok() && error_.ok() && !stop_) error_ = std::move(error);
+    --running_;
+    ready_.notify_all();
+  }
+
+  Batch TakeFreeBatch() {
+    std::lock_guard lock(mu_);
+    if (free_.empty()) return Batch{};
+    Batch batch = std::move(free_.back());
+    free_.pop_back();
+    return batch;
+  }
+
+  // Queues `batch`, waiting for space. False when the reader is stopping or
+  // another part failed (the batch is dropped).
+  bool Push(Batch batch) {
+    std::unique_lock lock(mu_);
+    space_.wait(lock,
+                [&] { return stop_ || !error_.ok() || queue_.size() < limits_.queue_batches; });
+    if (stop_ || !error_.ok()) return false;
+    queue_.push_back(std::move(batch));
+    ready_.notify_one();
+    return true;
+  }
+
+  // Stops and joins every part thread (idempotent).
+  void Stop() {
+    bool any_running;
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+      any_running = running_ > 0;
+    }
+    space_.notify_all();
+    if (any_running) {
+      for (const std::function<void()>& cancel : cancels_) {
+        if (cancel) cancel();
+      }
+    }
+    for (std::thread& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+    std::lock_guard lock(mu_);
+    queue_.clear();
+    free_.clear();
+  }
+
+  const Schema schema_;
+  ParallelReaderLimits limits_;
+  std::vector<std::function<void()>> cancels_;
+  std::vector<std::thread> threads_;
+
+  std::mutex mu_;
+  std::condition_variable ready_;  // a batch was queued, a part ended or failed
+  std::condition_variable space_;  // a batch left the queue, or stopping
+  std::deque<Batch> queue_;        // guarded by mu_
+  std::vector<Batch> free_;        // guarded by mu_
+  size_t running_ = 0;             // guarded by mu_: parts whose thread has not ended
+  absl::Status error_;             // guarded by mu_: the first part error
+  bool stop_ = false;              // guarded by mu_
+
+  // Consumer side (the thread calling Next()).
+  Batch current_;
+  size_t pos_ = 0;
+  bool finished_ = false;
+  absl::Status sticky_;
+};
+
+}  // namespace
+
+std::unique_ptr<RowReader> NewParallelRowReader(Schema schema,
+                                                std::vector<ParallelReaderPart> parts,
+                                                ParallelReaderLimits limits) {
+  return std::make_unique<ParallelRowReader>(std::move(schema), std::move(parts), limits);
+}
+
+}  // namespace backflow
