@@ -137,8 +137,8 @@ struct AlertConfig {
 std::string_view AlertChannelName(AlertConfig::Channel channel);
 
 struct Workspace {
-  std::string file;       // the YAML file it came from
-  std::string base_dir;   // relative paths (sqlite files, state) resolve against this
+  std::string file;      // the YAML file it came from
+  std::string base_dir;  // relative paths (sqlite files, state) resolve against this
   // "sqlite:<absolute path>", or a "postgresql://" / "postgres://" URI as
   // written (it may hold a password: never print it).
   std::string state_url;
