@@ -163,6 +163,39 @@ absl::StatusOr<int64_t> ParseId(const std::string& text, std::string_view what) 
   return v;
 }
 
+// Reads the "limit" query parameter (1 to kMaxPageSize; `fallback` when
+// absent) into `limit`; on a bad value, the 422 to send.
+std::optional<HttpResponse> PageLimit(const Call& call, int fallback, int& limit) {
+  limit = fallback;
+  auto it = call.query.find("limit");
+  if (it == call.query.end()) return std::nullopt;
+  absl::StatusOr<int64_t> parsed = ParseId(it->second, "limit");
+  if (!parsed.ok() || *parsed > kMaxPageSize) {
+    return ErrorResponse(422, "invalid",
+                         fmt::format("limit must be an integer from 1 to {}", kMaxPageSize), "",
+                         "limit");
+  }
+  limit = static_cast<int>(*parsed);
+  return std::nullopt;
+}
+
+// Reads the {id} path parameter into `id`; on a bad value, the 422 to send.
+std::optional<HttpResponse> RunIdParam(Call& call, int64_t& id) {
+  absl::StatusOr<int64_t> parsed = ParseId(call.path["id"], "the run id");
+  if (!parsed.ok()) return ErrorResponse(422, "invalid", Msg(parsed.status()), "", "id");
+  id = *parsed;
+  return std::nullopt;
+}
+
+// The response for a failed state-store call about run `id`.
+HttpResponse RunError(const absl::Status& status, int64_t id) {
+  if (status.code() == absl::StatusCode::kNotFound) {
+    return ErrorResponse(404, "not_found", fmt::format("no run with id {}", id),
+                         "list runs with GET /api/v1/runs");
+  }
+  return FromStatus(status);
+}
+
 // Masks the settings a connector declares secret.
 ojson MaskedSettings(const nlohmann::json& settings, const std::vector<SettingSpec>& specs) {
   ojson out = ojson::object();
@@ -678,14 +711,7 @@ HttpResponse ApiService::Catalog(Call&) {
 
 HttpResponse ApiService::ListRuns(Call& call) {
   RunFilter f;
-  f.limit = 50;
-  if (auto it = call.query.find("limit"); it != call.query.end()) {
-    absl::StatusOr<int64_t> limit = ParseId(it->second, "limit");
-    if (!limit.ok() || *limit > kMaxPageSize) {
-      return ErrorResponse(422, "invalid", "limit must be an integer from 1 to 500", "", "limit");
-    }
-    f.limit = static_cast<int>(*limit);
-  }
+  if (auto bad = PageLimit(call, 50, f.limit)) return *bad;
   if (auto it = call.query.find("cursor"); it != call.query.end()) {
     absl::StatusOr<int64_t> cursor = ParseId(it->second, "cursor");
     if (!cursor.ok()) {
@@ -724,45 +750,30 @@ HttpResponse ApiService::ListRuns(Call& call) {
 }
 
 HttpResponse ApiService::GetRun(Call& call) {
-  absl::StatusOr<int64_t> id = ParseId(call.path["id"], "the run id");
-  if (!id.ok()) return ErrorResponse(422, "invalid", Msg(id.status()), "", "id");
+  int64_t id = 0;
+  if (auto bad = RunIdParam(call, id)) return *bad;
   absl::StatusOr<StoreLease> store = Store();
   if (!store.ok()) return FromStatus(store.status());
-  absl::StatusOr<RunInfo> run = (*store)->GetRun(*id);
-  if (!run.ok()) {
-    return run.status().code() == absl::StatusCode::kNotFound
-               ? ErrorResponse(404, "not_found", fmt::format("no run with id {}", *id),
-                               "list runs with GET /api/v1/runs")
-               : FromStatus(run.status());
-  }
+  absl::StatusOr<RunInfo> run = (*store)->GetRun(id);
+  if (!run.ok()) return RunError(run.status(), id);
   return Json(200, RunJson(*run));
 }
 
 HttpResponse ApiService::GetRunRecords(Call& call) {
-  absl::StatusOr<int64_t> id = ParseId(call.path["id"], "the run id");
-  if (!id.ok()) return ErrorResponse(422, "invalid", Msg(id.status()), "", "id");
+  int64_t id = 0;
+  if (auto bad = RunIdParam(call, id)) return *bad;
   int limit = 100;
-  if (auto it = call.query.find("limit"); it != call.query.end()) {
-    absl::StatusOr<int64_t> l = ParseId(it->second, "limit");
-    if (!l.ok() || *l > kMaxPageSize) {
-      return ErrorResponse(422, "invalid", "limit must be an integer from 1 to 500", "", "limit");
-    }
-    limit = static_cast<int>(*l);
-  }
+  if (auto bad = PageLimit(call, 100, limit)) return *bad;
   std::string outcome = call.query.count("outcome") ? call.query["outcome"] : "";
   absl::StatusOr<StoreLease> store = Store();
   if (!store.ok()) return FromStatus(store.status());
-  absl::StatusOr<RunInfo> run = (*store)->GetRun(*id);
-  if (!run.ok()) {
-    return run.status().code() == absl::StatusCode::kNotFound
-               ? ErrorResponse(404, "not_found", fmt::format("no run with id {}", *id))
-               : FromStatus(run.status());
-  }
-  absl::StatusOr<std::vector<RunRecord>> records = (*store)->GetRunRecords(*id, outcome, limit);
+  absl::StatusOr<RunInfo> run = (*store)->GetRun(id);
+  if (!run.ok()) return RunError(run.status(), id);
+  absl::StatusOr<std::vector<RunRecord>> records = (*store)->GetRunRecords(id, outcome, limit);
   if (!records.ok()) return FromStatus(records.status());
   JsonWriter w;
   w.BeginObject();
-  w.Key("run_id").Int(*id);
+  w.Key("run_id").Int(id);
   w.Key("records").BeginArray();
   for (const RunRecord& r : *records) {
     w.BeginObject();
@@ -791,17 +802,12 @@ HttpResponse ApiService::GetRunRecords(Call& call) {
 }
 
 HttpResponse ApiService::CancelRun(Call& call) {
-  absl::StatusOr<int64_t> id = ParseId(call.path["id"], "the run id");
-  if (!id.ok()) return ErrorResponse(422, "invalid", Msg(id.status()), "", "id");
+  int64_t id = 0;
+  if (auto bad = RunIdParam(call, id)) return *bad;
   absl::StatusOr<StoreLease> store = Store();
   if (!store.ok()) return FromStatus(store.status());
-  absl::StatusOr<RunInfo> run = (*store)->CancelRun(*id, options_.now());
-  if (!run.ok()) {
-    if (run.status().code() == absl::StatusCode::kNotFound) {
-      return ErrorResponse(404, "not_found", fmt::format("no run with id {}", *id));
-    }
-    return FromStatus(run.status());
-  }
+  absl::StatusOr<RunInfo> run = (*store)->CancelRun(id, options_.now());
+  if (!run.ok()) return RunError(run.status(), id);
   return Json(202, RunJson(*run));
 }
 
