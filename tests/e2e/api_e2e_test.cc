@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -278,6 +279,58 @@ TEST_F(ApiE2eTest, RunsAreTriggeredFollowedInspectedAndCancelledOverHttp) {
   std::string log = Slurp(out_);
   EXPECT_NE(log.find(fmt::format("\"run_id\":{}", fourth)), std::string::npos) << log;
   EXPECT_EQ(log.find(writer), std::string::npos) << "a token leaked into the log";
+}
+
+// Against the real process: every operation of the OpenAPI document is
+// served (never "no route" or 405), and bad input gets its status and field.
+TEST_F(ApiE2eTest, TheOpenApiDocumentMatchesTheServedRoutesAndBadInputIsRefused) {
+  const std::string token = CreateToken("ci", false);
+  Serve();
+  Reply doc = Call("GET", "/api/v1/openapi.json", token);
+  ASSERT_EQ(doc.status, 200);
+  ASSERT_EQ(doc.body["openapi"], "3.1.0");
+  int operations = 0;
+  for (auto& [path, item] : doc.body["paths"].items()) {
+    for (auto& [method, op] : item.items()) {
+      ++operations;
+      std::string upper = method;
+      for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      std::string concrete = path;
+      for (const char* p : {"{id}", "{name}"}) {
+        size_t at = concrete.find(p);
+        if (at != std::string::npos) concrete.replace(at, strlen(p), "nope");
+      }
+      // No token: every operation but the health probes says 401.
+      Reply anonymous = Call(upper, concrete, "");
+      if (path == "/healthz" || path == "/readyz") {
+        EXPECT_EQ(anonymous.status, 200) << path;
+      } else {
+        EXPECT_EQ(anonymous.status, 401) << upper << " " << path;
+      }
+      Reply r = Call(upper, concrete, token);
+      EXPECT_NE(r.status, 405) << upper << " " << concrete;
+      EXPECT_EQ(r.text.find("no route"), std::string::npos) << upper << " " << concrete;
+      EXPECT_TRUE(op.contains("responses")) << path;
+    }
+  }
+  EXPECT_GT(operations, 30);
+  Reply unknown = Call("GET", "/api/v1/nothing-here", token);
+  EXPECT_EQ(unknown.status, 404);
+  EXPECT_NE(unknown.text.find("no route"), std::string::npos);
+
+  Reply param = Call("GET", "/api/v1/runs?colour=red", token);
+  EXPECT_EQ(param.status, 400);
+  EXPECT_EQ(param.body["error"]["field"], "colour");
+  Reply malformed = Call("POST", "/api/v1/mappings/customers_to_hook/runs", token, "{\"full");
+  EXPECT_EQ(malformed.status, 400);
+  Reply wrong_type =
+      Call("POST", "/api/v1/mappings/customers_to_hook/runs", token, R"({"full_resync": 1})");
+  EXPECT_EQ(wrong_type.status, 422);
+  EXPECT_EQ(wrong_type.body["error"]["field"], "full_resync");
+  Reply too_big =
+      Call("POST", "/api/v1/mappings/customers_to_hook/runs", token, std::string(2 << 20, ' '));
+  EXPECT_EQ(too_big.status, 413);
+  EXPECT_EQ(Stop(), 0);
 }
 
 TEST_F(ApiE2eTest, TheApiIsRefusedOffLoopbackWithoutATokenAndRevokedTokensStopWorking) {

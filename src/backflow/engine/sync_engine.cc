@@ -161,8 +161,19 @@ class Runner {
     m.done = true;
   }
 
-  bool CancelRequested() const {
-    return options_.cancel != nullptr && options_.cancel->load(std::memory_order_relaxed);
+  // The whole run (e.g. the service is stopping), or this mapping's run, was
+  // asked to stop.
+  bool CancelRequested(const std::string& mapping) const {
+    if (options_.cancel != nullptr && options_.cancel->load(std::memory_order_relaxed)) {
+      return true;
+    }
+    return options_.cancel_mapping && options_.cancel_mapping(mapping);
+  }
+  bool AllCancelled() const {
+    for (const std::string& name : mapping_names_) {
+      if (!CancelRequested(name)) return false;
+    }
+    return !mapping_names_.empty();
   }
 
   void Cancel(MappingRun& m, const std::string& what) {
@@ -210,6 +221,7 @@ class Runner {
   ConnectorEnv env_;
   const std::string& spool_dir_;
   const SyncOptions& options_;
+  std::vector<std::string> mapping_names_;  // the mappings of this run
   std::unique_ptr<Spool> spool_;
   int64_t extracted_ = 0;
   int64_t null_keys_ = 0;
@@ -242,7 +254,7 @@ absl::Status Runner::Extract(const ModelConfig& model, Source& source, Schema& s
     }
     if (!*more) break;
     ++extracted_;
-    if ((extracted_ & 1023) == 0 && CancelRequested()) {
+    if ((extracted_ & 1023) == 0 && AllCancelled()) {
       return absl::CancelledError(
           fmt::format("cancelled during extraction after {} rows; nothing was sent", extracted_));
     }
@@ -604,7 +616,7 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
       std::unique_ptr<BatchJob> done = pool.WaitDone();
       BACKFLOW_RETURN_IF_ERROR(settle(*done));
     }
-    if (!exhausted && CancelRequested()) {
+    if (!exhausted && CancelRequested(name)) {
       exhausted = true;
       m.cancelled = true;
     }
@@ -663,6 +675,7 @@ absl::StatusOr<std::vector<MappingRunResult>> Runner::Run(const ModelConfig& mod
     return absl::NotFoundError(fmt::format("unknown source type \"{}\"", source_config->type));
   }
 
+  mapping_names_ = names;
   std::vector<std::unique_ptr<MappingLock>> locks;
   std::vector<std::unique_ptr<MappingLockHandle>> store_locks;
   std::vector<MappingRun> runs(names.size());
@@ -802,7 +815,7 @@ absl::StatusOr<std::vector<MappingRunResult>> Runner::Run(const ModelConfig& mod
   for (size_t i = 0; i < runs.size(); ++i) {
     MappingRun& m = runs[i];
     if (m.done || options_.dry_run) continue;
-    if (CancelRequested()) {
+    if (CancelRequested(m.config->name)) {
       Cancel(m, "before sending; the changes are sent by the next run");
       continue;
     }

@@ -57,6 +57,10 @@ struct SyncOptions {
   // batch is sent, the batches in flight settle, and every unfinished mapping
   // run ends kCancelled (what was not sent is sent by the next run).
   const std::atomic<bool>* cancel = nullptr;
+  // The same for one mapping's run: called from the syncing thread with a
+  // mapping name; true when that run was asked to stop (the other mappings
+  // go on; extraction stops only when every mapping was cancelled).
+  std::function<bool(const std::string& mapping)> cancel_mapping;
 };
 
 struct PlannedChange {

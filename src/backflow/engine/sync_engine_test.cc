@@ -572,5 +572,36 @@ TEST_F(SyncEngineTest, CancellingDuringExtractionSendsNothing) {
   EXPECT_EQ(*state_->CheckpointSize("m"), 0);
 }
 
+TEST_F(SyncEngineTest, CancellingOneMappingOfAModelRunLetsTheOthersFinish) {
+  Exec(
+      "WITH RECURSIVE n(i) AS (SELECT 11 UNION ALL SELECT i + 1 FROM n WHERE i < 100) "
+      "INSERT INTO customers SELECT i, 'u' || i || '@x.io', 'free', 30 FROM n");
+  Load(R"(    batch_size: 10
+  - name: other
+    model: customers
+    destination: mem
+    action: upsert
+    batch_size: 10
+    fields: { other_id: id })");
+  std::atomic<bool> cancel_m{false};
+  dest_->on_batch = [&](int batches) {
+    if (batches == 2) cancel_m.store(true);
+  };
+  SyncOptions options;
+  options.cancel_mapping = [&](const std::string& mapping) {
+    return mapping == "m" && cancel_m.load();
+  };
+  FakeClock clock;
+  SyncEngine engine(workspace_, registry_, *state_, ConnectorEnv{nullptr, &clock},
+                    (dir_ / ".backflow").string());
+  auto results = engine.Run("customers", {"m", "other"}, options);
+  ASSERT_TRUE(results.ok()) << results.status();
+  ASSERT_EQ(results->size(), 2u);
+  EXPECT_EQ((*results)[0].run.status, RunStatus::kCancelled) << (*results)[0].run.error;
+  EXPECT_EQ((*results)[0].run.counts.succeeded, 20);
+  EXPECT_EQ((*results)[1].run.status, RunStatus::kSucceeded) << (*results)[1].run.error;
+  EXPECT_EQ((*results)[1].run.counts.succeeded, 100);
+}
+
 }  // namespace
 }  // namespace backflow

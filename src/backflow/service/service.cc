@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <filesystem>
 #include <map>
@@ -121,8 +122,9 @@ void DeclareMetrics(Metrics& m) {
 struct WorkerSlot {
   std::string id;
   std::mutex mu;
-  std::vector<int64_t> run_ids;  // claimed and not finished
-  std::atomic<bool> cancel{false};
+  std::vector<int64_t> run_ids;       // claimed and not finished
+  std::set<int64_t> cancelled_ids;    // of run_ids: cancellation requested
+  std::atomic<bool> cancel{false};    // stop every run of the claim
   std::atomic<bool> shutdown{false};  // the cancel comes from stopping the service
 };
 
@@ -345,12 +347,20 @@ absl::StatusOr<ServiceOutcome> Service::Run() {
       {
         std::lock_guard<std::mutex> lock(slot.mu);
         slot.run_ids.clear();
+        slot.cancelled_ids.clear();
         for (const RunInfo& r : *claimed) slot.run_ids.push_back(r.id);
       }
       slot.cancel.store(false);
       SyncOptions so;
       so.trigger = claimed->front().trigger;
       so.cancel = &slot.cancel;
+      // One mapping's run cancelled through the API: only that mapping stops.
+      so.cancel_mapping = [&slot, &so](const std::string& mapping) {
+        auto it = so.queued_runs.find(mapping);
+        if (it == so.queued_runs.end()) return false;
+        std::lock_guard<std::mutex> lock(slot.mu);
+        return slot.cancelled_ids.count(it->second.id) > 0;
+      };
       std::vector<std::string> mappings;
       auto finish_unrunnable = [&](RunInfo run, const std::string& error) {
         run.status = RunStatus::kFailed;
@@ -534,19 +544,41 @@ absl::StatusOr<ServiceOutcome> Service::Run() {
         absl::StatusOr<LeaseRenewal> renewal =
             (*own)->RenewLeases(slot->id, ids, absl::Now(), options_.lease);
         if (!renewal.ok()) continue;
-        if (!renewal->cancel_requested.empty() || !renewal->lost.empty()) {
-          if (!slot->cancel.exchange(true)) {
-            log.Write(renewal->lost.empty() ? "run_cancel_requested" : "lease_lost",
-                      [&](JsonWriter& w) {
-                        w.Key("worker").String(slot->id);
-                        w.Key("run_ids").BeginArray();
-                        for (int64_t id :
-                             renewal->lost.empty() ? renewal->cancel_requested : renewal->lost) {
-                          w.Int(id);
-                        }
-                        w.EndArray();
-                      });
+        // Only what concerns the runs the worker still holds (it may have
+        // finished them and claimed others meanwhile).
+        std::vector<int64_t> newly_cancelled, lost;
+        bool all_cancelled = true;
+        {
+          std::lock_guard<std::mutex> lock(slot->mu);
+          auto held = [&](int64_t id) {
+            return std::find(slot->run_ids.begin(), slot->run_ids.end(), id) != slot->run_ids.end();
+          };
+          for (int64_t id : renewal->cancel_requested) {
+            if (held(id) && slot->cancelled_ids.insert(id).second) newly_cancelled.push_back(id);
           }
+          for (int64_t id : renewal->lost) {
+            if (held(id)) lost.push_back(id);
+          }
+          for (int64_t id : slot->run_ids) all_cancelled &= slot->cancelled_ids.count(id) > 0;
+          all_cancelled &= !slot->run_ids.empty();
+        }
+        if (!newly_cancelled.empty()) {
+          log.Write("run_cancel_requested", [&](JsonWriter& w) {
+            w.Key("worker").String(slot->id);
+            w.Key("run_ids").BeginArray();
+            for (int64_t id : newly_cancelled) w.Int(id);
+            w.EndArray();
+          });
+        }
+        // Every run of the claim cancelled: stop it all (extraction too).
+        if (all_cancelled) slot->cancel.store(true);
+        if (!lost.empty() && !slot->cancel.exchange(true)) {
+          log.Write("lease_lost", [&](JsonWriter& w) {
+            w.Key("worker").String(slot->id);
+            w.Key("run_ids").BeginArray();
+            for (int64_t id : lost) w.Int(id);
+            w.EndArray();
+          });
         }
       }
       std::unique_lock<std::mutex> lock(mu);
