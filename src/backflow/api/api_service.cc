@@ -8,6 +8,7 @@
 #include "backflow/common/crypto.h"
 #include "backflow/common/fmt_absl.h"
 #include "backflow/common/json_writer.h"
+#include "backflow/common/url.h"
 #include "backflow/ops/ops.h"
 #include "backflow/state/open_state_store.h"
 #include "fmt/format.h"

@@ -1,5 +1,7 @@
 #include "backflow/api/router.h"
 
+#include "backflow/common/url.h"
+
 namespace backflow::api {
 namespace {
 
@@ -9,54 +11,13 @@ std::vector<std::string> Segments(std::string_view path) {
   while (pos <= path.size()) {
     size_t slash = path.find('/', pos);
     if (slash == std::string_view::npos) slash = path.size();
-    if (slash > pos) out.push_back(PercentDecode(path.substr(pos, slash - pos)));
+    if (slash > pos) out.push_back(PercentDecode(path.substr(pos, slash - pos), false));
     pos = slash + 1;
   }
   return out;
 }
 
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
 }  // namespace
-
-std::string PercentDecode(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '%' && i + 2 < s.size() + 0 && HexValue(s[i + 1]) >= 0 && HexValue(s[i + 2]) >= 0) {
-      out.push_back(static_cast<char>(HexValue(s[i + 1]) * 16 + HexValue(s[i + 2])));
-      i += 2;
-    } else if (s[i] == '+') {
-      out.push_back(' ');
-    } else {
-      out.push_back(s[i]);
-    }
-  }
-  return out;
-}
-
-std::map<std::string, std::string> ParseQuery(std::string_view query) {
-  std::map<std::string, std::string> out;
-  size_t pos = 0;
-  while (pos < query.size()) {
-    size_t amp = query.find('&', pos);
-    if (amp == std::string_view::npos) amp = query.size();
-    std::string_view pair = query.substr(pos, amp - pos);
-    if (!pair.empty()) {
-      size_t eq = pair.find('=');
-      std::string name = PercentDecode(pair.substr(0, eq));
-      std::string value = eq == std::string_view::npos ? "" : PercentDecode(pair.substr(eq + 1));
-      out[name] = value;
-    }
-    pos = amp + 1;
-  }
-  return out;
-}
 
 Route* Router::FindDeclared(std::string_view method, std::string_view path) {
   for (Route& route : routes_) {

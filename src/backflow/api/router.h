@@ -68,8 +68,4 @@ class Router {
   std::vector<Route> routes_;
 };
 
-// Splits "a=1&b=x%20y" into decoded pairs; a repeated name keeps the last value.
-std::map<std::string, std::string> ParseQuery(std::string_view query);
-std::string PercentDecode(std::string_view s);
-
 }  // namespace backflow::api

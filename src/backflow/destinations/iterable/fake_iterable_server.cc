@@ -6,6 +6,7 @@
 #include <regex>
 #include <utility>
 
+#include "backflow/common/url.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -66,20 +67,6 @@ std::string Lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
   return s;
-}
-
-std::string PercentDecode(std::string_view s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '%' && i + 2 < s.size() && std::isxdigit(static_cast<unsigned char>(s[i + 1])) &&
-        std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
-      out.push_back(static_cast<char>(std::stoi(std::string(s.substr(i + 1, 2)), nullptr, 16)));
-      i += 2;
-    } else {
-      out.push_back(s[i]);
-    }
-  }
-  return out;
 }
 
 bool ValidEmail(const std::string& s) {
@@ -688,7 +675,7 @@ FakeIterableServer::Outcome FakeIterableServer::ProcessTrackBulk(const json& bod
 FakeIterableServer::Outcome FakeIterableServer::ProcessDelete(const std::string& path) {
   const bool by_id = path.starts_with(kByUserIdPrefix);
   const std::string id =
-      PercentDecode(path.substr(std::string(by_id ? kByUserIdPrefix : kUsersPrefix).size()));
+      PercentDecode(path.substr(std::string(by_id ? kByUserIdPrefix : kUsersPrefix).size()), false);
   User* u = by_id ? FindByUserIdLocked(id) : FindByEmailLocked(id);
   if (u == nullptr) {
     return {options_.missing_user_delete_status,

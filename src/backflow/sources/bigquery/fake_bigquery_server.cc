@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "backflow/common/crypto.h"
+#include "backflow/common/url.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -87,39 +88,6 @@ TestResponse ApiError(int status, const std::string& reason, const std::string& 
 
 TestResponse OAuthError(const std::string& error, const std::string& description) {
   return TestResponse::Json(400, Dump(json{{"error", error}, {"error_description", description}}));
-}
-
-std::string PercentDecode(std::string_view s, bool plus_is_space) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '+' && plus_is_space) {
-      out.push_back(' ');
-    } else if (s[i] == '%' && i + 2 < s.size() &&
-               std::isxdigit(static_cast<unsigned char>(s[i + 1])) &&
-               std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
-      out.push_back(static_cast<char>(std::stoi(std::string(s.substr(i + 1, 2)), nullptr, 16)));
-      i += 2;
-    } else {
-      out.push_back(s[i]);
-    }
-  }
-  return out;
-}
-
-std::map<std::string, std::string> ParseQuery(std::string_view q) {
-  std::map<std::string, std::string> out;
-  while (!q.empty()) {
-    size_t amp = q.find('&');
-    std::string_view pair = q.substr(0, amp);
-    size_t eq = pair.find('=');
-    if (!pair.empty()) {
-      out[PercentDecode(pair.substr(0, eq), true)] =
-          eq == std::string_view::npos ? "" : PercentDecode(pair.substr(eq + 1), true);
-    }
-    if (amp == std::string_view::npos) break;
-    q.remove_prefix(amp + 1);
-  }
-  return out;
 }
 
 bool SameLocation(const std::string& a, const std::string& b) { return Upper(a) == Upper(b); }

@@ -15,6 +15,7 @@
 #include "absl/time/time.h"
 #include "backflow/common/crypto.h"
 #include "backflow/common/fmt_absl.h"
+#include "backflow/common/url.h"
 #include "backflow/sources/clickhouse/clickhouse_rowbinary.h"
 #include "fmt/format.h"
 
@@ -39,23 +40,6 @@ std::string TrimCopy(std::string_view s) {
   while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
   while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
   return std::string(s.substr(b, e - b));
-}
-
-std::string UrlDecode(std::string_view s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '+') {
-      out.push_back(' ');
-    } else if (s[i] == '%' && i + 2 < s.size() &&
-               std::isxdigit(static_cast<unsigned char>(s[i + 1])) &&
-               std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
-      out.push_back(static_cast<char>(std::stoi(std::string(s.substr(i + 1, 2)), nullptr, 16)));
-      i += 2;
-    } else {
-      out.push_back(s[i]);
-    }
-  }
-  return out;
 }
 
 std::string RandomTag() {
@@ -1109,15 +1093,7 @@ TestResponse FakeClickHouseServer::Handle(const TestRequest& req) {
   std::string path = req.target;
   std::vector<std::pair<std::string, std::string>> params;
   if (size_t q = path.find('?'); q != std::string::npos) {
-    std::string_view query = std::string_view(path).substr(q + 1);
-    while (!query.empty()) {
-      size_t amp = query.find('&');
-      std::string_view kv = query.substr(0, amp);
-      size_t eq = kv.find('=');
-      params.emplace_back(UrlDecode(kv.substr(0, eq)),
-                          eq == std::string_view::npos ? "" : UrlDecode(kv.substr(eq + 1)));
-      query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
-    }
+    params = ParseQueryPairs(std::string_view(path).substr(q + 1));
     path.resize(q);
   }
   auto param = [&](const std::string& name) -> std::optional<std::string> {

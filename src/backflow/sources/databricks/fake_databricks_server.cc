@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "backflow/common/crypto.h"
+#include "backflow/common/url.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -53,39 +54,6 @@ TestResponse S3Error(int status, const std::string& code, const std::string& mes
       "<RequestId>FAKE0REQUEST0ID</RequestId></Error>",
       code, message);
   return r;
-}
-
-std::string PercentDecode(std::string_view s, bool plus_is_space) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '+' && plus_is_space) {
-      out.push_back(' ');
-    } else if (s[i] == '%' && i + 2 < s.size() &&
-               std::isxdigit(static_cast<unsigned char>(s[i + 1])) &&
-               std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
-      out.push_back(static_cast<char>(std::stoi(std::string(s.substr(i + 1, 2)), nullptr, 16)));
-      i += 2;
-    } else {
-      out.push_back(s[i]);
-    }
-  }
-  return out;
-}
-
-std::map<std::string, std::string> ParseForm(std::string_view q) {
-  std::map<std::string, std::string> out;
-  while (!q.empty()) {
-    size_t amp = q.find('&');
-    std::string_view pair = q.substr(0, amp);
-    size_t eq = pair.find('=');
-    if (!pair.empty()) {
-      out[PercentDecode(pair.substr(0, eq), true)] =
-          eq == std::string_view::npos ? "" : PercentDecode(pair.substr(eq + 1), true);
-    }
-    if (amp == std::string_view::npos) break;
-    q.remove_prefix(amp + 1);
-  }
-  return out;
 }
 
 std::vector<std::string> SplitPath(std::string_view path) {
@@ -790,7 +758,7 @@ TestResponse FakeDatabricksServer::HandleToken(const TestRequest& req) {
   if (id.empty() || client == clients_.end() || client->second != secret) {
     return OAuthError(401, "invalid_client", "Client authentication failed");
   }
-  auto form = ParseForm(req.body);
+  auto form = ParseQuery(req.body);
   if (form["grant_type"] != "client_credentials") {
     return OAuthError(400, "unsupported_grant_type",
                       "Unsupported grant_type: " + form["grant_type"]);
@@ -823,7 +791,7 @@ TestResponse FakeDatabricksServer::HandleDownload(const TestRequest& req, const 
                    "Signature query string parameter or the Authorization header should be "
                    "specified");
   }
-  auto params = ParseForm(query);
+  auto params = ParseQuery(query);
   auto link = links_.find(params["X-Amz-Signature"]);
   std::vector<std::string> parts = SplitPath(path.substr(options_.storage_path.size()));
   if (link == links_.end() || parts.size() != 2 || parts[0] != link->second.statement_id ||

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "backflow/common/crypto.h"
+#include "backflow/common/url.h"
 #include "backflow/sources/snowflake/snowflake_source.h"
 #include "fmt/format.h"
 
@@ -32,36 +33,6 @@ std::string Upper(std::string_view s) {
 std::string Lower(std::string_view s) {
   std::string out(s);
   for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
-
-std::string PercentDecode(std::string_view s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '%' && i + 2 < s.size() && std::isxdigit(static_cast<unsigned char>(s[i + 1])) &&
-        std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
-      out.push_back(static_cast<char>(std::stoi(std::string(s.substr(i + 1, 2)), nullptr, 16)));
-      i += 2;
-    } else {
-      out.push_back(s[i] == '+' ? ' ' : s[i]);
-    }
-  }
-  return out;
-}
-
-std::vector<std::pair<std::string, std::string>> ParseQuery(std::string_view q) {
-  std::vector<std::pair<std::string, std::string>> out;
-  while (!q.empty()) {
-    size_t amp = q.find('&');
-    std::string_view pair = q.substr(0, amp);
-    size_t eq = pair.find('=');
-    if (!pair.empty()) {
-      out.emplace_back(PercentDecode(pair.substr(0, eq)),
-                       eq == std::string_view::npos ? "" : PercentDecode(pair.substr(eq + 1)));
-    }
-    if (amp == std::string_view::npos) break;
-    q.remove_prefix(amp + 1);
-  }
   return out;
 }
 
@@ -796,7 +767,7 @@ TestResponse FakeSnowflakeServer::Handle(const TestRequest& req) {
   if (path == kStatements) {
     op = Op::kSubmit;
   } else if (path.starts_with(std::string(kStatements) + "/")) {
-    std::string rest = PercentDecode(path.substr(kStatements.size() + 1));
+    std::string rest = PercentDecode(path.substr(kStatements.size() + 1), false);
     if (rest.ends_with("/cancel")) {
       op = Op::kCancel;
       handle = rest.substr(0, rest.size() - 7);
@@ -871,7 +842,7 @@ TestResponse FakeSnowflakeServer::Handle(const TestRequest& req) {
     reply = Cancel(handle);
   } else {
     std::optional<int64_t> partition;
-    for (const auto& [k, v] : ParseQuery(query)) {
+    for (const auto& [k, v] : ParseQueryPairs(query)) {
       if (k == "partition") {
         int64_t n = -1;
         auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
@@ -1055,7 +1026,7 @@ FakeSnowflakeServer::Reply FakeSnowflakeServer::Submit(const TestRequest& req,
   std::string request_id;
   bool retry = false;
   bool async = false;
-  for (const auto& [k, v] : ParseQuery(query)) {
+  for (const auto& [k, v] : ParseQueryPairs(query)) {
     if (k == "requestId") {
       if (!IsUuid(v)) return fail(400, Message("390142", "requestId must be a UUID."));
       request_id = v;
