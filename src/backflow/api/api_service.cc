@@ -1091,14 +1091,70 @@ HttpResponse ApiService::TestMapping(Call& call) {
   return Json(200, w.Release());
 }
 
+namespace {
+
+// One workspace object as the API shows it (secret settings masked); null
+// when `kind` has no object named `name`.
+ojson ObjectJson(const Workspace& ws, const Registry& registry, const std::string& kind,
+                 const std::string& name) {
+  ojson j;
+  if (kind == "sources") {
+    const SourceConfig* s = ws.FindSource(name);
+    if (s != nullptr) {
+      const SourceDefinition* def = registry.FindSource(s->type);
+      j["name"] = s->name;
+      j["type"] = s->type;
+      j["settings"] = MaskedSettings(s->settings, def ? def->settings : std::vector<SettingSpec>{});
+    }
+  } else if (kind == "models") {
+    const ModelConfig* m = ws.FindModel(name);
+    if (m != nullptr) {
+      j["name"] = m->name;
+      j["source"] = m->source;
+      j["sql"] = m->sql;
+      j["primary_key"] = m->primary_key;
+      j["schedule"] = ScheduleJson(m->schedule);
+      ojson mappings = ojson::array();
+      for (const MappingConfig& mc : ws.mappings) {
+        if (mc.model == m->name) mappings.push_back(mc.name);
+      }
+      j["mappings"] = mappings;
+    }
+  } else if (kind == "destinations") {
+    const DestinationConfig* d = ws.FindDestination(name);
+    if (d != nullptr) {
+      const DestinationDefinition* def = registry.FindDestination(d->type);
+      j["name"] = d->name;
+      j["type"] = d->type;
+      j["settings"] = MaskedSettings(d->settings, def ? def->settings : std::vector<SettingSpec>{});
+    }
+  } else {
+    const MappingConfig* m = ws.FindMapping(name);
+    if (m != nullptr) {
+      j["name"] = m->name;
+      j["model"] = m->model;
+      j["destination"] = m->destination;
+      j["action"] = m->action;
+      j["records"] = std::string(RecordSelectionName(m->records));
+      ojson fields = ojson::object();
+      for (const MappedField& f : m->fields) fields[f.field] = f.value;
+      j["fields"] = fields;
+      j["enabled"] = m->enabled;
+      j["batch_size"] = m->batch_size ? ojson(*m->batch_size) : ojson(nullptr);
+      j["links"] = {{"runs", fmt::format("/api/v1/runs?mapping={}", m->name)}};
+    }
+  }
+  return j;
+}
+
+}  // namespace
+
 HttpResponse ApiService::ListObjects(Call&, const std::string& kind) {
+  // One snapshot of the workspace for the whole list.
   std::shared_ptr<const Workspace> ws = options_.workspace();
   ojson items = ojson::array();
-  HttpRequest none;
   auto add = [&](const std::string& name) {
-    Call inner{none, {{"name", name}}, {}, ""};
-    HttpResponse one = GetObject(inner, kind);
-    items.push_back(ojson::parse(one.body));
+    items.push_back(ObjectJson(*ws, *options_.registry, kind, name));
   };
   if (kind == "sources") {
     for (const SourceConfig& s : ws->sources) add(s.name);
@@ -1115,55 +1171,8 @@ HttpResponse ApiService::ListObjects(Call&, const std::string& kind) {
 }
 
 HttpResponse ApiService::GetObject(Call& call, const std::string& kind) {
-  std::shared_ptr<const Workspace> ws = options_.workspace();
   const std::string& name = call.path["name"];
-  ojson j;
-  if (kind == "sources") {
-    const SourceConfig* s = ws->FindSource(name);
-    if (s != nullptr) {
-      const SourceDefinition* def = options_.registry->FindSource(s->type);
-      j["name"] = s->name;
-      j["type"] = s->type;
-      j["settings"] = MaskedSettings(s->settings, def ? def->settings : std::vector<SettingSpec>{});
-    }
-  } else if (kind == "models") {
-    const ModelConfig* m = ws->FindModel(name);
-    if (m != nullptr) {
-      j["name"] = m->name;
-      j["source"] = m->source;
-      j["sql"] = m->sql;
-      j["primary_key"] = m->primary_key;
-      j["schedule"] = ScheduleJson(m->schedule);
-      ojson mappings = ojson::array();
-      for (const MappingConfig& mc : ws->mappings) {
-        if (mc.model == m->name) mappings.push_back(mc.name);
-      }
-      j["mappings"] = mappings;
-    }
-  } else if (kind == "destinations") {
-    const DestinationConfig* d = ws->FindDestination(name);
-    if (d != nullptr) {
-      const DestinationDefinition* def = options_.registry->FindDestination(d->type);
-      j["name"] = d->name;
-      j["type"] = d->type;
-      j["settings"] = MaskedSettings(d->settings, def ? def->settings : std::vector<SettingSpec>{});
-    }
-  } else {
-    const MappingConfig* m = ws->FindMapping(name);
-    if (m != nullptr) {
-      j["name"] = m->name;
-      j["model"] = m->model;
-      j["destination"] = m->destination;
-      j["action"] = m->action;
-      j["records"] = std::string(RecordSelectionName(m->records));
-      ojson fields = ojson::object();
-      for (const MappedField& f : m->fields) fields[f.field] = f.value;
-      j["fields"] = fields;
-      j["enabled"] = m->enabled;
-      j["batch_size"] = m->batch_size ? ojson(*m->batch_size) : ojson(nullptr);
-      j["links"] = {{"runs", fmt::format("/api/v1/runs?mapping={}", m->name)}};
-    }
-  }
+  ojson j = ObjectJson(*options_.workspace(), *options_.registry, kind, name);
   if (j.is_null()) {
     return ErrorResponse(404, "not_found",
                          fmt::format("no {} \"{}\"", kind.substr(0, kind.size() - 1), name),
