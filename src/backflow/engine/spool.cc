@@ -1,9 +1,12 @@
 #include "backflow/engine/spool.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 
 #include "backflow/common/status_macros.h"
@@ -13,21 +16,41 @@ namespace backflow {
 namespace {
 namespace fs = std::filesystem;
 
-constexpr int64_t kRowsPerTransaction = 50'000;
+constexpr size_t kRowBuffer = 1 << 20;
 
 void RemoveDeadSpools(const fs::path& dir) {
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
     std::string name = entry.path().filename().string();
     int pid = 0;
-    if (sscanf(name.c_str(), "extract-%d-", &pid) != 1 || pid <= 0) continue;
-    if (kill(pid, 0) != 0 && errno == ESRCH) fs::remove(entry.path(), ec);
+    // "extract-<pid>-<n>.db": the SQLite spool of earlier versions.
+    if ((sscanf(name.c_str(), "spool-%d-", &pid) != 1 &&
+         sscanf(name.c_str(), "extract-%d-", &pid) != 1) ||
+        pid <= 0) {
+      continue;
+    }
+    if (kill(pid, 0) != 0 && errno == ESRCH) fs::remove_all(entry.path(), ec);
   }
+}
+
+void PutFixed(std::string& out, uint64_t v, int bytes) {
+  for (int i = 0; i < bytes; ++i) out.push_back(static_cast<char>(v >> (8 * i)));
+}
+uint64_t GetFixed(const char* p, int bytes) {
+  uint64_t v = 0;
+  for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+
+absl::Status Damaged(const std::string& what) {
+  return absl::DataLossError(fmt::format("the extraction spool is damaged: {}", what));
 }
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Spool>> Spool::Create(const std::string& dir) {
+Spool::Spool(std::string dir, Options options) : dir_(std::move(dir)), options_(options) {}
+
+absl::StatusOr<std::unique_ptr<Spool>> Spool::Create(const std::string& dir, Options options) {
   static std::atomic<int> counter{0};
   std::error_code ec;
   fs::create_directories(dir, ec);
@@ -36,137 +59,210 @@ absl::StatusOr<std::unique_ptr<Spool>> Spool::Create(const std::string& dir) {
         fmt::format("cannot create the spool folder {}: {}", dir, ec.message()));
   }
   RemoveDeadSpools(dir);
-  std::string path =
-      (fs::path(dir) / fmt::format("extract-{}-{}.db", getpid(), counter++)).string();
-  fs::remove(path, ec);
-  BACKFLOW_ASSIGN_OR_RETURN(
-      auto db, sqlite::Database::Open(
-                   path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX));
-  // Scratch data: a crash discards it, so no journal and no fsync.
-  BACKFLOW_RETURN_IF_ERROR(db->Exec(
-      "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-65536; "
-      "PRAGMA temp_store=FILE; PRAGMA locking_mode=EXCLUSIVE;"
-      "CREATE TABLE rows (key TEXT PRIMARY KEY, copies INTEGER NOT NULL, row BLOB NOT NULL) "
-      "WITHOUT ROWID;"
-      "CREATE TABLE null_key_rows (seq INTEGER PRIMARY KEY, row BLOB NOT NULL);"
-      "CREATE TABLE changes (mapping INTEGER NOT NULL, seq INTEGER NOT NULL, key TEXT NOT NULL, "
-      "change INTEGER NOT NULL, fingerprint BLOB NOT NULL, payload BLOB NOT NULL, "
-      "PRIMARY KEY (mapping, seq)) WITHOUT ROWID;"
-      "CREATE TABLE acks (mapping INTEGER NOT NULL, list INTEGER NOT NULL, seq INTEGER NOT NULL, "
-      "key TEXT NOT NULL, kind INTEGER NOT NULL, fingerprint BLOB NOT NULL, "
-      "identity BLOB NOT NULL, PRIMARY KEY (mapping, list, seq)) WITHOUT ROWID;"));
-  auto spool = std::unique_ptr<Spool>(new Spool(path, std::move(db)));
-  BACKFLOW_ASSIGN_OR_RETURN(
-      spool->insert_row_,
-      spool->db_->Prepare("INSERT INTO rows (key, copies, row) VALUES (?, 1, ?) "
-                          "ON CONFLICT (key) DO UPDATE SET copies = copies + 1"));
-  BACKFLOW_ASSIGN_OR_RETURN(spool->insert_null_,
-                            spool->db_->Prepare("INSERT INTO null_key_rows (row) VALUES (?)"));
-  BACKFLOW_ASSIGN_OR_RETURN(
-      spool->insert_change_,
-      spool->db_->Prepare("INSERT INTO changes (mapping, seq, key, change, fingerprint, payload) "
-                          "VALUES (?,?,?,?,?,?)"));
-  BACKFLOW_ASSIGN_OR_RETURN(
-      spool->insert_ack_,
-      spool->db_->Prepare("INSERT INTO acks (mapping, list, seq, key, kind, fingerprint, "
-                          "identity) VALUES (?,?,?,?,?,?,?)"));
+  std::string path = (fs::path(dir) / fmt::format("spool-{}-{}", getpid(), counter++)).string();
+  fs::remove_all(path, ec);
+  fs::create_directories(path, ec);
+  if (ec) {
+    return absl::UnavailableError(
+        fmt::format("cannot create the spool folder {}: {}", path, ec.message()));
+  }
+  auto spool = std::unique_ptr<Spool>(new Spool(path, options));
+  std::string rows = spool->PathOf("rows");
+  spool->rows_fd_ = open(rows.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (spool->rows_fd_ < 0) {
+    return absl::UnavailableError(fmt::format("cannot create {}: {}", rows, std::strerror(errno)));
+  }
+  spool->rows_buffer_.reserve(kRowBuffer + 4096);
+  ExternalSorter::Options so;
+  so.memory_budget = options.sort_budget;
+  spool->keyed_ = std::make_unique<ExternalSorter>(path, "keyed", so);
   return spool;
 }
 
 Spool::~Spool() {
-  insert_row_ = sqlite::Statement();
-  insert_null_ = sqlite::Statement();
-  insert_change_ = sqlite::Statement();
-  insert_ack_ = sqlite::Statement();
-  db_.reset();
+  changes_.clear();
+  acks_.clear();
+  null_keys_file_.reset();
+  keyed_.reset();
+  if (rows_fd_ >= 0) close(rows_fd_);
   std::error_code ec;
-  fs::remove(path_, ec);
+  fs::remove_all(dir_, ec);
 }
 
-absl::Status Spool::MaybeCommit() {
-  if (!in_transaction_) {
-    BACKFLOW_RETURN_IF_ERROR(db_->Exec("BEGIN"));
-    in_transaction_ = true;
+absl::Status Spool::FlushRows() {
+  size_t done = 0;
+  while (done < rows_buffer_.size()) {
+    ssize_t n = write(rows_fd_, rows_buffer_.data() + done, rows_buffer_.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return absl::UnavailableError(
+          fmt::format("cannot write the extraction spool in {}: {} (check free disk space)", dir_,
+                      std::strerror(errno)));
+    }
+    done += static_cast<size_t>(n);
   }
-  if (++pending_ >= kRowsPerTransaction) {
-    pending_ = 0;
-    in_transaction_ = false;
-    return db_->Exec("COMMIT");
+  rows_buffer_.clear();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<RowRef> Spool::AppendRow(std::string_view encoded_row) {
+  if (encoded_row.size() > 0xFFFFFFFFu) {
+    return absl::InvalidArgumentError("a row larger than 4 GiB cannot be synced");
+  }
+  RowRef ref{rows_bytes_, static_cast<uint32_t>(encoded_row.size())};
+  rows_buffer_.append(encoded_row);
+  rows_bytes_ += encoded_row.size();
+  if (rows_buffer_.size() >= kRowBuffer) BACKFLOW_RETURN_IF_ERROR(FlushRows());
+  return ref;
+}
+
+absl::Status Spool::AddKeyed(std::string_view key, std::string_view summary) {
+  return keyed_->Add(key, summary);
+}
+
+absl::Status Spool::AddNullKey(RowRef row) {
+  if (null_keys_file_ == nullptr) {
+    BACKFLOW_ASSIGN_OR_RETURN(null_keys_file_, RunFileWriter::Create(PathOf("null-keys.run")));
+  }
+  std::string value;
+  PutFixed(value, row.offset, 8);
+  PutFixed(value, row.size, 4);
+  ++null_keys_;
+  return null_keys_file_->Add({}, value);
+}
+
+absl::Status Spool::FinishLoad() {
+  BACKFLOW_RETURN_IF_ERROR(FlushRows());
+  if (null_keys_file_ != nullptr) BACKFLOW_RETURN_IF_ERROR(null_keys_file_->Finish());
+  return keyed_->Finish();
+}
+
+absl::StatusOr<std::unique_ptr<SortedStream>> Spool::ScanKeyed() const { return keyed_->Open(); }
+
+absl::StatusOr<std::vector<RowRef>> Spool::NullKeyRows(size_t limit) const {
+  std::vector<RowRef> refs;
+  if (null_keys_file_ == nullptr) return refs;
+  BACKFLOW_ASSIGN_OR_RETURN(auto reader, RunFileReader::Open(null_keys_file_->path()));
+  std::string_view key, value;
+  while (refs.size() < limit) {
+    BACKFLOW_ASSIGN_OR_RETURN(bool more, reader->Next(key, value));
+    if (!more) break;
+    if (value.size() != 12) return Damaged("a NULL-key row reference has the wrong size");
+    refs.push_back(
+        {GetFixed(value.data(), 8), static_cast<uint32_t>(GetFixed(value.data() + 8, 4))});
+  }
+  return refs;
+}
+
+absl::Status Spool::ReadRow(RowRef ref, std::string& encoded_row) const {
+  if (ref.offset + ref.size > rows_bytes_) return Damaged("a row reference is past the row log");
+  encoded_row.resize(ref.size);
+  size_t done = 0;
+  while (done < ref.size) {
+    ssize_t n = pread(rows_fd_, encoded_row.data() + done, ref.size - done,
+                      static_cast<off_t>(ref.offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      return absl::UnavailableError(fmt::format("cannot read the extraction spool in {}: {}", dir_,
+                                                n < 0 ? std::strerror(errno) : "short read"));
+    }
+    done += static_cast<size_t>(n);
   }
   return absl::OkStatus();
 }
 
-absl::Status Spool::AddRow(std::string_view key, std::string_view encoded_row) {
-  BACKFLOW_RETURN_IF_ERROR(MaybeCommit());
-  return insert_row_.Bind(1, key).BindBlob(2, encoded_row).Run();
-}
-
-absl::Status Spool::AddNullKeyRow(std::string_view encoded_row) {
-  BACKFLOW_RETURN_IF_ERROR(MaybeCommit());
-  return insert_null_.BindBlob(1, encoded_row).Run();
-}
-
-absl::Status Spool::FinishLoad() {
-  if (!in_transaction_) return absl::OkStatus();
-  in_transaction_ = false;
-  pending_ = 0;
-  return db_->Exec("COMMIT");
-}
-
-absl::StatusOr<sqlite::Statement> Spool::ScanRows() {
-  return db_->Prepare("SELECT key, copies, row FROM rows ORDER BY key");
-}
-
-absl::StatusOr<sqlite::Statement> Spool::ScanNullKeyRows() {
-  return db_->Prepare("SELECT row FROM null_key_rows ORDER BY seq");
-}
-
 absl::Status Spool::AddChange(int mapping, int change, std::string_view key, const Fingerprint& fp,
                               std::string_view encoded_payload) {
-  BACKFLOW_RETURN_IF_ERROR(MaybeCommit());
+  if (changes_finished_) return absl::FailedPreconditionError("change added after FinishChanges");
+  auto& writer = changes_[mapping];
+  if (writer == nullptr) {
+    BACKFLOW_ASSIGN_OR_RETURN(
+        writer, RunFileWriter::Create(PathOf(fmt::format("changes-{}.run", mapping))));
+  }
+  std::string value;
+  value.reserve(17 + encoded_payload.size());
+  value.push_back(static_cast<char>(change));
   auto bytes = fp.ToBytes();
-  return insert_change_.Bind(1, int64_t{mapping})
-      .Bind(2, ++change_seq_)
-      .Bind(3, key)
-      .Bind(4, int64_t{change})
-      .BindBlob(5, std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()))
-      .BindBlob(6, encoded_payload)
-      .Run();
+  value.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  value.append(encoded_payload);
+  return writer->Add(key, value);
 }
 
-absl::Status Spool::FinishChanges() { return FinishLoad(); }
+absl::Status Spool::FinishChanges() {
+  if (changes_finished_) return absl::OkStatus();
+  changes_finished_ = true;
+  for (auto& [mapping, writer] : changes_) BACKFLOW_RETURN_IF_ERROR(writer->Finish());
+  return absl::OkStatus();
+}
 
-absl::StatusOr<sqlite::Statement> Spool::ScanChanges(int mapping) {
-  BACKFLOW_ASSIGN_OR_RETURN(
-      sqlite::Statement s,
-      db_->Prepare("SELECT key, change, fingerprint, payload FROM changes WHERE mapping = ? "
-                   "ORDER BY seq"));
-  s.Bind(1, int64_t{mapping});
-  return s;
+absl::StatusOr<Spool::ChangeReader> Spool::ScanChanges(int mapping) const {
+  ChangeReader reader;
+  auto it = changes_.find(mapping);
+  if (it == changes_.end()) return reader;
+  BACKFLOW_ASSIGN_OR_RETURN(reader.file_, RunFileReader::Open(it->second->path()));
+  return reader;
+}
+
+absl::StatusOr<bool> Spool::ChangeReader::Next(std::string_view& key, int& change, Fingerprint& fp,
+                                               std::string_view& encoded_payload) {
+  if (file_ == nullptr) return false;
+  std::string_view value;
+  BACKFLOW_ASSIGN_OR_RETURN(bool more, file_->Next(key, value));
+  if (!more) return false;
+  if (value.size() < 17) return Damaged("a change record is too short");
+  change = static_cast<unsigned char>(value[0]);
+  fp = Fingerprint::FromBytes(value.data() + 1, 16);
+  encoded_payload = value.substr(17);
+  return true;
 }
 
 absl::Status Spool::AddAck(int mapping, AckList list, const CheckpointUpdate& update) {
-  BACKFLOW_RETURN_IF_ERROR(MaybeCommit());
+  auto slot = std::make_pair(mapping, static_cast<int>(list));
+  if (acks_finished_[slot]) {
+    return absl::FailedPreconditionError("checkpoint update added to a finished list");
+  }
+  auto& writer = acks_[slot];
+  if (writer == nullptr) {
+    BACKFLOW_ASSIGN_OR_RETURN(writer, RunFileWriter::Create(PathOf(fmt::format(
+                                          "acks-{}-{}.run", mapping, static_cast<int>(list)))));
+  }
+  std::string value;
+  value.reserve(18 + update.identity.size());
+  value.push_back(static_cast<char>(update.kind));
   auto bytes = update.fingerprint.ToBytes();
-  return insert_ack_.Bind(1, int64_t{mapping})
-      .Bind(2, static_cast<int64_t>(list))
-      .Bind(3, ++change_seq_)
-      .Bind(4, update.key)
-      .Bind(5, static_cast<int64_t>(update.kind))
-      .BindBlob(6, std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()))
-      .BindBlob(7, update.identity)
-      .Run();
+  value.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  value.append(update.identity);
+  return writer->Add(update.key, value);
 }
 
-absl::Status Spool::FinishAcks() { return FinishLoad(); }
+absl::Status Spool::FinishAcks(int mapping, AckList list) {
+  auto slot = std::make_pair(mapping, static_cast<int>(list));
+  if (acks_finished_[slot]) return absl::OkStatus();
+  acks_finished_[slot] = true;
+  auto it = acks_.find(slot);
+  if (it == acks_.end()) return absl::OkStatus();
+  return it->second->Finish();
+}
 
-absl::StatusOr<sqlite::Statement> Spool::ScanAcks(int mapping, AckList list) {
-  BACKFLOW_ASSIGN_OR_RETURN(
-      sqlite::Statement s,
-      db_->Prepare("SELECT key, kind, fingerprint, identity FROM acks WHERE mapping = ? AND "
-                   "list = ? ORDER BY seq"));
-  s.Bind(1, int64_t{mapping}).Bind(2, static_cast<int64_t>(list));
-  return s;
+absl::StatusOr<Spool::AckReader> Spool::ScanAcks(int mapping, AckList list) const {
+  AckReader reader;
+  auto it = acks_.find(std::make_pair(mapping, static_cast<int>(list)));
+  if (it == acks_.end()) return reader;
+  BACKFLOW_ASSIGN_OR_RETURN(reader.file_, RunFileReader::Open(it->second->path()));
+  return reader;
+}
+
+absl::StatusOr<bool> Spool::AckReader::Next(CheckpointUpdate& update) {
+  if (file_ == nullptr) return false;
+  std::string_view key, value;
+  BACKFLOW_ASSIGN_OR_RETURN(bool more, file_->Next(key, value));
+  if (!more) return false;
+  if (value.size() < 17) return Damaged("a checkpoint update record is too short");
+  update.key.assign(key);
+  update.kind = static_cast<CheckpointUpdate::Kind>(static_cast<unsigned char>(value[0]));
+  update.fingerprint = Fingerprint::FromBytes(value.data() + 1, 16);
+  update.identity.assign(value.substr(17));
+  return true;
 }
 
 }  // namespace backflow

@@ -1,46 +1,81 @@
 // Spool: the on-disk scratch space of one extraction.
 //
-// Extracted rows are stored keyed by record key (so duplicate keys are found
-// and rows come back in key order for the merge with the checkpoint), then
-// each mapping's change set is written beside them so that a dry run can show
-// it and delivery can stream it. Memory stays bounded (SQLite page cache);
-// the file is removed when the Spool is destroyed, and a spool left behind by
-// a killed process is removed by the next run. Not thread-safe.
+// Extraction appends each row to a row log (plain bytes, read back by
+// offset) and adds a small keyed summary of it to an external sorter, so that
+// the merge with the checkpoint reads (key, summary) in key order without
+// sorting whole rows; rows are read back only for the records that change.
+// Each mapping's change set and its held-back checkpoint updates are
+// sequential run files. Memory is bounded by the sorter's budget plus a few
+// write buffers whatever the row count. Everything lives in one folder that
+// is removed when the Spool is destroyed; a folder left behind by a killed
+// process is removed by the next Create(). Not thread-safe.
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "absl/status/statusor.h"
 #include "backflow/common/hash.h"
-#include "backflow/sqlite/database.h"
+#include "backflow/engine/external_sorter.h"
+#include "backflow/engine/run_file.h"
 #include "backflow/state/state_store.h"
 
 namespace backflow {
 
+// Where a row lives in the row log.
+struct RowRef {
+  uint64_t offset = 0;
+  uint32_t size = 0;
+};
+
 class Spool {
  public:
-  // Creates `dir`/extract-<pid>-<n>.db and removes spools of dead processes.
-  static absl::StatusOr<std::unique_ptr<Spool>> Create(const std::string& dir);
+  struct Options {
+    // Memory for sorting the keyed summaries (beyond it, sorted runs spill to disk).
+    size_t sort_budget = 64 << 20;
+  };
+  // Creates `dir`/spool-<pid>-<n>/ and removes the folders of dead processes.
+  static absl::StatusOr<std::unique_ptr<Spool>> Create(const std::string& dir, Options options);
+  static absl::StatusOr<std::unique_ptr<Spool>> Create(const std::string& dir) {
+    return Create(dir, Options());
+  }
   ~Spool();
 
-  // Extraction. Rows with the same key are counted, not overwritten.
-  absl::Status AddRow(std::string_view key, std::string_view encoded_row);
-  absl::Status AddNullKeyRow(std::string_view encoded_row);
+  // ---- Extraction.
+  absl::StatusOr<RowRef> AppendRow(std::string_view encoded_row);
+  // `summary` is opaque to the spool; duplicates of a key are all kept.
+  absl::Status AddKeyed(std::string_view key, std::string_view summary);
+  absl::Status AddNullKey(RowRef row);
   absl::Status FinishLoad();
 
-  // Rows ordered by key: columns (key TEXT, copies INTEGER, row BLOB).
-  absl::StatusOr<sqlite::Statement> ScanRows();
-  // Rows whose key was NULL: column (row BLOB).
-  absl::StatusOr<sqlite::Statement> ScanNullKeyRows();
+  // (key, summary) in key order, equal keys in extraction order.
+  absl::StatusOr<std::unique_ptr<SortedStream>> ScanKeyed() const;
+  // Rows whose key was NULL, in extraction order.
+  absl::StatusOr<std::vector<RowRef>> NullKeyRows(size_t limit) const;
+  int64_t null_key_rows() const { return null_keys_; }
+  // A row appended before FinishLoad().
+  absl::Status ReadRow(RowRef ref, std::string& encoded_row) const;
 
-  // Change set of mapping number `mapping`.
+  // ---- Change set of mapping number `mapping` (one writer per mapping).
   absl::Status AddChange(int mapping, int change, std::string_view key, const Fingerprint& fp,
                          std::string_view encoded_payload);
+  // Ends every change set (once); ScanChanges() reads them after.
   absl::Status FinishChanges();
-  // Columns (key TEXT, change INTEGER, fingerprint BLOB, payload BLOB) in insertion order.
-  absl::StatusOr<sqlite::Statement> ScanChanges(int mapping);
+  // Reads one mapping's change set in the order it was added.
+  class ChangeReader {
+   public:
+    // False at the end; the views stay valid until the next call.
+    absl::StatusOr<bool> Next(std::string_view& key, int& change, Fingerprint& fp,
+                              std::string_view& encoded_payload);
+
+   private:
+    friend class Spool;
+    std::unique_ptr<RunFileReader> file_;
+  };
+  absl::StatusOr<ChangeReader> ScanChanges(int mapping) const;
 
   // Checkpoint updates held back until they may be applied, in separate
   // lists per mapping: changes the mapping does not send (applied once the
@@ -48,25 +83,35 @@ class Spool {
   // session (applied once it completes).
   enum class AckList { kSkipped = 0, kDeferred = 1 };
   absl::Status AddAck(int mapping, AckList list, const CheckpointUpdate& update);
-  absl::Status FinishAcks();
-  // Columns (key TEXT, kind INTEGER (CheckpointUpdate::Kind), fingerprint BLOB,
-  // identity BLOB).
-  absl::StatusOr<sqlite::Statement> ScanAcks(int mapping, AckList list);
+  // Ends the list; ScanAcks() reads it (an empty list when nothing was added).
+  absl::Status FinishAcks(int mapping, AckList list);
+  class AckReader {
+   public:
+    absl::StatusOr<bool> Next(CheckpointUpdate& update);
+
+   private:
+    friend class Spool;
+    std::unique_ptr<RunFileReader> file_;
+  };
+  absl::StatusOr<AckReader> ScanAcks(int mapping, AckList list) const;
 
  private:
-  Spool(std::string path, std::unique_ptr<sqlite::Database> db)
-      : path_(std::move(path)), db_(std::move(db)) {}
-  absl::Status MaybeCommit();
+  Spool(std::string dir, Options options);
+  absl::Status FlushRows();
+  std::string PathOf(const std::string& name) const { return dir_ + "/" + name; }
 
-  std::string path_;
-  std::unique_ptr<sqlite::Database> db_;
-  sqlite::Statement insert_row_;
-  sqlite::Statement insert_null_;
-  sqlite::Statement insert_change_;
-  sqlite::Statement insert_ack_;
-  int64_t pending_ = 0;
-  int64_t change_seq_ = 0;
-  bool in_transaction_ = false;
+  std::string dir_;
+  Options options_;
+  int rows_fd_ = -1;
+  std::string rows_buffer_;
+  uint64_t rows_bytes_ = 0;
+  std::unique_ptr<ExternalSorter> keyed_;
+  std::unique_ptr<RunFileWriter> null_keys_file_;
+  int64_t null_keys_ = 0;
+  std::map<int, std::unique_ptr<RunFileWriter>> changes_;
+  bool changes_finished_ = false;
+  std::map<std::pair<int, int>, std::unique_ptr<RunFileWriter>> acks_;
+  std::map<std::pair<int, int>, bool> acks_finished_;
 };
 
 }  // namespace backflow

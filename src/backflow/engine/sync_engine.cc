@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <optional>
@@ -87,6 +88,57 @@ bool Selected(RecordSelection selection, ChangeKind change) {
   }
   return true;
 }
+
+// What the spool keeps for each row with a key: where the row is in the row
+// log, then for each mapping of the run (in order) whether the row mapped and
+// the fingerprint of its payload.
+class RowSummary {
+ public:
+  enum Status : uint8_t { kMapped = 0, kRejected = 1, kNotMapped = 2 };
+  static constexpr size_t kHead = 12;
+  static constexpr size_t kPerMapping = 17;
+
+  static void Start(std::string& out, RowRef ref) {
+    out.append(reinterpret_cast<const char*>(&ref.offset), 8);
+    out.append(reinterpret_cast<const char*>(&ref.size), 4);
+  }
+  static void Add(std::string& out, Status status, const Fingerprint& fp) {
+    out.push_back(static_cast<char>(status));
+    out.append(reinterpret_cast<const char*>(&fp.high), 8);
+    out.append(reinterpret_cast<const char*>(&fp.low), 8);
+  }
+
+  explicit RowSummary(std::string_view data) : data_(data) {}
+  bool valid(int index) const {
+    return data_.size() >= kHead + kPerMapping * static_cast<size_t>(index + 1);
+  }
+  RowRef ref() const {
+    RowRef r;
+    std::memcpy(&r.offset, data_.data(), 8);
+    std::memcpy(&r.size, data_.data() + 8, 4);
+    return r;
+  }
+  Status status(int index) const {
+    return static_cast<Status>(data_[kHead + kPerMapping * static_cast<size_t>(index)]);
+  }
+  Fingerprint fingerprint(int index) const {
+    Fingerprint fp;
+    const char* p = data_.data() + kHead + kPerMapping * static_cast<size_t>(index) + 1;
+    std::memcpy(&fp.high, p, 8);
+    std::memcpy(&fp.low, p + 8, 8);
+    return fp;
+  }
+
+ private:
+  std::string_view data_;
+};
+
+// One key of the model, as the merge sees it.
+struct KeyedRow {
+  std::string key;
+  std::string summary;  // of its first row
+  int64_t copies = 0;   // rows with this key
+};
 
 // Everything one mapping needs during a run.
 struct MappingRun {
@@ -199,17 +251,17 @@ class Runner {
     return flushed.ok() ? updated : flushed;
   }
 
-  absl::Status Extract(const ModelConfig& model, Source& source, Schema& schema);
+  absl::Status Extract(const ModelConfig& model, Source& source, Schema& schema,
+                       std::vector<MappingRun>& runs);
   absl::Status Diff(MappingRun& m, int index, const ModelConfig& model, const Schema& schema,
                     const std::string& null_key_error);
   absl::Status Deliver(MappingRun& m, int index);
-  // One model row of the merge: rejected, added, updated or unchanged.
-  // `entry` is the row's checkpoint entry, null when it has none.
+  // One model key of the merge: rejected, added, updated or unchanged.
+  // `entry` is its checkpoint entry, null when it has none.
   template <typename Emit>
-  absl::Status DiffRow(MappingRun& m, const ModelConfig& model, const Schema& schema,
-                       const sqlite::Statement& rows, const std::string& key,
-                       const CheckpointEntry* entry, bool was_in_flight, Emit& emit, Row& values,
-                       Row& payload);
+  absl::Status DiffRow(MappingRun& m, int index, const ModelConfig& model, const Schema& schema,
+                       const KeyedRow& row, const CheckpointEntry* entry, bool was_in_flight,
+                       Emit& emit, Row& payload);
   absl::Status ApplyAcks(MappingRun& m, int index, Spool::AckList list);
   // The run-level error when the change set deletes more than the mapping's
   // max_deletes allows; empty when it may proceed.
@@ -224,12 +276,13 @@ class Runner {
   std::vector<std::string> mapping_names_;  // the mappings of this run
   std::unique_ptr<Spool> spool_;
   int64_t extracted_ = 0;
-  int64_t null_keys_ = 0;
+  std::string row_buffer_;
   Steady::time_point start_ = Steady::now();
   Steady::time_point last_progress_{};
 };
 
-absl::Status Runner::Extract(const ModelConfig& model, Source& source, Schema& schema) {
+absl::Status Runner::Extract(const ModelConfig& model, Source& source, Schema& schema,
+                             std::vector<MappingRun>& runs) {
   BACKFLOW_ASSIGN_OR_RETURN(auto reader, source.Query(model.sql, QueryOptions{model.primary_key}));
   schema = reader->schema();
   int key_index = FindColumn(schema, model.primary_key);
@@ -241,8 +294,20 @@ absl::Status Runner::Extract(const ModelConfig& model, Source& source, Schema& s
         "{}); nothing was sent",
         model.name, model.primary_key, fmt::join(names, ", ")));
   }
-  Row row;
-  std::string encoded;
+  // Every mapping maps and fingerprints each row as it arrives: the spool
+  // then sorts only (key, where the row is, each mapping's fingerprint).
+  for (MappingRun& m : runs) {
+    if (m.done) continue;
+    auto mapper = Mapper::Create(m.config->name, model.name, m.config->fields, *m.action, schema,
+                                 model.primary_key);
+    if (!mapper.ok()) {
+      Fail(m, std::string(mapper.status().message()));
+      continue;
+    }
+    m.mapper = *std::move(mapper);
+  }
+  Row row, payload;
+  std::string encoded, summary;
   while (true) {
     auto more = reader->Next(row);
     if (!more.ok()) {
@@ -260,12 +325,23 @@ absl::Status Runner::Extract(const ModelConfig& model, Source& source, Schema& s
     }
     encoded.clear();
     EncodeRow(row, encoded);
+    BACKFLOW_ASSIGN_OR_RETURN(RowRef ref, spool_->AppendRow(encoded));
     const Value& key = row[key_index];
     if (key.is_null()) {
-      ++null_keys_;
-      BACKFLOW_RETURN_IF_ERROR(spool_->AddNullKeyRow(encoded));
+      BACKFLOW_RETURN_IF_ERROR(spool_->AddNullKey(ref));
     } else {
-      BACKFLOW_RETURN_IF_ERROR(spool_->AddRow(key.ToString(), encoded));
+      summary.clear();
+      RowSummary::Start(summary, ref);
+      for (const MappingRun& m : runs) {
+        if (!m.mapper) {
+          RowSummary::Add(summary, RowSummary::kNotMapped, {});
+        } else if (!m.mapper->Map(row, payload).ok()) {
+          RowSummary::Add(summary, RowSummary::kRejected, {});
+        } else {
+          RowSummary::Add(summary, RowSummary::kMapped, m.mapper->PayloadFingerprint(payload));
+        }
+      }
+      BACKFLOW_RETURN_IF_ERROR(spool_->AddKeyed(key.ToString(), summary));
     }
     Progress("extracting", "", 0, 0, false);
   }
@@ -279,15 +355,18 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
   const std::string& name = m.config->name;
   const Mapper& mapper = *m.mapper;
   const FieldLayout& layout = mapper.layout();
+  std::string encoded;
 
   // NULL keys: rejected for every mapping.
-  if (null_keys_ > 0) {
-    BACKFLOW_ASSIGN_OR_RETURN(sqlite::Statement nulls, spool_->ScanNullKeyRows());
-    while (true) {
-      BACKFLOW_ASSIGN_OR_RETURN(bool row, nulls.Step());
-      if (!row) break;
-      ++c.rejected;
-      BACKFLOW_ASSIGN_OR_RETURN(Row values, DecodeRow(nulls.ColumnBlob(0)));
+  c.rejected += spool_->null_key_rows();
+  if (spool_->null_key_rows() > 0) {
+    BACKFLOW_ASSIGN_OR_RETURN(
+        std::vector<RowRef> refs,
+        spool_->NullKeyRows(static_cast<size_t>(
+            std::max(0, options_.max_reported_records - static_cast<int>(m.reported)))));
+    for (RowRef ref : refs) {
+      BACKFLOW_RETURN_IF_ERROR(spool_->ReadRow(ref, encoded));
+      BACKFLOW_ASSIGN_OR_RETURN(Row values, DecodeRow(encoded));
       Report(m, {.key = "",
                  .outcome = "rejected",
                  .change = "",
@@ -302,20 +381,37 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
 
   // Three streams in key order: the model's rows, the checkpoint, and the
   // records a previous run sent without learning the outcome.
-  BACKFLOW_ASSIGN_OR_RETURN(sqlite::Statement rows, spool_->ScanRows());
+  BACKFLOW_ASSIGN_OR_RETURN(std::unique_ptr<SortedStream> rows, spool_->ScanKeyed());
   BACKFLOW_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointScanner> checkpoint,
                             state_.ScanCheckpoint(name));
   BACKFLOW_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointScanner> in_flight,
                             state_.ScanInFlight(name));
   CheckpointEntry entry, flight;
-  BACKFLOW_ASSIGN_OR_RETURN(bool have_row, rows.Step());
+  // The current model key: its first row's summary and how many rows have it.
+  KeyedRow current;
+  std::string_view next_key, next_summary;
+  BACKFLOW_ASSIGN_OR_RETURN(bool have_next, rows->Next(next_key, next_summary));
+  auto step_rows = [&]() -> absl::StatusOr<bool> {
+    if (!have_next) return false;
+    current.key.assign(next_key);
+    current.summary.assign(next_summary);
+    current.copies = 1;
+    while (true) {
+      BACKFLOW_ASSIGN_OR_RETURN(have_next, rows->Next(next_key, next_summary));
+      if (!have_next || next_key != current.key) break;
+      ++current.copies;
+    }
+    return true;
+  };
+  BACKFLOW_ASSIGN_OR_RETURN(bool have_row, step_rows());
   BACKFLOW_ASSIGN_OR_RETURN(bool have_entry, checkpoint->Next(entry));
   BACKFLOW_ASSIGN_OR_RETURN(bool have_flight, in_flight->Next(flight));
 
-  Row values, payload;
-  std::string encoded;
+  Row payload;
+  // `out` is the payload (identity values for a delete); null only in a dry
+  // run once the sample is full, where nothing is written.
   auto emit = [&](ChangeKind kind, std::string_view key, const Fingerprint& fp,
-                  const Row& out) -> absl::Status {
+                  const Row* out) -> absl::Status {
     switch (kind) {
       case ChangeKind::kAdded:
         ++c.added;
@@ -329,6 +425,7 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
     }
     if (!Selected(m.config->records, kind)) {
       ++c.skipped;
+      if (options_.dry_run) return absl::OkStatus();
       // Changes this mapping does not send still advance its checkpoint (once
       // the run may proceed), so they are not reported again by every run.
       CheckpointUpdate u;
@@ -336,19 +433,22 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
       u.fingerprint = fp;
       if (kind == ChangeKind::kDeleted) {
         u.kind = CheckpointUpdate::Kind::kRemove;
-        EncodeRow(out, u.identity);
+        EncodeRow(*out, u.identity);
       } else {
-        EncodeRow(mapper.Identity(out), u.identity);
+        EncodeRow(mapper.Identity(*out), u.identity);
       }
       return spool_->AddAck(index, Spool::AckList::kSkipped, u);
     }
-    if (options_.dry_run && static_cast<int>(m.sample.size()) < options_.dry_run_sample) {
-      const auto& names = kind == ChangeKind::kDeleted ? layout.identity : layout.fields;
-      m.sample.push_back(
-          {std::string(key), std::string(ChangeKindName(kind)), JsonObject(names, out)});
+    if (options_.dry_run) {
+      if (static_cast<int>(m.sample.size()) < options_.dry_run_sample) {
+        const auto& names = kind == ChangeKind::kDeleted ? layout.identity : layout.fields;
+        m.sample.push_back(
+            {std::string(key), std::string(ChangeKindName(kind)), JsonObject(names, *out)});
+      }
+      return absl::OkStatus();
     }
     encoded.clear();
-    EncodeRow(out, encoded);
+    EncodeRow(*out, encoded);
     return spool_->AddChange(index, static_cast<int>(kind), key, fp, encoded);
   };
 
@@ -361,10 +461,10 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
         first = false;
       }
     };
-    consider(have_row, rows.ColumnText(0));
+    consider(have_row, current.key);
     consider(have_entry, entry.key);
     consider(have_flight, flight.key);
-    const bool in_rows = have_row && rows.ColumnText(0) == key;
+    const bool in_rows = have_row && current.key == key;
     const bool in_checkpoint = have_entry && entry.key == key;
     const bool was_in_flight = have_flight && flight.key == key;
     // Records the destination holds, or may hold: the base of max_deletes.
@@ -374,14 +474,14 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
       BACKFLOW_ASSIGN_OR_RETURN(Row identity,
                                 DecodeRow(in_checkpoint ? entry.identity : flight.identity));
       BACKFLOW_RETURN_IF_ERROR(emit(ChangeKind::kDeleted, key,
-                                    in_checkpoint ? entry.fingerprint : Fingerprint{}, identity));
+                                    in_checkpoint ? entry.fingerprint : Fingerprint{}, &identity));
     } else {
-      BACKFLOW_RETURN_IF_ERROR(DiffRow(m, model, schema, rows, key,
+      BACKFLOW_RETURN_IF_ERROR(DiffRow(m, index, model, schema, current,
                                        in_checkpoint ? &entry : nullptr, was_in_flight, emit,
-                                       values, payload));
+                                       payload));
     }
     if (in_rows) {
-      BACKFLOW_ASSIGN_OR_RETURN(have_row, rows.Step());
+      BACKFLOW_ASSIGN_OR_RETURN(have_row, step_rows());
     }
     if (in_checkpoint) {
       BACKFLOW_ASSIGN_OR_RETURN(have_entry, checkpoint->Next(entry));
@@ -394,20 +494,29 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
 }
 
 template <typename Emit>
-absl::Status Runner::DiffRow(MappingRun& m, const ModelConfig& model, const Schema& schema,
-                             const sqlite::Statement& rows, const std::string& key,
+absl::Status Runner::DiffRow(MappingRun& m, int index, const ModelConfig& model,
+                             const Schema& schema, const KeyedRow& row,
                              const CheckpointEntry* entry, bool was_in_flight, Emit& emit,
-                             Row& values, Row& payload) {
+                             Row& payload) {
   RunCounts& c = m.run.counts;
   const Mapper& mapper = *m.mapper;
-  int64_t copies = rows.ColumnInt(1);
-  if (copies > 1) {
-    c.rejected += copies;
-    BACKFLOW_ASSIGN_OR_RETURN(values, DecodeRow(rows.ColumnBlob(2)));
-    Report(m, {.key = std::string(key),
+  const std::string& key = row.key;
+  RowSummary summary(row.summary);
+  if (!summary.valid(index)) {
+    return absl::DataLossError("the extraction spool holds a damaged row summary");
+  }
+  auto read_values = [&]() -> absl::StatusOr<Row> {
+    BACKFLOW_RETURN_IF_ERROR(spool_->ReadRow(summary.ref(), row_buffer_));
+    return DecodeRow(row_buffer_);
+  };
+  if (row.copies > 1) {
+    c.rejected += row.copies;
+    if (m.reported >= options_.max_reported_records) return absl::OkStatus();
+    BACKFLOW_ASSIGN_OR_RETURN(Row values, read_values());
+    Report(m, {.key = key,
                .outcome = "rejected",
                .change = "",
-               .error = fmt::format("duplicate unique identifier: {} rows have {} = {}", copies,
+               .error = fmt::format("duplicate unique identifier: {} rows have {} = {}", row.copies,
                                     model.primary_key, key),
                .error_class = "record",
                .payload = JsonObject(schema, values),
@@ -415,50 +524,55 @@ absl::Status Runner::DiffRow(MappingRun& m, const ModelConfig& model, const Sche
                    "Make \"{}\" unique in model \"{}\" (deduplicate in its SQL); none of these "
                    "rows is sent until then, and the record is not deleted.",
                    model.primary_key, model.name)});
-  } else {
-    BACKFLOW_ASSIGN_OR_RETURN(values, DecodeRow(rows.ColumnBlob(2)));
-    absl::Status mapped = mapper.Map(values, payload);
-    if (!mapped.ok()) {
-      ++c.rejected;
-      Report(m, {.key = std::string(key),
-                 .outcome = "rejected",
-                 .change = "",
-                 .error = std::string(mapped.message()),
-                 .error_class = "record",
-                 .payload = JsonObject(schema, values),
-                 .recommended_action =
-                     "Fix this row's value in the model, or change the mapping's fields; the "
-                     "record is sent once it maps cleanly."});
-    } else {
-      Fingerprint fp = mapper.PayloadFingerprint(payload);
-      if (entry == nullptr) {
-        BACKFLOW_RETURN_IF_ERROR(emit(ChangeKind::kAdded, key, fp, payload));
-      } else if (was_in_flight || options_.full_resync || !(fp == entry->fingerprint)) {
-        BACKFLOW_RETURN_IF_ERROR(emit(ChangeKind::kUpdated, key, fp, payload));
-      } else {
-        ++c.unchanged;
-      }
-    }
+    return absl::OkStatus();
   }
-  return absl::OkStatus();
+  if (summary.status(index) != RowSummary::kMapped) {
+    ++c.rejected;
+    if (m.reported >= options_.max_reported_records) return absl::OkStatus();
+    BACKFLOW_ASSIGN_OR_RETURN(Row values, read_values());
+    absl::Status mapped = mapper.Map(values, payload);
+    Report(m, {.key = key,
+               .outcome = "rejected",
+               .change = "",
+               .error = mapped.ok() ? "the row did not map during extraction"
+                                    : std::string(mapped.message()),
+               .error_class = "record",
+               .payload = JsonObject(schema, values),
+               .recommended_action =
+                   "Fix this row's value in the model, or change the mapping's fields; the "
+                   "record is sent once it maps cleanly."});
+    return absl::OkStatus();
+  }
+  Fingerprint fp = summary.fingerprint(index);
+  ChangeKind kind;
+  if (entry == nullptr) {
+    kind = ChangeKind::kAdded;
+  } else if (was_in_flight || options_.full_resync || !(fp == entry->fingerprint)) {
+    kind = ChangeKind::kUpdated;
+  } else {
+    ++c.unchanged;
+    return absl::OkStatus();
+  }
+  // The payload is needed to send it, to note what a skipped change leaves
+  // in the destination, or to show it in a dry run's sample.
+  const bool need_payload =
+      !options_.dry_run || (Selected(m.config->records, kind) &&
+                            static_cast<int>(m.sample.size()) < options_.dry_run_sample);
+  if (!need_payload) return emit(kind, key, fp, nullptr);
+  BACKFLOW_ASSIGN_OR_RETURN(Row values, read_values());
+  BACKFLOW_RETURN_IF_ERROR(mapper.Map(values, payload));
+  return emit(kind, key, fp, &payload);
 }
 
 absl::Status Runner::ApplyAcks(MappingRun& m, int index, Spool::AckList list) {
-  BACKFLOW_RETURN_IF_ERROR(spool_->FinishAcks());
-  BACKFLOW_ASSIGN_OR_RETURN(sqlite::Statement acks, spool_->ScanAcks(index, list));
+  BACKFLOW_RETURN_IF_ERROR(spool_->FinishAcks(index, list));
+  BACKFLOW_ASSIGN_OR_RETURN(Spool::AckReader acks, spool_->ScanAcks(index, list));
   std::vector<CheckpointUpdate> chunk;
   while (true) {
-    BACKFLOW_ASSIGN_OR_RETURN(bool row, acks.Step());
-    if (row) {
-      CheckpointUpdate u;
-      u.key.assign(acks.ColumnText(0));
-      u.kind = static_cast<CheckpointUpdate::Kind>(acks.ColumnInt(1));
-      std::string_view fp = acks.ColumnBlob(2);
-      u.fingerprint = Fingerprint::FromBytes(fp.data(), fp.size());
-      u.identity.assign(acks.ColumnBlob(3));
-      chunk.push_back(std::move(u));
-    }
-    if (!row || chunk.size() >= kCheckpointChunk) {
+    CheckpointUpdate u;
+    BACKFLOW_ASSIGN_OR_RETURN(bool row, acks.Next(u));
+    if (row) chunk.push_back(std::move(u));
+    if ((!row && !chunk.empty()) || chunk.size() >= kCheckpointChunk) {
       BACKFLOW_RETURN_IF_ERROR(state_.ApplyCheckpoint(m.config->name, chunk));
       chunk.clear();
     }
@@ -518,28 +632,29 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
   BatchPool pool(std::move(sessions));
   int64_t deferred_count = 0;
 
-  BACKFLOW_ASSIGN_OR_RETURN(sqlite::Statement changes, spool_->ScanChanges(index));
+  BACKFLOW_ASSIGN_OR_RETURN(Spool::ChangeReader changes, spool_->ScanChanges(index));
   int64_t attempted = 0;
   absl::Status stop;  // set when the destination refused a batch as a whole
 
   // Reads the next batch from the spool and durably notes what is about to be
   // sent: if this process dies before the outcome is recorded, the next run
   // re-sends these records' current state. Null when the spool is exhausted.
-  bool spool_done = false;  // stepping a finished statement would restart it
+  bool spool_done = false;
   auto next_batch = [&]() -> absl::StatusOr<std::unique_ptr<BatchJob>> {
     auto job = std::make_unique<BatchJob>();
     while (!spool_done && static_cast<int>(job->records.size()) < so.batch_size) {
-      BACKFLOW_ASSIGN_OR_RETURN(bool row, changes.Step());
+      std::string_view key, payload;
+      int change = 0;
+      Fingerprint fp;
+      BACKFLOW_ASSIGN_OR_RETURN(bool row, changes.Next(key, change, fp, payload));
       if (!row) {
         spool_done = true;
         break;
       }
       OutgoingRecord r;
-      r.key.assign(changes.ColumnText(0));
-      r.change = static_cast<ChangeKind>(changes.ColumnInt(1));
-      std::string_view fp_bytes = changes.ColumnBlob(2);
-      Fingerprint fp = Fingerprint::FromBytes(fp_bytes.data(), fp_bytes.size());
-      BACKFLOW_ASSIGN_OR_RETURN(r.values, DecodeRow(changes.ColumnBlob(3)));
+      r.key.assign(key);
+      r.change = static_cast<ChangeKind>(change);
+      BACKFLOW_ASSIGN_OR_RETURN(r.values, DecodeRow(payload));
       r.dedup_id = m.mapper->DedupId(r.key, ChangeKindName(r.change), fp);
       job->records.push_back(std::move(r));
       job->fingerprints.push_back(fp);
@@ -759,7 +874,9 @@ absl::StatusOr<std::vector<MappingRunResult>> Runner::Run(const ModelConfig& mod
     return finish_all();
   };
 
-  auto spool = Spool::Create(spool_dir_ + "/spool");
+  Spool::Options spool_options;
+  spool_options.sort_budget = options_.sort_memory_bytes;
+  auto spool = Spool::Create(spool_dir_ + "/spool", spool_options);
   if (!spool.ok()) return fail_all(std::string(spool.status().message()));
   spool_ = *std::move(spool);
 
@@ -774,7 +891,7 @@ absl::StatusOr<std::vector<MappingRunResult>> Runner::Run(const ModelConfig& mod
   auto seconds_since = [](Steady::time_point t) {
     return std::chrono::duration<double>(Steady::now() - t).count();
   };
-  absl::Status extracted = Extract(model, **source, schema);
+  absl::Status extracted = Extract(model, **source, schema, runs);
   double extract_s = seconds_since(phase_start);
   for (MappingRun& m : runs) m.run.extract_s = extract_s;
   if (extracted.code() == absl::StatusCode::kCancelled) {
@@ -793,13 +910,6 @@ absl::StatusOr<std::vector<MappingRunResult>> Runner::Run(const ModelConfig& mod
     MappingRun& m = runs[i];
     m.run.counts.extracted = extracted_;
     if (m.done) continue;
-    auto mapper = Mapper::Create(m.config->name, model.name, m.config->fields, *m.action, schema,
-                                 model.primary_key);
-    if (!mapper.ok()) {
-      Fail(m, std::string(mapper.status().message()));
-      continue;
-    }
-    m.mapper = *std::move(mapper);
     phase_start = Steady::now();
     absl::Status diffed = Diff(m, static_cast<int>(i), model, schema, null_key_error);
     m.run.diff_s = seconds_since(phase_start);

@@ -48,6 +48,9 @@ struct SyncOptions {
   // Per run, at most this many failed/rejected records are stored in full
   // (counts are always exact).
   int max_reported_records = 10'000;
+  // Memory for sorting the extracted keys (about 40 bytes a row per mapping);
+  // beyond it, sorted runs spill to the spool folder.
+  size_t sort_memory_bytes = 64 << 20;
   // Dry runs keep this many changes per mapping for display.
   int dry_run_sample = 20;
   // Runs already queued in the state store (and claimed), by mapping name:

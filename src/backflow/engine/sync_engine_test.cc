@@ -188,6 +188,57 @@ TEST_F(SyncEngineTest, DuplicateAndNullKeysAreRejectedAndNeverDeleted) {
   EXPECT_NE((*records)[1].error.find("2 rows have id = 7"), std::string::npos);
 }
 
+TEST_F(SyncEngineTest, KeysSortedOnDiskGiveTheSameChangesAsInMemory) {
+  // Text keys arrive in no particular order; duplicates and NULL keys are
+  // spread over many spilled runs (a 4 KiB sort budget holds ~80 keys).
+  Exec("DELETE FROM customers");
+  for (int i = 0; i < 3000; ++i) {
+    Exec(fmt::format("INSERT INTO customers VALUES ({}, 'u{}@x.io', 'free', {})",
+                     i % 1000 == 7 ? "NULL" : std::to_string((i * 7919) % 3000), i, i % 90));
+  }
+  Exec("INSERT INTO customers VALUES (42, 'dup@x.io', 'pro', 1)");  // a duplicate of id 42
+  Load("    records: all\n", "SELECT CAST(id AS TEXT) AS id, email, plan, age FROM customers");
+  SyncOptions spilled;
+  spilled.sort_memory_bytes = 4096;
+  RunInfo run = Sync(spilled);
+  EXPECT_EQ(run.status, RunStatus::kPartial) << run.error;
+  EXPECT_EQ(run.counts.extracted, 3001);
+  EXPECT_EQ(run.counts.rejected, 3 + 2);  // 3 NULL keys, 2 rows with id 42
+  EXPECT_EQ(run.counts.added, 3001 - 5);
+  EXPECT_EQ(dest_->records.size(), 3001u - 5);
+
+  Exec("UPDATE customers SET plan = 'pro' WHERE age = 5");  // ~33 rows
+  Exec("DELETE FROM customers WHERE age = 6");              // ~33 rows
+  Exec("DELETE FROM customers WHERE email = 'dup@x.io'");   // 42 becomes unique: added
+  int64_t updated = 0, deleted = 0;
+  {
+    auto q = warehouse_->Prepare(
+        "SELECT (SELECT COUNT(*) FROM customers WHERE age = 5 AND id IS NOT NULL AND id <> 42), "
+        "(SELECT 3000 - 3 - 1 - COUNT(*) FROM customers WHERE id IS NOT NULL AND id <> 42)");
+    ASSERT_TRUE(q.ok());
+    ASSERT_TRUE(*q->Step());
+    updated = q->ColumnInt(0);
+    deleted = q->ColumnInt(1);
+  }
+  run = Sync(spilled);
+  EXPECT_EQ(run.counts.updated, updated);
+  EXPECT_EQ(run.counts.deleted, deleted);
+  EXPECT_EQ(run.counts.added, 1);
+  EXPECT_EQ(run.counts.rejected, 3);
+  // The destination now equals the model's keyed rows.
+  auto q = warehouse_->Prepare("SELECT COUNT(*) FROM customers WHERE id IS NOT NULL");
+  ASSERT_TRUE(q.ok());
+  ASSERT_TRUE(*q->Step());
+  EXPECT_EQ(static_cast<int64_t>(dest_->records.size()), q->ColumnInt(0));
+  EXPECT_EQ(dest_->records["42"], R"({"customer_id":"42","email":"u1518@x.io","plan":"free"})")
+      << "the surviving row of the former duplicate";
+
+  // A third run, in memory this time, finds nothing left to do.
+  run = Sync();
+  EXPECT_EQ(run.counts.added + run.counts.updated + run.counts.deleted, 0);
+  EXPECT_EQ(run.counts.unchanged, static_cast<int64_t>(dest_->records.size()));
+}
+
 TEST_F(SyncEngineTest, ExtractionFailureMidStreamSendsAndDeletesNothing) {
   Load();
   Sync();

@@ -1,0 +1,220 @@
+#include "backflow/engine/external_sorter.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "backflow/common/status_macros.h"
+#include "fmt/format.h"
+
+namespace backflow {
+namespace {
+
+uint64_t KeyPrefix(std::string_view key) {
+  unsigned char b[8] = {};
+  std::memcpy(b, key.data(), std::min<size_t>(8, key.size()));
+  uint64_t v = 0;
+  for (unsigned char c : b) v = (v << 8) | c;
+  return v;
+}
+
+// Views of the record stored at `offset` in `arena`.
+void RecordAt(const std::string& arena, uint32_t offset, std::string_view& key,
+              std::string_view& value) {
+  size_t pos = offset;
+  uint64_t n = 0;
+  ReadVarint(arena.data(), arena.size(), pos, n);
+  key = std::string_view(arena.data() + pos, n);
+  pos += n;
+  ReadVarint(arena.data(), arena.size(), pos, n);
+  value = std::string_view(arena.data() + pos, n);
+}
+
+class MemoryStream : public SortedStream {
+ public:
+  MemoryStream(const std::string& arena, const std::vector<uint32_t>& offsets)
+      : arena_(arena), offsets_(offsets) {}
+  absl::StatusOr<bool> Next(std::string_view& key, std::string_view& value) override {
+    if (next_ >= offsets_.size()) return false;
+    RecordAt(arena_, offsets_[next_++], key, value);
+    return true;
+  }
+
+ private:
+  const std::string& arena_;
+  const std::vector<uint32_t>& offsets_;
+  size_t next_ = 0;
+};
+
+class FileStream : public SortedStream {
+ public:
+  explicit FileStream(std::unique_ptr<RunFileReader> reader) : reader_(std::move(reader)) {}
+  absl::StatusOr<bool> Next(std::string_view& key, std::string_view& value) override {
+    return reader_->Next(key, value);
+  }
+
+ private:
+  std::unique_ptr<RunFileReader> reader_;
+};
+
+// K-way merge; among equal keys, the stream added first wins.
+class MergeStream : public SortedStream {
+ public:
+  absl::Status Add(std::unique_ptr<SortedStream> stream) {
+    Head h;
+    h.index = static_cast<int>(streams_.size());
+    streams_.push_back(std::move(stream));
+    BACKFLOW_ASSIGN_OR_RETURN(bool more, streams_.back()->Next(h.key, h.value));
+    if (more) Push(h);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<bool> Next(std::string_view& key, std::string_view& value) override {
+    if (last_ >= 0) {
+      Head h;
+      h.index = last_;
+      last_ = -1;
+      BACKFLOW_ASSIGN_OR_RETURN(bool more, streams_[h.index]->Next(h.key, h.value));
+      if (more) Push(h);
+    }
+    if (heap_.empty()) return false;
+    std::pop_heap(heap_.begin(), heap_.end(), After);
+    const Head& top = heap_.back();
+    key = top.key;
+    value = top.value;
+    last_ = top.index;
+    heap_.pop_back();
+    return true;
+  }
+
+ private:
+  struct Head {
+    std::string_view key;
+    std::string_view value;
+    int index = 0;
+  };
+  // Heap order: std::*_heap keep the greatest first, so "greater" = comes later.
+  static bool After(const Head& a, const Head& b) {
+    int c = a.key.compare(b.key);
+    return c != 0 ? c > 0 : a.index > b.index;
+  }
+  void Push(const Head& h) {
+    heap_.push_back(h);
+    std::push_heap(heap_.begin(), heap_.end(), After);
+  }
+  std::vector<std::unique_ptr<SortedStream>> streams_;
+  std::vector<Head> heap_;
+  int last_ = -1;
+};
+
+}  // namespace
+
+ExternalSorter::ExternalSorter(std::string dir, std::string prefix, Options options)
+    : dir_(std::move(dir)), prefix_(std::move(prefix)), options_(options) {
+  options_.memory_budget = std::min<size_t>(options_.memory_budget, size_t{3} << 30);
+  options_.max_runs = std::max(2, options_.max_runs);
+}
+
+ExternalSorter::~ExternalSorter() {
+  for (const std::string& run : runs_) unlink(run.c_str());
+}
+
+std::string ExternalSorter::NextRunPath() {
+  return fmt::format("{}/{}-{}.run", dir_, prefix_, run_counter_++);
+}
+
+absl::Status ExternalSorter::Add(std::string_view key, std::string_view value) {
+  if (finished_) return absl::FailedPreconditionError("ExternalSorter::Add after Finish");
+  size_t need = key.size() + value.size() + 20;
+  if (!entries_.empty() &&
+      arena_.size() + need + entries_.size() * sizeof(Entry) > options_.memory_budget) {
+    BACKFLOW_RETURN_IF_ERROR(Spill());
+  }
+  if (arena_.size() + need > (size_t{1} << 32)) {
+    return absl::InvalidArgumentError("a record is too large to sort");
+  }
+  entries_.push_back({KeyPrefix(key), static_cast<uint32_t>(arena_.size())});
+  AppendVarint(arena_, key.size());
+  arena_.append(key);
+  AppendVarint(arena_, value.size());
+  arena_.append(value);
+  ++records_;
+  return absl::OkStatus();
+}
+
+void ExternalSorter::SortBuffer() {
+  const std::string& arena = arena_;
+  std::sort(entries_.begin(), entries_.end(), [&arena](const Entry& a, const Entry& b) {
+    if (a.prefix != b.prefix) return a.prefix < b.prefix;
+    std::string_view ka, va, kb, vb;
+    RecordAt(arena, a.offset, ka, va);
+    RecordAt(arena, b.offset, kb, vb);
+    int c = ka.compare(kb);
+    return c != 0 ? c < 0 : a.offset < b.offset;
+  });
+}
+
+absl::Status ExternalSorter::Spill() {
+  SortBuffer();
+  RunFileOptions o;
+  o.compression_level = options_.compression_level;
+  BACKFLOW_ASSIGN_OR_RETURN(auto writer, RunFileWriter::Create(NextRunPath(), o));
+  std::string_view key, value;
+  for (const Entry& e : entries_) {
+    RecordAt(arena_, e.offset, key, value);
+    BACKFLOW_RETURN_IF_ERROR(writer->Add(key, value));
+  }
+  BACKFLOW_RETURN_IF_ERROR(writer->Finish());
+  runs_.push_back(writer->path());
+  arena_.clear();
+  entries_.clear();
+  if (static_cast<int>(runs_.size()) >= options_.max_runs) return MergeRuns();
+  return absl::OkStatus();
+}
+
+absl::Status ExternalSorter::MergeRuns() {
+  MergeStream merge;
+  for (const std::string& run : runs_) {
+    BACKFLOW_ASSIGN_OR_RETURN(auto reader, RunFileReader::Open(run));
+    BACKFLOW_RETURN_IF_ERROR(merge.Add(std::make_unique<FileStream>(std::move(reader))));
+  }
+  RunFileOptions o;
+  o.compression_level = options_.compression_level;
+  BACKFLOW_ASSIGN_OR_RETURN(auto writer, RunFileWriter::Create(NextRunPath(), o));
+  std::string_view key, value;
+  while (true) {
+    BACKFLOW_ASSIGN_OR_RETURN(bool more, merge.Next(key, value));
+    if (!more) break;
+    BACKFLOW_RETURN_IF_ERROR(writer->Add(key, value));
+  }
+  BACKFLOW_RETURN_IF_ERROR(writer->Finish());
+  for (const std::string& run : runs_) unlink(run.c_str());
+  runs_.assign(1, writer->path());
+  return absl::OkStatus();
+}
+
+absl::Status ExternalSorter::Finish() {
+  if (finished_) return absl::OkStatus();
+  SortBuffer();
+  finished_ = true;
+  // The sorted offsets replace the entries (half the memory, and what streams read).
+  offsets_.resize(entries_.size());
+  for (size_t i = 0; i < entries_.size(); ++i) offsets_[i] = entries_[i].offset;
+  std::vector<Entry>().swap(entries_);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<SortedStream>> ExternalSorter::Open() const {
+  if (!finished_) return absl::FailedPreconditionError("ExternalSorter::Open before Finish");
+  auto memory = std::make_unique<MemoryStream>(arena_, offsets_);
+  if (runs_.empty()) return std::unique_ptr<SortedStream>(std::move(memory));
+  auto merge = std::make_unique<MergeStream>();
+  for (const std::string& run : runs_) {
+    BACKFLOW_ASSIGN_OR_RETURN(auto reader, RunFileReader::Open(run));
+    BACKFLOW_RETURN_IF_ERROR(merge->Add(std::make_unique<FileStream>(std::move(reader))));
+  }
+  BACKFLOW_RETURN_IF_ERROR(merge->Add(std::move(memory)));
+  return std::unique_ptr<SortedStream>(std::move(merge));
+}
+
+}  // namespace backflow

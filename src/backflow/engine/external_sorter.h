@@ -1,0 +1,78 @@
+// ExternalSorter: sorts any number of (key, value) records by key within a
+// fixed memory budget.
+//
+// Records are buffered in memory; when the buffer reaches the budget it is
+// sorted and written to a run file in `dir` (zstd-compressed), and at the end
+// the runs and the last buffer are merged. Keys compare as unsigned bytes
+// (the order of std::string, SQLite's BINARY collation and PostgreSQL bytea);
+// records with equal keys come out in the order they were added. Memory is
+// about the budget plus one block per spilled run, whatever the record count.
+// Run files are removed when the sorter is destroyed. Not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "backflow/engine/run_file.h"
+
+namespace backflow {
+
+// A stream of (key, value) records in key order.
+class SortedStream {
+ public:
+  virtual ~SortedStream() = default;
+  // The next record; the views stay valid until the next call. False at the end.
+  virtual absl::StatusOr<bool> Next(std::string_view& key, std::string_view& value) = 0;
+};
+
+class ExternalSorter {
+ public:
+  struct Options {
+    size_t memory_budget = 64 << 20;
+    int compression_level = 1;  // of the spilled runs
+    // Runs merged into one when this many exist (bounds open files and memory).
+    int max_runs = 64;
+  };
+  // `dir` must exist; run files are named `prefix`-<n>.run inside it.
+  ExternalSorter(std::string dir, std::string prefix, Options options);
+  ExternalSorter(std::string dir, std::string prefix)
+      : ExternalSorter(std::move(dir), std::move(prefix), Options()) {}
+  ~ExternalSorter();
+
+  absl::Status Add(std::string_view key, std::string_view value);
+  // No Add() after this; streams may be opened any number of times.
+  absl::Status Finish();
+  // Every record added, in key order. Finish() first.
+  absl::StatusOr<std::unique_ptr<SortedStream>> Open() const;
+
+  int64_t records() const { return records_; }
+  int spilled_runs() const { return static_cast<int>(runs_.size()); }
+
+ private:
+  struct Entry {
+    uint64_t prefix;  // first 8 key bytes, big-endian, zero-padded
+    uint32_t offset;  // of the record in arena_
+  };
+  void SortBuffer();
+  absl::Status Spill();
+  absl::Status MergeRuns();
+  std::string NextRunPath();
+
+  std::string dir_;
+  std::string prefix_;
+  Options options_;
+  std::string arena_;  // varint key size | key | varint value size | value, back to back
+  std::vector<Entry> entries_;
+  std::vector<uint32_t> offsets_;  // after Finish(): the last buffer, sorted
+  std::vector<std::string> runs_;  // spilled run files, in spill order
+  int run_counter_ = 0;
+  int64_t records_ = 0;
+  bool finished_ = false;
+};
+
+}  // namespace backflow

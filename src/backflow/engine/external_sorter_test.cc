@@ -1,0 +1,128 @@
+#include "backflow/engine/external_sorter.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <random>
+
+namespace backflow {
+namespace {
+
+namespace fs = std::filesystem;
+
+class ExternalSorterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl = (fs::temp_directory_path() / "backflow-sorter-XXXXXX").string();
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  static std::vector<std::pair<std::string, std::string>> Drain(const ExternalSorter& sorter) {
+    auto stream = sorter.Open();
+    EXPECT_TRUE(stream.ok()) << stream.status();
+    std::vector<std::pair<std::string, std::string>> out;
+    std::string_view k, v;
+    while (true) {
+      auto more = (*stream)->Next(k, v);
+      EXPECT_TRUE(more.ok()) << more.status();
+      if (!more.ok() || !*more) break;
+      out.emplace_back(std::string(k), std::string(v));
+    }
+    return out;
+  }
+
+  size_t FilesInDir() const {
+    return static_cast<size_t>(std::distance(fs::directory_iterator(dir_), {}));
+  }
+
+  std::string dir_;
+};
+
+// Random keys with duplicates, shared prefixes longer than 8 bytes, embedded
+// NUL and high bytes; the expected order is std::stable_sort by key.
+std::vector<std::pair<std::string, std::string>> RandomRecords(int n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<std::pair<std::string, std::string>> records;
+  const std::string prefixes[] = {"", "customer-000", std::string("\0\0", 2), "\xff\xfe"};
+  for (int i = 0; i < n; ++i) {
+    std::string key = prefixes[rng() % 4];
+    int len = static_cast<int>(rng() % 12);
+    for (int j = 0; j < len; ++j) key.push_back(static_cast<char>(rng() % 4 == 0 ? 0 : rng()));
+    if (rng() % 10 == 0 && !records.empty()) key = records[rng() % records.size()].first;
+    records.emplace_back(key, "v" + std::to_string(i));
+  }
+  return records;
+}
+
+TEST_F(ExternalSorterTest, SortsInMemoryAndKeepsInsertionOrderOfEqualKeys) {
+  auto records = RandomRecords(5000, 1);
+  ExternalSorter sorter(dir_, "t");
+  for (const auto& [k, v] : records) ASSERT_TRUE(sorter.Add(k, v).ok());
+  ASSERT_TRUE(sorter.Finish().ok());
+  EXPECT_EQ(sorter.spilled_runs(), 0);
+  std::stable_sort(records.begin(), records.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  EXPECT_EQ(Drain(sorter), records);
+  EXPECT_EQ(Drain(sorter), records) << "a second stream sees the same records";
+}
+
+TEST_F(ExternalSorterTest, SpillsMergesAndCleansUp) {
+  for (int max_runs : {64, 3}) {
+    auto records = RandomRecords(40'000, 2 + max_runs);
+    {
+      ExternalSorter::Options o;
+      o.memory_budget = 64 * 1024;  // many spills
+      o.max_runs = max_runs;        // 3: runs merged into one while adding
+      ExternalSorter sorter(dir_, "t", o);
+      for (const auto& [k, v] : records) ASSERT_TRUE(sorter.Add(k, v).ok());
+      ASSERT_TRUE(sorter.Finish().ok());
+      EXPECT_GT(sorter.spilled_runs(), 0);
+      EXPECT_LT(sorter.spilled_runs(), max_runs);
+      EXPECT_EQ(sorter.records(), 40'000);
+      std::stable_sort(records.begin(), records.end(),
+                       [](const auto& a, const auto& b) { return a.first < b.first; });
+      EXPECT_EQ(Drain(sorter), records) << "max_runs " << max_runs;
+      EXPECT_GT(FilesInDir(), 0u);
+    }
+    EXPECT_EQ(FilesInDir(), 0u) << "run files are removed with the sorter";
+  }
+}
+
+TEST_F(ExternalSorterTest, DamagedSpillIsDataLoss) {
+  ExternalSorter::Options o;
+  o.memory_budget = 16 * 1024;
+  ExternalSorter sorter(dir_, "t", o);
+  for (int i = 0; i < 5000; ++i) {
+    ASSERT_TRUE(sorter.Add(std::to_string(i * 7919 % 5000), std::string(20, 'x')).ok());
+  }
+  ASSERT_TRUE(sorter.Finish().ok());
+  ASSERT_GT(sorter.spilled_runs(), 0);
+  for (const auto& entry : fs::directory_iterator(dir_)) {
+    fs::resize_file(entry.path(), fs::file_size(entry.path()) / 2);
+  }
+  auto stream = sorter.Open();
+  absl::Status status = stream.status();
+  std::string_view k, v;
+  while (status.ok()) {
+    auto more = (*stream)->Next(k, v);
+    if (!more.ok()) {
+      status = more.status();
+    } else if (!*more) {
+      break;
+    }
+  }
+  EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
+}
+
+TEST_F(ExternalSorterTest, AddAfterFinishIsRefused) {
+  ExternalSorter sorter(dir_, "t");
+  ASSERT_TRUE(sorter.Finish().ok());
+  EXPECT_FALSE(sorter.Add("a", "b").ok());
+  EXPECT_TRUE(Drain(sorter).empty());
+}
+
+}  // namespace
+}  // namespace backflow

@@ -1,0 +1,307 @@
+#include "backflow/engine/run_file.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "backflow/common/status_macros.h"
+#include "fmt/format.h"
+#include "xxhash.h"
+
+namespace backflow {
+namespace {
+
+constexpr char kMagic[8] = {'B', 'F', 'R', 'U', 'N', '0', '0', '1'};
+constexpr size_t kHeaderSize = 24;
+constexpr uint32_t kCodecRaw = 0;
+constexpr uint32_t kCodecZstd = 1;
+constexpr uint32_t kEndCodec = 0xFFFFFFFF;
+constexpr size_t kWriteBuffer = 1 << 20;
+// A block never claims more than this (guards allocations against damage).
+constexpr uint32_t kMaxBlock = 1u << 30;
+
+void Put32(std::string& out, uint32_t v) {
+  char b[4];
+  for (int i = 0; i < 4; ++i) b[i] = static_cast<char>(v >> (8 * i));
+  out.append(b, 4);
+}
+void Put64(std::string& out, uint64_t v) {
+  char b[8];
+  for (int i = 0; i < 8; ++i) b[i] = static_cast<char>(v >> (8 * i));
+  out.append(b, 8);
+}
+uint32_t Get32(const char* p) {
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+uint64_t Get64(const char* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+
+uint64_t Chain(uint64_t chain, uint64_t block_checksum) {
+  return XXH3_64bits_withSeed(&block_checksum, sizeof(block_checksum), chain);
+}
+
+absl::Status IoError(const std::string& what, const std::string& path) {
+  return absl::UnavailableError(
+      fmt::format("{} {}: {} (check the disk space and permissions of that folder)", what, path,
+                  std::strerror(errno)));
+}
+
+}  // namespace
+
+void AppendVarint(std::string& out, uint64_t v) {
+  char buf[10];
+  int n = 0;
+  while (v >= 0x80) {
+    buf[n++] = static_cast<char>((v & 0x7F) | 0x80);
+    v >>= 7;
+  }
+  buf[n++] = static_cast<char>(v);
+  out.append(buf, n);
+}
+
+bool ReadVarint(const char* data, size_t size, size_t& pos, uint64_t& v) {
+  v = 0;
+  for (int shift = 0; shift < 64 && pos < size; shift += 7) {
+    auto byte = static_cast<unsigned char>(data[pos++]);
+    v |= static_cast<uint64_t>(byte & 0x7F) << shift;
+    if ((byte & 0x80) == 0) return true;
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------- writer
+
+RunFileWriter::RunFileWriter(std::string path, std::string write_path, int fd,
+                             const RunFileOptions& options)
+    : path_(std::move(path)), write_path_(std::move(write_path)), fd_(fd), options_(options) {}
+
+absl::StatusOr<std::unique_ptr<RunFileWriter>> RunFileWriter::Create(
+    const std::string& path, const RunFileOptions& options) {
+  std::string write_path = options.durable ? path + ".tmp" : path;
+  int fd = open(write_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return IoError("cannot create", write_path);
+  auto writer = std::unique_ptr<RunFileWriter>(new RunFileWriter(path, write_path, fd, options));
+  if (options.compression_level != 0) writer->cctx_ = ZSTD_createCCtx();
+  writer->out_.reserve(kWriteBuffer + options.block_bytes + 64);
+  writer->block_.reserve(options.block_bytes + 1024);
+  writer->out_.append(kMagic, sizeof(kMagic));
+  return writer;
+}
+
+RunFileWriter::~RunFileWriter() {
+  if (cctx_ != nullptr) ZSTD_freeCCtx(static_cast<ZSTD_CCtx*>(cctx_));
+  if (fd_ >= 0) close(fd_);
+  if (!finished_) unlink(write_path_.c_str());
+}
+
+absl::Status RunFileWriter::Add(std::string_view key, std::string_view value) {
+  AppendVarint(block_, key.size());
+  block_.append(key);
+  AppendVarint(block_, value.size());
+  block_.append(value);
+  ++block_records_;
+  ++records_;
+  if (block_.size() >= options_.block_bytes) return FlushBlock();
+  return absl::OkStatus();
+}
+
+absl::Status RunFileWriter::FlushBlock() {
+  if (block_records_ == 0) return absl::OkStatus();
+  if (block_.size() > kMaxBlock) {
+    return absl::InvalidArgumentError(
+        fmt::format("a record of {} bytes is too large for run file {}", block_.size(), path_));
+  }
+  std::string_view stored = block_;
+  uint32_t codec = kCodecRaw;
+  if (cctx_ != nullptr) {
+    stored_.resize(ZSTD_compressBound(block_.size()));
+    size_t n = ZSTD_compressCCtx(static_cast<ZSTD_CCtx*>(cctx_), stored_.data(), stored_.size(),
+                                 block_.data(), block_.size(), options_.compression_level);
+    if (ZSTD_isError(n)) {
+      return absl::InternalError(
+          fmt::format("zstd compression failed for {}: {}", path_, ZSTD_getErrorName(n)));
+    }
+    if (n < block_.size()) {
+      stored = std::string_view(stored_.data(), n);
+      codec = kCodecZstd;
+    }
+  }
+  uint64_t checksum = XXH3_64bits(stored.data(), stored.size());
+  chain_ = Chain(chain_, checksum);
+  Put32(out_, static_cast<uint32_t>(block_.size()));
+  Put32(out_, static_cast<uint32_t>(stored.size()));
+  Put32(out_, codec);
+  Put32(out_, block_records_);
+  Put64(out_, checksum);
+  out_.append(stored);
+  block_.clear();
+  block_records_ = 0;
+  return WriteOut({}, false);
+}
+
+absl::Status RunFileWriter::WriteOut(std::string_view data, bool force) {
+  out_.append(data);
+  if (!force && out_.size() < kWriteBuffer) return absl::OkStatus();
+  size_t done = 0;
+  while (done < out_.size()) {
+    ssize_t n = write(fd_, out_.data() + done, out_.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return IoError("cannot write", write_path_);
+    }
+    done += static_cast<size_t>(n);
+  }
+  file_bytes_ += static_cast<int64_t>(out_.size());
+  out_.clear();
+  return absl::OkStatus();
+}
+
+absl::Status RunFileWriter::Finish() {
+  if (finished_) return absl::FailedPreconditionError("run file already finished: " + path_);
+  BACKFLOW_RETURN_IF_ERROR(FlushBlock());
+  Put32(out_, 0);
+  Put32(out_, 0);
+  Put32(out_, kEndCodec);
+  Put32(out_, 0);
+  Put64(out_, static_cast<uint64_t>(records_));
+  Put64(out_, chain_);
+  BACKFLOW_RETURN_IF_ERROR(WriteOut({}, true));
+  if (options_.durable && fdatasync(fd_) != 0) return IoError("cannot sync", write_path_);
+  if (close(fd_) != 0) {
+    fd_ = -1;
+    return IoError("cannot close", write_path_);
+  }
+  fd_ = -1;
+  if (options_.durable) {
+    if (rename(write_path_.c_str(), path_.c_str()) != 0) return IoError("cannot rename", path_);
+    std::string dir = std::filesystem::path(path_).parent_path().string();
+    int dfd = open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) return IoError("cannot open folder", dir);
+    int rc = fsync(dfd);
+    close(dfd);
+    if (rc != 0) return IoError("cannot sync folder", dir);
+  }
+  finished_ = true;
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------- reader
+
+absl::StatusOr<std::unique_ptr<RunFileReader>> RunFileReader::Open(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return IoError("cannot open", path);
+  posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  auto reader = std::unique_ptr<RunFileReader>(new RunFileReader(path, fd));
+  char magic[sizeof(kMagic)];
+  BACKFLOW_RETURN_IF_ERROR(reader->ReadExactly(magic, sizeof(magic), "header"));
+  if (std::memcmp(magic, kMagic, sizeof(kMagic)) != 0) {
+    return reader->Corrupt("it does not start with a Backflow run file header");
+  }
+  return reader;
+}
+
+RunFileReader::~RunFileReader() {
+  if (dctx_ != nullptr) ZSTD_freeDCtx(static_cast<ZSTD_DCtx*>(dctx_));
+  if (fd_ >= 0) close(fd_);
+}
+
+absl::Status RunFileReader::Corrupt(const std::string& what) const {
+  return absl::DataLossError(
+      fmt::format("run file {} is damaged near byte {}: {}", path_, offset_, what));
+}
+
+absl::Status RunFileReader::ReadExactly(char* data, size_t size, const char* what) {
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = pread(fd_, data + done, size - done, offset_ + static_cast<int64_t>(done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return IoError("cannot read", path_);
+    }
+    if (n == 0) {
+      return Corrupt(fmt::format("the file ends inside its {} (it was cut short)", what));
+    }
+    done += static_cast<size_t>(n);
+  }
+  offset_ += static_cast<int64_t>(size);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> RunFileReader::LoadBlock() {
+  char header[kHeaderSize];
+  BACKFLOW_RETURN_IF_ERROR(ReadExactly(header, sizeof(header), "block header"));
+  uint32_t raw_size = Get32(header);
+  uint32_t stored_size = Get32(header + 4);
+  uint32_t codec = Get32(header + 8);
+  uint32_t records = Get32(header + 12);
+  uint64_t checksum = Get64(header + 16);
+  if (codec == kEndCodec) {
+    char tail[8];
+    BACKFLOW_RETURN_IF_ERROR(ReadExactly(tail, sizeof(tail), "end marker"));
+    if (raw_size != 0 || stored_size != 0 || records != 0 ||
+        checksum != static_cast<uint64_t>(records_)) {
+      return Corrupt(
+          fmt::format("it ends after {} records but was written with {}", records_, checksum));
+    }
+    if (Get64(tail) != chain_) return Corrupt("its blocks do not match its end marker");
+    ended_ = true;
+    return false;
+  }
+  if (raw_size > kMaxBlock || stored_size > kMaxBlock ||
+      (codec != kCodecRaw && codec != kCodecZstd) ||
+      (codec == kCodecRaw && raw_size != stored_size) || records == 0) {
+    return Corrupt("invalid block header");
+  }
+  stored_.resize(stored_size);
+  BACKFLOW_RETURN_IF_ERROR(ReadExactly(stored_.data(), stored_size, "block"));
+  if (XXH3_64bits(stored_.data(), stored_.size()) != checksum) {
+    return Corrupt("a block's checksum does not match its contents");
+  }
+  chain_ = Chain(chain_, checksum);
+  if (codec == kCodecRaw) {
+    raw_.swap(stored_);
+  } else {
+    if (dctx_ == nullptr) dctx_ = ZSTD_createDCtx();
+    raw_.resize(raw_size);
+    size_t n = ZSTD_decompressDCtx(static_cast<ZSTD_DCtx*>(dctx_), raw_.data(), raw_.size(),
+                                   stored_.data(), stored_.size());
+    if (ZSTD_isError(n) || n != raw_size) return Corrupt("a block does not decompress");
+  }
+  pos_ = 0;
+  block_records_ = records;
+  return true;
+}
+
+absl::StatusOr<bool> RunFileReader::Next(std::string_view& key, std::string_view& value) {
+  if (ended_) return false;
+  if (block_records_ == 0) {
+    if (pos_ != raw_.size()) return Corrupt("a block holds more bytes than its records");
+    BACKFLOW_ASSIGN_OR_RETURN(bool more, LoadBlock());
+    if (!more) return false;
+  }
+  uint64_t key_size = 0, value_size = 0;
+  if (!ReadVarint(raw_.data(), raw_.size(), pos_, key_size) || key_size > raw_.size() - pos_) {
+    return Corrupt("a record's key runs past its block");
+  }
+  key = std::string_view(raw_.data() + pos_, key_size);
+  pos_ += key_size;
+  if (!ReadVarint(raw_.data(), raw_.size(), pos_, value_size) || value_size > raw_.size() - pos_) {
+    return Corrupt("a record's value runs past its block");
+  }
+  value = std::string_view(raw_.data() + pos_, value_size);
+  pos_ += value_size;
+  --block_records_;
+  ++records_;
+  return true;
+}
+
+}  // namespace backflow

@@ -1,0 +1,184 @@
+#include "backflow/engine/run_file.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+namespace backflow {
+namespace {
+
+namespace fs = std::filesystem;
+
+class RunFileTest : public ::testing::TestWithParam<int> {
+ protected:
+  void SetUp() override {
+    std::string tmpl = (fs::temp_directory_path() / "backflow-runfile-XXXXXX").string();
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+    path_ = dir_ + "/f.run";
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  // Writes `n` records of the given shape; returns them.
+  std::vector<std::pair<std::string, std::string>> Write(int n, size_t block_bytes = 4096,
+                                                         bool durable = false) {
+    RunFileOptions o;
+    o.compression_level = GetParam();
+    o.block_bytes = block_bytes;
+    o.durable = durable;
+    auto w = RunFileWriter::Create(path_, o);
+    EXPECT_TRUE(w.ok()) << w.status();
+    std::vector<std::pair<std::string, std::string>> records;
+    std::mt19937 rng(7);
+    for (int i = 0; i < n; ++i) {
+      std::string key = "k" + std::to_string(i);
+      std::string value(rng() % 300, static_cast<char>('a' + i % 26));
+      if (i % 17 == 0) value.clear();
+      if (i % 101 == 0) value.push_back('\0');
+      EXPECT_TRUE((*w)->Add(key, value).ok());
+      records.emplace_back(key, value);
+    }
+    EXPECT_TRUE((*w)->Finish().ok());
+    EXPECT_EQ((*w)->records(), n);
+    return records;
+  }
+
+  absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ReadAll() {
+    auto r = RunFileReader::Open(path_);
+    if (!r.ok()) return r.status();
+    std::vector<std::pair<std::string, std::string>> out;
+    std::string_view k, v;
+    while (true) {
+      auto more = (*r)->Next(k, v);
+      if (!more.ok()) return more.status();
+      if (!*more) break;
+      out.emplace_back(std::string(k), std::string(v));
+    }
+    return out;
+  }
+
+  std::string dir_;
+  std::string path_;
+};
+
+TEST_P(RunFileTest, RoundTripsRecordsAcrossBlocks) {
+  auto written = Write(5000);
+  auto read = ReadAll();
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(*read, written);
+}
+
+TEST_P(RunFileTest, EmptyFileAndHugeRecord) {
+  Write(0);
+  auto read = ReadAll();
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_TRUE(read->empty());
+
+  RunFileOptions o;
+  o.compression_level = GetParam();
+  o.block_bytes = 64;
+  auto w = RunFileWriter::Create(path_, o);
+  ASSERT_TRUE(w.ok());
+  std::string big(1 << 20, 'x');
+  ASSERT_TRUE((*w)->Add("big", big).ok());
+  ASSERT_TRUE((*w)->Add("", "after").ok());
+  ASSERT_TRUE((*w)->Finish().ok());
+  read = ReadAll();
+  ASSERT_TRUE(read.ok()) << read.status();
+  ASSERT_EQ(read->size(), 2u);
+  EXPECT_EQ((*read)[0].second, big);
+  EXPECT_EQ((*read)[1].first, "");
+}
+
+TEST_P(RunFileTest, DurableWriteReplacesAtomically) {
+  Write(100, 4096, /*durable=*/true);
+  EXPECT_FALSE(fs::exists(path_ + ".tmp"));
+  {
+    RunFileOptions o;
+    o.durable = true;
+    auto w = RunFileWriter::Create(path_, o);
+    ASSERT_TRUE(w.ok());
+    ASSERT_TRUE((*w)->Add("new", "x").ok());
+    // Not finished: the old file stays whole and the temporary file goes.
+  }
+  EXPECT_FALSE(fs::exists(path_ + ".tmp"));
+  auto read = ReadAll();
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->size(), 100u);
+}
+
+TEST_P(RunFileTest, EveryFlippedByteIsDetected) {
+  Write(300, 1024);
+  std::string bytes;
+  {
+    std::ifstream in(path_, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  ASSERT_GT(bytes.size(), 100u);
+  // Every byte position in a sample spread over the file, each flipped alone.
+  for (size_t pos = 0; pos < bytes.size(); pos += std::max<size_t>(1, bytes.size() / 97)) {
+    std::string damaged = bytes;
+    damaged[pos] ^= 0x20;
+    {
+      std::ofstream out(path_, std::ios::binary | std::ios::trunc);
+      out << damaged;
+    }
+    auto read = ReadAll();
+    ASSERT_FALSE(read.ok()) << "flipping byte " << pos << " went unnoticed";
+    EXPECT_EQ(read.status().code(), absl::StatusCode::kDataLoss) << read.status();
+    EXPECT_NE(std::string(read.status().message()).find(path_), std::string::npos);
+  }
+}
+
+TEST_P(RunFileTest, TruncationIsDetectedAtEveryLength) {
+  Write(200, 512);
+  auto size = fs::file_size(path_);
+  std::string bytes;
+  {
+    std::ifstream in(path_, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  for (size_t len = 0; len < size; len += 7) {
+    {
+      std::ofstream out(path_, std::ios::binary | std::ios::trunc);
+      out.write(bytes.data(), static_cast<std::streamsize>(len));
+    }
+    auto read = ReadAll();
+    ASSERT_FALSE(read.ok()) << "a file cut at " << len << " of " << size << " bytes read cleanly";
+    EXPECT_EQ(read.status().code(), absl::StatusCode::kDataLoss);
+  }
+}
+
+TEST_P(RunFileTest, MissingFileIsAnIoError) {
+  auto r = RunFileReader::Open(dir_ + "/absent.run");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable);
+}
+
+INSTANTIATE_TEST_SUITE_P(Codecs, RunFileTest, ::testing::Values(0, 1, -3), [](const auto& info) {
+  return info.param == 0  ? std::string("raw")
+         : info.param > 0 ? "zstd" + std::to_string(info.param)
+                          : "zstd_fast" + std::to_string(-info.param);
+});
+
+TEST(VarintTest, RoundTripsBoundaries) {
+  for (uint64_t v : {uint64_t{0}, uint64_t{127}, uint64_t{128}, uint64_t{16383}, uint64_t{16384},
+                     uint64_t{1} << 35, ~uint64_t{0}}) {
+    std::string s;
+    AppendVarint(s, v);
+    size_t pos = 0;
+    uint64_t got = 1;
+    ASSERT_TRUE(ReadVarint(s.data(), s.size(), pos, got));
+    EXPECT_EQ(got, v);
+    EXPECT_EQ(pos, s.size());
+    pos = 0;
+    EXPECT_FALSE(ReadVarint(s.data(), s.size() - 1, pos, got)) << "a cut varint is refused";
+  }
+}
+
+}  // namespace
+}  // namespace backflow
