@@ -381,15 +381,19 @@ TEST_F(SyncE2eTest, DamagedStateIsDetectedAndNothingIsSent) {
   ASSERT_EQ(Sync().exit_code, 0);
   int64_t before = receiver_->request_count();
   {
-    // Scribble over every page but the first two of the state file.
-    std::fstream f(dir_ + "/.backflow/state.db", std::ios::in | std::ios::out | std::ios::binary);
+    // Scribble over the middle of the mapping's checkpoint file.
+    std::string base;
+    for (const auto& e :
+         fs::recursive_directory_iterator(dir_ + "/.backflow/state.db-checkpoints")) {
+      if (e.path().extension() == ".ckpt") base = e.path().string();
+    }
+    ASSERT_FALSE(base.empty());
+    std::fstream f(base, std::ios::in | std::ios::out | std::ios::binary);
     f.seekg(0, std::ios::end);
     int64_t size = f.tellg();
-    ASSERT_GT(size, 16384);
-    for (int64_t off = 8192; off < size; off += 4096) {
-      f.seekp(off + 64);
-      f.write(std::string(512, '\xde').data(), 512);
-    }
+    ASSERT_GT(size, 64);
+    f.seekp(size / 2);
+    f.write(std::string(16, '\xde').data(), 16);
   }
   Exec("DELETE FROM customers WHERE id = 1");
   CliResult r = Sync();

@@ -19,8 +19,8 @@
 
 #include "absl/status/statusor.h"
 #include "backflow/common/hash.h"
-#include "backflow/engine/external_sorter.h"
-#include "backflow/engine/run_file.h"
+#include "backflow/storage/external_sorter.h"
+#include "backflow/storage/run_file.h"
 #include "backflow/state/state_store.h"
 
 namespace backflow {

@@ -67,7 +67,8 @@ TEST_F(SecretStoreTest, StoresOnlyCiphertext) {
   EXPECT_EQ(*store.Get("STRIPE_KEY"), kPlanted);
   // Nor does the database file, journal included.
   state_.reset();
-  for (const auto& e : fs::directory_iterator(dir_)) {
+  for (const auto& e : fs::recursive_directory_iterator(dir_)) {
+    if (!e.is_regular_file()) continue;
     std::ifstream in(e.path(), std::ios::binary);
     std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     EXPECT_EQ(bytes.find("PLANTED"), std::string::npos) << e.path();

@@ -1,18 +1,21 @@
 // SQLite implementation of StateStore (see state_store.h).
 //
-// WAL mode with synchronous=FULL: a committed checkpoint survives a process
-// kill and a power loss. Checkpoint scans use a second connection so they see
-// a stable snapshot while the engine commits acknowledgements.
+// WAL mode with synchronous=FULL: a committed write survives a process kill
+// and a power loss. Checkpoints live in files beside the database
+// (<path>-checkpoints/, see checkpoint_files.h); the database keeps runs, the
+// in-flight list, the queue and the rest.
 #include <signal.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <optional>
+#include <set>
 
 #include "backflow/common/clock.h"
 #include "backflow/common/hash.h"
 #include "backflow/common/status_macros.h"
 #include "backflow/sqlite/database.h"
+#include "backflow/state/checkpoint_files.h"
 #include "backflow/state/state_store.h"
 #include "fmt/format.h"
 
@@ -686,10 +689,8 @@ class SqliteStateStore : public StateStore {
 
   absl::StatusOr<std::unique_ptr<CheckpointScanner>> ScanCheckpoint(
       const std::string& mapping) override {
-    return Scan(
-        "SELECT record_key, fingerprint, identity FROM checkpoints WHERE mapping=? ORDER BY "
-        "record_key",
-        mapping, /*verify=*/true);
+    BACKFLOW_RETURN_IF_ERROR(MoveTableCheckpoint(mapping));
+    return files_->Scan(mapping);
   }
 
   absl::StatusOr<std::unique_ptr<CheckpointScanner>> ScanInFlight(
@@ -699,78 +700,32 @@ class SqliteStateStore : public StateStore {
         mapping, /*verify=*/false);
   }
 
+  // The checkpoint takes the updates first (durably), then they leave the
+  // in-flight list: a crash in between only re-sends them.
   absl::Status ApplyCheckpoint(const std::string& mapping,
                                const std::vector<CheckpointUpdate>& updates) override {
     if (updates.empty()) return absl::OkStatus();
-    if (!upsert_stmt_.raw()) {
-      BACKFLOW_ASSIGN_OR_RETURN(
-          upsert_stmt_,
-          db_->Prepare("INSERT INTO checkpoints (mapping, record_key, fingerprint, identity) "
-                       "VALUES (?,?,?,?) ON CONFLICT (mapping, record_key) DO UPDATE SET "
-                       "fingerprint=excluded.fingerprint, identity=excluded.identity"));
-      BACKFLOW_ASSIGN_OR_RETURN(
-          delete_stmt_, db_->Prepare("DELETE FROM checkpoints WHERE mapping=? AND record_key=?"));
+    BACKFLOW_RETURN_IF_ERROR(MoveTableCheckpoint(mapping));
+    BACKFLOW_RETURN_IF_ERROR(files_->Apply(mapping, updates));
+    if (!settle_stmt_.raw()) {
       BACKFLOW_ASSIGN_OR_RETURN(
           settle_stmt_, db_->Prepare("DELETE FROM in_flight WHERE mapping=? AND record_key=?"));
     }
-    if (!old_stmt_.raw()) {
-      BACKFLOW_ASSIGN_OR_RETURN(
-          old_stmt_, db_->Prepare("SELECT fingerprint, identity FROM checkpoints WHERE mapping=? "
-                                  "AND record_key=?"));
-      BACKFLOW_ASSIGN_OR_RETURN(
-          meta_stmt_,
-          db_->Prepare("INSERT INTO checkpoint_meta (mapping, records, checksum) VALUES (?,?,?) "
-                       "ON CONFLICT (mapping) DO UPDATE SET records=excluded.records, "
-                       "checksum=excluded.checksum"));
-    }
     return InTransaction([&]() -> absl::Status {
-      BACKFLOW_ASSIGN_OR_RETURN(CheckpointSummary summary, ReadSummary(*db_, mapping));
       for (const CheckpointUpdate& u : updates) {
         BACKFLOW_RETURN_IF_ERROR(settle_stmt_.Bind(1, mapping).Bind(2, u.key).Run());
-        if (u.kind == CheckpointUpdate::Kind::kSettle) continue;
-        // Take the entry being replaced or removed out of the summary.
-        old_stmt_.Bind(1, mapping).Bind(2, u.key);
-        auto found = old_stmt_.Step();
-        if (!found.ok()) {
-          old_stmt_.Reset();
-          return found.status();
-        }
-        if (*found) {
-          --summary.records;
-          summary.checksum -= EntryHash(u.key, old_stmt_.ColumnBlob(0), old_stmt_.ColumnBlob(1));
-        }
-        old_stmt_.Reset();
-        switch (u.kind) {
-          case CheckpointUpdate::Kind::kSettle:
-            break;
-          case CheckpointUpdate::Kind::kRemove:
-            BACKFLOW_RETURN_IF_ERROR(delete_stmt_.Bind(1, mapping).Bind(2, u.key).Run());
-            break;
-          case CheckpointUpdate::Kind::kUpsert: {
-            auto fp = u.fingerprint.ToBytes();
-            ++summary.records;
-            summary.checksum += EntryHash(
-                u.key, std::string_view(reinterpret_cast<const char*>(fp.data()), fp.size()),
-                u.identity);
-            BACKFLOW_RETURN_IF_ERROR(
-                upsert_stmt_.Bind(1, mapping)
-                    .Bind(2, u.key)
-                    .BindBlob(3,
-                              std::string_view(reinterpret_cast<const char*>(fp.data()), fp.size()))
-                    .BindBlob(4, u.identity)
-                    .Run());
-            break;
-          }
-        }
       }
-      return meta_stmt_.Bind(1, mapping)
-          .Bind(2, summary.records)
-          .Bind(3, static_cast<int64_t>(summary.checksum))
-          .Run();
+      return absl::OkStatus();
     });
   }
 
+  absl::Status CommitCheckpoint(const std::string& mapping) override {
+    return files_->Fold(mapping);
+  }
+
   absl::Status ResetCheckpoint(const std::string& mapping) override {
+    BACKFLOW_RETURN_IF_ERROR(files_->Reset(mapping));
+    moved_.erase(mapping);
     return InTransaction([&]() -> absl::Status {
       for (const char* table : {"checkpoints", "checkpoint_meta", "in_flight"}) {
         BACKFLOW_ASSIGN_OR_RETURN(
@@ -861,16 +816,64 @@ class SqliteStateStore : public StateStore {
   }
 
   absl::StatusOr<int64_t> CheckpointSize(const std::string& mapping) override {
-    BACKFLOW_ASSIGN_OR_RETURN(Statement s,
-                              db_->Prepare("SELECT COUNT(*) FROM checkpoints WHERE mapping=?"));
-    s.Bind(1, mapping);
-    BACKFLOW_ASSIGN_OR_RETURN(bool row, s.Step());
-    return row ? s.ColumnInt(0) : 0;
+    BACKFLOW_RETURN_IF_ERROR(MoveTableCheckpoint(mapping));
+    return files_->Size(mapping);
+  }
+
+  absl::Status OpenCheckpointFiles() {
+    BACKFLOW_ASSIGN_OR_RETURN(files_, CheckpointFiles::Open(path_ + "-checkpoints"));
+    return absl::OkStatus();
   }
 
  private:
   std::string path_;
   std::unique_ptr<Database> db_;
+  std::unique_ptr<CheckpointFiles> files_;
+  std::set<std::string> moved_;  // mappings whose table checkpoint is known to be empty
+
+  // State files written before checkpoints became files hold them in the
+  // `checkpoints` table: the first use of such a mapping moves its entries
+  // (verified against their count and checksum) into the checkpoint files,
+  // then deletes the rows. Interrupted, it starts over: upserts are idempotent.
+  absl::Status MoveTableCheckpoint(const std::string& mapping) {
+    if (moved_.count(mapping) > 0) return absl::OkStatus();
+    BACKFLOW_ASSIGN_OR_RETURN(
+        auto old, Scan("SELECT record_key, fingerprint, identity FROM checkpoints WHERE mapping=? "
+                       "ORDER BY record_key",
+                       mapping, /*verify=*/true));
+    std::vector<CheckpointUpdate> chunk;
+    int64_t moved = 0;
+    while (true) {
+      CheckpointEntry e;
+      BACKFLOW_ASSIGN_OR_RETURN(bool more, old->Next(e));
+      if (more) {
+        chunk.push_back({.key = std::move(e.key),
+                         .kind = CheckpointUpdate::Kind::kUpsert,
+                         .fingerprint = e.fingerprint,
+                         .identity = std::move(e.identity)});
+        ++moved;
+      }
+      if (chunk.size() >= 50'000 || (!more && !chunk.empty())) {
+        BACKFLOW_RETURN_IF_ERROR(files_->Apply(mapping, chunk));
+        chunk.clear();
+      }
+      if (!more) break;
+    }
+    old.reset();
+    if (moved > 0) {
+      BACKFLOW_RETURN_IF_ERROR(files_->Fold(mapping));
+      BACKFLOW_RETURN_IF_ERROR(InTransaction([&]() -> absl::Status {
+        for (const char* table : {"checkpoints", "checkpoint_meta"}) {
+          BACKFLOW_ASSIGN_OR_RETURN(
+              Statement d, db_->Prepare(fmt::format("DELETE FROM {} WHERE mapping=?", table)));
+          BACKFLOW_RETURN_IF_ERROR(d.Bind(1, mapping).Run());
+        }
+        return absl::OkStatus();
+      }));
+    }
+    moved_.insert(mapping);
+    return absl::OkStatus();
+  }
 
   // Inserts queued runs under one request id (the first run's); the caller
   // holds a transaction.
@@ -944,11 +947,7 @@ class SqliteStateStore : public StateStore {
     return summary;
   }
 
-  Statement upsert_stmt_;
-  Statement delete_stmt_;
   Statement settle_stmt_;
-  Statement old_stmt_;
-  Statement meta_stmt_;
   Statement in_flight_stmt_;
 };
 
@@ -996,6 +995,7 @@ absl::StatusOr<std::unique_ptr<StateStore>> OpenSqliteStateStore(const std::stri
       Database::Open(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX));
   auto store = std::make_unique<SqliteStateStore>(path, std::move(db));
   BACKFLOW_RETURN_IF_ERROR(store->Migrate());
+  BACKFLOW_RETURN_IF_ERROR(store->OpenCheckpointFiles());
   return std::unique_ptr<StateStore>(std::move(store));
 }
 

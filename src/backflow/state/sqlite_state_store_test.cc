@@ -166,45 +166,97 @@ TEST_F(SqliteStateStoreTest, ReopeningKeepsDataAndSchema) {
   EXPECT_EQ((*reopened)->ListRuns("", 10)->size(), 1u);
 }
 
-TEST_F(SqliteStateStoreTest, DamagedCheckpointIsDetectedAtTheEndOfTheScan) {
+// State files from before checkpoints became files keep them in the
+// `checkpoints` table: the first use of a mapping moves them, verified.
+TEST_F(SqliteStateStoreTest, TableCheckpointsOfOlderStateFilesMoveToFiles) {
+  store_.reset();
   auto fp = Fingerprint128("x");
-  std::vector<CheckpointUpdate> initial;
-  for (int i = 0; i < 50; ++i)
-    initial.push_back({.key = fmt::format("k{:02}", i), .fingerprint = fp});
-  ASSERT_TRUE(store_->ApplyCheckpoint("m", initial).ok());
-  ASSERT_TRUE(store_
-                  ->ApplyCheckpoint("m", {{.key = "k03", .kind = CheckpointUpdate::Kind::kRemove},
-                                          {.key = "k04", .fingerprint = Fingerprint128("y")}})
-                  .ok());
-  EXPECT_EQ(Scan("m").size(), 49u);  // consistent: no error
-
-  // Damage behind the store's back: a lost row, then a changed fingerprint.
-  auto tamper = [&](const std::string& sql) {
+  auto fp_bytes = fp.ToBytes();
+  std::string fp_blob(reinterpret_cast<const char*>(fp_bytes.data()), fp_bytes.size());
+  auto write_old_rows = [&](int n, bool consistent) {
     auto db = sqlite::Database::Open(path_, SQLITE_OPEN_READWRITE);
     ASSERT_TRUE(db.ok());
-    ASSERT_TRUE((*db)->Exec(sql).ok());
-  };
-  auto scan_status = [&]() {
-    auto scanner = store_->ScanCheckpoint("m");
-    EXPECT_TRUE(scanner.ok());
-    CheckpointEntry e;
-    while (true) {
-      auto more = (*scanner)->Next(e);
-      if (!more.ok()) return more.status();
-      if (!*more) return absl::OkStatus();
+    uint64_t checksum = 0;
+    for (int i = 0; i < n; ++i) {
+      std::string key = fmt::format("k{:03}", i);
+      auto s = (*db)->Prepare(
+          "INSERT INTO checkpoints (mapping, record_key, fingerprint, identity) VALUES (?,?,?,?)");
+      ASSERT_TRUE(s.ok());
+      ASSERT_TRUE(s->Bind(1, "m").Bind(2, key).BindBlob(3, fp_blob).BindBlob(4, "id").Run().ok());
+      Hasher128 h;
+      h.Add(key).Add(fp_blob).Add("id");
+      checksum += h.Finish().low;
     }
+    auto meta =
+        (*db)->Prepare("INSERT INTO checkpoint_meta (mapping, records, checksum) VALUES (?,?,?)");
+    ASSERT_TRUE(meta.ok());
+    ASSERT_TRUE(meta->Bind(1, "m")
+                    .Bind(2, int64_t{n + (consistent ? 0 : 1)})
+                    .Bind(3, static_cast<int64_t>(checksum))
+                    .Run()
+                    .ok());
   };
-  tamper("DELETE FROM checkpoints WHERE record_key = 'k10'");
-  absl::Status status = scan_status();
-  EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss);
-  EXPECT_NE(status.message().find("read 48 of its 49 records"), absl::string_view::npos) << status;
-  EXPECT_NE(status.message().find("backflow checkpoint reset m"), absl::string_view::npos);
+  write_old_rows(120, /*consistent=*/true);
+  auto reopened = OpenSqliteStateStore(path_);
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  store_ = std::move(*reopened);
+  EXPECT_EQ(*store_->CheckpointSize("m"), 120);
+  auto entries = Scan("m");
+  ASSERT_EQ(entries.size(), 120u);
+  EXPECT_EQ(entries[7].key, "k007");
+  EXPECT_EQ(entries[7].fingerprint, fp);
+  EXPECT_EQ(entries[7].identity, "id");
+  {
+    auto db = sqlite::Database::Open(path_, SQLITE_OPEN_READONLY);
+    auto q = (*db)->Prepare("SELECT COUNT(*) FROM checkpoints");
+    ASSERT_TRUE(*q->Step());
+    EXPECT_EQ(q->ColumnInt(0), 0) << "the rows were moved, not copied";
+  }
 
+  // Damaged rows are not moved: the mapping's scan reports the damage.
   ASSERT_TRUE(store_->ResetCheckpoint("m").ok());
+  store_.reset();
+  write_old_rows(10, /*consistent=*/false);
+  store_ = std::move(*OpenSqliteStateStore(path_));
+  auto scanner = store_->ScanCheckpoint("m");
+  ASSERT_FALSE(scanner.ok());
+  EXPECT_EQ(scanner.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(scanner.status().message().find("backflow checkpoint reset m"), absl::string_view::npos)
+      << scanner.status();
+}
+
+TEST_F(SqliteStateStoreTest, DamagedCheckpointFileIsDataLoss) {
+  auto fp = Fingerprint128("x");
+  std::vector<CheckpointUpdate> initial;
+  for (int i = 0; i < 3000; ++i) {
+    initial.push_back({.key = fmt::format("k{:04}", i), .fingerprint = fp});
+  }
   ASSERT_TRUE(store_->ApplyCheckpoint("m", initial).ok());
-  EXPECT_TRUE(scan_status().ok());
-  tamper("UPDATE checkpoints SET fingerprint = zeroblob(16) WHERE record_key = 'k20'");
-  EXPECT_EQ(scan_status().code(), absl::StatusCode::kDataLoss);
+  ASSERT_TRUE(store_->CommitCheckpoint("m").ok());
+  EXPECT_EQ(Scan("m").size(), 3000u);
+  // Damage behind the store's back.
+  std::string base;
+  for (const auto& f : std::filesystem::directory_iterator(path_ + "-checkpoints/m")) {
+    base = f.path().string();
+  }
+  ASSERT_TRUE(base.ends_with(".ckpt")) << base;
+  std::filesystem::resize_file(base, std::filesystem::file_size(base) - 40);
+  auto scanner = store_->ScanCheckpoint("m");
+  ASSERT_TRUE(scanner.ok());
+  CheckpointEntry e;
+  absl::Status status;
+  while (status.ok()) {
+    auto more = (*scanner)->Next(e);
+    if (!more.ok())
+      status = more.status();
+    else if (!*more)
+      break;
+  }
+  EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(status.message().find("backflow checkpoint reset m"), absl::string_view::npos)
+      << status;
+  ASSERT_TRUE(store_->ResetCheckpoint("m").ok());
+  EXPECT_TRUE(Scan("m").empty());
 }
 
 // UseApiToken notes the last use (a write) at most once a minute. That write

@@ -263,6 +263,13 @@ class StateStore {
   // settled (no longer in flight).
   virtual absl::Status ApplyCheckpoint(const std::string& mapping,
                                        const std::vector<CheckpointUpdate>& updates) = 0;
+  // Called by the engine when a mapping's run has applied its last update: a
+  // store may compact what was applied (e.g. fold a journal) so that the next
+  // ScanCheckpoint() starts at once. Scans are correct without it.
+  virtual absl::Status CommitCheckpoint(const std::string& mapping) {
+    (void)mapping;
+    return absl::OkStatus();
+  }
   // Durably records that these records are about to be sent.
   virtual absl::Status MarkInFlight(const std::string& mapping,
                                     const std::vector<InFlightEntry>& entries) = 0;

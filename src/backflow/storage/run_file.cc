@@ -1,4 +1,4 @@
-#include "backflow/engine/run_file.h"
+#include "backflow/storage/run_file.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -302,6 +302,22 @@ absl::StatusOr<bool> RunFileReader::Next(std::string_view& key, std::string_view
   --block_records_;
   ++records_;
   return true;
+}
+
+absl::StatusOr<int64_t> RunFileRecordCount(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return IoError("cannot open", path);
+  off_t size = lseek(fd, 0, SEEK_END);
+  char tail[32];
+  ssize_t n = size >= static_cast<off_t>(sizeof(kMagic) + sizeof(tail))
+                  ? pread(fd, tail, sizeof(tail), size - static_cast<off_t>(sizeof(tail)))
+                  : -1;
+  close(fd);
+  if (n != static_cast<ssize_t>(sizeof(tail)) || Get32(tail + 8) != kEndCodec) {
+    return absl::DataLossError(
+        fmt::format("run file {} is damaged: it does not end with an end marker", path));
+  }
+  return static_cast<int64_t>(Get64(tail + 16));
 }
 
 }  // namespace backflow

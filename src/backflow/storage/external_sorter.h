@@ -18,7 +18,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "backflow/engine/run_file.h"
+#include "backflow/storage/run_file.h"
 
 namespace backflow {
 

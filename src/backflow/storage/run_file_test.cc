@@ -1,4 +1,4 @@
-#include "backflow/engine/run_file.h"
+#include "backflow/storage/run_file.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>

@@ -1,4 +1,4 @@
-#include "backflow/engine/external_sorter.h"
+#include "backflow/storage/external_sorter.h"
 
 #include <unistd.h>
 

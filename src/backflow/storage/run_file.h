@@ -106,6 +106,10 @@ class RunFileReader {
   bool ended_ = false;
 };
 
+// The record count a finished run file's end marker states (without reading
+// its blocks: a damaged file is only detected by reading it).
+absl::StatusOr<int64_t> RunFileRecordCount(const std::string& path);
+
 // Little-endian base-128 varints, as used inside run files and by their users.
 void AppendVarint(std::string& out, uint64_t v);
 // Reads a varint at data[pos], advancing pos; false if it runs past `size`.
