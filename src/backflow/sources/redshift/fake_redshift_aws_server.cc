@@ -156,6 +156,11 @@ void FakeRedshiftAwsServer::SetPollsBeforeFinish(int submitted, int started) {
   options_.polls_started = started;
 }
 
+void FakeRedshiftAwsServer::AbortAtPoll(int poll) {
+  std::lock_guard<std::mutex> lock(mu_);
+  abort_at_poll_ = poll;
+}
+
 int FakeRedshiftAwsServer::Calls(std::string_view operation) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = calls_.find(std::string(operation));
@@ -375,6 +380,7 @@ TestResponse FakeRedshiftAwsServer::HandleJson(const TestRequest& request,
   json body = json::parse(request.body, nullptr, /*allow_exceptions=*/false);
   if (!body.is_object()) return JsonError(400, "SerializationException", "body is not JSON");
   ++calls_[op];
+  if (op == "ExecuteStatement") execute_requests_.push_back(body);
   FakeAwsFault fault;
   if (TakeFault(op, fault)) return JsonError(fault.status, fault.code, fault.message);
   if (service == "redshift-serverless") {
@@ -403,7 +409,6 @@ TestResponse FakeRedshiftAwsServer::DataApi(const std::string& op, const json& b
 }
 
 TestResponse FakeRedshiftAwsServer::ExecuteStatement(const json& body) {
-  execute_requests_.push_back(body);
   std::string sql = body.value("Sql", "");
   std::string database = body.value("Database", "");
   std::string cluster = body.value("ClusterIdentifier", "");
@@ -522,6 +527,10 @@ TestResponse FakeRedshiftAwsServer::DescribeStatement(const json& body) {
     return JsonError(400, "ResourceNotFoundException", fmt::format("Query {} not found", id));
   }
   Statement& st = *it->second;
+  if (abort_at_poll_ > 0 && st.polls + 1 == abort_at_poll_ &&
+      st.polls < options_.polls_submitted + options_.polls_started) {
+    st.cancelled = true;
+  }
   std::string status;
   if (st.cancelled) {
     status = "ABORTED";

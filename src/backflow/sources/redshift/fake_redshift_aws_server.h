@@ -118,13 +118,16 @@ class FakeRedshiftAwsServer {
   void InjectError(FakeAwsFault fault);
   void ExpireSessionToken();
   void SetPollsBeforeFinish(int submitted, int started);
+  // Statements become ABORTED (as if cancelled by someone else) when
+  // DescribeStatement is called for the `poll`-th time (1-based; 0: never).
+  void AbortAtPoll(int poll);
 
   // --- Inspection ----------------------------------------------------------
   // Calls per operation that passed the signature check.
   int Calls(std::string_view operation) const;
   // Requests refused for their signature or credentials.
   int auth_refusals() const;
-  // The JSON bodies of the ExecuteStatement calls, in order.
+  // The JSON bodies of the ExecuteStatement calls (faulted ones too), in order.
   std::vector<nlohmann::json> ExecuteRequests() const;
   // The form parameters of the GetClusterCredentials calls, in order.
   std::vector<std::map<std::string, std::string>> CredentialRequests() const;
@@ -157,6 +160,7 @@ class FakeRedshiftAwsServer {
   std::unique_ptr<sqlite::Database> db_;
   std::vector<FakeAwsFault> faults_;
   bool token_expired_ = false;
+  int abort_at_poll_ = 0;
   std::map<std::string, int> calls_;
   int auth_refusals_ = 0;
   std::vector<nlohmann::json> execute_requests_;

@@ -483,7 +483,9 @@ absl::StatusOr<Value> DecodeRedshiftDataField(const RedshiftDataColumn& column, 
                                            Dump(field).substr(0, 200)));
   };
   if (!field.is_object() || field.size() != 1) return bad("not a one-member union object");
-  const auto& [member, v] = *field.items().begin();
+  const auto first = field.begin();
+  const std::string member = first.key();
+  const json& v = first.value();
   const ValueType type = column.column.type;
   if (member == "isNull") {
     if (!v.is_boolean() || !v.get<bool>()) return bad("isNull that is not true");
