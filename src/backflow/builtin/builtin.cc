@@ -16,6 +16,7 @@
 #include "backflow/sources/databricks/databricks_source.h"
 #include "backflow/sources/mysql/mysql_source.h"
 #include "backflow/sources/postgres/postgres_source.h"
+#include "backflow/sources/redshift/redshift_data_api.h"
 #include "backflow/sources/redshift/redshift_source.h"
 #include "backflow/sources/snowflake/snowflake_source.h"
 #include "backflow/sources/sqlite/sqlite_source.h"
@@ -40,6 +41,7 @@ Registry* BuildRegistry() {
   Add(registry->AddSource(SnowflakeSourceDefinition()));
   Add(registry->AddSource(BigQuerySourceDefinition()));
   Add(registry->AddSource(RedshiftSourceDefinition()));
+  Add(registry->AddSource(RedshiftDataApiSourceDefinition()));
   Add(registry->AddSource(DatabricksSourceDefinition()));
   Add(registry->AddSource(ClickHouseSourceDefinition()));
   Add(registry->AddDestination(WebhookDestinationDefinition()));

@@ -32,7 +32,7 @@ TEST(BuiltinRegistryTest, DefinitionsAreComplete) {
   }
   EXPECT_EQ(sources,
             (std::vector<std::string>{"sqlite", "postgres", "mysql", "snowflake", "bigquery",
-                                      "redshift", "databricks", "clickhouse"}));
+                                      "redshift", "redshift_data_api", "databricks", "clickhouse"}));
   EXPECT_EQ(destinations, (std::vector<std::string>{"webhook", "segment", "hubspot", "braze",
                                                     "mixpanel", "google_sheets", "meta_capi",
                                                     "iterable", "salesforce", "file", "postgres"}));

@@ -49,14 +49,16 @@ std::string NormalizeUrl(const std::string& url) {
   return url;
 }
 
-pg::ConnectOptions ConnectOptionsFor(const RedshiftConfig& config) {
+pg::ConnectOptions ConnectOptionsFor(const RedshiftConfig& config,
+                                     const RedshiftDbCredentials* iam) {
   pg::ConnectOptions options;
   options.url = NormalizeUrl(config.url);
-  options.password = config.password;
+  options.password = iam != nullptr ? iam->password : config.password;
   options.connect_timeout_seconds = config.connect_timeout_s;
   options.server_name = "Redshift";
   options.defaults = {{"port", "5439"}};
   options.overrides = {{"sslmode", config.sslmode}};
+  if (iam != nullptr) options.overrides.emplace_back("user", iam->user);
   if (config.sslmode == "verify-ca" || config.sslmode == "verify-full") {
     std::string root = config.sslrootcert;
     std::error_code ec;
@@ -66,10 +68,35 @@ pg::ConnectOptions ConnectOptionsFor(const RedshiftConfig& config) {
   return options;
 }
 
-absl::StatusOr<std::unique_ptr<pg::Connection>> Connect(const RedshiftConfig& config) {
+absl::StatusOr<std::unique_ptr<pg::Connection>> ConnectWith(const RedshiftConfig& config,
+                                                            RedshiftIamCredentials* iam) {
+  if (iam == nullptr) {
+    absl::StatusOr<std::unique_ptr<pg::Connection>> conn =
+        pg::Connection::Open(ConnectOptionsFor(config, nullptr));
+    if (!conn.ok()) return ClassifyRedshiftError(conn.status());
+    return conn;
+  }
+  BACKFLOW_ASSIGN_OR_RETURN(RedshiftDbCredentials creds, iam->Get());
   absl::StatusOr<std::unique_ptr<pg::Connection>> conn =
-      pg::Connection::Open(ConnectOptionsFor(config));
-  if (!conn.ok()) return ClassifyRedshiftError(conn.status());
+      pg::Connection::Open(ConnectOptionsFor(config, &creds));
+  if (conn.ok() || conn.status().code() != absl::StatusCode::kUnauthenticated) {
+    if (!conn.ok()) return ClassifyRedshiftError(conn.status());
+    return conn;
+  }
+  // The cached password may have been revoked or expired early: one new one.
+  BACKFLOW_ASSIGN_OR_RETURN(creds, iam->Refresh());
+  conn = pg::Connection::Open(ConnectOptionsFor(config, &creds));
+  if (!conn.ok()) {
+    absl::Status s = ClassifyRedshiftError(conn.status());
+    if (s.code() == absl::StatusCode::kUnauthenticated) {
+      return absl::UnauthenticatedError(fmt::format(
+          "{}. Redshift refused the temporary IAM password for user \"{}\": check that the "
+          "database user exists (or that it may be created) and that the url names the right "
+          "database",
+          s.message(), creds.user));
+    }
+    return s;
+  }
   return conn;
 }
 
@@ -271,10 +298,15 @@ class RedshiftCursorReader : public RowReader {
 
 class RedshiftSource : public Source {
  public:
-  RedshiftSource(RedshiftConfig config, Clock* clock) : config_(std::move(config)), clock_(clock) {}
+  RedshiftSource(RedshiftConfig config, HttpClient* http, Clock* clock)
+      : config_(std::move(config)), http_(http), clock_(clock) {
+    if (config_.auth == RedshiftAuth::kIam && http_ != nullptr) {
+      iam_ = std::make_unique<RedshiftIamCredentials>(config_.iam, http_, clock_);
+    }
+  }
 
   absl::Status CheckConnection() override {
-    BACKFLOW_ASSIGN_OR_RETURN(auto conn, Connect(config_));
+    BACKFLOW_ASSIGN_OR_RETURN(auto conn, Connect());
     return ExecSimple(*conn, RedshiftSessionSql(config_) + "SELECT 1", "connection check failed")
         .status();
   }
@@ -304,8 +336,15 @@ class RedshiftSource : public Source {
   }
 
  private:
+  absl::StatusOr<std::unique_ptr<pg::Connection>> Connect() {
+    if (config_.auth == RedshiftAuth::kIam && iam_ == nullptr) {
+      return absl::InternalError("redshift auth: iam needs an HTTP client (ConnectorEnv.http)");
+    }
+    return ConnectWith(config_, iam_.get());
+  }
+
   absl::StatusOr<std::unique_ptr<RowReader>> TryQuery(const std::string& text) {
-    BACKFLOW_ASSIGN_OR_RETURN(auto conn, Connect(config_));
+    BACKFLOW_ASSIGN_OR_RETURN(auto conn, Connect());
     // Newlines around the model keep a trailing "-- comment" inside it.
     std::string prefix = fmt::format("{}BEGIN READ ONLY; DECLARE {} CURSOR FOR\n",
                                      RedshiftSessionSql(config_), kCursorName);
@@ -324,7 +363,9 @@ class RedshiftSource : public Source {
   }
 
   RedshiftConfig config_;
+  HttpClient* http_;
   Clock* clock_;
+  std::unique_ptr<RedshiftIamCredentials> iam_;
 };
 
 int HexNibble(char c) {
@@ -564,12 +605,15 @@ absl::StatusOr<RedshiftConfig> ParseRedshiftSettings(const json& settings) {
   std::string normalized = NormalizeUrl(config.url);
   char* error = nullptr;
   std::string in_url;
+  std::string url_user, url_dbname, url_host;
   if (PQconninfoOption* parsed = PQconninfoParse(normalized.c_str(), &error); parsed != nullptr) {
     for (PQconninfoOption* o = parsed; o->keyword != nullptr; ++o) {
       std::string_view key = o->keyword;
-      if ((key == "sslmode" || key == "sslrootcert") && o->val != nullptr && o->val[0] != '\0') {
-        in_url = o->keyword;
-      }
+      if (o->val == nullptr || o->val[0] == '\0') continue;
+      if (key == "sslmode" || key == "sslrootcert") in_url = o->keyword;
+      if (key == "user") url_user = o->val;
+      if (key == "dbname") url_dbname = o->val;
+      if (key == "host") url_host = o->val;
     }
     PQconninfoFree(parsed);
   }
@@ -581,6 +625,45 @@ absl::StatusOr<RedshiftConfig> ParseRedshiftSettings(const json& settings) {
         in_url));
   }
   config.password = text("password");
+  std::string auth = text("auth");
+  if (auth == "iam") {
+    config.auth = RedshiftAuth::kIam;
+    RedshiftIamConfig& iam = config.iam;
+    BACKFLOW_ASSIGN_OR_RETURN(iam.credentials, ParseAwsCredentialSettings(settings));
+    iam.region = text("region");
+    if (iam.region.empty()) iam.region = RegionFromRedshiftHost(url_host);
+    if (iam.region.empty()) {
+      return absl::InvalidArgumentError(
+          "region: required with auth: iam when the url's host is not a Redshift endpoint "
+          "(<cluster>.<id>.<region>.redshift.amazonaws.com), e.g. us-east-1");
+    }
+    BACKFLOW_RETURN_IF_ERROR(CheckAwsRegion(iam.region));
+    iam.cluster_identifier = text("cluster_identifier");
+    iam.workgroup_name = text("workgroup_name");
+    if (iam.cluster_identifier.empty() == iam.workgroup_name.empty()) {
+      return absl::InvalidArgumentError(
+          "cluster_identifier: with auth: iam set exactly one of cluster_identifier (a "
+          "provisioned cluster, e.g. examplecluster) or workgroup_name (Redshift Serverless)");
+    }
+    iam.db_user = url_user;
+    iam.db_name = url_dbname;
+    if (!iam.cluster_identifier.empty() && iam.db_user.empty()) {
+      return absl::InvalidArgumentError(
+          "url: with auth: iam on a cluster the url must name the database user to get a "
+          "password for, e.g. postgresql://analytics@<endpoint>:5439/dev");
+    }
+    iam.aws_endpoint = text("aws_endpoint");
+    if (!iam.aws_endpoint.empty() && !iam.aws_endpoint.starts_with("https://") &&
+        !iam.aws_endpoint.starts_with("http://")) {
+      return absl::InvalidArgumentError(
+          "aws_endpoint: must be an https:// URL, e.g. https://redshift.us-east-1.amazonaws.com");
+    }
+    BACKFLOW_ASSIGN_OR_RETURN(iam.duration_s, integer("iam_duration_s", iam.duration_s, 900, 3600));
+    auto create = settings.find("auto_create");
+    iam.auto_create = create != settings.end() && create->is_boolean() && create->get<bool>();
+  } else if (!auth.empty() && auth != "password") {
+    return absl::InvalidArgumentError("auth: must be password or iam");
+  }
   std::string sslmode = text("sslmode");
   if (!sslmode.empty()) config.sslmode = sslmode;
   static const std::vector<std::string> kModes = {"disable", "allow",     "prefer",
@@ -603,7 +686,7 @@ absl::StatusOr<RedshiftConfig> ParseRedshiftSettings(const json& settings) {
 
 std::unique_ptr<Source> NewRedshiftSource(RedshiftConfig config, const ConnectorEnv& env) {
   Clock* clock = env.clock != nullptr ? env.clock : &SystemClock();
-  return std::make_unique<RedshiftSource>(std::move(config), clock);
+  return std::make_unique<RedshiftSource>(std::move(config), env.http, clock);
 }
 
 SourceDefinition RedshiftSourceDefinition() {
@@ -623,7 +706,9 @@ SourceDefinition RedshiftSourceDefinition() {
       "Connection failures, serializable isolation violations (error 1023) and other transient "
       "errors before the first row are retried with backoff; a read abandoned early is "
       "cancelled and rolled back. The user needs SELECT on the tables (and USAGE on their "
-      "schemas).";
+      "schemas). With auth: iam the password is a temporary one from AWS (GetClusterCredentials "
+      "or Redshift Serverless GetCredentials, SigV4-signed). For the HTTP Redshift Data API see "
+      "the `redshift_data_api` source.";
   def.maturity = "beta";
 
   SettingSpec url = Setting(
@@ -641,6 +726,53 @@ SourceDefinition RedshiftSourceDefinition() {
               "password from GetClusterCredentials works too, until it expires).");
   password.secret = true;
   def.settings.push_back(password);
+  SettingSpec auth = Setting(
+      "auth", "Authentication",
+      "password (default): log on with `password`. iam: get a temporary password from AWS "
+      "before connecting (redshift:GetClusterCredentials for cluster_identifier, with the url's "
+      "user and database; or redshift-serverless:GetCredentials for workgroup_name), signed "
+      "with access_key_id / secret_access_key; the user logs on as AWS names it (IAM:<user>).",
+      SettingType::kEnum);
+  auth.default_value = "password";
+  auth.allowed_values = {"password", "iam"};
+  def.settings.push_back(auth);
+  for (SettingSpec& spec :
+       AwsCredentialSettingSpecs("that may get temporary database passwords (auth: iam)")) {
+    if (spec.key == "region") {
+      spec.description =
+          "With auth: iam, the AWS region of the cluster or workgroup, e.g. us-east-1. Default: "
+          "the region in the url's host (<cluster>.<id>.<region>.redshift.amazonaws.com).";
+    }
+    def.settings.push_back(spec);
+  }
+  def.settings.push_back(
+      Setting("cluster_identifier", "Cluster identifier",
+              "With auth: iam on a provisioned cluster: the cluster's name (e.g. examplecluster, "
+              "the first label of its endpoint). The IAM identity needs "
+              "redshift:GetClusterCredentials on its dbuser and dbname resources."));
+  def.settings.push_back(
+      Setting("workgroup_name", "Workgroup name",
+              "With auth: iam on Redshift Serverless: the workgroup's name. The IAM identity "
+              "needs redshift-serverless:GetCredentials on it."));
+  SettingSpec duration =
+      Setting("iam_duration_s", "Temporary password lifetime (s)",
+              "With auth: iam: how long each temporary password is valid (900 to 3600); a new "
+              "one is fetched a minute before it expires.",
+              SettingType::kInteger);
+  duration.default_value = 900;
+  def.settings.push_back(duration);
+  SettingSpec create =
+      Setting("auto_create", "Create the database user",
+              "With auth: iam on a cluster: create the url's user (AutoCreate) when it does not "
+              "exist (needs redshift:CreateClusterUser).",
+              SettingType::kBoolean);
+  create.default_value = false;
+  def.settings.push_back(create);
+  def.settings.push_back(
+      Setting("aws_endpoint", "AWS API endpoint",
+              "With auth: iam: the AWS API address to ask for passwords instead of "
+              "https://redshift.<region>.amazonaws.com (or redshift-serverless.<region>...), "
+              "e.g. a VPC endpoint; also for test servers."));
   SettingSpec sslmode =
       Setting("sslmode", "TLS mode",
               "libpq sslmode. verify-full (default) encrypts and checks that the certificate "

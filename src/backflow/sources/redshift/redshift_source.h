@@ -13,7 +13,18 @@
 //   `sslmode` (default verify-full) and `sslrootcert` settings; with verify-ca
 //   or verify-full and no sslrootcert the system CA bundle
 //   (/etc/ssl/certs/ca-certificates.crt) is used when it exists; the url may
-//   not carry sslmode/sslrootcert itself. The session is then pinned in the
+//   not carry sslmode/sslrootcert itself.
+// IAM authentication (`auth: iam`): instead of `password`, a temporary
+//   password is fetched before connecting (redshift_aws.h): GetClusterCredentials
+//   for `cluster_identifier` with the url's user as DbUser and its database
+//   as DbName, or redshift-serverless GetCredentials for `workgroup_name`;
+//   the connection then logs on as the user AWS returns ("IAM:analytics").
+//   The password is reused until a minute before it expires; when Redshift
+//   refuses it (kUnauthenticated), one new password is fetched and the
+//   connection tried again. `region` defaults to the one in the url's host.
+//   Failures to get a password are classified as AwsFailure says
+//   (redshift_aws.h), after retries of throttling and 5xx replies.
+// The session is then pinned in the
 //   same round trip as the cursor:
 //     SET timezone TO 'UTC'; SET datestyle TO 'ISO, MDY';
 //     SET extra_float_digits TO 2;   (Redshift's maximum; float8 round-trips)
@@ -78,6 +89,7 @@
 #include "absl/status/statusor.h"
 #include "backflow/catalog/definitions.h"
 #include "backflow/model/value.h"
+#include "backflow/sources/redshift/redshift_aws.h"
 #include "backflow/sources/source.h"
 #include "nlohmann/json.hpp"
 
@@ -86,10 +98,16 @@ namespace backflow {
 // The definition of the "redshift" source type.
 SourceDefinition RedshiftSourceDefinition();
 
+enum class RedshiftAuth { kPassword, kIam };
+
 struct RedshiftConfig {
   // postgresql:// URI or conninfo string, without sslmode/sslrootcert.
   std::string url;
   std::string password;
+  RedshiftAuth auth = RedshiftAuth::kPassword;
+  // With kIam: how to get the temporary password (db_user and db_name come
+  // from the url).
+  RedshiftIamConfig iam;
   // libpq sslmode: disable, allow, prefer, require, verify-ca, verify-full.
   std::string sslmode = "verify-full";
   // CA bundle for verify-ca/verify-full; empty: the system bundle if present.
@@ -111,11 +129,15 @@ struct RedshiftConfig {
 
 // Reads settings already checked against the definition (defaults filled
 // in). kInvalidArgument, naming the setting, for a missing url, an sslmode
-// or sslrootcert inside the url, or an out-of-range number.
+// or sslrootcert inside the url, or an out-of-range number; with auth: iam,
+// for missing AWS credentials, no region (given or in the url's host), not
+// exactly one of cluster_identifier / workgroup_name, or no user in the url
+// for a cluster.
 absl::StatusOr<RedshiftConfig> ParseRedshiftSettings(const nlohmann::json& settings);
 
 // A Redshift source; does not connect. `env.clock` (SystemClock() when
-// null) times the retry backoff.
+// null) times the retry backoff; `env.http` carries the AWS requests of
+// auth: iam (and must then outlive the source).
 std::unique_ptr<Source> NewRedshiftSource(RedshiftConfig config, const ConnectorEnv& env);
 
 // --- Exposed for tests and the fake server. ---------------------------------

@@ -10,6 +10,7 @@
 
 #include "backflow/common/clock.h"
 #include "backflow/pg/testing/test_server.h"
+#include "backflow/sources/redshift/fake_redshift_aws_server.h"
 #include "backflow/sources/redshift/fake_redshift_server.h"
 #include "backflow/testing/process.h"
 #include "fmt/format.h"
@@ -191,6 +192,8 @@ class RedshiftSourceTest : public pg::testing::PostgresTest {
     config.cancel_wait = std::chrono::milliseconds(3000);
     return config;
   }
+
+  std::unique_ptr<HttpClient> http_ = NewCurlHttpClient();
 
   std::unique_ptr<Source> Make(RedshiftConfig config) {
     return NewRedshiftSource(std::move(config), ConnectorEnv{nullptr, &clock_});
@@ -577,6 +580,76 @@ TEST_F(RedshiftSourceTest, FetchSizeAboveTheSingleNodeLimitIsRefusedByTheCluster
   ASSERT_FALSE(reader.ok());
   EXPECT_EQ(reader.status().code(), absl::StatusCode::kInvalidArgument) << reader.status();
   EXPECT_THAT(reader.status().message(), HasSubstr("single-node"));
+}
+
+}  // namespace
+}  // namespace backflow
+
+namespace backflow {
+namespace {
+
+// auth: iam through the Redshift proxy: the temporary password comes from
+// the SigV4-checking fake AWS endpoint (which hands out the test server's
+// real credentials), and a refused password is re-fetched once.
+class RedshiftIamSourceTest : public RedshiftSourceTest {
+ protected:
+  std::unique_ptr<FakeRedshiftAwsServer> StartAws(const std::string& password) {
+    FakeRedshiftAwsOptions options;
+    options.clock = &clock_;
+    options.db_user = "backflow";
+    options.db_password = password;
+    auto aws = std::make_unique<FakeRedshiftAwsServer>(options);
+    EXPECT_TRUE(aws->Start().ok());
+    return aws;
+  }
+
+  RedshiftConfig IamConfig(const FakeRedshiftAwsServer& aws) const {
+    RedshiftConfig config = Config();
+    config.password.clear();
+    config.auth = RedshiftAuth::kIam;
+    config.iam.credentials = {"AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", ""};
+    config.iam.region = "us-east-1";
+    config.iam.aws_endpoint = aws.Url();
+    config.iam.cluster_identifier = "examplecluster";
+    config.iam.db_user = "analytics";
+    config.iam.db_name = "backflow_test";
+    return config;
+  }
+};
+
+TEST_F(RedshiftIamSourceTest, ConnectsWithATemporaryPassword) {
+  auto aws = StartAws(server().password);
+  auto source = NewRedshiftSource(IamConfig(*aws), ConnectorEnv{http_.get(), &clock_});
+  ASSERT_TRUE(source->CheckConnection().ok());
+  std::vector<Row> rows = ReadAll(*source, "SELECT 41 + 1 AS answer");
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0][0].int_value(), 42);
+  EXPECT_EQ(aws->Calls("GetClusterCredentials"), 1);  // cached between connections
+  auto requests = aws->CredentialRequests();
+  ASSERT_EQ(requests.size(), 1u);
+  EXPECT_EQ(requests[0]["DbUser"], "analytics");
+  EXPECT_EQ(requests[0]["DbName"], "backflow_test");
+}
+
+TEST_F(RedshiftIamSourceTest, RefusedPasswordIsFetchedAgainOnceThenUnauthenticated) {
+  auto aws = StartAws("Wr0ng-Temp-Pw");
+  auto source = NewRedshiftSource(IamConfig(*aws), ConnectorEnv{http_.get(), &clock_});
+  absl::Status status = source->CheckConnection();
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnauthenticated) << status;
+  EXPECT_THAT(status.message(), HasSubstr("temporary IAM password"));
+  EXPECT_THAT(status.message(), Not(HasSubstr("Wr0ng-Temp-Pw")));
+  EXPECT_EQ(aws->Calls("GetClusterCredentials"), 2);
+}
+
+TEST_F(RedshiftIamSourceTest, AwsRefusingTheKeyIsAConfigurationError) {
+  auto aws = StartAws(server().password);
+  RedshiftConfig config = IamConfig(*aws);
+  config.iam.credentials.secret_access_key = "wrong";
+  auto source = NewRedshiftSource(config, ConnectorEnv{http_.get(), &clock_});
+  absl::Status status = source->CheckConnection();
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnauthenticated) << status;
+  EXPECT_THAT(status.message(), HasSubstr("secret_access_key"));
+  EXPECT_EQ(fake_->sessions(), 0);  // never reached the database
 }
 
 }  // namespace
