@@ -1,6 +1,7 @@
 #include "backflow/common/hash.h"
 
 #define XXH_INLINE_ALL
+#define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
 
 #include "fmt/format.h"
@@ -45,6 +46,16 @@ Hasher128& Hasher128::Add(std::string_view piece) {
   XXH3_128bits_update(static_cast<XXH3_state_t*>(state_), &len, sizeof(len));
   XXH3_128bits_update(static_cast<XXH3_state_t*>(state_), piece.data(), piece.size());
   return *this;
+}
+
+Fingerprint Hasher128::FinishWith(std::string_view piece) const {
+  XXH3_state_t copy;
+  XXH3_copyState(&copy, static_cast<const XXH3_state_t*>(state_));
+  uint64_t len = piece.size();
+  XXH3_128bits_update(&copy, &len, sizeof(len));
+  XXH3_128bits_update(&copy, piece.data(), piece.size());
+  XXH128_hash_t h = XXH3_128bits_digest(&copy);
+  return Fingerprint{h.high64, h.low64};
 }
 
 Fingerprint Hasher128::Finish() {

@@ -32,6 +32,9 @@ class Hasher128 {
   Hasher128& operator=(const Hasher128&) = delete;
   Hasher128& Add(std::string_view piece);
   Fingerprint Finish();
+  // The fingerprint of what was added so far followed by `piece`, leaving
+  // this hasher as it was (no allocation): for many hashes sharing a prefix.
+  Fingerprint FinishWith(std::string_view piece) const;
 
  private:
   void* state_;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <memory>
 
 #include "backflow/common/fmt_absl.h"
 #include "fmt/format.h"
@@ -73,8 +74,38 @@ absl::StatusOr<Mapper> Mapper::Create(const std::string& mapping_name,
         mapping_name, missing.size() > 1 ? "s" : "", fmt::join(missing, ", "), model_name,
         fmt::join(names, ", ")));
   }
+  auto names = std::make_shared<Hasher128>();
+  for (const std::string& f : m.layout_.fields) names->Add(f);
+  m.field_names_hash_ = std::move(names);
   return m;
 }
+
+namespace {
+
+// True when CoerceValue(v, type) would return `v` unchanged.
+bool AlreadyOfType(const Value& v, FieldType type) {
+  switch (type) {
+    case FieldType::kAny:
+    case FieldType::kObject:
+      return true;
+    case FieldType::kString:
+      return v.type() == ValueType::kString;
+    case FieldType::kInteger:
+      return v.type() == ValueType::kInt64;
+    case FieldType::kNumber:
+      return v.type() == ValueType::kInt64 || v.type() == ValueType::kDouble ||
+             v.type() == ValueType::kDecimal;
+    case FieldType::kBoolean:
+      return v.type() == ValueType::kBool;
+    case FieldType::kTimestamp:
+      return v.type() == ValueType::kTimestamp;
+    case FieldType::kDate:
+      return v.type() == ValueType::kDate;
+  }
+  return false;
+}
+
+}  // namespace
 
 absl::Status Mapper::Map(const Row& row, Row& payload) const {
   payload.resize(columns_.size());
@@ -103,19 +134,24 @@ absl::Status Mapper::Map(const Row& row, Row& payload) const {
       payload[i] = v;
       continue;
     }
-    auto coerced = CoerceValue(v, spec->type);
-    if (!coerced.ok()) {
-      return absl::InvalidArgumentError(
-          fmt::format("field \"{}\": {}", layout_.fields[i], coerced.status().message()));
+    if (AlreadyOfType(v, spec->type)) {
+      payload[i] = v;  // copy-assignment reuses the payload's buffers from the last row
+    } else {
+      auto coerced = CoerceValue(v, spec->type);
+      if (!coerced.ok()) {
+        return absl::InvalidArgumentError(
+            fmt::format("field \"{}\": {}", layout_.fields[i], coerced.status().message()));
+      }
+      payload[i] = *std::move(coerced);
     }
-    if (!spec->allowed_values.empty() && coerced->type() == ValueType::kString &&
-        std::find(spec->allowed_values.begin(), spec->allowed_values.end(), coerced->text()) ==
+    const Value& out = payload[i];
+    if (!spec->allowed_values.empty() && out.type() == ValueType::kString &&
+        std::find(spec->allowed_values.begin(), spec->allowed_values.end(), out.text()) ==
             spec->allowed_values.end()) {
       return absl::InvalidArgumentError(fmt::format("field \"{}\": \"{}\" is not one of {}",
-                                                    layout_.fields[i], coerced->text(),
+                                                    layout_.fields[i], out.text(),
                                                     fmt::join(spec->allowed_values, ", ")));
     }
-    payload[i] = *std::move(coerced);
   }
   return absl::OkStatus();
 }
@@ -128,12 +164,12 @@ Row Mapper::Identity(const Row& payload) const {
 }
 
 Fingerprint Mapper::PayloadFingerprint(const Row& payload) const {
-  Hasher128 h;
-  for (const std::string& f : layout_.fields) h.Add(f);
-  std::string encoded;
+  // The same value as hashing the field names then the encoded payload, one
+  // piece each (what checkpoints hold), without re-hashing the names.
+  thread_local std::string encoded;
+  encoded.clear();
   EncodeRow(payload, encoded);
-  h.Add(encoded);
-  return h.Finish();
+  return field_names_hash_->FinishWith(encoded);
 }
 
 std::string Mapper::DedupId(std::string_view key, std::string_view change,

@@ -7,6 +7,7 @@
 // Create(); safe to share between threads.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -55,6 +56,8 @@ class Mapper {
   std::vector<Expression> expressions_;  // per field; evaluated when columns_[i] < 0
   std::vector<const FieldSpec*> specs_;  // declared spec per field, or null
   std::vector<int> identity_;            // payload index per identity field
+  // The fingerprint hash state after the field names (shared by copies).
+  std::shared_ptr<const Hasher128> field_names_hash_;
 };
 
 // Coerces `v` to a destination field type. kInvalidArgument when impossible.

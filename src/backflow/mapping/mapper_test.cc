@@ -64,6 +64,16 @@ TEST(MapperTest, FingerprintChangesWithPayloadAndFieldNames) {
   EXPECT_EQ(a->DedupId("1", "added", fp), a->DedupId("1", "added", fp));
   EXPECT_NE(a->DedupId("1", "added", fp), a->DedupId("1", "updated", fp));
   EXPECT_EQ(a->DedupId("1", "added", fp).size(), 32u);
+
+  // Checkpoints store these values: the definition must never drift. It is
+  // XXH3-128 over length-prefixed pieces: each field name, then the encoded payload.
+  Hasher128 h;
+  h.Add("id").Add("email");
+  std::string encoded;
+  EncodeRow(p1, encoded);
+  h.Add(encoded);
+  EXPECT_EQ(fp, h.Finish());
+  EXPECT_EQ(fp.ToHex(), "da9bd4c12dd72b06b055019e879f8a66");
 }
 
 TEST(MapperTest, MissingColumnsFailWithTheColumnsTheModelReturns) {

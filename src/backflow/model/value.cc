@@ -172,11 +172,14 @@ int FindColumn(const Schema& schema, std::string_view name) {
 namespace {
 
 void PutVarint(std::string& out, uint64_t v) {
+  char buf[10];
+  size_t n = 0;
   while (v >= 0x80) {
-    out.push_back(static_cast<char>(v | 0x80));
+    buf[n++] = static_cast<char>(v | 0x80);
     v >>= 7;
   }
-  out.push_back(static_cast<char>(v));
+  buf[n++] = static_cast<char>(v);
+  out.append(buf, n);
 }
 
 bool GetVarint(std::string_view& in, uint64_t& v) {
