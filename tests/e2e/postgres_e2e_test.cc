@@ -281,5 +281,75 @@ mappings:
   EXPECT_EQ(pids.size(), 2u);
 }
 
+TEST_F(PostgresE2eTest, WarehouseChangeDetectionThroughTheBinary) {
+  ExecOrFail(fmt::format("CREATE TABLE {} (id bigint, email text, plan text, seen int)", table_));
+  ExecOrFail(
+      fmt::format("INSERT INTO {} SELECT g, 'user' || g || '@example.com', 'free', 0 "
+                  "FROM generate_series(1, 500) g",
+                  table_));
+  const std::string state_schema = table_ + "_state";
+  WebhookReceiver receiver;
+  ASSERT_TRUE(receiver.Start().ok());
+  std::ofstream(dir_ + "/backflow.yaml")
+      << fmt::format(R"(
+sources:
+  - name: warehouse
+    type: postgres
+    url: {}
+    password: ${{env:BACKFLOW_E2E_PG_PASSWORD}}
+    state_schema: {}
+models:
+  - name: customers
+    source: warehouse
+    sql: SELECT id, email, plan, seen FROM {}
+    primary_key: id
+    change_detection: warehouse
+destinations:
+  - {{ name: hook, type: webhook, settings: {{ url: "{}" }} }}
+mappings:
+  - name: to_hook
+    model: customers
+    destination: hook
+    action: send_batch
+    batch_size: 100
+    fields: {{ id: id, email: email, plan: plan }}
+)",
+                     server().url, state_schema, table_, receiver.Url());
+  CliResult valid = RunCli(dir_, {"validate"});
+  EXPECT_EQ(valid.exit_code, 0) << valid.out << valid.err;
+  CliResult r = RunCli(dir_, {"sync", "to_hook", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  nlohmann::json s = nlohmann::json::parse(r.LastLine());
+  EXPECT_EQ(s["extracted"], 500);
+  EXPECT_EQ(s["added"], 500);
+  EXPECT_EQ(receiver.State().size(), 500u);
+  EXPECT_EQ(Query(fmt::format("SELECT count(*) FROM {}.checkpoints", state_schema)),
+            std::vector<std::string>{"500"});
+
+  ExecOrFail(fmt::format("UPDATE {} SET plan = 'pro' WHERE id IN (2, 4)", table_));
+  ExecOrFail(fmt::format("UPDATE {} SET seen = 1 WHERE id = 6", table_));  // not mapped
+  ExecOrFail(fmt::format("DELETE FROM {} WHERE id = 8", table_));
+  ExecOrFail(fmt::format("INSERT INTO {} VALUES (1000, 'late@example.com', 'free', 0)", table_));
+  r = RunCli(dir_, {"sync", "to_hook", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  s = nlohmann::json::parse(r.LastLine());
+  EXPECT_EQ(s["extracted"], 4);  // 2, 4, 6 and 1000: only those left PostgreSQL
+  EXPECT_EQ(s["added"], 1);
+  EXPECT_EQ(s["updated"], 2);
+  EXPECT_EQ(s["deleted"], 1);
+  EXPECT_EQ(s["unchanged"], 497);
+  auto state = receiver.State();
+  EXPECT_EQ(state.size(), 500u);
+  EXPECT_EQ(state.count("8"), 0u);
+  EXPECT_EQ(state["2"]["plan"], "pro");
+
+  r = RunCli(dir_, {"sync", "to_hook", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  s = nlohmann::json::parse(r.LastLine());
+  EXPECT_EQ(s["extracted"], 0);
+  EXPECT_EQ(s["unchanged"], 500);
+  ExecOrFail(fmt::format("DROP SCHEMA {} CASCADE", state_schema));
+}
+
 }  // namespace
 }  // namespace backflow

@@ -173,7 +173,8 @@ const std::vector<KeyRule>& Rules(EntryKind kind) {
   static const std::vector<KeyRule> kModel = {
       {"name", Shape::kString},        {"source", Shape::kString},
       {"sql", Shape::kString},         {"primary_key", Shape::kString},
-      {"description", Shape::kString}, {"schedule", Shape::kStringOrObject}};
+      {"description", Shape::kString}, {"schedule", Shape::kStringOrObject},
+      {"change_detection", Shape::kString}};
   static const std::vector<KeyRule> kDestination = {{"name", Shape::kString},
                                                     {"type", Shape::kString},
                                                     {"description", Shape::kString},
@@ -420,6 +421,9 @@ ojson EntrySchema(EntryKind kind) {
       p["source"] = {{"type", "string"}};
       p["sql"] = {{"type", "string"}};
       p["primary_key"] = {{"type", "string"}};
+      p["change_detection"] = {
+          {"enum", {"local", "warehouse"}},
+          {"description", "local (default) or warehouse: see the source type's change_detection"}};
       p["schedule"] = {
           {"oneOf",
            {{{"const", "manual"}},

@@ -126,6 +126,9 @@ struct SourceDefinition {
   std::string maturity = "beta";
   // Keys given directly on the source entry (e.g. `url`, `password`, `path`).
   std::vector<SettingSpec> settings;
+  // Its models may set `change_detection: warehouse` (the source implements
+  // Source::warehouse_change_detection()).
+  bool warehouse_change_detection = false;
   std::function<absl::StatusOr<std::unique_ptr<Source>>(const nlohmann::json& settings,
                                                         const ConnectorEnv& env)>
       create;

@@ -102,11 +102,15 @@ nlohmann::ordered_json CatalogJson(const std::vector<SourceDefinition>& sources,
   nlohmann::ordered_json out = {{"sources", nlohmann::ordered_json::array()},
                                 {"destinations", nlohmann::ordered_json::array()}};
   for (const SourceDefinition& s : sources) {
-    out["sources"].push_back({{"type", s.type},
-                              {"title", s.title},
-                              {"description", s.description},
-                              {"maturity", s.maturity},
-                              {"settings", SettingsJsonSchema(s.settings)}});
+    out["sources"].push_back(
+        {{"type", s.type},
+         {"title", s.title},
+         {"description", s.description},
+         {"maturity", s.maturity},
+         {"change_detection", s.warehouse_change_detection
+                                  ? nlohmann::ordered_json::array({"local", "warehouse"})
+                                  : nlohmann::ordered_json::array({"local"})},
+         {"settings", SettingsJsonSchema(s.settings)}});
   }
   for (const DestinationDefinition& d : destinations) {
     nlohmann::ordered_json actions = nlohmann::ordered_json::array();

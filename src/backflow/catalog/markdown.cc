@@ -54,6 +54,12 @@ std::string SourceMarkdown(const SourceDefinition& def) {
   std::string out = kGenerated;
   out += fmt::format("# Source: {} (`{}`)\n\n{}\n\nMaturity: {}.\n\n", def.title, def.type,
                      def.description, def.maturity);
+  out += fmt::format(
+      "Change detection: {}.\n\n",
+      def.warehouse_change_detection
+          ? "`local` (default) or `warehouse` (a model's `change_detection`; see the README's "
+            "\"Change detection modes\")"
+          : "`local` only");
   out += "## Settings\n\nGiven directly on the source entry:\n\n";
   out += SettingsTable(def.settings);
   out += fmt::format("\n## Example\n\n```yaml\nsources:\n  - name: my_{}\n    type: {}\n", def.type,

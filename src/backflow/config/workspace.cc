@@ -333,6 +333,7 @@ class Loader {
   void LoadSecretKeyFile(const YAML::Node& root);
   void LoadSources(const YAML::Node& root);
   void LoadModels(const YAML::Node& root);
+  void LoadChangeDetection(const YAML::Node& e, const std::string& path, ModelConfig& model);
   void LoadDestinations(const YAML::Node& root);
   void LoadMappings(const YAML::Node& root);
   // alerts: (after the mappings, whose `alerts:` it resolves).
@@ -641,6 +642,34 @@ std::optional<Schedule> Loader::LoadSchedule(const YAML::Node& node, const std::
   return s;
 }
 
+void Loader::LoadChangeDetection(const YAML::Node& e, const std::string& path, ModelConfig& model) {
+  const YAML::Node node = e["change_detection"];
+  if (!node.IsDefined() || node.IsNull()) return;
+  const std::string text = node.IsScalar() ? node.Scalar() : "";
+  if (text == "local") return;
+  if (text != "warehouse") {
+    Error(node, path + ".change_detection",
+          fmt::format("\"{}\" is not a change detection mode", text),
+          "use local (the default: Backflow reads every row and diffs them) or warehouse (the "
+          "source diffs and only changed rows are read)");
+    return;
+  }
+  model.change_detection = ChangeDetection::kWarehouse;
+  const SourceConfig* source = result_.workspace.FindSource(model.source);
+  const SourceDefinition* def = source ? registry_.FindSource(source->type) : nullptr;
+  if (def == nullptr || def->warehouse_change_detection) return;  // unknown: reported already
+  std::vector<std::string> able;
+  for (const SourceDefinition& d : registry_.sources()) {
+    if (d.warehouse_change_detection) able.push_back(d.type);
+  }
+  Error(node, path + ".change_detection",
+        fmt::format("source \"{}\" (type {}) cannot detect changes itself", model.source,
+                    source->type),
+        fmt::format("remove change_detection (or set it to local); warehouse mode needs a source "
+                    "of type {}",
+                    fmt::join(able, " or ")));
+}
+
 void Loader::LoadModels(const YAML::Node& root) {
   std::set<std::string> seen;
   std::vector<std::string> source_names;
@@ -649,7 +678,9 @@ void Loader::LoadModels(const YAML::Node& root) {
   for (size_t i = 0; i < entries.size(); ++i) {
     const YAML::Node& e = entries[i];
     std::string path = fmt::format("models[{}]", i);
-    CheckKeys(e, path, {"name", "source", "sql", "primary_key", "schedule", "description"});
+    CheckKeys(
+        e, path,
+        {"name", "source", "sql", "primary_key", "schedule", "description", "change_detection"});
     ModelConfig model;
     auto name = EntryName(e, path, seen, "model");
     if (name) model.name = *name;
@@ -673,6 +704,7 @@ void Loader::LoadModels(const YAML::Node& root) {
     if (auto schedule = LoadSchedule(e["schedule"], path + ".schedule")) {
       model.schedule = *schedule;
     }
+    LoadChangeDetection(e, path, model);
     result_.workspace.models.push_back(std::move(model));
   }
 }
@@ -1234,6 +1266,10 @@ void Loader::LoadAlertEmail(const YAML::Node& node, const std::string& path, Ale
 }
 
 }  // namespace
+
+std::string_view ChangeDetectionName(ChangeDetection mode) {
+  return mode == ChangeDetection::kWarehouse ? "warehouse" : "local";
+}
 
 std::string Diagnostic::ToString() const {
   std::string out = file;

@@ -59,12 +59,20 @@ struct SourceConfig {
   nlohmann::json settings;  // every key but name/type, defaults filled, env resolved
 };
 
+// Where a model's changes are found (`change_detection`): kLocal reads every
+// row and diffs against the state store's checkpoint; kWarehouse diffs inside
+// the source (SourceDefinition::warehouse_change_detection) and reads only
+// the rows that changed.
+enum class ChangeDetection { kLocal, kWarehouse };
+std::string_view ChangeDetectionName(ChangeDetection mode);
+
 struct ModelConfig {
   std::string name;
   std::string source;
   std::string sql;
   std::string primary_key;
   Schedule schedule;
+  ChangeDetection change_detection = ChangeDetection::kLocal;
 };
 
 struct DestinationConfig {

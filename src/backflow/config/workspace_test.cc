@@ -361,3 +361,53 @@ TEST(ClosestMatchTest, SuggestsOnlyPlausibleTypos) {
 
 }  // namespace
 }  // namespace backflow
+
+namespace backflow {
+namespace {
+
+TEST_F(WorkspaceTest, ChangeDetectionIsCheckedAgainstTheSource) {
+  SourceDefinition able = SqliteSourceDefinition();
+  able.type = "able";
+  able.warehouse_change_detection = true;
+  ASSERT_TRUE(registry_.AddSource(able).ok());
+  const std::string yaml = R"(
+sources:
+  - { name: lite, type: sqlite, path: w.db }
+  - { name: wh, type: able, path: w.db }
+models:
+  - name: a
+    source: lite
+    sql: SELECT 1 AS id
+    primary_key: id
+    change_detection: warehouse
+  - name: b
+    source: wh
+    sql: SELECT 1 AS id
+    primary_key: id
+    change_detection: warehouse
+  - name: c
+    source: wh
+    sql: SELECT 1 AS id
+    primary_key: id
+    change_detection: sometimes
+  - { name: d, source: lite, sql: SELECT 1 AS id, primary_key: id, change_detection: local }
+)";
+  LoadResult r = Load(yaml);
+  const std::string errors = Errors(r);
+  EXPECT_NE(errors.find("backflow.yaml:10:23: error: models[0].change_detection: source \"lite\" "
+                        "(type sqlite) cannot detect changes itself (hint: remove "
+                        "change_detection (or set it to local); warehouse mode needs a source of "
+                        "type able)"),
+            std::string::npos)
+      << errors;
+  EXPECT_NE(errors.find("models[2].change_detection: \"sometimes\" is not a change detection mode"),
+            std::string::npos)
+      << errors;
+  EXPECT_EQ(std::count(errors.begin(), errors.end(), '\n'), 2) << errors;
+  ASSERT_EQ(r.workspace.models.size(), 4u);
+  EXPECT_EQ(r.workspace.models[1].change_detection, ChangeDetection::kWarehouse);
+  EXPECT_EQ(r.workspace.models[3].change_detection, ChangeDetection::kLocal);
+}
+
+}  // namespace
+}  // namespace backflow

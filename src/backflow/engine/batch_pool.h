@@ -26,6 +26,7 @@ struct BatchJob {
   std::vector<OutgoingRecord> records;
   std::vector<Fingerprint> fingerprints;  // per record
   std::vector<InFlightEntry> in_flight;   // per record, as marked before sending
+  std::vector<std::string> row_hashes;    // per record, warehouse change detection only
   // Set when done: SendBatch's result.
   absl::StatusOr<std::vector<absl::Status>> outcomes;
 };

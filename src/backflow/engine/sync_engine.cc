@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <map>
 #include <optional>
+#include <set>
 
 #include "backflow/common/clock.h"
 #include "backflow/common/errors.h"
@@ -17,8 +18,10 @@
 #include "backflow/destinations/destination.h"
 #include "backflow/engine/batch_pool.h"
 #include "backflow/engine/spool.h"
+#include "backflow/engine/warehouse_mode.h"
 #include "backflow/mapping/mapper.h"
 #include "backflow/sources/source.h"
+#include "backflow/sources/warehouse_change_detection.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -267,12 +270,24 @@ class Runner {
   // max_deletes allows; empty when it may proceed.
   std::string CheckDeletionThreshold(const MappingRun& m) const;
 
+  // Warehouse change detection (the model's change_detection: warehouse).
+  absl::StatusOr<std::unique_ptr<RowReader>> OpenCandidates(const ModelConfig& model,
+                                                            const Schema& schema,
+                                                            std::vector<MappingRun>& runs);
+  // Where the checkpoint advances: the state store, or the warehouse (whose
+  // writes are committed before the state store clears the in-flight marks).
+  absl::Status ApplyCheckpoint(int index, const std::string& mapping,
+                               const std::vector<CheckpointUpdate>& updates);
+
   const Workspace& ws_;
   const Registry& registry_;
   StateStore& state_;
   ConnectorEnv env_;
   const std::string& spool_dir_;
   const SyncOptions& options_;
+  WarehouseChangeDetection* warehouse_ = nullptr;  // owned by the run's source
+  std::unique_ptr<WarehouseSnapshot> snapshot_;    // from extraction to the end of Diff
+  std::vector<Fingerprint> versions_;              // per mapping of the run (warehouse mode)
   std::vector<std::string> mapping_names_;  // the mappings of this run
   std::unique_ptr<Spool> spool_;
   int64_t extracted_ = 0;
@@ -283,8 +298,14 @@ class Runner {
 
 absl::Status Runner::Extract(const ModelConfig& model, Source& source, Schema& schema,
                              std::vector<MappingRun>& runs) {
-  BACKFLOW_ASSIGN_OR_RETURN(auto reader, source.Query(model.sql, QueryOptions{model.primary_key}));
-  schema = reader->schema();
+  std::unique_ptr<RowReader> reader;
+  if (warehouse_ != nullptr) {
+    BACKFLOW_ASSIGN_OR_RETURN(snapshot_, warehouse_->Begin(model.sql, model.primary_key));
+    schema = snapshot_->schema();
+  } else {
+    BACKFLOW_ASSIGN_OR_RETURN(reader, source.Query(model.sql, QueryOptions{model.primary_key}));
+    schema = reader->schema();
+  }
   int key_index = FindColumn(schema, model.primary_key);
   if (key_index < 0) {
     std::vector<std::string> names;
@@ -306,8 +327,11 @@ absl::Status Runner::Extract(const ModelConfig& model, Source& source, Schema& s
     }
     m.mapper = *std::move(mapper);
   }
+  if (warehouse_ != nullptr) {
+    BACKFLOW_ASSIGN_OR_RETURN(reader, OpenCandidates(model, schema, runs));
+  }
   Row row, payload;
-  std::string encoded, summary;
+  std::string encoded, summary, row_hash;
   while (true) {
     auto more = reader->Next(row);
     if (!more.ok()) {
@@ -322,6 +346,13 @@ absl::Status Runner::Extract(const ModelConfig& model, Source& source, Schema& s
     if ((extracted_ & 1023) == 0 && AllCancelled()) {
       return absl::CancelledError(
           fmt::format("cancelled during extraction after {} rows; nothing was sent", extracted_));
+    }
+    if (warehouse_ != nullptr) {  // the row hash comes last
+      if (row.size() != schema.size() + 1) {
+        return absl::InternalError("the warehouse returned a candidate row without its row hash");
+      }
+      row_hash = row.back().ToString();
+      row.pop_back();
     }
     encoded.clear();
     EncodeRow(row, encoded);
@@ -341,11 +372,45 @@ absl::Status Runner::Extract(const ModelConfig& model, Source& source, Schema& s
           RowSummary::Add(summary, RowSummary::kMapped, m.mapper->PayloadFingerprint(payload));
         }
       }
+      if (warehouse_ != nullptr) AppendRowHash(summary, row_hash);
       BACKFLOW_RETURN_IF_ERROR(spool_->AddKeyed(key.ToString(), summary));
     }
     Progress("extracting", "", 0, 0, false);
   }
   return spool_->FinishLoad();
+}
+
+absl::StatusOr<std::unique_ptr<RowReader>> Runner::OpenCandidates(const ModelConfig& model,
+                                                                  const Schema& schema,
+                                                                  std::vector<MappingRun>& runs) {
+  WarehouseCandidateFilter filter;
+  filter.all_rows = options_.full_resync;
+  std::set<std::string> in_flight;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    MappingRun& m = runs[i];
+    if (!m.mapper) continue;
+    versions_[i] = MappingVersion(*m.config, model, schema);
+    filter.mappings.emplace_back(m.config->name, versions_[i]);
+    BACKFLOW_ASSIGN_OR_RETURN(auto flights, state_.ScanInFlight(m.config->name));
+    CheckpointEntry flight;
+    while (true) {
+      BACKFLOW_ASSIGN_OR_RETURN(bool more, flights->Next(flight));
+      if (!more) break;
+      in_flight.insert(flight.key);
+    }
+  }
+  filter.in_flight_keys.assign(in_flight.begin(), in_flight.end());
+  return snapshot_->ReadCandidates(filter);
+}
+
+absl::Status Runner::ApplyCheckpoint(int index, const std::string& mapping,
+                                     const std::vector<CheckpointUpdate>& updates) {
+  if (warehouse_ == nullptr) return state_.ApplyCheckpoint(mapping, updates);
+  std::vector<WarehouseCheckpointWrite> writes;
+  std::vector<CheckpointUpdate> settles;
+  BACKFLOW_RETURN_IF_ERROR(ToWarehouseWrites(updates, versions_[index], writes, settles));
+  BACKFLOW_RETURN_IF_ERROR(warehouse_->Apply(mapping, writes));
+  return state_.ApplyCheckpoint(mapping, settles);
 }
 
 absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, const Schema& schema,
@@ -382,8 +447,18 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
   // Three streams in key order: the model's rows, the checkpoint, and the
   // records a previous run sent without learning the outcome.
   BACKFLOW_ASSIGN_OR_RETURN(std::unique_ptr<SortedStream> rows, spool_->ScanKeyed());
-  BACKFLOW_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointScanner> checkpoint,
-                            state_.ScanCheckpoint(name));
+  std::unique_ptr<CheckpointScanner> checkpoint;
+  CountingWarehouseScanner* warehouse_entries = nullptr;
+  if (snapshot_ != nullptr) {
+    BACKFLOW_ASSIGN_OR_RETURN(auto entries, snapshot_->ScanEntries(name));
+    auto scanner = std::make_unique<CountingWarehouseScanner>(std::move(entries));
+    warehouse_entries = scanner.get();
+    checkpoint = std::move(scanner);
+  } else {
+    BACKFLOW_ASSIGN_OR_RETURN(checkpoint, state_.ScanCheckpoint(name));
+  }
+  // Warehouse mode: the row hash of the current model key (empty for a delete).
+  std::string_view row_hash;
   BACKFLOW_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointScanner> in_flight,
                             state_.ScanInFlight(name));
   CheckpointEntry entry, flight;
@@ -437,6 +512,7 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
       } else {
         EncodeRow(mapper.Identity(*out), u.identity);
       }
+      if (snapshot_ != nullptr) AppendRowHash(u.identity, row_hash);
       return spool_->AddAck(index, Spool::AckList::kSkipped, u);
     }
     if (options_.dry_run) {
@@ -449,6 +525,7 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
     }
     encoded.clear();
     EncodeRow(*out, encoded);
+    if (snapshot_ != nullptr) AppendRowHash(encoded, row_hash);
     return spool_->AddChange(index, static_cast<int>(kind), key, fp, encoded);
   };
 
@@ -469,6 +546,11 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
     const bool was_in_flight = have_flight && flight.key == key;
     // Records the destination holds, or may hold: the base of max_deletes.
     if (in_checkpoint || was_in_flight) ++m.checkpoint_records;
+    row_hash = {};
+    if (snapshot_ != nullptr && in_rows) {
+      std::string_view summary = current.summary;
+      BACKFLOW_ASSIGN_OR_RETURN(row_hash, SplitRowHash(summary));
+    }
     if (!in_rows) {
       // Gone from the model: delete what the destination holds, or may hold.
       BACKFLOW_ASSIGN_OR_RETURN(Row identity,
@@ -489,6 +571,14 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
     if (was_in_flight) {
       BACKFLOW_ASSIGN_OR_RETURN(have_flight, in_flight->Next(flight));
     }
+  }
+  if (warehouse_entries != nullptr) {
+    // The entries not streamed are the model rows that were not candidates:
+    // delivered exactly as they are.
+    BACKFLOW_ASSIGN_OR_RETURN(int64_t stored, snapshot_->CountEntries(name));
+    const int64_t untouched = stored - warehouse_entries->count();
+    c.unchanged += untouched;
+    m.checkpoint_records += untouched;
   }
   return absl::OkStatus();
 }
@@ -551,7 +641,18 @@ absl::Status Runner::DiffRow(MappingRun& m, int index, const ModelConfig& model,
     kind = ChangeKind::kUpdated;
   } else {
     ++c.unchanged;
-    return absl::OkStatus();
+    if (snapshot_ == nullptr || options_.dry_run) return absl::OkStatus();
+    // Warehouse mode: the row was a candidate (its hash, or the mapping,
+    // changed) but maps to what was delivered: store its new hash so that it
+    // is not read again.
+    std::string_view rest = row.summary;
+    BACKFLOW_ASSIGN_OR_RETURN(std::string_view row_hash, SplitRowHash(rest));
+    CheckpointUpdate u;
+    u.key = key;
+    u.fingerprint = entry->fingerprint;
+    u.identity = entry->identity;
+    AppendRowHash(u.identity, row_hash);
+    return spool_->AddAck(index, Spool::AckList::kSkipped, u);
   }
   // The payload is needed to send it, to note what a skipped change leaves
   // in the destination, or to show it in a dry run's sample.
@@ -573,7 +674,7 @@ absl::Status Runner::ApplyAcks(MappingRun& m, int index, Spool::AckList list) {
     BACKFLOW_ASSIGN_OR_RETURN(bool row, acks.Next(u));
     if (row) chunk.push_back(std::move(u));
     if ((!row && !chunk.empty()) || chunk.size() >= kCheckpointChunk) {
-      BACKFLOW_RETURN_IF_ERROR(state_.ApplyCheckpoint(m.config->name, chunk));
+      BACKFLOW_RETURN_IF_ERROR(ApplyCheckpoint(index, m.config->name, chunk));
       chunk.clear();
     }
     if (!row) return absl::OkStatus();
@@ -654,6 +755,10 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
       OutgoingRecord r;
       r.key.assign(key);
       r.change = static_cast<ChangeKind>(change);
+      if (warehouse_ != nullptr) {
+        BACKFLOW_ASSIGN_OR_RETURN(std::string_view row_hash, SplitRowHash(payload));
+        job->row_hashes.emplace_back(row_hash);
+      }
       BACKFLOW_ASSIGN_OR_RETURN(r.values, DecodeRow(payload));
       r.dedup_id = m.mapper->DedupId(r.key, ChangeKindName(r.change), fp);
       job->records.push_back(std::move(r));
@@ -685,6 +790,7 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
       u.key = r.key;
       u.fingerprint = job.fingerprints[i];
       u.identity = std::move(job.in_flight[i].identity);
+      if (warehouse_ != nullptr) AppendRowHash(u.identity, job.row_hashes[i]);
       if (status.ok()) {
         ++c.succeeded;
         u.kind = r.is_delete() ? CheckpointUpdate::Kind::kRemove : CheckpointUpdate::Kind::kUpsert;
@@ -715,7 +821,7 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
         if (u.kind != CheckpointUpdate::Kind::kSettle) ++deferred_count;
       }
     } else {
-      BACKFLOW_RETURN_IF_ERROR(state_.ApplyCheckpoint(name, updates));
+      BACKFLOW_RETURN_IF_ERROR(ApplyCheckpoint(index, name, updates));
     }
     Progress("sending", name, attempted, to_send, false);
     // The destination refused the whole batch for a reason that will not go
@@ -885,6 +991,16 @@ absl::StatusOr<std::vector<MappingRunResult>> Runner::Run(const ModelConfig& mod
   if (!source.ok()) {
     return fail_all(fmt::format("source \"{}\": {}", model.source, source.status().message()));
   }
+  if (model.change_detection == ChangeDetection::kWarehouse) {
+    warehouse_ = (*source)->warehouse_change_detection();
+    if (warehouse_ == nullptr) {
+      return fail_all(fmt::format(
+          "model \"{}\" sets change_detection: warehouse, which source \"{}\" (type {}) does "
+          "not support; set change_detection: local",
+          model.name, model.source, source_config->type));
+    }
+    versions_.resize(runs.size());
+  }
   Schema schema;
   Progress("extracting", "", 0, 0, true);
   auto phase_start = Steady::now();
@@ -919,6 +1035,10 @@ absl::StatusOr<std::vector<MappingRunResult>> Runner::Run(const ModelConfig& mod
     }
     std::string refused = CheckDeletionThreshold(m);
     if (!refused.empty()) Fail(m, refused);
+  }
+  if (snapshot_ != nullptr) {
+    (void)snapshot_->Close();  // a read-only pass: nothing is lost if ending it fails
+    snapshot_.reset();
   }
   BACKFLOW_RETURN_IF_ERROR(spool_->FinishChanges());
 

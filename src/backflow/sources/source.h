@@ -15,6 +15,8 @@
 
 namespace backflow {
 
+class WarehouseChangeDetection;  // sources/warehouse_change_detection.h
+
 class RowReader {
  public:
   virtual ~RowReader() = default;
@@ -53,6 +55,11 @@ class Source {
   // ignores the hints.
   virtual absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql,
                                                            const QueryOptions& options);
+
+  // Change detection inside the warehouse (a model's `change_detection:
+  // warehouse`), owned by the source; null when the source cannot (the
+  // default).
+  virtual WarehouseChangeDetection* warehouse_change_detection() { return nullptr; }
 };
 
 // The model's SQL without surrounding whitespace and trailing semicolons,

@@ -15,6 +15,8 @@
 #include "backflow/pg/copy_text.h"
 #include "backflow/pg/types.h"
 #include "backflow/sources/parallel_reader.h"
+#include "backflow/sources/postgres/postgres_internal.h"
+#include "backflow/sources/warehouse_change_detection.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -125,7 +127,7 @@ class PostgresRowsReader : public RowReader {
 // single-row reader.
 class PostgresCopyReader : public RowReader {
  public:
-  PostgresCopyReader(std::unique_ptr<pg::Connection> conn, Schema schema, std::vector<Oid> oids)
+  PostgresCopyReader(std::shared_ptr<pg::Connection> conn, Schema schema, std::vector<Oid> oids)
       : conn_(std::move(conn)), schema_(std::move(schema)), oids_(std::move(oids)) {
     fields_.reserve(oids_.size());
   }
@@ -213,7 +215,9 @@ class PostgresCopyReader : public RowReader {
     chunk_ = nullptr;
   }
 
-  std::unique_ptr<pg::Connection> conn_;
+  // Shared with warehouse change detection, which goes on using the
+  // connection's transaction after the COPY ended.
+  std::shared_ptr<pg::Connection> conn_;
   Schema schema_;
   std::vector<Oid> oids_;
   char* chunk_ = nullptr;  // the CopyData message being read (libpq-allocated)
@@ -223,12 +227,6 @@ class PostgresCopyReader : public RowReader {
   bool in_copy_ = true;
   bool done_ = false;
   absl::Status error_;
-};
-
-// A statement's result columns, known before it runs.
-struct Described {
-  Schema schema;
-  std::vector<Oid> oids;
 };
 
 // Every connection of a parallel read runs in this kind of transaction.
@@ -291,16 +289,27 @@ class PostgresSource : public Source {
     }
   }
 
-  absl::StatusOr<std::unique_ptr<RowReader>> QueryCopy(std::unique_ptr<pg::Connection> conn,
-                                                       std::string_view sql) {
+ public:
+  WarehouseChangeDetection* warehouse_change_detection() override {
+    if (change_detection_ == nullptr) {
+      change_detection_ =
+          postgres_internal::NewChangeDetection(url_, password_, options_.state_schema);
+    }
+    return change_detection_.get();
+  }
+
+  // Also used by warehouse change detection (postgres_internal.h).
+  static absl::StatusOr<std::unique_ptr<RowReader>> QueryCopy(std::unique_ptr<pg::Connection> conn,
+                                                              std::string_view sql) {
     std::string text = TrimModelSql(sql);
-    BACKFLOW_ASSIGN_OR_RETURN(Described described, Describe(*conn, text));
+    BACKFLOW_ASSIGN_OR_RETURN(postgres_internal::Described described, Describe(*conn, text));
     return StartCopy(std::move(conn), text, std::move(described));
   }
 
   // Parses and describes `text` without running it: the schema, and any SQL
   // error, before the first row. The unnamed statement is one statement only.
-  static absl::StatusOr<Described> Describe(pg::Connection& conn, const std::string& text) {
+  static absl::StatusOr<postgres_internal::Described> Describe(pg::Connection& conn,
+                                                               const std::string& text) {
     pg::Result prepared(PQprepare(conn.get(), "", text.c_str(), 0, nullptr));
     if (prepared == nullptr || PQresultStatus(prepared.get()) != PGRES_COMMAND_OK) {
       return conn.ErrorFromResult(prepared.get(), "query failed");
@@ -311,7 +320,7 @@ class PostgresSource : public Source {
     }
     int columns = PQnfields(described.get());
     if (columns == 0) return NoResultSetError();
-    Described out;
+    postgres_internal::Described out;
     out.schema = pg::SchemaFromResult(described.get());
     out.oids.reserve(columns);
     for (int i = 0; i < columns; ++i) out.oids.push_back(PQftype(described.get(), i));
@@ -319,9 +328,9 @@ class PostgresSource : public Source {
   }
 
   // Starts `COPY (<text>) TO STDOUT` for a statement described as `described`.
-  static absl::StatusOr<std::unique_ptr<RowReader>> StartCopy(std::unique_ptr<pg::Connection> conn,
-                                                              const std::string& text,
-                                                              Described described) {
+  static absl::StatusOr<std::unique_ptr<RowReader>> StartCopy(
+      std::shared_ptr<pg::Connection> conn, const std::string& text,
+      postgres_internal::Described described) {
     const int columns = static_cast<int>(described.oids.size());
     // Newlines around the statement keep a trailing "-- comment" inside it.
     std::string copy = "COPY (\n" + text + "\n) TO STDOUT";
@@ -357,6 +366,7 @@ class PostgresSource : public Source {
     return status;
   }
 
+ private:
   // parallel_connections > 1: see the header comment.
   absl::StatusOr<std::unique_ptr<RowReader>> QueryParallel(std::string_view sql,
                                                            const std::string& key_column) {
@@ -380,7 +390,7 @@ class PostgresSource : public Source {
         snapshot.find_first_not_of("0123456789ABCDEFabcdef-") != std::string::npos) {
       return absl::InternalError("PostgreSQL exported a snapshot id of an unexpected form");
     }
-    BACKFLOW_ASSIGN_OR_RETURN(Described described, Describe(*first, text));
+    BACKFLOW_ASSIGN_OR_RETURN(postgres_internal::Described described, Describe(*first, text));
 
     BACKFLOW_ASSIGN_OR_RETURN(std::vector<std::string> predicates,
                               SplitPredicates(*first, text, described, key_column));
@@ -427,10 +437,9 @@ class PostgresSource : public Source {
   // model as `backflow_model`), one per connection; a single entry when the
   // read is not split (no usable key column, fewer than two integer key
   // values in the range).
-  absl::StatusOr<std::vector<std::string>> SplitPredicates(pg::Connection& conn,
-                                                           const std::string& text,
-                                                           const Described& described,
-                                                           const std::string& key_column) const {
+  absl::StatusOr<std::vector<std::string>> SplitPredicates(
+      pg::Connection& conn, const std::string& text, const postgres_internal::Described& described,
+      const std::string& key_column) const {
     const std::vector<std::string> whole = {"true"};
     int key = -1;
     for (size_t i = 0; i < described.schema.size(); ++i) {
@@ -484,9 +493,27 @@ class PostgresSource : public Source {
   std::string url_;
   std::string password_;
   PostgresSourceOptions options_;
+  std::unique_ptr<WarehouseChangeDetection> change_detection_;
 };
 
 }  // namespace
+
+namespace postgres_internal {
+
+pg::ConnectOptions ConnectOptionsFor(const std::string& url, const std::string& password) {
+  return SourceConnectOptions(url, password);
+}
+
+absl::StatusOr<Described> Describe(pg::Connection& conn, const std::string& text) {
+  return PostgresSource::Describe(conn, text);
+}
+
+absl::StatusOr<std::unique_ptr<RowReader>> StartCopy(std::shared_ptr<pg::Connection> conn,
+                                                     const std::string& text, Described described) {
+  return PostgresSource::StartCopy(std::move(conn), text, std::move(described));
+}
+
+}  // namespace postgres_internal
 
 std::unique_ptr<Source> NewPostgresSource(std::string url, std::string password,
                                           PostgresExtraction extraction) {
@@ -563,6 +590,20 @@ SourceDefinition PostgresSourceDefinition() {
   parallel.type = SettingType::kInteger;
   parallel.default_value = 1;
   def.settings.push_back(parallel);
+  SettingSpec state_schema;
+  state_schema.key = "state_schema";
+  state_schema.label = "State schema";
+  state_schema.description =
+      "Schema where models with `change_detection: warehouse` keep their checkpoint (one table, "
+      "`checkpoints`: per mapping and record key, the hash of the row last delivered and the "
+      "payload's fingerprint and identity). Created on first use when missing, which needs "
+      "CREATE on the database (or an existing schema where the user may create tables); the "
+      "user then needs SELECT, INSERT, UPDATE and DELETE on the table. Give each Backflow "
+      "deployment reading this database its own schema. Unused by models in local mode.";
+  state_schema.type = SettingType::kString;
+  state_schema.default_value = "backflow_state";
+  def.settings.push_back(state_schema);
+  def.warehouse_change_detection = true;
   def.create = [](const nlohmann::json& settings,
                   const ConnectorEnv&) -> absl::StatusOr<std::unique_ptr<Source>> {
     auto url = settings.find("url");
@@ -592,6 +633,15 @@ SourceDefinition PostgresSourceDefinition() {
                         kMaxPostgresParallelConnections, parallel->dump()));
       }
       options.parallel_connections = parallel->get<int>();
+    }
+    auto state_schema = settings.find("state_schema");
+    if (state_schema != settings.end() && !state_schema->is_null()) {
+      if (!state_schema->is_string() || state_schema->get<std::string>().empty() ||
+          state_schema->get<std::string>().size() > 63) {
+        return absl::InvalidArgumentError(
+            "state_schema: must be a schema name of 1 to 63 characters, e.g. backflow_state");
+      }
+      options.state_schema = state_schema->get<std::string>();
     }
     if (options.parallel_connections > 1 && mode != PostgresExtraction::kCopy) {
       return absl::InvalidArgumentError(

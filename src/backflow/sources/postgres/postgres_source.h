@@ -81,10 +81,14 @@ struct PostgresSourceOptions {
   std::function<void()> after_snapshot_export_for_testing;
   // Testing: false skips importing the snapshot, to show what it prevents.
   bool share_snapshot = true;
+  // The schema where warehouse change detection keeps its checkpoint table
+  // (`change_detection: warehouse`; see postgres_change_detection.h).
+  std::string state_schema = "backflow_state";
 };
 
 // The definition of the "postgres" source type (settings: url, password,
-// extraction, parallel_connections).
+// extraction, parallel_connections, state_schema). It supports
+// `change_detection: warehouse` (Source::warehouse_change_detection()).
 SourceDefinition PostgresSourceDefinition();
 
 // A PostgreSQL source for `url` (postgresql:// URI or conninfo) and an

@@ -1,0 +1,292 @@
+// The SQL of warehouse change detection on PostgreSQL: schema and table
+// creation, which rows are candidates, which stored entries come back and in
+// what order, writes, privileges.
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "backflow/pg/testing/test_server.h"
+#include "backflow/sources/postgres/postgres_source.h"
+#include "backflow/sources/warehouse_change_detection.h"
+#include "fmt/format.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace backflow {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::UnorderedElementsAre;
+
+Fingerprint Fp(uint64_t n) { return Fingerprint{n, n * 7}; }
+
+class PostgresChangeDetectionTest : public pg::testing::PostgresTest {
+ protected:
+  void SetUp() override {
+    PostgresTest::SetUp();
+    if (IsSkipped() || HasFailure()) return;
+    table_ = pg::testing::UniqueName("cd");
+    schema_ = pg::testing::UniqueName("cd_state");
+    ExecOrFail(fmt::format("CREATE TABLE {} (id text, plan text, age int)", table_));
+    sql_ = fmt::format("SELECT id, plan, age FROM {}", table_);
+  }
+
+  std::unique_ptr<Source> MakeSource(const std::string& url, const std::string& password) {
+    auto source = PostgresSourceDefinition().create(
+        {{"url", url}, {"password", password}, {"state_schema", schema_}}, ConnectorEnv{});
+    EXPECT_TRUE(source.ok()) << source.status();
+    return source.ok() ? *std::move(source) : nullptr;
+  }
+  std::unique_ptr<Source> MakeSource() { return MakeSource(server().url, server().password); }
+
+  struct Pass {
+    std::map<std::string, std::string> rows;  // key (or "<null>#n") -> "plan|age"
+    std::map<std::string, std::string> hashes;
+    std::map<std::string, std::vector<std::string>> entries;  // mapping -> keys in order
+    std::map<std::string, int64_t> counts;
+    int duplicates = 0;
+  };
+
+  // One pass of change detection for `mappings` (name -> version).
+  Pass RunPass(WarehouseChangeDetection& cd, const WarehouseCandidateFilter& filter) {
+    Pass pass;
+    auto snapshot = cd.Begin(sql_ + " ", "id");
+    EXPECT_TRUE(snapshot.ok()) << snapshot.status();
+    if (!snapshot.ok()) return pass;
+    EXPECT_EQ((*snapshot)->schema().size(), 3u);
+    auto reader = (*snapshot)->ReadCandidates(filter);
+    EXPECT_TRUE(reader.ok()) << reader.status();
+    if (!reader.ok()) return pass;
+    EXPECT_EQ((*reader)->schema().size(), 4u);
+    Row row;
+    int nulls = 0;
+    while (true) {
+      auto more = (*reader)->Next(row);
+      EXPECT_TRUE(more.ok()) << more.status();
+      if (!more.ok() || !*more) break;
+      std::string key = row[0].is_null() ? fmt::format("<null>#{}", nulls++) : row[0].text();
+      if (pass.rows.count(key)) ++pass.duplicates;
+      pass.rows[key] = row[1].ToString() + "|" + row[2].ToString();
+      pass.hashes[key] = row[3].ToString();
+      EXPECT_EQ(row[3].ToString().size(), 36u);
+    }
+    for (const auto& [mapping, version] : filter.mappings) {
+      auto scanner = (*snapshot)->ScanEntries(mapping);
+      EXPECT_TRUE(scanner.ok()) << scanner.status();
+      if (!scanner.ok()) continue;
+      WarehouseCheckpointEntry entry;
+      auto& keys = pass.entries[mapping];
+      while (true) {
+        auto more = (*scanner)->Next(entry);
+        EXPECT_TRUE(more.ok()) << more.status();
+        if (!more.ok() || !*more) break;
+        keys.push_back(entry.key);
+      }
+      auto count = (*snapshot)->CountEntries(mapping);
+      EXPECT_TRUE(count.ok()) << count.status();
+      pass.counts[mapping] = count.ok() ? *count : -1;
+    }
+    EXPECT_TRUE((*snapshot)->Close().ok());
+    return pass;
+  }
+
+  // Stores every candidate (but NULL keys) for `mapping` as delivered.
+  void Deliver(WarehouseChangeDetection& cd, const std::string& mapping, const Fingerprint& version,
+               const Pass& pass, const std::set<std::string>& skip = {}) {
+    std::vector<WarehouseCheckpointWrite> writes;
+    for (const auto& [key, hash] : pass.hashes) {
+      if (key.rfind("<null>", 0) == 0 || skip.count(key)) continue;
+      WarehouseCheckpointWrite w;
+      w.key = key;
+      w.fingerprint = Fp(key.size());
+      w.identity = "id:" + key;
+      w.row_hash = hash;
+      w.version = version;
+      writes.push_back(w);
+    }
+    absl::Status applied = cd.Apply(mapping, writes);
+    EXPECT_TRUE(applied.ok()) << applied;
+  }
+
+  WarehouseCandidateFilter Filter(std::vector<std::pair<std::string, Fingerprint>> mappings) {
+    WarehouseCandidateFilter f;
+    f.mappings = std::move(mappings);
+    return f;
+  }
+
+  std::string table_, schema_, sql_;
+};
+
+TEST_F(PostgresChangeDetectionTest, OnlyChangedNewNullAndDuplicatedRowsAreCandidates) {
+  ExecOrFail(
+      fmt::format("INSERT INTO {} VALUES ('a','free',1), ('B','free',2), ('_','pro',3), "
+                  "('c','free',4), (NULL,'free',5)",
+                  table_));
+  auto source = MakeSource();
+  WarehouseChangeDetection* cd = source->warehouse_change_detection();
+  ASSERT_NE(cd, nullptr);
+
+  // First pass: nothing stored, every row is a candidate; the table was created.
+  Pass first = RunPass(*cd, Filter({{"m", Fp(1)}}));
+  EXPECT_EQ(first.rows.size(), 5u);
+  EXPECT_EQ(first.counts["m"], 0);
+  EXPECT_TRUE(first.entries["m"].empty());
+  Deliver(*cd, "m", Fp(1), first);
+
+  // Nothing changed: only the NULL key comes back.
+  Pass second = RunPass(*cd, Filter({{"m", Fp(1)}}));
+  EXPECT_THAT(second.rows,
+              ElementsAre(std::pair<const std::string, std::string>("<null>#0", "free|5")));
+  EXPECT_EQ(second.counts["m"], 4);
+  EXPECT_TRUE(second.entries["m"].empty());
+  EXPECT_EQ(second.hashes["<null>#0"], first.hashes["<null>#0"]);
+
+  // An update (any column), an insert, a delete, a duplicated key.
+  ExecOrFail(fmt::format("UPDATE {} SET age = 40 WHERE id = 'a'", table_));
+  ExecOrFail(fmt::format("INSERT INTO {} VALUES ('d','free',6), ('c','free',4)", table_));
+  ExecOrFail(fmt::format("DELETE FROM {} WHERE id = '_'", table_));
+  Pass third = RunPass(*cd, Filter({{"m", Fp(1)}}));
+  std::set<std::string> keys;
+  for (const auto& [k, v] : third.rows) keys.insert(k);
+  EXPECT_THAT(keys, UnorderedElementsAre("a", "c", "d", "<null>#0"));
+  EXPECT_EQ(third.duplicates, 1);  // both rows of "c"
+  EXPECT_NE(third.hashes["a"], first.hashes["a"]);
+  // Stored entries of candidate keys and of the gone key, in byte order.
+  EXPECT_THAT(third.entries["m"], ElementsAre("_", "a", "c"));
+
+  // In-flight keys and a full resync force rows out; another version too.
+  WarehouseCandidateFilter flight = Filter({{"m", Fp(1)}});
+  flight.in_flight_keys = {"B"};
+  Deliver(*cd, "m", Fp(1), third, {"c"});
+  Pass fourth = RunPass(*cd, flight);
+  keys.clear();
+  for (const auto& [k, v] : fourth.rows) keys.insert(k);
+  EXPECT_THAT(keys, UnorderedElementsAre("B", "c", "<null>#0"));
+  EXPECT_THAT(fourth.entries["m"], ElementsAre("B", "_", "c"));
+
+  WarehouseCandidateFilter all = Filter({{"m", Fp(1)}});
+  all.all_rows = true;
+  EXPECT_EQ(RunPass(*cd, all).rows.size(), 5u);
+  EXPECT_EQ(RunPass(*cd, Filter({{"m", Fp(2)}})).rows.size(), 5u);
+  // A second mapping with nothing stored makes every row a candidate; the
+  // first mapping's entries of those keys come back.
+  Pass both = RunPass(*cd, Filter({{"m", Fp(1)}, {"other", Fp(1)}}));
+  EXPECT_EQ(both.rows.size(), 5u);
+  EXPECT_THAT(both.entries["m"], ElementsAre("B", "_", "a", "c", "d"));
+  EXPECT_TRUE(both.entries["other"].empty());
+}
+
+TEST_F(PostgresChangeDetectionTest, RemovesAndUpsertsAreCommittedAndLastWriteWins) {
+  ExecOrFail(fmt::format("INSERT INTO {} VALUES ('a','free',1), ('b','free',2)", table_));
+  auto source = MakeSource();
+  WarehouseChangeDetection* cd = source->warehouse_change_detection();
+  Pass first = RunPass(*cd, Filter({{"m", Fp(1)}}));
+  Deliver(*cd, "m", Fp(1), first);
+  WarehouseCheckpointWrite remove;
+  remove.kind = WarehouseCheckpointWrite::Kind::kRemove;
+  remove.key = "a";
+  WarehouseCheckpointWrite upsert;
+  upsert.key = "b";
+  upsert.fingerprint = Fp(99);
+  upsert.identity = std::string("\x00\x01", 2);
+  upsert.row_hash = first.hashes["b"];
+  upsert.version = Fp(1);
+  WarehouseCheckpointWrite upsert_again = upsert;
+  upsert_again.fingerprint = Fp(100);
+  ASSERT_TRUE(cd->Apply("m", {remove, upsert, upsert_again}).ok());
+
+  auto conn = Connect();
+  ASSERT_TRUE(conn.ok());
+  auto rows = (*conn)->Exec(fmt::format(
+      "SELECT record_key, encode(fingerprint, 'hex'), encode(identity, 'hex') FROM {}.checkpoints "
+      "WHERE mapping = 'm' ORDER BY 1",
+      schema_));
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  ASSERT_EQ(PQntuples(rows->get()), 1);
+  EXPECT_STREQ(PQgetvalue(rows->get(), 0, 0), "b");
+  EXPECT_EQ(std::string(PQgetvalue(rows->get(), 0, 1)), Fp(100).ToHex());
+  EXPECT_STREQ(PQgetvalue(rows->get(), 0, 2), "0001");
+  // "a" is a candidate again (no entry); "b" is not.
+  Pass second = RunPass(*cd, Filter({{"m", Fp(1)}}));
+  EXPECT_EQ(second.rows.size(), 1u);
+  EXPECT_EQ(second.rows.count("a"), 1u);
+}
+
+TEST_F(PostgresChangeDetectionTest, KeyTypesWhoseTextCouldDifferAreRefused) {
+  sql_ = fmt::format("SELECT age::numeric AS id, plan FROM {}", table_);
+  auto source = MakeSource();
+  auto snapshot = source->warehouse_change_detection()->Begin(sql_, "id");
+  ASSERT_TRUE(snapshot.ok()) << snapshot.status();
+  auto reader = (*snapshot)->ReadCandidates(Filter({{"m", Fp(1)}}));
+  ASSERT_FALSE(reader.ok());
+  EXPECT_EQ(reader.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(reader.status().message()), HasSubstr("id::text AS id"));
+}
+
+TEST_F(PostgresChangeDetectionTest, TheModelCannotWrite) {
+  sql_ = fmt::format("WITH gone AS (DELETE FROM {} RETURNING *) SELECT id, plan, age FROM gone",
+                     table_);
+  ExecOrFail(fmt::format("INSERT INTO {} VALUES ('a','free',1)", table_));
+  auto source = MakeSource();
+  auto snapshot = source->warehouse_change_detection()->Begin(sql_, "id");
+  if (snapshot.ok()) {
+    auto reader = (*snapshot)->ReadCandidates(Filter({{"m", Fp(1)}}));
+    EXPECT_FALSE(reader.ok());
+  }
+  auto conn = Connect();
+  ASSERT_TRUE(conn.ok());
+  auto count = (*conn)->Exec(fmt::format("SELECT count(*) FROM {}", table_));
+  ASSERT_TRUE(count.ok());
+  EXPECT_STREQ(PQgetvalue(count->get(), 0, 0), "1");
+}
+
+TEST_F(PostgresChangeDetectionTest, MissingCreatePrivilegeSaysWhatToGrant) {
+  auto admin = AdminConnect();
+  ASSERT_TRUE(admin.ok()) << admin.status();
+  const std::string role = pg::testing::UniqueName("cd_reader");
+  ASSERT_TRUE(
+      (*admin)->Exec(fmt::format("CREATE ROLE {} LOGIN PASSWORD 'pw-{}'", role, role)).ok());
+  ASSERT_TRUE((*admin)->Exec(fmt::format("GRANT SELECT ON {} TO {}", table_, role)).ok());
+  std::string url = server().url;
+  url.replace(url.find("backflow@"), 9, role + "@");
+  auto source = MakeSource(url, "pw-" + role);
+  auto snapshot = source->warehouse_change_detection()->Begin(sql_, "id");
+  ASSERT_FALSE(snapshot.ok());
+  EXPECT_EQ(snapshot.status().code(), absl::StatusCode::kPermissionDenied);
+  const std::string message(snapshot.status().message());
+  EXPECT_THAT(message,
+              HasSubstr(fmt::format("GRANT CREATE ON DATABASE \"backflow_test\" TO \"{}\"", role)));
+  EXPECT_THAT(message, HasSubstr(schema_));
+  EXPECT_THAT(message, HasSubstr("state_schema"));
+
+  // The schema exists but the role may not create tables in it.
+  ASSERT_TRUE((*admin)->Exec(fmt::format("CREATE SCHEMA {}", schema_)).ok());
+  ASSERT_TRUE((*admin)->Exec(fmt::format("GRANT USAGE ON SCHEMA {} TO {}", schema_, role)).ok());
+  snapshot = source->warehouse_change_detection()->Begin(sql_, "id");
+  ASSERT_FALSE(snapshot.ok());
+  EXPECT_THAT(
+      std::string(snapshot.status().message()),
+      HasSubstr(fmt::format("GRANT USAGE, CREATE ON SCHEMA \"{}\" TO \"{}\"", schema_, role)));
+
+  // The table exists (made by an administrator) without the role's grants.
+  ASSERT_TRUE((*admin)->Exec(fmt::format("GRANT CREATE ON SCHEMA {} TO {}", schema_, role)).ok());
+  ASSERT_TRUE((*admin)
+                  ->Exec(fmt::format("CREATE TABLE {}.checkpoints (mapping text, record_key text, "
+                                     "row_hash uuid, version uuid, fingerprint bytea, identity "
+                                     "bytea, PRIMARY KEY (mapping, record_key))",
+                                     schema_))
+                  .ok());
+  snapshot = source->warehouse_change_detection()->Begin(sql_, "id");
+  ASSERT_FALSE(snapshot.ok());
+  EXPECT_THAT(
+      std::string(snapshot.status().message()),
+      HasSubstr(fmt::format("GRANT SELECT, INSERT, UPDATE, DELETE ON \"{}\".checkpoints TO \"{}\"",
+                            schema_, role)));
+  (void)(*admin)->Exec(fmt::format("DROP SCHEMA {} CASCADE", schema_));
+  (void)(*admin)->Exec(fmt::format("REVOKE ALL ON {} FROM {}", table_, role));
+  (void)(*admin)->Exec(fmt::format("DROP ROLE {}", role));
+}
+
+}  // namespace
+}  // namespace backflow
