@@ -3,11 +3,11 @@
 #
 #   bench/run.sh [--rows N] [--reps K] [--quick | --smoke] [--rss-sizes "A B ..."]
 #                [--backflow PATH] [--sink PATH] [--hasher PATH]
-#                [--extract-bench PATH] [--keep]
+#                [--extract-bench PATH] [--checkpoint-bench PATH] [--keep]
 #
 # Builds a RelWithDebInfo `backflow` plus the helpers in bench/ and
 # postgres_extract_bench (in $BACKFLOW_BENCH_BUILD_DIR, default
-# build-bench-release) unless all four binaries are given, starts a throwaway PostgreSQL (scripts/pg-test-server.sh)
+# build-bench-release) unless all five binaries are given, starts a throwaway PostgreSQL (scripts/pg-test-server.sh)
 # and a loopback HTTP sink (bench_http_sink) in a temporary directory
 # ($BACKFLOW_BENCH_TMPDIR, default /tmp), generates the customers table
 # (version 1: N rows; version 2: 1% updated, 0.5% deleted, 0.5% new) and
@@ -44,6 +44,7 @@ backflow=""
 sink_bin=""
 hasher=""
 extract_bench=""
+checkpoint_bench=""
 keep=0
 
 usage() {
@@ -62,6 +63,7 @@ while (($#)); do
     --sink) sink_bin=$2; shift 2 ;;
     --hasher) hasher=$2; shift 2 ;;
     --extract-bench) extract_bench=$2; shift 2 ;;
+    --checkpoint-bench) checkpoint_bench=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     -h | --help) usage ;;
     *) echo "run.sh: unknown argument $1" >&2; usage ;;
@@ -92,17 +94,19 @@ die() {
 }
 
 # ------------------------------------------------------------------ binaries
-if [[ -z $backflow || -z $sink_bin || -z $hasher || -z $extract_bench ]]; then
+if [[ -z $backflow || -z $sink_bin || -z $hasher || -z $extract_bench || -z $checkpoint_bench ]]; then
   log "building backflow and the bench helpers (RelWithDebInfo) in $build_dir"
   cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
   cmake --build "$build_dir" -j "${BACKFLOW_BENCH_JOBS:-2}" \
-    --target backflow bench_http_sink bench_xxh3_lines postgres_extract_bench >&2
+    --target backflow bench_http_sink bench_xxh3_lines postgres_extract_bench \
+    bench_checkpoint_write >&2
   [[ -n $backflow ]] || backflow=$build_dir/src/backflow/cli/backflow
   [[ -n $sink_bin ]] || sink_bin=$build_dir/bench/bench_http_sink
   [[ -n $hasher ]] || hasher=$build_dir/bench/bench_xxh3_lines
   [[ -n $extract_bench ]] || extract_bench=$build_dir/src/backflow/sources/postgres/postgres_extract_bench
+  [[ -n $checkpoint_bench ]] || checkpoint_bench=$build_dir/bench/bench_checkpoint_write
 fi
-for b in "$backflow" "$sink_bin" "$hasher" "$extract_bench"; do
+for b in "$backflow" "$sink_bin" "$hasher" "$extract_bench" "$checkpoint_bench"; do
   [[ -x $b ]] || die "not an executable: $b"
 done
 [[ -x /usr/bin/time ]] || die "/usr/bin/time is missing (Debian package 'time'; scripts/install-deps.sh)"
@@ -437,6 +441,18 @@ raw[bf_incremental_deliver]="${bf_deliver[*]}"
 raw[pg_full_join_diff]="${pg_diff[*]}"
 raw[python_incremental_wall]="${py_wall[*]}"
 
+# ------------------------------------------- checkpoint write vs dd
+# The checkpoint the last incremental sync folded (version 2, all rows),
+# written again as a fold writes it, against dd of the same bytes.
+ckpt_file=$(find "$work/ws-inc/state" -name 'base-*.ckpt' | head -1)
+[[ -n $ckpt_file ]] || die "no checkpoint file under $work/ws-inc/state"
+log "checkpoint write + fsync + rename vs dd conv=fdatasync ($reps repetitions)"
+"$checkpoint_bench" "$ckpt_file" "$reps" >"$work/ckpt.json" 2>"$work/ckpt.err" ||
+  { cat "$work/ckpt.err" >&2; die "bench_checkpoint_write failed"; }
+expect "checkpoint records" "$(jfield "$work/ckpt.json" records)" "$rows_v2"
+raw[checkpoint_write]=$(jfield "$work/ckpt.json" write_runs_s | tr -d '[],')
+raw[checkpoint_dd]=$(jfield "$work/ckpt.json" dd_runs_s | tr -d '[],')
+
 # ------------------------------------------- peak RSS of full syncs
 for s in $rss_sizes; do
   [[ -z ${rss_kib[$s]:-} ]] || continue
@@ -530,8 +546,13 @@ done
 r_flat=$(calc "$rss_max / $rss_min")
 echo "| peak RSS growth, largest / smallest size | $(fmt_x "$r_flat") | — | — |" \
   "flat (≤ 1.25×, our reading) | $(verdict "$r_flat <= 1.25") |"
-echo "| checkpoint write + fsync + rename | not implemented (checkpoints live in SQLite) |" \
-  "\`dd conv=fdatasync\` of the same bytes | — | ≤ 1.5× | not implemented |"
+m_ckpt=$(jfield "$work/ckpt.json" write_s)
+m_dd=$(jfield "$work/ckpt.json" dd_s)
+r_ckpt=$(calc "$m_ckpt / $m_dd")
+echo "| checkpoint write + fsync + rename ($(jfield "$work/ckpt.json" records) entries," \
+  "$(awk "BEGIN { printf \"%.1f MiB\", $(jfield "$work/ckpt.json" bytes) / 1048576 }"), zstd blocks) |" \
+  "$(fmt_s "$m_ckpt") | \`dd bs=1M conv=fdatasync\` of the same bytes: $(fmt_s "$m_dd") |" \
+  "$(fmt_x "$r_ckpt") | ≤ 1.5× | $(verdict "$r_ckpt <= 1.5") |"
 echo
 echo "Raw values (seconds unless noted; one per repetition, in order):"
 echo
