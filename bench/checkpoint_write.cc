@@ -1,14 +1,15 @@
 // bench_checkpoint_write: the "checkpoint write + fsync + rename" figure and
 // its `dd conv=fdatasync` baseline.
 //
-// Usage: bench_checkpoint_write CHECKPOINT_FILE [REPS]
+// Usage: bench_checkpoint_write CHECKPOINT_FILE [REPS [ZSTD_LEVEL]]
 //
 // Loads every record of CHECKPOINT_FILE (a checkpoint base file, e.g. the one
 // a sync left in <state>-checkpoints/<mapping>/) into memory, then REPS times
 // (default 3), back to back:
 //   1. writes them as a new checkpoint exactly as a fold does (RunFileWriter,
 //      durable: temporary file, zstd blocks, fdatasync, rename, fsync of the
-//      folder) into a scratch folder next to the input;
+//      folder) into a scratch folder next to the input (ZSTD_LEVEL: try
+//      another compression level than the checkpoint files' default);
 //   2. copies the file just written with `dd bs=1M conv=fdatasync` (the same
 //      bytes, from the page cache, to a new file in the same folder).
 // Prints one JSON object on stdout:
@@ -24,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "backflow/state/checkpoint_files.h"
 #include "backflow/storage/run_file.h"
 #include "fmt/format.h"
 #include "fmt/ranges.h"
@@ -47,11 +49,13 @@ int Fail(const std::string& what) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2 || argc > 3) {
-    return Fail("usage: bench_checkpoint_write CHECKPOINT_FILE [REPS]");
+  if (argc < 2 || argc > 4) {
+    return Fail("usage: bench_checkpoint_write CHECKPOINT_FILE [REPS [ZSTD_LEVEL]]");
   }
   const std::string input = argv[1];
-  const int reps = argc == 3 ? std::max(1, std::atoi(argv[2])) : 3;
+  const int reps = argc >= 3 ? std::max(1, std::atoi(argv[2])) : 3;
+  backflow::RunFileOptions options = backflow::CheckpointFileOptions();
+  if (argc == 4) options.compression_level = std::atoi(argv[3]);
 
   // Records as (key size, key, value size, value) back to back.
   std::string arena;
@@ -84,9 +88,7 @@ int main(int argc, char** argv) {
     fs::remove(out, ec);
     fs::remove(copy, ec);
     auto start = Clock::now();
-    backflow::RunFileOptions o;
-    o.durable = true;
-    auto writer = backflow::RunFileWriter::Create(out, o);
+    auto writer = backflow::RunFileWriter::Create(out, options);
     if (!writer.ok()) return Fail(std::string(writer.status().message()));
     for (size_t i = 0; i < records.size(); ++i) {
       std::string_view key(arena.data() + records[i].first, sizes[i].first);

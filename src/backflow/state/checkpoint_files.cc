@@ -150,13 +150,14 @@ class FileCheckpointScanner : public CheckpointScanner {
 
 }  // namespace
 
-absl::Status DamagedCheckpointError(const std::string& mapping, const std::string& detail) {
-  return absl::DataLossError(fmt::format(
-      "the checkpoint of mapping \"{}\" in the state store is damaged ({}); nothing was "
-      "sent. Restore the state folder from a backup, or run `backflow checkpoint reset {}` to "
-      "start this mapping over (every record is then sent as added, and records deleted from "
-      "the model meanwhile are not deleted in the destination)",
-      mapping, detail, mapping));
+RunFileOptions CheckpointFileOptions() {
+  RunFileOptions o;
+  o.durable = true;
+  // Blocks are stored raw: 16 bytes of each entry are a random fingerprint,
+  // so zstd saved only a quarter of the bytes (1M entries: 28.9 MB raw, 21.5
+  // MB at level 1) and made the write 1.9x slower (bench_checkpoint_write).
+  o.compression_level = 0;
+  return o;
 }
 
 struct CheckpointFiles::Generation {
@@ -336,10 +337,8 @@ absl::Status CheckpointFiles::Fold(const std::string& mapping) {
     if (!opened.ok()) return Damaged(mapping, std::string(opened.status().message()));
     base = *std::move(opened);
   }
-  RunFileOptions wo;
-  wo.durable = true;
   const std::string next = BasePath(g.dir, g.gen + 1);
-  BACKFLOW_ASSIGN_OR_RETURN(auto writer, RunFileWriter::Create(next, wo));
+  BACKFLOW_ASSIGN_OR_RETURN(auto writer, RunFileWriter::Create(next, CheckpointFileOptions()));
 
   std::string_view base_key, base_value, key, value;
   bool have_base = false;

@@ -28,6 +28,7 @@
 
 #include "absl/status/statusor.h"
 #include "backflow/state/state_store.h"
+#include "backflow/storage/run_file.h"
 
 namespace backflow {
 
@@ -72,7 +73,7 @@ class CheckpointFiles {
   FoldStats last_fold_;
 };
 
-// The message of a damaged checkpoint: what happened and the ways out.
-absl::Status DamagedCheckpointError(const std::string& mapping, const std::string& detail);
+// How checkpoint base files are written (durable; the compression level).
+RunFileOptions CheckpointFileOptions();
 
 }  // namespace backflow

@@ -349,12 +349,7 @@ class PgCheckpointScanner : public CheckpointScanner {
 
  private:
   absl::Status Damaged(const std::string& detail) const {
-    return absl::DataLossError(fmt::format(
-        "the checkpoint of mapping \"{}\" in the PostgreSQL state store is damaged ({}); nothing "
-        "was sent. Restore the database from a backup, or run `backflow checkpoint reset {}` to "
-        "start this mapping over (every record is then sent as added, and records deleted from "
-        "the model meanwhile are not deleted in the destination)",
-        mapping_, detail, mapping_));
+    return DamagedCheckpointError(mapping_, detail, "the PostgreSQL state store", "the database");
   }
 
   std::shared_ptr<ReaderPool> pool_;

@@ -184,12 +184,7 @@ class SqliteCheckpointScanner : public CheckpointScanner {
 
  private:
   absl::Status Damaged(const std::string& detail) const {
-    return absl::DataLossError(fmt::format(
-        "the checkpoint of mapping \"{}\" in the state store is damaged ({}); nothing was "
-        "sent. Restore the state file from a backup, or run `backflow checkpoint reset {}` to "
-        "start this mapping over (every record is then sent as added, and records deleted from "
-        "the model meanwhile are not deleted in the destination)",
-        mapping_, detail, mapping_));
+    return DamagedCheckpointError(mapping_, detail, "the state store", "the state file");
   }
 
   std::unique_ptr<Database> db_;

@@ -42,4 +42,14 @@ absl::Status MappingBusyError(const std::string& mapping, const std::string& hol
 
 bool IsMappingBusy(const absl::Status& status) { return HasTag(status, kMappingBusyPayload); }
 
+absl::Status DamagedCheckpointError(const std::string& mapping, const std::string& detail,
+                                    const std::string& store, const std::string& backup) {
+  return absl::DataLossError(fmt::format(
+      "the checkpoint of mapping \"{}\" in {} is damaged ({}); nothing was sent. Restore {} "
+      "from a backup, or run `backflow checkpoint reset {}` to start this mapping over (every "
+      "record is then sent as added, and records deleted from the model meanwhile are not "
+      "deleted in the destination)",
+      mapping, store, detail, backup, mapping));
+}
+
 }  // namespace backflow

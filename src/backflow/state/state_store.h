@@ -319,6 +319,13 @@ bool IsRunTakenOver(const absl::Status& status);
 absl::Status MappingBusyError(const std::string& mapping, const std::string& holder);
 bool IsMappingBusy(const absl::Status& status);
 
+// kDataLoss: the checkpoint of `mapping` in `store` (e.g. "the state store")
+// is damaged (`detail`). Says that nothing was sent, what to restore from a
+// backup (`backup`, e.g. "the state folder") and how to start the mapping over.
+absl::Status DamagedCheckpointError(const std::string& mapping, const std::string& detail,
+                                    const std::string& store = "the state store",
+                                    const std::string& backup = "the state folder");
+
 // Opens (creating and migrating if needed) a SQLite state store at `path`.
 absl::StatusOr<std::unique_ptr<StateStore>> OpenSqliteStateStore(const std::string& path);
 

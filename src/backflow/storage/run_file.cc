@@ -1,6 +1,7 @@
 #include "backflow/storage/run_file.h"
 
 #include <fcntl.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #include <zstd.h>
 
@@ -142,25 +143,41 @@ absl::Status RunFileWriter::FlushBlock() {
   Put32(out_, codec);
   Put32(out_, block_records_);
   Put64(out_, checksum);
-  out_.append(stored);
+  absl::Status written = WriteOut(stored, false);
   block_.clear();
   block_records_ = 0;
-  return WriteOut({}, false);
+  return written;
 }
 
 absl::Status RunFileWriter::WriteOut(std::string_view data, bool force) {
-  out_.append(data);
-  if (!force && out_.size() < kWriteBuffer) return absl::OkStatus();
+  if (!force && out_.size() + data.size() < kWriteBuffer) {
+    out_.append(data);
+    return absl::OkStatus();
+  }
+  // The buffer, then `data` without copying it.
+  iovec parts[2] = {{out_.data(), out_.size()}, {const_cast<char*>(data.data()), data.size()}};
+  const size_t total = out_.size() + data.size();
   size_t done = 0;
-  while (done < out_.size()) {
-    ssize_t n = write(fd_, out_.data() + done, out_.size() - done);
+  while (done < total) {
+    iovec rest[2];
+    int count = 0;
+    size_t skip = done;
+    for (const iovec& p : parts) {
+      if (skip >= p.iov_len) {
+        skip -= p.iov_len;
+        continue;
+      }
+      rest[count++] = {static_cast<char*>(p.iov_base) + skip, p.iov_len - skip};
+      skip = 0;
+    }
+    ssize_t n = writev(fd_, rest, count);
     if (n < 0) {
       if (errno == EINTR) continue;
       return IoError("cannot write", write_path_);
     }
     done += static_cast<size_t>(n);
   }
-  file_bytes_ += static_cast<int64_t>(out_.size());
+  file_bytes_ += static_cast<int64_t>(total);
   out_.clear();
   return absl::OkStatus();
 }

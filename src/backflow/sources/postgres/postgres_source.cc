@@ -252,10 +252,10 @@ class PostgresSource : public Source {
 
   absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql,
                                                    const QueryOptions& options) override {
-    if (options_.parallel_connections <= 1 || options.key_column.empty() ||
-        options_.extraction != PostgresExtraction::kCopy) {
+    if (options_.extraction != PostgresExtraction::kCopy || options.key_column.empty()) {
       return Query(sql);
     }
+    if (options_.parallel_connections <= 1) return QueryReadAhead(sql);
     return QueryParallel(sql, options.key_column);
   }
 
@@ -431,6 +431,23 @@ class PostgresSource : public Source {
                                          }});
     }
     return NewParallelRowReader(std::move(described.schema), std::move(parts));
+  }
+
+  // One COPY decoded on a thread of its own, so that decoding overlaps the
+  // caller's work on each row (an extraction's mapping and fingerprinting).
+  absl::StatusOr<std::unique_ptr<RowReader>> QueryReadAhead(std::string_view sql) {
+    BACKFLOW_ASSIGN_OR_RETURN(auto conn,
+                              pg::Connection::Open(SourceConnectOptions(url_, password_)));
+    std::shared_ptr<PGcancel> cancel(PQgetCancel(conn->get()), PQfreeCancel);
+    if (cancel == nullptr) return absl::InternalError("libpq could not prepare a cancel request");
+    BACKFLOW_ASSIGN_OR_RETURN(auto reader, QueryCopy(std::move(conn), sql));
+    Schema schema = reader->schema();
+    std::vector<ParallelReaderPart> parts;
+    parts.push_back(ParallelReaderPart{std::move(reader), [cancel] {
+                                         char buf[256];
+                                         PQcancel(cancel.get(), buf, sizeof(buf));
+                                       }});
+    return NewParallelRowReader(std::move(schema), std::move(parts));
   }
 
   // The WHERE condition of each connection's share of the rows (over the
