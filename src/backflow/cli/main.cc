@@ -622,7 +622,20 @@ int CheckpointReset(const GlobalOptions& g, const std::string& mapping_name) {
     return kExitFailed;
   }
   auto state = OpenState(*ws);
-  absl::Status status = state.ok() ? (*state)->ResetCheckpoint(mapping_name) : state.status();
+  absl::Status status = state.status();
+  if (state.ok()) {
+    // Under the mapping's locks: never under a sync that is running.
+    SyncEngine engine(*ws, BuiltinRegistry(), **state, ConnectorEnv{nullptr, &SystemClock()},
+                      StateDir(*ws));
+    status = engine.ResetCheckpoint(mapping_name);
+  }
+  if (IsMappingBusy(status)) {
+    PrintError(
+        fmt::format("could not reset the checkpoint of \"{}\": {}; try again when its "
+                    "run has finished (or cancel it)",
+                    mapping_name, status.message()));
+    return kExitFailed;
+  }
   if (!status.ok()) {
     PrintError(
         fmt::format("could not reset the checkpoint of \"{}\": {}; if the state file is "

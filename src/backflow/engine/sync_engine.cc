@@ -288,7 +288,7 @@ class Runner {
   WarehouseChangeDetection* warehouse_ = nullptr;  // owned by the run's source
   std::unique_ptr<WarehouseSnapshot> snapshot_;    // from extraction to the end of Diff
   std::vector<Fingerprint> versions_;              // per mapping of the run (warehouse mode)
-  std::vector<std::string> mapping_names_;  // the mappings of this run
+  std::vector<std::string> mapping_names_;         // the mappings of this run
   std::unique_ptr<Spool> spool_;
   int64_t extracted_ = 0;
   std::string row_buffer_;
@@ -1073,6 +1073,12 @@ SyncEngine::SyncEngine(const Workspace& workspace, const Registry& registry, Sta
       state_(state),
       env_(env),
       spool_dir_(std::move(spool_dir)) {}
+
+absl::Status SyncEngine::ResetCheckpoint(const std::string& mapping) {
+  BACKFLOW_ASSIGN_OR_RETURN(auto lock, MappingLock::Acquire(spool_dir_ + "/locks", mapping));
+  BACKFLOW_ASSIGN_OR_RETURN(auto held, state_.LockMapping(mapping));
+  return state_.ResetCheckpoint(mapping);
+}
 
 absl::StatusOr<std::vector<MappingRunResult>> SyncEngine::Run(
     const std::string& model, const std::vector<std::string>& mappings,

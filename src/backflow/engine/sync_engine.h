@@ -93,6 +93,11 @@ class SyncEngine {
                                                     const std::vector<std::string>& mappings,
                                                     const SyncOptions& options);
 
+  // Forgets what `mapping` delivered (StateStore::ResetCheckpoint) while
+  // holding its locks, as a run does: an error for which IsMappingBusy() is
+  // true while the mapping is being synced.
+  absl::Status ResetCheckpoint(const std::string& mapping);
+
  private:
   const Workspace& workspace_;
   const Registry& registry_;

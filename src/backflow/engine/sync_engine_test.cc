@@ -430,8 +430,13 @@ TEST_F(SyncEngineTest, AMappingIsNeverSyncedTwiceAtOnce) {
   EXPECT_EQ(results.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_TRUE(state_->ListRuns("m", 10)->empty());
   EXPECT_TRUE(dest_->sent_keys.empty());
+  // Nor is its checkpoint reset under a sync.
+  EXPECT_TRUE(IsMappingBusy(engine.ResetCheckpoint("m")));
   close(fd);
   EXPECT_EQ(Sync().status, RunStatus::kSucceeded);
+  EXPECT_EQ(*state_->CheckpointSize("m"), 10);
+  ASSERT_TRUE(engine.ResetCheckpoint("m").ok());
+  EXPECT_EQ(*state_->CheckpointSize("m"), 0);
 }
 
 TEST_F(SyncEngineTest, MassDeleteIsRefusedUnlessAllowed) {
