@@ -171,17 +171,6 @@ int FindColumn(const Schema& schema, std::string_view name) {
 
 namespace {
 
-void PutVarint(std::string& out, uint64_t v) {
-  char buf[10];
-  size_t n = 0;
-  while (v >= 0x80) {
-    buf[n++] = static_cast<char>(v | 0x80);
-    v >>= 7;
-  }
-  buf[n++] = static_cast<char>(v);
-  out.append(buf, n);
-}
-
 bool GetVarint(std::string_view& in, uint64_t& v) {
   v = 0;
   for (int shift = 0; shift < 64 && !in.empty(); shift += 7) {
@@ -195,10 +184,29 @@ bool GetVarint(std::string_view& in, uint64_t& v) {
 
 }  // namespace
 
+namespace {
+
+char* WriteVarint(char* p, uint64_t v) {
+  while (v >= 0x80) {
+    *p++ = static_cast<char>(v | 0x80);
+    v >>= 7;
+  }
+  *p++ = static_cast<char>(v);
+  return p;
+}
+
+}  // namespace
+
 void EncodeRow(const Row& row, std::string& out) {
-  PutVarint(out, row.size());
+  // Sized once for the worst case, written through a pointer, trimmed after.
+  size_t most = 10;
+  for (const Value& v : row) most += 11 + v.text().size();
+  const size_t start = out.size();
+  out.resize(start + most);
+  char* p = out.data() + start;
+  p = WriteVarint(p, row.size());
   for (const Value& v : row) {
-    out.push_back(static_cast<char>(v.type()));
+    *p++ = static_cast<char>(v.type());
     switch (v.type()) {
       case ValueType::kNull:
         break;
@@ -206,21 +214,22 @@ void EncodeRow(const Row& row, std::string& out) {
       case ValueType::kInt64: {
         // Zig-zag so small negatives stay short.
         int64_t i = v.int_value();
-        PutVarint(out, (static_cast<uint64_t>(i) << 1) ^ static_cast<uint64_t>(i >> 63));
+        p = WriteVarint(p, (static_cast<uint64_t>(i) << 1) ^ static_cast<uint64_t>(i >> 63));
         break;
       }
       case ValueType::kDouble: {
-        char buf[sizeof(double)];
         double d = v.double_value();
-        std::memcpy(buf, &d, sizeof(d));
-        out.append(buf, sizeof(buf));
+        std::memcpy(p, &d, sizeof(d));
+        p += sizeof(d);
         break;
       }
       default:
-        PutVarint(out, v.text().size());
-        out.append(v.text());
+        p = WriteVarint(p, v.text().size());
+        std::memcpy(p, v.text().data(), v.text().size());
+        p += v.text().size();
     }
   }
+  out.resize(static_cast<size_t>(p - out.data()));
 }
 
 absl::StatusOr<Row> DecodeRow(std::string_view in) {
