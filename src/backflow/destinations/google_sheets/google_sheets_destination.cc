@@ -20,6 +20,7 @@
 #include "backflow/common/errors.h"
 #include "backflow/common/http_client.h"
 #include "backflow/common/status_macros.h"
+#include "backflow/common/url.h"
 #include "backflow/delivery/google_service_account.h"
 #include "backflow/delivery/http_delivery.h"
 #include "backflow/delivery/http_settings.h"
@@ -51,24 +52,6 @@ constexpr size_t kMaxDeletesPerRequest = 5000;
 constexpr size_t kRowOverheadBytes = 64;
 
 std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
-
-// RFC 3986 percent-encoding of everything but unreserved characters, for
-// path segments and query values (A1 ranges contain ' ! : and spaces).
-std::string PercentEncode(std::string_view text) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  out.reserve(text.size() * 3 / 2);
-  for (unsigned char c : text) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out.push_back('%');
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 15]);
-    }
-  }
-  return out;
-}
 
 struct SheetsConfig {
   GoogleServiceAccountKey key;

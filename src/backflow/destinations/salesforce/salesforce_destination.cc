@@ -20,6 +20,7 @@
 #include "backflow/common/fmt_absl.h"
 #include "backflow/common/http_client.h"
 #include "backflow/common/status_macros.h"
+#include "backflow/common/url.h"
 #include "backflow/delivery/http_delivery.h"
 #include "backflow/delivery/http_settings.h"
 #include "backflow/delivery/jwt_bearer.h"
@@ -67,21 +68,6 @@ std::string Lower(std::string s) {
 }
 
 bool IEquals(const std::string& a, const std::string& b) { return Lower(a) == Lower(b); }
-
-std::string PercentEncode(std::string_view text) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : text) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out.push_back('%');
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 15]);
-    }
-  }
-  return out;
-}
 
 bool IsApiName(const std::string& s) {
   static const std::regex kName("^[A-Za-z][A-Za-z0-9_]*$");

@@ -15,6 +15,7 @@
 #include "backflow/common/http_client.h"
 #include "backflow/common/json_writer.h"
 #include "backflow/common/status_macros.h"
+#include "backflow/common/url.h"
 #include "backflow/delivery/google_service_account.h"
 #include "backflow/delivery/http_delivery.h"
 #include "backflow/delivery/http_settings.h"
@@ -51,22 +52,6 @@ std::string Upper(std::string s) {
 std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
 bool IsDigit(char c) { return c >= '0' && c <= '9'; }
-
-// Percent-encodes a URL path segment or query value (RFC 3986 unreserved kept).
-std::string UrlEncode(std::string_view text) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : text) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out.push_back('%');
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 15]);
-    }
-  }
-  return out;
-}
 
 // ------------------------------------------------------------------ numbers
 
@@ -734,7 +719,7 @@ class BigQueryClient {
 
   std::string ProjectUrl() const {
     return fmt::format("{}/bigquery/v2/projects/{}", cfg_.http.base_url,
-                       UrlEncode(cfg_.project_id));
+                       PercentEncode(cfg_.project_id));
   }
 
   // The server-side wait of one call: at most 10 s and half the HTTP timeout.
@@ -910,8 +895,8 @@ class BigQueryClient {
   // Best effort, one attempt: asks BigQuery to stop the job.
   void Cancel(const std::string& job_id, const std::string& location) const {
     HttpDelivery delivery = NewDelivery();
-    std::string url = fmt::format("{}/jobs/{}/cancel", ProjectUrl(), UrlEncode(job_id));
-    if (!location.empty()) url += "?location=" + UrlEncode(location);
+    std::string url = fmt::format("{}/jobs/{}/cancel", ProjectUrl(), PercentEncode(job_id));
+    if (!location.empty()) url += "?location=" + PercentEncode(location);
     delivery.Send(
         [&] {
           HttpRequest req;
@@ -1122,8 +1107,8 @@ class BigQueryRowReader : public RowReader {
     }
     CallContext ctx{"check the status of job " + job_id_, job_id_, location_};
     if (job_id_.empty()) return client_->ErrorStatus(ErrorFromProto((*errors)[0]), ctx);
-    std::string url = fmt::format("{}/jobs/{}", client_->ProjectUrl(), UrlEncode(job_id_));
-    if (!location_.empty()) url += "?location=" + UrlEncode(location_);
+    std::string url = fmt::format("{}/jobs/{}", client_->ProjectUrl(), PercentEncode(job_id_));
+    if (!location_.empty()) url += "?location=" + PercentEncode(location_);
     absl::StatusOr<json> job = client_->Call(
         delivery_,
         [&] {
@@ -1153,9 +1138,9 @@ class BigQueryRowReader : public RowReader {
     std::string url = fmt::format(
         "{}/queries/{}?maxResults={}&timeoutMs={}"
         "&formatOptions.useInt64Timestamp=true",
-        client_->ProjectUrl(), UrlEncode(job_id_), cfg.max_results, client_->ServerWaitMs());
-    if (!location_.empty()) url += "&location=" + UrlEncode(location_);
-    if (!page_token.empty()) url += "&pageToken=" + UrlEncode(page_token);
+        client_->ProjectUrl(), PercentEncode(job_id_), cfg.max_results, client_->ServerWaitMs());
+    if (!location_.empty()) url += "&location=" + PercentEncode(location_);
+    if (!page_token.empty()) url += "&pageToken=" + PercentEncode(page_token);
     CallContext ctx{what, job_id_, location_};
     absl::StatusOr<json> reply = client_->Call(
         delivery_,

@@ -15,6 +15,7 @@
 #include "backflow/common/fmt_absl.h"
 #include "backflow/common/http_client.h"
 #include "backflow/common/status_macros.h"
+#include "backflow/common/url.h"
 #include "backflow/sources/clickhouse/clickhouse_rowbinary.h"
 #include "fmt/format.h"
 
@@ -58,18 +59,6 @@ std::string Cut(std::string s, size_t max) {
     s += "...";
   }
   return s;
-}
-
-std::string UrlEncode(std::string_view s) {
-  std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out += fmt::format("%{:02X}", c);
-    }
-  }
-  return out;
 }
 
 std::string NewUuid() {
@@ -317,8 +306,8 @@ class ClickHouseClient {
     r.method = "POST";
     std::string url = config_.base_url + "/";
     for (size_t i = 0; i < params.size(); ++i) {
-      url +=
-          fmt::format("{}{}={}", i == 0 ? "?" : "&", params[i].first, UrlEncode(params[i].second));
+      url += fmt::format("{}{}={}", i == 0 ? "?" : "&", params[i].first,
+                         PercentEncode(params[i].second));
     }
     r.url = std::move(url);
     r.headers.emplace_back("User-Agent", kUserAgent);

@@ -17,6 +17,7 @@
 #include "backflow/common/fmt_absl.h"
 #include "backflow/common/http_client.h"
 #include "backflow/common/status_macros.h"
+#include "backflow/common/url.h"
 #include "backflow/delivery/http_delivery.h"
 #include "backflow/delivery/oauth_client_credentials.h"
 #include "backflow/delivery/rate_limiter.h"
@@ -52,22 +53,6 @@ bool ContainsNoCase(const std::string& haystack, const std::string& needle) {
 std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
 bool IsDigit(char c) { return c >= '0' && c <= '9'; }
-
-// Percent-encodes one URL path segment (RFC 3986 unreserved characters kept).
-std::string PathEscape(std::string_view text) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : text) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out.push_back('%');
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 15]);
-    }
-  }
-  return out;
-}
 
 std::string TextOf(const json& object, const char* key) {
   if (!object.is_object()) return "";
@@ -672,7 +657,7 @@ class DatabricksClient {
   std::string StatementsUrl() const { return cfg_.http.base_url + kDatabricksStatementsPath; }
 
   std::string StatementUrl(const std::string& id) const {
-    return StatementsUrl() + "/" + PathEscape(id);
+    return StatementsUrl() + "/" + PercentEncode(id);
   }
 
   HttpRequest ApiRequest(std::string method, std::string url, std::string body,

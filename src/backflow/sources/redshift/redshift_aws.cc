@@ -7,6 +7,7 @@
 
 #include "backflow/common/fmt_absl.h"
 #include "backflow/common/status_macros.h"
+#include "backflow/common/url.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -35,21 +36,6 @@ bool IsServerError(const AwsErrorReply& e) {
   return e.status >= 500 ||
          IsOneOf(e.code, {"InternalServerException", "InternalFailure", "ServiceUnavailable",
                           "InternalError", "ServiceUnavailableException"});
-}
-
-std::string FormEncode(std::string_view s) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out.push_back('%');
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 15]);
-    }
-  }
-  return out;
 }
 
 int64_t DaysFromCivil(int64_t y, int64_t m, int64_t d) {
@@ -395,9 +381,9 @@ absl::StatusOr<RedshiftDbCredentials> RedshiftIamCredentials::Fetch() {
     base.body = fmt::format(
         "Action=GetClusterCredentials&Version={}&ClusterIdentifier={}&DbUser={}"
         "&DurationSeconds={}",
-        kRedshiftApiVersion, FormEncode(config_.cluster_identifier), FormEncode(config_.db_user),
-        config_.duration_s);
-    if (!config_.db_name.empty()) base.body += "&DbName=" + FormEncode(config_.db_name);
+        kRedshiftApiVersion, PercentEncode(config_.cluster_identifier),
+        PercentEncode(config_.db_user), config_.duration_s);
+    if (!config_.db_name.empty()) base.body += "&DbName=" + PercentEncode(config_.db_name);
     if (config_.auto_create) base.body += "&AutoCreate=true";
     base.headers = {{"Content-Type", "application/x-www-form-urlencoded; charset=utf-8"}};
     what = fmt::format("get a temporary password for database user \"{}\" on cluster \"{}\"",

@@ -30,6 +30,7 @@
 #include "backflow/common/fmt_absl.h"
 #include "backflow/common/http_client.h"
 #include "backflow/common/status_macros.h"
+#include "backflow/common/url.h"
 #include "backflow/delivery/http_delivery.h"
 #include "fmt/format.h"
 
@@ -90,18 +91,6 @@ std::string NewUuid() {
   lo = (lo & ~(0xC0ULL << 56)) | (0x80ULL << 56);  // RFC 4122 variant
   return fmt::format("{:08x}-{:04x}-{:04x}-{:04x}-{:012x}", hi >> 32, (hi >> 16) & 0xFFFF,
                      hi & 0xFFFF, lo >> 48, lo & 0xFFFFFFFFFFFFULL);
-}
-
-std::string PathEscape(std::string_view s) {
-  std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out += fmt::format("%{:02X}", c);
-    }
-  }
-  return out;
 }
 
 std::string OpenSslError() {
@@ -489,7 +478,7 @@ class SnowflakeClient {
     json j = json::parse(d.response->body, nullptr, false);
     std::string status_path = j.is_object() ? JsonString(j, "statementStatusUrl") : "";
     if (!status_path.starts_with("/")) {
-      status_path = fmt::format("{}/{}", kStatementsPath, PathEscape(status.handle));
+      status_path = fmt::format("{}/{}", kStatementsPath, PercentEncode(status.handle));
     }
     absl::StatusOr<ResultSet> result = Poll(status.handle, status_path, started);
     if (!result.ok() && ShouldCancelAfter(result.status())) Cancel(status.handle);
@@ -500,7 +489,7 @@ class SnowflakeClient {
   absl::StatusOr<json> FetchPartition(const std::string& handle, size_t n) {
     HttpDelivery delivery = Delivery(/*poll=*/false);
     const std::string url = fmt::format("{}{}/{}?partition={}", config_.http.base_url,
-                                        kStatementsPath, PathEscape(handle), n);
+                                        kStatementsPath, PercentEncode(handle), n);
     DeliveryResult d = delivery.Send([&] { return Request("GET", url); });
     if (!d.response.ok() || d.response->status != 200) return Failure(d, Step::kPartition);
     std::string body = std::move(d.response->body);
@@ -521,8 +510,8 @@ class SnowflakeClient {
   // Best effort: one attempt, errors ignored.
   void Cancel(const std::string& handle) {
     HttpDelivery delivery = Delivery(/*poll=*/false);
-    const std::string url =
-        fmt::format("{}{}/{}/cancel", config_.http.base_url, kStatementsPath, PathEscape(handle));
+    const std::string url = fmt::format("{}{}/{}/cancel", config_.http.base_url, kStatementsPath,
+                                        PercentEncode(handle));
     delivery.Send(
         [&] {
           HttpRequest r = Request("POST", url);
