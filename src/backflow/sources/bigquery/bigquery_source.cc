@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "backflow/common/civil_date.h"
 #include "backflow/common/clock.h"
 #include "backflow/common/crypto.h"
 #include "backflow/common/fmt_absl.h"
@@ -180,20 +181,6 @@ std::optional<double> ParseFloat(std::string_view s) {
 }
 
 // ---------------------------------------------------------------- time
-
-// Days since 1970-01-01 -> civil date (proleptic Gregorian).
-void CivilFromDays(int64_t z, int64_t& y, unsigned& m, unsigned& d) {
-  z += 719468;
-  const int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-  const unsigned doe = static_cast<unsigned>(z - era * 146097);
-  const unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-  y = static_cast<int64_t>(yoe) + era * 400;
-  const unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-  const unsigned mp = (5 * doy + 2) / 153;
-  d = doy - (153 * mp + 2) / 5 + 1;
-  m = mp < 10 ? mp + 3 : mp - 9;
-  if (m <= 2) ++y;
-}
 
 int64_t FloorDiv(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); }
 
@@ -484,11 +471,9 @@ std::string IsoFromUnixMicros(int64_t micros) {
   int64_t frac = micros - seconds * 1'000'000;
   int64_t days = FloorDiv(seconds, 86'400);
   int64_t sod = seconds - days * 86'400;
-  int64_t y = 0;
-  unsigned m = 0, d = 0;
-  CivilFromDays(days, y, m, d);
-  std::string out = fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", y, m, d, sod / 3600,
-                                (sod / 60) % 60, sod % 60);
+  const CivilDate date = CivilFromDays(days);
+  std::string out = fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", date.year, date.month,
+                                date.day, sod / 3600, (sod / 60) % 60, sod % 60);
   if (frac != 0) {
     std::string f = fmt::format("{:06}", frac);
     while (f.back() == '0') f.pop_back();

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "absl/status/statusor.h"
+#include "backflow/common/civil_date.h"
 #include "backflow/common/crypto.h"
 #include "backflow/common/url.h"
 #include "fmt/format.h"
@@ -135,15 +136,6 @@ std::string ShortestDouble(double d) {
   return std::string(buf, res.ptr);
 }
 
-int64_t DaysFromCivil(int64_t y, unsigned m, unsigned d) {
-  y -= m <= 2;
-  const int64_t era = (y >= 0 ? y : y - 399) / 400;
-  const unsigned yoe = static_cast<unsigned>(y - era * 400);
-  const unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + static_cast<int64_t>(doe) - 719468;
-}
-
 // "YYYY-MM-DD[ T]HH:MM:SS[.ffffff][Z|+HH:MM|-HH:MM| UTC]" -> epoch micros.
 std::optional<int64_t> ParseTimestampText(std::string_view s) {
   auto num = [&](size_t pos, size_t len) -> std::optional<int> {
@@ -157,8 +149,7 @@ std::optional<int64_t> ParseTimestampText(std::string_view s) {
   };
   auto y = num(0, 4), mo = num(5, 2), d = num(8, 2);
   if (!y || !mo || !d || s[4] != '-' || s[7] != '-') return std::nullopt;
-  int64_t micros =
-      DaysFromCivil(*y, static_cast<unsigned>(*mo), static_cast<unsigned>(*d)) * 86'400'000'000LL;
+  int64_t micros = DaysFromCivil(*y, *mo, *d) * 86'400'000'000LL;
   if (s.size() == 10) return micros;
   auto h = num(11, 2), mi = num(14, 2), sec = num(17, 2);
   if (!h || !mi || !sec || (s[10] != ' ' && s[10] != 'T')) return std::nullopt;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "backflow/common/civil_date.h"
 #include "backflow/common/clock.h"
 #include "backflow/common/crypto.h"
 #include "backflow/common/errors.h"
@@ -150,28 +151,6 @@ std::optional<std::string> DecimalText(std::string_view s) {
 
 // ---------------------------------------------------------------- time
 
-int64_t DaysFromCivil(int64_t y, int64_t m, int64_t d) {
-  y -= m <= 2;
-  const int64_t era = (y >= 0 ? y : y - 399) / 400;
-  const int64_t yoe = y - era * 400;
-  const int64_t doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-  const int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + doe - 719468;
-}
-
-void CivilFromDays(int64_t z, int64_t& y, int64_t& m, int64_t& d) {
-  z += 719468;
-  const int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-  const int64_t doe = z - era * 146097;
-  const int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-  y = yoe + era * 400;
-  const int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-  const int64_t mp = (5 * doy + 2) / 153;
-  d = doy - (153 * mp + 2) / 5 + 1;
-  m = mp < 10 ? mp + 3 : mp - 9;
-  if (m <= 2) ++y;
-}
-
 int64_t DaysInMonth(int64_t y, int64_t m) {
   static constexpr int kDays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
   bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
@@ -253,10 +232,9 @@ std::optional<ParsedTimestamp> ParseTimestamp(std::string_view s) {
 }
 
 std::string FormatTimestamp(int64_t days, int64_t seconds, const std::string& fraction) {
-  int64_t y = 0, m = 0, d = 0;
-  CivilFromDays(days, y, m, d);
-  std::string out = fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", y, m, d, seconds / 3600,
-                                (seconds / 60) % 60, seconds % 60);
+  const CivilDate date = CivilFromDays(days);
+  std::string out = fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", date.year, date.month,
+                                date.day, seconds / 3600, (seconds / 60) % 60, seconds % 60);
   if (!fraction.empty()) out += "." + fraction;
   return out;
 }
@@ -361,8 +339,7 @@ absl::StatusOr<std::string> DatabricksTimestampText(std::string_view text) {
   int64_t total = t->days * 86'400 + t->seconds - t->offset_seconds;
   int64_t days = FloorDiv(total, 86'400);
   int64_t seconds = total - days * 86'400;
-  int64_t y = 0, m = 0, d = 0;
-  CivilFromDays(days, y, m, d);
+  const int64_t y = CivilFromDays(days).year;
   if (y < 1 || y > 9999) {
     return absl::InvalidArgumentError(
         fmt::format("TIMESTAMP value out of range: {:?}", std::string(text.substr(0, 64))));

@@ -10,6 +10,7 @@
 #include <string_view>
 #include <utility>
 
+#include "backflow/common/civil_date.h"
 #include "backflow/common/crypto.h"
 #include "backflow/common/url.h"
 #include "fmt/format.h"
@@ -192,15 +193,6 @@ std::string JavaStyleDouble(double d) {
   return mantissa + "E" + std::to_string(exp);
 }
 
-int64_t DaysFromCivil(int64_t y, int64_t m, int64_t d) {
-  y -= m <= 2;
-  const int64_t era = (y >= 0 ? y : y - 399) / 400;
-  const int64_t yoe = y - era * 400;
-  const int64_t doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-  const int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + doe - 719468;
-}
-
 // "YYYY-MM-DD[ T]HH:MM:SS[.ffffff][Z|±HH:MM]" -> micros since the epoch.
 std::optional<int64_t> MicrosFromText(std::string_view s) {
   auto num = [&](size_t pos, size_t len) -> std::optional<int64_t> {
@@ -246,21 +238,11 @@ std::string TimestampFromMicros(int64_t micros, const std::string& suffix) {
   int64_t frac = micros - secs * 1'000'000;
   int64_t days = secs / 86'400 - (secs % 86'400 < 0 ? 1 : 0);
   int64_t sod = secs - days * 86'400;
-  // civil from days
-  int64_t z = days + 719468;
-  const int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-  const int64_t doe = z - era * 146097;
-  const int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-  int64_t y = yoe + era * 400;
-  const int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-  const int64_t mp = (5 * doy + 2) / 153;
-  int64_t d = doy - (153 * mp + 2) / 5 + 1;
-  int64_t m = mp < 10 ? mp + 3 : mp - 9;
-  if (m <= 2) ++y;
+  const CivilDate date = CivilFromDays(days);
   std::string fraction =
       frac % 1000 == 0 ? fmt::format("{:03}", frac / 1000) : fmt::format("{:06}", frac);
-  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{}{}", y, m, d, sod / 3600,
-                     (sod / 60) % 60, sod % 60, fraction, suffix);
+  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{}{}", date.year, date.month, date.day,
+                     sod / 3600, (sod / 60) % 60, sod % 60, fraction, suffix);
 }
 
 // DECIMAL text with exactly `scale` decimals.

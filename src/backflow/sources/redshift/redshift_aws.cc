@@ -5,6 +5,7 @@
 #include <cmath>
 #include <utility>
 
+#include "backflow/common/civil_date.h"
 #include "backflow/common/fmt_absl.h"
 #include "backflow/common/status_macros.h"
 #include "backflow/common/url.h"
@@ -36,15 +37,6 @@ bool IsServerError(const AwsErrorReply& e) {
   return e.status >= 500 ||
          IsOneOf(e.code, {"InternalServerException", "InternalFailure", "ServiceUnavailable",
                           "InternalError", "ServiceUnavailableException"});
-}
-
-int64_t DaysFromCivil(int64_t y, int64_t m, int64_t d) {
-  y -= m <= 2;
-  const int64_t era = (y >= 0 ? y : y - 399) / 400;
-  const int64_t yoe = y - era * 400;
-  const int64_t doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-  const int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + doe - 719468;
 }
 
 }  // namespace

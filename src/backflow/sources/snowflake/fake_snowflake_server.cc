@@ -9,6 +9,7 @@
 #include <string_view>
 #include <utility>
 
+#include "backflow/common/civil_date.h"
 #include "backflow/common/crypto.h"
 #include "backflow/common/url.h"
 #include "backflow/sources/snowflake/snowflake_source.h"
@@ -186,15 +187,6 @@ struct Raw {
   std::string s;  // TEXT or BLOB bytes
 };
 
-int64_t DaysFromCivil(int64_t y, unsigned m, unsigned d) {
-  y -= m <= 2;
-  const int64_t era = (y >= 0 ? y : y - 399) / 400;
-  const unsigned yoe = static_cast<unsigned>(y - era * 400);
-  const unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + static_cast<int64_t>(doe) - 719468;
-}
-
 // Parses "YYYY-MM-DD[( |T)HH:MM[:SS[.fffffffff]]][Z|±HH[:MM]]".
 struct Civil {
   int64_t days = 0;
@@ -244,7 +236,7 @@ std::optional<Civil> ParseCivil(std::string_view s) {
   auto d = Digits(s, 8, 2);
   if (!y || !mo || !d || s[4] != '-' || s[7] != '-') return std::nullopt;
   Civil c;
-  c.days = DaysFromCivil(*y, static_cast<unsigned>(*mo), static_cast<unsigned>(*d));
+  c.days = DaysFromCivil(*y, *mo, *d);
   size_t pos = 10;
   if (pos < s.size() && (s[pos] == ' ' || s[pos] == 'T')) {
     ++pos;
