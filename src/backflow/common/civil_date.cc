@@ -27,4 +27,14 @@ CivilDate CivilFromDays(int64_t days) {
   return out;
 }
 
+std::optional<int64_t> FixedDigits(std::string_view s, size_t pos, size_t n) {
+  if (pos > s.size() || n > s.size() - pos) return std::nullopt;
+  int64_t v = 0;
+  for (size_t i = pos; i < pos + n; ++i) {
+    if (s[i] < '0' || s[i] > '9') return std::nullopt;
+    v = v * 10 + (s[i] - '0');
+  }
+  return v;
+}
+
 }  // namespace backflow

@@ -53,5 +53,19 @@ TEST(CivilDateTest, RoundTripsEveryDayOfEightHundredYearsAndIsMonotonic) {
   }
 }
 
+TEST(CivilDateTest, FixedDigitsReadsExactlyTheFieldOrNothing) {
+  constexpr std::string_view kText = "2024-06-01T08:05";
+  EXPECT_EQ(FixedDigits(kText, 0, 4), 2024);
+  EXPECT_EQ(FixedDigits(kText, 5, 2), 6);
+  EXPECT_EQ(FixedDigits(kText, 14, 2), 5);
+  EXPECT_EQ(FixedDigits(kText, 0, 0), 0);
+  EXPECT_EQ(FixedDigits(kText, 0, 5), std::nullopt);   // '-' is not a digit
+  EXPECT_EQ(FixedDigits(kText, 15, 2), std::nullopt);  // past the end
+  EXPECT_EQ(FixedDigits(kText, 40, 1), std::nullopt);
+  EXPECT_EQ(FixedDigits("+1", 0, 2), std::nullopt);
+  EXPECT_EQ(FixedDigits(" 1", 0, 2), std::nullopt);
+  EXPECT_EQ(FixedDigits("999999999999999999", 0, 18), 999999999999999999);
+}
+
 }  // namespace
 }  // namespace backflow

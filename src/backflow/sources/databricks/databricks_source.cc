@@ -167,21 +167,11 @@ struct ParsedTimestamp {
   int64_t offset_seconds = 0;
 };
 
-std::optional<int64_t> Digits(std::string_view s, size_t pos, size_t n) {
-  if (pos + n > s.size()) return std::nullopt;
-  int64_t v = 0;
-  for (size_t i = pos; i < pos + n; ++i) {
-    if (!IsDigit(s[i])) return std::nullopt;
-    v = v * 10 + (s[i] - '0');
-  }
-  return v;
-}
-
 std::optional<ParsedTimestamp> ParseTimestamp(std::string_view s) {
-  auto y = Digits(s, 0, 4), mo = Digits(s, 5, 2), d = Digits(s, 8, 2);
+  auto y = FixedDigits(s, 0, 4), mo = FixedDigits(s, 5, 2), d = FixedDigits(s, 8, 2);
   if (!y || !mo || !d || s.size() < 16 || s[4] != '-' || s[7] != '-') return std::nullopt;
   if (s[10] != 'T' && s[10] != ' ' && s[10] != 't') return std::nullopt;
-  auto h = Digits(s, 11, 2), mi = Digits(s, 14, 2);
+  auto h = FixedDigits(s, 11, 2), mi = FixedDigits(s, 14, 2);
   if (!h || !mi || s[13] != ':') return std::nullopt;
   if (*mo < 1 || *mo > 12 || *d < 1 || *d > DaysInMonth(*y, *mo) || *y < 1 || *h > 23 || *mi > 59) {
     return std::nullopt;
@@ -190,7 +180,7 @@ std::optional<ParsedTimestamp> ParseTimestamp(std::string_view s) {
   size_t i = 16;
   int64_t sec = 0;
   if (i < s.size() && s[i] == ':') {
-    auto sv = Digits(s, i + 1, 2);
+    auto sv = FixedDigits(s, i + 1, 2);
     if (!sv || *sv > 59) return std::nullopt;
     sec = *sv;
     i += 3;
@@ -210,13 +200,13 @@ std::optional<ParsedTimestamp> ParseTimestamp(std::string_view s) {
   } else if (zone == "Z" || zone == "z" || zone == "UTC") {
     out.has_zone = true;
   } else if (zone[0] == '+' || zone[0] == '-') {
-    auto zh = Digits(zone, 1, 2);
+    auto zh = FixedDigits(zone, 1, 2);
     std::optional<int64_t> zm = 0;
     if (zone.size() == 3) {
     } else if (zone.size() == 5) {
-      zm = Digits(zone, 3, 2);
+      zm = FixedDigits(zone, 3, 2);
     } else if (zone.size() == 6 && zone[3] == ':') {
-      zm = Digits(zone, 4, 2);
+      zm = FixedDigits(zone, 4, 2);
     } else {
       return std::nullopt;
     }
@@ -418,7 +408,7 @@ absl::StatusOr<Value> DecodeDatabricksCell(const DatabricksColumnType& type, con
       return BadCell(type, cell);
     }
     case ValueType::kDate: {
-      auto y = Digits(text, 0, 4), m = Digits(text, 5, 2), d = Digits(text, 8, 2);
+      auto y = FixedDigits(text, 0, 4), m = FixedDigits(text, 5, 2), d = FixedDigits(text, 8, 2);
       if (text.size() != 10 || !y || !m || !d || text[4] != '-' || text[7] != '-' || *m < 1 ||
           *m > 12 || *d < 1 || *d > DaysInMonth(*y, *m)) {
         return BadCell(type, cell);

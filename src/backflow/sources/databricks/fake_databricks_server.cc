@@ -195,20 +195,11 @@ std::string JavaStyleDouble(double d) {
 
 // "YYYY-MM-DD[ T]HH:MM:SS[.ffffff][Z|±HH:MM]" -> micros since the epoch.
 std::optional<int64_t> MicrosFromText(std::string_view s) {
-  auto num = [&](size_t pos, size_t len) -> std::optional<int64_t> {
-    if (pos + len > s.size()) return std::nullopt;
-    int64_t v = 0;
-    for (size_t k = pos; k < pos + len; ++k) {
-      if (!std::isdigit(static_cast<unsigned char>(s[k]))) return std::nullopt;
-      v = v * 10 + (s[k] - '0');
-    }
-    return v;
-  };
-  auto y = num(0, 4), mo = num(5, 2), d = num(8, 2);
+  auto y = FixedDigits(s, 0, 4), mo = FixedDigits(s, 5, 2), d = FixedDigits(s, 8, 2);
   if (!y || !mo || !d) return std::nullopt;
   int64_t micros = DaysFromCivil(*y, *mo, *d) * 86'400'000'000LL;
   if (s.size() == 10) return micros;
-  auto h = num(11, 2), mi = num(14, 2), sec = num(17, 2);
+  auto h = FixedDigits(s, 11, 2), mi = FixedDigits(s, 14, 2), sec = FixedDigits(s, 17, 2);
   if (!h || !mi || !sec) return std::nullopt;
   micros += (*h * 3600 + *mi * 60 + *sec) * 1'000'000LL;
   size_t k = 19;
@@ -225,7 +216,7 @@ std::optional<int64_t> MicrosFromText(std::string_view s) {
   std::string_view zone = s.substr(k);
   if (zone.empty() || zone == "Z") return micros;
   if ((zone[0] == '+' || zone[0] == '-') && zone.size() == 6 && zone[3] == ':') {
-    auto zh = num(k + 1, 2), zm = num(k + 4, 2);
+    auto zh = FixedDigits(s, k + 1, 2), zm = FixedDigits(s, k + 4, 2);
     if (!zh || !zm) return std::nullopt;
     int64_t offset = (*zh * 3600 + *zm * 60) * 1'000'000LL;
     return zone[0] == '+' ? micros - offset : micros + offset;

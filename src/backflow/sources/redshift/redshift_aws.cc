@@ -290,21 +290,12 @@ std::string AwsEndpoint(std::string_view service, std::string_view region,
 }
 
 std::optional<Clock::TimePoint> ParseAwsTimestamp(std::string_view s) {
-  auto digits = [&](size_t pos, size_t n) -> std::optional<int64_t> {
-    if (pos + n > s.size()) return std::nullopt;
-    int64_t v = 0;
-    for (size_t i = pos; i < pos + n; ++i) {
-      if (!std::isdigit(static_cast<unsigned char>(s[i]))) return std::nullopt;
-      v = v * 10 + (s[i] - '0');
-    }
-    return v;
-  };
   if (s.size() < 20 || s[4] != '-' || s[7] != '-' || (s[10] != 'T' && s[10] != ' ') ||
       s[13] != ':' || s[16] != ':') {
     return std::nullopt;
   }
-  auto y = digits(0, 4), mo = digits(5, 2), d = digits(8, 2), h = digits(11, 2), mi = digits(14, 2),
-       se = digits(17, 2);
+  auto y = FixedDigits(s, 0, 4), mo = FixedDigits(s, 5, 2), d = FixedDigits(s, 8, 2),
+       h = FixedDigits(s, 11, 2), mi = FixedDigits(s, 14, 2), se = FixedDigits(s, 17, 2);
   if (!y || !mo || !d || !h || !mi || !se || *mo < 1 || *mo > 12 || *d < 1 || *d > 31) {
     return std::nullopt;
   }
