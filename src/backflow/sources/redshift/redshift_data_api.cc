@@ -375,17 +375,8 @@ class RedshiftDataApiSource : public Source {
   }
 
   absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql) override {
-    std::string text = TrimModelSql(sql);
-    std::vector<std::string_view> statements = SplitSqlStatements(text);
-    if (statements.empty()) {
-      return absl::InvalidArgumentError("the model's SQL is empty; a model must be one SELECT");
-    }
-    if (statements.size() > 1) {
-      return absl::InvalidArgumentError(fmt::format(
-          "the model's SQL holds {} statements; a model must be one SELECT (ExecuteStatement "
-          "runs exactly one)",
-          statements.size()));
-    }
+    BACKFLOW_ASSIGN_OR_RETURN(std::string text,
+                              SingleModelStatement(sql, "ExecuteStatement runs exactly one"));
     auto reader = std::make_unique<DataApiReader>(&client_);
     BACKFLOW_RETURN_IF_ERROR(reader->Start(text));
     return std::unique_ptr<RowReader>(std::move(reader));

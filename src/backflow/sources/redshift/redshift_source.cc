@@ -312,17 +312,11 @@ class RedshiftSource : public Source {
   }
 
   absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql) override {
-    std::string text = TrimModelSql(sql);
-    std::vector<std::string_view> statements = SplitSqlStatements(text);
-    if (statements.empty()) {
-      return absl::InvalidArgumentError("the model's SQL is empty; a model must be one SELECT");
-    }
-    if (statements.size() > 1) {
-      return absl::InvalidArgumentError(fmt::format(
-          "the model's SQL holds {} statements; a model must be one SELECT (Redshift reads it "
-          "through a cursor, which takes exactly one query)",
-          statements.size()));
-    }
+    BACKFLOW_ASSIGN_OR_RETURN(
+        std::string text,
+        SingleModelStatement(sql,
+                             "Redshift reads it through a cursor, which takes exactly one "
+                             "query"));
     std::chrono::milliseconds wait = config_.retry_initial;
     for (int attempt = 0;; ++attempt) {
       absl::StatusOr<std::unique_ptr<RowReader>> reader = TryQuery(text);
@@ -474,6 +468,20 @@ absl::Status ClassifyRedshiftError(absl::Status status) {
     }
   }
   return status;
+}
+
+absl::StatusOr<std::string> SingleModelStatement(std::string_view sql, std::string_view why_one) {
+  std::string text = TrimModelSql(sql);
+  std::vector<std::string_view> statements = SplitSqlStatements(text);
+  if (statements.empty()) {
+    return absl::InvalidArgumentError("the model's SQL is empty; a model must be one SELECT");
+  }
+  if (statements.size() > 1) {
+    return absl::InvalidArgumentError(
+        fmt::format("the model's SQL holds {} statements; a model must be one SELECT ({})",
+                    statements.size(), why_one));
+  }
+  return text;
 }
 
 std::vector<std::string_view> SplitSqlStatements(std::string_view sql) {
