@@ -1,5 +1,7 @@
 #include "backflow/catalog/definitions.h"
 
+#include <utility>
+
 #include "absl/status/status.h"
 #include "fmt/format.h"
 
@@ -99,6 +101,16 @@ const ActionSpec* DestinationDefinition::FindAction(std::string_view id) const {
     if (a.id == id) return &a;
   }
   return nullptr;
+}
+
+SettingSpec MakeSetting(std::string key, std::string label, std::string description,
+                        SettingType type) {
+  SettingSpec spec;
+  spec.key = std::move(key);
+  spec.label = std::move(label);
+  spec.description = std::move(description);
+  spec.type = type;
+  return spec;
 }
 
 const SettingSpec* FindSetting(const std::vector<SettingSpec>& specs, std::string_view key) {

@@ -134,6 +134,11 @@ struct SourceDefinition {
       create;
 };
 
+// A setting with only its key, label, description and type filled in; the
+// caller sets the rest (default, allowed values, flags) on the result.
+SettingSpec MakeSetting(std::string key, std::string label, std::string description,
+                        SettingType type = SettingType::kString);
+
 const SettingSpec* FindSetting(const std::vector<SettingSpec>& specs, std::string_view key);
 
 // Fills defaults and checks every setting against its spec. Returns one

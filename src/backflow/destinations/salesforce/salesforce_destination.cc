@@ -1573,16 +1573,6 @@ std::vector<std::string> ValidateFields(const json&, const std::vector<MappedFie
   return problems;
 }
 
-SettingSpec Setting(const char* key, const char* label, std::string description,
-                    SettingType type = SettingType::kString) {
-  SettingSpec s;
-  s.key = key;
-  s.label = label;
-  s.description = std::move(description);
-  s.type = type;
-  return s;
-}
-
 constexpr char kNotes[] = R"md(## Example
 
 ```yaml
@@ -1836,66 +1826,71 @@ DestinationDefinition SalesforceDestinationDefinition() {
       "deletes the records of deleted rows; authenticates with the OAuth 2.0 JWT bearer flow.";
   def.maturity = "beta";
 
-  SettingSpec key = Setting("consumer_key", "Consumer key",
-                            "The connected app's Consumer Key (client id), the JWT's iss: Setup > "
-                            "App Manager > your app > View > Manage Consumer Details.");
+  SettingSpec key =
+      MakeSetting("consumer_key", "Consumer key",
+                  "The connected app's Consumer Key (client id), the JWT's iss: Setup > "
+                  "App Manager > your app > View > Manage Consumer Details.");
   key.required = true;
   def.settings.push_back(key);
-  SettingSpec user = Setting("username", "Username",
-                             "The Salesforce username records are written as (the JWT's sub), "
-                             "e.g. integration@acme.com. It must be pre-authorised for the "
-                             "connected app.");
+  SettingSpec user = MakeSetting("username", "Username",
+                                 "The Salesforce username records are written as (the JWT's sub), "
+                                 "e.g. integration@acme.com. It must be pre-authorised for the "
+                                 "connected app.");
   user.required = true;
   def.settings.push_back(user);
-  SettingSpec pem = Setting("private_key", "Private key",
-                            "The PEM private key (BEGIN PRIVATE KEY or BEGIN RSA PRIVATE KEY) of "
-                            "the certificate uploaded to the connected app, e.g. "
-                            "${env:SALESFORCE_PRIVATE_KEY}; literal \\n in a one-line value are "
-                            "read as line breaks.");
+  SettingSpec pem =
+      MakeSetting("private_key", "Private key",
+                  "The PEM private key (BEGIN PRIVATE KEY or BEGIN RSA PRIVATE KEY) of "
+                  "the certificate uploaded to the connected app, e.g. "
+                  "${env:SALESFORCE_PRIVATE_KEY}; literal \\n in a one-line value are "
+                  "read as line breaks.");
   pem.required = true;
   pem.secret = true;
   def.settings.push_back(pem);
-  SettingSpec object = Setting("object", "Object",
-                               "The API name of the sObject to write, e.g. Contact, Lead, Account "
-                               "or Subscription__c. One destination per object.");
+  SettingSpec object =
+      MakeSetting("object", "Object",
+                  "The API name of the sObject to write, e.g. Contact, Lead, Account "
+                  "or Subscription__c. One destination per object.");
   object.required = true;
   def.settings.push_back(object);
-  SettingSpec login = Setting("login_url", "Login URL",
-                              "Where the JWT is exchanged for a session "
-                              "({login_url}/services/oauth2/token): https://login.salesforce.com "
-                              "for production and developer orgs, https://test.salesforce.com "
-                              "for sandboxes, or the org's My Domain URL.");
+  SettingSpec login =
+      MakeSetting("login_url", "Login URL",
+                  "Where the JWT is exchanged for a session "
+                  "({login_url}/services/oauth2/token): https://login.salesforce.com "
+                  "for production and developer orgs, https://test.salesforce.com "
+                  "for sandboxes, or the org's My Domain URL.");
   login.default_value = kSalesforceDefaultLoginUrl;
   def.settings.push_back(login);
-  SettingSpec audience = Setting("audience", "JWT audience",
-                                 "The JWT's aud claim; defaults to login_url. Set it to "
-                                 "https://login.salesforce.com (or https://test.salesforce.com "
-                                 "for a sandbox) when login_url is a My Domain URL.");
+  SettingSpec audience = MakeSetting("audience", "JWT audience",
+                                     "The JWT's aud claim; defaults to login_url. Set it to "
+                                     "https://login.salesforce.com (or https://test.salesforce.com "
+                                     "for a sandbox) when login_url is a My Domain URL.");
   def.settings.push_back(audience);
-  SettingSpec version = Setting("api_version", "API version",
-                                "The REST API version, pinned so behaviour does not change "
-                                "under you; 46.0 or later.");
+  SettingSpec version = MakeSetting("api_version", "API version",
+                                    "The REST API version, pinned so behaviour does not change "
+                                    "under you; 46.0 or later.");
   version.default_value = kSalesforceDefaultApiVersion;
   def.settings.push_back(version);
-  SettingSpec threshold = Setting("bulk_threshold", "Bulk API threshold",
-                                  "Batches with at least this many upserts go through a Bulk API "
-                                  "2.0 job instead of sObject Collections (200 records per "
-                                  "request); 0 never uses Bulk.",
-                                  SettingType::kInteger);
+  SettingSpec threshold =
+      MakeSetting("bulk_threshold", "Bulk API threshold",
+                  "Batches with at least this many upserts go through a Bulk API "
+                  "2.0 job instead of sObject Collections (200 records per "
+                  "request); 0 never uses Bulk.",
+                  SettingType::kInteger);
   threshold.default_value = kDefaultBulkThreshold;
   def.settings.push_back(threshold);
-  SettingSpec job_timeout = Setting("bulk_job_timeout_s", "Bulk job timeout (s)",
-                                    "How long to wait for a Bulk API 2.0 job to finish before "
-                                    "aborting it; its records are then sent again by the next "
-                                    "run.",
-                                    SettingType::kInteger);
+  SettingSpec job_timeout = MakeSetting("bulk_job_timeout_s", "Bulk job timeout (s)",
+                                        "How long to wait for a Bulk API 2.0 job to finish before "
+                                        "aborting it; its records are then sent again by the next "
+                                        "run.",
+                                        SettingType::kInteger);
   job_timeout.default_value = kDefaultBulkJobTimeoutS;
   def.settings.push_back(job_timeout);
-  SettingSpec usage = Setting("max_api_usage_percent", "Max API usage (%)",
-                              "Pause this destination once Sforce-Limit-Info reports the org's "
-                              "daily API requests at or above this share of the allocation, "
-                              "leaving the rest to other integrations; 100 uses it all.",
-                              SettingType::kInteger);
+  SettingSpec usage = MakeSetting("max_api_usage_percent", "Max API usage (%)",
+                                  "Pause this destination once Sforce-Limit-Info reports the org's "
+                                  "daily API requests at or above this share of the allocation, "
+                                  "leaving the rest to other integrations; 100 uses it all.",
+                                  SettingType::kInteger);
   usage.default_value = 100;
   def.settings.push_back(usage);
 

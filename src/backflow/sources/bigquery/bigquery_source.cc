@@ -1213,16 +1213,6 @@ class BigQuerySource : public Source {
   std::unique_ptr<BigQueryClient> client_;
 };
 
-SettingSpec Setting(const char* key, const char* label, std::string description,
-                    SettingType type = SettingType::kString) {
-  SettingSpec s;
-  s.key = key;
-  s.label = label;
-  s.description = std::move(description);
-  s.type = type;
-  return s;
-}
-
 absl::StatusOr<BigQueryConfig> ParseConfig(const json& settings) {
   if (!settings.is_object()) return absl::InvalidArgumentError("bigquery settings must be a map");
   auto text = [&](const char* name) -> std::string {
@@ -1302,67 +1292,70 @@ SourceDefinition BigQuerySourceDefinition() {
   def.maturity = "beta";
 
   SettingSpec key =
-      Setting("service_account_key", "Service account key",
-              "The content (not the path) of the service account's JSON key file, e.g. "
-              "${env:BIGQUERY_SA_KEY} after export BIGQUERY_SA_KEY=\"$(cat key.json)\".");
+      MakeSetting("service_account_key", "Service account key",
+                  "The content (not the path) of the service account's JSON key file, e.g. "
+                  "${env:BIGQUERY_SA_KEY} after export BIGQUERY_SA_KEY=\"$(cat key.json)\".");
   key.required = true;
   key.secret = true;
   def.settings.push_back(key);
-  def.settings.push_back(Setting("project_id", "Project ID",
-                                 "The project that runs (and is billed for) the queries; the "
-                                 "key's project_id when empty. Models may read tables of other "
-                                 "projects as `project.dataset.table`."));
-  def.settings.push_back(Setting(
+  def.settings.push_back(MakeSetting("project_id", "Project ID",
+                                     "The project that runs (and is billed for) the queries; the "
+                                     "key's project_id when empty. Models may read tables of other "
+                                     "projects as `project.dataset.table`."));
+  def.settings.push_back(MakeSetting(
       "location", "Location",
       "Where the queries run, e.g. US, EU or europe-west2: the location of the datasets the "
       "models read. Needed for datasets in a single region; empty lets BigQuery choose."));
-  SettingSpec max_results =
-      Setting("max_results", "Rows per page",
-              "Rows fetched per request (BigQuery also caps a page at 10 MB); one page is held in "
-              "memory at a time. 1 to 100000.",
-              SettingType::kInteger);
+  SettingSpec max_results = MakeSetting(
+      "max_results", "Rows per page",
+      "Rows fetched per request (BigQuery also caps a page at 10 MB); one page is held in "
+      "memory at a time. 1 to 100000.",
+      SettingType::kInteger);
   max_results.default_value = kDefaultMaxResults;
   def.settings.push_back(max_results);
   SettingSpec query_timeout =
-      Setting("query_timeout_s", "Query timeout (s)",
-              "How long a query may run before it is cancelled (sent as jobTimeoutMs too); 0 "
-              "means no limit.",
-              SettingType::kInteger);
+      MakeSetting("query_timeout_s", "Query timeout (s)",
+                  "How long a query may run before it is cancelled (sent as jobTimeoutMs too); 0 "
+                  "means no limit.",
+                  SettingType::kInteger);
   query_timeout.default_value = kDefaultQueryTimeoutS;
   def.settings.push_back(query_timeout);
-  def.settings.push_back(Setting("maximum_bytes_billed", "Maximum bytes billed",
-                                 "When set, a query that would bill more bytes fails instead of "
-                                 "running (a cost guard).",
-                                 SettingType::kInteger));
-  SettingSpec token_url = Setting("token_url", "Token URL",
-                                  "Google's OAuth 2.0 token endpoint, where the signed JWT is "
-                                  "exchanged for an access token (and the JWT's audience). "
-                                  "Change it only for a proxy or a test server.");
+  def.settings.push_back(
+      MakeSetting("maximum_bytes_billed", "Maximum bytes billed",
+                  "When set, a query that would bill more bytes fails instead of "
+                  "running (a cost guard).",
+                  SettingType::kInteger));
+  SettingSpec token_url = MakeSetting("token_url", "Token URL",
+                                      "Google's OAuth 2.0 token endpoint, where the signed JWT is "
+                                      "exchanged for an access token (and the JWT's audience). "
+                                      "Change it only for a proxy or a test server.");
   token_url.default_value = kGoogleDefaultTokenUrl;
   def.settings.push_back(token_url);
-  SettingSpec base = Setting("base_url", "Base URL",
-                             "The BigQuery API's address (requests go to "
-                             "{base_url}/bigquery/v2/...). Change it for a regional endpoint "
-                             "(https://bigquery.<region>.rep.googleapis.com), an egress proxy or "
-                             "a test server.");
+  SettingSpec base =
+      MakeSetting("base_url", "Base URL",
+                  "The BigQuery API's address (requests go to "
+                  "{base_url}/bigquery/v2/...). Change it for a regional endpoint "
+                  "(https://bigquery.<region>.rep.googleapis.com), an egress proxy or "
+                  "a test server.");
   base.default_value = kBigQueryDefaultBaseUrl;
   def.settings.push_back(base);
-  SettingSpec timeout = Setting("timeout_ms", "Timeout (ms)",
-                                "How long to wait for each reply before retrying; BigQuery is "
-                                "asked to answer within half of it (at most 10 s) while a query "
-                                "runs.",
-                                SettingType::kInteger);
+  SettingSpec timeout =
+      MakeSetting("timeout_ms", "Timeout (ms)",
+                  "How long to wait for each reply before retrying; BigQuery is "
+                  "asked to answer within half of it (at most 10 s) while a query "
+                  "runs.",
+                  SettingType::kInteger);
   timeout.default_value = kDefaultTimeoutMs;
   def.settings.push_back(timeout);
-  SettingSpec retries = Setting("max_retries", "Max retries",
-                                "Retries per request after timeouts, connection errors, rate "
-                                "limiting (403 rateLimitExceeded, 429) and server errors.",
-                                SettingType::kInteger);
+  SettingSpec retries = MakeSetting("max_retries", "Max retries",
+                                    "Retries per request after timeouts, connection errors, rate "
+                                    "limiting (403 rateLimitExceeded, 429) and server errors.",
+                                    SettingType::kInteger);
   retries.default_value = kDefaultMaxRetries;
   def.settings.push_back(retries);
   SettingSpec wait =
-      Setting("max_retry_wait_s", "Max retry wait (s)",
-              "Upper bound on any single wait between retries.", SettingType::kInteger);
+      MakeSetting("max_retry_wait_s", "Max retry wait (s)",
+                  "Upper bound on any single wait between retries.", SettingType::kInteger);
   wait.default_value = 300;
   def.settings.push_back(wait);
 

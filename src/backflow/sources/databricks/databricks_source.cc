@@ -1362,16 +1362,6 @@ class DatabricksSource : public Source {
   std::unique_ptr<DatabricksClient> client_;
 };
 
-SettingSpec Setting(const char* key, const char* label, std::string description,
-                    SettingType type = SettingType::kString) {
-  SettingSpec s;
-  s.key = key;
-  s.label = label;
-  s.description = std::move(description);
-  s.type = type;
-  return s;
-}
-
 }  // namespace
 
 absl::StatusOr<DatabricksConfig> ParseDatabricksSettings(const json& settings) {
@@ -1514,97 +1504,98 @@ SourceDefinition DatabricksSourceDefinition() {
       "on what the models read.";
   def.maturity = "beta";
 
-  def.settings.push_back(Setting(
+  def.settings.push_back(MakeSetting(
       "host", "Workspace host",
       "The workspace URL or host, e.g. dbc-a1b2c3d4-e5f6.cloud.databricks.com (AWS), "
       "adb-1234567890123456.7.azuredatabricks.net (Azure) or 1234567890123456.7.gcp.databricks."
       "com (GCP). The API address is https://<host> unless base_url is set."));
   SettingSpec warehouse =
-      Setting("warehouse_id", "SQL warehouse ID",
-              "The SQL warehouse that runs the queries: SQL Warehouses > the warehouse > "
-              "Connection details, the last part of the HTTP path /sql/1.0/warehouses/<id> "
-              "(quote it in YAML when it is all digits). A stopped warehouse is started by the "
-              "first query (it waits while PENDING).");
+      MakeSetting("warehouse_id", "SQL warehouse ID",
+                  "The SQL warehouse that runs the queries: SQL Warehouses > the warehouse > "
+                  "Connection details, the last part of the HTTP path /sql/1.0/warehouses/<id> "
+                  "(quote it in YAML when it is all digits). A stopped warehouse is started by the "
+                  "first query (it waits while PENDING).");
   warehouse.required = true;
   def.settings.push_back(warehouse);
-  def.settings.push_back(Setting("catalog", "Catalog",
-                                 "Default catalog for unqualified names (like USE CATALOG); "
-                                 "the workspace default when empty."));
-  def.settings.push_back(Setting("schema", "Schema",
-                                 "Default schema for unqualified names (like USE SCHEMA); "
-                                 "`default` when empty."));
+  def.settings.push_back(MakeSetting("catalog", "Catalog",
+                                     "Default catalog for unqualified names (like USE CATALOG); "
+                                     "the workspace default when empty."));
+  def.settings.push_back(MakeSetting("schema", "Schema",
+                                     "Default schema for unqualified names (like USE SCHEMA); "
+                                     "`default` when empty."));
   SettingSpec token =
-      Setting("token", "Personal access token",
-              "A personal access token (dapi...) of the user the queries run as, e.g. "
-              "${env:DATABRICKS_TOKEN}. Set this or client_id + client_secret.");
+      MakeSetting("token", "Personal access token",
+                  "A personal access token (dapi...) of the user the queries run as, e.g. "
+                  "${env:DATABRICKS_TOKEN}. Set this or client_id + client_secret.");
   token.secret = true;
   def.settings.push_back(token);
-  def.settings.push_back(Setting("client_id", "OAuth client ID",
-                                 "OAuth M2M: the service principal's application ID (a UUID). "
-                                 "Set with client_secret instead of token."));
-  SettingSpec secret = Setting("client_secret", "OAuth client secret",
-                               "OAuth M2M: an OAuth secret generated for the service principal, "
-                               "e.g. ${env:DATABRICKS_CLIENT_SECRET}.");
+  def.settings.push_back(MakeSetting("client_id", "OAuth client ID",
+                                     "OAuth M2M: the service principal's application ID (a UUID). "
+                                     "Set with client_secret instead of token."));
+  SettingSpec secret =
+      MakeSetting("client_secret", "OAuth client secret",
+                  "OAuth M2M: an OAuth secret generated for the service principal, "
+                  "e.g. ${env:DATABRICKS_CLIENT_SECRET}.");
   secret.secret = true;
   def.settings.push_back(secret);
-  def.settings.push_back(Setting("token_url", "OAuth token URL",
-                                 "OAuth M2M: where the client credentials are exchanged for an "
-                                 "access token (scope all-apis). Default: "
-                                 "{base_url}/oidc/v1/token, the workspace's endpoint."));
-  SettingSpec disposition =
-      Setting("disposition", "Result disposition",
-              "How rows come back. inline: in the API replies (the whole result must be under 25 "
-              "MiB, else Databricks fails the query). external_links: downloaded from presigned "
-              "cloud-storage URLs (any size; this machine must reach the workspace's storage). "
-              "auto: inline, and when Databricks refuses a result over 25 MiB the query is run "
-              "again with external links (use external_links for large models to avoid running "
-              "them twice).",
-              SettingType::kEnum);
+  def.settings.push_back(MakeSetting("token_url", "OAuth token URL",
+                                     "OAuth M2M: where the client credentials are exchanged for an "
+                                     "access token (scope all-apis). Default: "
+                                     "{base_url}/oidc/v1/token, the workspace's endpoint."));
+  SettingSpec disposition = MakeSetting(
+      "disposition", "Result disposition",
+      "How rows come back. inline: in the API replies (the whole result must be under 25 "
+      "MiB, else Databricks fails the query). external_links: downloaded from presigned "
+      "cloud-storage URLs (any size; this machine must reach the workspace's storage). "
+      "auto: inline, and when Databricks refuses a result over 25 MiB the query is run "
+      "again with external links (use external_links for large models to avoid running "
+      "them twice).",
+      SettingType::kEnum);
   disposition.allowed_values = {"auto", "inline", "external_links"};
   disposition.default_value = "auto";
   def.settings.push_back(disposition);
-  SettingSpec wait = Setting("wait_timeout_s", "Wait timeout (s)",
-                             "How long Databricks holds the first reply while the query runs "
-                             "(wait_timeout; 0, or 5 to 50); a query still running is then "
-                             "polled (on_wait_timeout CONTINUE).",
-                             SettingType::kInteger);
+  SettingSpec wait = MakeSetting("wait_timeout_s", "Wait timeout (s)",
+                                 "How long Databricks holds the first reply while the query runs "
+                                 "(wait_timeout; 0, or 5 to 50); a query still running is then "
+                                 "polled (on_wait_timeout CONTINUE).",
+                                 SettingType::kInteger);
   wait.default_value = 10;
   def.settings.push_back(wait);
   SettingSpec query_timeout =
-      Setting("query_timeout_s", "Query timeout (s)",
-              "How long a query may stay PENDING/RUNNING before it is cancelled; 0 means no "
-              "limit (the warehouse's STATEMENT_TIMEOUT still applies).",
-              SettingType::kInteger);
+      MakeSetting("query_timeout_s", "Query timeout (s)",
+                  "How long a query may stay PENDING/RUNNING before it is cancelled; 0 means no "
+                  "limit (the warehouse's STATEMENT_TIMEOUT still applies).",
+                  SettingType::kInteger);
   query_timeout.default_value = 3600;
   def.settings.push_back(query_timeout);
   SettingSpec refreshes =
-      Setting("max_link_refreshes", "Max link refreshes",
-              "External links: how many fresh links to ask for per chunk when the storage "
-              "refuses one (links expire after at most 15 minutes).",
-              SettingType::kInteger);
+      MakeSetting("max_link_refreshes", "Max link refreshes",
+                  "External links: how many fresh links to ask for per chunk when the storage "
+                  "refuses one (links expire after at most 15 minutes).",
+                  SettingType::kInteger);
   refreshes.default_value = 3;
   def.settings.push_back(refreshes);
-  SettingSpec base = Setting("base_url", "Base URL",
-                             "The workspace API's address. Default: https://<host>. Set it for "
-                             "a proxy or a test server.");
+  SettingSpec base = MakeSetting("base_url", "Base URL",
+                                 "The workspace API's address. Default: https://<host>. Set it for "
+                                 "a proxy or a test server.");
   def.settings.push_back(base);
   SettingSpec timeout =
-      Setting("timeout_ms", "Timeout (ms)",
-              "How long to wait for each reply before retrying (the first request of a query "
-              "waits at least wait_timeout_s + 10 s).",
-              SettingType::kInteger);
+      MakeSetting("timeout_ms", "Timeout (ms)",
+                  "How long to wait for each reply before retrying (the first request of a query "
+                  "waits at least wait_timeout_s + 10 s).",
+                  SettingType::kInteger);
   timeout.default_value = kDefaultTimeoutMs;
   def.settings.push_back(timeout);
-  SettingSpec retries = Setting("max_retries", "Max retries",
-                                "Retries per request after 429, 5xx and connection errors, and "
-                                "re-submissions of a query that failed with "
-                                "TEMPORARILY_UNAVAILABLE.",
-                                SettingType::kInteger);
+  SettingSpec retries = MakeSetting("max_retries", "Max retries",
+                                    "Retries per request after 429, 5xx and connection errors, and "
+                                    "re-submissions of a query that failed with "
+                                    "TEMPORARILY_UNAVAILABLE.",
+                                    SettingType::kInteger);
   retries.default_value = kDefaultMaxRetries;
   def.settings.push_back(retries);
   SettingSpec max_wait =
-      Setting("max_retry_wait_s", "Max retry wait (s)",
-              "Upper bound on any single wait between retries.", SettingType::kInteger);
+      MakeSetting("max_retry_wait_s", "Max retry wait (s)",
+                  "Upper bound on any single wait between retries.", SettingType::kInteger);
   max_wait.default_value = 300;
   def.settings.push_back(max_wait);
 

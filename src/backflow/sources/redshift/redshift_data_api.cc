@@ -386,16 +386,6 @@ class RedshiftDataApiSource : public Source {
   DataApiClient client_;
 };
 
-SettingSpec Setting(std::string key, std::string label, std::string description,
-                    SettingType type = SettingType::kString) {
-  SettingSpec spec;
-  spec.key = std::move(key);
-  spec.label = std::move(label);
-  spec.description = std::move(description);
-  spec.type = type;
-  return spec;
-}
-
 }  // namespace
 
 Oid RedshiftOidForTypeName(std::string_view type_name) {
@@ -645,27 +635,27 @@ SourceDefinition RedshiftDataApiSourceDefinition() {
     }
     def.settings.push_back(spec);
   }
-  SettingSpec database = Setting("database", "Database", "The database to query, e.g. dev.");
+  SettingSpec database = MakeSetting("database", "Database", "The database to query, e.g. dev.");
   database.required = true;
   def.settings.push_back(database);
-  def.settings.push_back(
-      Setting("cluster_identifier", "Cluster identifier",
-              "A provisioned cluster's name, e.g. examplecluster (set this or workgroup_name)."));
-  def.settings.push_back(Setting("workgroup_name", "Workgroup name",
-                                 "A Redshift Serverless workgroup's name or ARN (set this or "
-                                 "cluster_identifier). The query runs as IAM:<identity>."));
-  def.settings.push_back(Setting(
+  def.settings.push_back(MakeSetting(
+      "cluster_identifier", "Cluster identifier",
+      "A provisioned cluster's name, e.g. examplecluster (set this or workgroup_name)."));
+  def.settings.push_back(MakeSetting("workgroup_name", "Workgroup name",
+                                     "A Redshift Serverless workgroup's name or ARN (set this or "
+                                     "cluster_identifier). The query runs as IAM:<identity>."));
+  def.settings.push_back(MakeSetting(
       "db_user", "Database user",
       "With cluster_identifier: the database user to run as (the Data API gets it a temporary "
       "password with redshift:GetClusterCredentials), e.g. analytics."));
-  def.settings.push_back(Setting(
+  def.settings.push_back(MakeSetting(
       "secret_arn", "Secret ARN",
       "Instead of db_user: the ARN of a Secrets Manager secret holding the database username "
       "and password."));
   SettingSpec timeout =
-      Setting("query_timeout_s", "Query timeout (s)",
-              "A statement still running after this long is cancelled (0: no limit).",
-              SettingType::kInteger);
+      MakeSetting("query_timeout_s", "Query timeout (s)",
+                  "A statement still running after this long is cancelled (0: no limit).",
+                  SettingType::kInteger);
   timeout.default_value = 3600;
   def.settings.push_back(timeout);
   HttpSettingsDefaults http;

@@ -385,16 +385,6 @@ Value DecodeVarbyte(std::string_view text) {
   return Value::Text(ValueType::kBytes, std::move(bytes));
 }
 
-SettingSpec Setting(std::string key, std::string label, std::string description,
-                    SettingType type = SettingType::kString) {
-  SettingSpec spec;
-  spec.key = std::move(key);
-  spec.label = std::move(label);
-  spec.description = std::move(description);
-  spec.type = type;
-  return spec;
-}
-
 }  // namespace
 
 ValueType RedshiftValueTypeForOid(Oid oid) {
@@ -719,7 +709,7 @@ SourceDefinition RedshiftSourceDefinition() {
       "the `redshift_data_api` source.";
   def.maturity = "beta";
 
-  SettingSpec url = Setting(
+  SettingSpec url = MakeSetting(
       "url", "Connection URL",
       "postgresql://user@<cluster endpoint>:5439/<database>, e.g. "
       "postgresql://analytics@examplecluster.abc123xyz789.us-east-1.redshift.amazonaws.com:5439/"
@@ -729,12 +719,12 @@ SourceDefinition RedshiftSourceDefinition() {
   url.required = true;
   def.settings.push_back(url);
   SettingSpec password =
-      Setting("password", "Password",
-              "Password of the url's database user, e.g. ${env:REDSHIFT_PASSWORD} (a temporary "
-              "password from GetClusterCredentials works too, until it expires).");
+      MakeSetting("password", "Password",
+                  "Password of the url's database user, e.g. ${env:REDSHIFT_PASSWORD} (a temporary "
+                  "password from GetClusterCredentials works too, until it expires).");
   password.secret = true;
   def.settings.push_back(password);
-  SettingSpec auth = Setting(
+  SettingSpec auth = MakeSetting(
       "auth", "Authentication",
       "password (default): log on with `password`. iam: get a temporary password from AWS "
       "before connecting (redshift:GetClusterCredentials for cluster_identifier, with the url's "
@@ -753,44 +743,44 @@ SourceDefinition RedshiftSourceDefinition() {
     }
     def.settings.push_back(spec);
   }
+  def.settings.push_back(MakeSetting(
+      "cluster_identifier", "Cluster identifier",
+      "With auth: iam on a provisioned cluster: the cluster's name (e.g. examplecluster, "
+      "the first label of its endpoint). The IAM identity needs "
+      "redshift:GetClusterCredentials on its dbuser and dbname resources."));
   def.settings.push_back(
-      Setting("cluster_identifier", "Cluster identifier",
-              "With auth: iam on a provisioned cluster: the cluster's name (e.g. examplecluster, "
-              "the first label of its endpoint). The IAM identity needs "
-              "redshift:GetClusterCredentials on its dbuser and dbname resources."));
-  def.settings.push_back(
-      Setting("workgroup_name", "Workgroup name",
-              "With auth: iam on Redshift Serverless: the workgroup's name. The IAM identity "
-              "needs redshift-serverless:GetCredentials on it."));
+      MakeSetting("workgroup_name", "Workgroup name",
+                  "With auth: iam on Redshift Serverless: the workgroup's name. The IAM identity "
+                  "needs redshift-serverless:GetCredentials on it."));
   SettingSpec duration =
-      Setting("iam_duration_s", "Temporary password lifetime (s)",
-              "With auth: iam: how long each temporary password is valid (900 to 3600); a new "
-              "one is fetched a minute before it expires.",
-              SettingType::kInteger);
+      MakeSetting("iam_duration_s", "Temporary password lifetime (s)",
+                  "With auth: iam: how long each temporary password is valid (900 to 3600); a new "
+                  "one is fetched a minute before it expires.",
+                  SettingType::kInteger);
   duration.default_value = 900;
   def.settings.push_back(duration);
-  SettingSpec create =
-      Setting("auto_create", "Create the database user",
-              "With auth: iam on a cluster: create the url's user (AutoCreate) when it does not "
-              "exist (needs redshift:CreateClusterUser).",
-              SettingType::kBoolean);
+  SettingSpec create = MakeSetting(
+      "auto_create", "Create the database user",
+      "With auth: iam on a cluster: create the url's user (AutoCreate) when it does not "
+      "exist (needs redshift:CreateClusterUser).",
+      SettingType::kBoolean);
   create.default_value = false;
   def.settings.push_back(create);
   def.settings.push_back(
-      Setting("aws_endpoint", "AWS API endpoint",
-              "With auth: iam: the AWS API address to ask for passwords instead of "
-              "https://redshift.<region>.amazonaws.com (or redshift-serverless.<region>...), "
-              "e.g. a VPC endpoint; also for test servers."));
+      MakeSetting("aws_endpoint", "AWS API endpoint",
+                  "With auth: iam: the AWS API address to ask for passwords instead of "
+                  "https://redshift.<region>.amazonaws.com (or redshift-serverless.<region>...), "
+                  "e.g. a VPC endpoint; also for test servers."));
   SettingSpec sslmode =
-      Setting("sslmode", "TLS mode",
-              "libpq sslmode. verify-full (default) encrypts and checks that the certificate "
-              "matches the endpoint's host name; require encrypts without checking the "
-              "certificate; disable only for local test servers.",
-              SettingType::kEnum);
+      MakeSetting("sslmode", "TLS mode",
+                  "libpq sslmode. verify-full (default) encrypts and checks that the certificate "
+                  "matches the endpoint's host name; require encrypts without checking the "
+                  "certificate; disable only for local test servers.",
+                  SettingType::kEnum);
   sslmode.default_value = "verify-full";
   sslmode.allowed_values = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"};
   def.settings.push_back(sslmode);
-  SettingSpec root = Setting(
+  SettingSpec root = MakeSetting(
       "sslrootcert", "CA bundle",
       "PEM file of the CAs that may sign the cluster's certificate, for verify-ca and "
       "verify-full, e.g. AWS's redshift-ca-bundle.crt. Default: the system bundle "
@@ -798,7 +788,7 @@ SourceDefinition RedshiftSourceDefinition() {
       "certificates.");
   root.is_path = true;
   def.settings.push_back(root);
-  SettingSpec fetch = Setting(
+  SettingSpec fetch = MakeSetting(
       "fetch_size", "Rows per FETCH",
       "Rows read per FETCH FORWARD round trip; at most two batches are held in memory. 1 to "
       "100000. Single-node clusters accept at most 1000; AWS suggests about 4000 on multi-node "
@@ -806,17 +796,18 @@ SourceDefinition RedshiftSourceDefinition() {
       SettingType::kInteger);
   fetch.default_value = 1000;
   def.settings.push_back(fetch);
-  SettingSpec timeout =
-      Setting("statement_timeout_s", "Statement timeout (s)",
-              "When above 0, sets Redshift's statement_timeout so a statement running longer is "
-              "cancelled by the server; 0 keeps the cluster's setting.",
-              SettingType::kInteger);
+  SettingSpec timeout = MakeSetting(
+      "statement_timeout_s", "Statement timeout (s)",
+      "When above 0, sets Redshift's statement_timeout so a statement running longer is "
+      "cancelled by the server; 0 keeps the cluster's setting.",
+      SettingType::kInteger);
   timeout.default_value = 0;
   def.settings.push_back(timeout);
-  def.settings.push_back(Setting("query_group", "Query group",
-                                 "When set, `SET query_group TO '<value>'` routes the queries to "
-                                 "the matching WLM queue."));
-  SettingSpec retries = Setting(
+  def.settings.push_back(
+      MakeSetting("query_group", "Query group",
+                  "When set, `SET query_group TO '<value>'` routes the queries to "
+                  "the matching WLM queue."));
+  SettingSpec retries = MakeSetting(
       "max_retries", "Max retries",
       "Retries (with exponential backoff from 1 s, at most 30 s apart) when connecting or "
       "starting the query fails transiently: connection refused or lost, serializable isolation "
@@ -825,8 +816,8 @@ SourceDefinition RedshiftSourceDefinition() {
   retries.default_value = 2;
   def.settings.push_back(retries);
   SettingSpec connect =
-      Setting("connect_timeout_s", "Connect timeout (s)",
-              "How long to wait for the connection to be established.", SettingType::kInteger);
+      MakeSetting("connect_timeout_s", "Connect timeout (s)",
+                  "How long to wait for the connection to be established.", SettingType::kInteger);
   connect.default_value = 10;
   def.settings.push_back(connect);
 

@@ -903,16 +903,6 @@ class SnowflakeSource : public Source {
   std::shared_ptr<SnowflakeClient> client_;
 };
 
-SettingSpec Setting(const char* key, const char* label, std::string description,
-                    SettingType type = SettingType::kString) {
-  SettingSpec s;
-  s.key = key;
-  s.label = label;
-  s.description = std::move(description);
-  s.type = type;
-  return s;
-}
-
 }  // namespace
 
 // --- Public helpers ---------------------------------------------------------
@@ -1266,91 +1256,91 @@ SourceDefinition SnowflakeSourceDefinition() {
       "UPPERCASE.";
   def.maturity = "beta";
 
-  SettingSpec account = Setting(
+  SettingSpec account = MakeSetting(
       "account", "Account identifier",
       "orgname-accountname (e.g. myorg-myaccount), or the account locator with its region and "
       "cloud (e.g. xy12345.us-east-2.aws). The API address and the key-pair JWT are derived "
       "from it.");
   account.required = true;
   def.settings.push_back(account);
-  def.settings.push_back(Setting("user", "User",
-                                 "The login name of the user (required with a key pair; the "
-                                 "public key must be set on this user)."));
-  SettingSpec key = Setting(
+  def.settings.push_back(MakeSetting("user", "User",
+                                     "The login name of the user (required with a key pair; the "
+                                     "public key must be set on this user)."));
+  SettingSpec key = MakeSetting(
       "private_key", "Private key",
       "Key-pair auth: the content of the user's PEM private key (rsa_key.p8, RSA 2048+), e.g. "
       "${env:SNOWFLAKE_PRIVATE_KEY}. Register the public half with ALTER USER ... SET "
       "RSA_PUBLIC_KEY. Set this, private_key_path or token.");
   key.secret = true;
   def.settings.push_back(key);
-  SettingSpec key_path = Setting("private_key_path", "Private key file",
-                                 "Key-pair auth: the path of the PEM private key file, instead "
-                                 "of private_key.");
+  SettingSpec key_path = MakeSetting("private_key_path", "Private key file",
+                                     "Key-pair auth: the path of the PEM private key file, instead "
+                                     "of private_key.");
   key_path.is_path = true;
   def.settings.push_back(key_path);
   SettingSpec passphrase =
-      Setting("private_key_passphrase", "Private key passphrase",
-              "The passphrase of an encrypted private key (\"BEGIN ENCRYPTED PRIVATE KEY\").");
+      MakeSetting("private_key_passphrase", "Private key passphrase",
+                  "The passphrase of an encrypted private key (\"BEGIN ENCRYPTED PRIVATE KEY\").");
   passphrase.secret = true;
   def.settings.push_back(passphrase);
-  SettingSpec token =
-      Setting("token", "Token",
-              "Instead of a key pair: a programmatic access token, or an OAuth access token (set "
-              "token_type: oauth), e.g. ${env:SNOWFLAKE_TOKEN}.");
+  SettingSpec token = MakeSetting(
+      "token", "Token",
+      "Instead of a key pair: a programmatic access token, or an OAuth access token (set "
+      "token_type: oauth), e.g. ${env:SNOWFLAKE_TOKEN}.");
   token.secret = true;
   def.settings.push_back(token);
   SettingSpec token_type =
-      Setting("token_type", "Token type", "What `token` is.", SettingType::kEnum);
+      MakeSetting("token_type", "Token type", "What `token` is.", SettingType::kEnum);
   token_type.allowed_values = {"programmatic_access_token", "oauth"};
   token_type.default_value = "programmatic_access_token";
   def.settings.push_back(token_type);
-  def.settings.push_back(Setting("warehouse", "Warehouse",
-                                 "The warehouse that runs the queries; case-sensitive, as SHOW "
-                                 "WAREHOUSES returns it (usually UPPERCASE). Default: the "
-                                 "user's DEFAULT_WAREHOUSE."));
-  def.settings.push_back(Setting("database", "Database",
-                                 "Database for unqualified names (case-sensitive, usually "
-                                 "UPPERCASE). Default: the user's default namespace."));
+  def.settings.push_back(MakeSetting("warehouse", "Warehouse",
+                                     "The warehouse that runs the queries; case-sensitive, as SHOW "
+                                     "WAREHOUSES returns it (usually UPPERCASE). Default: the "
+                                     "user's DEFAULT_WAREHOUSE."));
+  def.settings.push_back(MakeSetting("database", "Database",
+                                     "Database for unqualified names (case-sensitive, usually "
+                                     "UPPERCASE). Default: the user's default namespace."));
   def.settings.push_back(
-      Setting("schema", "Schema", "Schema for unqualified names (case-sensitive)."));
-  def.settings.push_back(Setting("role", "Role",
-                                 "The role to run as (case-sensitive); it needs USAGE on the "
-                                 "warehouse and SELECT on the model's tables. Default: the "
-                                 "user's DEFAULT_ROLE."));
+      MakeSetting("schema", "Schema", "Schema for unqualified names (case-sensitive)."));
+  def.settings.push_back(MakeSetting("role", "Role",
+                                     "The role to run as (case-sensitive); it needs USAGE on the "
+                                     "warehouse and SELECT on the model's tables. Default: the "
+                                     "user's DEFAULT_ROLE."));
   SettingSpec timeout =
-      Setting("statement_timeout_s", "Statement timeout (s)",
-              "Snowflake cancels a query that runs longer (0: Snowflake's maximum, 7 days).",
-              SettingType::kInteger);
+      MakeSetting("statement_timeout_s", "Statement timeout (s)",
+                  "Snowflake cancels a query that runs longer (0: Snowflake's maximum, 7 days).",
+                  SettingType::kInteger);
   timeout.default_value = 3600;
   def.settings.push_back(timeout);
-  SettingSpec tag = Setting("query_tag", "Query tag",
-                            "QUERY_TAG of Backflow's queries, to find them in the query "
-                            "history.");
+  SettingSpec tag = MakeSetting("query_tag", "Query tag",
+                                "QUERY_TAG of Backflow's queries, to find them in the query "
+                                "history.");
   tag.default_value = "backflow";
   def.settings.push_back(tag);
 
-  SettingSpec base = Setting(
+  SettingSpec base = MakeSetting(
       "base_url", "Base URL",
       "The SQL API's address. Default: https://<account>.snowflakecomputing.com. Set it for "
       "PrivateLink hosts, a proxy or a test server.");
   def.settings.push_back(base);
-  SettingSpec http_timeout =
-      Setting("timeout_ms", "Timeout (ms)",
-              "How long to wait for each reply before retrying (a query's first request waits at "
-              "least 60 s: Snowflake answers it after up to 45 s).",
-              SettingType::kInteger);
+  SettingSpec http_timeout = MakeSetting(
+      "timeout_ms", "Timeout (ms)",
+      "How long to wait for each reply before retrying (a query's first request waits at "
+      "least 60 s: Snowflake answers it after up to 45 s).",
+      SettingType::kInteger);
   http_timeout.default_value = 30'000;
   def.settings.push_back(http_timeout);
-  SettingSpec retries =
-      Setting("max_retries", "Max retries",
-              "Retries per request after 429, 500/502/503/504 and connection errors (a resubmitted "
-              "query is never run twice).",
-              SettingType::kInteger);
+  SettingSpec retries = MakeSetting(
+      "max_retries", "Max retries",
+      "Retries per request after 429, 500/502/503/504 and connection errors (a resubmitted "
+      "query is never run twice).",
+      SettingType::kInteger);
   retries.default_value = 5;
   def.settings.push_back(retries);
   SettingSpec wait =
-      Setting("max_retry_wait_s", "Max retry wait (s)",
-              "Upper bound on any single wait between retries.", SettingType::kInteger);
+      MakeSetting("max_retry_wait_s", "Max retry wait (s)",
+                  "Upper bound on any single wait between retries.", SettingType::kInteger);
   wait.default_value = 300;
   def.settings.push_back(wait);
 
