@@ -104,12 +104,13 @@ const ActionSpec* DestinationDefinition::FindAction(std::string_view id) const {
 }
 
 SettingSpec MakeSetting(std::string key, std::string label, std::string description,
-                        SettingType type) {
+                        SettingType type, nlohmann::json default_value) {
   SettingSpec spec;
   spec.key = std::move(key);
   spec.label = std::move(label);
   spec.description = std::move(description);
   spec.type = type;
+  spec.default_value = std::move(default_value);
   return spec;
 }
 

@@ -5,7 +5,7 @@
 namespace backflow {
 namespace {
 
-TEST(DefinitionsTest, MakeSettingFillsKeyLabelDescriptionAndTypeOnly) {
+TEST(DefinitionsTest, MakeSettingFillsKeyLabelDescriptionTypeAndDefaultOnly) {
   SettingSpec plain = MakeSetting("schema", "Schema", "The default schema.");
   EXPECT_EQ(plain.key, "schema");
   EXPECT_EQ(plain.label, "Schema");
@@ -18,8 +18,9 @@ TEST(DefinitionsTest, MakeSettingFillsKeyLabelDescriptionAndTypeOnly) {
   EXPECT_TRUE(plain.allowed_values.empty());
 
   SettingSpec retries =
-      MakeSetting("max_retries", "Max retries", "Retries.", SettingType::kInteger);
+      MakeSetting("max_retries", "Max retries", "Retries.", SettingType::kInteger, 5);
   EXPECT_EQ(retries.type, SettingType::kInteger);
+  EXPECT_EQ(retries.default_value, 5);
   EXPECT_EQ(FindSetting({plain, retries}, "max_retries")->label, "Max retries");
 }
 

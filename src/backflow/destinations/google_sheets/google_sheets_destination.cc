@@ -1027,35 +1027,31 @@ DestinationDefinition GoogleSheetsDestinationDefinition() {
                   "accepted too.");
   id.required = true;
   def.settings.push_back(id);
-  SettingSpec sheet = MakeSetting("sheet", "Sheet",
-                                  "The name of the sheet (tab) to keep; it must exist. One mapping "
-                                  "per sheet.");
-  sheet.default_value = "Sheet1";
-  def.settings.push_back(sheet);
+  def.settings.push_back(
+      MakeSetting("sheet", "Sheet",
+                  "The name of the sheet (tab) to keep; it must exist. One mapping "
+                  "per sheet.",
+                  SettingType::kString, "Sheet1"));
   SettingSpec subject =
       MakeSetting("subject", "Impersonated user",
                   "With domain-wide delegation only: the Google Workspace user the "
                   "service account acts as (the JWT's sub claim).");
   def.settings.push_back(subject);
-  SettingSpec token_url = MakeSetting("token_url", "Token URL",
-                                      "Google's OAuth 2.0 token endpoint, where the signed JWT is "
-                                      "exchanged for an access token (and the JWT's audience). "
-                                      "Change it only for a proxy or a test server.");
-  token_url.default_value = kDefaultTokenUrl;
-  def.settings.push_back(token_url);
-  SettingSpec reads = MakeSetting("read_requests_per_minute", "Read requests per minute",
-                                  "Reads sent per minute at most, below Google's quota of 60 read "
-                                  "requests per minute per user (a service account is one user).",
-                                  SettingType::kInteger);
-  reads.default_value = kDefaultRequestsPerMinute;
-  def.settings.push_back(reads);
-  SettingSpec writes =
+  def.settings.push_back(MakeSetting("token_url", "Token URL",
+                                     "Google's OAuth 2.0 token endpoint, where the signed JWT is "
+                                     "exchanged for an access token (and the JWT's audience). "
+                                     "Change it only for a proxy or a test server.",
+                                     SettingType::kString, kDefaultTokenUrl));
+  def.settings.push_back(
+      MakeSetting("read_requests_per_minute", "Read requests per minute",
+                  "Reads sent per minute at most, below Google's quota of 60 read "
+                  "requests per minute per user (a service account is one user).",
+                  SettingType::kInteger, kDefaultRequestsPerMinute));
+  def.settings.push_back(
       MakeSetting("write_requests_per_minute", "Write requests per minute",
                   "Writes sent per minute at most, below Google's quota of 60 write "
                   "requests per minute per user; raise it with the quota.",
-                  SettingType::kInteger);
-  writes.default_value = kDefaultRequestsPerMinute;
-  def.settings.push_back(writes);
+                  SettingType::kInteger, kDefaultRequestsPerMinute));
 
   HttpSettingsDefaults http;
   http.base_url = kDefaultBaseUrl;

@@ -1853,46 +1853,39 @@ DestinationDefinition SalesforceDestinationDefinition() {
                   "or Subscription__c. One destination per object.");
   object.required = true;
   def.settings.push_back(object);
-  SettingSpec login =
+  def.settings.push_back(
       MakeSetting("login_url", "Login URL",
                   "Where the JWT is exchanged for a session "
                   "({login_url}/services/oauth2/token): https://login.salesforce.com "
                   "for production and developer orgs, https://test.salesforce.com "
-                  "for sandboxes, or the org's My Domain URL.");
-  login.default_value = kSalesforceDefaultLoginUrl;
-  def.settings.push_back(login);
+                  "for sandboxes, or the org's My Domain URL.",
+                  SettingType::kString, kSalesforceDefaultLoginUrl));
   SettingSpec audience = MakeSetting("audience", "JWT audience",
                                      "The JWT's aud claim; defaults to login_url. Set it to "
                                      "https://login.salesforce.com (or https://test.salesforce.com "
                                      "for a sandbox) when login_url is a My Domain URL.");
   def.settings.push_back(audience);
-  SettingSpec version = MakeSetting("api_version", "API version",
-                                    "The REST API version, pinned so behaviour does not change "
-                                    "under you; 46.0 or later.");
-  version.default_value = kSalesforceDefaultApiVersion;
-  def.settings.push_back(version);
-  SettingSpec threshold =
+  def.settings.push_back(MakeSetting("api_version", "API version",
+                                     "The REST API version, pinned so behaviour does not change "
+                                     "under you; 46.0 or later.",
+                                     SettingType::kString, kSalesforceDefaultApiVersion));
+  def.settings.push_back(
       MakeSetting("bulk_threshold", "Bulk API threshold",
                   "Batches with at least this many upserts go through a Bulk API "
                   "2.0 job instead of sObject Collections (200 records per "
                   "request); 0 never uses Bulk.",
-                  SettingType::kInteger);
-  threshold.default_value = kDefaultBulkThreshold;
-  def.settings.push_back(threshold);
-  SettingSpec job_timeout = MakeSetting("bulk_job_timeout_s", "Bulk job timeout (s)",
-                                        "How long to wait for a Bulk API 2.0 job to finish before "
-                                        "aborting it; its records are then sent again by the next "
-                                        "run.",
-                                        SettingType::kInteger);
-  job_timeout.default_value = kDefaultBulkJobTimeoutS;
-  def.settings.push_back(job_timeout);
-  SettingSpec usage = MakeSetting("max_api_usage_percent", "Max API usage (%)",
-                                  "Pause this destination once Sforce-Limit-Info reports the org's "
-                                  "daily API requests at or above this share of the allocation, "
-                                  "leaving the rest to other integrations; 100 uses it all.",
-                                  SettingType::kInteger);
-  usage.default_value = 100;
-  def.settings.push_back(usage);
+                  SettingType::kInteger, kDefaultBulkThreshold));
+  def.settings.push_back(MakeSetting("bulk_job_timeout_s", "Bulk job timeout (s)",
+                                     "How long to wait for a Bulk API 2.0 job to finish before "
+                                     "aborting it; its records are then sent again by the next "
+                                     "run.",
+                                     SettingType::kInteger, kDefaultBulkJobTimeoutS));
+  def.settings.push_back(
+      MakeSetting("max_api_usage_percent", "Max API usage (%)",
+                  "Pause this destination once Sforce-Limit-Info reports the org's "
+                  "daily API requests at or above this share of the allocation, "
+                  "leaving the rest to other integrations; 100 uses it all.",
+                  SettingType::kInteger, 100));
 
   HttpSettingsDefaults http;
   http.base_url = "";

@@ -1306,58 +1306,46 @@ SourceDefinition BigQuerySourceDefinition() {
       "location", "Location",
       "Where the queries run, e.g. US, EU or europe-west2: the location of the datasets the "
       "models read. Needed for datasets in a single region; empty lets BigQuery choose."));
-  SettingSpec max_results = MakeSetting(
+  def.settings.push_back(MakeSetting(
       "max_results", "Rows per page",
       "Rows fetched per request (BigQuery also caps a page at 10 MB); one page is held in "
       "memory at a time. 1 to 100000.",
-      SettingType::kInteger);
-  max_results.default_value = kDefaultMaxResults;
-  def.settings.push_back(max_results);
-  SettingSpec query_timeout =
+      SettingType::kInteger, kDefaultMaxResults));
+  def.settings.push_back(
       MakeSetting("query_timeout_s", "Query timeout (s)",
                   "How long a query may run before it is cancelled (sent as jobTimeoutMs too); 0 "
                   "means no limit.",
-                  SettingType::kInteger);
-  query_timeout.default_value = kDefaultQueryTimeoutS;
-  def.settings.push_back(query_timeout);
+                  SettingType::kInteger, kDefaultQueryTimeoutS));
   def.settings.push_back(
       MakeSetting("maximum_bytes_billed", "Maximum bytes billed",
                   "When set, a query that would bill more bytes fails instead of "
                   "running (a cost guard).",
                   SettingType::kInteger));
-  SettingSpec token_url = MakeSetting("token_url", "Token URL",
-                                      "Google's OAuth 2.0 token endpoint, where the signed JWT is "
-                                      "exchanged for an access token (and the JWT's audience). "
-                                      "Change it only for a proxy or a test server.");
-  token_url.default_value = kGoogleDefaultTokenUrl;
-  def.settings.push_back(token_url);
-  SettingSpec base =
+  def.settings.push_back(MakeSetting("token_url", "Token URL",
+                                     "Google's OAuth 2.0 token endpoint, where the signed JWT is "
+                                     "exchanged for an access token (and the JWT's audience). "
+                                     "Change it only for a proxy or a test server.",
+                                     SettingType::kString, kGoogleDefaultTokenUrl));
+  def.settings.push_back(
       MakeSetting("base_url", "Base URL",
                   "The BigQuery API's address (requests go to "
                   "{base_url}/bigquery/v2/...). Change it for a regional endpoint "
                   "(https://bigquery.<region>.rep.googleapis.com), an egress proxy or "
-                  "a test server.");
-  base.default_value = kBigQueryDefaultBaseUrl;
-  def.settings.push_back(base);
-  SettingSpec timeout =
+                  "a test server.",
+                  SettingType::kString, kBigQueryDefaultBaseUrl));
+  def.settings.push_back(
       MakeSetting("timeout_ms", "Timeout (ms)",
                   "How long to wait for each reply before retrying; BigQuery is "
                   "asked to answer within half of it (at most 10 s) while a query "
                   "runs.",
-                  SettingType::kInteger);
-  timeout.default_value = kDefaultTimeoutMs;
-  def.settings.push_back(timeout);
-  SettingSpec retries = MakeSetting("max_retries", "Max retries",
-                                    "Retries per request after timeouts, connection errors, rate "
-                                    "limiting (403 rateLimitExceeded, 429) and server errors.",
-                                    SettingType::kInteger);
-  retries.default_value = kDefaultMaxRetries;
-  def.settings.push_back(retries);
-  SettingSpec wait =
-      MakeSetting("max_retry_wait_s", "Max retry wait (s)",
-                  "Upper bound on any single wait between retries.", SettingType::kInteger);
-  wait.default_value = 300;
-  def.settings.push_back(wait);
+                  SettingType::kInteger, kDefaultTimeoutMs));
+  def.settings.push_back(MakeSetting("max_retries", "Max retries",
+                                     "Retries per request after timeouts, connection errors, rate "
+                                     "limiting (403 rateLimitExceeded, 429) and server errors.",
+                                     SettingType::kInteger, kDefaultMaxRetries));
+  def.settings.push_back(MakeSetting("max_retry_wait_s", "Max retry wait (s)",
+                                     "Upper bound on any single wait between retries.",
+                                     SettingType::kInteger, 300));
 
   def.create = [](const json& settings,
                   const ConnectorEnv& env) -> absl::StatusOr<std::unique_ptr<Source>> {

@@ -947,9 +947,8 @@ SourceDefinition ClickHouseSourceDefinition() {
       "Cloud: https://<service>.clickhouse.cloud:8443). A path is kept for proxies.");
   base.required = true;
   def.settings.push_back(base);
-  SettingSpec user = MakeSetting("user", "User", "The ClickHouse user.");
-  user.default_value = "default";
-  def.settings.push_back(user);
+  def.settings.push_back(
+      MakeSetting("user", "User", "The ClickHouse user.", SettingType::kString, "default"));
   SettingSpec password =
       MakeSetting("password", "Password", "The user's password, e.g. ${env:CLICKHOUSE_PASSWORD}.");
   password.secret = true;
@@ -965,56 +964,44 @@ SourceDefinition ClickHouseSourceDefinition() {
   def.settings.push_back(MakeSetting("database", "Database",
                                      "Database for unqualified table names. Default: the user's "
                                      "default database."));
-  SettingSpec readonly = MakeSetting(
+  def.settings.push_back(MakeSetting(
       "readonly", "Read-only",
       "Send readonly=2 so the server refuses anything but reads (settings may still be set). "
       "Turn off only if the user's profile forbids changing `readonly`.",
-      SettingType::kBoolean);
-  readonly.default_value = true;
-  def.settings.push_back(readonly);
-  SettingSpec timeout =
+      SettingType::kBoolean, true));
+  def.settings.push_back(
       MakeSetting("query_timeout_s", "Query timeout (s)",
                   "max_execution_time of Backflow's queries; the client also gives up when no data "
                   "arrives for this long plus a minute.",
-                  SettingType::kInteger);
-  timeout.default_value = 3600;
-  def.settings.push_back(timeout);
-  SettingSpec compression =
+                  SettingType::kInteger, 3600));
+  def.settings.push_back(
       MakeSetting("compression", "Compression",
                   "Ask for a compressed response (enable_http_compression=1 with Accept-Encoding "
                   "gzip/deflate/br/zstd), decoded as it streams.",
-                  SettingType::kBoolean);
-  compression.default_value = true;
-  def.settings.push_back(compression);
+                  SettingType::kBoolean, true));
   def.settings.push_back(MakeSetting(
       "settings", "Query settings",
       "Extra ClickHouse settings for every query, sent as URL parameters, e.g. {max_threads: "
       "\"8\", max_memory_usage: \"10000000000\"}. `output_format_binary_write_json_as_string: "
       "\"1\"` lets models return JSON-type columns.",
       SettingType::kStringMap));
-  SettingSpec prefix =
+  def.settings.push_back(
       MakeSetting("query_id_prefix", "Query id prefix",
                   "Backflow's queries get query_id <prefix>-<uuid>, to find them in "
-                  "system.query_log and to KILL them.");
-  prefix.default_value = "backflow";
-  def.settings.push_back(prefix);
-  SettingSpec http_timeout = MakeSetting(
-      "timeout_ms", "Connect timeout (ms)",
-      "Limit for connecting to the server, and for the KILL QUERY request.", SettingType::kInteger);
-  http_timeout.default_value = 30'000;
-  def.settings.push_back(http_timeout);
-  SettingSpec retries = MakeSetting(
+                  "system.query_log and to KILL them.",
+                  SettingType::kString, "backflow"));
+  def.settings.push_back(
+      MakeSetting("timeout_ms", "Connect timeout (ms)",
+                  "Limit for connecting to the server, and for the KILL QUERY request.",
+                  SettingType::kInteger, 30'000));
+  def.settings.push_back(MakeSetting(
       "max_retries", "Max retries",
       "Retries of a query that failed before its first row: connection errors, 502/503/504, "
       "TOO_MANY_SIMULTANEOUS_QUERIES and other transient exceptions (each with a new query_id).",
-      SettingType::kInteger);
-  retries.default_value = 5;
-  def.settings.push_back(retries);
-  SettingSpec wait =
-      MakeSetting("max_retry_wait_s", "Max retry wait (s)",
-                  "Upper bound on any single wait between retries.", SettingType::kInteger);
-  wait.default_value = 300;
-  def.settings.push_back(wait);
+      SettingType::kInteger, 5));
+  def.settings.push_back(MakeSetting("max_retry_wait_s", "Max retry wait (s)",
+                                     "Upper bound on any single wait between retries.",
+                                     SettingType::kInteger, 300));
 
   def.create = [](const json& settings,
                   const ConnectorEnv& env) -> absl::StatusOr<std::unique_ptr<Source>> {

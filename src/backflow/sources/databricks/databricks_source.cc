@@ -1554,50 +1554,40 @@ SourceDefinition DatabricksSourceDefinition() {
   disposition.allowed_values = {"auto", "inline", "external_links"};
   disposition.default_value = "auto";
   def.settings.push_back(disposition);
-  SettingSpec wait = MakeSetting("wait_timeout_s", "Wait timeout (s)",
-                                 "How long Databricks holds the first reply while the query runs "
-                                 "(wait_timeout; 0, or 5 to 50); a query still running is then "
-                                 "polled (on_wait_timeout CONTINUE).",
-                                 SettingType::kInteger);
-  wait.default_value = 10;
-  def.settings.push_back(wait);
-  SettingSpec query_timeout =
+  def.settings.push_back(
+      MakeSetting("wait_timeout_s", "Wait timeout (s)",
+                  "How long Databricks holds the first reply while the query runs "
+                  "(wait_timeout; 0, or 5 to 50); a query still running is then "
+                  "polled (on_wait_timeout CONTINUE).",
+                  SettingType::kInteger, 10));
+  def.settings.push_back(
       MakeSetting("query_timeout_s", "Query timeout (s)",
                   "How long a query may stay PENDING/RUNNING before it is cancelled; 0 means no "
                   "limit (the warehouse's STATEMENT_TIMEOUT still applies).",
-                  SettingType::kInteger);
-  query_timeout.default_value = 3600;
-  def.settings.push_back(query_timeout);
-  SettingSpec refreshes =
+                  SettingType::kInteger, 3600));
+  def.settings.push_back(
       MakeSetting("max_link_refreshes", "Max link refreshes",
                   "External links: how many fresh links to ask for per chunk when the storage "
                   "refuses one (links expire after at most 15 minutes).",
-                  SettingType::kInteger);
-  refreshes.default_value = 3;
-  def.settings.push_back(refreshes);
+                  SettingType::kInteger, 3));
   SettingSpec base = MakeSetting("base_url", "Base URL",
                                  "The workspace API's address. Default: https://<host>. Set it for "
                                  "a proxy or a test server.");
   def.settings.push_back(base);
-  SettingSpec timeout =
+  def.settings.push_back(
       MakeSetting("timeout_ms", "Timeout (ms)",
                   "How long to wait for each reply before retrying (the first request of a query "
                   "waits at least wait_timeout_s + 10 s).",
-                  SettingType::kInteger);
-  timeout.default_value = kDefaultTimeoutMs;
-  def.settings.push_back(timeout);
-  SettingSpec retries = MakeSetting("max_retries", "Max retries",
-                                    "Retries per request after 429, 5xx and connection errors, and "
-                                    "re-submissions of a query that failed with "
-                                    "TEMPORARILY_UNAVAILABLE.",
-                                    SettingType::kInteger);
-  retries.default_value = kDefaultMaxRetries;
-  def.settings.push_back(retries);
-  SettingSpec max_wait =
-      MakeSetting("max_retry_wait_s", "Max retry wait (s)",
-                  "Upper bound on any single wait between retries.", SettingType::kInteger);
-  max_wait.default_value = 300;
-  def.settings.push_back(max_wait);
+                  SettingType::kInteger, kDefaultTimeoutMs));
+  def.settings.push_back(
+      MakeSetting("max_retries", "Max retries",
+                  "Retries per request after 429, 5xx and connection errors, and "
+                  "re-submissions of a query that failed with "
+                  "TEMPORARILY_UNAVAILABLE.",
+                  SettingType::kInteger, kDefaultMaxRetries));
+  def.settings.push_back(MakeSetting("max_retry_wait_s", "Max retry wait (s)",
+                                     "Upper bound on any single wait between retries.",
+                                     SettingType::kInteger, 300));
 
   def.create = [](const json& settings,
                   const ConnectorEnv& env) -> absl::StatusOr<std::unique_ptr<Source>> {

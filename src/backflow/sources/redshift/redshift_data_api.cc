@@ -652,12 +652,10 @@ SourceDefinition RedshiftDataApiSourceDefinition() {
       "secret_arn", "Secret ARN",
       "Instead of db_user: the ARN of a Secrets Manager secret holding the database username "
       "and password."));
-  SettingSpec timeout =
+  def.settings.push_back(
       MakeSetting("query_timeout_s", "Query timeout (s)",
                   "A statement still running after this long is cancelled (0: no limit).",
-                  SettingType::kInteger);
-  timeout.default_value = 3600;
-  def.settings.push_back(timeout);
+                  SettingType::kInteger, 3600));
   HttpSettingsDefaults http;
   http.base_url = "";
   http.base_url_help =

@@ -752,20 +752,16 @@ SourceDefinition RedshiftSourceDefinition() {
       MakeSetting("workgroup_name", "Workgroup name",
                   "With auth: iam on Redshift Serverless: the workgroup's name. The IAM identity "
                   "needs redshift-serverless:GetCredentials on it."));
-  SettingSpec duration =
+  def.settings.push_back(
       MakeSetting("iam_duration_s", "Temporary password lifetime (s)",
                   "With auth: iam: how long each temporary password is valid (900 to 3600); a new "
                   "one is fetched a minute before it expires.",
-                  SettingType::kInteger);
-  duration.default_value = 900;
-  def.settings.push_back(duration);
-  SettingSpec create = MakeSetting(
+                  SettingType::kInteger, 900));
+  def.settings.push_back(MakeSetting(
       "auto_create", "Create the database user",
       "With auth: iam on a cluster: create the url's user (AutoCreate) when it does not "
       "exist (needs redshift:CreateClusterUser).",
-      SettingType::kBoolean);
-  create.default_value = false;
-  def.settings.push_back(create);
+      SettingType::kBoolean, false));
   def.settings.push_back(
       MakeSetting("aws_endpoint", "AWS API endpoint",
                   "With auth: iam: the AWS API address to ask for passwords instead of "
@@ -788,38 +784,30 @@ SourceDefinition RedshiftSourceDefinition() {
       "certificates.");
   root.is_path = true;
   def.settings.push_back(root);
-  SettingSpec fetch = MakeSetting(
+  def.settings.push_back(MakeSetting(
       "fetch_size", "Rows per FETCH",
       "Rows read per FETCH FORWARD round trip; at most two batches are held in memory. 1 to "
       "100000. Single-node clusters accept at most 1000; AWS suggests about 4000 on multi-node "
       "clusters.",
-      SettingType::kInteger);
-  fetch.default_value = 1000;
-  def.settings.push_back(fetch);
-  SettingSpec timeout = MakeSetting(
+      SettingType::kInteger, 1000));
+  def.settings.push_back(MakeSetting(
       "statement_timeout_s", "Statement timeout (s)",
       "When above 0, sets Redshift's statement_timeout so a statement running longer is "
       "cancelled by the server; 0 keeps the cluster's setting.",
-      SettingType::kInteger);
-  timeout.default_value = 0;
-  def.settings.push_back(timeout);
+      SettingType::kInteger, 0));
   def.settings.push_back(
       MakeSetting("query_group", "Query group",
                   "When set, `SET query_group TO '<value>'` routes the queries to "
                   "the matching WLM queue."));
-  SettingSpec retries = MakeSetting(
+  def.settings.push_back(MakeSetting(
       "max_retries", "Max retries",
       "Retries (with exponential backoff from 1 s, at most 30 s apart) when connecting or "
       "starting the query fails transiently: connection refused or lost, serializable isolation "
       "violation, server restarting. Failures after rows were read are never retried.",
-      SettingType::kInteger);
-  retries.default_value = 2;
-  def.settings.push_back(retries);
-  SettingSpec connect =
-      MakeSetting("connect_timeout_s", "Connect timeout (s)",
-                  "How long to wait for the connection to be established.", SettingType::kInteger);
-  connect.default_value = 10;
-  def.settings.push_back(connect);
+      SettingType::kInteger, 2));
+  def.settings.push_back(MakeSetting("connect_timeout_s", "Connect timeout (s)",
+                                     "How long to wait for the connection to be established.",
+                                     SettingType::kInteger, 10));
 
   def.create = [](const json& settings,
                   const ConnectorEnv& env) -> absl::StatusOr<std::unique_ptr<Source>> {

@@ -1307,42 +1307,33 @@ SourceDefinition SnowflakeSourceDefinition() {
                                      "The role to run as (case-sensitive); it needs USAGE on the "
                                      "warehouse and SELECT on the model's tables. Default: the "
                                      "user's DEFAULT_ROLE."));
-  SettingSpec timeout =
+  def.settings.push_back(
       MakeSetting("statement_timeout_s", "Statement timeout (s)",
                   "Snowflake cancels a query that runs longer (0: Snowflake's maximum, 7 days).",
-                  SettingType::kInteger);
-  timeout.default_value = 3600;
-  def.settings.push_back(timeout);
-  SettingSpec tag = MakeSetting("query_tag", "Query tag",
-                                "QUERY_TAG of Backflow's queries, to find them in the query "
-                                "history.");
-  tag.default_value = "backflow";
-  def.settings.push_back(tag);
+                  SettingType::kInteger, 3600));
+  def.settings.push_back(MakeSetting("query_tag", "Query tag",
+                                     "QUERY_TAG of Backflow's queries, to find them in the query "
+                                     "history.",
+                                     SettingType::kString, "backflow"));
 
   SettingSpec base = MakeSetting(
       "base_url", "Base URL",
       "The SQL API's address. Default: https://<account>.snowflakecomputing.com. Set it for "
       "PrivateLink hosts, a proxy or a test server.");
   def.settings.push_back(base);
-  SettingSpec http_timeout = MakeSetting(
+  def.settings.push_back(MakeSetting(
       "timeout_ms", "Timeout (ms)",
       "How long to wait for each reply before retrying (a query's first request waits at "
       "least 60 s: Snowflake answers it after up to 45 s).",
-      SettingType::kInteger);
-  http_timeout.default_value = 30'000;
-  def.settings.push_back(http_timeout);
-  SettingSpec retries = MakeSetting(
+      SettingType::kInteger, 30'000));
+  def.settings.push_back(MakeSetting(
       "max_retries", "Max retries",
       "Retries per request after 429, 500/502/503/504 and connection errors (a resubmitted "
       "query is never run twice).",
-      SettingType::kInteger);
-  retries.default_value = 5;
-  def.settings.push_back(retries);
-  SettingSpec wait =
-      MakeSetting("max_retry_wait_s", "Max retry wait (s)",
-                  "Upper bound on any single wait between retries.", SettingType::kInteger);
-  wait.default_value = 300;
-  def.settings.push_back(wait);
+      SettingType::kInteger, 5));
+  def.settings.push_back(MakeSetting("max_retry_wait_s", "Max retry wait (s)",
+                                     "Upper bound on any single wait between retries.",
+                                     SettingType::kInteger, 300));
 
   def.create = [](const json& settings,
                   const ConnectorEnv& env) -> absl::StatusOr<std::unique_ptr<Source>> {
