@@ -24,3 +24,17 @@ function(backflow_cc_test)
     set_tests_properties(${ARG_NAME} PROPERTIES FIXTURES_REQUIRED "${ARG_FIXTURES}")
   endif()
 endfunction()
+
+# backflow_warehouse_e2e_test(NAME name SRCS ... DEPS ... [FIXTURES ...]): an
+# end-to-end test of a warehouse source that runs the real backflow binary,
+# with the shared helpers of tests/e2e (cli_runner, warehouse_e2e).
+function(backflow_warehouse_e2e_test)
+  cmake_parse_arguments(ARG "" "NAME" "SRCS;DEPS;FIXTURES" ${ARGN})
+  backflow_cc_test(NAME ${ARG_NAME}
+    SRCS ${ARG_SRCS} ${PROJECT_SOURCE_DIR}/tests/e2e/cli_runner.cc
+         ${PROJECT_SOURCE_DIR}/tests/e2e/warehouse_e2e.cc
+    DEPS ${ARG_DEPS} backflow_testing nlohmann_json::nlohmann_json
+    FIXTURES ${ARG_FIXTURES})
+  target_include_directories(${ARG_NAME} PRIVATE ${PROJECT_SOURCE_DIR}/tests/e2e)
+  add_dependencies(${ARG_NAME} backflow)
+endfunction()

@@ -1,5 +1,7 @@
 #include "backflow/catalog/definitions.h"
 
+#include <utility>
+
 #include "absl/status/status.h"
 #include "fmt/format.h"
 
@@ -99,6 +101,17 @@ const ActionSpec* DestinationDefinition::FindAction(std::string_view id) const {
     if (a.id == id) return &a;
   }
   return nullptr;
+}
+
+SettingSpec MakeSetting(std::string key, std::string label, std::string description,
+                        SettingType type, nlohmann::json default_value) {
+  SettingSpec spec;
+  spec.key = std::move(key);
+  spec.label = std::move(label);
+  spec.description = std::move(description);
+  spec.type = type;
+  spec.default_value = std::move(default_value);
+  return spec;
 }
 
 const SettingSpec* FindSetting(const std::vector<SettingSpec>& specs, std::string_view key) {

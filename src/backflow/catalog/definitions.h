@@ -134,6 +134,12 @@ struct SourceDefinition {
       create;
 };
 
+// A setting with its key, label, description, type and default (null: none)
+// filled in; the caller sets the rest (allowed values, flags) on the result.
+SettingSpec MakeSetting(std::string key, std::string label, std::string description,
+                        SettingType type = SettingType::kString,
+                        nlohmann::json default_value = nullptr);
+
 const SettingSpec* FindSetting(const std::vector<SettingSpec>& specs, std::string_view key);
 
 // Fills defaults and checks every setting against its spec. Returns one

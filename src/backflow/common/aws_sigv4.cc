@@ -38,22 +38,6 @@ std::string CanonicalHeaderValue(std::string_view v) {
   return out;
 }
 
-// RFC 3986 encoding with only unreserved characters kept.
-std::string UriEncode(std::string_view s) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out.push_back('%');
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 15]);
-    }
-  }
-  return out;
-}
-
 std::string_view Trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
   while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
@@ -82,7 +66,7 @@ std::string SigV4SigningKey(std::string_view secret_access_key, std::string_view
 std::string SigV4CanonicalQuery(std::string_view query) {
   std::vector<std::pair<std::string, std::string>> pairs;
   for (auto& [name, value] : ParseQueryPairs(query)) {
-    pairs.emplace_back(UriEncode(name), UriEncode(value));
+    pairs.emplace_back(PercentEncode(name), PercentEncode(value));
   }
   std::sort(pairs.begin(), pairs.end());
   std::string out;

@@ -10,7 +10,36 @@ int HexValue(char c) {
   return -1;
 }
 
+bool IsUnreserved(unsigned char c) {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+         c == '.' || c == '_' || c == '~';
+}
+
+std::string Encode(std::string_view s, std::string_view also_keep, bool space_as_plus) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(s.size());
+  for (unsigned char c : s) {
+    if (IsUnreserved(c) || also_keep.find(static_cast<char>(c)) != std::string_view::npos) {
+      out.push_back(static_cast<char>(c));
+    } else if (c == ' ' && space_as_plus) {
+      out.push_back('+');
+    } else {
+      out.push_back('%');
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 15]);
+    }
+  }
+  return out;
+}
+
 }  // namespace
+
+std::string PercentEncode(std::string_view s, std::string_view also_keep) {
+  return Encode(s, also_keep, /*space_as_plus=*/false);
+}
+
+std::string FormUrlEncode(std::string_view s) { return Encode(s, {}, /*space_as_plus=*/true); }
 
 std::string PercentDecode(std::string_view s, bool plus_is_space) {
   std::string out;

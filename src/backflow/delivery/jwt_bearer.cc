@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "backflow/common/crypto.h"
+#include "backflow/common/url.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -109,24 +110,6 @@ absl::StatusOr<std::string> Base64UrlDecode(std::string_view text) {
     if (c == '_') c = '/';
   }
   return Base64Decode(std_text);
-}
-
-std::string FormUrlEncode(std::string_view text) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  out.reserve(text.size());
-  for (unsigned char c : text) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
-      out.push_back(static_cast<char>(c));
-    } else if (c == ' ') {
-      out.push_back('+');
-    } else {
-      out.push_back('%');
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 15]);
-    }
-  }
-  return out;
 }
 
 Rs256Key::~Rs256Key() { delete impl_; }

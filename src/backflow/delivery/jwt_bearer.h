@@ -36,10 +36,6 @@ inline constexpr char kJwtBearerGrantType[] = "urn:ietf:params:oauth:grant-type:
 std::string Base64UrlEncode(std::string_view bytes);
 absl::StatusOr<std::string> Base64UrlDecode(std::string_view text);
 
-// application/x-www-form-urlencoded encoding of one name or value:
-// unreserved characters as-is, space as '+', everything else %XX.
-std::string FormUrlEncode(std::string_view text);
-
 // An RSA key parsed once for signing or verifying RS256 (RSASSA-PKCS1-v1_5
 // with SHA-256). Immutable; safe to share between threads.
 class Rs256Key {

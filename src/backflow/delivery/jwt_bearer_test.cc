@@ -15,6 +15,7 @@
 
 #include "backflow/common/clock.h"
 #include "backflow/common/http_client.h"
+#include "backflow/common/url.h"
 #include "backflow/testing/http_test_server.h"
 #include "fmt/format.h"
 #include "gmock/gmock.h"

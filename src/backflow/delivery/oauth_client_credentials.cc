@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "backflow/common/crypto.h"
+#include "backflow/common/url.h"
 #include "backflow/delivery/jwt_bearer.h"
 #include "fmt/format.h"
 

@@ -10,6 +10,7 @@
 #include <optional>
 #include <utility>
 
+#include "backflow/common/civil_date.h"
 #include "backflow/common/crypto.h"
 #include "backflow/common/fmt_absl.h"
 #include "fmt/format.h"
@@ -32,15 +33,6 @@ struct FunctionDef {
 };
 
 // ---- Timestamps ----------------------------------------------------------
-
-int64_t DaysFromCivil(int64_t y, unsigned m, unsigned d) {
-  y -= m <= 2;
-  const int64_t era = (y >= 0 ? y : y - 399) / 400;
-  const unsigned yoe = static_cast<unsigned>(y - era * 400);
-  const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + static_cast<int64_t>(doe) - 719468;
-}
 
 // Seconds since the epoch plus microseconds.
 struct Instant {

@@ -20,6 +20,7 @@
 #include "backflow/common/errors.h"
 #include "backflow/common/http_client.h"
 #include "backflow/common/status_macros.h"
+#include "backflow/common/url.h"
 #include "backflow/delivery/google_service_account.h"
 #include "backflow/delivery/http_delivery.h"
 #include "backflow/delivery/http_settings.h"
@@ -51,24 +52,6 @@ constexpr size_t kMaxDeletesPerRequest = 5000;
 constexpr size_t kRowOverheadBytes = 64;
 
 std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
-
-// RFC 3986 percent-encoding of everything but unreserved characters, for
-// path segments and query values (A1 ranges contain ' ! : and spaces).
-std::string PercentEncode(std::string_view text) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  out.reserve(text.size() * 3 / 2);
-  for (unsigned char c : text) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out.push_back('%');
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 15]);
-    }
-  }
-  return out;
-}
 
 struct SheetsConfig {
   GoogleServiceAccountKey key;
@@ -970,16 +953,6 @@ absl::StatusOr<SheetsConfig> ParseConfig(const json& settings) {
   return cfg;
 }
 
-SettingSpec Setting(const char* key, const char* label, std::string description,
-                    SettingType type = SettingType::kString) {
-  SettingSpec s;
-  s.key = key;
-  s.label = label;
-  s.description = std::move(description);
-  s.type = type;
-  return s;
-}
-
 }  // namespace
 
 std::string SheetsColumnName(int index) {
@@ -1039,7 +1012,7 @@ DestinationDefinition GoogleSheetsDestinationDefinition() {
       "added and deleted, and a retry never duplicates a row.";
   def.maturity = "beta";
 
-  SettingSpec key = Setting(
+  SettingSpec key = MakeSetting(
       "service_account_key", "Service account key",
       "The content (not the path) of the service account's JSON key file, e.g. "
       "${env:GOOGLE_SA_KEY} after export GOOGLE_SA_KEY=\"$(cat key.json)\". Its client_email must "
@@ -1047,39 +1020,38 @@ DestinationDefinition GoogleSheetsDestinationDefinition() {
   key.required = true;
   key.secret = true;
   def.settings.push_back(key);
-  SettingSpec id = Setting("spreadsheet_id", "Spreadsheet ID",
-                           "The id in the spreadsheet's URL "
-                           "(https://docs.google.com/spreadsheets/d/<id>/edit); the whole URL is "
-                           "accepted too.");
+  SettingSpec id =
+      MakeSetting("spreadsheet_id", "Spreadsheet ID",
+                  "The id in the spreadsheet's URL "
+                  "(https://docs.google.com/spreadsheets/d/<id>/edit); the whole URL is "
+                  "accepted too.");
   id.required = true;
   def.settings.push_back(id);
-  SettingSpec sheet = Setting("sheet", "Sheet",
-                              "The name of the sheet (tab) to keep; it must exist. One mapping "
-                              "per sheet.");
-  sheet.default_value = "Sheet1";
-  def.settings.push_back(sheet);
-  SettingSpec subject = Setting("subject", "Impersonated user",
-                                "With domain-wide delegation only: the Google Workspace user the "
-                                "service account acts as (the JWT's sub claim).");
+  def.settings.push_back(
+      MakeSetting("sheet", "Sheet",
+                  "The name of the sheet (tab) to keep; it must exist. One mapping "
+                  "per sheet.",
+                  SettingType::kString, "Sheet1"));
+  SettingSpec subject =
+      MakeSetting("subject", "Impersonated user",
+                  "With domain-wide delegation only: the Google Workspace user the "
+                  "service account acts as (the JWT's sub claim).");
   def.settings.push_back(subject);
-  SettingSpec token_url = Setting("token_url", "Token URL",
-                                  "Google's OAuth 2.0 token endpoint, where the signed JWT is "
-                                  "exchanged for an access token (and the JWT's audience). "
-                                  "Change it only for a proxy or a test server.");
-  token_url.default_value = kDefaultTokenUrl;
-  def.settings.push_back(token_url);
-  SettingSpec reads = Setting("read_requests_per_minute", "Read requests per minute",
-                              "Reads sent per minute at most, below Google's quota of 60 read "
-                              "requests per minute per user (a service account is one user).",
-                              SettingType::kInteger);
-  reads.default_value = kDefaultRequestsPerMinute;
-  def.settings.push_back(reads);
-  SettingSpec writes = Setting("write_requests_per_minute", "Write requests per minute",
-                               "Writes sent per minute at most, below Google's quota of 60 write "
-                               "requests per minute per user; raise it with the quota.",
-                               SettingType::kInteger);
-  writes.default_value = kDefaultRequestsPerMinute;
-  def.settings.push_back(writes);
+  def.settings.push_back(MakeSetting("token_url", "Token URL",
+                                     "Google's OAuth 2.0 token endpoint, where the signed JWT is "
+                                     "exchanged for an access token (and the JWT's audience). "
+                                     "Change it only for a proxy or a test server.",
+                                     SettingType::kString, kDefaultTokenUrl));
+  def.settings.push_back(
+      MakeSetting("read_requests_per_minute", "Read requests per minute",
+                  "Reads sent per minute at most, below Google's quota of 60 read "
+                  "requests per minute per user (a service account is one user).",
+                  SettingType::kInteger, kDefaultRequestsPerMinute));
+  def.settings.push_back(
+      MakeSetting("write_requests_per_minute", "Write requests per minute",
+                  "Writes sent per minute at most, below Google's quota of 60 write "
+                  "requests per minute per user; raise it with the quota.",
+                  SettingType::kInteger, kDefaultRequestsPerMinute));
 
   HttpSettingsDefaults http;
   http.base_url = kDefaultBaseUrl;

@@ -21,6 +21,7 @@
 #include "backflow/common/fmt_absl.h"
 #include "backflow/common/http_client.h"
 #include "backflow/common/status_macros.h"
+#include "backflow/common/url.h"
 #include "backflow/delivery/http_delivery.h"
 #include "backflow/delivery/http_settings.h"
 #include "backflow/delivery/rate_limiter.h"
@@ -138,15 +139,7 @@ std::optional<int64_t> IterableEpochSeconds(std::string_view iso) {
 }
 
 std::string IterablePathSegment(std::string_view text) {
-  std::string out;
-  for (unsigned char c : text) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~' || c == '@') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out += fmt::format("%{:02X}", c);
-    }
-  }
-  return out;
+  return PercentEncode(text, /*also_keep=*/"@");
 }
 
 namespace {

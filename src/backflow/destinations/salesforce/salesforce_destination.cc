@@ -20,6 +20,7 @@
 #include "backflow/common/fmt_absl.h"
 #include "backflow/common/http_client.h"
 #include "backflow/common/status_macros.h"
+#include "backflow/common/url.h"
 #include "backflow/delivery/http_delivery.h"
 #include "backflow/delivery/http_settings.h"
 #include "backflow/delivery/jwt_bearer.h"
@@ -67,21 +68,6 @@ std::string Lower(std::string s) {
 }
 
 bool IEquals(const std::string& a, const std::string& b) { return Lower(a) == Lower(b); }
-
-std::string PercentEncode(std::string_view text) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : text) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out.push_back('%');
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 15]);
-    }
-  }
-  return out;
-}
 
 bool IsApiName(const std::string& s) {
   static const std::regex kName("^[A-Za-z][A-Za-z0-9_]*$");
@@ -1587,16 +1573,6 @@ std::vector<std::string> ValidateFields(const json&, const std::vector<MappedFie
   return problems;
 }
 
-SettingSpec Setting(const char* key, const char* label, std::string description,
-                    SettingType type = SettingType::kString) {
-  SettingSpec s;
-  s.key = key;
-  s.label = label;
-  s.description = std::move(description);
-  s.type = type;
-  return s;
-}
-
 constexpr char kNotes[] = R"md(## Example
 
 ```yaml
@@ -1850,68 +1826,66 @@ DestinationDefinition SalesforceDestinationDefinition() {
       "deletes the records of deleted rows; authenticates with the OAuth 2.0 JWT bearer flow.";
   def.maturity = "beta";
 
-  SettingSpec key = Setting("consumer_key", "Consumer key",
-                            "The connected app's Consumer Key (client id), the JWT's iss: Setup > "
-                            "App Manager > your app > View > Manage Consumer Details.");
+  SettingSpec key =
+      MakeSetting("consumer_key", "Consumer key",
+                  "The connected app's Consumer Key (client id), the JWT's iss: Setup > "
+                  "App Manager > your app > View > Manage Consumer Details.");
   key.required = true;
   def.settings.push_back(key);
-  SettingSpec user = Setting("username", "Username",
-                             "The Salesforce username records are written as (the JWT's sub), "
-                             "e.g. integration@acme.com. It must be pre-authorised for the "
-                             "connected app.");
+  SettingSpec user = MakeSetting("username", "Username",
+                                 "The Salesforce username records are written as (the JWT's sub), "
+                                 "e.g. integration@acme.com. It must be pre-authorised for the "
+                                 "connected app.");
   user.required = true;
   def.settings.push_back(user);
-  SettingSpec pem = Setting("private_key", "Private key",
-                            "The PEM private key (BEGIN PRIVATE KEY or BEGIN RSA PRIVATE KEY) of "
-                            "the certificate uploaded to the connected app, e.g. "
-                            "${env:SALESFORCE_PRIVATE_KEY}; literal \\n in a one-line value are "
-                            "read as line breaks.");
+  SettingSpec pem =
+      MakeSetting("private_key", "Private key",
+                  "The PEM private key (BEGIN PRIVATE KEY or BEGIN RSA PRIVATE KEY) of "
+                  "the certificate uploaded to the connected app, e.g. "
+                  "${env:SALESFORCE_PRIVATE_KEY}; literal \\n in a one-line value are "
+                  "read as line breaks.");
   pem.required = true;
   pem.secret = true;
   def.settings.push_back(pem);
-  SettingSpec object = Setting("object", "Object",
-                               "The API name of the sObject to write, e.g. Contact, Lead, Account "
-                               "or Subscription__c. One destination per object.");
+  SettingSpec object =
+      MakeSetting("object", "Object",
+                  "The API name of the sObject to write, e.g. Contact, Lead, Account "
+                  "or Subscription__c. One destination per object.");
   object.required = true;
   def.settings.push_back(object);
-  SettingSpec login = Setting("login_url", "Login URL",
-                              "Where the JWT is exchanged for a session "
-                              "({login_url}/services/oauth2/token): https://login.salesforce.com "
-                              "for production and developer orgs, https://test.salesforce.com "
-                              "for sandboxes, or the org's My Domain URL.");
-  login.default_value = kSalesforceDefaultLoginUrl;
-  def.settings.push_back(login);
-  SettingSpec audience = Setting("audience", "JWT audience",
-                                 "The JWT's aud claim; defaults to login_url. Set it to "
-                                 "https://login.salesforce.com (or https://test.salesforce.com "
-                                 "for a sandbox) when login_url is a My Domain URL.");
+  def.settings.push_back(
+      MakeSetting("login_url", "Login URL",
+                  "Where the JWT is exchanged for a session "
+                  "({login_url}/services/oauth2/token): https://login.salesforce.com "
+                  "for production and developer orgs, https://test.salesforce.com "
+                  "for sandboxes, or the org's My Domain URL.",
+                  SettingType::kString, kSalesforceDefaultLoginUrl));
+  SettingSpec audience = MakeSetting("audience", "JWT audience",
+                                     "The JWT's aud claim; defaults to login_url. Set it to "
+                                     "https://login.salesforce.com (or https://test.salesforce.com "
+                                     "for a sandbox) when login_url is a My Domain URL.");
   def.settings.push_back(audience);
-  SettingSpec version = Setting("api_version", "API version",
-                                "The REST API version, pinned so behaviour does not change "
-                                "under you; 46.0 or later.");
-  version.default_value = kSalesforceDefaultApiVersion;
-  def.settings.push_back(version);
-  SettingSpec threshold = Setting("bulk_threshold", "Bulk API threshold",
-                                  "Batches with at least this many upserts go through a Bulk API "
-                                  "2.0 job instead of sObject Collections (200 records per "
-                                  "request); 0 never uses Bulk.",
-                                  SettingType::kInteger);
-  threshold.default_value = kDefaultBulkThreshold;
-  def.settings.push_back(threshold);
-  SettingSpec job_timeout = Setting("bulk_job_timeout_s", "Bulk job timeout (s)",
-                                    "How long to wait for a Bulk API 2.0 job to finish before "
-                                    "aborting it; its records are then sent again by the next "
-                                    "run.",
-                                    SettingType::kInteger);
-  job_timeout.default_value = kDefaultBulkJobTimeoutS;
-  def.settings.push_back(job_timeout);
-  SettingSpec usage = Setting("max_api_usage_percent", "Max API usage (%)",
-                              "Pause this destination once Sforce-Limit-Info reports the org's "
-                              "daily API requests at or above this share of the allocation, "
-                              "leaving the rest to other integrations; 100 uses it all.",
-                              SettingType::kInteger);
-  usage.default_value = 100;
-  def.settings.push_back(usage);
+  def.settings.push_back(MakeSetting("api_version", "API version",
+                                     "The REST API version, pinned so behaviour does not change "
+                                     "under you; 46.0 or later.",
+                                     SettingType::kString, kSalesforceDefaultApiVersion));
+  def.settings.push_back(
+      MakeSetting("bulk_threshold", "Bulk API threshold",
+                  "Batches with at least this many upserts go through a Bulk API "
+                  "2.0 job instead of sObject Collections (200 records per "
+                  "request); 0 never uses Bulk.",
+                  SettingType::kInteger, kDefaultBulkThreshold));
+  def.settings.push_back(MakeSetting("bulk_job_timeout_s", "Bulk job timeout (s)",
+                                     "How long to wait for a Bulk API 2.0 job to finish before "
+                                     "aborting it; its records are then sent again by the next "
+                                     "run.",
+                                     SettingType::kInteger, kDefaultBulkJobTimeoutS));
+  def.settings.push_back(
+      MakeSetting("max_api_usage_percent", "Max API usage (%)",
+                  "Pause this destination once Sforce-Limit-Info reports the org's "
+                  "daily API requests at or above this share of the allocation, "
+                  "leaving the rest to other integrations; 100 uses it all.",
+                  SettingType::kInteger, 100));
 
   HttpSettingsDefaults http;
   http.base_url = "";

@@ -4,38 +4,28 @@
 // receiver's state must equal the rows the fake holds, after changes too.
 #include <gtest/gtest.h>
 #include <stdlib.h>
-#include <unistd.h>
 
-#include <filesystem>
-#include <fstream>
 #include <map>
 
 #include "backflow/sources/bigquery/fake_bigquery_server.h"
-#include "backflow/testing/webhook_receiver.h"
-#include "cli_runner.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
+#include "warehouse_e2e.h"
 
 namespace backflow {
 namespace {
 
-namespace fs = std::filesystem;
 using e2e::CliResult;
 using e2e::RunCli;
+using e2e::Summary;
 using json = nlohmann::json;
 
-constexpr char kSecret[] = "whsec_c2VjcmV0LWZvci1lMmUtdGVzdHM=";
 constexpr char kAccount[] = "backflow@analytics-prod.iam.gserviceaccount.com";
 
 class BigQueryE2eTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = (fs::path(::testing::TempDir()) /
-            fmt::format("bq-e2e-{}-{}", getpid(),
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    dir_ = e2e::FreshTestDir("bq");
 
     FakeBigQueryOptions options;
     options.project_id = "analytics-prod";
@@ -49,11 +39,8 @@ class BigQueryE2eTest : public ::testing::Test {
     fake_->SetColumnSchema("tags", {{"type", "STRING"}, {"mode", "REPEATED"}});
     InsertCustomers(1, 230);
 
-    setenv("HOOK_SECRET", kSecret, 1);
-    WebhookReceiverOptions hook;
-    hook.signing_secret = kSecret;
-    receiver_ = std::make_unique<WebhookReceiver>(hook);
-    ASSERT_TRUE(receiver_->Start().ok());
+    receiver_ = e2e::StartWebhookReceiver(/*signed_requests=*/true);
+    ASSERT_NE(receiver_, nullptr);
     WriteWorkspace();
   }
 
@@ -75,50 +62,23 @@ class BigQueryE2eTest : public ::testing::Test {
                           "SELECT id, email, plan, ltv, updated_at, tags FROM "
                           "`analytics-prod.crm.customers`",
                       const std::string& key_env = "BACKFLOW_E2E_BQ_KEY") {
-    std::ofstream(dir_ + "/backflow.yaml") << fmt::format(
-        R"(
-state: sqlite:.backflow/state.db
-sources:
-  - name: warehouse
-    type: bigquery
-    service_account_key: ${{env:{}}}
-    location: EU
-    max_results: 40
-    max_retries: 1
-    token_url: {}
-    base_url: {}
-models:
-  - name: customers
-    source: warehouse
-    sql: "{}"
-    primary_key: id
-    schedule: manual
-destinations:
-  - name: hook
-    type: webhook
-    settings:
-      url: {}
-      signing_secret: ${{env:HOOK_SECRET}}
-      max_retries: 2
-mappings:
-  - name: customers_to_hook
-    model: customers
-    destination: hook
-    action: send_batch
-    records: all
-    batch_size: 50
-    fields: {{ customer_id: id, email: email, plan: plan, ltv: ltv, updated_at: updated_at, tags: tags }}
-)",
-        key_env, fake_->TokenUrl(), fake_->BaseUrl(), sql, receiver_->Url("/ingest"));
+    e2e::WarehouseWorkspace w;
+    w.source = {"type: bigquery",
+                fmt::format("service_account_key: ${{env:{}}}", key_env),
+                "location: EU",
+                "max_results: 40",
+                "max_retries: 1",
+                "token_url: " + fake_->TokenUrl(),
+                "base_url: " + fake_->BaseUrl()};
+    w.model_sql = sql;
+    w.hook_url = receiver_->Url("/ingest");
+    w.signed_hook = true;
+    w.fields =
+        "customer_id: id, email: email, plan: plan, ltv: ltv, updated_at: updated_at, tags: tags";
+    e2e::WriteWarehouseWorkspace(dir_, w);
   }
 
-  CliResult Sync() { return RunCli(dir_, {"sync", "customers_to_hook", "--json"}); }
-
-  static json Summary(const CliResult& r) {
-    json j = json::parse(r.LastLine(), nullptr, false);
-    EXPECT_FALSE(j.is_discarded()) << "stdout: " << r.out << "\nstderr: " << r.err;
-    return j;
-  }
+  CliResult Sync() { return e2e::SyncCustomers(dir_); }
 
   // The model as the receiver should hold it, read from the fake's SQLite.
   std::map<std::string, json> Model() {

@@ -9,12 +9,14 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "backflow/common/civil_date.h"
 #include "backflow/common/clock.h"
 #include "backflow/common/crypto.h"
 #include "backflow/common/fmt_absl.h"
 #include "backflow/common/http_client.h"
 #include "backflow/common/json_writer.h"
 #include "backflow/common/status_macros.h"
+#include "backflow/common/url.h"
 #include "backflow/delivery/google_service_account.h"
 #include "backflow/delivery/http_delivery.h"
 #include "backflow/delivery/http_settings.h"
@@ -51,22 +53,6 @@ std::string Upper(std::string s) {
 std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
 bool IsDigit(char c) { return c >= '0' && c <= '9'; }
-
-// Percent-encodes a URL path segment or query value (RFC 3986 unreserved kept).
-std::string UrlEncode(std::string_view text) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : text) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out.push_back('%');
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 15]);
-    }
-  }
-  return out;
-}
 
 // ------------------------------------------------------------------ numbers
 
@@ -195,20 +181,6 @@ std::optional<double> ParseFloat(std::string_view s) {
 }
 
 // ---------------------------------------------------------------- time
-
-// Days since 1970-01-01 -> civil date (proleptic Gregorian).
-void CivilFromDays(int64_t z, int64_t& y, unsigned& m, unsigned& d) {
-  z += 719468;
-  const int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-  const unsigned doe = static_cast<unsigned>(z - era * 146097);
-  const unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-  y = static_cast<int64_t>(yoe) + era * 400;
-  const unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-  const unsigned mp = (5 * doy + 2) / 153;
-  d = doy - (153 * mp + 2) / 5 + 1;
-  m = mp < 10 ? mp + 3 : mp - 9;
-  if (m <= 2) ++y;
-}
 
 int64_t FloorDiv(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); }
 
@@ -499,11 +471,9 @@ std::string IsoFromUnixMicros(int64_t micros) {
   int64_t frac = micros - seconds * 1'000'000;
   int64_t days = FloorDiv(seconds, 86'400);
   int64_t sod = seconds - days * 86'400;
-  int64_t y = 0;
-  unsigned m = 0, d = 0;
-  CivilFromDays(days, y, m, d);
-  std::string out = fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", y, m, d, sod / 3600,
-                                (sod / 60) % 60, sod % 60);
+  const CivilDate date = CivilFromDays(days);
+  std::string out = fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", date.year, date.month,
+                                date.day, sod / 3600, (sod / 60) % 60, sod % 60);
   if (frac != 0) {
     std::string f = fmt::format("{:06}", frac);
     while (f.back() == '0') f.pop_back();
@@ -734,7 +704,7 @@ class BigQueryClient {
 
   std::string ProjectUrl() const {
     return fmt::format("{}/bigquery/v2/projects/{}", cfg_.http.base_url,
-                       UrlEncode(cfg_.project_id));
+                       PercentEncode(cfg_.project_id));
   }
 
   // The server-side wait of one call: at most 10 s and half the HTTP timeout.
@@ -910,8 +880,8 @@ class BigQueryClient {
   // Best effort, one attempt: asks BigQuery to stop the job.
   void Cancel(const std::string& job_id, const std::string& location) const {
     HttpDelivery delivery = NewDelivery();
-    std::string url = fmt::format("{}/jobs/{}/cancel", ProjectUrl(), UrlEncode(job_id));
-    if (!location.empty()) url += "?location=" + UrlEncode(location);
+    std::string url = fmt::format("{}/jobs/{}/cancel", ProjectUrl(), PercentEncode(job_id));
+    if (!location.empty()) url += "?location=" + PercentEncode(location);
     delivery.Send(
         [&] {
           HttpRequest req;
@@ -1122,8 +1092,8 @@ class BigQueryRowReader : public RowReader {
     }
     CallContext ctx{"check the status of job " + job_id_, job_id_, location_};
     if (job_id_.empty()) return client_->ErrorStatus(ErrorFromProto((*errors)[0]), ctx);
-    std::string url = fmt::format("{}/jobs/{}", client_->ProjectUrl(), UrlEncode(job_id_));
-    if (!location_.empty()) url += "?location=" + UrlEncode(location_);
+    std::string url = fmt::format("{}/jobs/{}", client_->ProjectUrl(), PercentEncode(job_id_));
+    if (!location_.empty()) url += "?location=" + PercentEncode(location_);
     absl::StatusOr<json> job = client_->Call(
         delivery_,
         [&] {
@@ -1153,9 +1123,9 @@ class BigQueryRowReader : public RowReader {
     std::string url = fmt::format(
         "{}/queries/{}?maxResults={}&timeoutMs={}"
         "&formatOptions.useInt64Timestamp=true",
-        client_->ProjectUrl(), UrlEncode(job_id_), cfg.max_results, client_->ServerWaitMs());
-    if (!location_.empty()) url += "&location=" + UrlEncode(location_);
-    if (!page_token.empty()) url += "&pageToken=" + UrlEncode(page_token);
+        client_->ProjectUrl(), PercentEncode(job_id_), cfg.max_results, client_->ServerWaitMs());
+    if (!location_.empty()) url += "&location=" + PercentEncode(location_);
+    if (!page_token.empty()) url += "&pageToken=" + PercentEncode(page_token);
     CallContext ctx{what, job_id_, location_};
     absl::StatusOr<json> reply = client_->Call(
         delivery_,
@@ -1243,16 +1213,6 @@ class BigQuerySource : public Source {
   std::unique_ptr<BigQueryClient> client_;
 };
 
-SettingSpec Setting(const char* key, const char* label, std::string description,
-                    SettingType type = SettingType::kString) {
-  SettingSpec s;
-  s.key = key;
-  s.label = label;
-  s.description = std::move(description);
-  s.type = type;
-  return s;
-}
-
 absl::StatusOr<BigQueryConfig> ParseConfig(const json& settings) {
   if (!settings.is_object()) return absl::InvalidArgumentError("bigquery settings must be a map");
   auto text = [&](const char* name) -> std::string {
@@ -1332,69 +1292,60 @@ SourceDefinition BigQuerySourceDefinition() {
   def.maturity = "beta";
 
   SettingSpec key =
-      Setting("service_account_key", "Service account key",
-              "The content (not the path) of the service account's JSON key file, e.g. "
-              "${env:BIGQUERY_SA_KEY} after export BIGQUERY_SA_KEY=\"$(cat key.json)\".");
+      MakeSetting("service_account_key", "Service account key",
+                  "The content (not the path) of the service account's JSON key file, e.g. "
+                  "${env:BIGQUERY_SA_KEY} after export BIGQUERY_SA_KEY=\"$(cat key.json)\".");
   key.required = true;
   key.secret = true;
   def.settings.push_back(key);
-  def.settings.push_back(Setting("project_id", "Project ID",
-                                 "The project that runs (and is billed for) the queries; the "
-                                 "key's project_id when empty. Models may read tables of other "
-                                 "projects as `project.dataset.table`."));
-  def.settings.push_back(Setting(
+  def.settings.push_back(MakeSetting("project_id", "Project ID",
+                                     "The project that runs (and is billed for) the queries; the "
+                                     "key's project_id when empty. Models may read tables of other "
+                                     "projects as `project.dataset.table`."));
+  def.settings.push_back(MakeSetting(
       "location", "Location",
       "Where the queries run, e.g. US, EU or europe-west2: the location of the datasets the "
       "models read. Needed for datasets in a single region; empty lets BigQuery choose."));
-  SettingSpec max_results =
-      Setting("max_results", "Rows per page",
-              "Rows fetched per request (BigQuery also caps a page at 10 MB); one page is held in "
-              "memory at a time. 1 to 100000.",
-              SettingType::kInteger);
-  max_results.default_value = kDefaultMaxResults;
-  def.settings.push_back(max_results);
-  SettingSpec query_timeout =
-      Setting("query_timeout_s", "Query timeout (s)",
-              "How long a query may run before it is cancelled (sent as jobTimeoutMs too); 0 "
-              "means no limit.",
-              SettingType::kInteger);
-  query_timeout.default_value = kDefaultQueryTimeoutS;
-  def.settings.push_back(query_timeout);
-  def.settings.push_back(Setting("maximum_bytes_billed", "Maximum bytes billed",
-                                 "When set, a query that would bill more bytes fails instead of "
-                                 "running (a cost guard).",
-                                 SettingType::kInteger));
-  SettingSpec token_url = Setting("token_url", "Token URL",
-                                  "Google's OAuth 2.0 token endpoint, where the signed JWT is "
-                                  "exchanged for an access token (and the JWT's audience). "
-                                  "Change it only for a proxy or a test server.");
-  token_url.default_value = kGoogleDefaultTokenUrl;
-  def.settings.push_back(token_url);
-  SettingSpec base = Setting("base_url", "Base URL",
-                             "The BigQuery API's address (requests go to "
-                             "{base_url}/bigquery/v2/...). Change it for a regional endpoint "
-                             "(https://bigquery.<region>.rep.googleapis.com), an egress proxy or "
-                             "a test server.");
-  base.default_value = kBigQueryDefaultBaseUrl;
-  def.settings.push_back(base);
-  SettingSpec timeout = Setting("timeout_ms", "Timeout (ms)",
-                                "How long to wait for each reply before retrying; BigQuery is "
-                                "asked to answer within half of it (at most 10 s) while a query "
-                                "runs.",
-                                SettingType::kInteger);
-  timeout.default_value = kDefaultTimeoutMs;
-  def.settings.push_back(timeout);
-  SettingSpec retries = Setting("max_retries", "Max retries",
-                                "Retries per request after timeouts, connection errors, rate "
-                                "limiting (403 rateLimitExceeded, 429) and server errors.",
-                                SettingType::kInteger);
-  retries.default_value = kDefaultMaxRetries;
-  def.settings.push_back(retries);
-  SettingSpec wait =
-      Setting("max_retry_wait_s", "Max retry wait (s)",
-              "Upper bound on any single wait between retries.", SettingType::kInteger);
-  wait.default_value = 300;
-  def.settings.push_back(wait);
+  def.settings.push_back(MakeSetting(
+      "max_results", "Rows per page",
+      "Rows fetched per request (BigQuery also caps a page at 10 MB); one page is held in "
+      "memory at a time. 1 to 100000.",
+      SettingType::kInteger, kDefaultMaxResults));
+  def.settings.push_back(
+      MakeSetting("query_timeout_s", "Query timeout (s)",
+                  "How long a query may run before it is cancelled (sent as jobTimeoutMs too); 0 "
+                  "means no limit.",
+                  SettingType::kInteger, kDefaultQueryTimeoutS));
+  def.settings.push_back(
+      MakeSetting("maximum_bytes_billed", "Maximum bytes billed",
+                  "When set, a query that would bill more bytes fails instead of "
+                  "running (a cost guard).",
+                  SettingType::kInteger));
+  def.settings.push_back(MakeSetting("token_url", "Token URL",
+                                     "Google's OAuth 2.0 token endpoint, where the signed JWT is "
+                                     "exchanged for an access token (and the JWT's audience). "
+                                     "Change it only for a proxy or a test server.",
+                                     SettingType::kString, kGoogleDefaultTokenUrl));
+  def.settings.push_back(
+      MakeSetting("base_url", "Base URL",
+                  "The BigQuery API's address (requests go to "
+                  "{base_url}/bigquery/v2/...). Change it for a regional endpoint "
+                  "(https://bigquery.<region>.rep.googleapis.com), an egress proxy or "
+                  "a test server.",
+                  SettingType::kString, kBigQueryDefaultBaseUrl));
+  def.settings.push_back(
+      MakeSetting("timeout_ms", "Timeout (ms)",
+                  "How long to wait for each reply before retrying; BigQuery is "
+                  "asked to answer within half of it (at most 10 s) while a query "
+                  "runs.",
+                  SettingType::kInteger, kDefaultTimeoutMs));
+  def.settings.push_back(MakeSetting("max_retries", "Max retries",
+                                     "Retries per request after timeouts, connection errors, rate "
+                                     "limiting (403 rateLimitExceeded, 429) and server errors.",
+                                     SettingType::kInteger, kDefaultMaxRetries));
+  def.settings.push_back(MakeSetting("max_retry_wait_s", "Max retry wait (s)",
+                                     "Upper bound on any single wait between retries.",
+                                     SettingType::kInteger, 300));
 
   def.create = [](const json& settings,
                   const ConnectorEnv& env) -> absl::StatusOr<std::unique_ptr<Source>> {

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "absl/status/statusor.h"
+#include "backflow/common/civil_date.h"
 #include "backflow/common/crypto.h"
 #include "backflow/common/url.h"
 #include "fmt/format.h"
@@ -135,32 +136,13 @@ std::string ShortestDouble(double d) {
   return std::string(buf, res.ptr);
 }
 
-int64_t DaysFromCivil(int64_t y, unsigned m, unsigned d) {
-  y -= m <= 2;
-  const int64_t era = (y >= 0 ? y : y - 399) / 400;
-  const unsigned yoe = static_cast<unsigned>(y - era * 400);
-  const unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + static_cast<int64_t>(doe) - 719468;
-}
-
 // "YYYY-MM-DD[ T]HH:MM:SS[.ffffff][Z|+HH:MM|-HH:MM| UTC]" -> epoch micros.
 std::optional<int64_t> ParseTimestampText(std::string_view s) {
-  auto num = [&](size_t pos, size_t len) -> std::optional<int> {
-    if (pos + len > s.size()) return std::nullopt;
-    int v = 0;
-    for (size_t i = pos; i < pos + len; ++i) {
-      if (!std::isdigit(static_cast<unsigned char>(s[i]))) return std::nullopt;
-      v = v * 10 + (s[i] - '0');
-    }
-    return v;
-  };
-  auto y = num(0, 4), mo = num(5, 2), d = num(8, 2);
+  auto y = FixedDigits(s, 0, 4), mo = FixedDigits(s, 5, 2), d = FixedDigits(s, 8, 2);
   if (!y || !mo || !d || s[4] != '-' || s[7] != '-') return std::nullopt;
-  int64_t micros =
-      DaysFromCivil(*y, static_cast<unsigned>(*mo), static_cast<unsigned>(*d)) * 86'400'000'000LL;
+  int64_t micros = DaysFromCivil(*y, *mo, *d) * 86'400'000'000LL;
   if (s.size() == 10) return micros;
-  auto h = num(11, 2), mi = num(14, 2), sec = num(17, 2);
+  auto h = FixedDigits(s, 11, 2), mi = FixedDigits(s, 14, 2), sec = FixedDigits(s, 17, 2);
   if (!h || !mi || !sec || (s[10] != ' ' && s[10] != 'T')) return std::nullopt;
   micros += ((*h * 3600LL) + (*mi * 60LL) + *sec) * 1'000'000LL;
   size_t i = 19;
@@ -179,7 +161,7 @@ std::optional<int64_t> ParseTimestampText(std::string_view s) {
     return micros;
   }
   if ((zone[0] == '+' || zone[0] == '-') && zone.size() == 6 && zone[3] == ':') {
-    auto zh = num(i + 1, 2), zm = num(i + 4, 2);
+    auto zh = FixedDigits(s, i + 1, 2), zm = FixedDigits(s, i + 4, 2);
     if (!zh || !zm) return std::nullopt;
     int64_t offset = (*zh * 3600LL + *zm * 60LL) * 1'000'000LL;
     return zone[0] == '+' ? micros - offset : micros + offset;

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "backflow/common/http_client.h"
+#include "backflow/common/url.h"
 #include "backflow/delivery/jwt_bearer.h"
 #include "fmt/format.h"
 

@@ -4,27 +4,23 @@
 // receiver must hold exactly the rows the fake's tables hold.
 #include <gtest/gtest.h>
 #include <stdlib.h>
-#include <unistd.h>
 
-#include <filesystem>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "backflow/sources/clickhouse/fake_clickhouse_server.h"
-#include "backflow/testing/webhook_receiver.h"
-#include "cli_runner.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
+#include "warehouse_e2e.h"
 
 namespace backflow {
 namespace {
 
-namespace fs = std::filesystem;
 using e2e::CliResult;
 using e2e::RunCli;
+using e2e::Summary;
 using json = nlohmann::json;
 
 constexpr char kModelSql[] =
@@ -33,12 +29,7 @@ constexpr char kModelSql[] =
 class ClickHouseE2eTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = (fs::path(::testing::TempDir()) /
-            fmt::format("clickhouse-e2e-{}-{}", getpid(),
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    dir_ = e2e::FreshTestDir("clickhouse");
 
     FakeClickHouseOptions options;
     options.block_rows = 25;
@@ -62,8 +53,8 @@ class ClickHouseE2eTest : public ::testing::Test {
                     .ok());
     Insert(1, 120);
 
-    receiver_ = std::make_unique<WebhookReceiver>();
-    ASSERT_TRUE(receiver_->Start().ok());
+    receiver_ = e2e::StartWebhookReceiver(/*signed_requests=*/false);
+    ASSERT_NE(receiver_, nullptr);
     WriteConfig("e2e-secret");
   }
 
@@ -81,39 +72,17 @@ class ClickHouseE2eTest : public ::testing::Test {
 
   void WriteConfig(const std::string& password_env_value) {
     setenv("BACKFLOW_E2E_CLICKHOUSE_PASSWORD", password_env_value.c_str(), 1);
-    std::ofstream(dir_ + "/backflow.yaml")
-        << fmt::format(R"(
-state: sqlite:.backflow/state.db
-sources:
-  - name: warehouse
-    type: clickhouse
-    base_url: "{}"
-    user: retl
-    password: ${{env:BACKFLOW_E2E_CLICKHOUSE_PASSWORD}}
-    database: analytics
-    max_retries: 1
-models:
-  - name: customers
-    source: warehouse
-    sql: {}
-    primary_key: id
-    schedule: manual
-destinations:
-  - name: hook
-    type: webhook
-    settings:
-      url: {}
-      max_retries: 2
-mappings:
-  - name: customers_to_hook
-    model: customers
-    destination: hook
-    action: send_batch
-    records: all
-    batch_size: 40
-    fields: {{ customer_id: id, email: email, plan: plan, ltv: ltv, updated_at: updated_at, traits: traits }}
-)",
-                       fake_->BaseUrl(), kModelSql, receiver_->Url("/ingest"));
+    e2e::WarehouseWorkspace w;
+    w.source = {"type: clickhouse",    fmt::format("base_url: \"{}\"", fake_->BaseUrl()),
+                "user: retl",          "password: ${env:BACKFLOW_E2E_CLICKHOUSE_PASSWORD}",
+                "database: analytics", "max_retries: 1"};
+    w.model_sql = kModelSql;
+    w.hook_url = receiver_->Url("/ingest");
+    w.batch_size = 40;
+    w.fields =
+        "customer_id: id, email: email, plan: plan, ltv: ltv, updated_at: updated_at, traits: "
+        "traits";
+    e2e::WriteWarehouseWorkspace(dir_, w);
   }
 
   // The fake's rows as the receiver should hold them, by key. updated_at is
@@ -134,13 +103,7 @@ mappings:
     return out;
   }
 
-  CliResult Sync() { return RunCli(dir_, {"sync", "customers_to_hook", "--json"}); }
-
-  static json Summary(const CliResult& r) {
-    json j = json::parse(r.LastLine(), nullptr, false);
-    EXPECT_FALSE(j.is_discarded()) << "stdout: " << r.out << "\nstderr: " << r.err;
-    return j;
-  }
+  CliResult Sync() { return e2e::SyncCustomers(dir_); }
 
   std::vector<ClickHouseQueryLog> Selects() {
     std::vector<ClickHouseQueryLog> out;

@@ -11,6 +11,7 @@
 #include <optional>
 
 #include "absl/status/status.h"
+#include "backflow/common/civil_date.h"
 #include "backflow/common/json_writer.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
@@ -504,18 +505,8 @@ std::string ClickHouseIntegerText(std::string_view le, bool is_signed) {
 }
 
 std::string ClickHouseDateText(int64_t days) {
-  // Civil date from days since 1970-01-01 (proleptic Gregorian calendar).
-  int64_t z = days + 719468;
-  const int64_t era = FloorDiv(z, 146097);
-  const int64_t doe = z - era * 146097;
-  const int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-  int64_t y = yoe + era * 400;
-  const int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-  const int64_t mp = (5 * doy + 2) / 153;
-  const int64_t d = doy - (153 * mp + 2) / 5 + 1;
-  const int64_t m = mp < 10 ? mp + 3 : mp - 9;
-  if (m <= 2) ++y;
-  return fmt::format("{:04d}-{:02d}-{:02d}", y, m, d);
+  const CivilDate date = CivilFromDays(days);
+  return fmt::format("{:04d}-{:02d}-{:02d}", date.year, date.month, date.day);
 }
 
 std::string ClickHouseTimestampText(int64_t ticks, int precision) {

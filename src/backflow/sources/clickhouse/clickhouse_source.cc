@@ -15,6 +15,7 @@
 #include "backflow/common/fmt_absl.h"
 #include "backflow/common/http_client.h"
 #include "backflow/common/status_macros.h"
+#include "backflow/common/url.h"
 #include "backflow/sources/clickhouse/clickhouse_rowbinary.h"
 #include "fmt/format.h"
 
@@ -58,18 +59,6 @@ std::string Cut(std::string s, size_t max) {
     s += "...";
   }
   return s;
-}
-
-std::string UrlEncode(std::string_view s) {
-  std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out += fmt::format("%{:02X}", c);
-    }
-  }
-  return out;
 }
 
 std::string NewUuid() {
@@ -317,8 +306,8 @@ class ClickHouseClient {
     r.method = "POST";
     std::string url = config_.base_url + "/";
     for (size_t i = 0; i < params.size(); ++i) {
-      url +=
-          fmt::format("{}{}={}", i == 0 ? "?" : "&", params[i].first, UrlEncode(params[i].second));
+      url += fmt::format("{}{}={}", i == 0 ? "?" : "&", params[i].first,
+                         PercentEncode(params[i].second));
     }
     r.url = std::move(url);
     r.headers.emplace_back("User-Agent", kUserAgent);
@@ -836,16 +825,6 @@ class ClickHouseSource : public Source {
   std::mt19937_64 rng_;
 };
 
-SettingSpec Setting(const char* key, const char* label, std::string description,
-                    SettingType type = SettingType::kString) {
-  SettingSpec s;
-  s.key = key;
-  s.label = label;
-  s.description = std::move(description);
-  s.type = type;
-  return s;
-}
-
 }  // namespace
 
 // --- Settings and definition --------------------------------------------------------------
@@ -962,79 +941,67 @@ SourceDefinition ClickHouseSourceDefinition() {
       "QUERY when a run is abandoned.";
   def.maturity = "beta";
 
-  SettingSpec base = Setting(
+  SettingSpec base = MakeSetting(
       "base_url", "Base URL",
       "ClickHouse's HTTP interface: http://host:8123, or https://host:8443 with TLS (ClickHouse "
       "Cloud: https://<service>.clickhouse.cloud:8443). A path is kept for proxies.");
   base.required = true;
   def.settings.push_back(base);
-  SettingSpec user = Setting("user", "User", "The ClickHouse user.");
-  user.default_value = "default";
-  def.settings.push_back(user);
+  def.settings.push_back(
+      MakeSetting("user", "User", "The ClickHouse user.", SettingType::kString, "default"));
   SettingSpec password =
-      Setting("password", "Password", "The user's password, e.g. ${env:CLICKHOUSE_PASSWORD}.");
+      MakeSetting("password", "Password", "The user's password, e.g. ${env:CLICKHOUSE_PASSWORD}.");
   password.secret = true;
   def.settings.push_back(password);
-  SettingSpec auth = Setting("auth", "Credentials transport",
-                             "headers: X-ClickHouse-User and X-ClickHouse-Key (ClickHouse's "
-                             "preferred way); basic: an HTTP Basic Authorization header, for "
-                             "proxies that require it.",
-                             SettingType::kEnum);
+  SettingSpec auth = MakeSetting("auth", "Credentials transport",
+                                 "headers: X-ClickHouse-User and X-ClickHouse-Key (ClickHouse's "
+                                 "preferred way); basic: an HTTP Basic Authorization header, for "
+                                 "proxies that require it.",
+                                 SettingType::kEnum);
   auth.allowed_values = {"headers", "basic"};
   auth.default_value = "headers";
   def.settings.push_back(auth);
-  def.settings.push_back(Setting("database", "Database",
-                                 "Database for unqualified table names. Default: the user's "
-                                 "default database."));
-  SettingSpec readonly = Setting(
+  def.settings.push_back(MakeSetting("database", "Database",
+                                     "Database for unqualified table names. Default: the user's "
+                                     "default database."));
+  def.settings.push_back(MakeSetting(
       "readonly", "Read-only",
       "Send readonly=2 so the server refuses anything but reads (settings may still be set). "
       "Turn off only if the user's profile forbids changing `readonly`.",
-      SettingType::kBoolean);
-  readonly.default_value = true;
-  def.settings.push_back(readonly);
-  SettingSpec timeout =
-      Setting("query_timeout_s", "Query timeout (s)",
-              "max_execution_time of Backflow's queries; the client also gives up when no data "
-              "arrives for this long plus a minute.",
-              SettingType::kInteger);
-  timeout.default_value = 3600;
-  def.settings.push_back(timeout);
-  SettingSpec compression =
-      Setting("compression", "Compression",
-              "Ask for a compressed response (enable_http_compression=1 with Accept-Encoding "
-              "gzip/deflate/br/zstd), decoded as it streams.",
-              SettingType::kBoolean);
-  compression.default_value = true;
-  def.settings.push_back(compression);
-  def.settings.push_back(Setting(
+      SettingType::kBoolean, true));
+  def.settings.push_back(
+      MakeSetting("query_timeout_s", "Query timeout (s)",
+                  "max_execution_time of Backflow's queries; the client also gives up when no data "
+                  "arrives for this long plus a minute.",
+                  SettingType::kInteger, 3600));
+  def.settings.push_back(
+      MakeSetting("compression", "Compression",
+                  "Ask for a compressed response (enable_http_compression=1 with Accept-Encoding "
+                  "gzip/deflate/br/zstd), decoded as it streams.",
+                  SettingType::kBoolean, true));
+  def.settings.push_back(MakeSetting(
       "settings", "Query settings",
       "Extra ClickHouse settings for every query, sent as URL parameters, e.g. {max_threads: "
       "\"8\", max_memory_usage: \"10000000000\"}. `output_format_binary_write_json_as_string: "
       "\"1\"` lets models return JSON-type columns.",
       SettingType::kStringMap));
-  SettingSpec prefix = Setting("query_id_prefix", "Query id prefix",
-                               "Backflow's queries get query_id <prefix>-<uuid>, to find them in "
-                               "system.query_log and to KILL them.");
-  prefix.default_value = "backflow";
-  def.settings.push_back(prefix);
-  SettingSpec http_timeout = Setting(
-      "timeout_ms", "Connect timeout (ms)",
-      "Limit for connecting to the server, and for the KILL QUERY request.", SettingType::kInteger);
-  http_timeout.default_value = 30'000;
-  def.settings.push_back(http_timeout);
-  SettingSpec retries = Setting(
+  def.settings.push_back(
+      MakeSetting("query_id_prefix", "Query id prefix",
+                  "Backflow's queries get query_id <prefix>-<uuid>, to find them in "
+                  "system.query_log and to KILL them.",
+                  SettingType::kString, "backflow"));
+  def.settings.push_back(
+      MakeSetting("timeout_ms", "Connect timeout (ms)",
+                  "Limit for connecting to the server, and for the KILL QUERY request.",
+                  SettingType::kInteger, 30'000));
+  def.settings.push_back(MakeSetting(
       "max_retries", "Max retries",
       "Retries of a query that failed before its first row: connection errors, 502/503/504, "
       "TOO_MANY_SIMULTANEOUS_QUERIES and other transient exceptions (each with a new query_id).",
-      SettingType::kInteger);
-  retries.default_value = 5;
-  def.settings.push_back(retries);
-  SettingSpec wait =
-      Setting("max_retry_wait_s", "Max retry wait (s)",
-              "Upper bound on any single wait between retries.", SettingType::kInteger);
-  wait.default_value = 300;
-  def.settings.push_back(wait);
+      SettingType::kInteger, 5));
+  def.settings.push_back(MakeSetting("max_retry_wait_s", "Max retry wait (s)",
+                                     "Upper bound on any single wait between retries.",
+                                     SettingType::kInteger, 300));
 
   def.create = [](const json& settings,
                   const ConnectorEnv& env) -> absl::StatusOr<std::unique_ptr<Source>> {

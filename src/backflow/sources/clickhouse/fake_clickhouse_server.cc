@@ -13,6 +13,7 @@
 
 #include "absl/time/civil_time.h"
 #include "absl/time/time.h"
+#include "backflow/common/civil_date.h"
 #include "backflow/common/crypto.h"
 #include "backflow/common/fmt_absl.h"
 #include "backflow/common/url.h"
@@ -243,15 +244,6 @@ absl::StatusOr<std::string> DigitsToLe(std::string_view text, size_t bytes, bool
     }
   }
   return out;
-}
-
-int64_t DaysFromCivil(int64_t y, int64_t m, int64_t d) {
-  y -= m <= 2;
-  const int64_t era = (y >= 0 ? y : y - 399) / 400;
-  const int64_t yoe = y - era * 400;
-  const int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-  const int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + doe - 719468;
 }
 
 std::optional<int64_t> ParseDate(std::string_view s) {

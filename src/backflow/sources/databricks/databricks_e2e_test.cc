@@ -5,27 +5,22 @@
 // the rows the fake holds, after changes too.
 #include <gtest/gtest.h>
 #include <stdlib.h>
-#include <unistd.h>
 
-#include <filesystem>
-#include <fstream>
 #include <map>
 
 #include "backflow/sources/databricks/fake_databricks_server.h"
-#include "backflow/testing/webhook_receiver.h"
-#include "cli_runner.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
+#include "warehouse_e2e.h"
 
 namespace backflow {
 namespace {
 
-namespace fs = std::filesystem;
 using e2e::CliResult;
 using e2e::RunCli;
+using e2e::Summary;
 using json = nlohmann::json;
 
-constexpr char kSecret[] = "whsec_c2VjcmV0LWZvci1lMmUtdGVzdHM=";
 constexpr char kPat[] = "dapie2e0123456789abcdef0123456789ab";
 constexpr char kClientId[] = "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9";
 constexpr char kClientSecret[] = "dosee2e0123456789abcdef";
@@ -34,12 +29,7 @@ constexpr char kWarehouse[] = "abcdef0123456789";
 class DatabricksE2eTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = (fs::path(::testing::TempDir()) /
-            fmt::format("dbx-e2e-{}-{}", getpid(),
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    dir_ = e2e::FreshTestDir("dbx");
 
     FakeDatabricksOptions options;
     options.chunk_rows = 40;
@@ -56,11 +46,8 @@ class DatabricksE2eTest : public ::testing::Test {
     fake_->SetColumnType("tags", "ARRAY<STRING>");
     InsertCustomers(1, 230);
 
-    setenv("HOOK_SECRET", kSecret, 1);
-    WebhookReceiverOptions hook;
-    hook.signing_secret = kSecret;
-    receiver_ = std::make_unique<WebhookReceiver>(hook);
-    ASSERT_TRUE(receiver_->Start().ok());
+    receiver_ = e2e::StartWebhookReceiver(/*signed_requests=*/true);
+    ASSERT_NE(receiver_, nullptr);
     WriteWorkspace();
   }
 
@@ -78,57 +65,28 @@ class DatabricksE2eTest : public ::testing::Test {
     Exec("COMMIT");
   }
 
-  // `auth` is the YAML of the credentials; `extra` more source settings.
-  void WriteWorkspace(const std::string& sql =
-                          "SELECT id, email, plan, ltv, updated_at, tags FROM "
-                          "main.crm.customers",
-                      const std::string& auth = "token: ${env:BACKFLOW_E2E_DBX_TOKEN}",
-                      const std::string& extra = "disposition: external_links") {
-    std::ofstream(dir_ + "/backflow.yaml") << fmt::format(
-        R"(
-state: sqlite:.backflow/state.db
-sources:
-  - name: warehouse
-    type: databricks
-    host: {}
-    warehouse_id: {}
-    catalog: main
-    schema: crm
-    {}
-    {}
-    max_retries: 1
-models:
-  - name: customers
-    source: warehouse
-    sql: "{}"
-    primary_key: id
-    schedule: manual
-destinations:
-  - name: hook
-    type: webhook
-    settings:
-      url: {}
-      signing_secret: ${{env:HOOK_SECRET}}
-      max_retries: 2
-mappings:
-  - name: customers_to_hook
-    model: customers
-    destination: hook
-    action: send_batch
-    records: all
-    batch_size: 50
-    fields: {{ customer_id: id, email: email, plan: plan, ltv: ltv, updated_at: updated_at, tags: tags }}
-)",
-        fake_->BaseUrl(), warehouse_, auth, extra, sql, receiver_->Url("/ingest"));
+  // `auth` is the credentials' settings; `extra` one more source setting.
+  void WriteWorkspace(
+      const std::string& sql =
+          "SELECT id, email, plan, ltv, updated_at, tags FROM "
+          "main.crm.customers",
+      const std::vector<std::string>& auth = {"token: ${env:BACKFLOW_E2E_DBX_TOKEN}"},
+      const std::string& extra = "disposition: external_links") {
+    e2e::WarehouseWorkspace w;
+    w.source = {"type: databricks", "host: " + fake_->BaseUrl(), "warehouse_id: " + warehouse_,
+                "catalog: main", "schema: crm"};
+    w.source.insert(w.source.end(), auth.begin(), auth.end());
+    w.source.push_back(extra);
+    w.source.push_back("max_retries: 1");
+    w.model_sql = sql;
+    w.hook_url = receiver_->Url("/ingest");
+    w.signed_hook = true;
+    w.fields =
+        "customer_id: id, email: email, plan: plan, ltv: ltv, updated_at: updated_at, tags: tags";
+    e2e::WriteWarehouseWorkspace(dir_, w);
   }
 
-  CliResult Sync() { return RunCli(dir_, {"sync", "customers_to_hook", "--json"}); }
-
-  static json Summary(const CliResult& r) {
-    json j = json::parse(r.LastLine(), nullptr, false);
-    EXPECT_FALSE(j.is_discarded()) << "stdout: " << r.out << "\nstderr: " << r.err;
-    return j;
-  }
+  CliResult Sync() { return e2e::SyncCustomers(dir_); }
 
   // The model as the receiver should hold it, read from the fake's SQLite.
   std::map<std::string, json> Model() {
@@ -252,11 +210,10 @@ TEST_F(DatabricksE2eTest, SyncsEveryChunkThroughExternalLinksThenExactlyTheChang
 }
 
 TEST_F(DatabricksE2eTest, OAuthInlineAndAnExtractionCutShortSendsNothing) {
-  WriteWorkspace(
-      "SELECT id, email, plan, ltv, updated_at, tags FROM main.crm.customers",
-      fmt::format("client_id: {}\n    client_secret: ${{env:BACKFLOW_E2E_DBX_CLIENT_SECRET}}",
-                  kClientId),
-      "disposition: inline");
+  WriteWorkspace("SELECT id, email, plan, ltv, updated_at, tags FROM main.crm.customers",
+                 {fmt::format("client_id: {}", kClientId),
+                  "client_secret: ${env:BACKFLOW_E2E_DBX_CLIENT_SECRET}"},
+                 "disposition: inline");
   ASSERT_EQ(Sync().exit_code, 0);
   EXPECT_EQ(receiver_->State(), Model());
   EXPECT_EQ(fake_->CountRequests("token"), 1);

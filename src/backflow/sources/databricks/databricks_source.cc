@@ -11,12 +11,14 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "backflow/common/civil_date.h"
 #include "backflow/common/clock.h"
 #include "backflow/common/crypto.h"
 #include "backflow/common/errors.h"
 #include "backflow/common/fmt_absl.h"
 #include "backflow/common/http_client.h"
 #include "backflow/common/status_macros.h"
+#include "backflow/common/url.h"
 #include "backflow/delivery/http_delivery.h"
 #include "backflow/delivery/oauth_client_credentials.h"
 #include "backflow/delivery/rate_limiter.h"
@@ -52,22 +54,6 @@ bool ContainsNoCase(const std::string& haystack, const std::string& needle) {
 std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
 bool IsDigit(char c) { return c >= '0' && c <= '9'; }
-
-// Percent-encodes one URL path segment (RFC 3986 unreserved characters kept).
-std::string PathEscape(std::string_view text) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : text) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out.push_back('%');
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 15]);
-    }
-  }
-  return out;
-}
 
 std::string TextOf(const json& object, const char* key) {
   if (!object.is_object()) return "";
@@ -165,28 +151,6 @@ std::optional<std::string> DecimalText(std::string_view s) {
 
 // ---------------------------------------------------------------- time
 
-int64_t DaysFromCivil(int64_t y, int64_t m, int64_t d) {
-  y -= m <= 2;
-  const int64_t era = (y >= 0 ? y : y - 399) / 400;
-  const int64_t yoe = y - era * 400;
-  const int64_t doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-  const int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + doe - 719468;
-}
-
-void CivilFromDays(int64_t z, int64_t& y, int64_t& m, int64_t& d) {
-  z += 719468;
-  const int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-  const int64_t doe = z - era * 146097;
-  const int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-  y = yoe + era * 400;
-  const int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-  const int64_t mp = (5 * doy + 2) / 153;
-  d = doy - (153 * mp + 2) / 5 + 1;
-  m = mp < 10 ? mp + 3 : mp - 9;
-  if (m <= 2) ++y;
-}
-
 int64_t DaysInMonth(int64_t y, int64_t m) {
   static constexpr int kDays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
   bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
@@ -203,21 +167,11 @@ struct ParsedTimestamp {
   int64_t offset_seconds = 0;
 };
 
-std::optional<int64_t> Digits(std::string_view s, size_t pos, size_t n) {
-  if (pos + n > s.size()) return std::nullopt;
-  int64_t v = 0;
-  for (size_t i = pos; i < pos + n; ++i) {
-    if (!IsDigit(s[i])) return std::nullopt;
-    v = v * 10 + (s[i] - '0');
-  }
-  return v;
-}
-
 std::optional<ParsedTimestamp> ParseTimestamp(std::string_view s) {
-  auto y = Digits(s, 0, 4), mo = Digits(s, 5, 2), d = Digits(s, 8, 2);
+  auto y = FixedDigits(s, 0, 4), mo = FixedDigits(s, 5, 2), d = FixedDigits(s, 8, 2);
   if (!y || !mo || !d || s.size() < 16 || s[4] != '-' || s[7] != '-') return std::nullopt;
   if (s[10] != 'T' && s[10] != ' ' && s[10] != 't') return std::nullopt;
-  auto h = Digits(s, 11, 2), mi = Digits(s, 14, 2);
+  auto h = FixedDigits(s, 11, 2), mi = FixedDigits(s, 14, 2);
   if (!h || !mi || s[13] != ':') return std::nullopt;
   if (*mo < 1 || *mo > 12 || *d < 1 || *d > DaysInMonth(*y, *mo) || *y < 1 || *h > 23 || *mi > 59) {
     return std::nullopt;
@@ -226,7 +180,7 @@ std::optional<ParsedTimestamp> ParseTimestamp(std::string_view s) {
   size_t i = 16;
   int64_t sec = 0;
   if (i < s.size() && s[i] == ':') {
-    auto sv = Digits(s, i + 1, 2);
+    auto sv = FixedDigits(s, i + 1, 2);
     if (!sv || *sv > 59) return std::nullopt;
     sec = *sv;
     i += 3;
@@ -246,13 +200,13 @@ std::optional<ParsedTimestamp> ParseTimestamp(std::string_view s) {
   } else if (zone == "Z" || zone == "z" || zone == "UTC") {
     out.has_zone = true;
   } else if (zone[0] == '+' || zone[0] == '-') {
-    auto zh = Digits(zone, 1, 2);
+    auto zh = FixedDigits(zone, 1, 2);
     std::optional<int64_t> zm = 0;
     if (zone.size() == 3) {
     } else if (zone.size() == 5) {
-      zm = Digits(zone, 3, 2);
+      zm = FixedDigits(zone, 3, 2);
     } else if (zone.size() == 6 && zone[3] == ':') {
-      zm = Digits(zone, 4, 2);
+      zm = FixedDigits(zone, 4, 2);
     } else {
       return std::nullopt;
     }
@@ -268,10 +222,9 @@ std::optional<ParsedTimestamp> ParseTimestamp(std::string_view s) {
 }
 
 std::string FormatTimestamp(int64_t days, int64_t seconds, const std::string& fraction) {
-  int64_t y = 0, m = 0, d = 0;
-  CivilFromDays(days, y, m, d);
-  std::string out = fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", y, m, d, seconds / 3600,
-                                (seconds / 60) % 60, seconds % 60);
+  const CivilDate date = CivilFromDays(days);
+  std::string out = fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", date.year, date.month,
+                                date.day, seconds / 3600, (seconds / 60) % 60, seconds % 60);
   if (!fraction.empty()) out += "." + fraction;
   return out;
 }
@@ -376,8 +329,7 @@ absl::StatusOr<std::string> DatabricksTimestampText(std::string_view text) {
   int64_t total = t->days * 86'400 + t->seconds - t->offset_seconds;
   int64_t days = FloorDiv(total, 86'400);
   int64_t seconds = total - days * 86'400;
-  int64_t y = 0, m = 0, d = 0;
-  CivilFromDays(days, y, m, d);
+  const int64_t y = CivilFromDays(days).year;
   if (y < 1 || y > 9999) {
     return absl::InvalidArgumentError(
         fmt::format("TIMESTAMP value out of range: {:?}", std::string(text.substr(0, 64))));
@@ -456,7 +408,7 @@ absl::StatusOr<Value> DecodeDatabricksCell(const DatabricksColumnType& type, con
       return BadCell(type, cell);
     }
     case ValueType::kDate: {
-      auto y = Digits(text, 0, 4), m = Digits(text, 5, 2), d = Digits(text, 8, 2);
+      auto y = FixedDigits(text, 0, 4), m = FixedDigits(text, 5, 2), d = FixedDigits(text, 8, 2);
       if (text.size() != 10 || !y || !m || !d || text[4] != '-' || text[7] != '-' || *m < 1 ||
           *m > 12 || *d < 1 || *d > DaysInMonth(*y, *m)) {
         return BadCell(type, cell);
@@ -672,7 +624,7 @@ class DatabricksClient {
   std::string StatementsUrl() const { return cfg_.http.base_url + kDatabricksStatementsPath; }
 
   std::string StatementUrl(const std::string& id) const {
-    return StatementsUrl() + "/" + PathEscape(id);
+    return StatementsUrl() + "/" + PercentEncode(id);
   }
 
   HttpRequest ApiRequest(std::string method, std::string url, std::string body,
@@ -1410,16 +1362,6 @@ class DatabricksSource : public Source {
   std::unique_ptr<DatabricksClient> client_;
 };
 
-SettingSpec Setting(const char* key, const char* label, std::string description,
-                    SettingType type = SettingType::kString) {
-  SettingSpec s;
-  s.key = key;
-  s.label = label;
-  s.description = std::move(description);
-  s.type = type;
-  return s;
-}
-
 }  // namespace
 
 absl::StatusOr<DatabricksConfig> ParseDatabricksSettings(const json& settings) {
@@ -1562,99 +1504,90 @@ SourceDefinition DatabricksSourceDefinition() {
       "on what the models read.";
   def.maturity = "beta";
 
-  def.settings.push_back(Setting(
+  def.settings.push_back(MakeSetting(
       "host", "Workspace host",
       "The workspace URL or host, e.g. dbc-a1b2c3d4-e5f6.cloud.databricks.com (AWS), "
       "adb-1234567890123456.7.azuredatabricks.net (Azure) or 1234567890123456.7.gcp.databricks."
       "com (GCP). The API address is https://<host> unless base_url is set."));
   SettingSpec warehouse =
-      Setting("warehouse_id", "SQL warehouse ID",
-              "The SQL warehouse that runs the queries: SQL Warehouses > the warehouse > "
-              "Connection details, the last part of the HTTP path /sql/1.0/warehouses/<id> "
-              "(quote it in YAML when it is all digits). A stopped warehouse is started by the "
-              "first query (it waits while PENDING).");
+      MakeSetting("warehouse_id", "SQL warehouse ID",
+                  "The SQL warehouse that runs the queries: SQL Warehouses > the warehouse > "
+                  "Connection details, the last part of the HTTP path /sql/1.0/warehouses/<id> "
+                  "(quote it in YAML when it is all digits). A stopped warehouse is started by the "
+                  "first query (it waits while PENDING).");
   warehouse.required = true;
   def.settings.push_back(warehouse);
-  def.settings.push_back(Setting("catalog", "Catalog",
-                                 "Default catalog for unqualified names (like USE CATALOG); "
-                                 "the workspace default when empty."));
-  def.settings.push_back(Setting("schema", "Schema",
-                                 "Default schema for unqualified names (like USE SCHEMA); "
-                                 "`default` when empty."));
+  def.settings.push_back(MakeSetting("catalog", "Catalog",
+                                     "Default catalog for unqualified names (like USE CATALOG); "
+                                     "the workspace default when empty."));
+  def.settings.push_back(MakeSetting("schema", "Schema",
+                                     "Default schema for unqualified names (like USE SCHEMA); "
+                                     "`default` when empty."));
   SettingSpec token =
-      Setting("token", "Personal access token",
-              "A personal access token (dapi...) of the user the queries run as, e.g. "
-              "${env:DATABRICKS_TOKEN}. Set this or client_id + client_secret.");
+      MakeSetting("token", "Personal access token",
+                  "A personal access token (dapi...) of the user the queries run as, e.g. "
+                  "${env:DATABRICKS_TOKEN}. Set this or client_id + client_secret.");
   token.secret = true;
   def.settings.push_back(token);
-  def.settings.push_back(Setting("client_id", "OAuth client ID",
-                                 "OAuth M2M: the service principal's application ID (a UUID). "
-                                 "Set with client_secret instead of token."));
-  SettingSpec secret = Setting("client_secret", "OAuth client secret",
-                               "OAuth M2M: an OAuth secret generated for the service principal, "
-                               "e.g. ${env:DATABRICKS_CLIENT_SECRET}.");
+  def.settings.push_back(MakeSetting("client_id", "OAuth client ID",
+                                     "OAuth M2M: the service principal's application ID (a UUID). "
+                                     "Set with client_secret instead of token."));
+  SettingSpec secret =
+      MakeSetting("client_secret", "OAuth client secret",
+                  "OAuth M2M: an OAuth secret generated for the service principal, "
+                  "e.g. ${env:DATABRICKS_CLIENT_SECRET}.");
   secret.secret = true;
   def.settings.push_back(secret);
-  def.settings.push_back(Setting("token_url", "OAuth token URL",
-                                 "OAuth M2M: where the client credentials are exchanged for an "
-                                 "access token (scope all-apis). Default: "
-                                 "{base_url}/oidc/v1/token, the workspace's endpoint."));
-  SettingSpec disposition =
-      Setting("disposition", "Result disposition",
-              "How rows come back. inline: in the API replies (the whole result must be under 25 "
-              "MiB, else Databricks fails the query). external_links: downloaded from presigned "
-              "cloud-storage URLs (any size; this machine must reach the workspace's storage). "
-              "auto: inline, and when Databricks refuses a result over 25 MiB the query is run "
-              "again with external links (use external_links for large models to avoid running "
-              "them twice).",
-              SettingType::kEnum);
+  def.settings.push_back(MakeSetting("token_url", "OAuth token URL",
+                                     "OAuth M2M: where the client credentials are exchanged for an "
+                                     "access token (scope all-apis). Default: "
+                                     "{base_url}/oidc/v1/token, the workspace's endpoint."));
+  SettingSpec disposition = MakeSetting(
+      "disposition", "Result disposition",
+      "How rows come back. inline: in the API replies (the whole result must be under 25 "
+      "MiB, else Databricks fails the query). external_links: downloaded from presigned "
+      "cloud-storage URLs (any size; this machine must reach the workspace's storage). "
+      "auto: inline, and when Databricks refuses a result over 25 MiB the query is run "
+      "again with external links (use external_links for large models to avoid running "
+      "them twice).",
+      SettingType::kEnum);
   disposition.allowed_values = {"auto", "inline", "external_links"};
   disposition.default_value = "auto";
   def.settings.push_back(disposition);
-  SettingSpec wait = Setting("wait_timeout_s", "Wait timeout (s)",
-                             "How long Databricks holds the first reply while the query runs "
-                             "(wait_timeout; 0, or 5 to 50); a query still running is then "
-                             "polled (on_wait_timeout CONTINUE).",
-                             SettingType::kInteger);
-  wait.default_value = 10;
-  def.settings.push_back(wait);
-  SettingSpec query_timeout =
-      Setting("query_timeout_s", "Query timeout (s)",
-              "How long a query may stay PENDING/RUNNING before it is cancelled; 0 means no "
-              "limit (the warehouse's STATEMENT_TIMEOUT still applies).",
-              SettingType::kInteger);
-  query_timeout.default_value = 3600;
-  def.settings.push_back(query_timeout);
-  SettingSpec refreshes =
-      Setting("max_link_refreshes", "Max link refreshes",
-              "External links: how many fresh links to ask for per chunk when the storage "
-              "refuses one (links expire after at most 15 minutes).",
-              SettingType::kInteger);
-  refreshes.default_value = 3;
-  def.settings.push_back(refreshes);
-  SettingSpec base = Setting("base_url", "Base URL",
-                             "The workspace API's address. Default: https://<host>. Set it for "
-                             "a proxy or a test server.");
+  def.settings.push_back(
+      MakeSetting("wait_timeout_s", "Wait timeout (s)",
+                  "How long Databricks holds the first reply while the query runs "
+                  "(wait_timeout; 0, or 5 to 50); a query still running is then "
+                  "polled (on_wait_timeout CONTINUE).",
+                  SettingType::kInteger, 10));
+  def.settings.push_back(
+      MakeSetting("query_timeout_s", "Query timeout (s)",
+                  "How long a query may stay PENDING/RUNNING before it is cancelled; 0 means no "
+                  "limit (the warehouse's STATEMENT_TIMEOUT still applies).",
+                  SettingType::kInteger, 3600));
+  def.settings.push_back(
+      MakeSetting("max_link_refreshes", "Max link refreshes",
+                  "External links: how many fresh links to ask for per chunk when the storage "
+                  "refuses one (links expire after at most 15 minutes).",
+                  SettingType::kInteger, 3));
+  SettingSpec base = MakeSetting("base_url", "Base URL",
+                                 "The workspace API's address. Default: https://<host>. Set it for "
+                                 "a proxy or a test server.");
   def.settings.push_back(base);
-  SettingSpec timeout =
-      Setting("timeout_ms", "Timeout (ms)",
-              "How long to wait for each reply before retrying (the first request of a query "
-              "waits at least wait_timeout_s + 10 s).",
-              SettingType::kInteger);
-  timeout.default_value = kDefaultTimeoutMs;
-  def.settings.push_back(timeout);
-  SettingSpec retries = Setting("max_retries", "Max retries",
-                                "Retries per request after 429, 5xx and connection errors, and "
-                                "re-submissions of a query that failed with "
-                                "TEMPORARILY_UNAVAILABLE.",
-                                SettingType::kInteger);
-  retries.default_value = kDefaultMaxRetries;
-  def.settings.push_back(retries);
-  SettingSpec max_wait =
-      Setting("max_retry_wait_s", "Max retry wait (s)",
-              "Upper bound on any single wait between retries.", SettingType::kInteger);
-  max_wait.default_value = 300;
-  def.settings.push_back(max_wait);
+  def.settings.push_back(
+      MakeSetting("timeout_ms", "Timeout (ms)",
+                  "How long to wait for each reply before retrying (the first request of a query "
+                  "waits at least wait_timeout_s + 10 s).",
+                  SettingType::kInteger, kDefaultTimeoutMs));
+  def.settings.push_back(
+      MakeSetting("max_retries", "Max retries",
+                  "Retries per request after 429, 5xx and connection errors, and "
+                  "re-submissions of a query that failed with "
+                  "TEMPORARILY_UNAVAILABLE.",
+                  SettingType::kInteger, kDefaultMaxRetries));
+  def.settings.push_back(MakeSetting("max_retry_wait_s", "Max retry wait (s)",
+                                     "Upper bound on any single wait between retries.",
+                                     SettingType::kInteger, 300));
 
   def.create = [](const json& settings,
                   const ConnectorEnv& env) -> absl::StatusOr<std::unique_ptr<Source>> {

@@ -10,6 +10,7 @@
 #include <string_view>
 #include <utility>
 
+#include "backflow/common/civil_date.h"
 #include "backflow/common/crypto.h"
 #include "backflow/common/url.h"
 #include "fmt/format.h"
@@ -192,31 +193,13 @@ std::string JavaStyleDouble(double d) {
   return mantissa + "E" + std::to_string(exp);
 }
 
-int64_t DaysFromCivil(int64_t y, int64_t m, int64_t d) {
-  y -= m <= 2;
-  const int64_t era = (y >= 0 ? y : y - 399) / 400;
-  const int64_t yoe = y - era * 400;
-  const int64_t doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-  const int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + doe - 719468;
-}
-
 // "YYYY-MM-DD[ T]HH:MM:SS[.ffffff][Z|±HH:MM]" -> micros since the epoch.
 std::optional<int64_t> MicrosFromText(std::string_view s) {
-  auto num = [&](size_t pos, size_t len) -> std::optional<int64_t> {
-    if (pos + len > s.size()) return std::nullopt;
-    int64_t v = 0;
-    for (size_t k = pos; k < pos + len; ++k) {
-      if (!std::isdigit(static_cast<unsigned char>(s[k]))) return std::nullopt;
-      v = v * 10 + (s[k] - '0');
-    }
-    return v;
-  };
-  auto y = num(0, 4), mo = num(5, 2), d = num(8, 2);
+  auto y = FixedDigits(s, 0, 4), mo = FixedDigits(s, 5, 2), d = FixedDigits(s, 8, 2);
   if (!y || !mo || !d) return std::nullopt;
   int64_t micros = DaysFromCivil(*y, *mo, *d) * 86'400'000'000LL;
   if (s.size() == 10) return micros;
-  auto h = num(11, 2), mi = num(14, 2), sec = num(17, 2);
+  auto h = FixedDigits(s, 11, 2), mi = FixedDigits(s, 14, 2), sec = FixedDigits(s, 17, 2);
   if (!h || !mi || !sec) return std::nullopt;
   micros += (*h * 3600 + *mi * 60 + *sec) * 1'000'000LL;
   size_t k = 19;
@@ -233,7 +216,7 @@ std::optional<int64_t> MicrosFromText(std::string_view s) {
   std::string_view zone = s.substr(k);
   if (zone.empty() || zone == "Z") return micros;
   if ((zone[0] == '+' || zone[0] == '-') && zone.size() == 6 && zone[3] == ':') {
-    auto zh = num(k + 1, 2), zm = num(k + 4, 2);
+    auto zh = FixedDigits(s, k + 1, 2), zm = FixedDigits(s, k + 4, 2);
     if (!zh || !zm) return std::nullopt;
     int64_t offset = (*zh * 3600 + *zm * 60) * 1'000'000LL;
     return zone[0] == '+' ? micros - offset : micros + offset;
@@ -246,21 +229,11 @@ std::string TimestampFromMicros(int64_t micros, const std::string& suffix) {
   int64_t frac = micros - secs * 1'000'000;
   int64_t days = secs / 86'400 - (secs % 86'400 < 0 ? 1 : 0);
   int64_t sod = secs - days * 86'400;
-  // civil from days
-  int64_t z = days + 719468;
-  const int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-  const int64_t doe = z - era * 146097;
-  const int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-  int64_t y = yoe + era * 400;
-  const int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-  const int64_t mp = (5 * doy + 2) / 153;
-  int64_t d = doy - (153 * mp + 2) / 5 + 1;
-  int64_t m = mp < 10 ? mp + 3 : mp - 9;
-  if (m <= 2) ++y;
+  const CivilDate date = CivilFromDays(days);
   std::string fraction =
       frac % 1000 == 0 ? fmt::format("{:03}", frac / 1000) : fmt::format("{:06}", frac);
-  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{}{}", y, m, d, sod / 3600,
-                     (sod / 60) % 60, sod % 60, fraction, suffix);
+  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{}{}", date.year, date.month, date.day,
+                     sod / 3600, (sod / 60) % 60, sod % 60, fraction, suffix);
 }
 
 // DECIMAL text with exactly `scale` decimals.

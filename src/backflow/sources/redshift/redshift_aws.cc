@@ -5,8 +5,10 @@
 #include <cmath>
 #include <utility>
 
+#include "backflow/common/civil_date.h"
 #include "backflow/common/fmt_absl.h"
 #include "backflow/common/status_macros.h"
+#include "backflow/common/url.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -35,30 +37,6 @@ bool IsServerError(const AwsErrorReply& e) {
   return e.status >= 500 ||
          IsOneOf(e.code, {"InternalServerException", "InternalFailure", "ServiceUnavailable",
                           "InternalError", "ServiceUnavailableException"});
-}
-
-std::string FormEncode(std::string_view s) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out.push_back('%');
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 15]);
-    }
-  }
-  return out;
-}
-
-int64_t DaysFromCivil(int64_t y, int64_t m, int64_t d) {
-  y -= m <= 2;
-  const int64_t era = (y >= 0 ? y : y - 399) / 400;
-  const int64_t yoe = y - era * 400;
-  const int64_t doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-  const int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + doe - 719468;
 }
 
 }  // namespace
@@ -312,21 +290,12 @@ std::string AwsEndpoint(std::string_view service, std::string_view region,
 }
 
 std::optional<Clock::TimePoint> ParseAwsTimestamp(std::string_view s) {
-  auto digits = [&](size_t pos, size_t n) -> std::optional<int64_t> {
-    if (pos + n > s.size()) return std::nullopt;
-    int64_t v = 0;
-    for (size_t i = pos; i < pos + n; ++i) {
-      if (!std::isdigit(static_cast<unsigned char>(s[i]))) return std::nullopt;
-      v = v * 10 + (s[i] - '0');
-    }
-    return v;
-  };
   if (s.size() < 20 || s[4] != '-' || s[7] != '-' || (s[10] != 'T' && s[10] != ' ') ||
       s[13] != ':' || s[16] != ':') {
     return std::nullopt;
   }
-  auto y = digits(0, 4), mo = digits(5, 2), d = digits(8, 2), h = digits(11, 2), mi = digits(14, 2),
-       se = digits(17, 2);
+  auto y = FixedDigits(s, 0, 4), mo = FixedDigits(s, 5, 2), d = FixedDigits(s, 8, 2),
+       h = FixedDigits(s, 11, 2), mi = FixedDigits(s, 14, 2), se = FixedDigits(s, 17, 2);
   if (!y || !mo || !d || !h || !mi || !se || *mo < 1 || *mo > 12 || *d < 1 || *d > 31) {
     return std::nullopt;
   }
@@ -395,9 +364,9 @@ absl::StatusOr<RedshiftDbCredentials> RedshiftIamCredentials::Fetch() {
     base.body = fmt::format(
         "Action=GetClusterCredentials&Version={}&ClusterIdentifier={}&DbUser={}"
         "&DurationSeconds={}",
-        kRedshiftApiVersion, FormEncode(config_.cluster_identifier), FormEncode(config_.db_user),
-        config_.duration_s);
-    if (!config_.db_name.empty()) base.body += "&DbName=" + FormEncode(config_.db_name);
+        kRedshiftApiVersion, PercentEncode(config_.cluster_identifier),
+        PercentEncode(config_.db_user), config_.duration_s);
+    if (!config_.db_name.empty()) base.body += "&DbName=" + PercentEncode(config_.db_name);
     if (config_.auto_create) base.body += "&AutoCreate=true";
     base.headers = {{"Content-Type", "application/x-www-form-urlencoded; charset=utf-8"}};
     what = fmt::format("get a temporary password for database user \"{}\" on cluster \"{}\"",

@@ -375,17 +375,8 @@ class RedshiftDataApiSource : public Source {
   }
 
   absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql) override {
-    std::string text = TrimModelSql(sql);
-    std::vector<std::string_view> statements = SplitSqlStatements(text);
-    if (statements.empty()) {
-      return absl::InvalidArgumentError("the model's SQL is empty; a model must be one SELECT");
-    }
-    if (statements.size() > 1) {
-      return absl::InvalidArgumentError(fmt::format(
-          "the model's SQL holds {} statements; a model must be one SELECT (ExecuteStatement "
-          "runs exactly one)",
-          statements.size()));
-    }
+    BACKFLOW_ASSIGN_OR_RETURN(std::string text,
+                              SingleModelStatement(sql, "ExecuteStatement runs exactly one"));
     auto reader = std::make_unique<DataApiReader>(&client_);
     BACKFLOW_RETURN_IF_ERROR(reader->Start(text));
     return std::unique_ptr<RowReader>(std::move(reader));
@@ -394,16 +385,6 @@ class RedshiftDataApiSource : public Source {
  private:
   DataApiClient client_;
 };
-
-SettingSpec Setting(std::string key, std::string label, std::string description,
-                    SettingType type = SettingType::kString) {
-  SettingSpec spec;
-  spec.key = std::move(key);
-  spec.label = std::move(label);
-  spec.description = std::move(description);
-  spec.type = type;
-  return spec;
-}
 
 }  // namespace
 
@@ -654,29 +635,27 @@ SourceDefinition RedshiftDataApiSourceDefinition() {
     }
     def.settings.push_back(spec);
   }
-  SettingSpec database = Setting("database", "Database", "The database to query, e.g. dev.");
+  SettingSpec database = MakeSetting("database", "Database", "The database to query, e.g. dev.");
   database.required = true;
   def.settings.push_back(database);
-  def.settings.push_back(
-      Setting("cluster_identifier", "Cluster identifier",
-              "A provisioned cluster's name, e.g. examplecluster (set this or workgroup_name)."));
-  def.settings.push_back(Setting("workgroup_name", "Workgroup name",
-                                 "A Redshift Serverless workgroup's name or ARN (set this or "
-                                 "cluster_identifier). The query runs as IAM:<identity>."));
-  def.settings.push_back(Setting(
+  def.settings.push_back(MakeSetting(
+      "cluster_identifier", "Cluster identifier",
+      "A provisioned cluster's name, e.g. examplecluster (set this or workgroup_name)."));
+  def.settings.push_back(MakeSetting("workgroup_name", "Workgroup name",
+                                     "A Redshift Serverless workgroup's name or ARN (set this or "
+                                     "cluster_identifier). The query runs as IAM:<identity>."));
+  def.settings.push_back(MakeSetting(
       "db_user", "Database user",
       "With cluster_identifier: the database user to run as (the Data API gets it a temporary "
       "password with redshift:GetClusterCredentials), e.g. analytics."));
-  def.settings.push_back(Setting(
+  def.settings.push_back(MakeSetting(
       "secret_arn", "Secret ARN",
       "Instead of db_user: the ARN of a Secrets Manager secret holding the database username "
       "and password."));
-  SettingSpec timeout =
-      Setting("query_timeout_s", "Query timeout (s)",
-              "A statement still running after this long is cancelled (0: no limit).",
-              SettingType::kInteger);
-  timeout.default_value = 3600;
-  def.settings.push_back(timeout);
+  def.settings.push_back(
+      MakeSetting("query_timeout_s", "Query timeout (s)",
+                  "A statement still running after this long is cancelled (0: no limit).",
+                  SettingType::kInteger, 3600));
   HttpSettingsDefaults http;
   http.base_url = "";
   http.base_url_help =

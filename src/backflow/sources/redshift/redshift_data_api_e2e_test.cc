@@ -4,38 +4,28 @@
 // receiver's state must equal the table, after changes too.
 #include <gtest/gtest.h>
 #include <stdlib.h>
-#include <unistd.h>
 
-#include <filesystem>
-#include <fstream>
 #include <map>
 
 #include "backflow/sources/redshift/fake_redshift_aws_server.h"
-#include "backflow/testing/webhook_receiver.h"
-#include "cli_runner.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
+#include "warehouse_e2e.h"
 
 namespace backflow {
 namespace {
 
-namespace fs = std::filesystem;
 using e2e::CliResult;
 using e2e::RunCli;
+using e2e::Summary;
 using json = nlohmann::json;
 
-constexpr char kSecret[] = "whsec_c2VjcmV0LWZvci1lMmUtdGVzdHM=";
 constexpr char kAwsSecret[] = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
 
 class RedshiftDataApiE2eTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = (fs::path(::testing::TempDir()) /
-            fmt::format("rsdata-e2e-{}-{}", getpid(),
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    dir_ = e2e::FreshTestDir("rsdata");
 
     FakeRedshiftAwsOptions options;
     options.page_rows = 40;
@@ -48,11 +38,8 @@ class RedshiftDataApiE2eTest : public ::testing::Test {
     Insert(1, 230);
     setenv("BACKFLOW_E2E_AWS_SECRET", kAwsSecret, 1);
 
-    setenv("HOOK_SECRET", kSecret, 1);
-    WebhookReceiverOptions hook;
-    hook.signing_secret = kSecret;
-    receiver_ = std::make_unique<WebhookReceiver>(hook);
-    ASSERT_TRUE(receiver_->Start().ok());
+    receiver_ = e2e::StartWebhookReceiver(/*signed_requests=*/true);
+    ASSERT_NE(receiver_, nullptr);
     WriteWorkspace();
   }
 
@@ -84,52 +71,26 @@ class RedshiftDataApiE2eTest : public ::testing::Test {
   void WriteWorkspace(const std::string& sql =
                           "SELECT id, email, plan, ltv, updated_at, attrs "
                           "FROM customers") {
-    std::ofstream(dir_ + "/backflow.yaml") << fmt::format(
-        R"(
-state: sqlite:.backflow/state.db
-sources:
-  - name: warehouse
-    type: redshift_data_api
-    access_key_id: AKIDEXAMPLE
-    secret_access_key: ${{env:BACKFLOW_E2E_AWS_SECRET}}
-    region: us-east-1
-    database: dev
-    cluster_identifier: examplecluster
-    db_user: analytics
-    base_url: {}
-    max_retries: 2
-models:
-  - name: customers
-    source: warehouse
-    sql: "{}"
-    primary_key: id
-    schedule: manual
-destinations:
-  - name: hook
-    type: webhook
-    settings:
-      url: {}
-      signing_secret: ${{env:HOOK_SECRET}}
-      max_retries: 2
-mappings:
-  - name: customers_to_hook
-    model: customers
-    destination: hook
-    action: send_batch
-    records: all
-    batch_size: 50
-    fields: {{ customer_id: id, email: email, plan: plan, ltv: ltv, updated_at: updated_at, attrs: attrs }}
-)",
-        fake_->Url(), sql, receiver_->Url("/ingest"));
+    e2e::WarehouseWorkspace w;
+    w.source = {"type: redshift_data_api",
+                "access_key_id: AKIDEXAMPLE",
+                "secret_access_key: ${env:BACKFLOW_E2E_AWS_SECRET}",
+                "region: us-east-1",
+                "database: dev",
+                "cluster_identifier: examplecluster",
+                "db_user: analytics",
+                "base_url: " + fake_->Url(),
+                "max_retries: 2"};
+    w.model_sql = sql;
+    w.hook_url = receiver_->Url("/ingest");
+    w.signed_hook = true;
+    w.fields =
+        "customer_id: id, email: email, plan: plan, ltv: ltv, updated_at: updated_at, attrs: "
+        "attrs";
+    e2e::WriteWarehouseWorkspace(dir_, w);
   }
 
-  CliResult Sync() { return RunCli(dir_, {"sync", "customers_to_hook", "--json"}); }
-
-  static json Summary(const CliResult& r) {
-    json j = json::parse(r.LastLine(), nullptr, false);
-    EXPECT_FALSE(j.is_discarded()) << "stdout: " << r.out << "\nstderr: " << r.err;
-    return j;
-  }
+  CliResult Sync() { return e2e::SyncCustomers(dir_); }
 
   std::string dir_;
   std::unique_ptr<FakeRedshiftAwsServer> fake_;

@@ -5,26 +5,22 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
-#include <filesystem>
-#include <fstream>
 #include <map>
 
 #include "backflow/sources/redshift/fake_redshift_server.h"
 #include "backflow/sources/redshift/redshift_source.h"
-#include "backflow/testing/webhook_receiver.h"
-#include "cli_runner.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
 #include "pg_e2e.h"
+#include "warehouse_e2e.h"
 
 namespace backflow {
 namespace {
 
 using e2e::CliResult;
 using e2e::RunCli;
+using e2e::Summary;
 using json = nlohmann::json;
-
-constexpr char kSecret[] = "whsec_c2VjcmV0LWZvci1lMmUtdGVzdHM=";
 
 class RedshiftE2eTest : public e2e::PostgresE2eTest {
  protected:
@@ -42,11 +38,8 @@ class RedshiftE2eTest : public e2e::PostgresE2eTest {
     fake_ = std::make_unique<FakeRedshiftServer>(options);
     ASSERT_TRUE(fake_->Start().ok());
 
-    setenv("HOOK_SECRET", kSecret, 1);
-    WebhookReceiverOptions hook;
-    hook.signing_secret = kSecret;
-    receiver_ = std::make_unique<WebhookReceiver>(hook);
-    ASSERT_TRUE(receiver_->Start().ok());
+    receiver_ = e2e::StartWebhookReceiver(/*signed_requests=*/true);
+    ASSERT_NE(receiver_, nullptr);
     WriteWorkspace();
   }
 
@@ -61,50 +54,24 @@ class RedshiftE2eTest : public e2e::PostgresE2eTest {
   }
 
   void WriteWorkspace(const std::string& password_env = "BACKFLOW_E2E_PG_PASSWORD") {
-    std::ofstream(dir_ + "/backflow.yaml") << fmt::format(
-        R"(
-state: sqlite:.backflow/state.db
-sources:
-  - name: warehouse
-    type: redshift
-    url: {}
-    password: ${{env:{}}}
-    sslmode: disable
-    fetch_size: 40
-    query_group: reverse_etl
-    max_retries: 1
-models:
-  - name: customers
-    source: warehouse
-    sql: SELECT id, email, plan, ltv, updated_at, attrs FROM {}
-    primary_key: id
-    schedule: manual
-destinations:
-  - name: hook
-    type: webhook
-    settings:
-      url: {}
-      signing_secret: ${{env:HOOK_SECRET}}
-      max_retries: 2
-mappings:
-  - name: customers_to_hook
-    model: customers
-    destination: hook
-    action: send_batch
-    records: all
-    batch_size: 50
-    fields: {{ customer_id: id, email: email, plan: plan, ltv: ltv, updated_at: updated_at, attrs: attrs }}
-)",
-        fake_->Url("backflow", "backflow_test"), password_env, table_, receiver_->Url("/ingest"));
+    e2e::WarehouseWorkspace w;
+    w.source = {"type: redshift",
+                "url: " + fake_->Url("backflow", "backflow_test"),
+                fmt::format("password: ${{env:{}}}", password_env),
+                "sslmode: disable",
+                "fetch_size: 40",
+                "query_group: reverse_etl",
+                "max_retries: 1"};
+    w.model_sql = "SELECT id, email, plan, ltv, updated_at, attrs FROM " + table_;
+    w.hook_url = receiver_->Url("/ingest");
+    w.signed_hook = true;
+    w.fields =
+        "customer_id: id, email: email, plan: plan, ltv: ltv, updated_at: updated_at, attrs: "
+        "attrs";
+    e2e::WriteWarehouseWorkspace(dir_, w);
   }
 
-  CliResult Sync() { return RunCli(dir_, {"sync", "customers_to_hook", "--json"}); }
-
-  static json Summary(const CliResult& r) {
-    json j = json::parse(r.LastLine(), nullptr, false);
-    EXPECT_FALSE(j.is_discarded()) << "stdout: " << r.out << "\nstderr: " << r.err;
-    return j;
-  }
+  CliResult Sync() { return e2e::SyncCustomers(dir_); }
 
   // The table as the receiver should hold it, read from PostgreSQL directly.
   std::map<std::string, json> Model() {

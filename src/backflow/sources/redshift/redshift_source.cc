@@ -312,17 +312,11 @@ class RedshiftSource : public Source {
   }
 
   absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql) override {
-    std::string text = TrimModelSql(sql);
-    std::vector<std::string_view> statements = SplitSqlStatements(text);
-    if (statements.empty()) {
-      return absl::InvalidArgumentError("the model's SQL is empty; a model must be one SELECT");
-    }
-    if (statements.size() > 1) {
-      return absl::InvalidArgumentError(fmt::format(
-          "the model's SQL holds {} statements; a model must be one SELECT (Redshift reads it "
-          "through a cursor, which takes exactly one query)",
-          statements.size()));
-    }
+    BACKFLOW_ASSIGN_OR_RETURN(
+        std::string text,
+        SingleModelStatement(sql,
+                             "Redshift reads it through a cursor, which takes exactly one "
+                             "query"));
     std::chrono::milliseconds wait = config_.retry_initial;
     for (int attempt = 0;; ++attempt) {
       absl::StatusOr<std::unique_ptr<RowReader>> reader = TryQuery(text);
@@ -389,16 +383,6 @@ Value DecodeVarbyte(std::string_view text) {
     bytes.push_back(static_cast<char>(hi * 16 + lo));
   }
   return Value::Text(ValueType::kBytes, std::move(bytes));
-}
-
-SettingSpec Setting(std::string key, std::string label, std::string description,
-                    SettingType type = SettingType::kString) {
-  SettingSpec spec;
-  spec.key = std::move(key);
-  spec.label = std::move(label);
-  spec.description = std::move(description);
-  spec.type = type;
-  return spec;
 }
 
 }  // namespace
@@ -474,6 +458,20 @@ absl::Status ClassifyRedshiftError(absl::Status status) {
     }
   }
   return status;
+}
+
+absl::StatusOr<std::string> SingleModelStatement(std::string_view sql, std::string_view why_one) {
+  std::string text = TrimModelSql(sql);
+  std::vector<std::string_view> statements = SplitSqlStatements(text);
+  if (statements.empty()) {
+    return absl::InvalidArgumentError("the model's SQL is empty; a model must be one SELECT");
+  }
+  if (statements.size() > 1) {
+    return absl::InvalidArgumentError(
+        fmt::format("the model's SQL holds {} statements; a model must be one SELECT ({})",
+                    statements.size(), why_one));
+  }
+  return text;
 }
 
 std::vector<std::string_view> SplitSqlStatements(std::string_view sql) {
@@ -711,7 +709,7 @@ SourceDefinition RedshiftSourceDefinition() {
       "the `redshift_data_api` source.";
   def.maturity = "beta";
 
-  SettingSpec url = Setting(
+  SettingSpec url = MakeSetting(
       "url", "Connection URL",
       "postgresql://user@<cluster endpoint>:5439/<database>, e.g. "
       "postgresql://analytics@examplecluster.abc123xyz789.us-east-1.redshift.amazonaws.com:5439/"
@@ -721,12 +719,12 @@ SourceDefinition RedshiftSourceDefinition() {
   url.required = true;
   def.settings.push_back(url);
   SettingSpec password =
-      Setting("password", "Password",
-              "Password of the url's database user, e.g. ${env:REDSHIFT_PASSWORD} (a temporary "
-              "password from GetClusterCredentials works too, until it expires).");
+      MakeSetting("password", "Password",
+                  "Password of the url's database user, e.g. ${env:REDSHIFT_PASSWORD} (a temporary "
+                  "password from GetClusterCredentials works too, until it expires).");
   password.secret = true;
   def.settings.push_back(password);
-  SettingSpec auth = Setting(
+  SettingSpec auth = MakeSetting(
       "auth", "Authentication",
       "password (default): log on with `password`. iam: get a temporary password from AWS "
       "before connecting (redshift:GetClusterCredentials for cluster_identifier, with the url's "
@@ -745,44 +743,40 @@ SourceDefinition RedshiftSourceDefinition() {
     }
     def.settings.push_back(spec);
   }
+  def.settings.push_back(MakeSetting(
+      "cluster_identifier", "Cluster identifier",
+      "With auth: iam on a provisioned cluster: the cluster's name (e.g. examplecluster, "
+      "the first label of its endpoint). The IAM identity needs "
+      "redshift:GetClusterCredentials on its dbuser and dbname resources."));
   def.settings.push_back(
-      Setting("cluster_identifier", "Cluster identifier",
-              "With auth: iam on a provisioned cluster: the cluster's name (e.g. examplecluster, "
-              "the first label of its endpoint). The IAM identity needs "
-              "redshift:GetClusterCredentials on its dbuser and dbname resources."));
+      MakeSetting("workgroup_name", "Workgroup name",
+                  "With auth: iam on Redshift Serverless: the workgroup's name. The IAM identity "
+                  "needs redshift-serverless:GetCredentials on it."));
   def.settings.push_back(
-      Setting("workgroup_name", "Workgroup name",
-              "With auth: iam on Redshift Serverless: the workgroup's name. The IAM identity "
-              "needs redshift-serverless:GetCredentials on it."));
-  SettingSpec duration =
-      Setting("iam_duration_s", "Temporary password lifetime (s)",
-              "With auth: iam: how long each temporary password is valid (900 to 3600); a new "
-              "one is fetched a minute before it expires.",
-              SettingType::kInteger);
-  duration.default_value = 900;
-  def.settings.push_back(duration);
-  SettingSpec create =
-      Setting("auto_create", "Create the database user",
-              "With auth: iam on a cluster: create the url's user (AutoCreate) when it does not "
-              "exist (needs redshift:CreateClusterUser).",
-              SettingType::kBoolean);
-  create.default_value = false;
-  def.settings.push_back(create);
+      MakeSetting("iam_duration_s", "Temporary password lifetime (s)",
+                  "With auth: iam: how long each temporary password is valid (900 to 3600); a new "
+                  "one is fetched a minute before it expires.",
+                  SettingType::kInteger, 900));
+  def.settings.push_back(MakeSetting(
+      "auto_create", "Create the database user",
+      "With auth: iam on a cluster: create the url's user (AutoCreate) when it does not "
+      "exist (needs redshift:CreateClusterUser).",
+      SettingType::kBoolean, false));
   def.settings.push_back(
-      Setting("aws_endpoint", "AWS API endpoint",
-              "With auth: iam: the AWS API address to ask for passwords instead of "
-              "https://redshift.<region>.amazonaws.com (or redshift-serverless.<region>...), "
-              "e.g. a VPC endpoint; also for test servers."));
+      MakeSetting("aws_endpoint", "AWS API endpoint",
+                  "With auth: iam: the AWS API address to ask for passwords instead of "
+                  "https://redshift.<region>.amazonaws.com (or redshift-serverless.<region>...), "
+                  "e.g. a VPC endpoint; also for test servers."));
   SettingSpec sslmode =
-      Setting("sslmode", "TLS mode",
-              "libpq sslmode. verify-full (default) encrypts and checks that the certificate "
-              "matches the endpoint's host name; require encrypts without checking the "
-              "certificate; disable only for local test servers.",
-              SettingType::kEnum);
+      MakeSetting("sslmode", "TLS mode",
+                  "libpq sslmode. verify-full (default) encrypts and checks that the certificate "
+                  "matches the endpoint's host name; require encrypts without checking the "
+                  "certificate; disable only for local test servers.",
+                  SettingType::kEnum);
   sslmode.default_value = "verify-full";
   sslmode.allowed_values = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"};
   def.settings.push_back(sslmode);
-  SettingSpec root = Setting(
+  SettingSpec root = MakeSetting(
       "sslrootcert", "CA bundle",
       "PEM file of the CAs that may sign the cluster's certificate, for verify-ca and "
       "verify-full, e.g. AWS's redshift-ca-bundle.crt. Default: the system bundle "
@@ -790,37 +784,30 @@ SourceDefinition RedshiftSourceDefinition() {
       "certificates.");
   root.is_path = true;
   def.settings.push_back(root);
-  SettingSpec fetch = Setting(
+  def.settings.push_back(MakeSetting(
       "fetch_size", "Rows per FETCH",
       "Rows read per FETCH FORWARD round trip; at most two batches are held in memory. 1 to "
       "100000. Single-node clusters accept at most 1000; AWS suggests about 4000 on multi-node "
       "clusters.",
-      SettingType::kInteger);
-  fetch.default_value = 1000;
-  def.settings.push_back(fetch);
-  SettingSpec timeout =
-      Setting("statement_timeout_s", "Statement timeout (s)",
-              "When above 0, sets Redshift's statement_timeout so a statement running longer is "
-              "cancelled by the server; 0 keeps the cluster's setting.",
-              SettingType::kInteger);
-  timeout.default_value = 0;
-  def.settings.push_back(timeout);
-  def.settings.push_back(Setting("query_group", "Query group",
-                                 "When set, `SET query_group TO '<value>'` routes the queries to "
-                                 "the matching WLM queue."));
-  SettingSpec retries = Setting(
+      SettingType::kInteger, 1000));
+  def.settings.push_back(MakeSetting(
+      "statement_timeout_s", "Statement timeout (s)",
+      "When above 0, sets Redshift's statement_timeout so a statement running longer is "
+      "cancelled by the server; 0 keeps the cluster's setting.",
+      SettingType::kInteger, 0));
+  def.settings.push_back(
+      MakeSetting("query_group", "Query group",
+                  "When set, `SET query_group TO '<value>'` routes the queries to "
+                  "the matching WLM queue."));
+  def.settings.push_back(MakeSetting(
       "max_retries", "Max retries",
       "Retries (with exponential backoff from 1 s, at most 30 s apart) when connecting or "
       "starting the query fails transiently: connection refused or lost, serializable isolation "
       "violation, server restarting. Failures after rows were read are never retried.",
-      SettingType::kInteger);
-  retries.default_value = 2;
-  def.settings.push_back(retries);
-  SettingSpec connect =
-      Setting("connect_timeout_s", "Connect timeout (s)",
-              "How long to wait for the connection to be established.", SettingType::kInteger);
-  connect.default_value = 10;
-  def.settings.push_back(connect);
+      SettingType::kInteger, 2));
+  def.settings.push_back(MakeSetting("connect_timeout_s", "Connect timeout (s)",
+                                     "How long to wait for the connection to be established.",
+                                     SettingType::kInteger, 10));
 
   def.create = [](const json& settings,
                   const ConnectorEnv& env) -> absl::StatusOr<std::unique_ptr<Source>> {

@@ -173,6 +173,11 @@ absl::Status ClassifyRedshiftError(absl::Status status);
 // whitespace and comments are left out. Views into `sql`.
 std::vector<std::string_view> SplitSqlStatements(std::string_view sql);
 
+// The model's SQL, trimmed (TrimModelSql), when it is exactly one statement;
+// otherwise kInvalidArgument saying a model must be one SELECT, followed by
+// "(<why_one>)" when it holds several.
+absl::StatusOr<std::string> SingleModelStatement(std::string_view sql, std::string_view why_one);
+
 // The SET statements that pin a session (see the header comment), each
 // followed by "; ".
 std::string RedshiftSessionSql(const RedshiftConfig& config);

@@ -108,6 +108,21 @@ TEST(SplitSqlStatementsTest, SplitsOnlyAtTopLevelSemicolons) {
   EXPECT_TRUE(SplitSqlStatements(" ; -- only a comment\n").empty());
 }
 
+TEST(SplitSqlStatementsTest, AModelMustBeExactlyOneStatement) {
+  absl::StatusOr<std::string> one = SingleModelStatement("  SELECT ';' FROM t ;\n", "why");
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_EQ(*one, "SELECT ';' FROM t");
+
+  absl::StatusOr<std::string> empty = SingleModelStatement(" ; -- nothing\n", "why");
+  EXPECT_EQ(empty.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(empty.status().message(), "the model's SQL is empty; a model must be one SELECT");
+
+  absl::StatusOr<std::string> two = SingleModelStatement("SELECT 1; SELECT 2", "one at a time");
+  EXPECT_EQ(two.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(two.status().message(),
+            "the model's SQL holds 2 statements; a model must be one SELECT (one at a time)");
+}
+
 // --- Type mapping -----------------------------------------------------------
 
 TEST(RedshiftTypesTest, MapsRedshiftOnlyTypes) {

@@ -9,6 +9,7 @@
 #include <string_view>
 #include <utility>
 
+#include "backflow/common/civil_date.h"
 #include "backflow/common/crypto.h"
 #include "backflow/common/url.h"
 #include "backflow/sources/snowflake/snowflake_source.h"
@@ -186,15 +187,6 @@ struct Raw {
   std::string s;  // TEXT or BLOB bytes
 };
 
-int64_t DaysFromCivil(int64_t y, unsigned m, unsigned d) {
-  y -= m <= 2;
-  const int64_t era = (y >= 0 ? y : y - 399) / 400;
-  const unsigned yoe = static_cast<unsigned>(y - era * 400);
-  const unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + static_cast<int64_t>(doe) - 719468;
-}
-
 // Parses "YYYY-MM-DD[( |T)HH:MM[:SS[.fffffffff]]][Z|±HH[:MM]]".
 struct Civil {
   int64_t days = 0;
@@ -203,25 +195,15 @@ struct Civil {
   std::optional<int64_t> offset_min;
 };
 
-std::optional<int64_t> Digits(std::string_view s, size_t pos, size_t n) {
-  if (pos + n > s.size()) return std::nullopt;
-  int64_t v = 0;
-  for (size_t i = pos; i < pos + n; ++i) {
-    if (!std::isdigit(static_cast<unsigned char>(s[i]))) return std::nullopt;
-    v = v * 10 + (s[i] - '0');
-  }
-  return v;
-}
-
 // "HH:MM[:SS[.f]]" at `pos`; advances pos.
 bool ParseClock(std::string_view s, size_t& pos, int64_t& seconds, int64_t& nanos) {
-  auto h = Digits(s, pos, 2);
-  auto mi = Digits(s, pos + 3, 2);
+  auto h = FixedDigits(s, pos, 2);
+  auto mi = FixedDigits(s, pos + 3, 2);
   if (!h || !mi || s[pos + 2] != ':') return false;
   pos += 5;
   int64_t sec = 0;
   if (pos < s.size() && s[pos] == ':') {
-    auto ss = Digits(s, pos + 1, 2);
+    auto ss = FixedDigits(s, pos + 1, 2);
     if (!ss) return false;
     sec = *ss;
     pos += 3;
@@ -239,12 +221,12 @@ bool ParseClock(std::string_view s, size_t& pos, int64_t& seconds, int64_t& nano
 }
 
 std::optional<Civil> ParseCivil(std::string_view s) {
-  auto y = Digits(s, 0, 4);
-  auto mo = Digits(s, 5, 2);
-  auto d = Digits(s, 8, 2);
+  auto y = FixedDigits(s, 0, 4);
+  auto mo = FixedDigits(s, 5, 2);
+  auto d = FixedDigits(s, 8, 2);
   if (!y || !mo || !d || s[4] != '-' || s[7] != '-') return std::nullopt;
   Civil c;
-  c.days = DaysFromCivil(*y, static_cast<unsigned>(*mo), static_cast<unsigned>(*d));
+  c.days = DaysFromCivil(*y, *mo, *d);
   size_t pos = 10;
   if (pos < s.size() && (s[pos] == ' ' || s[pos] == 'T')) {
     ++pos;
@@ -255,12 +237,12 @@ std::optional<Civil> ParseCivil(std::string_view s) {
     if (s[pos] == 'Z') {
       c.offset_min = 0;
     } else if (s[pos] == '+' || s[pos] == '-') {
-      auto oh = Digits(s, pos + 1, 2);
+      auto oh = FixedDigits(s, pos + 1, 2);
       if (!oh) return std::nullopt;
       int64_t om = 0;
       if (pos + 3 < s.size()) {
         size_t mpos = s[pos + 3] == ':' ? pos + 4 : pos + 3;
-        auto m = Digits(s, mpos, 2);
+        auto m = FixedDigits(s, mpos, 2);
         if (!m) return std::nullopt;
         om = *m;
       }

@@ -4,9 +4,7 @@
 // the rows the fake's tables hold.
 #include <gtest/gtest.h>
 #include <stdlib.h>
-#include <unistd.h>
 
-#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -14,17 +12,16 @@
 #include <vector>
 
 #include "backflow/sources/snowflake/fake_snowflake_server.h"
-#include "backflow/testing/webhook_receiver.h"
-#include "cli_runner.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
+#include "warehouse_e2e.h"
 
 namespace backflow {
 namespace {
 
-namespace fs = std::filesystem;
 using e2e::CliResult;
 using e2e::RunCli;
+using e2e::Summary;
 using json = nlohmann::json;
 
 constexpr char kModelSql[] = "SELECT ID, EMAIL, PLAN, LTV, UPDATED_AT, TRAITS FROM CUSTOMERS";
@@ -32,12 +29,7 @@ constexpr char kModelSql[] = "SELECT ID, EMAIL, PLAN, LTV, UPDATED_AT, TRAITS FR
 class SnowflakeE2eTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = (fs::path(::testing::TempDir()) /
-            fmt::format("snowflake-e2e-{}-{}", getpid(),
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    dir_ = e2e::FreshTestDir("snowflake");
 
     FakeSnowflakeOptions options;
     options.rows_per_partition = 25;
@@ -62,8 +54,8 @@ class SnowflakeE2eTest : public ::testing::Test {
                     .ok());
     Insert(1, 120);
 
-    receiver_ = std::make_unique<WebhookReceiver>();
-    ASSERT_TRUE(receiver_->Start().ok());
+    receiver_ = e2e::StartWebhookReceiver(/*signed_requests=*/false);
+    ASSERT_NE(receiver_, nullptr);
     WriteConfig();
   }
 
@@ -79,43 +71,25 @@ class SnowflakeE2eTest : public ::testing::Test {
   }
 
   void WriteConfig() {
-    std::ofstream(dir_ + "/backflow.yaml")
-        << fmt::format(R"(
-state: sqlite:.backflow/state.db
-sources:
-  - name: warehouse
-    type: snowflake
-    account: myorg-myaccount
-    user: sync_user
-    private_key: ${{env:BACKFLOW_E2E_SNOWFLAKE_KEY}}
-    warehouse: COMPUTE_WH
-    database: ANALYTICS
-    schema: PUBLIC
-    role: RETL
-    base_url: "{}"
-    max_retries: 1
-models:
-  - name: customers
-    source: warehouse
-    sql: {}
-    primary_key: ID
-    schedule: manual
-destinations:
-  - name: hook
-    type: webhook
-    settings:
-      url: {}
-      max_retries: 2
-mappings:
-  - name: customers_to_hook
-    model: customers
-    destination: hook
-    action: send_batch
-    records: all
-    batch_size: 40
-    fields: {{ customer_id: ID, email: EMAIL, plan: PLAN, ltv: LTV, updated_at: UPDATED_AT, traits: TRAITS }}
-)",
-                       fake_->BaseUrl(), kModelSql, receiver_->Url("/ingest"));
+    e2e::WarehouseWorkspace w;
+    w.source = {"type: snowflake",
+                "account: myorg-myaccount",
+                "user: sync_user",
+                "private_key: ${env:BACKFLOW_E2E_SNOWFLAKE_KEY}",
+                "warehouse: COMPUTE_WH",
+                "database: ANALYTICS",
+                "schema: PUBLIC",
+                "role: RETL",
+                fmt::format("base_url: \"{}\"", fake_->BaseUrl()),
+                "max_retries: 1"};
+    w.model_sql = kModelSql;
+    w.primary_key = "ID";
+    w.hook_url = receiver_->Url("/ingest");
+    w.batch_size = 40;
+    w.fields =
+        "customer_id: ID, email: EMAIL, plan: PLAN, ltv: LTV, updated_at: UPDATED_AT, traits: "
+        "TRAITS";
+    e2e::WriteWarehouseWorkspace(dir_, w);
   }
 
   // The fake's rows as the receiver should hold them, by key.
@@ -135,13 +109,7 @@ mappings:
     return out;
   }
 
-  CliResult Sync() { return RunCli(dir_, {"sync", "customers_to_hook", "--json"}); }
-
-  static json Summary(const CliResult& r) {
-    json j = json::parse(r.LastLine(), nullptr, false);
-    EXPECT_FALSE(j.is_discarded()) << "stdout: " << r.out << "\nstderr: " << r.err;
-    return j;
-  }
+  CliResult Sync() { return e2e::SyncCustomers(dir_); }
 
   std::string dir_;
   std::unique_ptr<FakeSnowflakeServer> fake_;

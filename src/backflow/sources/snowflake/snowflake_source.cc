@@ -25,11 +25,13 @@
 #include "absl/status/status.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/string_view.h"
+#include "backflow/common/civil_date.h"
 #include "backflow/common/crypto.h"
 #include "backflow/common/errors.h"
 #include "backflow/common/fmt_absl.h"
 #include "backflow/common/http_client.h"
 #include "backflow/common/status_macros.h"
+#include "backflow/common/url.h"
 #include "backflow/delivery/http_delivery.h"
 #include "fmt/format.h"
 
@@ -92,18 +94,6 @@ std::string NewUuid() {
                      hi & 0xFFFF, lo >> 48, lo & 0xFFFFFFFFFFFFULL);
 }
 
-std::string PathEscape(std::string_view s) {
-  std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out += fmt::format("%{:02X}", c);
-    }
-  }
-  return out;
-}
-
 std::string OpenSslError() {
   unsigned long e = ERR_get_error();  // NOLINT(runtime/int): OpenSSL's type
   if (e == 0) return "unknown OpenSSL error";
@@ -144,25 +134,9 @@ absl::StatusOr<std::string> Gunzip(std::string_view in) {
 
 int64_t FloorDiv(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); }
 
-// Days since 1970-01-01 -> civil date (H. Hinnant's algorithm).
-void CivilFromDays(int64_t z, int64_t& y, unsigned& m, unsigned& d) {
-  z += 719468;
-  const int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-  const unsigned doe = static_cast<unsigned>(z - era * 146097);
-  const unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-  y = static_cast<int64_t>(yoe) + era * 400;
-  const unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-  const unsigned mp = (5 * doy + 2) / 153;
-  d = doy - (153 * mp + 2) / 5 + 1;
-  m = mp < 10 ? mp + 3 : mp - 9;
-  if (m <= 2) ++y;
-}
-
 std::string FormatDate(int64_t days) {
-  int64_t y;
-  unsigned m, d;
-  CivilFromDays(days, y, m, d);
-  return fmt::format("{:04d}-{:02d}-{:02d}", y, m, d);
+  const CivilDate date = CivilFromDays(days);
+  return fmt::format("{:04d}-{:02d}-{:02d}", date.year, date.month, date.day);
 }
 
 bool AllDigits(std::string_view s) {
@@ -489,7 +463,7 @@ class SnowflakeClient {
     json j = json::parse(d.response->body, nullptr, false);
     std::string status_path = j.is_object() ? JsonString(j, "statementStatusUrl") : "";
     if (!status_path.starts_with("/")) {
-      status_path = fmt::format("{}/{}", kStatementsPath, PathEscape(status.handle));
+      status_path = fmt::format("{}/{}", kStatementsPath, PercentEncode(status.handle));
     }
     absl::StatusOr<ResultSet> result = Poll(status.handle, status_path, started);
     if (!result.ok() && ShouldCancelAfter(result.status())) Cancel(status.handle);
@@ -500,7 +474,7 @@ class SnowflakeClient {
   absl::StatusOr<json> FetchPartition(const std::string& handle, size_t n) {
     HttpDelivery delivery = Delivery(/*poll=*/false);
     const std::string url = fmt::format("{}{}/{}?partition={}", config_.http.base_url,
-                                        kStatementsPath, PathEscape(handle), n);
+                                        kStatementsPath, PercentEncode(handle), n);
     DeliveryResult d = delivery.Send([&] { return Request("GET", url); });
     if (!d.response.ok() || d.response->status != 200) return Failure(d, Step::kPartition);
     std::string body = std::move(d.response->body);
@@ -521,8 +495,8 @@ class SnowflakeClient {
   // Best effort: one attempt, errors ignored.
   void Cancel(const std::string& handle) {
     HttpDelivery delivery = Delivery(/*poll=*/false);
-    const std::string url =
-        fmt::format("{}{}/{}/cancel", config_.http.base_url, kStatementsPath, PathEscape(handle));
+    const std::string url = fmt::format("{}{}/{}/cancel", config_.http.base_url, kStatementsPath,
+                                        PercentEncode(handle));
     delivery.Send(
         [&] {
           HttpRequest r = Request("POST", url);
@@ -929,16 +903,6 @@ class SnowflakeSource : public Source {
   std::shared_ptr<SnowflakeClient> client_;
 };
 
-SettingSpec Setting(const char* key, const char* label, std::string description,
-                    SettingType type = SettingType::kString) {
-  SettingSpec s;
-  s.key = key;
-  s.label = label;
-  s.description = std::move(description);
-  s.type = type;
-  return s;
-}
-
 }  // namespace
 
 // --- Public helpers ---------------------------------------------------------
@@ -1292,93 +1256,84 @@ SourceDefinition SnowflakeSourceDefinition() {
       "UPPERCASE.";
   def.maturity = "beta";
 
-  SettingSpec account = Setting(
+  SettingSpec account = MakeSetting(
       "account", "Account identifier",
       "orgname-accountname (e.g. myorg-myaccount), or the account locator with its region and "
       "cloud (e.g. xy12345.us-east-2.aws). The API address and the key-pair JWT are derived "
       "from it.");
   account.required = true;
   def.settings.push_back(account);
-  def.settings.push_back(Setting("user", "User",
-                                 "The login name of the user (required with a key pair; the "
-                                 "public key must be set on this user)."));
-  SettingSpec key = Setting(
+  def.settings.push_back(MakeSetting("user", "User",
+                                     "The login name of the user (required with a key pair; the "
+                                     "public key must be set on this user)."));
+  SettingSpec key = MakeSetting(
       "private_key", "Private key",
       "Key-pair auth: the content of the user's PEM private key (rsa_key.p8, RSA 2048+), e.g. "
       "${env:SNOWFLAKE_PRIVATE_KEY}. Register the public half with ALTER USER ... SET "
       "RSA_PUBLIC_KEY. Set this, private_key_path or token.");
   key.secret = true;
   def.settings.push_back(key);
-  SettingSpec key_path = Setting("private_key_path", "Private key file",
-                                 "Key-pair auth: the path of the PEM private key file, instead "
-                                 "of private_key.");
+  SettingSpec key_path = MakeSetting("private_key_path", "Private key file",
+                                     "Key-pair auth: the path of the PEM private key file, instead "
+                                     "of private_key.");
   key_path.is_path = true;
   def.settings.push_back(key_path);
   SettingSpec passphrase =
-      Setting("private_key_passphrase", "Private key passphrase",
-              "The passphrase of an encrypted private key (\"BEGIN ENCRYPTED PRIVATE KEY\").");
+      MakeSetting("private_key_passphrase", "Private key passphrase",
+                  "The passphrase of an encrypted private key (\"BEGIN ENCRYPTED PRIVATE KEY\").");
   passphrase.secret = true;
   def.settings.push_back(passphrase);
-  SettingSpec token =
-      Setting("token", "Token",
-              "Instead of a key pair: a programmatic access token, or an OAuth access token (set "
-              "token_type: oauth), e.g. ${env:SNOWFLAKE_TOKEN}.");
+  SettingSpec token = MakeSetting(
+      "token", "Token",
+      "Instead of a key pair: a programmatic access token, or an OAuth access token (set "
+      "token_type: oauth), e.g. ${env:SNOWFLAKE_TOKEN}.");
   token.secret = true;
   def.settings.push_back(token);
   SettingSpec token_type =
-      Setting("token_type", "Token type", "What `token` is.", SettingType::kEnum);
+      MakeSetting("token_type", "Token type", "What `token` is.", SettingType::kEnum);
   token_type.allowed_values = {"programmatic_access_token", "oauth"};
   token_type.default_value = "programmatic_access_token";
   def.settings.push_back(token_type);
-  def.settings.push_back(Setting("warehouse", "Warehouse",
-                                 "The warehouse that runs the queries; case-sensitive, as SHOW "
-                                 "WAREHOUSES returns it (usually UPPERCASE). Default: the "
-                                 "user's DEFAULT_WAREHOUSE."));
-  def.settings.push_back(Setting("database", "Database",
-                                 "Database for unqualified names (case-sensitive, usually "
-                                 "UPPERCASE). Default: the user's default namespace."));
+  def.settings.push_back(MakeSetting("warehouse", "Warehouse",
+                                     "The warehouse that runs the queries; case-sensitive, as SHOW "
+                                     "WAREHOUSES returns it (usually UPPERCASE). Default: the "
+                                     "user's DEFAULT_WAREHOUSE."));
+  def.settings.push_back(MakeSetting("database", "Database",
+                                     "Database for unqualified names (case-sensitive, usually "
+                                     "UPPERCASE). Default: the user's default namespace."));
   def.settings.push_back(
-      Setting("schema", "Schema", "Schema for unqualified names (case-sensitive)."));
-  def.settings.push_back(Setting("role", "Role",
-                                 "The role to run as (case-sensitive); it needs USAGE on the "
-                                 "warehouse and SELECT on the model's tables. Default: the "
-                                 "user's DEFAULT_ROLE."));
-  SettingSpec timeout =
-      Setting("statement_timeout_s", "Statement timeout (s)",
-              "Snowflake cancels a query that runs longer (0: Snowflake's maximum, 7 days).",
-              SettingType::kInteger);
-  timeout.default_value = 3600;
-  def.settings.push_back(timeout);
-  SettingSpec tag = Setting("query_tag", "Query tag",
-                            "QUERY_TAG of Backflow's queries, to find them in the query "
-                            "history.");
-  tag.default_value = "backflow";
-  def.settings.push_back(tag);
+      MakeSetting("schema", "Schema", "Schema for unqualified names (case-sensitive)."));
+  def.settings.push_back(MakeSetting("role", "Role",
+                                     "The role to run as (case-sensitive); it needs USAGE on the "
+                                     "warehouse and SELECT on the model's tables. Default: the "
+                                     "user's DEFAULT_ROLE."));
+  def.settings.push_back(
+      MakeSetting("statement_timeout_s", "Statement timeout (s)",
+                  "Snowflake cancels a query that runs longer (0: Snowflake's maximum, 7 days).",
+                  SettingType::kInteger, 3600));
+  def.settings.push_back(MakeSetting("query_tag", "Query tag",
+                                     "QUERY_TAG of Backflow's queries, to find them in the query "
+                                     "history.",
+                                     SettingType::kString, "backflow"));
 
-  SettingSpec base = Setting(
+  SettingSpec base = MakeSetting(
       "base_url", "Base URL",
       "The SQL API's address. Default: https://<account>.snowflakecomputing.com. Set it for "
       "PrivateLink hosts, a proxy or a test server.");
   def.settings.push_back(base);
-  SettingSpec http_timeout =
-      Setting("timeout_ms", "Timeout (ms)",
-              "How long to wait for each reply before retrying (a query's first request waits at "
-              "least 60 s: Snowflake answers it after up to 45 s).",
-              SettingType::kInteger);
-  http_timeout.default_value = 30'000;
-  def.settings.push_back(http_timeout);
-  SettingSpec retries =
-      Setting("max_retries", "Max retries",
-              "Retries per request after 429, 500/502/503/504 and connection errors (a resubmitted "
-              "query is never run twice).",
-              SettingType::kInteger);
-  retries.default_value = 5;
-  def.settings.push_back(retries);
-  SettingSpec wait =
-      Setting("max_retry_wait_s", "Max retry wait (s)",
-              "Upper bound on any single wait between retries.", SettingType::kInteger);
-  wait.default_value = 300;
-  def.settings.push_back(wait);
+  def.settings.push_back(MakeSetting(
+      "timeout_ms", "Timeout (ms)",
+      "How long to wait for each reply before retrying (a query's first request waits at "
+      "least 60 s: Snowflake answers it after up to 45 s).",
+      SettingType::kInteger, 30'000));
+  def.settings.push_back(MakeSetting(
+      "max_retries", "Max retries",
+      "Retries per request after 429, 500/502/503/504 and connection errors (a resubmitted "
+      "query is never run twice).",
+      SettingType::kInteger, 5));
+  def.settings.push_back(MakeSetting("max_retry_wait_s", "Max retry wait (s)",
+                                     "Upper bound on any single wait between retries.",
+                                     SettingType::kInteger, 300));
 
   def.create = [](const json& settings,
                   const ConnectorEnv& env) -> absl::StatusOr<std::unique_ptr<Source>> {
