@@ -7,7 +7,7 @@
 // a sync left in <state>-checkpoints/<mapping>/) into memory, then REPS times
 // (default 3), back to back:
 //   1. writes them as a new checkpoint exactly as a fold does (RunFileWriter,
-//      durable: temporary file, zstd blocks, fdatasync, rename, fsync of the
+//      durable: temporary file, checksummed blocks, fdatasync, rename, fsync of the
 //      folder) into a scratch folder next to the input (ZSTD_LEVEL: try
 //      another compression level than the checkpoint files' default);
 //   2. copies the file just written with `dd bs=1M conv=fdatasync` (the same

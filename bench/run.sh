@@ -550,7 +550,7 @@ m_ckpt=$(jfield "$work/ckpt.json" write_s)
 m_dd=$(jfield "$work/ckpt.json" dd_s)
 r_ckpt=$(calc "$m_ckpt / $m_dd")
 echo "| checkpoint write + fsync + rename ($(jfield "$work/ckpt.json" records) entries," \
-  "$(awk "BEGIN { printf \"%.1f MiB\", $(jfield "$work/ckpt.json" bytes) / 1048576 }"), zstd blocks) |" \
+  "$(awk "BEGIN { printf \"%.1f MiB\", $(jfield "$work/ckpt.json" bytes) / 1048576 }")) |" \
   "$(fmt_s "$m_ckpt") | \`dd bs=1M conv=fdatasync\` of the same bytes: $(fmt_s "$m_dd") |" \
   "$(fmt_x "$r_ckpt") | ≤ 1.5× | $(verdict "$r_ckpt <= 1.5") |"
 echo

@@ -75,6 +75,9 @@ absl::StatusOr<std::unique_ptr<Spool>> Spool::Create(const std::string& dir, Opt
   spool->rows_buffer_.reserve(kRowBuffer + 4096);
   ExternalSorter::Options so;
   so.memory_budget = options.sort_budget;
+  // Spilled runs stay raw: 16 of each summary's ~40 bytes are a random
+  // fingerprint, and the runs live only as long as the extraction.
+  so.compression_level = 0;
   spool->keyed_ = std::make_unique<ExternalSorter>(path, "keyed", so);
   return spool;
 }
