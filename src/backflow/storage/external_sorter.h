@@ -2,7 +2,8 @@
 // fixed memory budget.
 //
 // Records are buffered in memory; when the buffer reaches the budget it is
-// sorted and written to a run file in `dir` (zstd-compressed), and at the end
+// sorted and written to a run file in `dir` (zstd-compressed unless
+// Options::compression_level is 0), and at the end
 // the runs and the last buffer are merged. Keys compare as unsigned bytes
 // (the order of std::string, SQLite's BINARY collation and PostgreSQL bytea);
 // records with equal keys come out in the order they were added. Memory is
