@@ -170,11 +170,13 @@ struct KeyRule {
 const std::vector<KeyRule>& Rules(EntryKind kind) {
   static const std::vector<KeyRule> kSource = {
       {"name", Shape::kString}, {"type", Shape::kString}, {"description", Shape::kString}};
-  static const std::vector<KeyRule> kModel = {
-      {"name", Shape::kString},        {"source", Shape::kString},
-      {"sql", Shape::kString},         {"primary_key", Shape::kString},
-      {"description", Shape::kString}, {"schedule", Shape::kStringOrObject},
-      {"change_detection", Shape::kString}};
+  static const std::vector<KeyRule> kModel = {{"name", Shape::kString},
+                                              {"source", Shape::kString},
+                                              {"sql", Shape::kString},
+                                              {"primary_key", Shape::kString},
+                                              {"description", Shape::kString},
+                                              {"schedule", Shape::kStringOrObject},
+                                              {"change_detection", Shape::kString}};
   static const std::vector<KeyRule> kDestination = {{"name", Shape::kString},
                                                     {"type", Shape::kString},
                                                     {"description", Shape::kString},

@@ -30,9 +30,9 @@ TEST(BuiltinRegistryTest, DefinitionsAreComplete) {
       EXPECT_GE(a.max_batch_records, a.default_batch_records) << d.type << "." << a.id;
     }
   }
-  EXPECT_EQ(sources,
-            (std::vector<std::string>{"sqlite", "postgres", "mysql", "snowflake", "bigquery",
-                                      "redshift", "redshift_data_api", "databricks", "clickhouse"}));
+  EXPECT_EQ(sources, (std::vector<std::string>{"sqlite", "postgres", "mysql", "snowflake",
+                                               "bigquery", "redshift", "redshift_data_api",
+                                               "databricks", "clickhouse"}));
   EXPECT_EQ(destinations, (std::vector<std::string>{"webhook", "segment", "hubspot", "braze",
                                                     "mixpanel", "google_sheets", "meta_capi",
                                                     "iterable", "salesforce", "file", "postgres"}));

@@ -19,9 +19,9 @@
 
 #include "absl/status/statusor.h"
 #include "backflow/common/hash.h"
+#include "backflow/state/state_store.h"
 #include "backflow/storage/external_sorter.h"
 #include "backflow/storage/run_file.h"
-#include "backflow/state/state_store.h"
 
 namespace backflow {
 
