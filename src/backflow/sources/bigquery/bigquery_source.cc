@@ -15,6 +15,7 @@
 #include "backflow/common/fmt_absl.h"
 #include "backflow/common/http_client.h"
 #include "backflow/common/json_writer.h"
+#include "backflow/common/numbers.h"
 #include "backflow/common/status_macros.h"
 #include "backflow/common/url.h"
 #include "backflow/delivery/google_service_account.h"
@@ -159,12 +160,10 @@ std::string PlainDecimal(const DecimalText& d) {
   return out;
 }
 
-std::optional<int64_t> ParseInt64(std::string_view s) {
-  int64_t v = 0;
+// BigQuery's integers may carry a '+'.
+std::optional<int64_t> ParseSignedInt64(std::string_view s) {
   if (!s.empty() && s[0] == '+') s.remove_prefix(1);
-  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc() || ptr != s.data() + s.size() || s.empty()) return std::nullopt;
-  return v;
+  return ParseInt64(s);
 }
 
 std::optional<double> ParseFloat(std::string_view s) {
@@ -290,7 +289,7 @@ absl::Status AppendJsonScalar(const BigQueryField& f, const std::string& path, c
   if (text == nullptr) return BadCell(path, f.type, v);
   switch (kind) {
     case Kind::kInt64: {
-      std::optional<int64_t> i = ParseInt64(*text);
+      std::optional<int64_t> i = ParseSignedInt64(*text);
       if (!i) return BadCell(path, f.type, v);
       if (*i >= -kMaxSafeJsonInteger && *i <= kMaxSafeJsonInteger) {
         out += std::to_string(*i);
@@ -506,7 +505,7 @@ absl::StatusOr<std::string> BigQueryTimestampText(std::string_view v) {
   bool integer_text =
       !v.empty() && std::all_of(v.begin() + (v[0] == '-' ? 1 : 0), v.end(), IsDigit);
   if (integer_text && v != "-") {
-    micros = ParseInt64(v);  // useInt64Timestamp: microseconds
+    micros = ParseSignedInt64(v);  // useInt64Timestamp: microseconds
   } else {
     std::optional<DecimalText> d = ParseDecimal(v);  // float seconds
     if (!d) return bad();
@@ -603,7 +602,7 @@ absl::StatusOr<Value> DecodeBigQueryCell(const BigQueryField& field, const json&
   if (text == nullptr) return BadCell(field.name, field.type, v);
   switch (kind) {
     case Kind::kInt64: {
-      std::optional<int64_t> i = ParseInt64(*text);
+      std::optional<int64_t> i = ParseSignedInt64(*text);
       if (!i) return BadCell(field.name, field.type, v);
       return Value::Int64(*i);
     }
@@ -1004,7 +1003,7 @@ class BigQueryRowReader : public RowReader {
     }
     if (auto total = reply->find("totalRows"); total != reply->end()) {
       std::optional<int64_t> n;
-      if (total->is_string()) n = ParseInt64(total->get<std::string>());
+      if (total->is_string()) n = ParseSignedInt64(total->get<std::string>());
       if (total->is_number_integer()) n = total->get<int64_t>();
       total_rows_ = n;
     }

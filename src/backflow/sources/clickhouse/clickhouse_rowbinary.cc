@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "backflow/common/civil_date.h"
 #include "backflow/common/json_writer.h"
+#include "backflow/common/numbers.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
 
@@ -95,13 +96,7 @@ std::optional<std::string> Unquote(std::string_view s) {
   return out;
 }
 
-std::optional<int64_t> ParseInt(std::string_view s) {
-  s = TrimView(s);
-  int64_t v = 0;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc() || p != s.data() + s.size()) return std::nullopt;
-  return v;
-}
+std::optional<int64_t> ParseInt(std::string_view s) { return ParseInt64(TrimView(s)); }
 
 absl::Status BadType(std::string_view text, std::string_view why) {
   return absl::InvalidArgumentError(

@@ -17,6 +17,7 @@
 #include "backflow/common/errors.h"
 #include "backflow/common/fmt_absl.h"
 #include "backflow/common/http_client.h"
+#include "backflow/common/numbers.h"
 #include "backflow/common/status_macros.h"
 #include "backflow/common/url.h"
 #include "backflow/delivery/http_delivery.h"
@@ -76,14 +77,6 @@ std::optional<int64_t> IntOf(const json& object, const char* key) {
 }
 
 // ------------------------------------------------------------- numbers
-
-std::optional<int64_t> ParseInt64(std::string_view s) {
-  int64_t v = 0;
-  if (s.empty()) return std::nullopt;
-  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc() || ptr != s.data() + s.size()) return std::nullopt;
-  return v;
-}
 
 std::optional<double> ParseDouble(std::string_view s) {
   if (s == "NaN" || s == "nan") return std::numeric_limits<double>::quiet_NaN();

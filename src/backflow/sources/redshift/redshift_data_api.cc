@@ -14,6 +14,7 @@
 #include "backflow/common/errors.h"
 #include "backflow/common/fmt_absl.h"
 #include "backflow/common/http_client.h"
+#include "backflow/common/numbers.h"
 #include "backflow/common/status_macros.h"
 #include "backflow/delivery/http_delivery.h"
 #include "backflow/pg/types.h"
@@ -42,14 +43,6 @@ std::string TextOf(const json& object, const char* key) {
   if (!object.is_object()) return "";
   auto it = object.find(key);
   return it != object.end() && it->is_string() ? it->get<std::string>() : "";
-}
-
-std::optional<int64_t> ParseInt64(std::string_view s) {
-  int64_t v = 0;
-  if (s.empty()) return std::nullopt;
-  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc() || ptr != s.data() + s.size()) return std::nullopt;
-  return v;
 }
 
 std::optional<double> ParseDouble(std::string_view s) {
