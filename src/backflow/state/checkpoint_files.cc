@@ -242,8 +242,10 @@ absl::Status CheckpointFiles::Apply(const std::string& mapping,
   if (payload.size() > kMaxFrame) {
     return absl::InvalidArgumentError("too many checkpoint updates applied at once");
   }
-  BACKFLOW_ASSIGN_OR_RETURN(Generation g, Current(mapping));
-  if (journal_fd_ < 0 || journal_mapping_ != mapping || journal_gen_ != g.gen) {
+  // The open journal stays current until this object folds or resets the
+  // mapping (both close it); no other process writes it (the mapping's lock).
+  if (journal_fd_ < 0 || journal_mapping_ != mapping) {
+    BACKFLOW_ASSIGN_OR_RETURN(Generation g, Current(mapping));
     if (journal_fd_ >= 0) close(journal_fd_);
     journal_fd_ = -1;
     std::error_code ec;
@@ -265,7 +267,7 @@ absl::Status CheckpointFiles::Apply(const std::string& mapping,
     if (*valid == 0) BACKFLOW_RETURN_IF_ERROR(SyncDir(g.dir));
     journal_fd_ = fd;
     journal_mapping_ = mapping;
-    journal_gen_ = g.gen;
+    journal_path_ = g.journal();
   }
   std::string frame;
   frame.reserve(kFrameHeader + payload.size());
@@ -279,7 +281,7 @@ absl::Status CheckpointFiles::Apply(const std::string& mapping,
     ssize_t n = write(journal_fd_, frame.data() + done, frame.size() - done);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
-      absl::Status error = IoError("cannot write", g.journal());
+      absl::Status error = IoError("cannot write", journal_path_);
       close(journal_fd_);  // reopening drops the partial frame
       journal_fd_ = -1;
       return error;
@@ -287,7 +289,7 @@ absl::Status CheckpointFiles::Apply(const std::string& mapping,
     done += static_cast<size_t>(n);
   }
   if (fdatasync(journal_fd_) != 0) {
-    absl::Status error = IoError("cannot sync", g.journal());
+    absl::Status error = IoError("cannot sync", journal_path_);
     close(journal_fd_);
     journal_fd_ = -1;
     return error;

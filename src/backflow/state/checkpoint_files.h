@@ -69,7 +69,7 @@ class CheckpointFiles {
   // Open journal of the mapping last applied to (most runs touch one mapping at a time).
   std::string journal_mapping_;
   int journal_fd_ = -1;
-  int64_t journal_gen_ = -1;
+  std::string journal_path_;
   FoldStats last_fold_;
 };
 
