@@ -202,11 +202,6 @@ absl::Status CheckpointFiles::Damaged(const std::string& mapping, const std::str
   return DamagedCheckpointError(mapping, detail);
 }
 
-bool CheckpointFiles::Exists(const std::string& mapping) const {
-  auto gen = Current(mapping);
-  return gen.ok() && (gen->has_base || gen->journal_bytes > 0);
-}
-
 absl::StatusOr<CheckpointFiles::Generation> CheckpointFiles::Current(
     const std::string& mapping) const {
   Generation g;

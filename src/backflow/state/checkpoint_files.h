@@ -47,8 +47,6 @@ class CheckpointFiles {
   // Records in the checkpoint (folds first if needed).
   absl::StatusOr<int64_t> Size(const std::string& mapping);
   absl::Status Reset(const std::string& mapping);
-  // True when the mapping has a base or a journal.
-  bool Exists(const std::string& mapping) const;
 
   struct FoldStats {
     int64_t records = 0;
