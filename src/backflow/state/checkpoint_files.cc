@@ -36,6 +36,17 @@ std::string BasePath(const std::string& dir, int64_t gen) {
 std::string JournalPath(const std::string& dir, int64_t gen) {
   return fmt::format("{}/journal-{}", dir, gen);
 }
+std::string InFlightPath(const std::string& dir, int64_t gen) {
+  return fmt::format("{}/inflight-{}", dir, gen);
+}
+
+// The first byte of a journal event: a CheckpointUpdate::Kind, or a mark.
+constexpr char kUpsertEvent = static_cast<char>(CheckpointUpdate::Kind::kUpsert);
+constexpr char kRemoveEvent = static_cast<char>(CheckpointUpdate::Kind::kRemove);
+constexpr char kSettleEvent = static_cast<char>(CheckpointUpdate::Kind::kSettle);
+constexpr char kMarkEvent = 3;
+static_assert(kUpsertEvent != kMarkEvent && kRemoveEvent != kMarkEvent &&
+              kSettleEvent != kMarkEvent);
 
 absl::Status SyncDir(const std::string& dir) {
   int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -46,12 +57,18 @@ absl::Status SyncDir(const std::string& dir) {
   return absl::OkStatus();
 }
 
-// An update as the journal and the fold's sorter store it: kind | fingerprint | identity.
-void EncodeUpdateValue(const CheckpointUpdate& u, std::string& out) {
-  out.push_back(static_cast<char>(u.kind));
-  out.append(reinterpret_cast<const char*>(&u.fingerprint.high), 8);
-  out.append(reinterpret_cast<const char*>(&u.fingerprint.low), 8);
-  out.append(u.identity);
+// A journal event as the journal and the fold's sorter store it, after its
+// key: kind | fingerprint | identity (a settle's identity is empty, a mark's
+// fingerprint zero).
+void AppendEvent(std::string& payload, std::string_view key, char kind, const Fingerprint& fp,
+                 std::string_view identity) {
+  AppendVarint(payload, key.size());
+  payload.append(key);
+  AppendVarint(payload, 17 + identity.size());
+  payload.push_back(kind);
+  payload.append(reinterpret_cast<const char*>(&fp.high), 8);
+  payload.append(reinterpret_cast<const char*>(&fp.low), 8);
+  payload.append(identity);
 }
 
 // Reads the frames of a journal. Calls `on_update(key, value)` for every
@@ -123,16 +140,25 @@ absl::StatusOr<int64_t> ReadJournal(const std::string& path, OnUpdate on_update)
   return offset;
 }
 
+// Streams a base file (values: fingerprint · identity) or an in-flight file
+// (values: identity; fingerprints zero).
 class FileCheckpointScanner : public CheckpointScanner {
  public:
-  FileCheckpointScanner(std::unique_ptr<RunFileReader> reader, std::string mapping)
-      : reader_(std::move(reader)), mapping_(std::move(mapping)) {}
+  FileCheckpointScanner(std::unique_ptr<RunFileReader> reader, std::string mapping,
+                        bool in_flight = false)
+      : reader_(std::move(reader)), mapping_(std::move(mapping)), in_flight_(in_flight) {}
   absl::StatusOr<bool> Next(CheckpointEntry& entry) override {
     if (reader_ == nullptr) return false;
     std::string_view key, value;
     auto more = reader_->Next(key, value);
     if (!more.ok()) return DamagedCheckpointError(mapping_, std::string(more.status().message()));
     if (!*more) return false;
+    if (in_flight_) {
+      entry.key.assign(key);
+      entry.fingerprint = Fingerprint{};
+      entry.identity.assign(value);
+      return true;
+    }
     if (value.size() < 16) {
       return DamagedCheckpointError(mapping_, "an entry is shorter than its fingerprint");
     }
@@ -146,6 +172,7 @@ class FileCheckpointScanner : public CheckpointScanner {
  private:
   std::unique_ptr<RunFileReader> reader_;
   std::string mapping_;
+  bool in_flight_;
 };
 
 }  // namespace
@@ -167,6 +194,7 @@ struct CheckpointFiles::Generation {
   int64_t journal_bytes = 0;
   std::string base() const { return BasePath(dir, gen); }
   std::string journal() const { return JournalPath(dir, gen); }
+  std::string in_flight() const { return InFlightPath(dir, gen); }
 };
 
 absl::StatusOr<std::unique_ptr<CheckpointFiles>> CheckpointFiles::Open(const std::string& root) {
@@ -223,16 +251,27 @@ absl::StatusOr<CheckpointFiles::Generation> CheckpointFiles::Current(
   return g;
 }
 
+absl::Status CheckpointFiles::Mark(const std::string& mapping,
+                                   const std::vector<InFlightEntry>& entries) {
+  std::string payload;
+  for (const InFlightEntry& e : entries) AppendEvent(payload, e.key, kMarkEvent, {}, e.identity);
+  return AppendFrame(mapping, payload);
+}
+
 absl::Status CheckpointFiles::Apply(const std::string& mapping,
                                     const std::vector<CheckpointUpdate>& updates) {
   std::string payload;
   for (const CheckpointUpdate& u : updates) {
-    if (u.kind == CheckpointUpdate::Kind::kSettle) continue;
-    AppendVarint(payload, u.key.size());
-    payload.append(u.key);
-    AppendVarint(payload, 17 + u.identity.size());
-    EncodeUpdateValue(u, payload);
+    if (u.kind == CheckpointUpdate::Kind::kSettle) {
+      AppendEvent(payload, u.key, kSettleEvent, {}, {});
+    } else {
+      AppendEvent(payload, u.key, static_cast<char>(u.kind), u.fingerprint, u.identity);
+    }
   }
+  return AppendFrame(mapping, payload);
+}
+
+absl::Status CheckpointFiles::AppendFrame(const std::string& mapping, const std::string& payload) {
   if (payload.empty()) return absl::OkStatus();
   if (payload.size() > kMaxFrame) {
     return absl::InvalidArgumentError("too many checkpoint updates applied at once");
@@ -294,31 +333,42 @@ absl::Status CheckpointFiles::Apply(const std::string& mapping,
 
 absl::Status CheckpointFiles::Fold(const std::string& mapping) {
   BACKFLOW_ASSIGN_OR_RETURN(Generation g, Current(mapping));
-  // Files of older generations: a crash came between a fold's rename and its cleanup.
+  // Files of older generations (a crash came between a fold's rename and its
+  // cleanup) and in-flight files of newer ones (a crash came before the
+  // rename: that fold never happened).
   std::error_code ec;
+  bool removed_newer = false;
   for (const auto& f : fs::directory_iterator(g.dir, ec)) {
     long long n = 0;
     const std::string name = f.path().filename().string();
-    if ((sscanf(name.c_str(), "base-%lld.", &n) == 1 ||
-         sscanf(name.c_str(), "journal-%lld", &n) == 1) &&
-        n < g.gen) {
-      std::error_code ignored;
-      fs::remove(f.path(), ignored);
+    const bool in_flight = sscanf(name.c_str(), "inflight-%lld", &n) == 1;
+    if (!in_flight && sscanf(name.c_str(), "base-%lld.", &n) != 1 &&
+        sscanf(name.c_str(), "journal-%lld", &n) != 1) {
+      continue;
     }
+    std::error_code ignored;
+    if (n < g.gen) fs::remove(f.path(), ignored);
+    if (in_flight && n > g.gen) removed_newer |= fs::remove(f.path(), ignored);
   }
+  if (removed_newer) BACKFLOW_RETURN_IF_ERROR(SyncDir(g.dir));
   if (g.journal_bytes == 0) return absl::OkStatus();
   const auto started = std::chrono::steady_clock::now();
   if (journal_mapping_ == mapping && journal_fd_ >= 0) {
     close(journal_fd_);
     journal_fd_ = -1;
   }
-  // The journal's updates in key order; for a key updated several times the
-  // last update comes last.
+  // The journal's events in key order; a key's events keep their order.
   ExternalSorter::Options so;
   so.memory_budget = kFoldSortBudget;
-  ExternalSorter updates(g.dir, "fold", so);
+  ExternalSorter events(g.dir, "fold", so);
   auto read = ReadJournal(g.journal(), [&](std::string_view key, std::string_view value) {
-    return updates.Add(key, value);
+    const char kind = value[0];
+    if (kind != kUpsertEvent && kind != kRemoveEvent && kind != kSettleEvent &&
+        kind != kMarkEvent) {
+      return absl::DataLossError(
+          fmt::format("journal {}: unknown event kind {}", g.journal(), static_cast<int>(kind)));
+    }
+    return events.Add(key, value);
   });
   if (!read.ok()) {
     if (read.status().code() == absl::StatusCode::kDataLoss) {
@@ -326,55 +376,98 @@ absl::Status CheckpointFiles::Fold(const std::string& mapping) {
     }
     return read.status();
   }
-  BACKFLOW_RETURN_IF_ERROR(updates.Finish());
-  BACKFLOW_ASSIGN_OR_RETURN(std::unique_ptr<SortedStream> journal, updates.Open());
-  std::unique_ptr<RunFileReader> base;
-  if (g.has_base) {
-    auto opened = RunFileReader::Open(g.base());
-    if (!opened.ok()) return Damaged(mapping, std::string(opened.status().message()));
-    base = *std::move(opened);
-  }
-  const std::string next = BasePath(g.dir, g.gen + 1);
-  BACKFLOW_ASSIGN_OR_RETURN(auto writer, RunFileWriter::Create(next, CheckpointFileOptions()));
+  BACKFLOW_RETURN_IF_ERROR(events.Finish());
+  BACKFLOW_ASSIGN_OR_RETURN(std::unique_ptr<SortedStream> journal, events.Open());
 
-  std::string_view base_key, base_value, key, value;
-  bool have_base = false;
-  auto next_base = [&]() -> absl::Status {
-    if (base == nullptr) return absl::OkStatus();
-    auto more = base->Next(base_key, base_value);
-    if (!more.ok()) return Damaged(mapping, std::string(more.status().message()));
-    have_base = *more;
+  // One sorted input file of the current generation, read a record ahead.
+  struct Input {
+    std::unique_ptr<RunFileReader> reader;
+    std::string_view key, value;
+    bool have = false;
+  };
+  auto open_input = [&](const std::string& path, bool exists, Input& in) -> absl::Status {
+    if (!exists) return absl::OkStatus();
+    auto opened = RunFileReader::Open(path);
+    if (!opened.ok()) return Damaged(mapping, std::string(opened.status().message()));
+    in.reader = *std::move(opened);
     return absl::OkStatus();
   };
-  BACKFLOW_RETURN_IF_ERROR(next_base());
-  BACKFLOW_ASSIGN_OR_RETURN(bool have_update, journal->Next(key, value));
-  std::string last_key, last_value, entry;
-  while (have_base || have_update) {
-    if (have_update && (!have_base || key <= base_key)) {
-      // The last update of this key wins.
-      last_key.assign(key);
-      last_value.assign(value);
-      while (true) {
-        BACKFLOW_ASSIGN_OR_RETURN(have_update, journal->Next(key, value));
-        if (!have_update || key != last_key) break;
-        last_value.assign(value);
-      }
-      if (have_base && base_key == last_key) BACKFLOW_RETURN_IF_ERROR(next_base());
-      if (static_cast<CheckpointUpdate::Kind>(last_value[0]) == CheckpointUpdate::Kind::kUpsert) {
-        entry.assign(last_value, 1);
-        BACKFLOW_RETURN_IF_ERROR(writer->Add(last_key, entry));
-      }
-    } else {
-      BACKFLOW_RETURN_IF_ERROR(writer->Add(base_key, base_value));
-      BACKFLOW_RETURN_IF_ERROR(next_base());
+  auto advance = [&](Input& in) -> absl::Status {
+    if (in.reader == nullptr) return absl::OkStatus();
+    auto more = in.reader->Next(in.key, in.value);
+    if (!more.ok()) return Damaged(mapping, std::string(more.status().message()));
+    in.have = *more;
+    return absl::OkStatus();
+  };
+  Input base, marks;
+  BACKFLOW_RETURN_IF_ERROR(open_input(g.base(), g.has_base, base));
+  BACKFLOW_RETURN_IF_ERROR(open_input(g.in_flight(), fs::exists(g.in_flight(), ec), marks));
+  BACKFLOW_RETURN_IF_ERROR(advance(base));
+  BACKFLOW_RETURN_IF_ERROR(advance(marks));
+
+  const std::string next = BasePath(g.dir, g.gen + 1);
+  BACKFLOW_ASSIGN_OR_RETURN(auto writer, RunFileWriter::Create(next, CheckpointFileOptions()));
+  std::unique_ptr<RunFileWriter> in_flight;  // created at the first mark left open
+
+  std::string_view key, value;
+  BACKFLOW_ASSIGN_OR_RETURN(bool have_event, journal->Next(key, value));
+  std::string current, entry, mark;
+  while (base.have || marks.have || have_event) {
+    // The smallest key of the three inputs, and its state before the journal.
+    std::string_view smallest;
+    bool first = true;
+    for (const std::string_view* k :
+         {base.have ? &base.key : nullptr, marks.have ? &marks.key : nullptr,
+          have_event ? &key : nullptr}) {
+      if (k != nullptr && (first || *k < smallest)) smallest = *k;
+      if (k != nullptr) first = false;
     }
+    current.assign(smallest);
+    bool has_entry = base.have && base.key == current;
+    bool marked = marks.have && marks.key == current;
+    if (has_entry) entry.assign(base.value);
+    if (marked) mark.assign(marks.value);
+    while (have_event && key == current) {
+      switch (value[0]) {
+        case kUpsertEvent:
+          has_entry = true;
+          entry.assign(value, 1);
+          marked = false;
+          break;
+        case kRemoveEvent:
+          has_entry = false;
+          marked = false;
+          break;
+        case kSettleEvent:
+          marked = false;
+          break;
+        default:  // kMarkEvent
+          marked = true;
+          mark.assign(value, 17);
+      }
+      BACKFLOW_ASSIGN_OR_RETURN(have_event, journal->Next(key, value));
+    }
+    if (has_entry) BACKFLOW_RETURN_IF_ERROR(writer->Add(current, entry));
+    if (marked) {
+      if (in_flight == nullptr) {
+        BACKFLOW_ASSIGN_OR_RETURN(in_flight, RunFileWriter::Create(InFlightPath(g.dir, g.gen + 1),
+                                                                   CheckpointFileOptions()));
+      }
+      BACKFLOW_RETURN_IF_ERROR(in_flight->Add(current, mark));
+    }
+    if (base.have && base.key == current) BACKFLOW_RETURN_IF_ERROR(advance(base));
+    if (marks.have && marks.key == current) BACKFLOW_RETURN_IF_ERROR(advance(marks));
   }
+  // The in-flight file first: base-<gen+1> appearing is what commits the fold.
+  if (in_flight != nullptr) BACKFLOW_RETURN_IF_ERROR(in_flight->Finish());
   BACKFLOW_RETURN_IF_ERROR(writer->Finish());
-  // base-<gen+1> is durable: the old generation can go.
+  // Generation <gen+1> is durable: the old one can go.
   fs::remove(g.journal(), ec);
+  fs::remove(g.in_flight(), ec);
   if (g.has_base) fs::remove(g.base(), ec);
   BACKFLOW_RETURN_IF_ERROR(SyncDir(g.dir));
   last_fold_.records = writer->records();
+  last_fold_.in_flight = in_flight == nullptr ? 0 : in_flight->records();
   last_fold_.bytes = writer->bytes_written();
   last_fold_.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
@@ -390,6 +483,21 @@ absl::StatusOr<std::unique_ptr<CheckpointScanner>> CheckpointFiles::Scan(
   auto reader = RunFileReader::Open(g.base());
   if (!reader.ok()) return Damaged(mapping, std::string(reader.status().message()));
   return std::unique_ptr<CheckpointScanner>(new FileCheckpointScanner(*std::move(reader), mapping));
+}
+
+absl::StatusOr<std::unique_ptr<CheckpointScanner>> CheckpointFiles::ScanInFlight(
+    const std::string& mapping) {
+  BACKFLOW_RETURN_IF_ERROR(Fold(mapping));
+  BACKFLOW_ASSIGN_OR_RETURN(Generation g, Current(mapping));
+  std::error_code ec;
+  if (!fs::exists(g.in_flight(), ec)) {
+    return std::unique_ptr<CheckpointScanner>(
+        new FileCheckpointScanner({}, mapping, /*in_flight=*/true));
+  }
+  auto reader = RunFileReader::Open(g.in_flight());
+  if (!reader.ok()) return Damaged(mapping, std::string(reader.status().message()));
+  return std::unique_ptr<CheckpointScanner>(
+      new FileCheckpointScanner(*std::move(reader), mapping, /*in_flight=*/true));
 }
 
 absl::StatusOr<int64_t> CheckpointFiles::Size(const std::string& mapping) {

@@ -1,24 +1,33 @@
-// CheckpointFiles: per-mapping checkpoints kept as files next to a local
-// state store, so that a run reads its checkpoint as one sequential stream.
+// CheckpointFiles: per-mapping checkpoints and in-flight marks kept as files
+// next to a local state store, so that a run reads its checkpoint as one
+// sequential stream and each batch costs one appended, fdatasynced frame.
 //
 // Under `root`/<mapping>/ (the name hex-escaped where it is not [A-Za-z0-9_-]):
 //   base-<gen>.ckpt   a run file (storage/run_file.h) of (key, fingerprint ·
 //                     identity) in ascending byte order of key, written to a
 //                     temporary name, fdatasynced and renamed into place;
-//   journal-<gen>     the updates applied since base <gen>: checksummed
-//                     frames appended and fdatasynced by each Apply() before
-//                     it returns.
-// Scan() streams the base; when the journal holds updates (a run committed
-// nothing yet, or the process died), it first folds them into base <gen+1>:
-// the journal is sorted externally, merged with the base (the last update of
-// a key wins), written durably, and only then are the old base and journal
-// removed. A crash at any point leaves either the old base and its whole
-// journal, or the new base. A torn last frame (a crash during Apply(), which
-// therefore never returned) is ignored; any other damage, to the base or the
-// journal, fails with kDataLoss naming the mapping and how to recover.
+//   inflight-<gen>    the records marked in flight and not settled when base
+//                     <gen> was written: a run file of (key, identity), in
+//                     key order; absent when there were none;
+//   journal-<gen>     what happened since base <gen>: checksummed frames of
+//                     marks (Mark()) and updates (Apply(), settles included),
+//                     each appended and fdatasynced before the call returns.
+// A key's state is the base's and in-flight file's, then each journal event
+// in order: a mark sets its in-flight identity; an upsert or remove changes
+// its checkpoint entry and clears its mark; a settle clears its mark.
+// Scan() and ScanInFlight() stream the files of the current generation; when
+// the journal holds events (a run committed nothing yet, or the process
+// died), they first fold them into generation <gen+1>: the journal is sorted
+// externally (bounded memory), merged with both files, inflight-<gen+1> is
+// written durably and then base-<gen+1>, whose rename is the commit point;
+// only then are the old files removed. A crash at any point leaves either the
+// old generation with its whole journal, or the new one. A torn last frame (a
+// crash during Mark() or Apply(), which therefore never returned) is ignored;
+// any other damage, to a file or the journal, fails with kDataLoss naming the
+// mapping and how to recover.
 //
-// One object per root; used from one thread at a time. A Scan() stream reads
-// its own open file, unaffected by later Apply() or Fold() calls.
+// One object per root; used from one thread at a time. A scan reads its own
+// open file, unaffected by later Mark(), Apply() or Fold() calls.
 #pragma once
 
 #include <cstdint>
@@ -40,7 +49,13 @@ class CheckpointFiles {
   ~CheckpointFiles();
 
   absl::StatusOr<std::unique_ptr<CheckpointScanner>> Scan(const std::string& mapping);
-  // Durable when it returns. kSettle updates are ignored (they change nothing here).
+  // The records marked in flight, in ascending byte order of key (fingerprints
+  // zero). Folds first, like Scan().
+  absl::StatusOr<std::unique_ptr<CheckpointScanner>> ScanInFlight(const std::string& mapping);
+  // Marks records in flight (a record marked again takes the new identity).
+  // Durable when it returns.
+  absl::Status Mark(const std::string& mapping, const std::vector<InFlightEntry>& entries);
+  // Applies updates; every updated key is also settled. Durable when it returns.
   absl::Status Apply(const std::string& mapping, const std::vector<CheckpointUpdate>& updates);
   // Folds the journal into a new base now (a no-op when it is empty).
   absl::Status Fold(const std::string& mapping);
@@ -50,6 +65,7 @@ class CheckpointFiles {
 
   struct FoldStats {
     int64_t records = 0;
+    int64_t in_flight = 0;
     int64_t bytes = 0;
     double seconds = 0;
   };
@@ -62,6 +78,8 @@ class CheckpointFiles {
   std::string DirOf(const std::string& mapping) const;
   absl::StatusOr<Generation> Current(const std::string& mapping) const;
   absl::Status Damaged(const std::string& mapping, const std::string& detail) const;
+  // Appends one frame to the mapping's journal and fdatasyncs it.
+  absl::Status AppendFrame(const std::string& mapping, const std::string& payload);
 
   std::string root_;
   // Open journal of the mapping last applied to (most runs touch one mapping at a time).

@@ -51,6 +51,24 @@ class CheckpointFilesTest : public ::testing::Test {
     return out;
   }
 
+  absl::StatusOr<std::map<std::string, std::string>> ScanMarks(const std::string& mapping) {
+    auto scanner = files_->ScanInFlight(mapping);
+    if (!scanner.ok()) return scanner.status();
+    std::map<std::string, std::string> out;
+    std::string last;
+    CheckpointEntry e;
+    while (true) {
+      auto more = (*scanner)->Next(e);
+      if (!more.ok()) return more.status();
+      if (!*more) break;
+      EXPECT_TRUE(out.empty() || e.key > last) << "keys must ascend: " << last << " " << e.key;
+      EXPECT_EQ(e.fingerprint, Fingerprint{});
+      last = e.key;
+      out[e.key] = e.identity;
+    }
+    return out;
+  }
+
   static std::string Expected(const CheckpointUpdate& u) {
     return u.fingerprint.ToHex() + "/" + u.identity;
   }
@@ -69,42 +87,57 @@ class CheckpointFilesTest : public ::testing::Test {
   std::unique_ptr<CheckpointFiles> files_;
 };
 
-// Random upserts, removes and settles over a small key space, applied in
-// batches, folded at random moments and read back: always equal to a map.
-TEST_F(CheckpointFilesTest, MatchesAModelUnderRandomUpdatesAndFolds) {
+// Random marks, upserts, removes and settles over a small key space, applied
+// in batches, folded at random moments and read back: the checkpoint and the
+// marks always equal two maps.
+TEST_F(CheckpointFilesTest, MatchesAModelUnderRandomUpdatesMarksAndFolds) {
   for (uint32_t seed = 1; seed <= 5; ++seed) {
     std::mt19937 rng(seed);
-    std::map<std::string, std::string> model;
+    std::map<std::string, std::string> model, marks;
     const std::string mapping = fmt::format("m{}", seed);
+    auto check = [&](int round) {
+      auto got = ScanAll(mapping);
+      ASSERT_TRUE(got.ok()) << got.status();
+      ASSERT_EQ(*got, model) << "seed " << seed << " round " << round;
+      auto got_marks = ScanMarks(mapping);
+      ASSERT_TRUE(got_marks.ok()) << got_marks.status();
+      ASSERT_EQ(*got_marks, marks) << "seed " << seed << " round " << round;
+      ASSERT_EQ(*files_->Size(mapping), static_cast<int64_t>(model.size()));
+    };
     for (int round = 0; round < 30; ++round) {
+      if (rng() % 2 == 0) {
+        std::vector<InFlightEntry> flights;
+        int n = static_cast<int>(rng() % 150);
+        for (int i = 0; i < n; ++i) {
+          InFlightEntry e{fmt::format("k{:04}", rng() % 500), fmt::format("f-{}", rng() % 9)};
+          marks[e.key] = e.identity;
+          flights.push_back(e);
+        }
+        ASSERT_TRUE(files_->Mark(mapping, flights).ok());
+      }
       std::vector<CheckpointUpdate> batch;
       int n = static_cast<int>(rng() % 200);
       for (int i = 0; i < n; ++i) {
         CheckpointUpdate u;
         u.key = fmt::format("k{:04}", rng() % 500);
         int what = static_cast<int>(rng() % 10);
-        u.kind = what < 6 ? Kind::kUpsert : what < 9 ? Kind::kRemove : Kind::kSettle;
+        u.kind = what < 6 ? Kind::kUpsert : what < 8 ? Kind::kRemove : Kind::kSettle;
         u.fingerprint = Fingerprint128(fmt::format("{}-{}", u.key, rng()));
         u.identity = fmt::format("id-{}", rng() % 7);
         if (u.kind == Kind::kUpsert) model[u.key] = Expected(u);
         if (u.kind == Kind::kRemove) model.erase(u.key);
+        marks.erase(u.key);
         batch.push_back(u);
       }
       ASSERT_TRUE(files_->Apply(mapping, batch).ok());
       if (rng() % 4 == 0) {
         ASSERT_TRUE(files_->Fold(mapping).ok());
+        EXPECT_EQ(files_->last_fold().in_flight, static_cast<int64_t>(marks.size()));
       }
       if (rng() % 7 == 0) Reopen();
-      if (rng() % 3 == 0) {
-        auto got = ScanAll(mapping);
-        ASSERT_TRUE(got.ok()) << got.status();
-        ASSERT_EQ(*got, model) << "seed " << seed << " round " << round;
-        ASSERT_EQ(*files_->Size(mapping), static_cast<int64_t>(model.size()));
-      }
+      if (rng() % 3 == 0) check(round);
     }
-    auto got = ScanAll(mapping);
-    ASSERT_TRUE(got.ok()) << got.status();
-    EXPECT_EQ(*got, model);
+    check(-1);
   }
 }
 
@@ -204,6 +237,43 @@ TEST_F(CheckpointFilesTest, InterruptedFoldsRecover) {
   EXPECT_EQ(got->size(), 3u);
   ASSERT_TRUE(files_->Fold("m").ok());
   EXPECT_EQ(FilesOf("m"), (std::vector<std::string>{"base-3.ckpt"}));
+}
+
+TEST_F(CheckpointFilesTest, InterruptedFoldsKeepTheMarks) {
+  ASSERT_TRUE(files_->Mark("m", {{"a", "ia"}, {"b", "ib"}}).ok());
+  ASSERT_TRUE(files_->Apply("m", {{.key = "a", .fingerprint = Fingerprint128("1")}}).ok());
+  ASSERT_TRUE(files_->Fold("m").ok());
+  EXPECT_EQ(FilesOf("m"), (std::vector<std::string>{"base-1.ckpt", "inflight-1"}));
+  ASSERT_TRUE(files_->Mark("m", {{"c", "ic"}}).ok());
+  ASSERT_TRUE(files_->Apply("m", {{.key = "b", .kind = Kind::kSettle}}).ok());
+  files_.reset();
+  // A crash after the fold wrote inflight-2 but before base-2 was renamed:
+  // that fold never happened, its in-flight file must not count.
+  std::ofstream(MappingDir("m") + "/inflight-2") << "stale";
+  std::ofstream(MappingDir("m") + "/base-2.ckpt.tmp") << "partial";
+  Reopen();
+  auto marks = ScanMarks("m");
+  ASSERT_TRUE(marks.ok()) << marks.status();
+  EXPECT_EQ(*marks, (std::map<std::string, std::string>{{"c", "ic"}}));
+  EXPECT_EQ(FilesOf("m"), (std::vector<std::string>{"base-2.ckpt", "inflight-2"}));
+
+  // Every mark settled: the next generation has no in-flight file.
+  ASSERT_TRUE(files_->Apply("m", {{.key = "c", .kind = Kind::kRemove}}).ok());
+  ASSERT_TRUE(files_->Fold("m").ok());
+  EXPECT_EQ(FilesOf("m"), (std::vector<std::string>{"base-3.ckpt"}));
+  EXPECT_TRUE(ScanMarks("m")->empty());
+  EXPECT_EQ(ScanAll("m")->size(), 1u);
+
+  // A damaged in-flight file is data loss, like a damaged base.
+  ASSERT_TRUE(files_->Mark("m", {{"d", "id"}}).ok());
+  ASSERT_TRUE(files_->Fold("m").ok());
+  {
+    std::fstream f(MappingDir("m") + "/inflight-4",
+                   std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(20);
+    f.put('\x5a');
+  }
+  EXPECT_EQ(ScanMarks("m").status().code(), absl::StatusCode::kDataLoss);
 }
 
 TEST_F(CheckpointFilesTest, MappingNamesAreEscapedAndIndependent) {

@@ -1,9 +1,9 @@
 // SQLite implementation of StateStore (see state_store.h).
 //
 // WAL mode with synchronous=FULL: a committed write survives a process kill
-// and a power loss. Checkpoints live in files beside the database
-// (<path>-checkpoints/, see checkpoint_files.h); the database keeps runs, the
-// in-flight list, the queue and the rest.
+// and a power loss. Checkpoints and in-flight marks live in files beside the
+// database (<path>-checkpoints/, see checkpoint_files.h); the database keeps
+// runs, the queue and the rest.
 #include <signal.h>
 #include <unistd.h>
 
@@ -690,28 +690,16 @@ class SqliteStateStore : public StateStore {
 
   absl::StatusOr<std::unique_ptr<CheckpointScanner>> ScanInFlight(
       const std::string& mapping) override {
-    return Scan(
-        "SELECT record_key, NULL, identity FROM in_flight WHERE mapping=? ORDER BY record_key",
-        mapping, /*verify=*/false);
+    BACKFLOW_RETURN_IF_ERROR(MoveTableCheckpoint(mapping));
+    return files_->ScanInFlight(mapping);
   }
 
-  // The checkpoint takes the updates first (durably), then they leave the
-  // in-flight list: a crash in between only re-sends them.
+  // One journal frame: the updates and the settling of their keys together.
   absl::Status ApplyCheckpoint(const std::string& mapping,
                                const std::vector<CheckpointUpdate>& updates) override {
     if (updates.empty()) return absl::OkStatus();
     BACKFLOW_RETURN_IF_ERROR(MoveTableCheckpoint(mapping));
-    BACKFLOW_RETURN_IF_ERROR(files_->Apply(mapping, updates));
-    if (!settle_stmt_.raw()) {
-      BACKFLOW_ASSIGN_OR_RETURN(
-          settle_stmt_, db_->Prepare("DELETE FROM in_flight WHERE mapping=? AND record_key=?"));
-    }
-    return InTransaction([&]() -> absl::Status {
-      for (const CheckpointUpdate& u : updates) {
-        BACKFLOW_RETURN_IF_ERROR(settle_stmt_.Bind(1, mapping).Bind(2, u.key).Run());
-      }
-      return absl::OkStatus();
-    });
+    return files_->Apply(mapping, updates);
   }
 
   absl::Status CommitCheckpoint(const std::string& mapping) override {
@@ -794,20 +782,8 @@ class SqliteStateStore : public StateStore {
   absl::Status MarkInFlight(const std::string& mapping,
                             const std::vector<InFlightEntry>& entries) override {
     if (entries.empty()) return absl::OkStatus();
-    if (!in_flight_stmt_.raw()) {
-      BACKFLOW_ASSIGN_OR_RETURN(
-          in_flight_stmt_,
-          db_->Prepare(
-              "INSERT INTO in_flight (mapping, record_key, identity) VALUES (?,?,?) "
-              "ON CONFLICT (mapping, record_key) DO UPDATE SET identity=excluded.identity"));
-    }
-    return InTransaction([&]() -> absl::Status {
-      for (const InFlightEntry& e : entries) {
-        BACKFLOW_RETURN_IF_ERROR(
-            in_flight_stmt_.Bind(1, mapping).Bind(2, e.key).BindBlob(3, e.identity).Run());
-      }
-      return absl::OkStatus();
-    });
+    BACKFLOW_RETURN_IF_ERROR(MoveTableCheckpoint(mapping));
+    return files_->Mark(mapping, entries);
   }
 
   absl::StatusOr<int64_t> CheckpointSize(const std::string& mapping) override {
@@ -827,9 +803,10 @@ class SqliteStateStore : public StateStore {
   std::set<std::string> moved_;  // mappings whose table checkpoint is known to be empty
 
   // State files written before checkpoints became files hold them in the
-  // `checkpoints` table: the first use of such a mapping moves its entries
-  // (verified against their count and checksum) into the checkpoint files,
-  // then deletes the rows. Interrupted, it starts over: upserts are idempotent.
+  // `checkpoints` table, and in-flight marks in the `in_flight` table: the
+  // first use of such a mapping moves its entries (verified against their
+  // count and checksum) and its marks into the checkpoint files, then deletes
+  // the rows. Interrupted, it starts over: upserts and marks are idempotent.
   absl::Status MoveTableCheckpoint(const std::string& mapping) {
     if (moved_.count(mapping) > 0) return absl::OkStatus();
     BACKFLOW_ASSIGN_OR_RETURN(
@@ -855,10 +832,30 @@ class SqliteStateStore : public StateStore {
       if (!more) break;
     }
     old.reset();
+    // Marks after the entries: an entry's upsert would settle its mark.
+    BACKFLOW_ASSIGN_OR_RETURN(
+        auto flights,
+        Scan("SELECT record_key, NULL, identity FROM in_flight WHERE mapping=? ORDER BY record_key",
+             mapping, /*verify=*/false));
+    std::vector<InFlightEntry> marks;
+    while (true) {
+      CheckpointEntry e;
+      BACKFLOW_ASSIGN_OR_RETURN(bool more, flights->Next(e));
+      if (more) {
+        marks.push_back({.key = std::move(e.key), .identity = std::move(e.identity)});
+        ++moved;
+      }
+      if (marks.size() >= 50'000 || (!more && !marks.empty())) {
+        BACKFLOW_RETURN_IF_ERROR(files_->Mark(mapping, marks));
+        marks.clear();
+      }
+      if (!more) break;
+    }
+    flights.reset();
     if (moved > 0) {
       BACKFLOW_RETURN_IF_ERROR(files_->Fold(mapping));
       BACKFLOW_RETURN_IF_ERROR(InTransaction([&]() -> absl::Status {
-        for (const char* table : {"checkpoints", "checkpoint_meta"}) {
+        for (const char* table : {"checkpoints", "checkpoint_meta", "in_flight"}) {
           BACKFLOW_ASSIGN_OR_RETURN(
               Statement d, db_->Prepare(fmt::format("DELETE FROM {} WHERE mapping=?", table)));
           BACKFLOW_RETURN_IF_ERROR(d.Bind(1, mapping).Run());
@@ -941,9 +938,6 @@ class SqliteStateStore : public StateStore {
     }
     return summary;
   }
-
-  Statement settle_stmt_;
-  Statement in_flight_stmt_;
 };
 
 }  // namespace

@@ -197,6 +197,17 @@ TEST_F(SqliteStateStoreTest, TableCheckpointsOfOlderStateFilesMoveToFiles) {
                     .ok());
   };
   write_old_rows(120, /*consistent=*/true);
+  {
+    // In-flight marks of that time lived in a table too (k005 also has an entry).
+    auto db = sqlite::Database::Open(path_, SQLITE_OPEN_READWRITE);
+    ASSERT_TRUE(db.ok());
+    for (const char* key : {"k005", "zz"}) {
+      auto s =
+          (*db)->Prepare("INSERT INTO in_flight (mapping, record_key, identity) VALUES (?,?,?)");
+      ASSERT_TRUE(s.ok());
+      ASSERT_TRUE(s->Bind(1, "m").Bind(2, key).BindBlob(3, std::string("i-") + key).Run().ok());
+    }
+  }
   auto reopened = OpenSqliteStateStore(path_);
   ASSERT_TRUE(reopened.ok()) << reopened.status();
   store_ = std::move(*reopened);
@@ -211,7 +222,16 @@ TEST_F(SqliteStateStoreTest, TableCheckpointsOfOlderStateFilesMoveToFiles) {
     auto q = (*db)->Prepare("SELECT COUNT(*) FROM checkpoints");
     ASSERT_TRUE(*q->Step());
     EXPECT_EQ(q->ColumnInt(0), 0) << "the rows were moved, not copied";
+    auto f = (*db)->Prepare("SELECT COUNT(*) FROM in_flight");
+    ASSERT_TRUE(*f->Step());
+    EXPECT_EQ(f->ColumnInt(0), 0) << "the marks were moved, not copied";
   }
+  auto flights = store_->ScanInFlight("m");
+  ASSERT_TRUE(flights.ok()) << flights.status();
+  std::vector<std::string> marked;
+  CheckpointEntry mark;
+  while (*(*flights)->Next(mark)) marked.push_back(mark.key + "=" + mark.identity);
+  EXPECT_EQ(marked, (std::vector<std::string>{"k005=i-k005", "zz=i-zz"}));
 
   // Damaged rows are not moved: the mapping's scan reports the damage.
   ASSERT_TRUE(store_->ResetCheckpoint("m").ok());

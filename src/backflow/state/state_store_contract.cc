@@ -314,5 +314,59 @@ TEST_P(StateStoreContractTest, SecretsAndAlertStateRoundTrip) {
   EXPECT_EQ(**store_->GetAlertState("mapping:a"), "{\"open\":false}");
 }
 
+// Drains a scanner into (key, identity) pairs, in the order it returned them.
+std::vector<std::pair<std::string, std::string>> Drain(
+    absl::StatusOr<std::unique_ptr<CheckpointScanner>> scanner) {
+  std::vector<std::pair<std::string, std::string>> out;
+  EXPECT_TRUE(scanner.ok()) << scanner.status();
+  if (!scanner.ok()) return out;
+  CheckpointEntry e;
+  while (true) {
+    auto more = (*scanner)->Next(e);
+    EXPECT_TRUE(more.ok()) << more.status();
+    if (!more.ok() || !*more) break;
+    out.emplace_back(e.key, e.identity);
+  }
+  return out;
+}
+
+TEST_P(StateStoreContractTest, InFlightMarksLastUntilSettledAcrossCommitsAndReopening) {
+  using Pairs = std::vector<std::pair<std::string, std::string>>;
+  using Kind = CheckpointUpdate::Kind;
+  ASSERT_TRUE(store_->MarkInFlight("m", {{"b", "ib"}, {"a", "ia"}, {"b", "ib2"}}).ok());
+  ASSERT_TRUE(store_->MarkInFlight("other", {{"z", "iz"}}).ok());
+  EXPECT_EQ(Drain(store_->ScanInFlight("m")), (Pairs{{"a", "ia"}, {"b", "ib2"}}));
+
+  // An upsert, a remove and a settle each clear their key's mark; only the
+  // upsert and the remove touch the checkpoint.
+  ASSERT_TRUE(
+      store_->ApplyCheckpoint("m", {{.key = "x", .fingerprint = Fingerprint128("x")}}).ok());
+  ASSERT_TRUE(store_->MarkInFlight("m", {{"c", "ic"}, {"x", "ix"}, {"d", "id"}}).ok());
+  ASSERT_TRUE(store_
+                  ->ApplyCheckpoint("m", {{.key = "a", .fingerprint = Fingerprint128("a")},
+                                          {.key = "x", .kind = Kind::kRemove},
+                                          {.key = "b", .kind = Kind::kSettle}})
+                  .ok());
+  EXPECT_EQ(Drain(store_->ScanInFlight("m")), (Pairs{{"c", "ic"}, {"d", "id"}}));
+  EXPECT_EQ(Drain(store_->ScanCheckpoint("m")), (Pairs{{"a", ""}}));
+
+  // A run's commit keeps what is still in flight, and so does reopening.
+  ASSERT_TRUE(store_->CommitCheckpoint("m").ok());
+  EXPECT_EQ(Drain(store_->ScanInFlight("m")), (Pairs{{"c", "ic"}, {"d", "id"}}));
+  ASSERT_TRUE(store_->ApplyCheckpoint("m", {{.key = "c", .kind = Kind::kSettle}}).ok());
+  store_.reset();
+  store_ = Reopen();
+  ASSERT_NE(store_, nullptr);
+  EXPECT_EQ(Drain(store_->ScanInFlight("m")), (Pairs{{"d", "id"}}));
+  EXPECT_EQ(Drain(store_->ScanInFlight("other")), (Pairs{{"z", "iz"}}));
+  EXPECT_EQ(*store_->CheckpointSize("m"), 1);
+
+  // A reset forgets the mapping's marks and checkpoint, not another mapping's.
+  ASSERT_TRUE(store_->ResetCheckpoint("m").ok());
+  EXPECT_TRUE(Drain(store_->ScanInFlight("m")).empty());
+  EXPECT_TRUE(Drain(store_->ScanCheckpoint("m")).empty());
+  EXPECT_EQ(Drain(store_->ScanInFlight("other")), (Pairs{{"z", "iz"}}));
+}
+
 }  // namespace
 }  // namespace backflow::testing
