@@ -15,10 +15,28 @@
 #include "absl/status/status.h"
 #include "backflow/common/fmt_absl.h"
 #include "backflow/common/status_macros.h"
+#include "backflow/sources/mysql/mysql_internal.h"
+#include "backflow/sources/warehouse_change_detection.h"
 #include "fmt/format.h"
 
 namespace backflow {
+namespace mysql_internal {
+
+void Conn::Abort() {
+  if (mysql == nullptr) return;
+  int fd = -1;
+  if (mariadb_get_infov(mysql, MARIADB_CONNECTION_SOCKET, &fd) == 0 && fd >= 0) {
+    shutdown(fd, SHUT_RDWR);
+  }
+}
+
+}  // namespace mysql_internal
+
 namespace {
+
+using mysql_internal::Conn;
+using mysql_internal::Connect;
+using mysql_internal::QueryError;
 
 constexpr unsigned kBinaryCharset = 63;
 
@@ -45,108 +63,6 @@ bool PercentDecode(std::string_view in, std::string& out) {
     i += 2;
   }
   return true;
-}
-
-// The connection of one query (or connection check) and how to describe it.
-struct Conn {
-  MYSQL* mysql = nullptr;
-  std::string target;  // host:port
-
-  Conn() = default;
-  Conn(const Conn&) = delete;
-  Conn& operator=(const Conn&) = delete;
-  ~Conn() {
-    if (mysql != nullptr) mysql_close(mysql);
-  }
-
-  // Shuts the socket down so that nothing (freeing an unread result,
-  // mysql_close) waits for the server.
-  void Abort() {
-    if (mysql == nullptr) return;
-    int fd = -1;
-    if (mariadb_get_infov(mysql, MARIADB_CONNECTION_SOCKET, &fd) == 0 && fd >= 0) {
-      shutdown(fd, SHUT_RDWR);
-    }
-  }
-};
-
-bool IsConnectionLoss(unsigned err) {
-  return err == CR_SERVER_GONE_ERROR || err == CR_SERVER_LOST || err == CR_CONNECTION_ERROR ||
-         err == CR_CONN_HOST_ERROR || err == CR_UNKNOWN_HOST || err == ER_QUERY_INTERRUPTED ||
-         err == ER_SERVER_SHUTDOWN || err == ER_CON_COUNT_ERROR || err == ER_LOCK_WAIT_TIMEOUT ||
-         err == ER_LOCK_DEADLOCK || err == CR_SERVER_LOST_EXTENDED || err == ER_CONNECTION_KILLED;
-}
-
-// The status for the connection's current error, `what` describing the step.
-absl::Status QueryError(const Conn& conn, std::string_view what) {
-  unsigned err = mysql_errno(conn.mysql);
-  std::string message = mysql_error(conn.mysql);
-  if (IsConnectionLoss(err)) {
-    return absl::UnavailableError(
-        fmt::format("{} on MySQL at {}: {} (error {})", what, conn.target, message, err));
-  }
-  if (err >= CR_MIN_ERROR && err <= CR_MAX_ERROR) {
-    return absl::UnavailableError(
-        fmt::format("{} on MySQL at {}: {} (client error {})", what, conn.target, message, err));
-  }
-  if (err == 0) {
-    return absl::InternalError(fmt::format("{} on MySQL at {}: unknown error", what, conn.target));
-  }
-  return absl::InvalidArgumentError(
-      fmt::format("{}: MySQL error {} ({}): {}", what, err, mysql_sqlstate(conn.mysql), message));
-}
-
-absl::StatusOr<std::unique_ptr<Conn>> Connect(const std::string& url,
-                                              const std::string& password_setting) {
-  BACKFLOW_ASSIGN_OR_RETURN(MysqlUrl parsed, ParseMysqlUrl(url));
-  if (!password_setting.empty()) parsed.password = password_setting;
-  auto conn = std::make_unique<Conn>();
-  conn->target = parsed.host.find(':') != std::string::npos
-                     ? fmt::format("[{}]:{}", parsed.host, parsed.port)
-                     : fmt::format("{}:{}", parsed.host, parsed.port);
-  conn->mysql = mysql_init(nullptr);
-  if (conn->mysql == nullptr) return absl::ResourceExhaustedError("mysql_init failed");
-  unsigned timeout = 10;
-  unsigned protocol = MYSQL_PROTOCOL_TCP;
-  mysql_optionsv(conn->mysql, MYSQL_OPT_CONNECT_TIMEOUT, &timeout);
-  mysql_optionsv(conn->mysql, MYSQL_OPT_PROTOCOL, &protocol);
-  mysql_optionsv(conn->mysql, MYSQL_SET_CHARSET_NAME, "utf8mb4");
-  // libmariadb asks MariaDB 10.5+ for extended metadata (format=json marks
-  // JSON columns) by itself; multi-statements stay off.
-  unsigned long flags = 0;
-  if (mysql_real_connect(conn->mysql, parsed.host.c_str(), parsed.user.c_str(),
-                         parsed.password.c_str(),
-                         parsed.database.empty() ? nullptr : parsed.database.c_str(),
-                         static_cast<unsigned>(parsed.port), nullptr, flags) == nullptr) {
-    unsigned err = mysql_errno(conn->mysql);
-    std::string message = mysql_error(conn->mysql);
-    switch (err) {
-      case ER_ACCESS_DENIED_ERROR:
-      case ER_ACCESS_DENIED_NO_PASSWORD_ERROR:
-        return absl::UnauthenticatedError(fmt::format(
-            "MySQL at {} rejected user '{}': {}. Check the user in `url` and the `password` "
-            "setting, and that the user may connect from this host",
-            conn->target, parsed.user, message));
-      case ER_BAD_DB_ERROR:
-        return absl::FailedPreconditionError(
-            fmt::format("database '{}' does not exist on MySQL at {} ({}); check the database "
-                        "in `url`",
-                        parsed.database, conn->target, message));
-      case ER_DBACCESS_DENIED_ERROR:
-        return absl::PermissionDeniedError(
-            fmt::format("MySQL at {}: {} (error {})", conn->target, message, err));
-      default:
-        return absl::UnavailableError(fmt::format("cannot connect to MySQL at {}: {} (error {})",
-                                                  conn->target, message, err));
-    }
-  }
-  for (const char* sql : {"SET time_zone = '+00:00'", "SET SESSION net_write_timeout = 600",
-                          "SET SESSION TRANSACTION READ ONLY", "START TRANSACTION READ ONLY"}) {
-    if (mysql_query(conn->mysql, sql) != 0) {
-      return QueryError(*conn, fmt::format("setting up the session ({})", sql));
-    }
-  }
-  return conn;
 }
 
 // How one column's text is turned into a Value.
@@ -334,7 +250,7 @@ absl::StatusOr<Value> DecodeValue(const ColumnDecoder& decoder, const Column& co
 
 class MysqlRowReader : public RowReader {
  public:
-  MysqlRowReader(std::unique_ptr<Conn> conn, MYSQL_RES* result)
+  MysqlRowReader(std::shared_ptr<Conn> conn, MYSQL_RES* result)
       : conn_(std::move(conn)), result_(result) {
     unsigned n = mysql_num_fields(result_);
     MYSQL_FIELD* fields = mysql_fetch_fields(result_);
@@ -383,7 +299,7 @@ class MysqlRowReader : public RowReader {
   }
 
  private:
-  std::unique_ptr<Conn> conn_;
+  std::shared_ptr<Conn> conn_;
   MYSQL_RES* result_;
   Schema schema_;
   std::vector<ColumnDecoder> decoders_;
@@ -393,8 +309,10 @@ class MysqlRowReader : public RowReader {
 
 class MysqlSource : public Source {
  public:
-  MysqlSource(std::string url, std::string password)
-      : url_(std::move(url)), password_(std::move(password)) {}
+  MysqlSource(std::string url, std::string password, std::string state_schema)
+      : url_(std::move(url)),
+        password_(std::move(password)),
+        state_schema_(std::move(state_schema)) {}
 
   absl::Status CheckConnection() override {
     BACKFLOW_ASSIGN_OR_RETURN(auto conn, Connect(url_, password_));
@@ -409,26 +327,124 @@ class MysqlSource : public Source {
 
   absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql) override {
     BACKFLOW_ASSIGN_OR_RETURN(auto conn, Connect(url_, password_));
-    std::string text = TrimModelSql(sql);
-    if (mysql_real_query(conn->mysql, text.data(), text.size()) != 0) {
-      return QueryError(*conn, "query failed");
+    return mysql_internal::StreamQuery(std::move(conn), TrimModelSql(sql), "query failed");
+  }
+
+  WarehouseChangeDetection* warehouse_change_detection() override {
+    if (change_detection_ == nullptr) {
+      change_detection_ = mysql_internal::NewChangeDetection(url_, password_, state_schema_);
     }
-    MYSQL_RES* result = mysql_use_result(conn->mysql);
-    if (result == nullptr) {
-      if (mysql_errno(conn->mysql) != 0) return QueryError(*conn, "query failed");
-      return absl::InvalidArgumentError(
-          "the query returned no result set; a model must be a SELECT (or another statement "
-          "that returns rows)");
-    }
-    return std::unique_ptr<RowReader>(new MysqlRowReader(std::move(conn), result));
+    return change_detection_.get();
   }
 
  private:
   std::string url_;
   std::string password_;
+  std::string state_schema_;
+  std::unique_ptr<WarehouseChangeDetection> change_detection_;
 };
 
 }  // namespace
+
+namespace mysql_internal {
+
+bool IsConnectionLoss(unsigned err) {
+  return err == CR_SERVER_GONE_ERROR || err == CR_SERVER_LOST || err == CR_CONNECTION_ERROR ||
+         err == CR_CONN_HOST_ERROR || err == CR_UNKNOWN_HOST || err == ER_QUERY_INTERRUPTED ||
+         err == ER_SERVER_SHUTDOWN || err == ER_CON_COUNT_ERROR || err == ER_LOCK_WAIT_TIMEOUT ||
+         err == ER_LOCK_DEADLOCK || err == CR_SERVER_LOST_EXTENDED || err == ER_CONNECTION_KILLED;
+}
+
+// The status for the connection's current error, `what` describing the step.
+absl::Status QueryError(const Conn& conn, std::string_view what) {
+  unsigned err = mysql_errno(conn.mysql);
+  std::string message = mysql_error(conn.mysql);
+  if (IsConnectionLoss(err)) {
+    return absl::UnavailableError(
+        fmt::format("{} on MySQL at {}: {} (error {})", what, conn.target, message, err));
+  }
+  if (err >= CR_MIN_ERROR && err <= CR_MAX_ERROR) {
+    return absl::UnavailableError(
+        fmt::format("{} on MySQL at {}: {} (client error {})", what, conn.target, message, err));
+  }
+  if (err == 0) {
+    return absl::InternalError(fmt::format("{} on MySQL at {}: unknown error", what, conn.target));
+  }
+  return absl::InvalidArgumentError(
+      fmt::format("{}: MySQL error {} ({}): {}", what, err, mysql_sqlstate(conn.mysql), message));
+}
+
+absl::StatusOr<std::unique_ptr<Conn>> Connect(const std::string& url,
+                                              const std::string& password_setting, bool read_only) {
+  BACKFLOW_ASSIGN_OR_RETURN(MysqlUrl parsed, ParseMysqlUrl(url));
+  if (!password_setting.empty()) parsed.password = password_setting;
+  auto conn = std::make_unique<Conn>();
+  conn->target = parsed.host.find(':') != std::string::npos
+                     ? fmt::format("[{}]:{}", parsed.host, parsed.port)
+                     : fmt::format("{}:{}", parsed.host, parsed.port);
+  conn->mysql = mysql_init(nullptr);
+  if (conn->mysql == nullptr) return absl::ResourceExhaustedError("mysql_init failed");
+  unsigned timeout = 10;
+  unsigned protocol = MYSQL_PROTOCOL_TCP;
+  mysql_optionsv(conn->mysql, MYSQL_OPT_CONNECT_TIMEOUT, &timeout);
+  mysql_optionsv(conn->mysql, MYSQL_OPT_PROTOCOL, &protocol);
+  mysql_optionsv(conn->mysql, MYSQL_SET_CHARSET_NAME, "utf8mb4");
+  // libmariadb asks MariaDB 10.5+ for extended metadata (format=json marks
+  // JSON columns) by itself; multi-statements stay off.
+  unsigned long flags = 0;
+  if (mysql_real_connect(conn->mysql, parsed.host.c_str(), parsed.user.c_str(),
+                         parsed.password.c_str(),
+                         parsed.database.empty() ? nullptr : parsed.database.c_str(),
+                         static_cast<unsigned>(parsed.port), nullptr, flags) == nullptr) {
+    unsigned err = mysql_errno(conn->mysql);
+    std::string message = mysql_error(conn->mysql);
+    switch (err) {
+      case ER_ACCESS_DENIED_ERROR:
+      case ER_ACCESS_DENIED_NO_PASSWORD_ERROR:
+        return absl::UnauthenticatedError(fmt::format(
+            "MySQL at {} rejected user '{}': {}. Check the user in `url` and the `password` "
+            "setting, and that the user may connect from this host",
+            conn->target, parsed.user, message));
+      case ER_BAD_DB_ERROR:
+        return absl::FailedPreconditionError(
+            fmt::format("database '{}' does not exist on MySQL at {} ({}); check the database "
+                        "in `url`",
+                        parsed.database, conn->target, message));
+      case ER_DBACCESS_DENIED_ERROR:
+        return absl::PermissionDeniedError(
+            fmt::format("MySQL at {}: {} (error {})", conn->target, message, err));
+      default:
+        return absl::UnavailableError(fmt::format("cannot connect to MySQL at {}: {} (error {})",
+                                                  conn->target, message, err));
+    }
+  }
+  for (const char* sql : {"SET time_zone = '+00:00'", "SET SESSION net_write_timeout = 600",
+                          "SET SESSION TRANSACTION READ ONLY", "START TRANSACTION READ ONLY"}) {
+    if (!read_only && std::string_view(sql).find("READ ONLY") != std::string_view::npos) continue;
+    if (mysql_query(conn->mysql, sql) != 0) {
+      return QueryError(*conn, fmt::format("setting up the session ({})", sql));
+    }
+  }
+  return conn;
+}
+
+absl::StatusOr<std::unique_ptr<RowReader>> StreamQuery(std::shared_ptr<Conn> conn,
+                                                       const std::string& text,
+                                                       std::string_view what) {
+  if (mysql_real_query(conn->mysql, text.data(), text.size()) != 0) {
+    return QueryError(*conn, what);
+  }
+  MYSQL_RES* result = mysql_use_result(conn->mysql);
+  if (result == nullptr) {
+    if (mysql_errno(conn->mysql) != 0) return QueryError(*conn, what);
+    return absl::InvalidArgumentError(
+        "the query returned no result set; a model must be a SELECT (or another statement "
+        "that returns rows)");
+  }
+  return std::unique_ptr<RowReader>(new MysqlRowReader(std::move(conn), result));
+}
+
+}  // namespace mysql_internal
 
 absl::StatusOr<MysqlUrl> ParseMysqlUrl(const std::string& url) {
   std::string_view rest = url;
@@ -509,8 +525,10 @@ absl::StatusOr<MysqlUrl> ParseMysqlUrl(const std::string& url) {
   return out;
 }
 
-std::unique_ptr<Source> NewMysqlSource(std::string url, std::string password) {
-  return std::make_unique<MysqlSource>(std::move(url), std::move(password));
+std::unique_ptr<Source> NewMysqlSource(std::string url, std::string password,
+                                       std::string state_schema) {
+  return std::make_unique<MysqlSource>(std::move(url), std::move(password),
+                                       std::move(state_schema));
 }
 
 SourceDefinition MysqlSourceDefinition() {
@@ -542,6 +560,20 @@ SourceDefinition MysqlSourceDefinition() {
   password.type = SettingType::kString;
   password.secret = true;
   def.settings.push_back(password);
+  SettingSpec state_schema;
+  state_schema.key = "state_schema";
+  state_schema.label = "State database";
+  state_schema.description =
+      "Database (MySQL's schema) where models with `change_detection: warehouse` keep their "
+      "checkpoint (one table, `checkpoints`: per mapping and record key, the hash of the row "
+      "last delivered and the payload's fingerprint and identity). Created on first use when "
+      "missing; the user needs CREATE, SELECT, INSERT, UPDATE, DELETE and CREATE TEMPORARY "
+      "TABLES on it (`GRANT ... ON backflow_state.* TO ...`). Give each Backflow deployment "
+      "reading this server its own database. Unused by models in local mode.";
+  state_schema.type = SettingType::kString;
+  state_schema.default_value = "backflow_state";
+  def.settings.push_back(state_schema);
+  def.warehouse_change_detection = true;
   def.create = [](const nlohmann::json& settings,
                   const ConnectorEnv&) -> absl::StatusOr<std::unique_ptr<Source>> {
     auto url = settings.find("url");
@@ -552,7 +584,17 @@ SourceDefinition MysqlSourceDefinition() {
     std::string password;
     auto pw = settings.find("password");
     if (pw != settings.end() && pw->is_string()) password = pw->get<std::string>();
-    return NewMysqlSource(url->get<std::string>(), std::move(password));
+    std::string schema = "backflow_state";
+    auto state_schema = settings.find("state_schema");
+    if (state_schema != settings.end() && !state_schema->is_null()) {
+      if (!state_schema->is_string() || state_schema->get<std::string>().empty() ||
+          state_schema->get<std::string>().size() > 64) {
+        return absl::InvalidArgumentError(
+            "state_schema: must be a database name of 1 to 64 characters, e.g. backflow_state");
+      }
+      schema = state_schema->get<std::string>();
+    }
+    return NewMysqlSource(url->get<std::string>(), std::move(password), std::move(schema));
   };
   return def;
 }

@@ -62,12 +62,16 @@ struct MysqlUrl {
 // kInvalidArgument with a message that never includes the password.
 absl::StatusOr<MysqlUrl> ParseMysqlUrl(const std::string& url);
 
-// The definition of the "mysql" source type (settings: url, password).
+// The definition of the "mysql" source type (settings: url, password,
+// state_schema). It supports `change_detection: warehouse`
+// (Source::warehouse_change_detection(); see mysql_change_detection.cc).
 SourceDefinition MysqlSourceDefinition();
 
 // A MySQL/MariaDB source for `url` and an optional `password` that overrides
-// one in the url. Does not connect; a malformed url is reported by
+// one in the url; models in warehouse mode keep their checkpoint in the
+// database `state_schema`. Does not connect; a malformed url is reported by
 // CheckConnection() and Query().
-std::unique_ptr<Source> NewMysqlSource(std::string url, std::string password);
+std::unique_ptr<Source> NewMysqlSource(std::string url, std::string password,
+                                       std::string state_schema = "backflow_state");
 
 }  // namespace backflow
