@@ -79,6 +79,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <regex>
 #include <set>
 #include <string>
 #include <utility>
@@ -191,6 +192,12 @@ class FakeSnowflakeServer {
                            const std::vector<std::pair<std::string, std::string>>& columns);
   // Runs SQLite SQL (inserts, updates...).
   absl::Status Exec(const std::string& sql);
+  // Statements whose text contains `statement_contains` (case-insensitive)
+  // fail as Snowflake refuses a missing privilege: 422 code 003001, sqlState
+  // 42501, "SQL access control error:\nInsufficient privileges to operate on
+  // <object>.".
+  void DenyPrivilege(const std::string& statement_contains, const std::string& object);
+  void ClearDenials();
   void set_rows_per_partition(int64_t rows);
   void set_still_running_polls(int polls);
 
@@ -259,8 +266,15 @@ class FakeSnowflakeServer {
   Reply Status(const std::string& handle, std::optional<int64_t> partition);
   Reply Cancel(const std::string& handle);
   // Runs `sql` in `session`; sets `error` (a 422 body) on failure.
-  std::unique_ptr<Statement> Run(const std::string& sql, const Session& session,
-                                 nlohmann::json& error);
+  std::unique_ptr<Statement> Run(const std::string& sql, const nlohmann::json& bindings,
+                                 const Session& session, nlohmann::json& error);
+  std::unique_ptr<Statement> CreateSchema(const std::string& name, bool if_not_exists,
+                                          nlohmann::json& error);
+  std::unique_ptr<Statement> Merge(const std::smatch& match, const nlohmann::json& bindings,
+                                   const Session& session, nlohmann::json& error);
+  // A one-row result of named cells (DDL and DML answers).
+  std::unique_ptr<Statement> StatusStatement(
+      const std::vector<std::pair<std::string, nlohmann::json>>& cells) const;
   Reply ResultSetReply(const Statement& st) const;
   Reply QueryStatusReply(const Statement& st, int status) const;
   Clock& clock() const;
@@ -291,6 +305,7 @@ class FakeSnowflakeServer {
   // whether a table was read.
   const Session* current_session_ = nullptr;
   std::set<std::string> tables_read_;
+  std::vector<std::pair<std::string, std::string>> denials_;  // statement part, object
 };
 
 }  // namespace backflow
