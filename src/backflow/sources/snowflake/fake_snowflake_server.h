@@ -19,6 +19,21 @@
 // CURRENT_ROLE(), CURRENT_WAREHOUSE(), CURRENT_DATABASE() and
 // CURRENT_SCHEMA() return the request's session (NULL when not in effect).
 //
+// The Snowflake SQL beyond SQLite's that it understands (what
+// change_detection: warehouse issues): "bindings" {"N": {"type","value"}}
+// for `?` placeholders (FIXED as integers, anything else as text; a missing
+// one is 422 002049); CREATE SCHEMA [IF NOT EXISTS] s (an attached in-memory
+// database); CREATE TABLE t AS SELECT (t's columns keep the Snowflake types
+// of the columns they copy); COLLATE 'utf8' (byte order);
+// TABLE(FLATTEN(INPUT => PARSE_JSON(?))) (json_each, column VALUE);
+// GET(array, i), MD5(text) (lowercase hex), TO_VARCHAR(x) and TO_JSON(x)
+// (the value's text, binary as uppercase hex); and MERGE INTO t AS a USING
+// (select) AS b ON cond WHEN [NOT] MATCHED [AND cond] THEN DELETE | UPDATE SET
+// ... | INSERT (...) VALUES (...), run as statements of one SQLite savepoint.
+// Statements without a result answer a "status" row (MERGE: "number of rows
+// inserted" / "updated" / "deleted"), as Snowflake does. DenyPrivilege()
+// makes statements fail as a missing privilege does (422 003001).
+//
 // Requests, checked in this order:
 //   1. path: POST /api/v2/statements, GET /api/v2/statements/{h}
 //      [?partition=N], POST /api/v2/statements/{h}/cancel; others 404, a
