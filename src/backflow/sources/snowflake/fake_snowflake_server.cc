@@ -1,11 +1,13 @@
 #include "backflow/sources/snowflake/fake_snowflake_server.h"
 
+#include <openssl/evp.h>
 #include <zlib.h>
 
 #include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <cmath>
+#include <regex>
 #include <string_view>
 #include <utility>
 
@@ -468,6 +470,123 @@ const std::set<std::string>& KnownParameters() {
   return k;
 }
 
+// --- The Snowflake SQL subset beyond SQLite's own ---------------------------------
+
+constexpr auto kIcase = std::regex::ECMAScript | std::regex::icase;
+
+// Numbers the `?` placeholders outside quotes ?1, ?2, ... (SQLite binds
+// numbered parameters by number, also across the statements a MERGE becomes).
+std::string NumberPlaceholders(std::string_view sql) {
+  std::string out;
+  int n = 0;
+  char quote = 0;
+  for (char c : sql) {
+    if (quote != 0) {
+      if (c == quote) quote = 0;
+      out.push_back(c);
+    } else if (c == '\'' || c == '"') {
+      quote = c;
+      out.push_back(c);
+    } else if (c == '?') {
+      out += fmt::format("?{}", ++n);
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+// Rewrites the Snowflake constructs SQLite spells otherwise.
+std::string TranslateSql(std::string sql) {
+  static const std::regex flatten(
+      R"(TABLE\s*\(\s*FLATTEN\s*\(\s*INPUT\s*=>\s*PARSE_JSON\s*\(\s*(\?\d+)\s*\)\s*\)\s*\))",
+      kIcase);
+  static const std::regex collate(R"(COLLATE\s+'utf8')", kIcase);
+  sql = std::regex_replace(sql, flatten, "json_each($1)");
+  return std::regex_replace(sql, collate, "COLLATE BINARY");
+}
+
+void Md5Function(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  if (sqlite3_value_type(argv[0]) == SQLITE_NULL) return sqlite3_result_null(ctx);
+  const unsigned char* text = sqlite3_value_text(argv[0]);
+  const int size = sqlite3_value_bytes(argv[0]);
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_Digest(text, static_cast<size_t>(size), digest, &length, EVP_md5(), nullptr);
+  std::string hex = HexEncode(std::string_view(reinterpret_cast<const char*>(digest), length));
+  sqlite3_result_text(ctx, hex.c_str(), static_cast<int>(hex.size()), SQLITE_TRANSIENT);
+}
+
+// TO_VARCHAR / TO_JSON: the value's text (binary as uppercase hex).
+void ToVarcharFunction(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  switch (sqlite3_value_type(argv[0])) {
+    case SQLITE_NULL:
+      return sqlite3_result_null(ctx);
+    case SQLITE_BLOB: {
+      std::string hex =
+          Upper(HexEncode(std::string_view(static_cast<const char*>(sqlite3_value_blob(argv[0])),
+                                           static_cast<size_t>(sqlite3_value_bytes(argv[0])))));
+      return sqlite3_result_text(ctx, hex.c_str(), static_cast<int>(hex.size()), SQLITE_TRANSIENT);
+    }
+    default: {
+      const unsigned char* text = sqlite3_value_text(argv[0]);
+      return sqlite3_result_text(ctx, reinterpret_cast<const char*>(text),
+                                 sqlite3_value_bytes(argv[0]), SQLITE_TRANSIENT);
+    }
+  }
+}
+
+// GET(<JSON array text>, index): the item, NULL when missing or null.
+void GetFunction(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  if (sqlite3_value_type(argv[0]) == SQLITE_NULL) return sqlite3_result_null(ctx);
+  json array =
+      json::parse(reinterpret_cast<const char*>(sqlite3_value_text(argv[0])), nullptr, false);
+  const int64_t index = sqlite3_value_int64(argv[1]);
+  if (!array.is_array() || index < 0 || static_cast<size_t>(index) >= array.size()) {
+    return sqlite3_result_null(ctx);
+  }
+  const json& item = array[static_cast<size_t>(index)];
+  if (item.is_null()) return sqlite3_result_null(ctx);
+  if (item.is_number_integer()) return sqlite3_result_int64(ctx, item.get<int64_t>());
+  if (item.is_number()) return sqlite3_result_double(ctx, item.get<double>());
+  std::string text = item.is_string() ? item.get<std::string>() : Dump(item);
+  sqlite3_result_text(ctx, text.c_str(), static_cast<int>(text.size()), SQLITE_TRANSIENT);
+}
+
+// Binds the statement's numbered parameters ("?N") from Snowflake bindings
+// ({"N": {"type", "value"}}); false (with `missing`) when one is not given.
+bool BindParameters(sqlite3_stmt* stmt, const json& bindings, std::string& missing) {
+  const int count = sqlite3_bind_parameter_count(stmt);
+  for (int i = 1; i <= count; ++i) {
+    const char* name = sqlite3_bind_parameter_name(stmt, i);
+    if (name == nullptr) continue;  // ?N numbers that this statement skips
+    std::string key = name[0] == '?' ? std::string(name + 1) : "";
+    auto it = bindings.is_object() ? bindings.find(key) : bindings.end();
+    if (key.empty() || it == bindings.end()) {
+      missing = key.empty() ? std::to_string(i) : key;
+      return false;
+    }
+    const json& value = (*it)["value"];
+    const std::string type = Upper(it->value("type", "TEXT"));
+    if (value.is_null()) {
+      sqlite3_bind_null(stmt, i);
+    } else if (type == "FIXED" && value.is_string()) {
+      int64_t v = 0;
+      const std::string& text = value.get_ref<const std::string&>();
+      auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+      if (ec == std::errc() && p == text.data() + text.size()) {
+        sqlite3_bind_int64(stmt, i, v);
+      } else {
+        sqlite3_bind_text(stmt, i, text.c_str(), static_cast<int>(text.size()), SQLITE_TRANSIENT);
+      }
+    } else {
+      std::string text = value.is_string() ? value.get<std::string>() : Dump(value);
+      sqlite3_bind_text(stmt, i, text.c_str(), static_cast<int>(text.size()), SQLITE_TRANSIENT);
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 // SQLite callbacks with access to the server's private state.
@@ -523,6 +642,15 @@ struct FakeSnowflakeSqlFunctions {
                                nullptr, nullptr, nullptr);
     sqlite3_create_function_v2(db, "CURRENT_SCHEMA", 0, SQLITE_UTF8, self, &CurrentValue<4>,
                                nullptr, nullptr, nullptr);
+    const int pure = SQLITE_UTF8 | SQLITE_DETERMINISTIC;
+    sqlite3_create_function_v2(db, "MD5", 1, pure, nullptr, &Md5Function, nullptr, nullptr,
+                               nullptr);
+    sqlite3_create_function_v2(db, "TO_VARCHAR", 1, pure, nullptr, &ToVarcharFunction, nullptr,
+                               nullptr, nullptr);
+    sqlite3_create_function_v2(db, "TO_JSON", 1, pure, nullptr, &ToVarcharFunction, nullptr,
+                               nullptr, nullptr);
+    sqlite3_create_function_v2(db, "GET", 2, pure, nullptr, &GetFunction, nullptr, nullptr,
+                               nullptr);
   }
 };
 
@@ -1086,7 +1214,11 @@ FakeSnowflakeServer::Reply FakeSnowflakeServer::Submit(const TestRequest& req,
 
   ++executions_;
   json error;
-  std::unique_ptr<Statement> st = Run(body["statement"].get<std::string>(), session, error);
+  if (body.contains("bindings") && !body["bindings"].is_object()) {
+    return fail(400, DefaultErrorBody(400));
+  }
+  std::unique_ptr<Statement> st = Run(body["statement"].get<std::string>(),
+                                      body.value("bindings", json::object()), session, error);
   const std::string handle =
       fmt::format("01b5c2d3-0000-{:04x}-0000-{:012x}", executions_ % 65536, next_handle_++);
   if (!st) {
@@ -1176,9 +1308,50 @@ FakeSnowflakeServer::Reply FakeSnowflakeServer::Cancel(const std::string& handle
   return r;
 }
 
-std::unique_ptr<FakeSnowflakeServer::Statement> FakeSnowflakeServer::Run(const std::string& sql,
-                                                                         const Session& session,
-                                                                         json& error) {
+std::unique_ptr<FakeSnowflakeServer::Statement> FakeSnowflakeServer::StatusStatement(
+    const std::vector<std::pair<std::string, json>>& cells) const {
+  auto st = std::make_unique<Statement>();
+  st->row_type = json::array();
+  std::vector<json> row;
+  for (const auto& [name, cell] : cells) {
+    SfType t = cell.is_string() ? SfType{"text", 0, 0, 16777216} : SfType{"fixed", 38, 0, 0};
+    st->row_type.push_back(RowTypeEntry(name, t, "", "", "", options_.uppercase_type_names));
+    row.push_back(cell.is_string() ? cell : json(Dump(cell)));
+  }
+  st->rows.push_back(std::move(row));
+  return st;
+}
+
+std::unique_ptr<FakeSnowflakeServer::Statement> FakeSnowflakeServer::Run(
+    const std::string& snowflake_sql, const json& bindings, const Session& session, json& error) {
+  for (const auto& [contains, object] : denials_) {
+    if (Upper(snowflake_sql).find(Upper(contains)) != std::string::npos) {
+      error = Message("003001",
+                      fmt::format("SQL access control error:\nInsufficient privileges to operate "
+                                  "on {}.",
+                                  object),
+                      "42501");
+      return nullptr;
+    }
+  }
+  const std::string sql = TranslateSql(NumberPlaceholders(snowflake_sql));
+  static const std::regex create_schema(
+      R"(^\s*CREATE\s+SCHEMA\s+(IF\s+NOT\s+EXISTS\s+)?([A-Za-z_][A-Za-z0-9_$]*)\s*;?\s*$)", kIcase);
+  static const std::regex merge(
+      R"(^\s*MERGE\s+INTO\s+(\S+)\s+AS\s+(\w+)\s+USING\s+\(([\s\S]*)\)\s+AS\s+(\w+)\s+ON\s+([\s\S]*?)\s+(WHEN\s[\s\S]*)$)",
+      kIcase);
+  static const std::regex ctas(
+      R"(^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?([A-Za-z0-9_$."]+)\s+AS\s+([\s\S]*)$)",
+      kIcase);
+  std::smatch match;
+  if (std::regex_match(sql, match, create_schema)) {
+    return CreateSchema(match[2].str(), match[1].matched, error);
+  }
+  if (std::regex_match(sql, match, merge)) {
+    return Merge(match, bindings, session, error);
+  }
+  std::optional<std::string> created;
+  if (std::regex_match(sql, match, ctas)) created = match[1].str();
   sqlite3* db = db_->raw();
   current_session_ = &session;
   tables_read_.clear();
@@ -1211,6 +1384,41 @@ std::unique_ptr<FakeSnowflakeServer::Statement> FakeSnowflakeServer::Run(const s
                   "0A000");
       return nullptr;
     }
+  }
+  if (std::string missing; !BindParameters(cleanup.stmt, bindings, missing)) {
+    error = Message("002049",
+                    fmt::format("SQL compilation error: error line 0 at position 0\nBind variable "
+                                "?{} not set.",
+                                missing),
+                    "42601");
+    return nullptr;
+  }
+  // CREATE TABLE ... AS SELECT: the new table's columns keep the Snowflake
+  // types of the columns they come from.
+  std::map<std::string, std::string> created_types;
+  if (created) {
+    sqlite3_stmt* probe = nullptr;
+    const std::string select = match[2].str();
+    if (sqlite3_prepare_v2(db, select.c_str(), static_cast<int>(select.size()), &probe, nullptr) ==
+            SQLITE_OK &&
+        probe != nullptr) {
+      for (int i = 0; i < sqlite3_column_count(probe); ++i) {
+        const char* table = sqlite3_column_table_name(probe, i);
+        const char* origin = sqlite3_column_origin_name(probe, i);
+        std::string type;
+        if (table != nullptr && origin != nullptr) {
+          auto tt = column_types_.find(Lower(table));
+          if (tt != column_types_.end()) {
+            auto ct = tt->second.find(Lower(origin));
+            if (ct != tt->second.end()) type = ct->second;
+          }
+        }
+        const char* decl = sqlite3_column_decltype(probe, i);
+        if (type.empty() && decl != nullptr && ParseTypeName(decl)) type = decl;
+        if (!type.empty()) created_types[Lower(sqlite3_column_name(probe, i))] = type;
+      }
+    }
+    if (probe != nullptr) sqlite3_finalize(probe);
   }
   if (!tables_read_.empty() && !session.warehouse) {
     error = Message("000606",
@@ -1254,6 +1462,15 @@ std::unique_ptr<FakeSnowflakeServer::Statement> FakeSnowflakeServer::Run(const s
     rows.push_back(std::move(row));
   }
 
+  if (created) {
+    std::string name = *created;
+    if (size_t dot = name.rfind('.'); dot != std::string::npos) name = name.substr(dot + 1);
+    name.erase(std::remove(name.begin(), name.end(), '"'), name.end());
+    column_types_[Lower(name)] = std::move(created_types);
+    return StatusStatement(
+        {{"status", fmt::format("Table {} successfully created.", Upper(name))}});
+  }
+  if (n == 0) return StatusStatement({{"status", "Statement executed successfully."}});
   auto st = std::make_unique<Statement>();
   st->row_type = json::array();
   std::vector<SfType> types;
@@ -1287,6 +1504,151 @@ std::unique_ptr<FakeSnowflakeServer::Statement> FakeSnowflakeServer::Run(const s
     st->rows.push_back(std::move(cells));
   }
   return st;
+}
+
+}  // namespace backflow
+
+namespace backflow {
+
+std::unique_ptr<FakeSnowflakeServer::Statement> FakeSnowflakeServer::CreateSchema(
+    const std::string& name, bool if_not_exists, json& error) {
+  sqlite3* db = db_->raw();
+  bool exists = false;
+  {
+    sqlite3_stmt* list = nullptr;
+    sqlite3_prepare_v2(db, "PRAGMA database_list", -1, &list, nullptr);
+    while (list != nullptr && sqlite3_step(list) == SQLITE_ROW) {
+      if (Lower(reinterpret_cast<const char*>(sqlite3_column_text(list, 1))) == Lower(name)) {
+        exists = true;
+      }
+    }
+    if (list != nullptr) sqlite3_finalize(list);
+  }
+  if (exists) {
+    if (if_not_exists) {
+      return StatusStatement(
+          {{"status", fmt::format("{} already exists, statement succeeded.", Upper(name))}});
+    }
+    error = Message("002002",
+                    fmt::format("SQL compilation error:\nObject '{}' already exists.", Upper(name)),
+                    "42710");
+    return nullptr;
+  }
+  if (absl::Status s = db_->Exec(fmt::format("ATTACH DATABASE ':memory:' AS \"{}\"", name));
+      !s.ok()) {
+    error = Message("001003", fmt::format("SQL compilation error:\n{}", std::string(s.message())),
+                    "42000");
+    return nullptr;
+  }
+  return StatusStatement({{"status", fmt::format("Schema {} successfully created.", Upper(name))}});
+}
+
+std::unique_ptr<FakeSnowflakeServer::Statement> FakeSnowflakeServer::Merge(const std::smatch& match,
+                                                                           const json& bindings,
+                                                                           const Session& session,
+                                                                           json& error) {
+  const std::string target = match[1].str(), target_alias = match[2].str();
+  const std::string source = match[3].str(), source_alias = match[4].str();
+  const std::string on = match[5].str();
+  static const std::regex clause(
+      R"(^(NOT\s+)?MATCHED(?:\s+AND\s+([\s\S]*?))?\s+THEN\s+(DELETE|UPDATE\s+SET\s+([\s\S]*?)|INSERT\s*\(([^)]*)\)\s*VALUES\s*\(([\s\S]*)\))\s*$)",
+      kIcase);
+  static const std::regex when(R"(\bWHEN\s+)", kIcase);
+  std::vector<std::string> clauses;
+  const std::string rest = match[6].str();
+  for (std::sregex_token_iterator it(rest.begin(), rest.end(), when, -1), end; it != end; ++it) {
+    if (it->str().find_first_not_of(" \t\r\n") != std::string::npos) clauses.push_back(it->str());
+  }
+  sqlite3* db = db_->raw();
+  current_session_ = &session;
+  auto run = [&](const std::string& sql, int64_t* changes) -> bool {
+    sqlite3_stmt* stmt = nullptr;
+    if (sqlite3_prepare_v2(db, sql.c_str(), static_cast<int>(sql.size()), &stmt, nullptr) !=
+        SQLITE_OK) {
+      error =
+          Message("001003", fmt::format("SQL compilation error:\n{}", sqlite3_errmsg(db)), "42000");
+      if (stmt != nullptr) sqlite3_finalize(stmt);
+      return false;
+    }
+    std::string missing;
+    if (!BindParameters(stmt, bindings, missing)) {
+      error = Message("002049", fmt::format("Bind variable ?{} not set.", missing), "42601");
+      sqlite3_finalize(stmt);
+      return false;
+    }
+    int rc;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+    }
+    sqlite3_finalize(stmt);
+    if (rc != SQLITE_DONE) {
+      error = Message("100038", fmt::format("Execution error: {}", sqlite3_errmsg(db)), "22018");
+      return false;
+    }
+    if (changes != nullptr) *changes += sqlite3_changes(db);
+    return true;
+  };
+  int64_t inserted = 0, updated = 0, deleted = 0;
+  bool ok = run("SAVEPOINT fake_merge", nullptr) &&
+            run(fmt::format("CREATE TEMP TABLE fake_merge_source AS SELECT {0}.*, EXISTS (SELECT 1 "
+                            "FROM {1} AS {2} WHERE {3}) AS fake_matched FROM ({4}) AS {0}",
+                            source_alias, target, target_alias, on, source),
+                nullptr);
+  std::string earlier = "0";  // the conditions of earlier WHEN MATCHED clauses
+  for (size_t i = 0; ok && i < clauses.size(); ++i) {
+    std::smatch c;
+    if (!std::regex_match(clauses[i], c, clause)) {
+      error = Message("001003", "SQL compilation error:\nunsupported MERGE clause (fake)", "42000");
+      ok = false;
+      break;
+    }
+    const std::string cond = c[2].matched ? c[2].str() : "1";
+    const std::string from = fmt::format("temp.fake_merge_source AS {}", source_alias);
+    if (c[1].matched) {  // WHEN NOT MATCHED ... THEN INSERT
+      ok = run(fmt::format("INSERT INTO {} ({}) SELECT {} FROM {} WHERE NOT {}.fake_matched AND "
+                           "({})",
+                           target, c[5].str(), c[6].str(), from, source_alias, cond),
+               &inserted);
+      continue;
+    }
+    const std::string where = fmt::format("{}.fake_matched AND ({}) AND ({}) AND NOT ({})",
+                                          source_alias, on, cond, earlier);
+    if (Upper(c[3].str()) == "DELETE") {
+      ok = run(fmt::format("DELETE FROM {} AS {} WHERE EXISTS (SELECT 1 FROM {} WHERE {})", target,
+                           target_alias, from, where),
+               &deleted);
+    } else {
+      ok = run(fmt::format("UPDATE {} AS {} SET {} FROM {} WHERE {}", target, target_alias,
+                           c[4].str(), from, where),
+               &updated);
+    }
+    earlier = fmt::format("({}) OR ({})", earlier, cond);
+  }
+  (void)run("DROP TABLE IF EXISTS temp.fake_merge_source", nullptr);
+  if (!ok) {
+    json kept = error;
+    (void)run("ROLLBACK TO fake_merge", nullptr);
+    (void)run("RELEASE fake_merge", nullptr);
+    error = kept;
+    current_session_ = nullptr;
+    return nullptr;
+  }
+  ok = run("RELEASE fake_merge", nullptr);
+  current_session_ = nullptr;
+  if (!ok) return nullptr;
+  return StatusStatement({{"number of rows inserted", inserted},
+                          {"number of rows updated", updated},
+                          {"number of rows deleted", deleted}});
+}
+
+void FakeSnowflakeServer::DenyPrivilege(const std::string& statement_contains,
+                                        const std::string& object) {
+  std::lock_guard<std::mutex> lock(mu_);
+  denials_.emplace_back(statement_contains, object);
+}
+
+void FakeSnowflakeServer::ClearDenials() {
+  std::lock_guard<std::mutex> lock(mu_);
+  denials_.clear();
 }
 
 }  // namespace backflow

@@ -19,6 +19,21 @@
 // CURRENT_ROLE(), CURRENT_WAREHOUSE(), CURRENT_DATABASE() and
 // CURRENT_SCHEMA() return the request's session (NULL when not in effect).
 //
+// The Snowflake SQL beyond SQLite's that it understands (what
+// change_detection: warehouse issues): "bindings" {"N": {"type","value"}}
+// for `?` placeholders (FIXED as integers, anything else as text; a missing
+// one is 422 002049); CREATE SCHEMA [IF NOT EXISTS] s (an attached in-memory
+// database); CREATE TABLE t AS SELECT (t's columns keep the Snowflake types
+// of the columns they copy); COLLATE 'utf8' (byte order);
+// TABLE(FLATTEN(INPUT => PARSE_JSON(?))) (json_each, column VALUE);
+// GET(array, i), MD5(text) (lowercase hex), TO_VARCHAR(x) and TO_JSON(x)
+// (the value's text, binary as uppercase hex); and MERGE INTO t AS a USING
+// (select) AS b ON cond WHEN [NOT] MATCHED [AND cond] THEN DELETE | UPDATE SET
+// ... | INSERT (...) VALUES (...), run as statements of one SQLite savepoint.
+// Statements without a result answer a "status" row (MERGE: "number of rows
+// inserted" / "updated" / "deleted"), as Snowflake does. DenyPrivilege()
+// makes statements fail as a missing privilege does (422 003001).
+//
 // Requests, checked in this order:
 //   1. path: POST /api/v2/statements, GET /api/v2/statements/{h}
 //      [?partition=N], POST /api/v2/statements/{h}/cancel; others 404, a
@@ -79,6 +94,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <regex>
 #include <set>
 #include <string>
 #include <utility>
@@ -191,6 +207,12 @@ class FakeSnowflakeServer {
                            const std::vector<std::pair<std::string, std::string>>& columns);
   // Runs SQLite SQL (inserts, updates...).
   absl::Status Exec(const std::string& sql);
+  // Statements whose text contains `statement_contains` (case-insensitive)
+  // fail as Snowflake refuses a missing privilege: 422 code 003001, sqlState
+  // 42501, "SQL access control error:\nInsufficient privileges to operate on
+  // <object>.".
+  void DenyPrivilege(const std::string& statement_contains, const std::string& object);
+  void ClearDenials();
   void set_rows_per_partition(int64_t rows);
   void set_still_running_polls(int polls);
 
@@ -259,8 +281,15 @@ class FakeSnowflakeServer {
   Reply Status(const std::string& handle, std::optional<int64_t> partition);
   Reply Cancel(const std::string& handle);
   // Runs `sql` in `session`; sets `error` (a 422 body) on failure.
-  std::unique_ptr<Statement> Run(const std::string& sql, const Session& session,
-                                 nlohmann::json& error);
+  std::unique_ptr<Statement> Run(const std::string& sql, const nlohmann::json& bindings,
+                                 const Session& session, nlohmann::json& error);
+  std::unique_ptr<Statement> CreateSchema(const std::string& name, bool if_not_exists,
+                                          nlohmann::json& error);
+  std::unique_ptr<Statement> Merge(const std::smatch& match, const nlohmann::json& bindings,
+                                   const Session& session, nlohmann::json& error);
+  // A one-row result of named cells (DDL and DML answers).
+  std::unique_ptr<Statement> StatusStatement(
+      const std::vector<std::pair<std::string, nlohmann::json>>& cells) const;
   Reply ResultSetReply(const Statement& st) const;
   Reply QueryStatusReply(const Statement& st, int status) const;
   Clock& clock() const;
@@ -291,6 +320,7 @@ class FakeSnowflakeServer {
   // whether a table was read.
   const Session* current_session_ = nullptr;
   std::set<std::string> tables_read_;
+  std::vector<std::pair<std::string, std::string>> denials_;  // statement part, object
 };
 
 }  // namespace backflow

@@ -33,6 +33,7 @@
 #include "backflow/common/status_macros.h"
 #include "backflow/common/url.h"
 #include "backflow/delivery/http_delivery.h"
+#include "backflow/sources/warehouse_change_detection.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -420,11 +421,19 @@ class SnowflakeClient {
 
   const SnowflakeConfig& config() const { return config_; }
 
-  // Submits `sql` and waits for it to finish.
-  absl::StatusOr<ResultSet> Execute(const std::string& sql) {
+  // Submits `sql` (with TEXT `bindings` for its `?`s) and waits for it to finish.
+  absl::StatusOr<ResultSet> Execute(const std::string& sql,
+                                    const std::vector<std::string>& bindings = {}) {
     const std::string request_id = NewUuid();
     json body = json::object();
     body["statement"] = sql;
+    if (!bindings.empty()) {
+      json b = json::object();
+      for (size_t i = 0; i < bindings.size(); ++i) {
+        b[std::to_string(i + 1)] = {{"type", "TEXT"}, {"value", bindings[i]}};
+      }
+      body["bindings"] = std::move(b);
+    }
     body["timeout"] = config_.statement_timeout_s;
     for (auto [key, value] :
          {std::pair{"warehouse", &config_.warehouse}, std::pair{"database", &config_.database},
@@ -846,7 +855,27 @@ class SnowflakeRowReader : public RowReader {
 
 class SnowflakeSource : public Source {
  public:
-  explicit SnowflakeSource(std::shared_ptr<SnowflakeClient> client) : client_(std::move(client)) {}
+  SnowflakeSource(std::shared_ptr<SnowflakeClient> client, Clock* clock)
+      : client_(std::move(client)), clock_(clock) {}
+
+  WarehouseChangeDetection* warehouse_change_detection() override {
+    if (change_detection_ == nullptr) {
+      std::shared_ptr<SnowflakeClient> client = client_;
+      auto sql = NewSnowflakeWarehouseSql(
+          [client](const std::string& statement, const std::vector<std::string>& bindings)
+              -> absl::StatusOr<std::unique_ptr<RowReader>> {
+            BACKFLOW_ASSIGN_OR_RETURN(ResultSet rs, client->Execute(statement, bindings));
+            auto reader = std::make_unique<SnowflakeRowReader>(client, std::move(rs));
+            BACKFLOW_RETURN_IF_ERROR(reader->Init());
+            return std::unique_ptr<RowReader>(std::move(reader));
+          });
+      PassChangeDetectionOptions options;
+      options.state_schema = client_->config().state_schema;
+      options.clock = clock_;
+      change_detection_ = NewPassChangeDetection(std::move(sql), std::move(options));
+    }
+    return change_detection_.get();
+  }
 
   absl::Status CheckConnection() override {
     absl::StatusOr<std::unique_ptr<RowReader>> reader = Query(kCheckSql);
@@ -901,6 +930,8 @@ class SnowflakeSource : public Source {
 
  private:
   std::shared_ptr<SnowflakeClient> client_;
+  Clock* clock_;
+  std::unique_ptr<WarehouseChangeDetection> change_detection_;
 };
 
 }  // namespace
@@ -1210,6 +1241,14 @@ absl::StatusOr<SnowflakeConfig> ParseSnowflakeSettings(const json& settings) {
     }
     c.statement_timeout_s = it->get<int64_t>();
   }
+  if (auto it = settings.find("state_schema"); it != settings.end() && !it->is_null()) {
+    if (!it->is_string() || !IsPlainSqlIdentifier(it->get<std::string>())) {
+      return absl::InvalidArgumentError(
+          "state_schema: must be a plain schema name (letters, digits, '_', '$'; not starting "
+          "with a digit), e.g. backflow_state");
+    }
+    c.state_schema = it->get<std::string>();
+  }
   json http = settings;
   if (text("base_url").empty()) http["base_url"] = SnowflakeDefaultBaseUrl(c.account);
   BACKFLOW_ASSIGN_OR_RETURN(c.http, ParseHttpSettings(http));
@@ -1240,7 +1279,7 @@ absl::StatusOr<std::unique_ptr<Source>> NewSnowflakeSource(SnowflakeConfig confi
   }
   auto client = std::make_shared<SnowflakeClient>(std::move(config), env, std::move(tokens),
                                                   std::move(fingerprint));
-  return std::unique_ptr<Source>(new SnowflakeSource(std::move(client)));
+  return std::unique_ptr<Source>(new SnowflakeSource(std::move(client), env.clock));
 }
 
 SourceDefinition SnowflakeSourceDefinition() {
@@ -1315,6 +1354,16 @@ SourceDefinition SnowflakeSourceDefinition() {
                                      "QUERY_TAG of Backflow's queries, to find them in the query "
                                      "history.",
                                      SettingType::kString, "backflow"));
+
+  def.settings.push_back(MakeSetting(
+      "state_schema", "State schema",
+      "For models with change_detection: warehouse: the schema, in the connection's database, "
+      "where Backflow keeps what each mapping last delivered (table CHECKPOINTS) and the "
+      "tables of running passes (dropped when a pass ends). Created when missing; the role "
+      "needs CREATE SCHEMA on the database, or USAGE and CREATE TABLE on this schema, and "
+      "SELECT, INSERT, UPDATE, DELETE on its tables.",
+      SettingType::kString, "backflow_state"));
+  def.warehouse_change_detection = true;
 
   SettingSpec base = MakeSetting(
       "base_url", "Base URL",

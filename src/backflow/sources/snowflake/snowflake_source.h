@@ -72,6 +72,11 @@
 //     kFailedPrecondition naming statement_timeout_s; 429 ->
 //     kResourceExhausted; 5xx and transport -> kUnavailable /
 //     kDeadlineExceeded; other replies -> kFailedPrecondition quoting them.
+// change_detection: warehouse (Source::warehouse_change_detection()) runs
+// through pass tables in `state_schema` of the connection's database
+// (../warehouse_sql/pass_change_detection.h, snowflake_change_detection.cc);
+// its statements carry "bindings" ({"1": {"type": "TEXT", "value": ...}}).
+//
 // CheckConnection() runs SELECT CURRENT_USER(), CURRENT_ROLE(),
 // CURRENT_WAREHOUSE(), CURRENT_DATABASE(), CURRENT_SCHEMA() and fails with
 // kFailedPrecondition when a configured warehouse, database or schema is not
@@ -84,9 +89,11 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "backflow/catalog/definitions.h"
@@ -95,6 +102,7 @@
 #include "backflow/delivery/jwt_bearer.h"
 #include "backflow/model/value.h"
 #include "backflow/sources/source.h"
+#include "backflow/sources/warehouse_sql/pass_change_detection.h"
 #include "nlohmann/json.hpp"
 
 namespace backflow {
@@ -117,7 +125,9 @@ struct SnowflakeConfig {
   std::string role;
   std::string query_tag;
   int64_t statement_timeout_s = 3600;  // 0: Snowflake's maximum (7 days)
-  HttpSettings http;                   // base_url, timeout, retry policy
+  // The schema of change_detection: warehouse's tables (a plain identifier).
+  std::string state_schema = "backflow_state";
+  HttpSettings http;  // base_url, timeout, retry policy
   // Status polling: the first wait, doubling up to the cap.
   std::chrono::milliseconds poll_initial{100};
   std::chrono::milliseconds poll_max{5000};
@@ -163,6 +173,14 @@ absl::StatusOr<std::string> SignSnowflakeJwt(const Rs256Key& key, std::string_vi
 // kInvalidArgument for a wrong or missing passphrase.
 absl::StatusOr<std::string> DecryptSnowflakePrivateKey(std::string_view pem,
                                                        std::string_view passphrase);
+
+// Runs one statement with TEXT bindings for its `?` placeholders.
+using SnowflakeSqlRunner = std::function<absl::StatusOr<std::unique_ptr<RowReader>>(
+    const std::string& sql, const std::vector<std::string>& bindings)>;
+
+// Snowflake's dialect of the pass-table change detection, running its
+// statements through `run`.
+std::unique_ptr<WarehouseSql> NewSnowflakeWarehouseSql(SnowflakeSqlRunner run);
 
 // One result column: the schema entry and how its cells decode.
 struct SnowflakeColumnType {

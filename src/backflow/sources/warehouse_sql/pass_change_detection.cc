@@ -1,0 +1,484 @@
+#include "backflow/sources/warehouse_sql/pass_change_detection.h"
+
+#include <cctype>
+#include <map>
+#include <utility>
+
+#include "backflow/common/crypto.h"
+#include "backflow/common/fmt_absl.h"
+#include "backflow/common/numbers.h"
+#include "backflow/common/status_macros.h"
+#include "fmt/format.h"
+#include "nlohmann/json.hpp"
+
+namespace backflow {
+
+constexpr char kPassKey[] = "BACKFLOW_PASS_KEY";
+constexpr char kRowHash[] = "BACKFLOW_ROW_HASH";
+
+bool IsPlainSqlIdentifier(std::string_view name) {
+  if (name.empty() || name.size() > 255) return false;
+  if (std::isdigit(static_cast<unsigned char>(name[0])) || name[0] == '$') return false;
+  for (char c : name) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '$') return false;
+  }
+  return true;
+}
+
+namespace pass_sql {
+
+std::string RowHash(const WarehouseSql& sql, const Schema& schema, const std::string& alias) {
+  std::string text;
+  for (const Column& c : schema) {
+    const std::string ref = alias + "." + sql.QuoteIdentifier(c.name);
+    const std::string t = sql.ToText(c, ref);
+    if (!text.empty()) text += " || ";
+    text += fmt::format("CASE WHEN {0} IS NULL THEN 'n' ELSE 'v' || LENGTH({1}) || ':' || {1} END",
+                        ref, t);
+  }
+  return sql.Md5Hex(text);
+}
+
+BoundSql CreatePassTable(const WarehouseSql& sql, const std::string& table,
+                         const std::string& model_sql, const Schema& schema, int key_index) {
+  const Column& key = schema[static_cast<size_t>(key_index)];
+  return {fmt::format("CREATE TABLE {} AS\nSELECT m.*, {} AS {}, {} AS {}\nFROM (\n{}\n) AS m",
+                      table, sql.ToText(key, "m." + sql.QuoteIdentifier(key.name)), kPassKey,
+                      RowHash(sql, schema, "m"), kRowHash, model_sql),
+          {}};
+}
+
+BoundSql CreateKeysTable(const WarehouseSql& sql, const std::string& checkpoints,
+                         const std::string& pass, const std::string& keys,
+                         const WarehouseCandidateFilter& filter) {
+  BoundSql out;
+  std::string joins, conditions;
+  if (filter.all_rows) {
+    conditions = "TRUE";
+  } else {
+    for (size_t i = 0; i < filter.mappings.size(); ++i) {
+      joins +=
+          fmt::format("LEFT JOIN {0} AS c{1} ON c{1}.mapping = ? AND c{1}.record_key = p.{2}\n",
+                      checkpoints, i, kPassKey);
+      out.bindings.push_back(filter.mappings[i].first);
+    }
+    nlohmann::json in_flight = filter.in_flight_keys;
+    conditions = fmt::format(
+        "p.{0} IN (SELECT {1} FROM {2})\n"
+        "   OR p.{0} IN (SELECT d.{0} FROM {3} AS d GROUP BY d.{0} HAVING COUNT(*) > 1)",
+        kPassKey, sql.JsonValueText("j"), sql.JsonArrayTable("j"), pass);
+    out.bindings.push_back(in_flight.dump());
+    for (size_t i = 0; i < filter.mappings.size(); ++i) {
+      conditions += fmt::format(
+          "\n   OR c{0}.row_hash IS DISTINCT FROM p.{1} OR c{0}.mapping_version IS DISTINCT FROM ?",
+          i, kRowHash);
+      out.bindings.push_back(filter.mappings[i].second.ToHex());
+    }
+  }
+  out.sql = fmt::format(
+      "CREATE TABLE {0} AS\n"
+      "SELECT p.{1} AS record_key FROM {2} AS p\n"
+      "{3}"
+      "WHERE p.{1} IS NOT NULL AND ({4})",
+      keys, kPassKey, pass, joins, conditions);
+  if (!filter.mappings.empty()) {
+    std::string marks;
+    for (const auto& [name, version] : filter.mappings) {
+      marks += marks.empty() ? "?" : ", ?";
+      out.bindings.push_back(name);
+    }
+    out.sql += fmt::format(
+        "\nUNION\n"
+        "SELECT c.record_key FROM {0} AS c WHERE c.mapping IN ({1})\n"
+        "  AND NOT EXISTS (SELECT 1 FROM {2} AS g WHERE g.{3} = c.record_key)",
+        checkpoints, marks, pass, kPassKey);
+  }
+  return out;
+}
+
+BoundSql SelectCandidates(const WarehouseSql& sql, const std::string& pass, const std::string& keys,
+                          const Schema& schema) {
+  std::string columns;
+  for (const Column& c : schema) columns += "p." + sql.QuoteIdentifier(c.name) + ", ";
+  return {fmt::format("SELECT {0}p.{1} FROM {2} AS p\n"
+                      "WHERE p.{3} IS NULL OR p.{3} IN (SELECT k.record_key FROM {4} AS k)",
+                      columns, kRowHash, pass, kPassKey, keys),
+          {}};
+}
+
+BoundSql SelectEntries(const std::string& checkpoints, const std::string& keys,
+                       const std::string& mapping) {
+  return {fmt::format("SELECT c.record_key, c.fingerprint, c.record_identity FROM {} AS c\n"
+                      "WHERE c.mapping = ? AND c.record_key IN (SELECT k.record_key FROM {} AS k)\n"
+                      "ORDER BY c.record_key",
+                      checkpoints, keys),
+          {mapping}};
+}
+
+BoundSql Merge(const WarehouseSql& sql, const std::string& checkpoints, const std::string& mapping,
+               std::string json) {
+  std::string items;
+  const char* names[] = {"record_key", "op",          "row_hash",
+                         "version",    "fingerprint", "record_identity"};
+  for (int i = 0; i < 6; ++i) {
+    items += fmt::format("{}{} AS {}", i ? ", " : "", sql.JsonItemText("j", i), names[i]);
+  }
+  return {fmt::format(
+              "MERGE INTO {0} AS t\n"
+              "USING (SELECT {1} FROM {2}) AS w\n"
+              "ON t.mapping = ? AND t.record_key = w.record_key\n"
+              "WHEN MATCHED AND w.op = 'D' THEN DELETE\n"
+              "WHEN MATCHED THEN UPDATE SET row_hash = w.row_hash, mapping_version = w.version, "
+              "fingerprint = w.fingerprint, record_identity = w.record_identity\n"
+              "WHEN NOT MATCHED AND w.op = 'U' THEN INSERT (mapping, record_key, row_hash, "
+              "mapping_version, fingerprint, record_identity) VALUES (?, w.record_key, "
+              "w.row_hash, w.version, w.fingerprint, w.record_identity)",
+              checkpoints, items, sql.JsonArrayTable("j")),
+          {std::move(json), mapping, mapping}};
+}
+
+}  // namespace pass_sql
+
+namespace {
+
+absl::StatusOr<std::string> FromHex(std::string_view hex) {
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  if (hex.size() % 2 != 0) return absl::DataLossError("odd-length hex in the checkpoint table");
+  std::string out(hex.size() / 2, '\0');
+  for (size_t i = 0; i < out.size(); ++i) {
+    int hi = nibble(hex[2 * i]);
+    int lo = nibble(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return absl::DataLossError("invalid hex in the checkpoint table");
+    out[i] = static_cast<char>(hi * 16 + lo);
+  }
+  return out;
+}
+
+// Reads a statement's whole (small) result.
+absl::StatusOr<std::vector<Row>> ReadAll(RowReader& reader) {
+  std::vector<Row> rows;
+  Row row;
+  while (true) {
+    BACKFLOW_ASSIGN_OR_RETURN(bool more, reader.Next(row));
+    if (!more) return rows;
+    rows.push_back(row);
+  }
+}
+
+// Runs a statement and reads its answer to the end (so that nothing is left
+// to cancel).
+absl::Status Exec(WarehouseSql& sql, const std::string& statement,
+                  const std::vector<std::string>& bindings = {}) {
+  BACKFLOW_ASSIGN_OR_RETURN(auto reader, sql.Run(statement, bindings));
+  return ReadAll(*reader).status();
+}
+
+class EntryScanner : public WarehouseEntryScanner {
+ public:
+  explicit EntryScanner(std::unique_ptr<RowReader> reader) : reader_(std::move(reader)) {}
+
+  absl::StatusOr<bool> Next(WarehouseCheckpointEntry& entry) override {
+    BACKFLOW_ASSIGN_OR_RETURN(bool more, reader_->Next(row_));
+    if (!more) return false;
+    if (row_.size() != 3 || row_[0].is_null() || row_[1].is_null() || row_[2].is_null()) {
+      return absl::DataLossError("the warehouse checkpoint table returned a malformed entry");
+    }
+    entry.key = row_[0].ToString();
+    if (started_ && !(last_ < entry.key)) {
+      return absl::FailedPreconditionError(fmt::format(
+          "the warehouse returned the checkpoint keys \"{}\" and \"{}\" out of byte order; the "
+          "record_key column of the checkpoint table must compare by UTF-8 bytes (drop the "
+          "table so that Backflow creates it again, or remove its collation)",
+          last_, entry.key));
+    }
+    started_ = true;
+    last_ = entry.key;
+    BACKFLOW_ASSIGN_OR_RETURN(std::string fp, FromHex(row_[1].ToString()));
+    if (fp.size() != 16) {
+      return absl::DataLossError(fmt::format(
+          "the warehouse checkpoint entry of key \"{}\" has a fingerprint of {} bytes, not 16",
+          entry.key, fp.size()));
+    }
+    entry.fingerprint = Fingerprint::FromBytes(fp.data(), fp.size());
+    BACKFLOW_ASSIGN_OR_RETURN(entry.identity, FromHex(row_[2].ToString()));
+    return true;
+  }
+
+ private:
+  std::unique_ptr<RowReader> reader_;
+  Row row_;
+  bool started_ = false;
+  std::string last_;
+};
+
+class PassChangeDetection;
+
+class PassSnapshot : public WarehouseSnapshot {
+ public:
+  PassSnapshot(PassChangeDetection* owner, std::string pass_name, Schema schema, int key_index);
+  ~PassSnapshot() override { (void)Close(); }
+
+  const Schema& schema() const override { return schema_; }
+  absl::StatusOr<std::unique_ptr<RowReader>> ReadCandidates(
+      const WarehouseCandidateFilter& filter) override;
+  absl::StatusOr<std::unique_ptr<WarehouseEntryScanner>> ScanEntries(
+      const std::string& mapping) override;
+  absl::StatusOr<int64_t> CountEntries(const std::string& mapping) override;
+  absl::Status Close() override;
+
+ private:
+  PassChangeDetection* owner_;
+  std::string pass_name_;
+  Schema schema_;
+  int key_index_;
+  bool keys_made_ = false;
+  bool closed_ = false;
+};
+
+class PassChangeDetection : public WarehouseChangeDetection {
+ public:
+  PassChangeDetection(std::unique_ptr<WarehouseSql> sql, PassChangeDetectionOptions options)
+      : sql_(std::move(sql)),
+        options_(std::move(options)),
+        schema_(options_.state_schema),
+        checkpoints_(schema_ + ".CHECKPOINTS"),
+        registry_(schema_ + ".PASS_TABLES") {
+    if (options_.clock == nullptr) options_.clock = &SystemClock();
+  }
+
+  absl::StatusOr<std::unique_ptr<WarehouseSnapshot>> Begin(const std::string& sql,
+                                                           const std::string& key) override {
+    BACKFLOW_RETURN_IF_ERROR(EnsureTables());
+    DropStalePasses();
+    const std::string model = TrimModelSql(sql);
+    BACKFLOW_ASSIGN_OR_RETURN(
+        auto probe, sql_->Run(fmt::format("SELECT * FROM (\n{}\n) AS m LIMIT 0", model), {}));
+    Schema schema = probe->schema();
+    probe.reset();
+    const int key_index = FindColumn(schema, key);
+    if (key_index < 0) {
+      std::vector<std::string> names;
+      for (const Column& c : schema) names.push_back(c.name);
+      return absl::FailedPreconditionError(
+          fmt::format("the model does not return its unique identifier column \"{}\" (columns: {})",
+                      key, fmt::join(names, ", ")));
+    }
+    for (const Column& c : schema) {
+      if (c.name == kPassKey || c.name == kRowHash) {
+        return absl::FailedPreconditionError(fmt::format(
+            "change_detection: warehouse adds a column {} to the model's rows; rename the "
+            "model's column of that name",
+            c.name));
+      }
+    }
+    const int64_t now = static_cast<int64_t>(ToUnixSeconds(options_.clock->Now()));
+    const std::string name = fmt::format("PASS_{}_{}", now, HexEncode(RandomBytes(6)));
+    BACKFLOW_RETURN_IF_ERROR(Use(
+        Exec(*sql_, fmt::format("INSERT INTO {} (table_name, created_at) VALUES (?, ?)", registry_),
+             {name, std::to_string(now)})));
+    auto snapshot = std::make_unique<PassSnapshot>(this, name, schema, key_index);
+    BoundSql create = pass_sql::CreatePassTable(*sql_, Table(name), model, schema, key_index);
+    absl::Status made = Exec(*sql_, create.sql, create.bindings);
+    if (!made.ok()) {
+      (void)snapshot->Close();
+      if (sql_->IsPrivilegeError(made)) return Denied(WarehouseSql::Step::kCreateTable, made);
+      return made;
+    }
+    return std::unique_ptr<WarehouseSnapshot>(std::move(snapshot));
+  }
+
+  absl::Status Apply(const std::string& mapping,
+                     const std::vector<WarehouseCheckpointWrite>& writes) override {
+    if (writes.empty()) return absl::OkStatus();
+    BACKFLOW_RETURN_IF_ERROR(EnsureTables());
+    std::map<std::string_view, const WarehouseCheckpointWrite*> last;
+    for (const WarehouseCheckpointWrite& w : writes) last[w.key] = &w;
+    std::string json = "[";
+    auto flush = [&]() -> absl::Status {
+      if (json.size() <= 1) return absl::OkStatus();
+      json.push_back(']');
+      BoundSql merge = pass_sql::Merge(*sql_, checkpoints_, mapping, std::move(json));
+      json = "[";
+      return Use(Exec(*sql_, merge.sql, merge.bindings));
+    };
+    for (const auto& [key, w] : last) {
+      nlohmann::json item;
+      if (w->kind == WarehouseCheckpointWrite::Kind::kRemove) {
+        item = {std::string(key), "D", "", "", "", ""};
+      } else {
+        item = {std::string(key),      "U", w->row_hash, w->version.ToHex(), w->fingerprint.ToHex(),
+                HexEncode(w->identity)};
+      }
+      std::string text = item.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+      if (json.size() > 1 && json.size() + text.size() + 2 > sql_->MaxBindingBytes()) {
+        BACKFLOW_RETURN_IF_ERROR(flush());
+      }
+      if (json.size() > 1) json.push_back(',');
+      json += text;
+    }
+    return flush();
+  }
+
+  // --- For PassSnapshot. ---
+  WarehouseSql& sql() { return *sql_; }
+  const std::string& checkpoints() const { return checkpoints_; }
+  std::string Table(const std::string& name) const { return schema_ + "." + name; }
+
+  // A failure to read or write the managed tables, with what to grant.
+  absl::Status Use(absl::Status status) {
+    if (status.ok() || !sql_->IsPrivilegeError(status)) return status;
+    return Denied(WarehouseSql::Step::kUseTables, status);
+  }
+
+  absl::Status Denied(WarehouseSql::Step step, const absl::Status& status) {
+    return absl::PermissionDeniedError(
+        fmt::format("change_detection: warehouse keeps its checkpoint in schema {}: {} ({})",
+                    schema_, sql_->PrivilegeAdvice(step, schema_), status.message()));
+  }
+
+  // Drops a pass's tables and forgets it; the first error.
+  absl::Status DropPass(const std::string& name) {
+    absl::Status first;
+    for (const std::string& table : {Table(name), Table(name + "_K")}) {
+      absl::Status s = Exec(*sql_, fmt::format("DROP TABLE IF EXISTS {}", table), {});
+      if (first.ok()) first = s;
+    }
+    absl::Status s =
+        Exec(*sql_, fmt::format("DELETE FROM {} WHERE table_name = ?", registry_), {name});
+    if (first.ok()) first = s;
+    return Use(first);
+  }
+
+ private:
+  absl::Status EnsureTables() {
+    if (ensured_) return absl::OkStatus();
+    // The schema may exist already (made by an administrator) while the role
+    // may not create schemas: then creating the tables tells.
+    absl::Status schema = Exec(*sql_, fmt::format("CREATE SCHEMA IF NOT EXISTS {}", schema_), {});
+    if (!schema.ok() && !sql_->IsPrivilegeError(schema)) return schema;
+    const std::string text = sql_->TextType();
+    for (const std::string& ddl :
+         {fmt::format("CREATE TABLE IF NOT EXISTS {} (\n"
+                      "  mapping {} NOT NULL,\n"
+                      "  record_key {} NOT NULL,\n"
+                      "  row_hash {},\n"
+                      "  mapping_version {},\n"
+                      "  fingerprint {} NOT NULL,\n"
+                      "  record_identity {} NOT NULL,\n"
+                      "  PRIMARY KEY (mapping, record_key))",
+                      checkpoints_, text, sql_->KeyType(), text, text, text, text),
+          fmt::format("CREATE TABLE IF NOT EXISTS {} (table_name {} NOT NULL, created_at {} "
+                      "NOT NULL)",
+                      registry_, text, sql_->IntegerType())}) {
+      absl::Status made = Exec(*sql_, ddl, {});
+      if (made.ok()) continue;
+      if (!schema.ok()) return Denied(WarehouseSql::Step::kCreateSchema, schema);
+      if (sql_->IsPrivilegeError(made)) return Denied(WarehouseSql::Step::kCreateTable, made);
+      return made;
+    }
+    ensured_ = true;
+    return absl::OkStatus();
+  }
+
+  // Best effort: the tables of passes that never ended.
+  void DropStalePasses() {
+    const int64_t cutoff =
+        static_cast<int64_t>(ToUnixSeconds(options_.clock->Now())) - options_.stale_after.count();
+    auto reader =
+        sql_->Run(fmt::format("SELECT table_name FROM {} WHERE created_at < ?", registry_),
+                  {std::to_string(cutoff)});
+    if (!reader.ok()) return;
+    auto rows = ReadAll(**reader);
+    if (!rows.ok()) return;
+    for (const Row& row : *rows) {
+      if (row.empty() || row[0].is_null()) continue;
+      const std::string name = row[0].ToString();
+      if (!IsPlainSqlIdentifier(name)) continue;
+      (void)DropPass(name);
+    }
+  }
+
+  std::unique_ptr<WarehouseSql> sql_;
+  PassChangeDetectionOptions options_;
+  std::string schema_;
+  std::string checkpoints_;
+  std::string registry_;
+  bool ensured_ = false;
+};
+
+PassSnapshot::PassSnapshot(PassChangeDetection* owner, std::string pass_name, Schema schema,
+                           int key_index)
+    : owner_(owner),
+      pass_name_(std::move(pass_name)),
+      schema_(std::move(schema)),
+      key_index_(key_index) {}
+
+absl::StatusOr<std::unique_ptr<RowReader>> PassSnapshot::ReadCandidates(
+    const WarehouseCandidateFilter& filter) {
+  WarehouseSql& sql = owner_->sql();
+  const Column& key = schema_[static_cast<size_t>(key_index_)];
+  if (!sql.KeyTypeSupported(key)) {
+    return absl::FailedPreconditionError(fmt::format(
+        "change_detection: warehouse needs the unique identifier column \"{}\" to be an "
+        "integer or text column (it is {}); cast it in the model's SQL, e.g. {}",
+        key.name, key.source_type, sql.KeyCastAdvice(key.name)));
+  }
+  const std::string pass = owner_->Table(pass_name_);
+  const std::string keys = owner_->Table(pass_name_ + "_K");
+  BoundSql create = pass_sql::CreateKeysTable(sql, owner_->checkpoints(), pass, keys, filter);
+  keys_made_ = true;
+  BACKFLOW_RETURN_IF_ERROR(owner_->Use(Exec(sql, create.sql, create.bindings)));
+  BoundSql select = pass_sql::SelectCandidates(sql, pass, keys, schema_);
+  BACKFLOW_ASSIGN_OR_RETURN(auto reader, sql.Run(select.sql, select.bindings));
+  if (reader->schema().size() != schema_.size() + 1) {
+    return absl::DataLossError(
+        fmt::format("the warehouse returned {} columns for the candidate rows; expected {}",
+                    reader->schema().size(), schema_.size() + 1));
+  }
+  return reader;
+}
+
+absl::StatusOr<std::unique_ptr<WarehouseEntryScanner>> PassSnapshot::ScanEntries(
+    const std::string& mapping) {
+  if (!keys_made_) {
+    return absl::FailedPreconditionError("ScanEntries() before ReadCandidates()");
+  }
+  BoundSql select =
+      pass_sql::SelectEntries(owner_->checkpoints(), owner_->Table(pass_name_ + "_K"), mapping);
+  auto reader = owner_->sql().Run(select.sql, select.bindings);
+  if (!reader.ok()) return owner_->Use(reader.status());
+  return std::unique_ptr<WarehouseEntryScanner>(new EntryScanner(*std::move(reader)));
+}
+
+absl::StatusOr<int64_t> PassSnapshot::CountEntries(const std::string& mapping) {
+  auto reader = owner_->sql().Run(
+      fmt::format("SELECT COUNT(*) FROM {} WHERE mapping = ?", owner_->checkpoints()), {mapping});
+  if (!reader.ok()) return owner_->Use(reader.status());
+  BACKFLOW_ASSIGN_OR_RETURN(std::vector<Row> rows, ReadAll(**reader));
+  if (rows.size() != 1 || rows[0].size() != 1) {
+    return absl::DataLossError("counting the warehouse checkpoint returned no count");
+  }
+  std::optional<int64_t> n = ParseInt64(rows[0][0].ToString());
+  if (!n) return absl::DataLossError("counting the warehouse checkpoint returned no number");
+  return *n;
+}
+
+absl::Status PassSnapshot::Close() {
+  if (closed_) return absl::OkStatus();
+  closed_ = true;
+  return owner_->DropPass(pass_name_);
+}
+
+}  // namespace
+
+std::unique_ptr<WarehouseChangeDetection> NewPassChangeDetection(
+    std::unique_ptr<WarehouseSql> sql, PassChangeDetectionOptions options) {
+  return std::make_unique<PassChangeDetection>(std::move(sql), std::move(options));
+}
+
+}  // namespace backflow

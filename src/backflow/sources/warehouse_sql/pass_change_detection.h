@@ -1,0 +1,180 @@
+// Warehouse change detection through a "pass table", for warehouses reached
+// by stateless SQL requests (Snowflake's SQL API; later BigQuery, Databricks,
+// ClickHouse): no transaction or temporary table spans two requests, so
+// what one pass needs lives in ordinary tables of the managed schema
+// (`state_schema`), dropped when the pass ends. See
+// ../warehouse_change_detection.h for the contract.
+//
+// Tables in <state_schema> (created when missing; unquoted names, so the
+// warehouse's identifier case rules apply):
+//   CHECKPOINTS   (mapping, record_key, row_hash, mapping_version,
+//                  fingerprint, record_identity): one row per mapping and
+//                  record key, all text; fingerprint and identity in lowercase
+//                  hex; record_key compares and sorts by its UTF-8 bytes
+//                  (WarehouseSql::KeyType()).
+//   PASS_TABLES   (table_name, created_at): the pass tables in use, so that
+//                  those of a pass that never ended (a crash) are dropped by a
+//                  later Begin() once older than `stale_after`.
+//   PASS_<unix seconds>_<random hex>     one pass's copy of the model;
+//   PASS_<unix seconds>_<random hex>_K   that pass's candidate and gone keys.
+//
+// One pass, in requests (each one statement; values travel as bindings):
+//   Begin:  SELECT * FROM (model) LIMIT 0 (the columns, for the row hash);
+//           CREATE TABLE PASS_x AS SELECT m.*, <key text>, <row hash> FROM
+//           (model) AS m: the model runs once, and this table is the pass's
+//           snapshot of it. The row hash is the MD5 (hex) of every column's
+//           text, NULL-safe and length-prefixed ('n' for NULL, else
+//           'v' <length> ':' <text>), so NULL differs from '' and no two rows
+//           with different values hash alike by construction.
+//   ReadCandidates: CREATE TABLE PASS_x_K AS the non-NULL keys of the
+//           candidates (key new, duplicated, in flight, or a stored entry of
+//           any run mapping with another row hash or version; every key when
+//           all_rows) UNION the stored keys of the run's mappings that are not
+//           in PASS_x (gone); then SELECT the model columns and the row hash
+//           of the PASS_x rows whose key is NULL or in PASS_x_K.
+//   ScanEntries: the mapping's CHECKPOINTS rows whose key is in PASS_x_K,
+//           ORDER BY record_key (checked to be ascending in byte order).
+//   CountEntries: COUNT(*) of the mapping's CHECKPOINTS rows.
+//   Close:  DROP both tables, remove the PASS_TABLES row (also when a step
+//           of Begin fails after the table was made).
+// Cost: every pass writes one copy of the model (all columns, plus a key and
+// a 32-character hash per row) into the warehouse and reads it three times
+// (candidates, duplicates, gone keys) inside the warehouse; only the
+// candidates and the entries of their keys travel to Backflow. Storing only
+// keys and hashes would need a second run of the model for the candidates'
+// columns, which could return another state of the model than the one the
+// candidates were chosen from.
+//
+// Snapshot: the model is read once (the CREATE TABLE). The checkpoint is read
+// at ReadCandidates and again at ScanEntries / CountEntries; Backflow writes
+// a mapping's checkpoint only after the pass of its run is closed, and runs
+// of one mapping do not overlap, so these reads see the same entries.
+//
+// Apply: one MERGE statement whose source is one bound JSON array of the
+// writes (the last write of each key), so the writes of one Apply commit
+// together. A batch whose JSON exceeds WarehouseSql::MaxBindingBytes() is
+// split into several MERGE statements, each atomic; if a later one fails, the
+// earlier ones stay applied, which leaves each key either as before or as
+// written (the engine keeps every key of a failed write in flight).
+//
+// Privileges: the role needs to create the schema (or USAGE and CREATE TABLE
+// on an existing one) and to read and write the tables above; a refusal
+// becomes kPermissionDenied with WarehouseSql::PrivilegeAdvice().
+//
+// Thread-compatible: used from one thread at a time, like its source.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "backflow/common/clock.h"
+#include "backflow/model/value.h"
+#include "backflow/sources/source.h"
+#include "backflow/sources/warehouse_change_detection.h"
+
+namespace backflow {
+
+// One warehouse's SQL and the way to run it. Each method that returns SQL
+// returns a fragment of the warehouse's dialect.
+class WarehouseSql {
+ public:
+  virtual ~WarehouseSql() = default;
+
+  // Runs one statement whose `?` placeholders take `bindings` (text values)
+  // in order, and returns its result.
+  virtual absl::StatusOr<std::unique_ptr<RowReader>> Run(
+      const std::string& sql, const std::vector<std::string>& bindings) = 0;
+
+  // A model column's name as a quoted identifier.
+  virtual std::string QuoteIdentifier(std::string_view name) const = 0;
+  // The text of `expr`, a value of `column`, for the row hash (NULL stays
+  // NULL). It must be stable: the same value gives the same text every run.
+  virtual std::string ToText(const Column& column, const std::string& expr) const = 0;
+  // Whether the warehouse writes `column`'s values (ToText) exactly as
+  // Backflow's decoder writes them (Value::ToString()): only such a column
+  // can be the key.
+  virtual bool KeyTypeSupported(const Column& column) const = 0;
+  // How to write the key column in the model's SQL so that it is supported,
+  // for the error message ("CAST(ID AS VARCHAR) AS ID").
+  virtual std::string KeyCastAdvice(const std::string& key) const = 0;
+  // The lowercase hex MD5 of the text `expr`.
+  virtual std::string Md5Hex(const std::string& expr) const = 0;
+  // Column types for DDL: text, text compared and sorted by its UTF-8
+  // bytes, and a 64-bit integer.
+  virtual std::string TextType() const = 0;
+  virtual std::string KeyType() const = 0;
+  virtual std::string IntegerType() const = 0;
+  // A FROM item named `alias` over the elements of a JSON array given as one
+  // text binding: the fragment holds exactly one `?`.
+  virtual std::string JsonArrayTable(const std::string& alias) const = 0;
+  // The text of the element `alias` (a JSON string).
+  virtual std::string JsonValueText(const std::string& alias) const = 0;
+  // The text of item `index` of the element `alias` (an array of strings).
+  virtual std::string JsonItemText(const std::string& alias, int index) const = 0;
+  // Whether `status` says the role lacks a privilege.
+  virtual bool IsPrivilegeError(const absl::Status& status) const = 0;
+
+  enum class Step {
+    kCreateSchema,  // creating <state_schema>
+    kCreateTable,   // creating a table in it
+    kUseTables,     // reading or writing its tables
+  };
+  // What to grant so that `step` in `schema` works (may ask the warehouse
+  // for the current role and database); a sentence or two.
+  virtual std::string PrivilegeAdvice(Step step, const std::string& schema) = 0;
+
+  // The largest JSON text Apply binds in one statement.
+  virtual size_t MaxBindingBytes() const { return size_t{4} << 20; }
+};
+
+struct PassChangeDetectionOptions {
+  // The managed schema, a plain identifier (letters, digits, '_', '$'; not
+  // starting with a digit).
+  std::string state_schema = "backflow_state";
+  // Time for pass table names and for finding stale ones; must outlive the
+  // change detection.
+  Clock* clock = nullptr;
+  // Pass tables older than this are dropped by a later Begin().
+  std::chrono::seconds stale_after{24 * 3600};
+};
+
+std::unique_ptr<WarehouseChangeDetection> NewPassChangeDetection(
+    std::unique_ptr<WarehouseSql> sql, PassChangeDetectionOptions options);
+
+// Whether `name` is a plain identifier usable as state_schema.
+bool IsPlainSqlIdentifier(std::string_view name);
+
+// --- The statements, exposed for tests. --------------------------------------
+
+// A statement and the text values of its `?` placeholders, in order.
+struct BoundSql {
+  std::string sql;
+  std::vector<std::string> bindings;
+};
+
+namespace pass_sql {
+
+// The NULL-safe, length-prefixed text of a row of `schema` read as alias
+// `alias`, and its MD5.
+std::string RowHash(const WarehouseSql& sql, const Schema& schema, const std::string& alias);
+BoundSql CreatePassTable(const WarehouseSql& sql, const std::string& table,
+                         const std::string& model_sql, const Schema& schema, int key_index);
+BoundSql CreateKeysTable(const WarehouseSql& sql, const std::string& checkpoints,
+                         const std::string& pass, const std::string& keys,
+                         const WarehouseCandidateFilter& filter);
+BoundSql SelectCandidates(const WarehouseSql& sql, const std::string& pass, const std::string& keys,
+                          const Schema& schema);
+BoundSql SelectEntries(const std::string& checkpoints, const std::string& keys,
+                       const std::string& mapping);
+// The MERGE of `writes` (already one per key) given as the JSON text `json`.
+BoundSql Merge(const WarehouseSql& sql, const std::string& checkpoints, const std::string& mapping,
+               std::string json);
+
+}  // namespace pass_sql
+
+}  // namespace backflow
