@@ -16,9 +16,7 @@ class CancellingClock : public FakeClock {
 
   // Sets the flag during the `sleeps`th SleepFor() from now on (1: the next
   // one); 0 never sets it.
-  void CancelDuringSleep(int sleeps) {
-    after_sleeps_ = sleeps == 0 ? 0 : sleeps_.load() + sleeps;
-  }
+  void CancelDuringSleep(int sleeps) { after_sleeps_ = sleeps == 0 ? 0 : sleeps_.load() + sleeps; }
 
   void SleepFor(Duration d) override {
     FakeClock::SleepFor(d);
