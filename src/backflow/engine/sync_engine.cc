@@ -303,7 +303,8 @@ absl::Status Runner::Extract(const ModelConfig& model, Source& source, Schema& s
     BACKFLOW_ASSIGN_OR_RETURN(snapshot_, warehouse_->Begin(model.sql, model.primary_key));
     schema = snapshot_->schema();
   } else {
-    BACKFLOW_ASSIGN_OR_RETURN(reader, source.Query(model.sql, QueryOptions{model.primary_key}));
+    BACKFLOW_ASSIGN_OR_RETURN(
+        reader, source.Query(model.sql, QueryOptions{model.primary_key, options_.cancel}));
     schema = reader->schema();
   }
   int key_index = FindColumn(schema, model.primary_key);

@@ -10,6 +10,11 @@ absl::StatusOr<std::unique_ptr<RowReader>> Source::Query(std::string_view sql,
   return Query(sql);
 }
 
+absl::Status QueryCancelledError(std::string_view what) {
+  return absl::CancelledError(fmt::format(
+      "the run was cancelled while {} was running; the warehouse was asked to cancel it", what));
+}
+
 std::string TrimModelSql(std::string_view sql) {
   std::string body(sql);
   absl::StripAsciiWhitespace(&body);

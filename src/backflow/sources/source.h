@@ -5,6 +5,7 @@
 // own inside a reader).
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -31,13 +32,34 @@ class RowReader {
   virtual absl::StatusOr<bool> Next(Row& row) = 0;
 };
 
-// What the caller knows about a query beyond its SQL. Hints only: a source
-// may use them to read faster, never to return other rows.
+// What the caller knows about a query beyond its SQL. Hints: a source may use
+// them to read faster, never to return other rows; and a way to stop it.
 struct QueryOptions {
   // The column that identifies each row (a model's primary key); empty when
   // unknown.
   std::string key_column;
+  // Null, or a flag another thread may set to stop the query. Once it reads
+  // true, Query() and the reader's Next() ask the warehouse to cancel the
+  // query (best effort, one attempt; the query is not left running on
+  // purpose) and return kCancelled (QueryCancelledError), sending no further
+  // status polls. A source that waits for a query to finish checks the flag
+  // before and after every wait between polls, so a cancel is seen within one
+  // poll interval (a request already in flight, such as a submit the
+  // warehouse holds open for a few seconds, ends first); a reader checks it
+  // before each fetch from the warehouse (rows it already holds may still be
+  // handed out first). Sources without a cancellable wait ignore it: the
+  // caller still stops between rows. It must outlive the reader.
+  const std::atomic<bool>* cancel = nullptr;
 };
+
+// Whether `cancel` (QueryOptions::cancel) is set and true.
+inline bool QueryCancelRequested(const std::atomic<bool>* cancel) {
+  return cancel != nullptr && cancel->load(std::memory_order_relaxed);
+}
+
+// The kCancelled status of a query stopped through QueryOptions::cancel;
+// `what` names it ("Snowflake statement 01b2..."), which was asked to stop.
+absl::Status QueryCancelledError(std::string_view what);
 
 class Source {
  public:

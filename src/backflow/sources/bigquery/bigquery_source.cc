@@ -907,8 +907,11 @@ class BigQueryClient {
 // One query: the job, its schema and the page being read.
 class BigQueryRowReader : public RowReader {
  public:
-  BigQueryRowReader(BigQueryClient* client, std::string job_id, std::string location)
+  // `cancel` as in QueryOptions (may be null).
+  BigQueryRowReader(BigQueryClient* client, std::string job_id, std::string location,
+                    const std::atomic<bool>* cancel)
       : client_(client),
+        cancel_(cancel),
         delivery_(client->NewDelivery()),
         job_id_(std::move(job_id)),
         location_(std::move(location)) {}
@@ -927,6 +930,10 @@ class BigQueryRowReader : public RowReader {
   absl::Status Start(const std::string& sql) {
     const BigQueryConfig& cfg = client_->cfg();
     Clock* clock = client_->clock();
+    if (QueryCancelRequested(cancel_)) {
+      finished_ = true;  // no job to cancel
+      return absl::CancelledError("the run was cancelled before the BigQuery query was submitted");
+    }
     Clock::TimePoint started = clock->Now();
     json request = {{"query", sql},
                     {"useLegacySql", false},
@@ -973,6 +980,7 @@ class BigQueryRowReader : public RowReader {
         return Fail(absl::InternalError(
             "BigQuery answered jobComplete=false without a jobReference to poll"));
       }
+      if (QueryCancelRequested(cancel_)) return Fail(Cancelled());
       if (cfg.query_timeout.count() > 0 && clock->Now() - started >= cfg.query_timeout) {
         return Fail(absl::DeadlineExceededError(fmt::format(
             "BigQuery job {} was still running after query_timeout_s ({} s); it was cancelled: "
@@ -983,6 +991,7 @@ class BigQueryRowReader : public RowReader {
         clock->SleepFor(std::min<std::chrono::milliseconds>(
             std::chrono::milliseconds(100) * (int64_t{1} << std::min(polls - 1, 4)),
             std::chrono::milliseconds(1000)));
+        if (QueryCancelRequested(cancel_)) return Fail(Cancelled());
       }
       ++polls;
       absl::StatusOr<json> polled = GetQueryResults("", "wait for job " + job_id_);
@@ -1029,6 +1038,7 @@ class BigQueryRowReader : public RowReader {
         return Fail(absl::UnavailableError(fmt::format(
             "BigQuery job {} returned {} empty pages in a row; giving up", job_id_, empty_pages)));
       }
+      if (QueryCancelRequested(cancel_)) return Fail(Cancelled());
       ++page_number_;
       absl::StatusOr<json> page = GetQueryResults(
           page_token_, fmt::format("fetch page {} of job {}", page_number_, job_id_));
@@ -1071,6 +1081,11 @@ class BigQueryRowReader : public RowReader {
     if (!finished_ && !job_id_.empty()) client_->Cancel(job_id_, location_);
     finished_ = true;
     return status;
+  }
+
+  // After a cancel request: Fail() sends jobs.cancel.
+  absl::Status Cancelled() const {
+    return QueryCancelledError(fmt::format("BigQuery job {}", job_id_));
   }
 
   void TakeJobReference(const json& reply) {
@@ -1161,6 +1176,7 @@ class BigQueryRowReader : public RowReader {
   }
 
   BigQueryClient* client_;
+  const std::atomic<bool>* const cancel_;
   HttpDelivery delivery_;
   std::string job_id_;
   std::string location_;
@@ -1198,13 +1214,20 @@ class BigQuerySource : public Source {
   }
 
   absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql) override {
-    BACKFLOW_ASSIGN_OR_RETURN(auto reader, Run(TrimModelSql(sql)));
+    return Query(sql, QueryOptions{});
+  }
+
+  absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql,
+                                                   const QueryOptions& options) override {
+    BACKFLOW_ASSIGN_OR_RETURN(auto reader, Run(TrimModelSql(sql), options.cancel));
     return std::unique_ptr<RowReader>(std::move(reader));
   }
 
  private:
-  absl::StatusOr<std::unique_ptr<BigQueryRowReader>> Run(const std::string& sql) {
-    auto reader = std::make_unique<BigQueryRowReader>(client_.get(), "", client_->cfg().location);
+  absl::StatusOr<std::unique_ptr<BigQueryRowReader>> Run(
+      const std::string& sql, const std::atomic<bool>* cancel = nullptr) {
+    auto reader =
+        std::make_unique<BigQueryRowReader>(client_.get(), "", client_->cfg().location, cancel);
     BACKFLOW_RETURN_IF_ERROR(reader->Start(sql));
     return reader;
   }

@@ -71,7 +71,11 @@
 // An error from Next() is sticky. A reader that fails, or is destroyed while
 // its job runs or pages remain unfetched, sends jobs.cancel?location= once
 // (best effort, not retried); Query() cancels the job it created when it
-// fails while polling. One page's parsed JSON (at most max_results rows and
+// fails while polling. QueryOptions::cancel is checked before jobs.query,
+// before and after each wait between getQueryResults polls, and before each
+// page fetch: once set, the job is cancelled as above and kCancelled
+// returned, with no further poll (a getQueryResults already waiting on the
+// server, up to its timeoutMs, ends first). One page's parsed JSON (at most max_results rows and
 // 10 MB of text) is held at a time.
 //
 // Thread-safety: a source and its readers are used from one thread at a

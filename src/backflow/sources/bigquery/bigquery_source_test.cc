@@ -9,6 +9,7 @@
 #include "backflow/common/http_client.h"
 #include "backflow/delivery/jwt_bearer.h"
 #include "backflow/sources/bigquery/fake_bigquery_server.h"
+#include "backflow/testing/cancelling_clock.h"
 #include "backflow/testing/http_test_server.h"
 #include "fmt/format.h"
 
@@ -333,7 +334,8 @@ class BigQuerySourceTest : public ::testing::Test {
     return out;
   }
 
-  FakeClock clock_;
+  std::atomic<bool> cancel_{false};  // set by clock_ when a test asks
+  CancellingClock clock_{&cancel_};
   std::unique_ptr<FakeBigQueryServer> fake_;
   std::string key_;
   std::unique_ptr<HttpClient> http_ = NewCurlHttpClient();
@@ -857,6 +859,49 @@ TEST_F(BigQuerySourceTest, FailingOnALaterPageAfterRowsWereDelivered) {
   EXPECT_EQ(rows.status().code(), absl::StatusCode::kUnavailable) << rows.status();
   EXPECT_NE(rows.status().message().find("fetch page 3"), std::string::npos) << rows.status();
   EXPECT_EQ(fake_->CountRequests("getQueryResults", 500), 4);
+}
+
+TEST_F(BigQuerySourceTest, CancelWhilePollingCancelsTheJobAndStopsPolling) {
+  fake_->SetPollsBeforeComplete(1'000'000);
+  clock_.CancelDuringSleep(2);  // polled twice (the first without a wait), then cancelled
+  auto source = NewSource();
+  auto reader = source->Query("SELECT id FROM crm.users", QueryOptions{"id", &cancel_});
+  ASSERT_EQ(reader.status().code(), absl::StatusCode::kCancelled) << reader.status();
+  EXPECT_NE(reader.status().message().find("job_fake0001"), std::string::npos) << reader.status();
+  std::vector<FakeBigQueryCancel> cancels = fake_->Cancels();
+  ASSERT_EQ(cancels.size(), 1u);
+  EXPECT_EQ(cancels[0].job_id, "job_fake0001");
+  EXPECT_EQ(cancels[0].location, "US");
+  EXPECT_EQ(RequestsOf("getQueryResults").size(), 2u);
+  // The cancel is the last request: no poll after it.
+  std::vector<FakeBigQueryRequest> requests = fake_->Requests();
+  ASSERT_FALSE(requests.empty());
+  EXPECT_EQ(requests.back().method, "cancel");
+  EXPECT_EQ(clock_.sleeps(), 2);
+}
+
+TEST_F(BigQuerySourceTest, AlreadyCancelledRunCreatesNoJob) {
+  cancel_ = true;
+  auto reader = NewSource()->Query("SELECT id FROM crm.users", QueryOptions{"id", &cancel_});
+  ASSERT_EQ(reader.status().code(), absl::StatusCode::kCancelled) << reader.status();
+  EXPECT_EQ(fake_->jobs_created(), 0);
+  EXPECT_TRUE(RequestsOf("query").empty());
+  EXPECT_TRUE(fake_->Cancels().empty());
+}
+
+TEST_F(BigQuerySourceTest, CancelBetweenPagesCancelsTheJobAndFetchesNoMore) {
+  InsertUsers(1, 30);
+  auto source = NewSource({{"max_results", 10}});
+  auto reader = source->Query("SELECT id FROM crm.users", QueryOptions{"id", &cancel_});
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  Row row;
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(*(*reader)->Next(row));
+  const size_t pages = RequestsOf("getQueryResults").size();
+  cancel_ = true;
+  EXPECT_EQ((*reader)->Next(row).status().code(), absl::StatusCode::kCancelled);
+  reader->reset();  // no second cancel when dropped
+  EXPECT_EQ(fake_->Cancels().size(), 1u);
+  EXPECT_EQ(RequestsOf("getQueryResults").size(), pages);
 }
 
 TEST_F(BigQuerySourceTest, DroppingAReaderEarlyCancelsTheJob) {

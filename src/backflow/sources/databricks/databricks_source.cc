@@ -842,8 +842,12 @@ struct Chunk {
 // One statement: its state, schema and the chunk being read.
 class DatabricksRowReader : public RowReader {
  public:
-  explicit DatabricksRowReader(DatabricksClient* client)
-      : client_(client), api_(client->NewApiDelivery()), download_(client->NewDownloadDelivery()) {}
+  // `cancel` as in QueryOptions (may be null).
+  DatabricksRowReader(DatabricksClient* client, const std::atomic<bool>* cancel)
+      : client_(client),
+        cancel_(cancel),
+        api_(client->NewApiDelivery()),
+        download_(client->NewDownloadDelivery()) {}
 
   // Dropped before its end: cancels the statement.
   ~DatabricksRowReader() override {
@@ -950,6 +954,7 @@ class DatabricksRowReader : public RowReader {
         return Fail(absl::DataLossError(fmt::format(
             "Databricks statement {} returned {} empty chunks in a row", statement_id_, empty)));
       }
+      if (QueryCancelRequested(cancel_)) return Fail(Cancelled());
       absl::Status fetched = FetchChunk(next, link);
       if (!fetched.ok()) return Fail(fetched);
     }
@@ -982,10 +987,20 @@ class DatabricksRowReader : public RowReader {
     return e;
   }
 
+  // After a cancel request: Fail() sends the statement's cancel.
+  absl::Status Cancelled() const {
+    return QueryCancelledError(fmt::format("Databricks statement {}", statement_id_));
+  }
+
   // Submits and polls until the statement is terminal; the last reply.
   absl::StatusOr<json> Run(const std::string& sql) {
     const DatabricksConfig& cfg = client_->cfg();
     Clock* clock = client_->clock();
+    if (QueryCancelRequested(cancel_)) {
+      finished_ = true;  // no statement to cancel
+      return absl::CancelledError(
+          "the run was cancelled before the Databricks statement was submitted");
+    }
     json request = {{"statement", sql},
                     {"warehouse_id", cfg.warehouse_id},
                     {"wait_timeout", fmt::format("{}s", cfg.wait_timeout_s)},
@@ -1016,6 +1031,7 @@ class DatabricksRowReader : public RowReader {
         return absl::InternalError(
             fmt::format("Databricks answered state {} without a statement_id to poll", state));
       }
+      if (QueryCancelRequested(cancel_)) return Fail(Cancelled());
       if (cfg.query_timeout_s > 0 &&
           clock->Now() - started >= std::chrono::seconds(cfg.query_timeout_s)) {
         return Fail(absl::DeadlineExceededError(fmt::format(
@@ -1025,6 +1041,7 @@ class DatabricksRowReader : public RowReader {
       }
       clock->SleepFor(wait);
       wait = std::min(wait * 2, cfg.poll_max);
+      if (QueryCancelRequested(cancel_)) return Fail(Cancelled());
       HttpRequest poll =
           client_->ApiRequest("GET", client_->StatementUrl(statement_id_), "", cfg.http.timeout);
       reply = client_->Call(api_, poll, {"check the status of statement " + statement_id_});
@@ -1283,6 +1300,7 @@ class DatabricksRowReader : public RowReader {
   }
 
   DatabricksClient* client_;
+  const std::atomic<bool>* const cancel_;
   HttpDelivery api_;
   HttpDelivery download_;
   bool external_ = false;
@@ -1341,13 +1359,19 @@ class DatabricksSource : public Source {
   }
 
   absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql) override {
-    BACKFLOW_ASSIGN_OR_RETURN(auto reader, Run(TrimModelSql(sql)));
+    return Query(sql, QueryOptions{});
+  }
+
+  absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql,
+                                                   const QueryOptions& options) override {
+    BACKFLOW_ASSIGN_OR_RETURN(auto reader, Run(TrimModelSql(sql), options.cancel));
     return std::unique_ptr<RowReader>(std::move(reader));
   }
 
  private:
-  absl::StatusOr<std::unique_ptr<DatabricksRowReader>> Run(const std::string& sql) {
-    auto reader = std::make_unique<DatabricksRowReader>(client_.get());
+  absl::StatusOr<std::unique_ptr<DatabricksRowReader>> Run(
+      const std::string& sql, const std::atomic<bool>* cancel = nullptr) {
+    auto reader = std::make_unique<DatabricksRowReader>(client_.get(), cancel);
     BACKFLOW_RETURN_IF_ERROR(reader->Start(sql));
     return reader;
   }

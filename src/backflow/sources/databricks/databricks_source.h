@@ -53,6 +53,10 @@
 //   statement ran or chunks remained, sends POST .../statements/{id}/cancel
 //   (one attempt, errors ignored). Databricks may ignore a cancel; nothing
 //   waits for it.
+//   QueryOptions::cancel is checked before each submit, before and after
+//   each wait between status polls, and before each chunk fetch: once set,
+//   the statement is cancelled as above and kCancelled returned, with no
+//   further poll (a submit the server holds for wait_timeout_s ends first).
 //
 // Type mapping (JSON_ARRAY: every cell is a JSON string or null, decoded by
 // the column's type, never by looking at the cell; the type is the leading

@@ -11,6 +11,7 @@
 #include "backflow/common/errors.h"
 #include "backflow/common/http_client.h"
 #include "backflow/sources/databricks/fake_databricks_server.h"
+#include "backflow/testing/cancelling_clock.h"
 #include "fmt/format.h"
 #include "gmock/gmock.h"
 
@@ -381,7 +382,8 @@ class DatabricksSourceTest : public ::testing::Test {
     }
   }
 
-  FakeClock clock_;
+  std::atomic<bool> cancel_{false};  // set by clock_ when a test asks
+  CancellingClock clock_{&cancel_};
   std::unique_ptr<FakeDatabricksServer> fake_;
   std::unique_ptr<HttpClient> http_ = NewCurlHttpClient();
 };
@@ -675,6 +677,50 @@ TEST_F(DatabricksSourceTest, AStatementRunningPastTheQueryTimeoutIsCancelled) {
   ASSERT_EQ(fake_->Cancels().size(), 1u);
   EXPECT_EQ(RequestsOf("cancel")[0].target,
             fmt::format("/api/2.0/sql/statements/{}/cancel", fake_->Cancels()[0]));
+}
+
+TEST_F(DatabricksSourceTest, CancelWhilePollingCancelsTheStatementAndStopsPolling) {
+  fake_->SetPolls(2, 1'000'000);
+  clock_.CancelDuringSleep(4);  // three polls answered, then the run is cancelled
+  auto source = NewSource({{"wait_timeout_s", 0}});
+  absl::StatusOr<std::unique_ptr<RowReader>> reader =
+      source->Query("SELECT id FROM crm.users", QueryOptions{"id", &cancel_});
+  ASSERT_EQ(reader.status().code(), absl::StatusCode::kCancelled) << reader.status();
+  ASSERT_EQ(fake_->Cancels().size(), 1u);
+  const std::string id = fake_->Cancels()[0];
+  EXPECT_THAT(reader.status().message(), HasSubstr(id));
+  EXPECT_EQ(RequestsOf("status").size(), 3u);
+  // The cancel is the last request: no poll after it.
+  std::vector<FakeDatabricksRequest> requests = fake_->Requests();
+  ASSERT_FALSE(requests.empty());
+  EXPECT_EQ(requests.back().method, "cancel");
+  EXPECT_EQ(requests.back().target, fmt::format("/api/2.0/sql/statements/{}/cancel", id));
+  EXPECT_EQ(clock_.sleeps(), 4);
+}
+
+TEST_F(DatabricksSourceTest, AlreadyCancelledRunSubmitsNothing) {
+  cancel_ = true;
+  absl::StatusOr<std::unique_ptr<RowReader>> reader =
+      NewSource()->Query("SELECT id FROM crm.users", QueryOptions{"id", &cancel_});
+  ASSERT_EQ(reader.status().code(), absl::StatusCode::kCancelled) << reader.status();
+  EXPECT_EQ(fake_->statements_created(), 0);
+  EXPECT_TRUE(fake_->Cancels().empty());
+}
+
+TEST_F(DatabricksSourceTest, CancelBetweenChunksCancelsAndFetchesNoMore) {
+  InsertUsers(1, 250);
+  fake_->SetChunkRows(100);
+  auto source = NewSource();
+  absl::StatusOr<std::unique_ptr<RowReader>> reader =
+      source->Query("SELECT id FROM crm.users", QueryOptions{"id", &cancel_});
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  Row row;
+  for (int i = 0; i < 100; ++i) ASSERT_TRUE(*(*reader)->Next(row));
+  cancel_ = true;
+  EXPECT_EQ((*reader)->Next(row).status().code(), absl::StatusCode::kCancelled);
+  reader->reset();  // no second cancel when dropped
+  EXPECT_EQ(fake_->Cancels().size(), 1u);
+  EXPECT_EQ(fake_->CountRequests("chunk"), 0);
 }
 
 TEST_F(DatabricksSourceTest, FailedInsideA200IsInvalidArgumentWithDatabricksWords) {

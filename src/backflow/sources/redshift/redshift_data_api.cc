@@ -150,7 +150,9 @@ class DataApiClient {
 
 class DataApiReader : public RowReader {
  public:
-  explicit DataApiReader(const DataApiClient* client) : client_(client) {}
+  // `cancel` as in QueryOptions (may be null).
+  DataApiReader(const DataApiClient* client, const std::atomic<bool>* cancel)
+      : client_(client), cancel_(cancel) {}
 
   ~DataApiReader() override {
     if (!finished_ && !id_.empty()) client_->Cancel(id_);
@@ -160,6 +162,11 @@ class DataApiReader : public RowReader {
 
   absl::Status Start(const std::string& sql) {
     const RedshiftDataApiConfig& cfg = client_->cfg();
+    if (QueryCancelRequested(cancel_)) {
+      finished_ = true;
+      return absl::CancelledError(
+          "the run was cancelled before the Redshift Data API statement was submitted");
+    }
     json request = {{"Sql", sql},
                     {"Database", cfg.database},
                     {"StatementName", "backflow"},
@@ -207,6 +214,7 @@ class DataApiReader : public RowReader {
         return Fail(absl::DataLossError(
             fmt::format("Redshift Data API statement {} returned {} empty pages", id_, empty)));
       }
+      if (QueryCancelRequested(cancel_)) return Fail(CancelStatement());
       absl::Status fetched = FetchPage(next_token_);
       if (!fetched.ok()) return Fail(fetched);
     }
@@ -235,6 +243,13 @@ class DataApiReader : public RowReader {
     return status;
   }
 
+  // Sends CancelStatement; the kCancelled status to return.
+  absl::Status CancelStatement() {
+    client_->Cancel(id_);
+    finished_ = true;
+    return QueryCancelledError(fmt::format("Redshift Data API statement {}", id_));
+  }
+
   // Polls DescribeStatement until the statement is terminal.
   absl::Status WaitUntilDone() {
     const RedshiftDataApiConfig& cfg = client_->cfg();
@@ -242,6 +257,8 @@ class DataApiReader : public RowReader {
     Clock::TimePoint started = clock->Now();
     std::chrono::milliseconds wait = cfg.poll_initial;
     while (true) {
+      // Also right after each wait: a cancel during it sends no more polls.
+      if (QueryCancelRequested(cancel_)) return CancelStatement();
       absl::StatusOr<json> described =
           client_->Call("DescribeStatement", json{{"Id", id_}}, "check on statement " + id_);
       if (!described.ok()) {
@@ -340,6 +357,7 @@ class DataApiReader : public RowReader {
   }
 
   const DataApiClient* client_;
+  const std::atomic<bool>* const cancel_;
   std::string id_;
   Schema schema_;
   std::vector<RedshiftDataColumn> columns_;
@@ -368,9 +386,14 @@ class RedshiftDataApiSource : public Source {
   }
 
   absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql) override {
+    return Query(sql, QueryOptions{});
+  }
+
+  absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql,
+                                                   const QueryOptions& options) override {
     BACKFLOW_ASSIGN_OR_RETURN(std::string text,
                               SingleModelStatement(sql, "ExecuteStatement runs exactly one"));
-    auto reader = std::make_unique<DataApiReader>(&client_);
+    auto reader = std::make_unique<DataApiReader>(&client_, options.cancel);
     BACKFLOW_RETURN_IF_ERROR(reader->Start(text));
     return std::unique_ptr<RowReader>(std::move(reader));
   }

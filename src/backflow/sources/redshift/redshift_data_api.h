@@ -26,6 +26,10 @@
 //   Dropping a reader before its end, or a failure while the statement
 //   runs, sends CancelStatement (one attempt, errors ignored: AWS refuses to
 //   cancel a statement that already finished).
+//   QueryOptions::cancel is checked before ExecuteStatement, before each
+//   DescribeStatement (so right after each wait) and before each page fetch:
+//   once set, CancelStatement is sent and kCancelled returned, with no
+//   further poll.
 //
 // Values (by ColumnMetadata typeName, never by the cell; the Field union
 // member is converted to the column's type):

@@ -7,6 +7,7 @@
 
 #include "backflow/common/clock.h"
 #include "backflow/sources/redshift/fake_redshift_aws_server.h"
+#include "backflow/testing/cancelling_clock.h"
 
 namespace backflow {
 namespace {
@@ -115,7 +116,8 @@ class RedshiftDataApiTest : public ::testing::Test {
     return std::move(*s);
   }
 
-  FakeClock clock_;
+  std::atomic<bool> cancel_{false};  // set by clock_ when a test asks
+  CancellingClock clock_{&cancel_};
   std::unique_ptr<FakeRedshiftAwsServer> fake_;
   std::unique_ptr<HttpClient> http_;
 };
@@ -268,6 +270,45 @@ TEST_F(RedshiftDataApiTest, TimeoutCancelsTheRunningStatement) {
   auto cancels = fake_->CancelRequests();
   ASSERT_EQ(cancels.size(), 1u);
   EXPECT_EQ(fake_->StatementStatus(cancels[0]), "ABORTED");
+}
+
+TEST_F(RedshiftDataApiTest, CancelWhilePollingCancelsTheStatementAndStopsPolling) {
+  fake_->SetPollsBeforeFinish(1, 1000000);
+  clock_.CancelDuringSleep(3);  // three DescribeStatement calls, then the run is cancelled
+  auto source = NewSource(Settings());
+  absl::StatusOr<std::unique_ptr<RowReader>> reader =
+      source->Query("SELECT id FROM users", QueryOptions{"id", &cancel_});
+  ASSERT_EQ(reader.status().code(), absl::StatusCode::kCancelled) << reader.status();
+  auto cancels = fake_->CancelRequests();
+  ASSERT_EQ(cancels.size(), 1u);
+  EXPECT_NE(reader.status().message().find(cancels[0]), std::string::npos) << reader.status();
+  EXPECT_EQ(fake_->StatementStatus(cancels[0]), "ABORTED");
+  EXPECT_EQ(fake_->Calls("DescribeStatement"), 3);  // none after the cancel
+  EXPECT_EQ(fake_->Calls("GetStatementResult"), 0);
+  EXPECT_EQ(clock_.sleeps(), 3);
+}
+
+TEST_F(RedshiftDataApiTest, AlreadyCancelledRunSubmitsNothing) {
+  cancel_ = true;
+  absl::StatusOr<std::unique_ptr<RowReader>> reader =
+      NewSource(Settings())->Query("SELECT id FROM users", QueryOptions{"id", &cancel_});
+  ASSERT_EQ(reader.status().code(), absl::StatusCode::kCancelled) << reader.status();
+  EXPECT_EQ(fake_->Calls("ExecuteStatement"), 0);
+  EXPECT_TRUE(fake_->CancelRequests().empty());
+}
+
+TEST_F(RedshiftDataApiTest, CancelBetweenPagesStopsFetching) {
+  auto source = NewSource(Settings());
+  absl::StatusOr<std::unique_ptr<RowReader>> reader =
+      source->Query("SELECT id FROM users ORDER BY id", QueryOptions{"id", &cancel_});
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  Row row;
+  for (int i = 0; i < 7; ++i) ASSERT_TRUE(*(*reader)->Next(row));  // the first page
+  cancel_ = true;
+  EXPECT_EQ((*reader)->Next(row).status().code(), absl::StatusCode::kCancelled);
+  reader->reset();  // no second CancelStatement when dropped
+  EXPECT_EQ(fake_->CancelRequests().size(), 1u);
+  EXPECT_EQ(fake_->Calls("GetStatementResult"), 1);
 }
 
 TEST_F(RedshiftDataApiTest, AbortedStatementIsTransient) {

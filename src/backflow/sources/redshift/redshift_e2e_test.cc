@@ -7,6 +7,7 @@
 
 #include <map>
 
+#include "backflow/sources/redshift/fake_redshift_aws_server.h"
 #include "backflow/sources/redshift/fake_redshift_server.h"
 #include "backflow/sources/redshift/redshift_source.h"
 #include "fmt/format.h"
@@ -203,6 +204,66 @@ TEST_F(RedshiftE2eTest, AnExtractionCutShortSendsNothingAndTheNextRunCatchesUp) 
   EXPECT_EQ(Summary(r)["deleted"], 30);
   EXPECT_EQ(receiver_->State(), Model());
   EXPECT_EQ(receiver_->State().size(), 200u);
+}
+
+// auth: iam: the binary gets a temporary password from the SigV4-checking
+// fake AWS endpoint (GetClusterCredentials, which hands out the test
+// server's credentials) and logs on with it through the proxy.
+TEST_F(RedshiftE2eTest, IamAuthFetchesATemporaryPasswordThenSyncs) {
+  FakeRedshiftAwsOptions options;
+  options.db_user = "backflow";  // the user AWS names: the test server's
+  options.db_password = server().password;
+  FakeRedshiftAwsServer aws(options);
+  ASSERT_TRUE(aws.Start().ok());
+  setenv("BACKFLOW_E2E_AWS_SECRET", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", 1);
+  e2e::WarehouseWorkspace w;
+  w.source = {"type: redshift",
+              "url: " + fake_->Url("backflow", "backflow_test"),
+              "auth: iam",
+              "access_key_id: AKIDEXAMPLE",
+              "secret_access_key: ${env:BACKFLOW_E2E_AWS_SECRET}",
+              "region: us-east-1",
+              "cluster_identifier: examplecluster",
+              "aws_endpoint: " + aws.Url(),
+              "sslmode: disable",
+              "fetch_size: 40",
+              "max_retries: 1"};
+  w.model_sql = "SELECT id, email, plan, ltv, updated_at, attrs FROM " + table_;
+  w.hook_url = receiver_->Url("/ingest");
+  w.signed_hook = true;
+  w.fields =
+      "customer_id: id, email: email, plan: plan, ltv: ltv, updated_at: updated_at, attrs: "
+      "attrs";
+  e2e::WriteWarehouseWorkspace(dir_, w);
+
+  CliResult r = Sync();
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  json s = Summary(r);
+  EXPECT_EQ(s["status"], "succeeded");
+  EXPECT_EQ(s["extracted"], 230);
+  EXPECT_EQ(s["added"], 230);
+  EXPECT_EQ(receiver_->State(), Model());
+  EXPECT_EQ(fake_->CountStatements("FETCH"), 6);
+  // The temporary password was fetched for the url's user and database,
+  // with a valid signature, and never printed.
+  EXPECT_GE(aws.Calls("GetClusterCredentials"), 1);
+  EXPECT_EQ(aws.auth_refusals(), 0);
+  std::vector<std::map<std::string, std::string>> requests = aws.CredentialRequests();
+  ASSERT_FALSE(requests.empty());
+  EXPECT_EQ(requests[0]["DbUser"], "backflow");
+  EXPECT_EQ(requests[0]["DbName"], "backflow_test");
+  EXPECT_EQ(requests[0]["ClusterIdentifier"], "examplecluster");
+  EXPECT_EQ(r.out.find(server().password), std::string::npos);
+  EXPECT_EQ(r.err.find(server().password), std::string::npos);
+
+  // A key AWS refuses: an actionable configuration error, nothing sent.
+  const int64_t sent = receiver_->request_count();
+  setenv("BACKFLOW_E2E_AWS_SECRET", "not-the-secret", 1);
+  r = Sync();
+  EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+  EXPECT_NE((r.out + r.err).find("secret_access_key"), std::string::npos) << r.out << r.err;
+  EXPECT_EQ((r.out + r.err).find("not-the-secret"), std::string::npos);
+  EXPECT_EQ(receiver_->request_count(), sent);
 }
 
 }  // namespace

@@ -143,12 +143,45 @@ bool DrainUntil(PGconn* conn, std::chrono::steady_clock::time_point deadline) {
   }
 }
 
+// ExecSimple() for a statement that may run long (the first FETCH, which
+// materialises the result on Redshift): sends it and waits for the answer
+// at most a second at a time, checking `cancel` (QueryOptions::cancel) in
+// between; once set, the statement is cancelled (PQcancel), its results
+// drained for at most `cancel_wait`, and kCancelled returned.
+absl::StatusOr<pg::Result> ExecCancellable(pg::Connection& conn, const std::string& sql,
+                                           std::string_view what, const std::atomic<bool>* cancel,
+                                           std::chrono::milliseconds cancel_wait) {
+  if (cancel == nullptr) return ExecSimple(conn, sql, what);
+  PGconn* c = conn.get();
+  if (PQsendQuery(c, sql.c_str()) != 1) {
+    return ClassifyRedshiftError(conn.ErrorFromResult(nullptr, what));
+  }
+  while (true) {
+    if (PQconsumeInput(c) == 0) break;  // the error surfaces from PQgetResult
+    if (PQisBusy(c) == 0) break;
+    if (QueryCancelRequested(cancel)) {
+      CancelRunning(c);
+      DrainUntil(c, std::chrono::steady_clock::now() + cancel_wait);
+      return QueryCancelledError("the Redshift query");
+    }
+    pollfd p{PQsocket(c), POLLIN, 0};
+    if (poll(&p, 1, 1000) < 0 && errno != EINTR) break;
+  }
+  // The last result is the statement's (one statement: nothing else follows).
+  pg::Result result;
+  while (pg::Result next{PQgetResult(c)}) result = std::move(next);
+  ExecStatusType st = result != nullptr ? PQresultStatus(result.get()) : PGRES_FATAL_ERROR;
+  if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) return result;
+  return ClassifyRedshiftError(conn.ErrorFromResult(result.get(), what));
+}
+
 // FETCH FORWARD batches from the session's one cursor, one batch ahead.
 class RedshiftCursorReader : public RowReader {
  public:
   RedshiftCursorReader(std::unique_ptr<pg::Connection> conn, pg::Result first,
-                       const RedshiftConfig& config)
+                       const RedshiftConfig& config, const std::atomic<bool>* cancel)
       : conn_(std::move(conn)),
+        cancel_(cancel),
         fetch_sql_(fmt::format("FETCH FORWARD {} FROM {}", config.fetch_size, kCursorName)),
         fetch_size_(config.fetch_size),
         cancel_wait_(config.cancel_wait) {
@@ -178,6 +211,8 @@ class RedshiftCursorReader : public RowReader {
       batch_.reset();
       if (!pending_.ok()) return Fail(pending_);
       if (last_batch_) return Finish();
+      // Dropping the reader then cancels the FETCH in flight.
+      if (QueryCancelRequested(cancel_)) return Fail(QueryCancelledError("the Redshift query"));
       absl::StatusOr<pg::Result> batch = ReceiveFetch();
       if (!batch.ok()) return Fail(batch.status());
       TakeBatch(*std::move(batch));
@@ -281,6 +316,7 @@ class RedshiftCursorReader : public RowReader {
   }
 
   std::unique_ptr<pg::Connection> conn_;
+  const std::atomic<bool>* const cancel_;
   const std::string fetch_sql_;
   const int fetch_size_;
   const std::chrono::milliseconds cancel_wait_;
@@ -312,6 +348,11 @@ class RedshiftSource : public Source {
   }
 
   absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql) override {
+    return Query(sql, QueryOptions{});
+  }
+
+  absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql,
+                                                   const QueryOptions& options) override {
     BACKFLOW_ASSIGN_OR_RETURN(
         std::string text,
         SingleModelStatement(sql,
@@ -319,7 +360,10 @@ class RedshiftSource : public Source {
                              "query"));
     std::chrono::milliseconds wait = config_.retry_initial;
     for (int attempt = 0;; ++attempt) {
-      absl::StatusOr<std::unique_ptr<RowReader>> reader = TryQuery(text);
+      if (QueryCancelRequested(options.cancel)) {
+        return absl::CancelledError("the run was cancelled before the Redshift query was sent");
+      }
+      absl::StatusOr<std::unique_ptr<RowReader>> reader = TryQuery(text, options.cancel);
       if (reader.ok() || reader.status().code() != absl::StatusCode::kUnavailable ||
           attempt >= config_.max_retries) {
         return reader;
@@ -337,7 +381,8 @@ class RedshiftSource : public Source {
     return ConnectWith(config_, iam_.get());
   }
 
-  absl::StatusOr<std::unique_ptr<RowReader>> TryQuery(const std::string& text) {
+  absl::StatusOr<std::unique_ptr<RowReader>> TryQuery(const std::string& text,
+                                                      const std::atomic<bool>* cancel) {
     BACKFLOW_ASSIGN_OR_RETURN(auto conn, Connect());
     // Newlines around the model keep a trailing "-- comment" inside it.
     std::string prefix = fmt::format("{}BEGIN READ ONLY; DECLARE {} CURSOR FOR\n",
@@ -346,14 +391,15 @@ class RedshiftSource : public Source {
         ExecSimple(*conn, prefix + text + "\n", "query failed", Utf8Chars(prefix)).status());
     BACKFLOW_ASSIGN_OR_RETURN(
         pg::Result first,
-        ExecSimple(*conn, fmt::format("FETCH FORWARD {} FROM {}", config_.fetch_size, kCursorName),
-                   "query failed"));
+        ExecCancellable(*conn,
+                        fmt::format("FETCH FORWARD {} FROM {}", config_.fetch_size, kCursorName),
+                        "query failed", cancel, config_.cancel_wait));
     if (PQresultStatus(first.get()) != PGRES_TUPLES_OK || PQnfields(first.get()) == 0) {
       return absl::InvalidArgumentError(
           "the query returned no columns; a model must be a SELECT that returns rows");
     }
     return std::unique_ptr<RowReader>(
-        std::make_unique<RedshiftCursorReader>(std::move(conn), std::move(first), config_));
+        std::make_unique<RedshiftCursorReader>(std::move(conn), std::move(first), config_, cancel));
   }
 
   RedshiftConfig config_;

@@ -52,6 +52,12 @@
 //   is cancelled with PQcancel, the transaction is ended with
 //   `CLOSE backflow_cursor; ROLLBACK` (or `ROLLBACK` when already aborted),
 //   waiting at most cancel_wait for each, and the connection is closed.
+// QueryOptions::cancel: checked before each attempt, at least once a second
+//   while the first FETCH runs (it is then cancelled with PQcancel, its
+//   results drained for at most cancel_wait, the connection closed, and
+//   kCancelled returned), and before each later FETCH is read (the reader
+//   returns kCancelled; dropping it cancels the FETCH as above). The
+//   DECLARE and the session SET statements are not interruptible.
 //
 // Type mapping (by the column's type OID, never by the cell):
 //   bool -> kBool; int2/int4/int8 -> kInt64; float4/float8 -> kDouble;

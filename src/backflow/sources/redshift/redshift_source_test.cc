@@ -2,10 +2,12 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <limits>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "backflow/common/clock.h"
@@ -581,6 +583,34 @@ TEST_F(RedshiftSourceTest, AbandoningWhileAFetchRunsCancelsIt) {
   EXPECT_EQ(fake_->cancel_requests(), 1);
   EXPECT_TRUE(SawStatement("ROLLBACK"));
   EXPECT_EQ(BackendsOf(app), 0);
+}
+
+TEST_F(RedshiftSourceTest, CancelWhileTheFirstFetchRunsCancelsTheQuery) {
+  std::string app = pg::testing::UniqueName("rs_qcancel");
+  auto source = Make(Config("application_name=" + app));
+  std::atomic<bool> cancel{false};
+  // Another thread cancels the run once the first FETCH (which runs for
+  // 60 s) has reached the server: it waits for that event, not for time.
+  std::thread canceller([&] {
+    while (fake_->CountStatements("FETCH") == 0) std::this_thread::yield();
+    cancel.store(true);
+  });
+  auto start = std::chrono::steady_clock::now();
+  auto reader =
+      source->Query("SELECT g AS id, pg_sleep(60)::text AS s FROM generate_series(1, 2) g",
+                    QueryOptions{"id", &cancel});
+  canceller.join();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+  ASSERT_EQ(reader.status().code(), absl::StatusCode::kCancelled) << reader.status();
+  EXPECT_EQ(fake_->cancel_requests(), 1);
+  EXPECT_EQ(fake_->CountStatements("FETCH"), 1);
+  EXPECT_EQ(BackendsOf(app), 0);
+
+  // Already cancelled: nothing is sent.
+  const int64_t sessions = fake_->sessions();
+  reader = source->Query("SELECT 1 AS id", QueryOptions{"id", &cancel});
+  EXPECT_EQ(reader.status().code(), absl::StatusCode::kCancelled) << reader.status();
+  EXPECT_EQ(fake_->sessions(), sessions);
 }
 
 TEST_F(RedshiftSourceTest, FetchSizeAboveTheSingleNodeLimitIsRefusedByTheCluster) {

@@ -421,9 +421,14 @@ class SnowflakeClient {
 
   const SnowflakeConfig& config() const { return config_; }
 
-  // Submits `sql` (with TEXT `bindings` for its `?`s) and waits for it to finish.
+  // Submits `sql` (with TEXT `bindings` for its `?`s) and waits for it to
+  // finish; `cancel` as in QueryOptions.
   absl::StatusOr<ResultSet> Execute(const std::string& sql,
-                                    const std::vector<std::string>& bindings = {}) {
+                                    const std::vector<std::string>& bindings = {},
+                                    const std::atomic<bool>* cancel = nullptr) {
+    if (QueryCancelRequested(cancel)) {
+      return absl::CancelledError("the run was cancelled before the Snowflake query was submitted");
+    }
     const std::string request_id = NewUuid();
     json body = json::object();
     body["statement"] = sql;
@@ -474,7 +479,7 @@ class SnowflakeClient {
     if (!status_path.starts_with("/")) {
       status_path = fmt::format("{}/{}", kStatementsPath, PercentEncode(status.handle));
     }
-    absl::StatusOr<ResultSet> result = Poll(status.handle, status_path, started);
+    absl::StatusOr<ResultSet> result = Poll(status.handle, status_path, started, cancel);
     if (!result.ok() && ShouldCancelAfter(result.status())) Cancel(status.handle);
     return result;
   }
@@ -543,8 +548,10 @@ class SnowflakeClient {
     return r;
   }
 
+  // Polls until the statement finishes. A cancel, a timeout or a failure
+  // returns an error; Execute() then cancels the statement.
   absl::StatusOr<ResultSet> Poll(const std::string& handle, const std::string& status_path,
-                                 Clock::TimePoint started) {
+                                 Clock::TimePoint started, const std::atomic<bool>* cancel) {
     const auto budget = config_.statement_timeout_s > 0
                             ? std::chrono::seconds(config_.statement_timeout_s)
                             : std::chrono::seconds(kMaxStatementTimeoutS);
@@ -552,7 +559,9 @@ class SnowflakeClient {
     std::chrono::milliseconds wait = config_.poll_initial;
     HttpDelivery delivery = Delivery(/*poll=*/true);
     const std::string url = config_.http.base_url + status_path;
+    const std::string what = fmt::format("Snowflake statement {}", handle);
     while (true) {
+      if (QueryCancelRequested(cancel)) return QueryCancelledError(what);
       if (clock_->Now() + wait > deadline) {
         return absl::DeadlineExceededError(fmt::format(
             "Snowflake statement {} was still running {} s after it was submitted; it was "
@@ -562,6 +571,7 @@ class SnowflakeClient {
       }
       clock_->SleepFor(wait);
       wait = std::min(wait * 2, config_.poll_max);
+      if (QueryCancelRequested(cancel)) return QueryCancelledError(what);
       DeliveryResult d = delivery.Send([&] { return Request("GET", url); });
       if (!d.response.ok()) return Failure(d, Step::kPoll);
       const int status = d.response->status;
@@ -751,8 +761,10 @@ class SnowflakeClient {
 
 class SnowflakeRowReader : public RowReader {
  public:
-  SnowflakeRowReader(std::shared_ptr<SnowflakeClient> client, ResultSet rs)
+  SnowflakeRowReader(std::shared_ptr<SnowflakeClient> client, ResultSet rs,
+                     const std::atomic<bool>* cancel)
       : client_(std::move(client)),
+        cancel_(cancel),
         handle_(std::move(rs.handle)),
         columns_(std::move(rs.columns)),
         partition_rows_(std::move(rs.partition_rows)),
@@ -784,6 +796,11 @@ class SnowflakeRowReader : public RowReader {
         }
         finished_ = true;
         return false;
+      }
+      if (QueryCancelRequested(cancel_)) {
+        client_->Cancel(handle_);
+        finished_ = true;  // nothing left to cancel when dropped
+        return Fail(QueryCancelledError(fmt::format("Snowflake statement {}", handle_)));
       }
       ++partition_;
       rows_ = json();  // release the previous partition first
@@ -839,6 +856,7 @@ class SnowflakeRowReader : public RowReader {
   }
 
   std::shared_ptr<SnowflakeClient> client_;
+  const std::atomic<bool>* const cancel_;
   std::string handle_;
   std::vector<SnowflakeColumnType> columns_;
   std::vector<int64_t> partition_rows_;
@@ -922,8 +940,14 @@ class SnowflakeSource : public Source {
   }
 
   absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql) override {
-    BACKFLOW_ASSIGN_OR_RETURN(ResultSet rs, client_->Execute(TrimModelSql(sql)));
-    auto reader = std::make_unique<SnowflakeRowReader>(client_, std::move(rs));
+    return Query(sql, QueryOptions{});
+  }
+
+  absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql,
+                                                   const QueryOptions& options) override {
+    BACKFLOW_ASSIGN_OR_RETURN(ResultSet rs,
+                              client_->Execute(TrimModelSql(sql), {}, options.cancel));
+    auto reader = std::make_unique<SnowflakeRowReader>(client_, std::move(rs), options.cancel);
     BACKFLOW_RETURN_IF_ERROR(reader->Init());
     return std::unique_ptr<RowReader>(std::move(reader));
   }

@@ -37,6 +37,11 @@
 //   Dropping a reader before its end, or a reader whose fetch failed, sends
 //   POST .../{handle}/cancel (one attempt, errors ignored); a reader that
 //   has handed out every row sends nothing.
+//   QueryOptions::cancel is checked before the submit, before and after each
+//   wait between status polls, and before each partition fetch: once set,
+//   the statement is cancelled as above and kCancelled returned, with no
+//   further poll (the submit itself, held up to 45 s by Snowflake, ends
+//   first).
 //
 // Type mapping (rowType[].type, compared case-insensitively; cells are JSON
 // strings or null, decoded by column type, never by looking at the cell):

@@ -20,6 +20,7 @@
 #include "backflow/common/http_client.h"
 #include "backflow/delivery/jwt_bearer.h"
 #include "backflow/sources/snowflake/fake_snowflake_server.h"
+#include "backflow/testing/cancelling_clock.h"
 #include "nlohmann/json.hpp"
 
 namespace backflow {
@@ -408,7 +409,8 @@ class SnowflakeSourceTest : public ::testing::Test {
     return ReadAll(**reader);
   }
 
-  FakeClock clock_;
+  std::atomic<bool> cancel_{false};  // set by clock_ when a test asks
+  CancellingClock clock_{&cancel_};
   std::unique_ptr<HttpClient> http_ = NewCurlHttpClient();
   std::unique_ptr<FakeSnowflakeServer> fake_;
   RsaKeyPair keys_;
@@ -901,6 +903,49 @@ TEST_F(SnowflakeSourceTest, StatementStillRunningAfterTheTimeoutIsCancelled) {
   EXPECT_TRUE(cancelled[0].was_running);
   EXPECT_LE(clock_.total_slept(), seconds(60) + minutes(5));
   EXPECT_GE(clock_.total_slept(), seconds(60) + minutes(5) - seconds(5));
+}
+
+TEST_F(SnowflakeSourceTest, CancelWhilePollingCancelsTheStatementAndStopsPolling) {
+  fake_->set_still_running_polls(1'000'000);
+  clock_.CancelDuringSleep(3);  // two polls answered 202, then the run is cancelled
+  auto r = MakeSource()->Query("SELECT ID FROM USERS", QueryOptions{"ID", &cancel_});
+  ASSERT_EQ(r.status().code(), absl::StatusCode::kCancelled) << r.status();
+  EXPECT_TRUE(Contains(std::string(r.status().message()), "cancelled")) << r.status();
+  std::vector<SnowflakeCancellation> cancelled = fake_->cancellations();
+  ASSERT_EQ(cancelled.size(), 1u);
+  EXPECT_TRUE(cancelled[0].was_running);
+  EXPECT_TRUE(Contains(std::string(r.status().message()), cancelled[0].handle)) << r.status();
+  EXPECT_EQ(fake_->CountRequests("GET /api/v2/statements/" + cancelled[0].handle, 202), 2);
+  // The cancel is the last request: no poll after it.
+  std::vector<SnowflakeRequestLog> requests = fake_->Requests();
+  ASSERT_FALSE(requests.empty());
+  EXPECT_EQ(requests.back().method + " " + requests.back().target,
+            "POST /api/v2/statements/" + cancelled[0].handle + "/cancel");
+  EXPECT_EQ(clock_.sleeps(), 3);
+}
+
+TEST_F(SnowflakeSourceTest, AlreadyCancelledRunSubmitsNothing) {
+  cancel_ = true;
+  auto r = MakeSource()->Query("SELECT ID FROM USERS", QueryOptions{"ID", &cancel_});
+  ASSERT_EQ(r.status().code(), absl::StatusCode::kCancelled) << r.status();
+  EXPECT_TRUE(fake_->Requests().empty());
+}
+
+TEST_F(SnowflakeSourceTest, CancelBetweenPartitionsCancelsAndFetchesNoMore) {
+  fake_->set_rows_per_partition(2);
+  auto source = MakeSource();
+  auto reader = source->Query("SELECT ID FROM USERS ORDER BY ID", QueryOptions{"ID", &cancel_});
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  Row row;
+  ASSERT_TRUE(*(*reader)->Next(row));
+  ASSERT_TRUE(*(*reader)->Next(row));
+  cancel_ = true;
+  auto next = (*reader)->Next(row);
+  ASSERT_EQ(next.status().code(), absl::StatusCode::kCancelled) << next.status();
+  EXPECT_EQ((*reader)->Next(row).status().code(), absl::StatusCode::kCancelled);
+  reader->reset();  // no second cancel when dropped
+  EXPECT_EQ(fake_->cancellations().size(), 1u);
+  EXPECT_EQ(fake_->CountRequests("partition="), 0);
 }
 
 TEST_F(SnowflakeSourceTest, CheckConnection) {
