@@ -883,7 +883,7 @@ class SnowflakeSource : public Source {
           [client](const std::string& statement, const std::vector<std::string>& bindings)
               -> absl::StatusOr<std::unique_ptr<RowReader>> {
             BACKFLOW_ASSIGN_OR_RETURN(ResultSet rs, client->Execute(statement, bindings));
-            auto reader = std::make_unique<SnowflakeRowReader>(client, std::move(rs));
+            auto reader = std::make_unique<SnowflakeRowReader>(client, std::move(rs), nullptr);
             BACKFLOW_RETURN_IF_ERROR(reader->Init());
             return std::unique_ptr<RowReader>(std::move(reader));
           });
