@@ -1,6 +1,7 @@
 #include "backflow/state/checkpoint_files.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -23,6 +24,13 @@ namespace fs = std::filesystem;
 constexpr size_t kFrameHeader = 12;  // u32 payload size | u64 XXH3-64(payload)
 constexpr uint32_t kMaxFrame = 1u << 30;
 constexpr size_t kFoldSortBudget = 32 << 20;
+// Scans that merge the journal on the fly sort it with less: two may be open
+// during a run's diff, beside the engine's own sorter.
+constexpr size_t kScanSortBudget = 8 << 20;
+// Commit() folds when the journal reaches this fraction of the base's bytes
+// (1 / kFoldRatio): below it, rewriting the whole base would cost more than
+// the scans merging the journal until then.
+constexpr int64_t kFoldRatio = 4;
 
 absl::Status IoError(const std::string& what, const std::string& path) {
   return absl::UnavailableError(
@@ -175,7 +183,172 @@ class FileCheckpointScanner : public CheckpointScanner {
   bool in_flight_;
 };
 
+// The state of one generation (its base and in-flight files) with its
+// journal applied, key by key in ascending byte order: for each key, its
+// checkpoint entry (fingerprint · identity) if it has one, and its in-flight
+// identity if it is marked. Inputs left out (`with_base`, `with_marks` false)
+// are not read; keys only they hold are then not visited.
+class GenerationMerge {
+ public:
+  static absl::StatusOr<std::unique_ptr<GenerationMerge>> Open(
+      const std::string& mapping, const std::string& base, bool with_base,
+      const std::string& in_flight, bool with_marks, const std::string& journal,
+      const std::string& spill_dir, const std::string& spill_prefix, size_t sort_budget) {
+    auto m = std::unique_ptr<GenerationMerge>(new GenerationMerge(mapping));
+    ExternalSorter::Options so;
+    so.memory_budget = sort_budget;
+    m->events_ = std::make_unique<ExternalSorter>(spill_dir, spill_prefix, so);
+    auto read = ReadJournal(journal, [&](std::string_view key, std::string_view value) {
+      const char kind = value[0];
+      if (kind != kUpsertEvent && kind != kRemoveEvent && kind != kSettleEvent &&
+          kind != kMarkEvent) {
+        return absl::DataLossError(
+            fmt::format("journal {}: unknown event kind {}", journal, static_cast<int>(kind)));
+      }
+      return m->events_->Add(key, value);
+    });
+    if (!read.ok()) {
+      if (read.status().code() == absl::StatusCode::kDataLoss) {
+        return DamagedCheckpointError(mapping, std::string(read.status().message()));
+      }
+      return read.status();
+    }
+    BACKFLOW_RETURN_IF_ERROR(m->events_->Finish());
+    BACKFLOW_ASSIGN_OR_RETURN(m->journal_, m->events_->Open());
+    BACKFLOW_ASSIGN_OR_RETURN(m->have_event_, m->journal_->Next(m->event_key_, m->event_));
+    std::error_code ec;
+    if (with_base && fs::exists(base, ec)) BACKFLOW_RETURN_IF_ERROR(m->OpenInput(base, m->base_));
+    if (with_marks && fs::exists(in_flight, ec)) {
+      BACKFLOW_RETURN_IF_ERROR(m->OpenInput(in_flight, m->marks_));
+    }
+    return m;
+  }
+
+  // Moves to the next key; false at the end.
+  absl::StatusOr<bool> Next() {
+    while (base_.have || marks_.have || have_event_) {
+      std::string_view smallest;
+      bool first = true;
+      for (const std::string_view* k :
+           {base_.have ? &base_.key : nullptr, marks_.have ? &marks_.key : nullptr,
+            have_event_ ? &event_key_ : nullptr}) {
+        if (k != nullptr && (first || *k < smallest)) smallest = *k;
+        if (k != nullptr) first = false;
+      }
+      key_.assign(smallest);
+      has_entry_ = base_.have && base_.key == key_;
+      marked_ = marks_.have && marks_.key == key_;
+      if (has_entry_) entry_.assign(base_.value);
+      if (marked_) mark_.assign(marks_.value);
+      while (have_event_ && event_key_ == key_) {
+        switch (event_[0]) {
+          case kUpsertEvent:
+            has_entry_ = true;
+            entry_.assign(event_, 1);
+            marked_ = false;
+            break;
+          case kRemoveEvent:
+            has_entry_ = false;
+            marked_ = false;
+            break;
+          case kSettleEvent:
+            marked_ = false;
+            break;
+          default:  // kMarkEvent
+            marked_ = true;
+            mark_.assign(event_, 17);
+        }
+        BACKFLOW_ASSIGN_OR_RETURN(have_event_, journal_->Next(event_key_, event_));
+      }
+      if (base_.have && base_.key == key_) BACKFLOW_RETURN_IF_ERROR(Advance(base_));
+      if (marks_.have && marks_.key == key_) BACKFLOW_RETURN_IF_ERROR(Advance(marks_));
+      if (has_entry_ || marked_) return true;
+    }
+    return false;
+  }
+
+  std::string& key() { return key_; }
+  bool has_entry() const { return has_entry_; }
+  std::string& entry() { return entry_; }  // fingerprint (16 bytes) · identity
+  bool marked() const { return marked_; }
+  std::string& mark() { return mark_; }  // the in-flight identity
+
+ private:
+  struct Input {
+    std::unique_ptr<RunFileReader> reader;
+    std::string_view key, value;
+    bool have = false;
+  };
+  explicit GenerationMerge(std::string mapping) : mapping_(std::move(mapping)) {}
+  absl::Status OpenInput(const std::string& path, Input& in) {
+    auto opened = RunFileReader::Open(path);
+    if (!opened.ok())
+      return DamagedCheckpointError(mapping_, std::string(opened.status().message()));
+    in.reader = *std::move(opened);
+    return Advance(in);
+  }
+  absl::Status Advance(Input& in) {
+    auto more = in.reader->Next(in.key, in.value);
+    if (!more.ok()) return DamagedCheckpointError(mapping_, std::string(more.status().message()));
+    in.have = *more;
+    return absl::OkStatus();
+  }
+
+  std::string mapping_;
+  std::unique_ptr<ExternalSorter> events_;
+  std::unique_ptr<SortedStream> journal_;
+  std::string_view event_key_, event_;
+  bool have_event_ = false;
+  Input base_, marks_;
+  std::string key_, entry_, mark_;
+  bool has_entry_ = false, marked_ = false;
+};
+
+// A scan over a GenerationMerge: checkpoint entries, or in-flight marks.
+class MergedScanner : public CheckpointScanner {
+ public:
+  MergedScanner(std::unique_ptr<GenerationMerge> merge, std::string mapping, bool in_flight)
+      : merge_(std::move(merge)), mapping_(std::move(mapping)), in_flight_(in_flight) {}
+  absl::StatusOr<bool> Next(CheckpointEntry& entry) override {
+    while (true) {
+      BACKFLOW_ASSIGN_OR_RETURN(bool more, merge_->Next());
+      if (!more) return false;
+      if (in_flight_ ? !merge_->marked() : !merge_->has_entry()) continue;
+      entry.key.swap(merge_->key());
+      if (in_flight_) {
+        entry.fingerprint = Fingerprint{};
+        entry.identity.swap(merge_->mark());
+      } else {
+        const std::string& value = merge_->entry();
+        if (value.size() < 16) {
+          return DamagedCheckpointError(mapping_, "an entry is shorter than its fingerprint");
+        }
+        std::memcpy(&entry.fingerprint.high, value.data(), 8);
+        std::memcpy(&entry.fingerprint.low, value.data() + 8, 8);
+        entry.identity.assign(value, 16);
+      }
+      return true;
+    }
+  }
+
+ private:
+  std::unique_ptr<GenerationMerge> merge_;
+  std::string mapping_;
+  bool in_flight_;
+};
+
 }  // namespace
+
+struct CheckpointFiles::Generation {
+  std::string dir;
+  int64_t gen = 0;
+  bool has_base = false;
+  int64_t base_bytes = 0;
+  int64_t journal_bytes = 0;
+  std::string base() const { return BasePath(dir, gen); }
+  std::string journal() const { return JournalPath(dir, gen); }
+  std::string in_flight() const { return InFlightPath(dir, gen); }
+};
 
 RunFileOptions CheckpointFileOptions() {
   RunFileOptions o;
@@ -187,26 +360,7 @@ RunFileOptions CheckpointFileOptions() {
   return o;
 }
 
-struct CheckpointFiles::Generation {
-  std::string dir;
-  int64_t gen = 0;
-  bool has_base = false;
-  int64_t journal_bytes = 0;
-  std::string base() const { return BasePath(dir, gen); }
-  std::string journal() const { return JournalPath(dir, gen); }
-  std::string in_flight() const { return InFlightPath(dir, gen); }
-};
-
 absl::StatusOr<std::unique_ptr<CheckpointFiles>> CheckpointFiles::Open(const std::string& root) {
-  std::error_code ec;
-  // Leftovers of folds a crash interrupted (the old base and journal are intact).
-  for (const auto& mapping_dir : fs::directory_iterator(root, ec)) {
-    std::error_code ec2;
-    for (const auto& f : fs::directory_iterator(mapping_dir.path(), ec2)) {
-      const std::string name = f.path().filename().string();
-      if (name.ends_with(".tmp") || name.starts_with("fold-")) fs::remove(f.path(), ec2);
-    }
-  }
   return std::unique_ptr<CheckpointFiles>(new CheckpointFiles(root));
 }
 
@@ -240,7 +394,9 @@ absl::StatusOr<CheckpointFiles::Generation> CheckpointFiles::Current(
     long long n = 0;
     char tail = 0;
     const std::string name = f.path().filename().string();
-    if (sscanf(name.c_str(), "base-%lld.ckp%c", &n, &tail) == 2 && tail == 't' && n > max_base) {
+    // Exactly base-<n>.ckpt: a fold's temporary file is not a generation.
+    if (sscanf(name.c_str(), "base-%lld.ckp%c", &n, &tail) == 2 && tail == 't' &&
+        name == fmt::format("base-{}.ckpt", n) && n > max_base) {
       max_base = n;
     }
   }
@@ -248,6 +404,10 @@ absl::StatusOr<CheckpointFiles::Generation> CheckpointFiles::Current(
   g.gen = g.has_base ? max_base : 0;
   auto size = fs::file_size(g.journal(), ec);
   g.journal_bytes = ec ? 0 : static_cast<int64_t>(size);
+  if (g.has_base) {
+    auto base_size = fs::file_size(g.base(), ec);
+    g.base_bytes = ec ? 0 : static_cast<int64_t>(base_size);
+  }
   return g;
 }
 
@@ -333,20 +493,31 @@ absl::Status CheckpointFiles::AppendFrame(const std::string& mapping, const std:
 
 absl::Status CheckpointFiles::Fold(const std::string& mapping) {
   BACKFLOW_ASSIGN_OR_RETURN(Generation g, Current(mapping));
-  // Files of older generations (a crash came between a fold's rename and its
-  // cleanup) and in-flight files of newer ones (a crash came before the
-  // rename: that fold never happened).
+  // Leftovers, removed under the mapping's lock (the caller holds it): files
+  // of older generations (a crash came between a fold's rename and its
+  // cleanup); in-flight files of newer ones and temporary files (a crash came
+  // before the rename: that fold never happened); spills of dead processes.
   std::error_code ec;
   bool removed_newer = false;
   for (const auto& f : fs::directory_iterator(g.dir, ec)) {
     long long n = 0;
     const std::string name = f.path().filename().string();
+    std::error_code ignored;
+    if (name.ends_with(".tmp")) {
+      fs::remove(f.path(), ignored);
+      continue;
+    }
+    if (sscanf(name.c_str(), "fold-%lld-", &n) == 1) {
+      if (n != getpid() && kill(static_cast<pid_t>(n), 0) != 0 && errno == ESRCH) {
+        fs::remove(f.path(), ignored);
+      }
+      continue;
+    }
     const bool in_flight = sscanf(name.c_str(), "inflight-%lld", &n) == 1;
     if (!in_flight && sscanf(name.c_str(), "base-%lld.", &n) != 1 &&
         sscanf(name.c_str(), "journal-%lld", &n) != 1) {
       continue;
     }
-    std::error_code ignored;
     if (n < g.gen) fs::remove(f.path(), ignored);
     if (in_flight && n > g.gen) removed_newer |= fs::remove(f.path(), ignored);
   }
@@ -357,107 +528,25 @@ absl::Status CheckpointFiles::Fold(const std::string& mapping) {
     close(journal_fd_);
     journal_fd_ = -1;
   }
-  // The journal's events in key order; a key's events keep their order.
-  ExternalSorter::Options so;
-  so.memory_budget = kFoldSortBudget;
-  ExternalSorter events(g.dir, "fold", so);
-  auto read = ReadJournal(g.journal(), [&](std::string_view key, std::string_view value) {
-    const char kind = value[0];
-    if (kind != kUpsertEvent && kind != kRemoveEvent && kind != kSettleEvent &&
-        kind != kMarkEvent) {
-      return absl::DataLossError(
-          fmt::format("journal {}: unknown event kind {}", g.journal(), static_cast<int>(kind)));
-    }
-    return events.Add(key, value);
-  });
-  if (!read.ok()) {
-    if (read.status().code() == absl::StatusCode::kDataLoss) {
-      return Damaged(mapping, std::string(read.status().message()));
-    }
-    return read.status();
-  }
-  BACKFLOW_RETURN_IF_ERROR(events.Finish());
-  BACKFLOW_ASSIGN_OR_RETURN(std::unique_ptr<SortedStream> journal, events.Open());
-
-  // One sorted input file of the current generation, read a record ahead.
-  struct Input {
-    std::unique_ptr<RunFileReader> reader;
-    std::string_view key, value;
-    bool have = false;
-  };
-  auto open_input = [&](const std::string& path, bool exists, Input& in) -> absl::Status {
-    if (!exists) return absl::OkStatus();
-    auto opened = RunFileReader::Open(path);
-    if (!opened.ok()) return Damaged(mapping, std::string(opened.status().message()));
-    in.reader = *std::move(opened);
-    return absl::OkStatus();
-  };
-  auto advance = [&](Input& in) -> absl::Status {
-    if (in.reader == nullptr) return absl::OkStatus();
-    auto more = in.reader->Next(in.key, in.value);
-    if (!more.ok()) return Damaged(mapping, std::string(more.status().message()));
-    in.have = *more;
-    return absl::OkStatus();
-  };
-  Input base, marks;
-  BACKFLOW_RETURN_IF_ERROR(open_input(g.base(), g.has_base, base));
-  BACKFLOW_RETURN_IF_ERROR(open_input(g.in_flight(), fs::exists(g.in_flight(), ec), marks));
-  BACKFLOW_RETURN_IF_ERROR(advance(base));
-  BACKFLOW_RETURN_IF_ERROR(advance(marks));
-
+  BACKFLOW_ASSIGN_OR_RETURN(
+      auto merge, GenerationMerge::Open(mapping, g.base(), true, g.in_flight(), true, g.journal(),
+                                        g.dir, NextSpillPrefix(), kFoldSortBudget));
   const std::string next = BasePath(g.dir, g.gen + 1);
   BACKFLOW_ASSIGN_OR_RETURN(auto writer, RunFileWriter::Create(next, CheckpointFileOptions()));
   std::unique_ptr<RunFileWriter> in_flight;  // created at the first mark left open
-
-  std::string_view key, value;
-  BACKFLOW_ASSIGN_OR_RETURN(bool have_event, journal->Next(key, value));
-  std::string current, entry, mark;
-  while (base.have || marks.have || have_event) {
-    // The smallest key of the three inputs, and its state before the journal.
-    std::string_view smallest;
-    bool first = true;
-    for (const std::string_view* k :
-         {base.have ? &base.key : nullptr, marks.have ? &marks.key : nullptr,
-          have_event ? &key : nullptr}) {
-      if (k != nullptr && (first || *k < smallest)) smallest = *k;
-      if (k != nullptr) first = false;
-    }
-    current.assign(smallest);
-    bool has_entry = base.have && base.key == current;
-    bool marked = marks.have && marks.key == current;
-    if (has_entry) entry.assign(base.value);
-    if (marked) mark.assign(marks.value);
-    while (have_event && key == current) {
-      switch (value[0]) {
-        case kUpsertEvent:
-          has_entry = true;
-          entry.assign(value, 1);
-          marked = false;
-          break;
-        case kRemoveEvent:
-          has_entry = false;
-          marked = false;
-          break;
-        case kSettleEvent:
-          marked = false;
-          break;
-        default:  // kMarkEvent
-          marked = true;
-          mark.assign(value, 17);
-      }
-      BACKFLOW_ASSIGN_OR_RETURN(have_event, journal->Next(key, value));
-    }
-    if (has_entry) BACKFLOW_RETURN_IF_ERROR(writer->Add(current, entry));
-    if (marked) {
+  while (true) {
+    BACKFLOW_ASSIGN_OR_RETURN(bool more, merge->Next());
+    if (!more) break;
+    if (merge->has_entry()) BACKFLOW_RETURN_IF_ERROR(writer->Add(merge->key(), merge->entry()));
+    if (merge->marked()) {
       if (in_flight == nullptr) {
         BACKFLOW_ASSIGN_OR_RETURN(in_flight, RunFileWriter::Create(InFlightPath(g.dir, g.gen + 1),
                                                                    CheckpointFileOptions()));
       }
-      BACKFLOW_RETURN_IF_ERROR(in_flight->Add(current, mark));
+      BACKFLOW_RETURN_IF_ERROR(in_flight->Add(merge->key(), merge->mark()));
     }
-    if (base.have && base.key == current) BACKFLOW_RETURN_IF_ERROR(advance(base));
-    if (marks.have && marks.key == current) BACKFLOW_RETURN_IF_ERROR(advance(marks));
   }
+  merge.reset();
   // The in-flight file first: base-<gen+1> appearing is what commits the fold.
   if (in_flight != nullptr) BACKFLOW_RETURN_IF_ERROR(in_flight->Finish());
   BACKFLOW_RETURN_IF_ERROR(writer->Finish());
@@ -474,10 +563,27 @@ absl::Status CheckpointFiles::Fold(const std::string& mapping) {
   return absl::OkStatus();
 }
 
+absl::Status CheckpointFiles::Commit(const std::string& mapping) {
+  BACKFLOW_ASSIGN_OR_RETURN(Generation g, Current(mapping));
+  if (g.journal_bytes == 0) return absl::OkStatus();
+  if (g.has_base && g.journal_bytes * kFoldRatio < g.base_bytes) return absl::OkStatus();
+  return Fold(mapping);
+}
+
+std::string CheckpointFiles::NextSpillPrefix() {
+  return fmt::format("fold-{}-{}", getpid(), spills_++);
+}
+
 absl::StatusOr<std::unique_ptr<CheckpointScanner>> CheckpointFiles::Scan(
     const std::string& mapping) {
-  BACKFLOW_RETURN_IF_ERROR(Fold(mapping));
   BACKFLOW_ASSIGN_OR_RETURN(Generation g, Current(mapping));
+  if (g.journal_bytes > 0) {
+    BACKFLOW_ASSIGN_OR_RETURN(
+        auto merge, GenerationMerge::Open(mapping, g.base(), true, g.in_flight(), false,
+                                          g.journal(), g.dir, NextSpillPrefix(), kScanSortBudget));
+    return std::unique_ptr<CheckpointScanner>(
+        new MergedScanner(std::move(merge), mapping, /*in_flight=*/false));
+  }
   if (!g.has_base)
     return std::unique_ptr<CheckpointScanner>(new FileCheckpointScanner({}, mapping));
   auto reader = RunFileReader::Open(g.base());
@@ -487,8 +593,14 @@ absl::StatusOr<std::unique_ptr<CheckpointScanner>> CheckpointFiles::Scan(
 
 absl::StatusOr<std::unique_ptr<CheckpointScanner>> CheckpointFiles::ScanInFlight(
     const std::string& mapping) {
-  BACKFLOW_RETURN_IF_ERROR(Fold(mapping));
   BACKFLOW_ASSIGN_OR_RETURN(Generation g, Current(mapping));
+  if (g.journal_bytes > 0) {
+    BACKFLOW_ASSIGN_OR_RETURN(
+        auto merge, GenerationMerge::Open(mapping, g.base(), false, g.in_flight(), true,
+                                          g.journal(), g.dir, NextSpillPrefix(), kScanSortBudget));
+    return std::unique_ptr<CheckpointScanner>(
+        new MergedScanner(std::move(merge), mapping, /*in_flight=*/true));
+  }
   std::error_code ec;
   if (!fs::exists(g.in_flight(), ec)) {
     return std::unique_ptr<CheckpointScanner>(
@@ -501,8 +613,19 @@ absl::StatusOr<std::unique_ptr<CheckpointScanner>> CheckpointFiles::ScanInFlight
 }
 
 absl::StatusOr<int64_t> CheckpointFiles::Size(const std::string& mapping) {
-  BACKFLOW_RETURN_IF_ERROR(Fold(mapping));
   BACKFLOW_ASSIGN_OR_RETURN(Generation g, Current(mapping));
+  if (g.journal_bytes > 0) {
+    BACKFLOW_ASSIGN_OR_RETURN(
+        auto merge, GenerationMerge::Open(mapping, g.base(), true, g.in_flight(), false,
+                                          g.journal(), g.dir, NextSpillPrefix(), kScanSortBudget));
+    int64_t count = 0;
+    while (true) {
+      BACKFLOW_ASSIGN_OR_RETURN(bool more, merge->Next());
+      if (!more) break;
+      if (merge->has_entry()) ++count;
+    }
+    return count;
+  }
   if (!g.has_base) return 0;
   auto count = RunFileRecordCount(g.base());
   if (!count.ok()) return Damaged(mapping, std::string(count.status().message()));

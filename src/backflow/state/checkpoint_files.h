@@ -15,13 +15,15 @@
 // A key's state is the base's and in-flight file's, then each journal event
 // in order: a mark sets its in-flight identity; an upsert or remove changes
 // its checkpoint entry and clears its mark; a settle clears its mark.
-// Scan() and ScanInFlight() stream the files of the current generation; when
-// the journal holds events (a run committed nothing yet, or the process
-// died), they first fold them into generation <gen+1>: the journal is sorted
-// externally (bounded memory), merged with both files, inflight-<gen+1> is
-// written durably and then base-<gen+1>, whose rename is the commit point;
-// only then are the old files removed. A crash at any point leaves either the
-// old generation with its whole journal, or the new one. A torn last frame (a
+// Scan() and ScanInFlight() stream the files of the current generation, with
+// the journal's events (sorted externally, in bounded memory) merged in on
+// the fly when it holds any. Fold() writes that merge as generation <gen+1>:
+// inflight-<gen+1> durably first, then base-<gen+1>, whose rename is the
+// commit point; only then are the old files removed. Commit(), at the end of
+// a run, folds only once the journal has grown to a quarter of the base, so
+// a run that changes few records does not rewrite the whole checkpoint. A
+// crash at any point leaves either the old generation with its whole
+// journal, or the new one. A torn last frame (a
 // crash during Mark() or Apply(), which therefore never returned) is ignored;
 // any other damage, to a file or the journal, fails with kDataLoss naming the
 // mapping and how to recover.
@@ -43,8 +45,8 @@ namespace backflow {
 
 class CheckpointFiles {
  public:
-  // Removes temporary files of interrupted folds; folders are created when
-  // a mapping's first update is applied.
+  // Folders are created when a mapping's first event is written; leftovers of
+  // interrupted folds are removed by the mapping's next Fold().
   static absl::StatusOr<std::unique_ptr<CheckpointFiles>> Open(const std::string& root);
   ~CheckpointFiles();
 
@@ -57,9 +59,13 @@ class CheckpointFiles {
   absl::Status Mark(const std::string& mapping, const std::vector<InFlightEntry>& entries);
   // Applies updates; every updated key is also settled. Durable when it returns.
   absl::Status Apply(const std::string& mapping, const std::vector<CheckpointUpdate>& updates);
-  // Folds the journal into a new base now (a no-op when it is empty).
+  // Folds the journal into a new generation now (a no-op when it is empty).
   absl::Status Fold(const std::string& mapping);
-  // Records in the checkpoint (folds first if needed).
+  // The end of a run's updates: folds when the journal has grown to a
+  // quarter of the base (or there is no base yet), else leaves it for later
+  // scans to merge.
+  absl::Status Commit(const std::string& mapping);
+  // Records in the checkpoint (reads the base when the journal holds events).
   absl::StatusOr<int64_t> Size(const std::string& mapping);
   absl::Status Reset(const std::string& mapping);
 
@@ -80,6 +86,8 @@ class CheckpointFiles {
   absl::Status Damaged(const std::string& mapping, const std::string& detail) const;
   // Appends one frame to the mapping's journal and fdatasyncs it.
   absl::Status AppendFrame(const std::string& mapping, const std::string& payload);
+  // A name prefix for the spill files of one journal sort.
+  std::string NextSpillPrefix();
 
   std::string root_;
   // Open journal of the mapping last applied to (most runs touch one mapping at a time).
@@ -87,6 +95,7 @@ class CheckpointFiles {
   int journal_fd_ = -1;
   std::string journal_path_;
   FoldStats last_fold_;
+  int64_t spills_ = 0;
 };
 
 // How checkpoint base files are written (durable; the compression level).

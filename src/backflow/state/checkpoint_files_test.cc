@@ -133,6 +133,8 @@ TEST_F(CheckpointFilesTest, MatchesAModelUnderRandomUpdatesMarksAndFolds) {
       if (rng() % 4 == 0) {
         ASSERT_TRUE(files_->Fold(mapping).ok());
         EXPECT_EQ(files_->last_fold().in_flight, static_cast<int64_t>(marks.size()));
+      } else if (rng() % 2 == 0) {
+        ASSERT_TRUE(files_->Commit(mapping).ok());  // folds or not, by the journal's size
       }
       if (rng() % 7 == 0) Reopen();
       if (rng() % 3 == 0) check(round);
@@ -141,19 +143,46 @@ TEST_F(CheckpointFilesTest, MatchesAModelUnderRandomUpdatesMarksAndFolds) {
   }
 }
 
-TEST_F(CheckpointFilesTest, FoldLeavesOneBaseAndScanNeedsNoJournal) {
+TEST_F(CheckpointFilesTest, ScansMergeTheJournalAndCommitFoldsOnceItGrows) {
   std::vector<CheckpointUpdate> batch;
   for (int i = 0; i < 1000; ++i) {
-    batch.push_back({.key = fmt::format("{}", i), .fingerprint = Fingerprint128("x")});
+    batch.push_back({.key = fmt::format("{:04}", i), .fingerprint = Fingerprint128("x")});
   }
   ASSERT_TRUE(files_->Apply("m", batch).ok());
   EXPECT_EQ(FilesOf("m"), (std::vector<std::string>{"journal-0"}));
-  ASSERT_TRUE(files_->Fold("m").ok());
+  ASSERT_TRUE(files_->Commit("m").ok());  // no base yet: folds
   EXPECT_EQ(FilesOf("m"), (std::vector<std::string>{"base-1.ckpt"}));
   EXPECT_EQ(files_->last_fold().records, 1000);
-  ASSERT_TRUE(files_->Apply("m", {{.key = "5", .kind = Kind::kRemove}}).ok());
-  EXPECT_EQ(*files_->Size("m"), 999);  // folds first
-  EXPECT_EQ(FilesOf("m"), (std::vector<std::string>{"base-2.ckpt"}));
+
+  // A small journal stays: scans, sizes and marks merge it on the fly.
+  ASSERT_TRUE(files_->Mark("m", {{"0005", "i5"}, {"0007", "i7"}}).ok());
+  ASSERT_TRUE(files_
+                  ->Apply("m", {{.key = "0005", .kind = Kind::kRemove},
+                                {.key = "zz", .fingerprint = Fingerprint128("z")}})
+                  .ok());
+  ASSERT_TRUE(files_->Commit("m").ok());
+  EXPECT_EQ(FilesOf("m"), (std::vector<std::string>{"base-1.ckpt", "journal-1"}));
+  EXPECT_EQ(*files_->Size("m"), 1000);
+  auto got = ScanAll("m");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->size(), 1000u);
+  EXPECT_EQ(got->count("0005"), 0u);
+  EXPECT_EQ(got->count("zz"), 1u);
+  EXPECT_EQ(*ScanMarks("m"), (std::map<std::string, std::string>{{"0007", "i7"}}));
+  EXPECT_EQ(FilesOf("m"), (std::vector<std::string>{"base-1.ckpt", "journal-1"}));
+
+  // Once the journal reaches a quarter of the base, Commit() folds.
+  std::vector<CheckpointUpdate> updates;
+  for (int i = 0; i < 300; ++i) {
+    updates.push_back({.key = fmt::format("{:04}", 100 + i), .fingerprint = Fingerprint128("y")});
+  }
+  ASSERT_TRUE(files_->Apply("m", updates).ok());
+  ASSERT_TRUE(files_->Commit("m").ok());
+  EXPECT_EQ(FilesOf("m"), (std::vector<std::string>{"base-2.ckpt", "inflight-2"}));
+  EXPECT_EQ(files_->last_fold().records, 1000);
+  EXPECT_EQ(files_->last_fold().in_flight, 1);
+  EXPECT_EQ(*files_->Size("m"), 1000);
+  EXPECT_EQ((*ScanAll("m"))["0101"], Expected(updates[1]));
 }
 
 TEST_F(CheckpointFilesTest, ATornLastJournalFrameIsIgnoredAndOverwritten) {
@@ -217,11 +246,12 @@ TEST_F(CheckpointFilesTest, InterruptedFoldsRecover) {
   files_.reset();
   // Crash before the rename: a temporary file and sorter spill are left behind.
   std::ofstream(MappingDir("m") + "/base-2.ckpt.tmp") << "partial";
-  std::ofstream(MappingDir("m") + "/fold-0.run") << "partial";
+  std::ofstream(MappingDir("m") + "/fold-999999999-0.run") << "partial";  // a dead process's
   Reopen();
   auto got = ScanAll("m");
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(got->size(), 2u);
+  ASSERT_TRUE(files_->Fold("m").ok());
   EXPECT_EQ(FilesOf("m"), (std::vector<std::string>{"base-2.ckpt"}));
 
   // Crash after the rename but before the old generation was removed: the
@@ -255,6 +285,8 @@ TEST_F(CheckpointFilesTest, InterruptedFoldsKeepTheMarks) {
   auto marks = ScanMarks("m");
   ASSERT_TRUE(marks.ok()) << marks.status();
   EXPECT_EQ(*marks, (std::map<std::string, std::string>{{"c", "ic"}}));
+  ASSERT_TRUE(files_->Fold("m").ok());
+  EXPECT_EQ(*ScanMarks("m"), (std::map<std::string, std::string>{{"c", "ic"}}));
   EXPECT_EQ(FilesOf("m"), (std::vector<std::string>{"base-2.ckpt", "inflight-2"}));
 
   // Every mark settled: the next generation has no in-flight file.

@@ -703,7 +703,7 @@ class SqliteStateStore : public StateStore {
   }
 
   absl::Status CommitCheckpoint(const std::string& mapping) override {
-    return files_->Fold(mapping);
+    return files_->Commit(mapping);
   }
 
   absl::Status ResetCheckpoint(const std::string& mapping) override {
