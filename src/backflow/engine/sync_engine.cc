@@ -530,12 +530,14 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
     return spool_->AddChange(index, static_cast<int>(kind), key, fp, encoded);
   };
 
-  std::string key;
   while (have_row || have_entry || have_flight) {
+    // The smallest key of the three streams; a view of that stream's key,
+    // valid until the streams advance at the end of this iteration.
+    std::string_view key;
     bool first = true;
-    auto consider = [&](bool have, std::string_view k) {
-      if (have && (first || k < std::string_view(key))) {
-        key.assign(k);
+    auto consider = [&](bool have, const std::string& k) {
+      if (have && (first || std::string_view(k) < key)) {
+        key = k;
         first = false;
       }
     };
