@@ -240,6 +240,9 @@ class FakeClickHouseServer {
   // `message` (and `failed_at_row` for throwIf()).
   int Execute(Run& run, const Session& session, std::string& message);
   TestResponse Stream(std::shared_ptr<Run> run);
+  // The column types of a table made by CREATE TABLE ... AS `select`: those of
+  // the table columns it reads (mu_ held).
+  void RecordTypes(const std::string& table, const std::string& select);
   void Finish(Run& run, ClickHouseQueryLog::Outcome outcome);
 
   friend struct FakeClickHouseSqlFunctions;
