@@ -1,10 +1,13 @@
 // End-to-end: the real `backflow` binary reads a model from the fake
 // ClickHouse HTTP interface (RowBinaryWithNamesAndTypes, gzip, DateTime in a
 // non-UTC zone) and syncs it to the webhook receiver; after each sync the
-// receiver must hold exactly the rows the fake's tables hold.
+// receiver must hold exactly the rows the fake's tables hold. A model with
+// `change_detection: warehouse` is synced through the binary again and
+// again: only changed rows leave ClickHouse.
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <fstream>
 #include <map>
 #include <memory>
 #include <string>
@@ -220,6 +223,90 @@ TEST_F(ClickHouseE2eTest, AFailureMidStreamSendsNothingAndKillsTheQuery) {
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
   EXPECT_EQ(Summary(r)["updated"], 10);
   EXPECT_EQ(receiver_->State(), Model());
+}
+
+TEST_F(ClickHouseE2eTest, WarehouseChangeDetectionThroughTheBinary) {
+  FakeClickHouseUser writer;
+  writer.name = "sync";
+  fake_->AddUser(writer);
+  std::ofstream(dir_ + "/backflow.yaml") << fmt::format(R"(
+state: sqlite:.backflow/state.db
+sources:
+  - name: warehouse
+    type: clickhouse
+    base_url: "{}"
+    user: sync
+    database: analytics
+    max_retries: 1
+    state_schema: backflow_e2e_state
+models:
+  - name: customers
+    source: warehouse
+    sql: SELECT id, email, plan, ltv FROM customers
+    primary_key: id
+    change_detection: warehouse
+destinations:
+  - {{ name: hook, type: webhook, settings: {{ url: "{}" }} }}
+mappings:
+  - name: to_hook
+    model: customers
+    destination: hook
+    action: send_batch
+    batch_size: 50
+    fields: {{ id: id, email: email, plan: plan }}
+)",
+                                                        fake_->BaseUrl(), receiver_->Url());
+  CliResult valid = RunCli(dir_, {"validate"});
+  EXPECT_EQ(valid.exit_code, 0) << valid.out << valid.err;
+  CliResult r = RunCli(dir_, {"sync", "to_hook", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  json s = Summary(r);
+  EXPECT_EQ(s["extracted"], 120);
+  EXPECT_EQ(s["added"], 120);
+  EXPECT_EQ(receiver_->State().size(), 120u);
+  auto stored = fake_->Select("SELECT COUNT(*) FROM backflow_e2e_state.checkpoints");
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ((*stored)[0][0], 120);
+
+  // Nothing changed: nothing leaves ClickHouse.
+  r = RunCli(dir_, {"sync", "to_hook", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  s = Summary(r);
+  EXPECT_EQ(s["extracted"], 0);
+  EXPECT_EQ(s["unchanged"], 120);
+
+  Exec("UPDATE analytics.customers SET plan = 'enterprise' WHERE id IN (2, 4)");
+  Exec("UPDATE analytics.customers SET ltv = '1.00' WHERE id = 6");  // not mapped
+  Exec("DELETE FROM analytics.customers WHERE id = 8");
+  Insert(500, 500);
+  r = RunCli(dir_, {"sync", "to_hook", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  s = Summary(r);
+  EXPECT_EQ(s["extracted"], 4);  // 2, 4, 6 and 500: only those left ClickHouse
+  EXPECT_EQ(s["added"], 1);
+  EXPECT_EQ(s["updated"], 2);
+  EXPECT_EQ(s["deleted"], 1);
+  EXPECT_EQ(s["unchanged"], 117);
+  auto state = receiver_->State();
+  EXPECT_EQ(state.size(), 120u);
+  EXPECT_EQ(state.count("8"), 0u);
+  EXPECT_EQ(state["2"]["plan"], "enterprise");
+  EXPECT_EQ(state["500"]["email"], "user500@example.com");
+
+  r = RunCli(dir_, {"sync", "to_hook", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  s = Summary(r);
+  EXPECT_EQ(s["extracted"], 0);
+  EXPECT_EQ(s["unchanged"], 120);
+  // The pass tables are gone; the checkpoint holds versioned rows and one tombstone.
+  auto tables = fake_->Select(
+      "SELECT name FROM backflow_e2e_state.sqlite_master WHERE type = 'table' ORDER BY name");
+  ASSERT_TRUE(tables.ok()) << tables.status();
+  EXPECT_EQ(*tables, (std::vector<std::vector<json>>{{"CHECKPOINTS"}, {"PASS_TABLES"}}));
+  auto tombstones =
+      fake_->Select("SELECT record_key FROM backflow_e2e_state.checkpoints WHERE deleted = 1");
+  ASSERT_TRUE(tombstones.ok()) << tombstones.status();
+  EXPECT_EQ(*tombstones, (std::vector<std::vector<json>>{{"8"}}));
 }
 
 }  // namespace

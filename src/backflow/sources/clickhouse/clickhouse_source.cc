@@ -17,6 +17,7 @@
 #include "backflow/common/status_macros.h"
 #include "backflow/common/url.h"
 #include "backflow/sources/clickhouse/clickhouse_rowbinary.h"
+#include "backflow/sources/warehouse_change_detection.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -273,13 +274,16 @@ class ClickHouseClient {
 
   std::string NewQueryId() const { return config_.query_id_prefix + "-" + NewUuid(); }
 
-  absl::StatusOr<std::unique_ptr<HttpResponseStream>> Open(const std::string& sql,
-                                                           const std::string& query_id) {
+  // `bindings`: query parameters; `writes`: the statement writes (no readonly).
+  absl::StatusOr<std::unique_ptr<HttpResponseStream>> Open(
+      const std::string& sql, const std::string& query_id,
+      const std::vector<std::pair<std::string, std::string>>& bindings = {}, bool writes = false) {
     std::vector<std::pair<std::string, std::string>> params;
     if (!config_.database.empty()) params.emplace_back("database", config_.database);
     params.emplace_back("query_id", query_id);
     params.emplace_back("default_format", kFormat);
-    if (config_.readonly) params.emplace_back("readonly", "2");
+    if (config_.readonly && !writes) params.emplace_back("readonly", "2");
+    for (const auto& [name, value] : bindings) params.emplace_back("param_" + name, value);
     params.emplace_back("max_execution_time", std::to_string(config_.query_timeout_s));
     params.emplace_back("cancel_http_readonly_queries_on_client_close", "1");
     if (config_.compression) params.emplace_back("enable_http_compression", "1");
@@ -497,9 +501,13 @@ Verdict Classify(const ClickHouseConfig& c, int http_status, const ClickHouseExc
 
 class ClickHouseReader : public ClickHouseRowReader {
  public:
+  // `may_be_empty`: an empty body is a result without columns (DDL, INSERT).
   ClickHouseReader(std::shared_ptr<ClickHouseClient> client, std::string query_id,
-                   std::unique_ptr<HttpResponseStream> stream)
-      : client_(std::move(client)), query_id_(std::move(query_id)), stream_(std::move(stream)) {
+                   std::unique_ptr<HttpResponseStream> stream, bool may_be_empty = false)
+      : client_(std::move(client)),
+        query_id_(std::move(query_id)),
+        stream_(std::move(stream)),
+        may_be_empty_(may_be_empty) {
     tag_ = stream_->Header("x-clickhouse-exception-tag").value_or("");
   }
 
@@ -538,6 +546,10 @@ class ClickHouseReader : public ClickHouseRowReader {
         break;
       }
       if (r == RowBinaryResult::kCorrupt) return Fail(CorruptStatus(dec.error(), "the header"));
+      if (eof_ && avail.empty() && may_be_empty_) {
+        finished_ = true;
+        return absl::OkStatus();
+      }
       if (eof_) {
         return Fail(absl::UnavailableError(fmt::format(
             "ClickHouse ended the result before its {} header was complete ({} bytes); check "
@@ -699,6 +711,7 @@ class ClickHouseReader : public ClickHouseRowReader {
   std::shared_ptr<ClickHouseClient> client_;
   const std::string query_id_;
   std::unique_ptr<HttpResponseStream> stream_;
+  const bool may_be_empty_;
   std::string tag_;
   Schema schema_;
   std::vector<ClickHouseType> types_;
@@ -739,11 +752,32 @@ class ClickHouseSource : public Source {
   }
 
   absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql) override {
-    const std::string text = TrimModelSql(sql);
+    return Execute(TrimModelSql(sql), {}, /*writes=*/false);
+  }
+
+  WarehouseChangeDetection* warehouse_change_detection() override {
+    if (change_detection_ == nullptr) {
+      auto sql = NewClickHouseWarehouseSql(
+          [this](const std::string& statement,
+                 const std::vector<std::pair<std::string, std::string>>& params) {
+            return Execute(statement, params, /*writes=*/true);
+          });
+      PassChangeDetectionOptions options;
+      options.state_schema = client_->config().state_schema;
+      options.clock = client_->clock();
+      change_detection_ = NewPassChangeDetection(std::move(sql), std::move(options));
+    }
+    return change_detection_.get();
+  }
+
+ private:
+  absl::StatusOr<std::unique_ptr<RowReader>> Execute(
+      const std::string& text, const std::vector<std::pair<std::string, std::string>>& params,
+      bool writes) {
     const ClickHouseConfig& c = client_->config();
     for (int attempt = 1;; ++attempt) {
       std::unique_ptr<RowReader> reader;
-      Verdict v = Attempt(text, reader);
+      Verdict v = Attempt(text, params, writes, reader);
       if (reader) return reader;
       if (!v.retry || attempt > c.retry.max_retries) {
         if (attempt > 1) {
@@ -756,11 +790,13 @@ class ClickHouseSource : public Source {
     }
   }
 
- private:
-  Verdict Attempt(const std::string& sql, std::unique_ptr<RowReader>& out) {
+  Verdict Attempt(const std::string& sql,
+                  const std::vector<std::pair<std::string, std::string>>& params, bool writes,
+                  std::unique_ptr<RowReader>& out) {
     const ClickHouseConfig& c = client_->config();
     const std::string query_id = client_->NewQueryId();
-    absl::StatusOr<std::unique_ptr<HttpResponseStream>> stream = client_->Open(sql, query_id);
+    absl::StatusOr<std::unique_ptr<HttpResponseStream>> stream =
+        client_->Open(sql, query_id, params, writes);
     Verdict v;
     if (!stream.ok()) {
       // The request may have reached the server: make sure the query stops.
@@ -799,7 +835,7 @@ class ClickHouseSource : public Source {
           *format, kFormat));
       return v;
     }
-    auto reader = std::make_unique<ClickHouseReader>(client_, query_id, *std::move(stream));
+    auto reader = std::make_unique<ClickHouseReader>(client_, query_id, *std::move(stream), writes);
     bool retryable = false;
     absl::Status s = reader->ReadHeader(retryable);
     if (!s.ok()) {
@@ -823,6 +859,7 @@ class ClickHouseSource : public Source {
 
   std::shared_ptr<ClickHouseClient> client_;
   std::mt19937_64 rng_;
+  std::unique_ptr<WarehouseChangeDetection> change_detection_;
 };
 
 }  // namespace
@@ -909,6 +946,15 @@ absl::StatusOr<ClickHouseConfig> ParseClickHouseSettings(const json& settings) {
         return absl::InvalidArgumentError(fmt::format("settings.{}: must be a string", key));
       }
     }
+  }
+  if (auto it = settings.find("state_schema"); it != settings.end() && !it->is_null()) {
+    if (!it->is_string() || !IsPlainSqlIdentifier(it->get<std::string>()) ||
+        it->get<std::string>().find('$') != std::string::npos) {
+      return absl::InvalidArgumentError(
+          "state_schema: must be a plain database name (letters, digits, '_'; not starting with "
+          "a digit), e.g. backflow_state");
+    }
+    c.state_schema = it->get<std::string>();
   }
   BACKFLOW_ASSIGN_OR_RETURN(int64_t timeout_ms, integer("timeout_ms", 30'000, 100, 3'600'000));
   c.timeout = std::chrono::milliseconds(timeout_ms);
@@ -1002,6 +1048,16 @@ SourceDefinition ClickHouseSourceDefinition() {
   def.settings.push_back(MakeSetting("max_retry_wait_s", "Max retry wait (s)",
                                      "Upper bound on any single wait between retries.",
                                      SettingType::kInteger, 300));
+
+  def.settings.push_back(MakeSetting(
+      "state_schema", "State database",
+      "For models with change_detection: warehouse: the database where Backflow keeps what each "
+      "mapping last delivered (table CHECKPOINTS, a ReplacingMergeTree) and the tables of "
+      "running passes (dropped when a pass ends). Created when missing; the user needs CREATE "
+      "DATABASE, or CREATE TABLE, DROP TABLE, SELECT, INSERT and ALTER DELETE on this "
+      "database. These statements are sent without readonly.",
+      SettingType::kString, "backflow_state"));
+  def.warehouse_change_detection = true;
 
   def.create = [](const json& settings,
                   const ConnectorEnv& env) -> absl::StatusOr<std::unique_ptr<Source>> {

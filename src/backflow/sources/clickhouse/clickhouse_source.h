@@ -72,6 +72,14 @@
 // attempt, errors ignored): closing alone does not stop a ClickHouse query
 // unless cancel_http_readonly_queries_on_client_close applies.
 //
+// change_detection: warehouse (Source::warehouse_change_detection()) runs
+// through pass tables in the database `state_schema`
+// (../warehouse_sql/pass_change_detection.h, clickhouse_change_detection.cc).
+// Its statements carry their values as query parameters ({p0:String} in the
+// SQL, param_p0=<value> in the URL), are sent without readonly (they create
+// and write that database's tables; the model's SQL only ever runs inside
+// CREATE TABLE ... AS SELECT) and may answer with an empty body.
+//
 // CheckConnection() runs SELECT version(), currentUser(), currentDatabase()
 // and fails with kFailedPrecondition when the configured database is not the
 // one in effect.
@@ -84,11 +92,14 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -96,6 +107,7 @@
 #include "backflow/common/http_stream.h"
 #include "backflow/delivery/http_delivery.h"
 #include "backflow/sources/source.h"
+#include "backflow/sources/warehouse_sql/pass_change_detection.h"
 #include "nlohmann/json.hpp"
 
 namespace backflow {
@@ -122,6 +134,8 @@ struct ClickHouseConfig {
   RetryPolicy retry;
   // Body bytes the HTTP stream holds before it pauses the transfer.
   size_t stream_buffer_bytes = 64 * 1024;
+  // The database of change_detection: warehouse's tables (a plain identifier).
+  std::string state_schema = "backflow_state";
 };
 
 // Reads settings already checked against the definition (defaults filled
@@ -170,5 +184,20 @@ std::optional<ClickHouseException> FindClickHouseException(std::string_view byte
 
 // The transient exception codes retried before the body (see above).
 bool IsRetryableClickHouseCode(int code, std::string_view message);
+
+// Runs one statement whose query parameters are `params` (name, value), sent
+// as param_<name>; a statement without result (DDL, INSERT) gives a reader
+// with no columns.
+using ClickHouseSqlRunner = std::function<absl::StatusOr<std::unique_ptr<RowReader>>(
+    const std::string& sql, const std::vector<std::pair<std::string, std::string>>& params)>;
+
+// ClickHouse's dialect of the pass-table change detection, running its
+// statements through `run`.
+std::unique_ptr<WarehouseSql> NewClickHouseWarehouseSql(ClickHouseSqlRunner run);
+
+// `sql` with its i-th `?` placeholder (outside quoted strings, quoted
+// identifiers and comments) written as the query parameter {p<i>:String}.
+// kInternal when `sql` holds another number of placeholders than `count`.
+absl::StatusOr<std::string> ClickHouseNamedParameters(std::string_view sql, size_t count);
 
 }  // namespace backflow

@@ -19,6 +19,7 @@
 #include "backflow/common/url.h"
 #include "backflow/sources/clickhouse/clickhouse_rowbinary.h"
 #include "fmt/format.h"
+#include "openssl/evp.h"
 
 namespace backflow {
 namespace {
@@ -77,6 +78,16 @@ const char* ExceptionName(int code) {
       return "NOT_IMPLEMENTED";
     case 60:
       return "UNKNOWN_TABLE";
+    case 57:
+      return "TABLE_ALREADY_EXISTS";
+    case 82:
+      return "DATABASE_ALREADY_EXISTS";
+    case 119:
+      return "ENGINE_REQUIRED";
+    case 456:
+      return "UNKNOWN_QUERY_PARAMETER";
+    case 457:
+      return "BAD_QUERY_PARAMETER";
     case 62:
       return "SYNTAX_ERROR";
     case 70:
@@ -147,6 +158,8 @@ int StatusForCode(int code) {
       return 403;
     case 36:
     case 62:
+    case 456:
+    case 457:
     case 6:
     case 27:
     case 38:
@@ -616,6 +629,256 @@ bool IsParameter(const std::string& name) {
   return kParams.count(name) != 0 || name.starts_with("param_");
 }
 
+// --- The ClickHouse forms the fake translates to SQLite (see the header) ---------------
+
+// A statement after translation.
+struct Translated {
+  std::string sql;                                     // SQLite SQL
+  std::map<std::string, std::string> parameter_types;  // {name:Type} placeholders
+  // CREATE DATABASE: done by the fake itself.
+  std::string create_database;
+  bool if_not_exists = false;
+  // CREATE TABLE with a column list: the table ("db.table") and its types.
+  std::string table;
+  std::vector<std::pair<std::string, std::string>> columns;
+  // CREATE TABLE ... AS SELECT: the table and the SELECT (for the types).
+  std::string ctas_select;
+  // DROP TABLE: the table forgotten.
+  std::string dropped;
+};
+
+// "db.t" / "t" with the session's database, lowercase, unquoted.
+std::string QualifiedName(std::string name, const std::string& database) {
+  name.erase(std::remove_if(name.begin(), name.end(), [](char c) { return c == '`' || c == '"'; }),
+             name.end());
+  if (name.find('.') == std::string::npos) name = database + "." + name;
+  return Lower(name);
+}
+
+// Splits `text` at top-level commas.
+std::vector<std::string> SplitTopLevel(std::string_view text) {
+  std::vector<std::string> out;
+  int depth = 0;
+  std::string cur;
+  for (char c : text) {
+    if (c == '(') ++depth;
+    if (c == ')') --depth;
+    if (c == ',' && depth == 0) {
+      out.push_back(TrimCopy(cur));
+      cur.clear();
+      continue;
+    }
+    cur.push_back(c);
+  }
+  if (!TrimCopy(cur).empty()) out.push_back(TrimCopy(cur));
+  return out;
+}
+
+// {name:Type} placeholders (outside quotes) become SQLite :name parameters.
+std::string NamedParameters(const std::string& sql, std::map<std::string, std::string>& types) {
+  std::string out;
+  for (size_t i = 0; i < sql.size(); ++i) {
+    const char c = sql[i];
+    if (c == '\'' || c == '"' || c == '`') {
+      size_t j = i + 1;
+      while (j < sql.size() && sql[j] != c) j += sql[j] == '\\' ? 2 : 1;
+      j = std::min(j, sql.size() - 1);
+      out.append(sql, i, j - i + 1);
+      i = j;
+      continue;
+    }
+    static const std::regex kParam(R"(^\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*:\s*([^{}]+?)\s*\})");
+    std::smatch m;
+    std::string rest = sql.substr(i, std::min<size_t>(200, sql.size() - i));
+    if (c == '{' && std::regex_search(rest, m, kParam)) {
+      types[m[1].str()] = m[2].str();
+      out += ":" + m[1].str();
+      i += static_cast<size_t>(m.length(0)) - 1;
+      continue;
+    }
+    out.push_back(c);
+  }
+  return out;
+}
+
+// Translates the ClickHouse forms; 0, or an exception code with `message`.
+int TranslateClickHouse(const std::string& sql, const std::string& database, Translated& t,
+                        std::string& message) {
+  t.sql = NamedParameters(sql, t.parameter_types);
+  std::smatch m;
+  static const std::regex kCreateDatabase(
+      R"(^CREATE\s+DATABASE\s+(IF\s+NOT\s+EXISTS\s+)?`?([A-Za-z_][A-Za-z0-9_]*)`?$)",
+      std::regex::icase);
+  if (std::regex_match(t.sql, m, kCreateDatabase)) {
+    t.if_not_exists = m[1].matched;
+    t.create_database = m[2].str();
+    return 0;
+  }
+  static const std::regex kEngine(
+      R"(\s*ENGINE\s*=\s*(\w+)\s*(\([^()]*\))?\s*ORDER\s+BY\s+(tuple\(\)|\([^()]*\)|\w+)\s*)",
+      std::regex::icase);
+  static const std::regex kCreateAs(
+      R"(^CREATE\s+TABLE\s+(IF\s+NOT\s+EXISTS\s+)?([\w.`"]+)\s+AS\s+(SELECT[\s\S]*)$)",
+      std::regex::icase);
+  static const std::regex kCreateColumns(
+      R"(^CREATE\s+TABLE\s+(IF\s+NOT\s+EXISTS\s+)?([\w.`"]+)\s*\(([\s\S]*)\)\s*$)",
+      std::regex::icase);
+  static const std::regex kCreate(R"(^CREATE\s+TABLE\b)", std::regex::icase);
+  if (std::regex_search(t.sql, kCreate)) {
+    std::smatch e;
+    if (!std::regex_search(t.sql, e, kEngine)) {
+      message = "Table engine is not specified in CREATE query";
+      return 119;
+    }
+    if (Lower(e[1].str()).find("mergetree") == std::string::npos) {
+      message = fmt::format("the fake knows only MergeTree engines, not {}", e[1].str());
+      return 36;
+    }
+    const std::string stripped =
+        std::regex_replace(t.sql, kEngine, " ", std::regex_constants::format_first_only);
+    if (std::regex_match(stripped, m, kCreateAs)) {
+      t.table = QualifiedName(m[2].str(), database);
+      t.ctas_select = m[3].str();
+      t.sql = stripped;
+    } else if (std::regex_match(stripped, m, kCreateColumns)) {
+      t.table = QualifiedName(m[2].str(), database);
+      std::string names;
+      for (const std::string& def : SplitTopLevel(m[3].str())) {
+        size_t space = def.find_first_of(" \t\n");
+        if (space == std::string::npos) {
+          message = fmt::format("Syntax error: the column {} has no type", def);
+          return 62;
+        }
+        t.columns.emplace_back(def.substr(0, space), TrimCopy(def.substr(space)));
+        names += fmt::format("{}\"{}\"", names.empty() ? "" : ", ", t.columns.back().first);
+      }
+      t.sql = fmt::format("CREATE TABLE {}{} ({})", m[1].matched ? "IF NOT EXISTS " : "",
+                          m[2].str(), names);
+    } else {
+      message =
+          "Syntax error: the fake understands CREATE TABLE t (cols) ENGINE = ... ORDER BY ... "
+          "and CREATE TABLE t ENGINE = ... ORDER BY ... AS SELECT ...";
+      return 62;
+    }
+  }
+  static const std::regex kDrop(R"(^DROP\s+TABLE\s+(IF\s+EXISTS\s+)?([\w.`"]+)\s*$)",
+                                std::regex::icase);
+  if (std::regex_match(t.sql, m, kDrop)) t.dropped = QualifiedName(m[2].str(), database);
+  static const std::regex kUnionDistinct(R"(\bUNION\s+DISTINCT\b)", std::regex::icase);
+  t.sql = std::regex_replace(t.sql, kUnionDistinct, "UNION");
+  // The rows of a JSON array: arrayJoin(JSONExtractArrayRaw(x)) in a SELECT
+  // without FROM, each element's JSON text.
+  static const std::regex kArrayJoin(
+      R"(SELECT\s+arrayJoin\s*\(\s*JSONExtractArrayRaw\s*\(\s*([^()]+?)\s*\)\s*\)\s+AS\s+(\w+)\s*\))",
+      std::regex::icase);
+  t.sql = std::regex_replace(t.sql, kArrayJoin,
+                             "SELECT ($1) -> json_each.fullkey AS $2 FROM json_each($1))");
+  if (!t.ctas_select.empty() && std::regex_match(t.sql, m, kCreateAs)) t.ctas_select = m[3].str();
+  return 0;
+}
+
+std::string ValueText(sqlite3_value* v) {
+  const void* p = sqlite3_value_type(v) == SQLITE_BLOB
+                      ? sqlite3_value_blob(v)
+                      : static_cast<const void*>(sqlite3_value_text(v));
+  const int n = sqlite3_value_bytes(v);
+  return p == nullptr ? std::string()
+                      : std::string(static_cast<const char*>(p), static_cast<size_t>(n));
+}
+
+// toString(x): NULL stays NULL.
+void ToStringFunction(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  if (sqlite3_value_type(argv[0]) == SQLITE_NULL) return sqlite3_result_null(ctx);
+  std::string text = ValueText(argv[0]);
+  sqlite3_result_text(ctx, text.data(), static_cast<int>(text.size()), SQLITE_TRANSIENT);
+}
+
+// length(s): bytes, as ClickHouse counts them.
+void LengthFunction(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  if (sqlite3_value_type(argv[0]) == SQLITE_NULL) return sqlite3_result_null(ctx);
+  sqlite3_result_int64(ctx, static_cast<int64_t>(ValueText(argv[0]).size()));
+}
+
+// MD5(s): the 16 bytes of the digest.
+void Md5Function(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  if (sqlite3_value_type(argv[0]) == SQLITE_NULL) return sqlite3_result_null(ctx);
+  const std::string text = ValueText(argv[0]);
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_Digest(text.data(), text.size(), digest, &length, EVP_md5(), nullptr);
+  sqlite3_result_blob(ctx, digest, static_cast<int>(length), SQLITE_TRANSIENT);
+}
+
+// concat(a, ...): NULL if any argument is NULL.
+void ConcatFunction(sqlite3_context* ctx, int argc, sqlite3_value** argv) {
+  std::string out;
+  for (int i = 0; i < argc; ++i) {
+    if (sqlite3_value_type(argv[i]) == SQLITE_NULL) return sqlite3_result_null(ctx);
+    out += ValueText(argv[i]);
+  }
+  sqlite3_result_text(ctx, out.data(), static_cast<int>(out.size()), SQLITE_TRANSIENT);
+}
+
+void AssumeNotNullFunction(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  if (sqlite3_value_type(argv[0]) == SQLITE_NULL) {
+    return sqlite3_result_text(ctx, "", 0, SQLITE_STATIC);  // the type's default
+  }
+  sqlite3_result_value(ctx, argv[0]);
+}
+
+// toInt64(s): decimal text (0 when it is not a number, like toInt64OrZero).
+void ToInt64Function(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  if (sqlite3_value_type(argv[0]) == SQLITE_NULL) return sqlite3_result_null(ctx);
+  const std::string text = ValueText(argv[0]);
+  int64_t v = 0;
+  std::from_chars(text.data(), text.data() + text.size(), v);
+  sqlite3_result_int64(ctx, v);
+}
+
+// JSONExtractString(json[, index]): the string (at the 1-based index of an
+// array), '' when absent or not a string.
+void JsonExtractStringFunction(sqlite3_context* ctx, int argc, sqlite3_value** argv) {
+  json doc = json::parse(ValueText(argv[0]), nullptr, false);
+  if (argc == 2 && doc.is_array()) {
+    const int64_t i = sqlite3_value_int64(argv[1]);
+    const int64_t n = static_cast<int64_t>(doc.size());
+    const int64_t at = i > 0 ? i - 1 : n + i;
+    doc = at >= 0 && at < n ? doc[static_cast<size_t>(at)] : json();
+  } else if (argc == 2) {
+    doc = json();
+  }
+  const std::string out = doc.is_string() ? doc.get<std::string>() : std::string();
+  sqlite3_result_text(ctx, out.data(), static_cast<int>(out.size()), SQLITE_TRANSIENT);
+}
+
+// argMax(value, version): the value of the row with the largest version.
+struct ArgMaxState {
+  bool set = false;
+  sqlite3_value* value = nullptr;
+  sqlite3_value* version = nullptr;
+};
+void ArgMaxStep(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  auto* st = static_cast<ArgMaxState*>(sqlite3_aggregate_context(ctx, sizeof(ArgMaxState)));
+  if (st == nullptr) return;
+  bool take = !st->set;
+  if (!take) {
+    take = sqlite3_value_type(argv[1]) == SQLITE_INTEGER &&
+           sqlite3_value_int64(argv[1]) > sqlite3_value_int64(st->version);
+  }
+  if (!take) return;
+  sqlite3_value_free(st->value);
+  sqlite3_value_free(st->version);
+  st->value = sqlite3_value_dup(argv[0]);
+  st->version = sqlite3_value_dup(argv[1]);
+  st->set = true;
+}
+void ArgMaxFinal(sqlite3_context* ctx) {
+  auto* st = static_cast<ArgMaxState*>(sqlite3_aggregate_context(ctx, 0));
+  if (st == nullptr || !st->set) return sqlite3_result_null(ctx);
+  sqlite3_result_value(ctx, st->value);
+  sqlite3_value_free(st->value);
+  sqlite3_value_free(st->version);
+}
 }  // namespace
 
 // --- State ----------------------------------------------------------------------------------
@@ -649,6 +912,9 @@ struct FakeClickHouseServer::Run {
   bool ended = false;
   int64_t bytes_produced = 0;
   std::shared_ptr<z_stream> zs;
+  // The SQLite SQL (empty: log.sql) and its parameters: name -> (type, value).
+  std::string exec_sql;
+  std::map<std::string, std::pair<std::string, std::string>> bindings;
 };
 
 struct FakeClickHouseSqlFunctions {
@@ -705,6 +971,24 @@ struct FakeClickHouseSqlFunctions {
     sqlite3_create_function_v2(db, "throwIf", 1, SQLITE_UTF8, self, &ThrowIf, nullptr, nullptr,
                                nullptr);
     sqlite3_create_function_v2(db, "throwIf", 2, SQLITE_UTF8, self, &ThrowIf, nullptr, nullptr,
+                               nullptr);
+    const int pure = SQLITE_UTF8 | SQLITE_DETERMINISTIC;
+    struct Scalar {
+      const char* name;
+      int args;
+      void (*fn)(sqlite3_context*, int, sqlite3_value**);
+    };
+    for (const Scalar& f :
+         {Scalar{"toString", 1, &ToStringFunction}, Scalar{"length", 1, &LengthFunction},
+          Scalar{"MD5", 1, &Md5Function}, Scalar{"concat", -1, &ConcatFunction},
+          Scalar{"assumeNotNull", 1, &AssumeNotNullFunction},
+          Scalar{"toInt64", 1, &ToInt64Function},
+          Scalar{"JSONExtractString", 1, &JsonExtractStringFunction},
+          Scalar{"JSONExtractString", 2, &JsonExtractStringFunction}}) {
+      sqlite3_create_function_v2(db, f.name, f.args, pure, nullptr, f.fn, nullptr, nullptr,
+                                 nullptr);
+    }
+    sqlite3_create_function_v2(db, "argMax", 2, pure, nullptr, nullptr, &ArgMaxStep, &ArgMaxFinal,
                                nullptr);
   }
 };
@@ -936,8 +1220,8 @@ int FakeClickHouseServer::Execute(Run& run, const Session& session, std::string&
   sqlite3_set_authorizer(db, &FakeClickHouseSqlFunctions::Authorizer, this);
   sqlite3_stmt* raw = nullptr;
   const char* tail = nullptr;
-  int rc = sqlite3_prepare_v2(db, run.log.sql.c_str(), static_cast<int>(run.log.sql.size()), &raw,
-                              &tail);
+  const std::string& text = run.exec_sql.empty() ? run.log.sql : run.exec_sql;
+  int rc = sqlite3_prepare_v2(db, text.c_str(), static_cast<int>(text.size()), &raw, &tail);
   sqlite3_set_authorizer(db, nullptr, nullptr);
   std::unique_ptr<sqlite3_stmt, decltype(&sqlite3_finalize)> stmt(raw, &sqlite3_finalize);
   auto sqlite_error = [&](const std::string& err) {
@@ -953,6 +1237,10 @@ int FakeClickHouseServer::Execute(Run& run, const Session& session, std::string&
       message = fmt::format("Unknown expression identifier `{}` in scope {}",
                             TrimCopy(after("no such column:")), run.log.sql);
       return 47;
+    }
+    if (err.find("already exists") != std::string::npos) {
+      message = fmt::format("Table {} already exists", TrimCopy(after("table")));
+      return 57;
     }
     if (err.find("no such function:") != std::string::npos) {
       message = fmt::format("Function with name `{}` does not exist",
@@ -977,6 +1265,29 @@ int FakeClickHouseServer::Execute(Run& run, const Session& session, std::string&
   if (tail != nullptr && !TrimCopy(tail).empty()) {
     message = "Syntax error (Multi-statements are not allowed)";
     return 62;
+  }
+  // Query parameters.
+  for (int i = 1; i <= sqlite3_bind_parameter_count(stmt.get()); ++i) {
+    const char* name = sqlite3_bind_parameter_name(stmt.get(), i);
+    auto it = name == nullptr ? run.bindings.end() : run.bindings.find(name + 1);
+    if (it == run.bindings.end()) {
+      message = "Query parameter without a {name:Type} placeholder";
+      return 456;
+    }
+    const auto& [type, value] = it->second;
+    if (type.starts_with("Int") || type.starts_with("UInt")) {
+      int64_t v = 0;
+      auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
+      if (ec != std::errc() || end != value.data() + value.size()) {
+        message =
+            fmt::format("Cannot parse input: expected {} for query parameter {}", type, it->first);
+        return 457;
+      }
+      sqlite3_bind_int64(stmt.get(), i, v);
+    } else {
+      sqlite3_bind_text(stmt.get(), i, value.data(), static_cast<int>(value.size()),
+                        SQLITE_TRANSIENT);
+    }
   }
   // Grants.
   const FakeClickHouseUser& user = users_[session.user];
@@ -1078,6 +1389,30 @@ int FakeClickHouseServer::Execute(Run& run, const Session& session, std::string&
     run.types.push_back(*std::move(t));
   }
   return failure;
+}
+
+void FakeClickHouseServer::RecordTypes(const std::string& table, const std::string& select) {
+  sqlite3_stmt* raw = nullptr;
+  if (sqlite3_prepare_v2(db_->raw(), select.c_str(), static_cast<int>(select.size()), &raw,
+                         nullptr) != SQLITE_OK) {
+    sqlite3_finalize(raw);
+    return;
+  }
+  std::unique_ptr<sqlite3_stmt, decltype(&sqlite3_finalize)> stmt(raw, &sqlite3_finalize);
+  auto& types = column_types_[table];
+  types.clear();
+  for (int i = 0; i < sqlite3_column_count(stmt.get()); ++i) {
+    const char* origin_table = sqlite3_column_table_name(stmt.get(), i);
+    const char* origin = sqlite3_column_origin_name(stmt.get(), i);
+    const char* dbname = sqlite3_column_database_name(stmt.get(), i);
+    if (origin_table == nullptr || origin == nullptr) continue;
+    std::string db_name =
+        dbname == nullptr || std::string_view(dbname) == "main" ? "default" : std::string(dbname);
+    auto t = column_types_.find(Lower(db_name + "." + origin_table));
+    if (t == column_types_.end()) continue;
+    auto c = t->second.find(Lower(origin));
+    if (c != t->second.end()) types[Lower(sqlite3_column_name(stmt.get(), i))] = c->second;
+  }
 }
 
 TestResponse FakeClickHouseServer::Handle(const TestRequest& req) {
@@ -1314,11 +1649,45 @@ TestResponse FakeClickHouseServer::Handle(const TestRequest& req) {
     return reject(73, fmt::format("Unknown format {}", format));
   }
 
-  // 5. Run on SQLite.
+  // 5. Run on SQLite, the ClickHouse forms translated.
   Session session{user_name, database};
   run->session = session;
   std::string message;
-  const int code = Execute(*run, session, message);
+  Translated translated;
+  if (int c = TranslateClickHouse(sql, database, translated, message); c != 0) {
+    return reject(c, message);
+  }
+  for (const auto& [name, type] : translated.parameter_types) {
+    std::optional<std::string> value = param("param_" + name);
+    if (!value) return reject(456, fmt::format("Substitution `{}` is not set", name));
+    run->bindings[name] = {type, *value};
+  }
+  run->exec_sql = translated.sql;
+  int code = 0;
+  if (!translated.create_database.empty()) {
+    const std::string& name = translated.create_database;
+    if (databases_.count(name) != 0) {
+      if (!translated.if_not_exists) {
+        return reject(82, fmt::format("Database {} already exists", name));
+      }
+    } else if (absl::Status s =
+                   db_->Exec(fmt::format("ATTACH DATABASE ':memory:' AS \"{}\"", name));
+               !s.ok()) {
+      return reject(1001, std::string(s.message()));
+    } else {
+      databases_.insert(name);
+    }
+  } else {
+    code = Execute(*run, session, message);
+  }
+  if (code == 0) {
+    if (!translated.columns.empty()) {
+      auto& types = column_types_[translated.table];
+      for (const auto& [column, type] : translated.columns) types[Lower(column)] = type;
+    }
+    if (!translated.ctas_select.empty()) RecordTypes(translated.table, translated.ctas_select);
+    if (!translated.dropped.empty()) column_types_.erase(translated.dropped);
+  }
   if (code != 0) {
     // A failure inside the first block comes before any byte is sent.
     if (code == 395 && run->fail_at_row >= options_.block_rows) {
@@ -1473,7 +1842,9 @@ TestResponse FakeClickHouseServer::Stream(std::shared_ptr<Run> run) {
     if (!q.header_sent) {
       q.header_sent = true;
       std::string plain;
-      if (q.log.format == kRowBinary) {
+      if (q.names.empty()) {
+        // DDL and INSERT answer with an empty body.
+      } else if (q.log.format == kRowBinary) {
         AppendLeb128(plain, q.names.size());
         for (const auto& name : q.names) AppendString(plain, name);
         for (const auto& type : q.type_texts) AppendString(plain, type);

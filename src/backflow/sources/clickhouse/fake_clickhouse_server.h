@@ -19,6 +19,26 @@
 // SQL functions version(), currentUser(), currentDatabase(), timezone() and
 // throwIf(cond[, message]) (code 395 FUNCTION_THROW_IF_VALUE_IS_NON_ZERO)
 // are available.
+// ClickHouse forms it translates (for change_detection: warehouse; SQLite
+// runs the rest):
+//   {name:Type} query parameters, bound from param_<name> (missing: 400 code
+//   456; an Int*/UInt* value that is not an integer: code 457); CREATE
+//   DATABASE [IF NOT EXISTS] d (an attached in-memory database; exists: code
+//   82); CREATE TABLE [IF NOT EXISTS] t (col Type, ...) ENGINE = <*MergeTree>
+//   [(args)] ORDER BY <key> (the types are recorded) and CREATE TABLE t
+//   ENGINE = ... ORDER BY ... AS SELECT ... (the columns keep the types of
+//   the table columns they read), without ENGINE code 119, an existing table
+//   code 57; UNION DISTINCT; (SELECT arrayJoin(JSONExtractArrayRaw(x)) AS v)
+//   (one row per element, its JSON text); functions toString, length (bytes),
+//   MD5 (16 bytes; hex() and lower() are SQLite's), concat (NULL if an
+//   argument is), assumeNotNull, toInt64, JSONExtractString(json[, index])
+//   and the aggregate argMax(value, version). Not modelled: engines' merges
+//   (a ReplacingMergeTree table keeps every inserted row, which real
+//   ClickHouse may do until it merges, so reads must not rely on merges),
+//   lightweight DELETE is SQLite's DELETE, names are case-insensitive.
+//   Statements without result columns (DDL, INSERT) answer with an empty
+//   body, as ClickHouse does. Privilege refusals are scripted with
+//   FailNext(FakeClickHouseFailure::Before(497, "...", "<statement text>")).
 //
 // Requests (POST with the SQL as body, optionally prefixed by ?query=; GET
 // with ?query=; GET /ping answers "Ok."), checked in this order:
@@ -240,6 +260,9 @@ class FakeClickHouseServer {
   // `message` (and `failed_at_row` for throwIf()).
   int Execute(Run& run, const Session& session, std::string& message);
   TestResponse Stream(std::shared_ptr<Run> run);
+  // The column types of a table made by CREATE TABLE ... AS `select`: those of
+  // the table columns it reads (mu_ held).
+  void RecordTypes(const std::string& table, const std::string& select);
   void Finish(Run& run, ClickHouseQueryLog::Outcome outcome);
 
   friend struct FakeClickHouseSqlFunctions;

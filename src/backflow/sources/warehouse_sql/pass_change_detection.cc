@@ -139,6 +139,57 @@ BoundSql Merge(const WarehouseSql& sql, const std::string& checkpoints, const st
 
 }  // namespace pass_sql
 
+// --- WarehouseSql's default statements. ---
+
+std::string WarehouseSql::CreateSchemaSql(const std::string& schema) const {
+  return fmt::format("CREATE SCHEMA IF NOT EXISTS {}", schema);
+}
+
+std::string WarehouseSql::CreateCheckpointsSql(const std::string& table) const {
+  const std::string text = TextType();
+  return fmt::format(
+      "CREATE TABLE IF NOT EXISTS {} (\n"
+      "  mapping {} NOT NULL,\n"
+      "  record_key {} NOT NULL,\n"
+      "  row_hash {},\n"
+      "  mapping_version {},\n"
+      "  fingerprint {} NOT NULL,\n"
+      "  record_identity {} NOT NULL,\n"
+      "  PRIMARY KEY (mapping, record_key))",
+      table, text, KeyType(), text, text, text, text);
+}
+
+std::string WarehouseSql::CreateRegistrySql(const std::string& table) const {
+  return fmt::format(
+      "CREATE TABLE IF NOT EXISTS {} (table_name {} NOT NULL, created_at {} "
+      "NOT NULL)",
+      table, TextType(), IntegerType());
+}
+
+std::string WarehouseSql::RegisterPassSql(const std::string& registry) const {
+  return fmt::format("INSERT INTO {} (table_name, created_at) VALUES (?, ?)", registry);
+}
+
+std::string WarehouseSql::StalePassesSql(const std::string& registry) const {
+  return fmt::format("SELECT table_name FROM {} WHERE created_at < ?", registry);
+}
+
+BoundSql WarehouseSql::CreatePassTableSql(const std::string& table, const std::string& model_sql,
+                                          const Schema& schema, int key_index) const {
+  return pass_sql::CreatePassTable(*this, table, model_sql, schema, key_index);
+}
+
+BoundSql WarehouseSql::CreateKeysTableSql(const std::string& checkpoints, const std::string& pass,
+                                          const std::string& keys,
+                                          const WarehouseCandidateFilter& filter) const {
+  return pass_sql::CreateKeysTable(*this, checkpoints, pass, keys, filter);
+}
+
+BoundSql WarehouseSql::ApplySql(const std::string& checkpoints, const std::string& mapping,
+                                std::string json) const {
+  return pass_sql::Merge(*this, checkpoints, mapping, std::move(json));
+}
+
 namespace {
 
 absl::StatusOr<std::string> FromHex(std::string_view hex) {
@@ -278,11 +329,10 @@ class PassChangeDetection : public WarehouseChangeDetection {
     }
     const int64_t now = static_cast<int64_t>(ToUnixSeconds(options_.clock->Now()));
     const std::string name = fmt::format("PASS_{}_{}", now, HexEncode(RandomBytes(6)));
-    BACKFLOW_RETURN_IF_ERROR(Use(
-        Exec(*sql_, fmt::format("INSERT INTO {} (table_name, created_at) VALUES (?, ?)", registry_),
-             {name, std::to_string(now)})));
+    BACKFLOW_RETURN_IF_ERROR(
+        Use(Exec(*sql_, sql_->RegisterPassSql(registry_), {name, std::to_string(now)})));
     auto snapshot = std::make_unique<PassSnapshot>(this, name, schema, key_index);
-    BoundSql create = pass_sql::CreatePassTable(*sql_, Table(name), model, schema, key_index);
+    BoundSql create = sql_->CreatePassTableSql(Table(name), model, schema, key_index);
     absl::Status made = Exec(*sql_, create.sql, create.bindings);
     if (!made.ok()) {
       (void)snapshot->Close();
@@ -302,7 +352,7 @@ class PassChangeDetection : public WarehouseChangeDetection {
     auto flush = [&]() -> absl::Status {
       if (json.size() <= 1) return absl::OkStatus();
       json.push_back(']');
-      BoundSql merge = pass_sql::Merge(*sql_, checkpoints_, mapping, std::move(json));
+      BoundSql merge = sql_->ApplySql(checkpoints_, mapping, std::move(json));
       json = "[";
       return Use(Exec(*sql_, merge.sql, merge.bindings));
     };
@@ -359,22 +409,10 @@ class PassChangeDetection : public WarehouseChangeDetection {
     if (ensured_) return absl::OkStatus();
     // The schema may exist already (made by an administrator) while the role
     // may not create schemas: then creating the tables tells.
-    absl::Status schema = Exec(*sql_, fmt::format("CREATE SCHEMA IF NOT EXISTS {}", schema_), {});
+    absl::Status schema = Exec(*sql_, sql_->CreateSchemaSql(schema_), {});
     if (!schema.ok() && !sql_->IsPrivilegeError(schema)) return schema;
-    const std::string text = sql_->TextType();
     for (const std::string& ddl :
-         {fmt::format("CREATE TABLE IF NOT EXISTS {} (\n"
-                      "  mapping {} NOT NULL,\n"
-                      "  record_key {} NOT NULL,\n"
-                      "  row_hash {},\n"
-                      "  mapping_version {},\n"
-                      "  fingerprint {} NOT NULL,\n"
-                      "  record_identity {} NOT NULL,\n"
-                      "  PRIMARY KEY (mapping, record_key))",
-                      checkpoints_, text, sql_->KeyType(), text, text, text, text),
-          fmt::format("CREATE TABLE IF NOT EXISTS {} (table_name {} NOT NULL, created_at {} "
-                      "NOT NULL)",
-                      registry_, text, sql_->IntegerType())}) {
+         {sql_->CreateCheckpointsSql(checkpoints_), sql_->CreateRegistrySql(registry_)}) {
       absl::Status made = Exec(*sql_, ddl, {});
       if (made.ok()) continue;
       if (!schema.ok()) return Denied(WarehouseSql::Step::kCreateSchema, schema);
@@ -389,9 +427,7 @@ class PassChangeDetection : public WarehouseChangeDetection {
   void DropStalePasses() {
     const int64_t cutoff =
         static_cast<int64_t>(ToUnixSeconds(options_.clock->Now())) - options_.stale_after.count();
-    auto reader =
-        sql_->Run(fmt::format("SELECT table_name FROM {} WHERE created_at < ?", registry_),
-                  {std::to_string(cutoff)});
+    auto reader = sql_->Run(sql_->StalePassesSql(registry_), {std::to_string(cutoff)});
     if (!reader.ok()) return;
     auto rows = ReadAll(**reader);
     if (!rows.ok()) return;
@@ -430,7 +466,7 @@ absl::StatusOr<std::unique_ptr<RowReader>> PassSnapshot::ReadCandidates(
   }
   const std::string pass = owner_->Table(pass_name_);
   const std::string keys = owner_->Table(pass_name_ + "_K");
-  BoundSql create = pass_sql::CreateKeysTable(sql, owner_->checkpoints(), pass, keys, filter);
+  BoundSql create = sql.CreateKeysTableSql(owner_->checkpoints(), pass, keys, filter);
   keys_made_ = true;
   BACKFLOW_RETURN_IF_ERROR(owner_->Use(Exec(sql, create.sql, create.bindings)));
   BoundSql select = pass_sql::SelectCandidates(sql, pass, keys, schema_);
@@ -448,16 +484,18 @@ absl::StatusOr<std::unique_ptr<WarehouseEntryScanner>> PassSnapshot::ScanEntries
   if (!keys_made_) {
     return absl::FailedPreconditionError("ScanEntries() before ReadCandidates()");
   }
-  BoundSql select =
-      pass_sql::SelectEntries(owner_->checkpoints(), owner_->Table(pass_name_ + "_K"), mapping);
+  BoundSql select = pass_sql::SelectEntries(owner_->sql().CheckpointsToRead(owner_->checkpoints()),
+                                            owner_->Table(pass_name_ + "_K"), mapping);
   auto reader = owner_->sql().Run(select.sql, select.bindings);
   if (!reader.ok()) return owner_->Use(reader.status());
   return std::unique_ptr<WarehouseEntryScanner>(new EntryScanner(*std::move(reader)));
 }
 
 absl::StatusOr<int64_t> PassSnapshot::CountEntries(const std::string& mapping) {
-  auto reader = owner_->sql().Run(
-      fmt::format("SELECT COUNT(*) FROM {} WHERE mapping = ?", owner_->checkpoints()), {mapping});
+  auto reader =
+      owner_->sql().Run(fmt::format("SELECT COUNT(*) FROM {} WHERE mapping = ?",
+                                    owner_->sql().CheckpointsToRead(owner_->checkpoints())),
+                        {mapping});
   if (!reader.ok()) return owner_->Use(reader.status());
   BACKFLOW_ASSIGN_OR_RETURN(std::vector<Row> rows, ReadAll(**reader));
   if (rows.size() != 1 || rows[0].size() != 1) {

@@ -79,6 +79,8 @@
 
 namespace backflow {
 
+struct BoundSql;  // below
+
 // One warehouse's SQL and the way to run it. Each method that returns SQL
 // returns a fragment of the warehouse's dialect.
 class WarehouseSql {
@@ -130,6 +132,34 @@ class WarehouseSql {
 
   // The largest JSON text Apply binds in one statement.
   virtual size_t MaxBindingBytes() const { return size_t{4} << 20; }
+
+  // --- Whole statements. The defaults are standard SQL (Snowflake's: CREATE
+  // SCHEMA, CTAS, correlated NOT EXISTS, MERGE); a warehouse without some of
+  // these overrides the statement. `?` placeholders as for Run(). ---
+  virtual std::string CreateSchemaSql(const std::string& schema) const;
+  // The checkpoint table (columns as described at the top of this file;
+  // reads go through CheckpointsToRead()).
+  virtual std::string CreateCheckpointsSql(const std::string& table) const;
+  virtual std::string CreateRegistrySql(const std::string& table) const;
+  // Registers a pass table: binds the table name and created_at (decimal).
+  virtual std::string RegisterPassSql(const std::string& registry) const;
+  // The pass tables created before the binding (decimal unix seconds).
+  virtual std::string StalePassesSql(const std::string& registry) const;
+  virtual BoundSql CreatePassTableSql(const std::string& table, const std::string& model_sql,
+                                      const Schema& schema, int key_index) const;
+  virtual BoundSql CreateKeysTableSql(const std::string& checkpoints, const std::string& pass,
+                                      const std::string& keys,
+                                      const WarehouseCandidateFilter& filter) const;
+  // The current checkpoint rows (mapping, record_key, row_hash,
+  // mapping_version, fingerprint, record_identity) as a FROM item: the table
+  // itself, or a parenthesized query over it.
+  virtual std::string CheckpointsToRead(const std::string& checkpoints) const {
+    return checkpoints;
+  }
+  // One atomic write of `json` (a JSON array of [key, "U"|"D", row_hash,
+  // version, fingerprint, identity], one per key) to `mapping`'s entries.
+  virtual BoundSql ApplySql(const std::string& checkpoints, const std::string& mapping,
+                            std::string json) const;
 };
 
 struct PassChangeDetectionOptions {
