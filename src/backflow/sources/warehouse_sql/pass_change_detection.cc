@@ -33,8 +33,8 @@ std::string RowHash(const WarehouseSql& sql, const Schema& schema, const std::st
     const std::string ref = alias + "." + sql.QuoteIdentifier(c.name);
     const std::string t = sql.ToText(c, ref);
     if (!text.empty()) text += " || ";
-    text += fmt::format("CASE WHEN {0} IS NULL THEN 'n' ELSE 'v' || LENGTH({1}) || ':' || {1} END",
-                        ref, t);
+    text += fmt::format("CASE WHEN {0} IS NULL THEN 'n' ELSE 'v' || {2} || ':' || {1} END", ref, t,
+                        sql.LengthText(t));
   }
   return sql.Md5Hex(text);
 }
@@ -88,10 +88,10 @@ BoundSql CreateKeysTable(const WarehouseSql& sql, const std::string& checkpoints
       out.bindings.push_back(name);
     }
     out.sql += fmt::format(
-        "\nUNION\n"
+        "\n{4}\n"
         "SELECT c.record_key FROM {0} AS c WHERE c.mapping IN ({1})\n"
         "  AND NOT EXISTS (SELECT 1 FROM {2} AS g WHERE g.{3} = c.record_key)",
-        checkpoints, marks, pass, kPassKey);
+        checkpoints, marks, pass, kPassKey, sql.UnionDistinct());
   }
   return out;
 }
@@ -278,9 +278,11 @@ class PassChangeDetection : public WarehouseChangeDetection {
     }
     const int64_t now = static_cast<int64_t>(ToUnixSeconds(options_.clock->Now()));
     const std::string name = fmt::format("PASS_{}_{}", now, HexEncode(RandomBytes(6)));
-    BACKFLOW_RETURN_IF_ERROR(Use(
-        Exec(*sql_, fmt::format("INSERT INTO {} (table_name, created_at) VALUES (?, ?)", registry_),
-             {name, std::to_string(now)})));
+    BACKFLOW_RETURN_IF_ERROR(
+        Use(Exec(*sql_,
+                 fmt::format("INSERT INTO {} (table_name, created_at) VALUES (?, {})", registry_,
+                             sql_->IntegerParameter()),
+                 {name, std::to_string(now)})));
     auto snapshot = std::make_unique<PassSnapshot>(this, name, schema, key_index);
     BoundSql create = pass_sql::CreatePassTable(*sql_, Table(name), model, schema, key_index);
     absl::Status made = Exec(*sql_, create.sql, create.bindings);
@@ -359,7 +361,7 @@ class PassChangeDetection : public WarehouseChangeDetection {
     if (ensured_) return absl::OkStatus();
     // The schema may exist already (made by an administrator) while the role
     // may not create schemas: then creating the tables tells.
-    absl::Status schema = Exec(*sql_, fmt::format("CREATE SCHEMA IF NOT EXISTS {}", schema_), {});
+    absl::Status schema = Exec(*sql_, sql_->CreateSchemaSql(schema_), {});
     if (!schema.ok() && !sql_->IsPrivilegeError(schema)) return schema;
     const std::string text = sql_->TextType();
     for (const std::string& ddl :
@@ -370,8 +372,9 @@ class PassChangeDetection : public WarehouseChangeDetection {
                       "  mapping_version {},\n"
                       "  fingerprint {} NOT NULL,\n"
                       "  record_identity {} NOT NULL,\n"
-                      "  PRIMARY KEY (mapping, record_key))",
-                      checkpoints_, text, sql_->KeyType(), text, text, text, text),
+                      "  {})",
+                      checkpoints_, text, sql_->KeyType(), text, text, text, text,
+                      sql_->PrimaryKey("mapping, record_key")),
           fmt::format("CREATE TABLE IF NOT EXISTS {} (table_name {} NOT NULL, created_at {} "
                       "NOT NULL)",
                       registry_, text, sql_->IntegerType())}) {
@@ -389,9 +392,9 @@ class PassChangeDetection : public WarehouseChangeDetection {
   void DropStalePasses() {
     const int64_t cutoff =
         static_cast<int64_t>(ToUnixSeconds(options_.clock->Now())) - options_.stale_after.count();
-    auto reader =
-        sql_->Run(fmt::format("SELECT table_name FROM {} WHERE created_at < ?", registry_),
-                  {std::to_string(cutoff)});
+    auto reader = sql_->Run(fmt::format("SELECT table_name FROM {} WHERE created_at < {}",
+                                        registry_, sql_->IntegerParameter()),
+                            {std::to_string(cutoff)});
     if (!reader.ok()) return;
     auto rows = ReadAll(**reader);
     if (!rows.ok()) return;

@@ -130,6 +130,23 @@ class WarehouseSql {
 
   // The largest JSON text Apply binds in one statement.
   virtual size_t MaxBindingBytes() const { return size_t{4} << 20; }
+
+  // --- Forms some warehouses spell otherwise; the defaults are Snowflake's. ---
+  // The statement that creates the managed schema when it is missing.
+  virtual std::string CreateSchemaSql(const std::string& schema) const {
+    return "CREATE SCHEMA IF NOT EXISTS " + schema;
+  }
+  // The table constraint naming `columns` ("a, b") as the primary key.
+  virtual std::string PrimaryKey(const std::string& columns) const {
+    return "PRIMARY KEY (" + columns + ")";
+  }
+  // The length of the text `expr`, as an operand of `||`.
+  virtual std::string LengthText(const std::string& expr) const { return "LENGTH(" + expr + ")"; }
+  // The set operator that unions two queries without duplicates.
+  virtual std::string UnionDistinct() const { return "UNION"; }
+  // A placeholder whose text binding compares to and is stored in a column
+  // of IntegerType().
+  virtual std::string IntegerParameter() const { return "?"; }
 };
 
 struct PassChangeDetectionOptions {
