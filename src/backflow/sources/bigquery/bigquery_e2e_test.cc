@@ -1,10 +1,13 @@
 // End-to-end: the real `backflow` binary reads a model from BigQuery (the
 // SQLite-backed fake of the token endpoint and the REST query API, on
 // loopback) and syncs it to a protocol-faithful webhook receiver; the
-// receiver's state must equal the rows the fake holds, after changes too.
+// receiver's state must equal the rows the fake holds, after changes too;
+// also with change_detection: warehouse (the checkpoint in BigQuery).
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <fstream>
+#include <iterator>
 #include <map>
 
 #include "backflow/sources/bigquery/fake_bigquery_server.h"
@@ -215,6 +218,61 @@ TEST_F(BigQueryE2eTest, AnExtractionCutShortSendsNothingAndTheNextRunCatchesUp) 
   EXPECT_EQ(Summary(r)["deleted"], 30);
   EXPECT_EQ(receiver_->State(), Model());
   EXPECT_EQ(receiver_->State().size(), 200u);
+}
+
+TEST_F(BigQueryE2eTest, WarehouseModeSyncsOnlyTheChanges) {
+  // The same workspace with change_detection: warehouse on the model.
+  const std::string path = dir_ + "/backflow.yaml";
+  std::string yaml;
+  {
+    std::ifstream in(path);
+    yaml.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  const std::string key_line = "    primary_key: id\n";
+  const size_t at = yaml.find(key_line);
+  ASSERT_NE(at, std::string::npos) << yaml;
+  yaml.insert(at + key_line.size(), "    change_detection: warehouse\n");
+  std::ofstream(path) << yaml;
+
+  CliResult r = Sync();
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  json s = Summary(r);
+  EXPECT_EQ(s["status"], "succeeded");
+  EXPECT_EQ(s["added"], 230);
+  EXPECT_EQ(receiver_->State(), Model());
+  // The checkpoint is in the warehouse, in the dataset made in the source's location.
+  absl::StatusOr<json> stored =
+      fake_->QueryRows("SELECT count(*) AS n FROM backflow_state.checkpoints");
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ((*stored)[0]["n"], 230);
+
+  // Again: nothing changed, nothing sent, no candidate read.
+  int64_t sent = receiver_->request_count();
+  r = Sync();
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  s = Summary(r);
+  EXPECT_EQ(s["extracted"], 0) << s.dump();
+  EXPECT_EQ(s["added"], 0);
+  EXPECT_EQ(s["updated"], 0);
+  EXPECT_EQ(s["deleted"], 0);
+  EXPECT_EQ(receiver_->request_count(), sent);
+
+  // An update is sent, a delete deleted; only those rows leave BigQuery.
+  Exec("UPDATE crm.customers SET plan = 'enterprise' WHERE id = 7");
+  Exec("DELETE FROM crm.customers WHERE id = 9");
+  r = Sync();
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  s = Summary(r);
+  EXPECT_EQ(s["updated"], 1);
+  EXPECT_EQ(s["deleted"], 1);
+  EXPECT_EQ(s["added"], 0);
+  EXPECT_EQ(s["extracted"], 1) << s.dump();
+  EXPECT_EQ(receiver_->State(), Model());
+  stored = fake_->QueryRows(
+      "SELECT count(*) AS n FROM backflow_state.sqlite_master WHERE name LIKE 'PASS\\_%' ESCAPE "
+      "'\\' AND name <> 'PASS_TABLES'");
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ((*stored)[0]["n"], 0);  // no pass table left behind
 }
 
 }  // namespace

@@ -435,6 +435,11 @@ bool RetryableResponse(const HttpResponse& r) {
 // The role that grants `permission`, when it is one a query needs.
 std::string RoleFor(const std::string& permission) {
   if (permission == "bigquery.jobs.create") return "roles/bigquery.jobUser";
+  if (permission == "bigquery.datasets.create" || permission == "bigquery.tables.create" ||
+      permission == "bigquery.tables.updateData" || permission == "bigquery.tables.update" ||
+      permission == "bigquery.tables.delete") {
+    return "roles/bigquery.dataEditor";
+  }
   if (permission.starts_with("bigquery.tables.") || permission.starts_with("bigquery.datasets.") ||
       permission.starts_with("bigquery.routines.")) {
     return "roles/bigquery.dataViewer";
@@ -464,6 +469,13 @@ std::string PermissionIn(const std::string& message) {
 }  // namespace
 
 // ------------------------------------------------------------ public helpers
+
+bool IsBigQueryDatasetName(std::string_view name) {
+  if (name.empty() || name.size() > 1024) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_';
+  });
+}
 
 std::string IsoFromUnixMicros(int64_t micros) {
   int64_t seconds = FloorDiv(micros, 1'000'000);
@@ -660,6 +672,8 @@ struct BigQueryConfig {
   int64_t max_results = kDefaultMaxResults;
   std::chrono::seconds query_timeout{kDefaultQueryTimeoutS};  // 0: none
   std::optional<int64_t> maximum_bytes_billed;
+  // The dataset of change_detection: warehouse's tables.
+  std::string state_schema = "backflow_state";
   HttpSettings http;
 };
 
@@ -831,6 +845,11 @@ class BigQueryClient {
       if (role == "roles/bigquery.jobUser") {
         fix = fmt::format("grant {} the role {} (BigQuery Job User) on project \"{}\"",
                           cfg_.key.client_email, role, cfg_.project_id);
+      } else if (role == "roles/bigquery.dataEditor") {
+        fix = fmt::format(
+            "grant {} the role {} (BigQuery Data Editor) on the dataset it writes (on project "
+            "\"{}\" to create datasets)",
+            cfg_.key.client_email, role, cfg_.project_id);
       } else if (!role.empty()) {
         fix = fmt::format(
             "grant {} the role {} (BigQuery Data Viewer) on the datasets or tables the model "
@@ -927,7 +946,10 @@ class BigQueryRowReader : public RowReader {
   const Schema& schema() const override { return schema_; }
 
   // Runs jobs.query and polls until the job is complete; reads the first page.
-  absl::Status Start(const std::string& sql) {
+  // With `parameters` the SQL is a statement of change_detection: warehouse:
+  // its `?` take the values as positional STRING query parameters, and a
+  // statement without a result (DDL, DML) reads as no rows and no columns.
+  absl::Status Start(const std::string& sql, const std::vector<std::string>* parameters = nullptr) {
     const BigQueryConfig& cfg = client_->cfg();
     Clock* clock = client_->clock();
     if (QueryCancelRequested(cancel_)) {
@@ -942,6 +964,18 @@ class BigQueryRowReader : public RowReader {
                     {"formatOptions", {{"useInt64Timestamp", true}}},
                     {"requestId", client_->NewRequestId()}};
     if (!cfg.location.empty()) request["location"] = cfg.location;
+    if (parameters != nullptr) {
+      statement_ = true;
+      if (!parameters->empty()) {
+        request["parameterMode"] = "POSITIONAL";
+        json list = json::array();
+        for (const std::string& value : *parameters) {
+          list.push_back(
+              {{"parameterType", {{"type", "STRING"}}}, {"parameterValue", {{"value", value}}}});
+        }
+        request["queryParameters"] = std::move(list);
+      }
+    }
     if (cfg.query_timeout.count() > 0) {
       request["jobTimeoutMs"] = std::to_string(cfg.query_timeout.count() * 1000);
     }
@@ -950,7 +984,8 @@ class BigQueryRowReader : public RowReader {
     }
     std::string body = Dump(request);
     std::string url = client_->ProjectUrl() + "/queries";
-    CallContext ctx{"run the query", "", cfg.location};
+    CallContext ctx{statement_ ? "run a statement of change_detection: warehouse" : "run the query",
+                    "", cfg.location};
     absl::StatusOr<json> reply = client_->Call(
         delivery_,
         [&] {
@@ -999,6 +1034,10 @@ class BigQueryRowReader : public RowReader {
       reply = std::move(polled);
     }
     auto fields = reply->find("schema");
+    if (statement_ && fields == reply->end()) {  // DDL or DML: no result set
+      finished_ = true;
+      return absl::OkStatus();
+    }
     if (fields == reply->end() || !fields->is_object() || !fields->contains("fields") ||
         !(*fields)["fields"].is_array()) {
       return Fail(absl::InvalidArgumentError(
@@ -1188,6 +1227,7 @@ class BigQueryRowReader : public RowReader {
   std::string page_token_;
   int page_number_ = 1;
   int64_t delivered_ = 0;
+  bool statement_ = false;      // Start() was given parameters
   bool complete_ = false;       // the job finished running
   bool warnings_only_ = false;  // jobs.get found the job DONE without errorResult
   bool finished_ = false;       // clean end, failure, or nothing to cancel
@@ -1197,6 +1237,27 @@ class BigQueryRowReader : public RowReader {
 class BigQuerySource : public Source {
  public:
   explicit BigQuerySource(std::unique_ptr<BigQueryClient> client) : client_(std::move(client)) {}
+
+  WarehouseChangeDetection* warehouse_change_detection() override {
+    if (change_detection_ == nullptr) {
+      BigQueryClient* client = client_.get();
+      const BigQueryConfig& cfg = client->cfg();
+      auto sql = NewBigQueryWarehouseSql(
+          [client](const std::string& statement, const std::vector<std::string>& parameters)
+              -> absl::StatusOr<std::unique_ptr<RowReader>> {
+            auto reader =
+                std::make_unique<BigQueryRowReader>(client, "", client->cfg().location, nullptr);
+            BACKFLOW_RETURN_IF_ERROR(reader->Start(statement, &parameters));
+            return std::unique_ptr<RowReader>(std::move(reader));
+          },
+          BigQueryWarehouseContext{cfg.project_id, cfg.location, cfg.key.client_email});
+      PassChangeDetectionOptions options;
+      options.state_schema = cfg.state_schema;
+      options.clock = client->clock();
+      change_detection_ = NewPassChangeDetection(std::move(sql), std::move(options));
+    }
+    return change_detection_.get();
+  }
 
   absl::Status CheckConnection() override {
     BACKFLOW_ASSIGN_OR_RETURN(auto reader, Run("SELECT 1 AS backflow_check"));
@@ -1233,6 +1294,8 @@ class BigQuerySource : public Source {
   }
 
   std::unique_ptr<BigQueryClient> client_;
+  // Declared after client_, which its statements use: destroyed first.
+  std::unique_ptr<WarehouseChangeDetection> change_detection_;
 };
 
 absl::StatusOr<BigQueryConfig> ParseConfig(const json& settings) {
@@ -1279,6 +1342,14 @@ absl::StatusOr<BigQueryConfig> ParseConfig(const json& settings) {
       return absl::InvalidArgumentError("maximum_bytes_billed: must be a whole number >= 1");
     }
     cfg.maximum_bytes_billed = it->get<int64_t>();
+  }
+  if (auto it = settings.find("state_schema"); it != settings.end() && !it->is_null()) {
+    if (!it->is_string() || !IsBigQueryDatasetName(it->get<std::string>())) {
+      return absl::InvalidArgumentError(
+          "state_schema: must be a dataset name of the project (letters, digits and '_', at most "
+          "1024), e.g. backflow_state");
+    }
+    cfg.state_schema = it->get<std::string>();
   }
   json http_settings = settings;
   if (!http_settings.contains("base_url") || http_settings["base_url"].is_null()) {
@@ -1343,6 +1414,15 @@ SourceDefinition BigQuerySourceDefinition() {
                   "When set, a query that would bill more bytes fails instead of "
                   "running (a cost guard).",
                   SettingType::kInteger));
+  def.settings.push_back(MakeSetting(
+      "state_schema", "State dataset",
+      "For models with change_detection: warehouse: the dataset, in project_id, where Backflow "
+      "keeps what each mapping last delivered (table CHECKPOINTS) and the tables of running "
+      "passes (dropped when a pass ends). Created in `location` when missing; it must be in the "
+      "location of the datasets the models read. The service account needs BigQuery Data Editor "
+      "on this dataset (and bigquery.datasets.create on the project to create it).",
+      SettingType::kString, "backflow_state"));
+  def.warehouse_change_detection = true;
   def.settings.push_back(MakeSetting("token_url", "Token URL",
                                      "Google's OAuth 2.0 token endpoint, where the signed JWT is "
                                      "exchanged for an access token (and the JWT's audience). "

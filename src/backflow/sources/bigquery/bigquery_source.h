@@ -78,12 +78,19 @@
 // server, up to its timeoutMs, ends first). One page's parsed JSON (at most max_results rows and
 // 10 MB of text) is held at a time.
 //
+// change_detection: warehouse (Source::warehouse_change_detection()) runs
+// through pass tables in the dataset `state_schema` of project_id
+// (../warehouse_sql/pass_change_detection.h, bigquery_change_detection.cc);
+// its statements are jobs.query calls with positional STRING parameters
+// (parameterMode POSITIONAL), and DDL/DML jobs answer no schema and no rows.
+//
 // Thread-safety: a source and its readers are used from one thread at a
 // time; the token cache is shared by the readers of a source.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -94,6 +101,7 @@
 #include "backflow/catalog/definitions.h"
 #include "backflow/model/value.h"
 #include "backflow/sources/source.h"
+#include "backflow/sources/warehouse_sql/pass_change_detection.h"
 #include "nlohmann/json.hpp"
 
 namespace backflow {
@@ -140,5 +148,25 @@ absl::StatusOr<std::string> BigQueryTimestampText(std::string_view v);
 // ISO-8601 UTC text for microseconds since the epoch (trailing fraction
 // zeros dropped, no fraction when whole seconds).
 std::string IsoFromUnixMicros(int64_t micros);
+
+// Whether `name` is a dataset name BigQuery accepts (letters, digits, '_';
+// at most 1024 characters).
+bool IsBigQueryDatasetName(std::string_view name);
+
+// Runs one statement whose `?` take `parameters` (positional STRING query
+// parameters); DDL and DML statements read as no columns and no rows.
+using BigQuerySqlRunner = std::function<absl::StatusOr<std::unique_ptr<RowReader>>(
+    const std::string& sql, const std::vector<std::string>& parameters)>;
+
+// Who runs the statements and where, for DDL and privilege advice.
+struct BigQueryWarehouseContext {
+  std::string project_id;
+  std::string location;  // empty: BigQuery's default (US) for new datasets
+  std::string client_email;
+};
+
+// BigQuery's SQL for change_detection: warehouse (bigquery_change_detection.cc).
+std::unique_ptr<WarehouseSql> NewBigQueryWarehouseSql(BigQuerySqlRunner run,
+                                                      BigQueryWarehouseContext context);
 
 }  // namespace backflow

@@ -1,11 +1,13 @@
 #include "backflow/sources/bigquery/fake_bigquery_server.h"
 
+#include <openssl/evp.h>
 #include <sqlite3.h>
 
 #include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <cmath>
+#include <regex>
 #include <string_view>
 #include <utility>
 
@@ -241,6 +243,113 @@ std::string RewriteBackticks(const std::string& sql) {
   return out;
 }
 
+// --- The GoogleSQL beyond SQLite's that the fake understands -----------------
+
+constexpr auto kIcase = std::regex::ECMAScript | std::regex::icase;
+
+// Numbers the `?` placeholders outside quotes ?1, ?2, ... (so that the
+// statements a MERGE becomes bind them by number); `count` gets how many.
+std::string NumberPlaceholders(std::string_view sql, size_t& count) {
+  std::string out;
+  count = 0;
+  char quote = 0;
+  for (char c : sql) {
+    if (quote != 0) {
+      if (c == quote) quote = 0;
+      out.push_back(c);
+    } else if (c == '\'' || c == '"') {
+      quote = c;
+      out.push_back(c);
+    } else if (c == '?') {
+      out += fmt::format("?{}", ++count);
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+// Rewrites the GoogleSQL forms SQLite spells otherwise.
+std::string TranslateSql(std::string sql) {
+  static const std::regex unnest(
+      R"(UNNEST\s*\(\s*JSON_EXTRACT_ARRAY\s*\(\s*(\?\d+)\s*\)\s*\)\s+AS\s+(\w+))", kIcase);
+  static const std::regex json_value_path(R"(JSON_VALUE\s*\(\s*(\w+)\s*,\s*('[^']*')\s*\))",
+                                          kIcase);
+  static const std::regex json_value(R"(JSON_VALUE\s*\(\s*(\w+)\s*\))", kIcase);
+  static const std::regex as_string(R"(\bAS\s+STRING\s*\))", kIcase);
+  static const std::regex union_distinct(R"(\bUNION\s+DISTINCT\b)", kIcase);
+  static const std::regex not_enforced(R"(\s+NOT\s+ENFORCED\b)", kIcase);
+  static const std::regex create_table(
+      R"(^\s*CREATE\s+TABLE\s+(IF\s+NOT\s+EXISTS\s+)?[^\s(]+\s*\()", kIcase);
+  static const std::regex string_type(R"(\bSTRING\b)");
+  sql = std::regex_replace(sql, unnest, "json_each($1) AS $2");
+  sql = std::regex_replace(sql, json_value_path, "json_extract($1.value, $2)");
+  sql = std::regex_replace(sql, json_value, "$1.value");
+  sql = std::regex_replace(sql, as_string, "AS TEXT)");
+  sql = std::regex_replace(sql, union_distinct, "UNION");
+  sql = std::regex_replace(sql, not_enforced, "");
+  // Column definitions: STRING keeps text as text (SQLite's affinity of a
+  // bare STRING would be NUMERIC).
+  if (std::regex_search(sql, create_table))
+    sql = std::regex_replace(sql, string_type, "STRING TEXT");
+  return sql;
+}
+
+std::string BlobOrText(sqlite3_value* v) {
+  const void* data = sqlite3_value_type(v) == SQLITE_BLOB
+                         ? sqlite3_value_blob(v)
+                         : static_cast<const void*>(sqlite3_value_text(v));
+  const int size = sqlite3_value_bytes(v);
+  return data == nullptr ? std::string() : std::string(static_cast<const char*>(data), size);
+}
+
+// MD5(x): the 16-byte digest (BYTES).
+void Md5Function(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  if (sqlite3_value_type(argv[0]) == SQLITE_NULL) return sqlite3_result_null(ctx);
+  const std::string in = BlobOrText(argv[0]);
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_Digest(in.data(), in.size(), digest, &length, EVP_md5(), nullptr);
+  sqlite3_result_blob(ctx, digest, static_cast<int>(length), SQLITE_TRANSIENT);
+}
+
+// TO_HEX(bytes): lowercase hex.
+void ToHexFunction(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  if (sqlite3_value_type(argv[0]) == SQLITE_NULL) return sqlite3_result_null(ctx);
+  const std::string hex = HexEncode(BlobOrText(argv[0]));
+  sqlite3_result_text(ctx, hex.c_str(), static_cast<int>(hex.size()), SQLITE_TRANSIENT);
+}
+
+void ToBase64Function(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  if (sqlite3_value_type(argv[0]) == SQLITE_NULL) return sqlite3_result_null(ctx);
+  const std::string b64 = Base64Encode(BlobOrText(argv[0]));
+  sqlite3_result_text(ctx, b64.c_str(), static_cast<int>(b64.size()), SQLITE_TRANSIENT);
+}
+
+// TO_JSON_STRING(x): the value's text (the fake's values of JSON, STRUCT and
+// ARRAY columns are JSON text already).
+void ToJsonStringFunction(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  if (sqlite3_value_type(argv[0]) == SQLITE_NULL) {
+    sqlite3_result_text(ctx, "null", 4, SQLITE_STATIC);
+    return;
+  }
+  const std::string text = BlobOrText(argv[0]);
+  sqlite3_result_text(ctx, text.c_str(), static_cast<int>(text.size()), SQLITE_TRANSIENT);
+}
+
+// A job's statementType for SQL the fake ran.
+std::string StatementType(const std::string& sql) {
+  static const std::regex word(R"(^\s*(\w+)(?:\s+(\w+))?)");
+  std::smatch m;
+  if (!std::regex_search(sql, m, word)) return "SELECT";
+  const std::string first = Upper(m[1].str()), second = Upper(m[2].str());
+  if (first == "INSERT" || first == "UPDATE" || first == "DELETE" || first == "MERGE") {
+    return first;
+  }
+  if (first == "CREATE" || first == "DROP") return first + "_" + second;
+  return "SELECT";
+}
+
 }  // namespace
 
 FakeBigQueryFault FakeBigQueryFault::RateLimit(std::string method, int times) {
@@ -275,7 +384,19 @@ FakeBigQueryServer::FakeBigQueryServer(FakeBigQueryOptions options)
     : options_(std::move(options)),
       server_([this](const TestRequest& req) { return Handle(req); }) {
   auto db = sqlite::Database::Open(":memory:", SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
-  if (db.ok()) db_ = *std::move(db);
+  if (db.ok()) {
+    db_ = *std::move(db);
+    const int pure = SQLITE_UTF8 | SQLITE_DETERMINISTIC;
+    sqlite3* raw = db_->raw();
+    sqlite3_create_function_v2(raw, "MD5", 1, pure, nullptr, &Md5Function, nullptr, nullptr,
+                               nullptr);
+    sqlite3_create_function_v2(raw, "TO_HEX", 1, pure, nullptr, &ToHexFunction, nullptr, nullptr,
+                               nullptr);
+    sqlite3_create_function_v2(raw, "TO_BASE64", 1, pure, nullptr, &ToBase64Function, nullptr,
+                               nullptr, nullptr);
+    sqlite3_create_function_v2(raw, "TO_JSON_STRING", 1, pure, nullptr, &ToJsonStringFunction,
+                               nullptr, nullptr, nullptr);
+  }
   projects_.insert(options_.project_id);
 }
 
@@ -350,6 +471,25 @@ void FakeBigQueryServer::DenyJobsCreate(const std::string& client_email) {
 void FakeBigQueryServer::DenyDataset(const std::string& client_email, const std::string& dataset) {
   std::lock_guard<std::mutex> lock(mu_);
   accounts_[client_email].denied_datasets.insert(dataset);
+}
+
+void FakeBigQueryServer::DenyDatasetCreate(const std::string& client_email) {
+  std::lock_guard<std::mutex> lock(mu_);
+  accounts_[client_email].deny_dataset_create = true;
+}
+
+void FakeBigQueryServer::DenyDatasetWrite(const std::string& client_email,
+                                          const std::string& dataset) {
+  std::lock_guard<std::mutex> lock(mu_);
+  accounts_[client_email].denied_writes.insert(dataset);
+}
+
+void FakeBigQueryServer::ClearDenials(const std::string& client_email) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Account& account = accounts_[client_email];
+  account.deny_dataset_create = false;
+  account.denied_writes.clear();
+  account.denied_datasets.clear();
 }
 
 void FakeBigQueryServer::RevokeTokens() {
@@ -722,21 +862,161 @@ TestResponse FakeBigQueryServer::JobsQuery(const std::string& project, const Tes
                                 project));
   }
 
-  std::string sql = RewriteBackticks(body["query"].get<std::string>());
-  // Which dataset tables the statement reads.
+  // Positional STRING parameters for the `?` of the statement.
+  std::vector<std::string> parameters;
+  if (auto list = body.find("queryParameters"); list != body.end() && !list->empty()) {
+    if (body.value("parameterMode", "") != "POSITIONAL") {
+      return ApiError(400, "invalid",
+                      "Invalid value for parameterMode: this fake supports POSITIONAL query "
+                      "parameters only",
+                      "parameterMode");
+    }
+    for (const json& p : *list) {
+      const json* type = p.contains("parameterType") ? &p["parameterType"] : nullptr;
+      const json* value = p.contains("parameterValue") ? &p["parameterValue"] : nullptr;
+      if (type == nullptr || !type->is_object() || type->value("type", "") != "STRING" ||
+          value == nullptr || !value->is_object() || !value->contains("value") ||
+          !(*value)["value"].is_string()) {
+        return ApiError(400, "invalid",
+                        "Invalid query parameter: this fake takes {\"parameterType\":{\"type\":"
+                        "\"STRING\"},\"parameterValue\":{\"value\":\"...\"}} only",
+                        "queryParameters");
+      }
+      parameters.push_back((*value)["value"].get<std::string>());
+    }
+  }
+  size_t marks = 0;
+  std::string sql =
+      TranslateSql(NumberPlaceholders(RewriteBackticks(body["query"].get<std::string>()), marks));
+  if (marks != parameters.size()) {
+    return ApiError(400, "invalidQuery",
+                    fmt::format("Query has {} positional parameters (?) but {} were given in "
+                                "queryParameters",
+                                marks, parameters.size()),
+                    "q");
+  }
+  std::string where = location.empty() ? options_.default_location : location;
+  auto new_job = [&](const std::string& job_location) {
+    auto job = std::make_unique<Job>();
+    job->project = project;
+    job->id = fmt::format("job_fake{:04}", ++jobs_created_);
+    job->location = job_location;
+    job->account = account;
+    job->polls_left = options_.polls_before_complete;
+    job->error = next_job_error_;
+    next_job_error_.reset();
+    return job;
+  };
+  auto keep_job = [&](std::unique_ptr<Job> job) {
+    Job& ref = *job;
+    if (!request_id.empty()) request_ids_[request_id] = {job->id, clock().Now()};
+    jobs_[job->id] = std::move(job);
+    return first_reply(ref);
+  };
+  auto bind = [&](sqlite3_stmt* st) {
+    const int count = sqlite3_bind_parameter_count(st);
+    for (int i = 0; i < count && i < static_cast<int>(parameters.size()); ++i) {
+      const std::string& v = parameters[static_cast<size_t>(i)];
+      sqlite3_bind_text(st, i + 1, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    }
+  };
+  auto refused_write = [&](const std::string& dataset, const std::string& table,
+                           const std::string& permission) {
+    if (table.empty()) {
+      return ApiError(403, "accessDenied",
+                      fmt::format("Access Denied: Dataset {0}:{1}: Permission {2} denied on "
+                                  "dataset {0}:{1} (or it may not exist).",
+                                  project, dataset, permission));
+    }
+    return ApiError(403, "accessDenied",
+                    fmt::format("Access Denied: Table {0}:{1}.{2}: Permission {3} denied on "
+                                "table {0}:{1}.{2} (or it may not exist).",
+                                project, dataset, table, permission));
+  };
+  static const std::regex create_schema(
+      R"re(^\s*CREATE\s+SCHEMA\s+(IF\s+NOT\s+EXISTS\s+)?"?([A-Za-z0-9_]+)"?\s*(?:OPTIONS\s*\(\s*location\s*=\s*'([^']*)'\s*\))?\s*;?\s*$)re",
+      kIcase);
+  static const std::regex merge(
+      R"(^\s*MERGE\s+(?:INTO\s+)?(\S+)\s+AS\s+(\w+)\s+USING\s+\(([\s\S]*)\)\s+AS\s+(\w+)\s+ON\s+([\s\S]*?)\s+(WHEN\s[\s\S]*)$)",
+      kIcase);
+  static const std::regex ctas(
+      R"(^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?([A-Za-z0-9_."]+)\s+AS\s+([\s\S]*)$)",
+      kIcase);
+  std::smatch match;
+  if (std::regex_match(sql, match, create_schema)) {
+    const std::string name = match[2].str();
+    if (acct.deny_dataset_create) {
+      return ApiError(403, "accessDenied",
+                      fmt::format("Access Denied: Project {0}: User does not have "
+                                  "bigquery.datasets.create permission in project {0}.",
+                                  project));
+    }
+    std::string dataset_location = match[3].matched ? match[3].str() : where;
+    if (datasets_.contains(name)) {
+      if (!match[1].matched) {
+        return ApiError(409, "duplicate",
+                        fmt::format("Already Exists: Dataset {}:{}", project, name));
+      }
+    } else {
+      if (!db_->Exec(fmt::format("ATTACH DATABASE ':memory:' AS \"{}\"", name)).ok()) {
+        return ApiError(400, "invalidQuery", "could not create dataset " + name, "q");
+      }
+      datasets_[name] = dataset_location;
+    }
+    auto job = new_job(datasets_[name]);
+    job->statement_type = "CREATE_SCHEMA";
+    return keep_job(std::move(job));
+  }
+  if (std::regex_match(sql, match, merge)) {
+    const std::string target = match[1].str();
+    const size_t dot = target.find('.');
+    const std::string dataset = dot == std::string::npos ? "" : target.substr(0, dot);
+    auto ds = datasets_.find(dataset);
+    if (ds == datasets_.end() || (!location.empty() && !SameLocation(ds->second, location))) {
+      return ApiError(404, "notFound",
+                      fmt::format("Not found: Dataset {}:{} was not found in location {}", project,
+                                  dataset, Upper(where)));
+    }
+    if (acct.denied_writes.contains(dataset)) {
+      return refused_write(dataset, target.substr(dot + 1), "bigquery.tables.updateData");
+    }
+    int64_t changed = 0;
+    std::string error;
+    if (!Merge(match, bind, changed, error)) {
+      return ApiError(400, "invalidQuery", error, "q");
+    }
+    auto job = new_job(ds->second);
+    job->statement_type = "MERGE";
+    job->dml_rows = changed;
+    return keep_job(std::move(job));
+  }
+  std::optional<std::string> created;  // CREATE TABLE ... AS SELECT: the table
+  std::string ctas_select;
+  if (std::regex_match(sql, match, ctas)) {
+    created = match[1].str();
+    ctas_select = match[2].str();
+  }
+
+  // Which dataset tables the statement reads and writes.
   struct Reads {
-    std::vector<std::pair<std::string, std::string>> tables;  // (dataset, table)
+    std::vector<std::pair<std::string, std::string>> tables;        // (dataset, table)
+    std::vector<std::tuple<std::string, std::string, int>> writes;  // (dataset, table, action)
   } reads;
   sqlite3* db = db_->raw();
   sqlite3_set_authorizer(
       db,
       [](void* user, int action, const char* a3, const char*, const char* a5, const char*) -> int {
+        auto* r = static_cast<Reads*>(user);
         if (action == SQLITE_READ && a3 != nullptr && a5 != nullptr) {
-          auto* r = static_cast<Reads*>(user);
           std::pair<std::string, std::string> entry{a5, a3};
           if (std::find(r->tables.begin(), r->tables.end(), entry) == r->tables.end()) {
             r->tables.push_back(entry);
           }
+        }
+        if ((action == SQLITE_INSERT || action == SQLITE_UPDATE || action == SQLITE_DELETE ||
+             action == SQLITE_CREATE_TABLE || action == SQLITE_DROP_TABLE) &&
+            a3 != nullptr && a5 != nullptr && !std::string_view(a3).starts_with("sqlite_")) {
+          r->writes.emplace_back(a5, a3, action);
         }
         return SQLITE_OK;
       },
@@ -745,10 +1025,15 @@ TestResponse FakeBigQueryServer::JobsQuery(const std::string& project, const Tes
   int rc = sqlite3_prepare_v2(db, sql.c_str(), static_cast<int>(sql.size()), &raw, nullptr);
   sqlite3_set_authorizer(db, nullptr, nullptr);
   std::unique_ptr<sqlite3_stmt, int (*)(sqlite3_stmt*)> stmt(raw, sqlite3_finalize);
-  std::string where = location.empty() ? options_.default_location : location;
   if (rc != SQLITE_OK) {
     std::string message = sqlite3_errmsg(db);
     constexpr std::string_view kNoTable = "no such table: ";
+    constexpr std::string_view kNoDatabase = "unknown database ";
+    if (message.starts_with(kNoDatabase)) {
+      return ApiError(404, "notFound",
+                      fmt::format("Not found: Dataset {}:{} was not found in location {}", project,
+                                  message.substr(kNoDatabase.size()), Upper(where)));
+    }
     if (message.starts_with(kNoTable)) {
       std::string name = message.substr(kNoTable.size());
       size_t dot = name.find('.');
@@ -771,6 +1056,7 @@ TestResponse FakeBigQueryServer::JobsQuery(const std::string& project, const Tes
     }
     return ApiError(400, "invalidQuery", fmt::format("Syntax error: {} at [1:1]", message), "q");
   }
+  bind(stmt.get());
   std::string job_location = location;
   for (const auto& [dataset, table] : reads.tables) {
     auto ds = datasets_.find(dataset);
@@ -789,16 +1075,27 @@ TestResponse FakeBigQueryServer::JobsQuery(const std::string& project, const Tes
                                   project, dataset, table));
     }
   }
+  for (const auto& [dataset, table, action] : reads.writes) {
+    auto ds = datasets_.find(dataset);
+    if (ds == datasets_.end()) continue;  // main/temp
+    if (!location.empty() && !SameLocation(ds->second, location)) {
+      return ApiError(404, "notFound",
+                      fmt::format("Not found: Dataset {}:{} was not found in location {}", project,
+                                  dataset, Upper(location)));
+    }
+    if (job_location.empty()) job_location = ds->second;
+    if (!acct.denied_writes.contains(dataset)) continue;
+    if (action == SQLITE_CREATE_TABLE) {
+      return refused_write(dataset, "", "bigquery.tables.create");
+    }
+    return refused_write(
+        dataset, table,
+        action == SQLITE_DROP_TABLE ? "bigquery.tables.delete" : "bigquery.tables.updateData");
+  }
   if (job_location.empty()) job_location = options_.default_location;
 
-  auto job = std::make_unique<Job>();
-  job->project = project;
-  job->id = fmt::format("job_fake{:04}", ++jobs_created_);
-  job->location = job_location;
-  job->account = account;
-  job->polls_left = options_.polls_before_complete;
-  job->error = next_job_error_;
-  next_job_error_.reset();
+  auto job = new_job(job_location);
+  job->statement_type = created ? "CREATE_TABLE_AS_SELECT" : StatementType(sql);
 
   // Run the statement to the end (BigQuery materialises the result).
   int columns = sqlite3_column_count(stmt.get());
@@ -830,6 +1127,18 @@ TestResponse FakeBigQueryServer::JobsQuery(const std::string& project, const Tes
     }
     job->rows.push_back(std::move(row));
   }
+  const bool failed = job->error && !job->error->warning_only;
+  if (!failed && (job->statement_type == "INSERT" || job->statement_type == "UPDATE" ||
+                  job->statement_type == "DELETE")) {
+    job->dml_rows = sqlite3_changes(db);
+  }
+  if (created && !failed) {
+    // The new table's columns keep the declared types of the columns they
+    // copy (SQLite's CREATE TABLE AS keeps only affinities).
+    stmt.reset();
+    std::string error = TypeCreatedTable(*created, ctas_select);
+    if (!error.empty()) job->error = FakeBigQueryJobError{"invalidQuery", error, "", 400, false};
+  }
   for (int i = 0; i < columns; ++i) {
     auto schema = column_schemas_.find(names[static_cast<size_t>(i)]);
     json field;
@@ -854,10 +1163,7 @@ TestResponse FakeBigQueryServer::JobsQuery(const std::string& project, const Tes
     field["name"] = names[static_cast<size_t>(i)];
     job->fields.push_back(field);
   }
-  Job& ref = *job;
-  if (!request_id.empty()) request_ids_[request_id] = {job->id, clock().Now()};
-  jobs_[job->id] = std::move(job);
-  return first_reply(ref);
+  return keep_job(std::move(job));
 }
 
 namespace {
@@ -960,6 +1266,14 @@ json EncodeJsonValue(const json& field, const json& v, bool element, bool int64_
 
 json FakeBigQueryServer::PageReply(Job& job, int64_t offset, int64_t max_rows,
                                    bool int64_timestamp) {
+  if (!job.statement_type.empty() && job.statement_type != "SELECT") {
+    // DDL and DML: no schema, rows or totalRows.
+    json reply = {{"jobComplete", true},        {"jobReference", JobReference(job)},
+                  {"queryId", job.id},          {"statementType", job.statement_type},
+                  {"totalBytesProcessed", "0"}, {"cacheHit", false}};
+    if (job.dml_rows) reply["numDmlAffectedRows"] = std::to_string(*job.dml_rows);
+    return reply;
+  }
   bool as_int64 = int64_timestamp && options_.honor_int64_timestamp;
   json rows = json::array();
   size_t bytes = 0;
@@ -1078,6 +1392,137 @@ TestResponse FakeBigQueryServer::Cancel(Job& job) {
       200,
       Dump(json{{"kind", "bigquery#jobCancelResponse"},
                 {"job", {{"jobReference", JobReference(job)}, {"status", {{"state", "DONE"}}}}}}));
+}
+
+std::string FakeBigQueryServer::TypeCreatedTable(const std::string& table,
+                                                 const std::string& select) {
+  sqlite3* db = db_->raw();
+  const size_t dot = table.find('.');
+  if (dot == std::string::npos) return "";
+  const std::string dataset = table.substr(0, dot), name = table.substr(dot + 1);
+  sqlite3_stmt* probe = nullptr;
+  if (sqlite3_prepare_v2(db, select.c_str(), static_cast<int>(select.size()), &probe, nullptr) !=
+          SQLITE_OK ||
+      probe == nullptr) {
+    if (probe != nullptr) sqlite3_finalize(probe);
+    return "";
+  }
+  std::string columns;
+  for (int i = 0; i < sqlite3_column_count(probe); ++i) {
+    const char* decl = sqlite3_column_decltype(probe, i);
+    std::string column = sqlite3_column_name(probe, i);
+    std::string quoted = "\"";
+    for (char c : column) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
+    quoted += "\"";
+    columns += fmt::format("{}{} {}", i ? ", " : "", quoted, decl == nullptr ? "" : decl);
+  }
+  sqlite3_finalize(probe);
+  const std::string typed = name + "__fake_typed";
+  for (const std::string& step :
+       {fmt::format("CREATE TABLE \"{}\".\"{}\" ({})", dataset, typed, columns),
+        fmt::format("INSERT INTO \"{0}\".\"{1}\" SELECT * FROM \"{0}\".\"{2}\"", dataset, typed,
+                    name),
+        fmt::format("DROP TABLE \"{}\".\"{}\"", dataset, name),
+        fmt::format("ALTER TABLE \"{}\".\"{}\" RENAME TO \"{}\"", dataset, typed, name)}) {
+    absl::Status done = db_->Exec(step);
+    if (!done.ok()) return std::string(done.message());
+  }
+  return "";
+}
+
+bool FakeBigQueryServer::Merge(const std::smatch& match,
+                               const std::function<void(sqlite3_stmt*)>& bind, int64_t& changed,
+                               std::string& error) {
+  const std::string target = match[1].str(), target_alias = match[2].str();
+  const std::string source = match[3].str(), source_alias = match[4].str();
+  const std::string on = match[5].str();
+  static const std::regex clause(
+      R"(^(NOT\s+)?MATCHED(?:\s+BY\s+TARGET)?(?:\s+AND\s+([\s\S]*?))?\s+THEN\s+(DELETE|UPDATE\s+SET\s+([\s\S]*?)|INSERT\s*\(([^)]*)\)\s*VALUES\s*\(([\s\S]*)\))\s*$)",
+      kIcase);
+  static const std::regex when(R"(\bWHEN\s+)", kIcase);
+  std::vector<std::string> clauses;
+  const std::string rest = match[6].str();
+  for (std::sregex_token_iterator it(rest.begin(), rest.end(), when, -1), end; it != end; ++it) {
+    if (it->str().find_first_not_of(" \t\r\n") != std::string::npos) clauses.push_back(it->str());
+  }
+  sqlite3* db = db_->raw();
+  auto run = [&](const std::string& sql, int64_t* changes) -> bool {
+    sqlite3_stmt* stmt = nullptr;
+    if (sqlite3_prepare_v2(db, sql.c_str(), static_cast<int>(sql.size()), &stmt, nullptr) !=
+        SQLITE_OK) {
+      error = fmt::format("Syntax error: {} at [1:1]", sqlite3_errmsg(db));
+      if (stmt != nullptr) sqlite3_finalize(stmt);
+      return false;
+    }
+    bind(stmt);
+    int rc;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+    }
+    sqlite3_finalize(stmt);
+    if (rc != SQLITE_DONE) {
+      error = fmt::format("Query error: {}", sqlite3_errmsg(db));
+      return false;
+    }
+    if (changes != nullptr) *changes += sqlite3_changes(db);
+    return true;
+  };
+  changed = 0;
+  bool ok = run("SAVEPOINT fake_merge", nullptr) &&
+            run(fmt::format("CREATE TEMP TABLE fake_merge_source AS SELECT {0}.*, (SELECT count(*) "
+                            "FROM {1} AS {2} WHERE {3}) AS fake_matches FROM ({4}) AS {0}",
+                            source_alias, target, target_alias, on, source),
+                nullptr);
+  // BigQuery fails a MERGE in which a target row matches several source rows.
+  if (ok) {
+    sqlite3_stmt* check = nullptr;
+    if (sqlite3_prepare_v2(db, "SELECT max(fake_matches) FROM temp.fake_merge_source", -1, &check,
+                           nullptr) == SQLITE_OK &&
+        sqlite3_step(check) == SQLITE_ROW && sqlite3_column_int64(check, 0) > 1) {
+      error =
+          "UPDATE/MERGE must match at most one source row for each target row";  // BigQuery's text
+      ok = false;
+    }
+    if (check != nullptr) sqlite3_finalize(check);
+  }
+  std::string earlier = "0";  // the conditions of earlier WHEN MATCHED clauses
+  for (size_t i = 0; ok && i < clauses.size(); ++i) {
+    std::smatch c;
+    if (!std::regex_match(clauses[i], c, clause)) {
+      error = "Syntax error: unsupported MERGE clause (fake) at [1:1]";
+      ok = false;
+      break;
+    }
+    const std::string cond = c[2].matched ? c[2].str() : "1";
+    const std::string from = fmt::format("temp.fake_merge_source AS {}", source_alias);
+    if (c[1].matched) {  // WHEN NOT MATCHED ... THEN INSERT
+      ok = run(fmt::format("INSERT INTO {} ({}) SELECT {} FROM {} WHERE {}.fake_matches = 0 AND "
+                           "({})",
+                           target, c[5].str(), c[6].str(), from, source_alias, cond),
+               &changed);
+      continue;
+    }
+    const std::string where = fmt::format("{}.fake_matches > 0 AND ({}) AND ({}) AND NOT ({})",
+                                          source_alias, on, cond, earlier);
+    if (Upper(c[3].str()) == "DELETE") {
+      ok = run(fmt::format("DELETE FROM {} AS {} WHERE EXISTS (SELECT 1 FROM {} WHERE {})", target,
+                           target_alias, from, where),
+               &changed);
+    } else {
+      ok = run(fmt::format("UPDATE {} AS {} SET {} FROM {} WHERE {}", target, target_alias,
+                           c[4].str(), from, where),
+               &changed);
+    }
+    earlier = fmt::format("({}) OR ({})", earlier, cond);
+  }
+  std::string kept = error;
+  (void)run("DROP TABLE IF EXISTS temp.fake_merge_source", nullptr);
+  if (!ok) {
+    (void)run("ROLLBACK TO fake_merge", nullptr);
+    (void)run("RELEASE fake_merge", nullptr);
+    error = kept;
+    return false;
+  }
+  return run("RELEASE fake_merge", nullptr);
 }
 
 }  // namespace backflow

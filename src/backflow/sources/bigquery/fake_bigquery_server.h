@@ -70,6 +70,31 @@
 // RECORD is {"f":[...]} in the record's field order, REPEATED [{"v":...}]
 // (an empty array for NULL).
 //
+// The GoogleSQL beyond SQLite's that it understands (what
+// change_detection: warehouse issues): queryParameters with parameterMode
+// POSITIONAL, each {"parameterType":{"type":"STRING"},"parameterValue":
+// {"value":...}} (others are 400 invalid; a count that differs from the `?`
+// is 400 invalidQuery), bound as text; CREATE SCHEMA [IF NOT EXISTS] d
+// [OPTIONS(location = 'L')] (an attached in-memory database in L, else the
+// request's location; an existing one without IF NOT EXISTS is 409
+// duplicate); column type STRING in CREATE TABLE (text kept as text);
+// PRIMARY KEY (...) NOT ENFORCED; CREATE TABLE t AS SELECT (t's columns keep
+// the declared types of the columns they copy); CAST(x AS STRING);
+// UNION DISTINCT; UNNEST(JSON_EXTRACT_ARRAY(?)) AS j (json_each), with
+// JSON_VALUE(j) and JSON_VALUE(j, '$[i]'); MD5(x) (16 bytes), TO_HEX(b)
+// (lowercase), TO_BASE64(b), TO_JSON_STRING(x) (the value's text); and
+// MERGE [INTO] t AS a USING (select) AS b ON cond WHEN [NOT] MATCHED [AND
+// cond] THEN DELETE | UPDATE SET ... | INSERT (...) VALUES (...), run in
+// one SQLite savepoint (a target row matched by several source rows fails
+// it, as in BigQuery). DDL and DML jobs answer jobComplete with
+// statementType (CREATE_SCHEMA, CREATE_TABLE, CREATE_TABLE_AS_SELECT,
+// DROP_TABLE, INSERT, UPDATE, DELETE, MERGE), numDmlAffectedRows (a string)
+// for DML, and no schema, rows or totalRows. Privilege refusals are 403
+// accessDenied: DenyDatasetCreate ("User does not have
+// bigquery.datasets.create permission in project p."), DenyDatasetWrite
+// ("Permission bigquery.tables.create denied on dataset p:d", or
+// updateData / delete on a table).
+//
 // Thread-safety: every public method is thread-safe (one mutex guards the
 // state and the SQLite connection). Start() returns kUnavailable if the port
 // cannot be bound; Stop() (also run by the destructor) joins the threads.
@@ -78,10 +103,12 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <regex>
 #include <set>
 #include <string>
 #include <utility>
@@ -93,6 +120,8 @@
 #include "backflow/sqlite/database.h"
 #include "backflow/testing/http_test_server.h"
 #include "nlohmann/json.hpp"
+
+struct sqlite3_stmt;
 
 namespace backflow {
 
@@ -203,6 +232,13 @@ class FakeBigQueryServer {
   void DenyJobsCreate(const std::string& client_email);
   // The account may not read tables of `dataset`.
   void DenyDataset(const std::string& client_email, const std::string& dataset);
+  // The account lacks bigquery.datasets.create (CREATE SCHEMA is refused,
+  // also for a dataset that exists).
+  void DenyDatasetCreate(const std::string& client_email);
+  // The account may not create, change or drop tables of `dataset`.
+  void DenyDatasetWrite(const std::string& client_email, const std::string& dataset);
+  // Lifts the account's DenyDataset, DenyDatasetCreate and DenyDatasetWrite.
+  void ClearDenials(const std::string& client_email);
   // Invalidates every issued access token.
   void RevokeTokens();
   void SetPollsBeforeComplete(int polls);
@@ -246,12 +282,17 @@ class FakeBigQueryServer {
     std::optional<FakeBigQueryJobError> error;
     bool cancelled = false;
     std::map<std::string, int64_t> page_tokens;
+    // Empty or "SELECT": a result set; else DDL/DML without one.
+    std::string statement_type;
+    std::optional<int64_t> dml_rows;
   };
   struct Account {
     std::unique_ptr<Rs256Key> public_key;
     std::string key_id;
     bool deny_jobs_create = false;
+    bool deny_dataset_create = false;
     std::set<std::string> denied_datasets;
+    std::set<std::string> denied_writes;
   };
   struct IssuedToken {
     std::string account;
@@ -273,6 +314,13 @@ class FakeBigQueryServer {
                const std::map<std::string, std::string>& params, TestResponse& error);
   nlohmann::json PageReply(Job& job, int64_t offset, int64_t max_rows, bool int64_timestamp);
   nlohmann::json JobReference(const Job& job) const;
+  // Re-creates `table` ("dataset.table", made by CREATE TABLE AS `select`)
+  // with the declared column types of `select`; an error text or "".
+  std::string TypeCreatedTable(const std::string& table, const std::string& select);
+  // Runs a MERGE (`match` of the fake's MERGE pattern) with `bind` binding
+  // each statement's parameters; false with `error` set on failure.
+  bool Merge(const std::smatch& match, const std::function<void(sqlite3_stmt*)>& bind,
+             int64_t& changed, std::string& error);
   Clock& clock() const;
 
   FakeBigQueryOptions options_;

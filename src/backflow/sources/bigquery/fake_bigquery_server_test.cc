@@ -230,5 +230,72 @@ TEST_F(FakeBigQueryServerTest, CancellingARunningJobStopsIt) {
   EXPECT_EQ(fake_->Cancels()[0].job_id, job);
 }
 
+TEST_F(FakeBigQueryServerTest, StatementsTakePositionalStringParametersAndAnswerNoResult) {
+  token_ = Token();
+  auto param = [](const std::string& v) {
+    return json{{"parameterType", {{"type", "STRING"}}}, {"parameterValue", {{"value", v}}}};
+  };
+  json query = {{"useLegacySql", false},
+                {"query", "UPDATE crm.t SET name = ? WHERE id < CAST(? AS INT64)"},
+                {"parameterMode", "POSITIONAL"},
+                {"queryParameters", {param("x"), param("4")}}};
+  HttpResponse r = Api("POST", "test-project/queries", query);
+  ASSERT_EQ(r.status, 200) << r.body;
+  json reply = json::parse(r.body);
+  EXPECT_EQ(reply["jobComplete"], true);
+  EXPECT_EQ(reply["statementType"], "UPDATE");
+  EXPECT_EQ(reply["numDmlAffectedRows"], "3");
+  EXPECT_FALSE(reply.contains("schema"));
+  EXPECT_FALSE(reply.contains("totalRows"));
+  // getQueryResults of the job answers the same.
+  r = Api("GET", "test-project/queries/" + reply["jobReference"]["jobId"].get<std::string>() +
+                     "?location=US");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(json::parse(r.body)["numDmlAffectedRows"], "3");
+
+  // Parameters must match the `?`, be positional and STRING.
+  query["queryParameters"] = {param("x")};
+  EXPECT_EQ(Reason(Api("POST", "test-project/queries", query)), "invalidQuery");
+  query["queryParameters"] = {param("x"), param("4")};
+  query["parameterMode"] = "NAMED";
+  EXPECT_EQ(Reason(Api("POST", "test-project/queries", query)), "invalid");
+  query["parameterMode"] = "POSITIONAL";
+  query["queryParameters"][1]["parameterType"]["type"] = "INT64";
+  EXPECT_EQ(Reason(Api("POST", "test-project/queries", query)), "invalid");
+
+  // DDL: a dataset in a location, a table with a STRING column keeping text.
+  json ddl = {{"useLegacySql", false},
+              {"query", "CREATE SCHEMA IF NOT EXISTS st OPTIONS(location = 'EU')"}};
+  r = Api("POST", "test-project/queries", ddl);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(json::parse(r.body)["statementType"], "CREATE_SCHEMA");
+  EXPECT_EQ(json::parse(r.body)["jobReference"]["location"], "EU");
+  ddl["query"] = "CREATE SCHEMA st";
+  EXPECT_EQ(Reason(Api("POST", "test-project/queries", ddl)), "duplicate");
+  ddl["query"] = "CREATE TABLE st.k (k STRING NOT NULL, PRIMARY KEY (k) NOT ENFORCED)";
+  ddl["location"] = "EU";
+  r = Api("POST", "test-project/queries", ddl);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(json::parse(r.body)["statementType"], "CREATE_TABLE");
+  ASSERT_TRUE(fake_->Exec("INSERT INTO st.k VALUES ('007')").ok());
+  auto rows = fake_->QueryRows("SELECT k FROM st.k");
+  ASSERT_TRUE(rows.ok());
+  EXPECT_EQ((*rows)[0]["k"], "007");
+
+  // Refusals.
+  fake_->DenyDatasetWrite(kAccount, "st");
+  ddl["query"] = "DROP TABLE st.k";
+  r = Api("POST", "test-project/queries", ddl);
+  EXPECT_EQ(r.status, 403);
+  EXPECT_NE(r.body.find("Permission bigquery.tables.delete denied on table test-project:st.k"),
+            std::string::npos)
+      << r.body;
+  fake_->DenyDatasetCreate(kAccount);
+  ddl["query"] = "CREATE SCHEMA IF NOT EXISTS other";
+  r = Api("POST", "test-project/queries", ddl);
+  EXPECT_EQ(r.status, 403);
+  EXPECT_NE(r.body.find("bigquery.datasets.create"), std::string::npos) << r.body;
+}
+
 }  // namespace
 }  // namespace backflow

@@ -33,8 +33,8 @@ std::string RowHash(const WarehouseSql& sql, const Schema& schema, const std::st
     const std::string ref = alias + "." + sql.QuoteIdentifier(c.name);
     const std::string t = sql.ToText(c, ref);
     if (!text.empty()) text += " || ";
-    text += fmt::format("CASE WHEN {0} IS NULL THEN 'n' ELSE 'v' || LENGTH({1}) || ':' || {1} END",
-                        ref, t);
+    text += fmt::format("CASE WHEN {0} IS NULL THEN 'n' ELSE 'v' || {2} || ':' || {1} END", ref, t,
+                        sql.LengthText(t));
   }
   return sql.Md5Hex(text);
 }
@@ -88,10 +88,10 @@ BoundSql CreateKeysTable(const WarehouseSql& sql, const std::string& checkpoints
       out.bindings.push_back(name);
     }
     out.sql += fmt::format(
-        "\nUNION\n"
+        "\n{4}\n"
         "SELECT c.record_key FROM {0} AS c WHERE c.mapping IN ({1})\n"
         "  AND NOT EXISTS (SELECT 1 FROM {2} AS g WHERE g.{3} = c.record_key)",
-        checkpoints, marks, pass, kPassKey);
+        checkpoints, marks, pass, kPassKey, sql.UnionDistinct());
   }
   return out;
 }
@@ -155,8 +155,8 @@ std::string WarehouseSql::CreateCheckpointsSql(const std::string& table) const {
       "  mapping_version {},\n"
       "  fingerprint {} NOT NULL,\n"
       "  record_identity {} NOT NULL,\n"
-      "  PRIMARY KEY (mapping, record_key))",
-      table, text, KeyType(), text, text, text, text);
+      "  {})",
+      table, text, KeyType(), text, text, text, text, PrimaryKey("mapping, record_key"));
 }
 
 std::string WarehouseSql::CreateRegistrySql(const std::string& table) const {
@@ -167,11 +167,13 @@ std::string WarehouseSql::CreateRegistrySql(const std::string& table) const {
 }
 
 std::string WarehouseSql::RegisterPassSql(const std::string& registry) const {
-  return fmt::format("INSERT INTO {} (table_name, created_at) VALUES (?, ?)", registry);
+  return fmt::format("INSERT INTO {} (table_name, created_at) VALUES (?, {})", registry,
+                     IntegerParameter());
 }
 
 std::string WarehouseSql::StalePassesSql(const std::string& registry) const {
-  return fmt::format("SELECT table_name FROM {} WHERE created_at < ?", registry);
+  return fmt::format("SELECT table_name FROM {} WHERE created_at < {}", registry,
+                     IntegerParameter());
 }
 
 BoundSql WarehouseSql::CreatePassTableSql(const std::string& table, const std::string& model_sql,

@@ -160,6 +160,19 @@ class WarehouseSql {
   // version, fingerprint, identity], one per key) to `mapping`'s entries.
   virtual BoundSql ApplySql(const std::string& checkpoints, const std::string& mapping,
                             std::string json) const;
+
+  // --- Forms some warehouses spell otherwise; the defaults are Snowflake's. ---
+  // The table constraint naming `columns` ("a, b") as the primary key.
+  virtual std::string PrimaryKey(const std::string& columns) const {
+    return "PRIMARY KEY (" + columns + ")";
+  }
+  // The length of the text `expr`, as an operand of `||`.
+  virtual std::string LengthText(const std::string& expr) const { return "LENGTH(" + expr + ")"; }
+  // The set operator that unions two queries without duplicates.
+  virtual std::string UnionDistinct() const { return "UNION"; }
+  // A placeholder whose text binding compares to and is stored in a column
+  // of IntegerType().
+  virtual std::string IntegerParameter() const { return "?"; }
 };
 
 struct PassChangeDetectionOptions {
