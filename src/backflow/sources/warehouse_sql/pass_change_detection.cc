@@ -51,6 +51,13 @@ BoundSql CreatePassTable(const WarehouseSql& sql, const std::string& table,
 BoundSql CreateKeysTable(const WarehouseSql& sql, const std::string& checkpoints,
                          const std::string& pass, const std::string& keys,
                          const WarehouseCandidateFilter& filter) {
+  BoundSql out = SelectKeys(sql, checkpoints, pass, filter);
+  out.sql = fmt::format("CREATE TABLE {} AS\n{}", keys, out.sql);
+  return out;
+}
+
+BoundSql SelectKeys(const WarehouseSql& sql, const std::string& checkpoints,
+                    const std::string& pass, const WarehouseCandidateFilter& filter) {
   BoundSql out;
   std::string joins, conditions;
   if (filter.all_rows) {
@@ -76,11 +83,10 @@ BoundSql CreateKeysTable(const WarehouseSql& sql, const std::string& checkpoints
     }
   }
   out.sql = fmt::format(
-      "CREATE TABLE {0} AS\n"
-      "SELECT p.{1} AS record_key FROM {2} AS p\n"
-      "{3}"
-      "WHERE p.{1} IS NOT NULL AND ({4})",
-      keys, kPassKey, pass, joins, conditions);
+      "SELECT p.{0} AS record_key FROM {1} AS p\n"
+      "{2}"
+      "WHERE p.{0} IS NOT NULL AND ({3})",
+      kPassKey, pass, joins, conditions);
   if (!filter.mappings.empty()) {
     std::string marks;
     for (const auto& [name, version] : filter.mappings) {
@@ -278,9 +284,11 @@ class PassChangeDetection : public WarehouseChangeDetection {
     }
     const int64_t now = static_cast<int64_t>(ToUnixSeconds(options_.clock->Now()));
     const std::string name = fmt::format("PASS_{}_{}", now, HexEncode(RandomBytes(6)));
-    BACKFLOW_RETURN_IF_ERROR(Use(
-        Exec(*sql_, fmt::format("INSERT INTO {} (table_name, created_at) VALUES (?, ?)", registry_),
-             {name, std::to_string(now)})));
+    BACKFLOW_RETURN_IF_ERROR(
+        Use(Exec(*sql_,
+                 fmt::format("INSERT INTO {} (table_name, created_at) VALUES (?, {})", registry_,
+                             sql_->IntegerPlaceholder()),
+                 {name, std::to_string(now)})));
     auto snapshot = std::make_unique<PassSnapshot>(this, name, schema, key_index);
     BoundSql create = pass_sql::CreatePassTable(*sql_, Table(name), model, schema, key_index);
     absl::Status made = Exec(*sql_, create.sql, create.bindings);
@@ -369,9 +377,9 @@ class PassChangeDetection : public WarehouseChangeDetection {
                       "  row_hash {},\n"
                       "  mapping_version {},\n"
                       "  fingerprint {} NOT NULL,\n"
-                      "  record_identity {} NOT NULL,\n"
-                      "  PRIMARY KEY (mapping, record_key))",
-                      checkpoints_, text, sql_->KeyType(), text, text, text, text),
+                      "  record_identity {} NOT NULL{})",
+                      checkpoints_, text, sql_->KeyType(), text, text, text, text,
+                      sql_->DeclarePrimaryKey() ? ",\n  PRIMARY KEY (mapping, record_key)" : ""),
           fmt::format("CREATE TABLE IF NOT EXISTS {} (table_name {} NOT NULL, created_at {} "
                       "NOT NULL)",
                       registry_, text, sql_->IntegerType())}) {
@@ -389,9 +397,9 @@ class PassChangeDetection : public WarehouseChangeDetection {
   void DropStalePasses() {
     const int64_t cutoff =
         static_cast<int64_t>(ToUnixSeconds(options_.clock->Now())) - options_.stale_after.count();
-    auto reader =
-        sql_->Run(fmt::format("SELECT table_name FROM {} WHERE created_at < ?", registry_),
-                  {std::to_string(cutoff)});
+    auto reader = sql_->Run(fmt::format("SELECT table_name FROM {} WHERE created_at < {}",
+                                        registry_, sql_->IntegerPlaceholder()),
+                            {std::to_string(cutoff)});
     if (!reader.ok()) return;
     auto rows = ReadAll(**reader);
     if (!rows.ok()) return;
@@ -430,9 +438,17 @@ absl::StatusOr<std::unique_ptr<RowReader>> PassSnapshot::ReadCandidates(
   }
   const std::string pass = owner_->Table(pass_name_);
   const std::string keys = owner_->Table(pass_name_ + "_K");
-  BoundSql create = pass_sql::CreateKeysTable(sql, owner_->checkpoints(), pass, keys, filter);
   keys_made_ = true;
-  BACKFLOW_RETURN_IF_ERROR(owner_->Use(Exec(sql, create.sql, create.bindings)));
+  if (sql.BindingsInCreateTableAs()) {
+    BoundSql create = pass_sql::CreateKeysTable(sql, owner_->checkpoints(), pass, keys, filter);
+    BACKFLOW_RETURN_IF_ERROR(owner_->Use(Exec(sql, create.sql, create.bindings)));
+  } else {
+    BACKFLOW_RETURN_IF_ERROR(owner_->Use(
+        Exec(sql, fmt::format("CREATE TABLE {} (record_key {})", keys, sql.KeyType()))));
+    BoundSql select = pass_sql::SelectKeys(sql, owner_->checkpoints(), pass, filter);
+    BACKFLOW_RETURN_IF_ERROR(owner_->Use(Exec(
+        sql, fmt::format("INSERT INTO {} (record_key)\n{}", keys, select.sql), select.bindings)));
+  }
   BoundSql select = pass_sql::SelectCandidates(sql, pass, keys, schema_);
   BACKFLOW_ASSIGN_OR_RETURN(auto reader, sql.Run(select.sql, select.bindings));
   if (reader->schema().size() != schema_.size() + 1) {

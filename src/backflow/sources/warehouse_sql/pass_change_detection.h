@@ -130,6 +130,16 @@ class WarehouseSql {
 
   // The largest JSON text Apply binds in one statement.
   virtual size_t MaxBindingBytes() const { return size_t{4} << 20; }
+
+  // Whether CREATE TABLE ... AS SELECT may carry bindings. When not, the keys
+  // table is made by CREATE TABLE (record_key <KeyType()>) and filled by
+  // INSERT INTO ... SELECT (where every SQL dialect takes bindings).
+  virtual bool BindingsInCreateTableAs() const { return true; }
+  // A placeholder for an integer bound as text (PASS_TABLES.created_at), for
+  // warehouses that do not convert text to integers on insert: one `?`.
+  virtual std::string IntegerPlaceholder() const { return "?"; }
+  // Whether CHECKPOINTS declares PRIMARY KEY (mapping, record_key).
+  virtual bool DeclarePrimaryKey() const { return true; }
 };
 
 struct PassChangeDetectionOptions {
@@ -167,6 +177,9 @@ BoundSql CreatePassTable(const WarehouseSql& sql, const std::string& table,
 BoundSql CreateKeysTable(const WarehouseSql& sql, const std::string& checkpoints,
                          const std::string& pass, const std::string& keys,
                          const WarehouseCandidateFilter& filter);
+// The SELECT of CreateKeysTable (one column, record_key).
+BoundSql SelectKeys(const WarehouseSql& sql, const std::string& checkpoints,
+                    const std::string& pass, const WarehouseCandidateFilter& filter);
 BoundSql SelectCandidates(const WarehouseSql& sql, const std::string& pass, const std::string& keys,
                           const Schema& schema);
 BoundSql SelectEntries(const std::string& checkpoints, const std::string& keys,
