@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <fstream>
 #include <map>
 
 #include "backflow/sources/databricks/fake_databricks_server.h"
@@ -243,6 +244,95 @@ TEST_F(DatabricksE2eTest, OAuthInlineAndAnExtractionCutShortSendsNothing) {
   EXPECT_EQ(Summary(r)["deleted"], 30);
   EXPECT_EQ(receiver_->State(), Model());
   EXPECT_EQ(receiver_->State().size(), 200u);
+}
+
+TEST_F(DatabricksE2eTest, WarehouseChangeDetectionThroughTheBinary) {
+  std::ofstream(dir_ + "/backflow.yaml")
+      << fmt::format(R"(
+state: sqlite:.backflow/state.db
+sources:
+  - name: warehouse
+    type: databricks
+    host: {}
+    warehouse_id: "{}"
+    catalog: main
+    schema: crm
+    token: ${{env:BACKFLOW_E2E_DBX_TOKEN}}
+    max_retries: 1
+    state_schema: backflow_e2e_state
+models:
+  - name: customers
+    source: warehouse
+    sql: SELECT id, email, plan FROM main.crm.customers
+    primary_key: id
+    change_detection: warehouse
+destinations:
+  - name: hook
+    type: webhook
+    settings: {{ url: "{}", signing_secret: "${{env:HOOK_SECRET}}" }}
+mappings:
+  - name: to_hook
+    model: customers
+    destination: hook
+    action: send_batch
+    batch_size: 100
+    fields: {{ id: id, email: email, plan: plan }}
+)",
+                     fake_->BaseUrl(), kWarehouse, receiver_->Url("/ingest"));
+  CliResult valid = RunCli(dir_, {"validate"});
+  EXPECT_EQ(valid.exit_code, 0) << valid.out << valid.err;
+  CliResult r = RunCli(dir_, {"sync", "to_hook", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  json s = Summary(r);
+  EXPECT_EQ(s["extracted"], 230);
+  EXPECT_EQ(s["added"], 230);
+  EXPECT_EQ(receiver_->State().size(), 230u);
+  auto stored = fake_->QueryRows("SELECT count(*) AS n FROM backflow_e2e_state.checkpoints");
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ((*stored)[0]["n"], 230);
+
+  // Nothing changed: nothing leaves Databricks.
+  r = RunCli(dir_, {"sync", "to_hook", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  s = Summary(r);
+  EXPECT_EQ(s["extracted"], 0);
+  EXPECT_EQ(s["unchanged"], 230);
+
+  Exec("UPDATE crm.customers SET plan = 'enterprise' WHERE id IN (2, 4)");
+  Exec("UPDATE crm.customers SET ltv = '1.00' WHERE id = 6");  // not in the model
+  Exec("DELETE FROM crm.customers WHERE id = 8");
+  Exec(
+      "INSERT INTO crm.customers VALUES (1000, 'late@example.com', 'free', '0', "
+      "'2024-07-01 00:00:00', '[]')");
+  r = RunCli(dir_, {"sync", "to_hook", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  s = Summary(r);
+  EXPECT_EQ(s["extracted"], 3);  // 2, 4 and 1000: only those left Databricks
+  EXPECT_EQ(s["added"], 1);
+  EXPECT_EQ(s["updated"], 2);
+  EXPECT_EQ(s["deleted"], 1);
+  EXPECT_EQ(s["unchanged"], 227);
+  auto state = receiver_->State();
+  EXPECT_EQ(state.size(), 230u);
+  EXPECT_EQ(state.count("8"), 0u);
+  EXPECT_EQ(state["2"]["plan"], "enterprise");
+  EXPECT_EQ(state["1000"]["email"], "late@example.com");
+
+  r = RunCli(dir_, {"sync", "to_hook", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  s = Summary(r);
+  EXPECT_EQ(s["extracted"], 0);
+  EXPECT_EQ(s["unchanged"], 230);
+  // Every value went as a named parameter; no pass table is left.
+  for (const auto& req : fake_->Requests()) {
+    if (req.method != "execute") continue;
+    json body = json::parse(req.body);
+    for (const json& p : body.value("parameters", json::array())) EXPECT_EQ(p["type"], "STRING");
+  }
+  auto tables = fake_->QueryRows(
+      "SELECT name FROM backflow_e2e_state.sqlite_master WHERE type = 'table' ORDER BY name");
+  ASSERT_TRUE(tables.ok()) << tables.status();
+  EXPECT_EQ(*tables, json::parse(R"([{"name":"CHECKPOINTS"},{"name":"PASS_TABLES"}])"));
 }
 
 }  // namespace

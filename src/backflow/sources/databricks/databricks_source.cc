@@ -23,6 +23,7 @@
 #include "backflow/delivery/http_delivery.h"
 #include "backflow/delivery/oauth_client_credentials.h"
 #include "backflow/delivery/rate_limiter.h"
+#include "backflow/sources/warehouse_change_detection.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -740,7 +741,10 @@ class DatabricksClient {
   }
 
   // The status for a statement that ended FAILED (not retryable here).
-  absl::Status StatementFailure(const StatementError& e, const std::string& statement_id) const {
+  // `state`: a statement of change_detection: warehouse on its own tables
+  // (a refused privilege is then not about the model).
+  absl::Status StatementFailure(const StatementError& e, const std::string& statement_id,
+                                bool state = false) const {
     std::string code = e.error_code.empty() ? "UNKNOWN" : e.error_code;
     if (!e.sql_state.empty()) code += ", SQLSTATE " + e.sql_state;
     std::string said = e.message.empty() ? "(no message)" : e.message;
@@ -776,7 +780,13 @@ class DatabricksClient {
                       "said: {}",
                       statement_id, code, said));
     }
-    if (ContainsNoCase(said, "INSUFFICIENT_PERMISSIONS") || c == "PERMISSION_DENIED") {
+    const bool denied = ContainsNoCase(said, "INSUFFICIENT_PERMISSIONS") ||
+                        c == "PERMISSION_DENIED" || e.sql_state == "42501";
+    if (denied && state) {
+      return absl::PermissionDeniedError(
+          fmt::format("Databricks denied the statement ({}): {}", code, said));
+    }
+    if (denied) {
       return absl::PermissionDeniedError(fmt::format(
           "Databricks denied the query ({}): grant the {} USE CATALOG and USE SCHEMA on the "
           "model's catalog and schema and SELECT on its tables. Databricks said: {}",
@@ -857,7 +867,13 @@ class DatabricksRowReader : public RowReader {
   const Schema& schema() const override { return schema_; }
 
   // Submits the statement, waits for it, reads the manifest and chunk 0.
-  absl::Status Start(const std::string& sql) {
+  // `parameters`: the statement's named STRING parameters. `state`: a
+  // statement of change_detection: warehouse, which may return no result
+  // (DDL: zero rows) and whose privilege refusals name no model grants.
+  absl::Status Start(const std::string& sql, std::vector<DatabricksParameter> parameters = {},
+                     bool state = false) {
+    parameters_ = std::move(parameters);
+    state_ = state;
     const DatabricksConfig& cfg = client_->cfg();
     if (sql.size() > kDatabricksMaxStatementBytes) {
       finished_ = true;
@@ -894,7 +910,7 @@ class DatabricksRowReader : public RowReader {
           finished_ = false;
           continue;
         }
-        absl::Status s = client_->StatementFailure(e, statement_id_);
+        absl::Status s = client_->StatementFailure(e, statement_id_, state_);
         if (resubmits > 0 && RetryableErrorCode(e.error_code)) {
           s = absl::UnavailableError(
               fmt::format("{} (after {} re-submissions)", s.message(), resubmits));
@@ -976,6 +992,15 @@ class DatabricksRowReader : public RowReader {
     return status;
   }
 
+  static bool HasColumns(const json& reply) {
+    auto manifest = reply.find("manifest");
+    if (manifest == reply.end() || !manifest->is_object()) return false;
+    auto schema = manifest->find("schema");
+    if (schema == manifest->end() || !schema->is_object()) return false;
+    auto columns = schema->find("columns");
+    return columns != schema->end() && columns->is_array() && !columns->empty();
+  }
+
   static StatementError ErrorOf(const json& reply) {
     StatementError e;
     const json& status = reply.contains("status") ? reply["status"] : json();
@@ -1009,6 +1034,13 @@ class DatabricksRowReader : public RowReader {
                     {"format", "JSON_ARRAY"}};
     if (!cfg.catalog.empty()) request["catalog"] = cfg.catalog;
     if (!cfg.schema.empty()) request["schema"] = cfg.schema;
+    if (!parameters_.empty()) {
+      json list = json::array();
+      for (const DatabricksParameter& p : parameters_) {
+        list.push_back({{"name", p.name}, {"value", p.value}, {"type", "STRING"}});
+      }
+      request["parameters"] = std::move(list);
+    }
     Clock::TimePoint started = clock->Now();
     std::chrono::milliseconds timeout = std::max<std::chrono::milliseconds>(
         cfg.http.timeout, std::chrono::milliseconds(cfg.wait_timeout_s * 1000 + kSubmitSlackMs));
@@ -1051,6 +1083,11 @@ class DatabricksRowReader : public RowReader {
 
   absl::Status TakeManifest(json reply) {
     auto manifest = reply.find("manifest");
+    if (state_ && !HasColumns(reply)) {  // DDL: no result
+      finished_ = true;
+      done_ = true;
+      return absl::OkStatus();
+    }
     if (manifest == reply.end() || !manifest->is_object()) {
       return Fail(absl::InvalidArgumentError(fmt::format(
           "Databricks statement {} returned no result set (no manifest): a model must be a "
@@ -1313,6 +1350,8 @@ class DatabricksRowReader : public RowReader {
   Chunk chunk_;
   json cells_;
   int64_t delivered_ = 0;
+  std::vector<DatabricksParameter> parameters_;
+  bool state_ = false;
   bool finished_ = false;  // clean end, failure, or nothing to cancel
   bool done_ = false;      // clean end
   absl::Status error_;
@@ -1322,6 +1361,24 @@ class DatabricksSource : public Source {
  public:
   explicit DatabricksSource(std::unique_ptr<DatabricksClient> client)
       : client_(std::move(client)) {}
+
+  WarehouseChangeDetection* warehouse_change_detection() override {
+    if (change_detection_ == nullptr) {
+      DatabricksClient* client = client_.get();
+      auto sql = NewDatabricksWarehouseSql(
+          [client](const std::string& statement, const std::vector<DatabricksParameter>& parameters)
+              -> absl::StatusOr<std::unique_ptr<RowReader>> {
+            auto reader = std::make_unique<DatabricksRowReader>(client, nullptr);
+            BACKFLOW_RETURN_IF_ERROR(reader->Start(statement, parameters, /*state=*/true));
+            return std::unique_ptr<RowReader>(std::move(reader));
+          });
+      PassChangeDetectionOptions options;
+      options.state_schema = client_->cfg().state_schema;
+      options.clock = client_->clock();
+      change_detection_ = NewPassChangeDetection(std::move(sql), std::move(options));
+    }
+    return change_detection_.get();
+  }
 
   absl::Status CheckConnection() override {
     BACKFLOW_ASSIGN_OR_RETURN(
@@ -1376,7 +1433,9 @@ class DatabricksSource : public Source {
     return reader;
   }
 
+  // Declared after client_, which its statements use: destroyed first.
   std::unique_ptr<DatabricksClient> client_;
+  std::unique_ptr<WarehouseChangeDetection> change_detection_;
 };
 
 }  // namespace
@@ -1450,6 +1509,15 @@ absl::StatusOr<DatabricksConfig> ParseDatabricksSettings(const json& settings) {
   BACKFLOW_ASSIGN_OR_RETURN(c.query_timeout_s, integer("query_timeout_s", 3600, 0, 48 * 3600));
   BACKFLOW_ASSIGN_OR_RETURN(int64_t refreshes, integer("max_link_refreshes", 3, 0, 100));
   c.max_link_refreshes = static_cast<int>(refreshes);
+  if (auto it = settings.find("state_schema"); it != settings.end() && !it->is_null()) {
+    if (!it->is_string() || !IsPlainSqlIdentifier(it->get<std::string>()) ||
+        it->get<std::string>().find('$') != std::string::npos) {
+      return absl::InvalidArgumentError(
+          "state_schema: must be a plain schema name (letters, digits and '_'; not starting "
+          "with a digit), e.g. backflow_state");
+    }
+    c.state_schema = it->get<std::string>();
+  }
 
   json http = settings;
   if (text("base_url").empty()) {
@@ -1587,6 +1655,17 @@ SourceDefinition DatabricksSourceDefinition() {
                   "External links: how many fresh links to ask for per chunk when the storage "
                   "refuses one (links expire after at most 15 minutes).",
                   SettingType::kInteger, 3));
+  def.settings.push_back(MakeSetting(
+      "state_schema", "State schema",
+      "For models with change_detection: warehouse: the schema, in the statements' catalog "
+      "(`catalog`, else the workspace default), where Backflow keeps what each mapping last "
+      "delivered (Delta table CHECKPOINTS) and the tables of running passes (dropped when a "
+      "pass ends). Created when missing; the user or service principal needs USE CATALOG and "
+      "CREATE SCHEMA on the catalog, or USE SCHEMA, CREATE TABLE, SELECT and MODIFY on this "
+      "schema.",
+      SettingType::kString, "backflow_state"));
+  def.warehouse_change_detection = true;
+
   SettingSpec base = MakeSetting("base_url", "Base URL",
                                  "The workspace API's address. Default: https://<host>. Set it for "
                                  "a proxy or a test server.");

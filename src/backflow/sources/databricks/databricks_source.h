@@ -102,6 +102,15 @@
 //     kResourceExhausted; 5xx, transport -> kUnavailable/kDeadlineExceeded.
 // An error from Next() is sticky.
 //
+// change_detection: warehouse (Source::warehouse_change_detection()) runs
+// through pass tables in `state_schema` of the statements' catalog (the
+// `catalog` setting, else the workspace default)
+// (../warehouse_sql/pass_change_detection.h, databricks_change_detection.cc);
+// its statements carry "parameters" ([{"name": "p1", "value": ..., "type":
+// "STRING"}]) for :p1, :p2, ... markers. Statements without a result (DDL)
+// read as zero rows; a privilege refusal names the grants on the state
+// schema instead of the model's.
+//
 // Thread-safety: a source and its readers are used from one thread at a
 // time; the OAuth token cache is thread-safe. The HttpClient and Clock of
 // the ConnectorEnv must outlive the source and its readers.
@@ -109,15 +118,18 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "backflow/catalog/definitions.h"
 #include "backflow/delivery/http_settings.h"
 #include "backflow/model/value.h"
 #include "backflow/sources/source.h"
+#include "backflow/sources/warehouse_sql/pass_change_detection.h"
 #include "nlohmann/json.hpp"
 
 namespace backflow {
@@ -148,7 +160,9 @@ struct DatabricksConfig {
   DatabricksDisposition disposition = DatabricksDisposition::kAuto;
   int64_t wait_timeout_s = 10;     // 0, or 5..50
   int64_t query_timeout_s = 3600;  // 0: no client-side limit
-  HttpSettings http;               // base_url, timeout, retry policy
+  // The schema of change_detection: warehouse's tables (a plain identifier).
+  std::string state_schema = "backflow_state";
+  HttpSettings http;  // base_url, timeout, retry policy
   // Status polling: the first wait, doubling up to the cap.
   std::chrono::milliseconds poll_initial{100};
   std::chrono::milliseconds poll_max{2000};
@@ -168,6 +182,28 @@ absl::StatusOr<std::unique_ptr<Source>> NewDatabricksSource(DatabricksConfig con
                                                             const ConnectorEnv& env);
 
 // --- Exposed for tests and the fake server. ---------------------------------
+
+// A named STRING parameter of a statement (`:name` in its text).
+struct DatabricksParameter {
+  std::string name;
+  std::string value;
+};
+
+// Runs one statement with named STRING parameters.
+using DatabricksSqlRunner = std::function<absl::StatusOr<std::unique_ptr<RowReader>>(
+    const std::string& sql, const std::vector<DatabricksParameter>& parameters)>;
+
+// Databricks' dialect of the pass-table change detection, running its
+// statements through `run`.
+std::unique_ptr<WarehouseSql> NewDatabricksWarehouseSql(DatabricksSqlRunner run);
+
+// `name` as a backquoted identifier (backquotes doubled).
+std::string DatabricksQuoteIdentifier(std::string_view name);
+
+// `sql` with its `?` placeholders (outside literals, quoted names and `--`
+// comments) replaced by :p1, :p2, ...; kInternal unless there are exactly
+// `bindings` of them.
+absl::StatusOr<std::string> DatabricksNamedMarkers(const std::string& sql, size_t bindings);
 
 // "https://<host>" for a workspace host or URL ("dbc-1.cloud.databricks.com",
 // "https://adb-12.3.azuredatabricks.net/?o=12#"): lowercased, without path,

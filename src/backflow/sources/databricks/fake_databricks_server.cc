@@ -1,5 +1,6 @@
 #include "backflow/sources/databricks/fake_databricks_server.h"
 
+#include <openssl/evp.h>
 #include <sqlite3.h>
 
 #include <algorithm>
@@ -7,6 +8,7 @@
 #include <charconv>
 #include <cmath>
 #include <random>
+#include <regex>
 #include <string_view>
 #include <utility>
 
@@ -364,6 +366,85 @@ void ContextFunction(sqlite3_context* ctx, int, sqlite3_value**) {
   sqlite3_result_text(ctx, value->c_str(), static_cast<int>(value->size()), SQLITE_TRANSIENT);
 }
 
+// md5(text): 32 lowercase hex digits.
+void Md5Function(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  if (sqlite3_value_type(argv[0]) == SQLITE_NULL) return sqlite3_result_null(ctx);
+  const unsigned char* text = sqlite3_value_text(argv[0]);
+  const int size = sqlite3_value_bytes(argv[0]);
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_Digest(text, static_cast<size_t>(size), digest, &length, EVP_md5(), nullptr);
+  std::string hex = HexEncode(std::string_view(reinterpret_cast<const char*>(digest), length));
+  sqlite3_result_text(ctx, hex.c_str(), static_cast<int>(hex.size()), SQLITE_TRANSIENT);
+}
+
+// to_json(x): the stored rendering (the fake keeps nested values as JSON text).
+void ToJsonFunction(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  sqlite3_result_value(ctx, argv[0]);
+}
+
+constexpr auto kIcase = std::regex::ECMAScript | std::regex::icase;
+
+// The Databricks forms change detection issues, in SQLite (after RewriteSql).
+std::string TranslateDatabricksSql(std::string sql) {
+  static const std::regex cast_string(R"(\s+AS\s+STRING\s*\))", kIcase);
+  static const std::regex explode(
+      R"(explode\s*\(\s*from_json\s*\(\s*(:\w+)\s*,\s*'ARRAY<STRING>'\s*\)\s*\)\s+AS\s+value)",
+      kIcase);
+  static const std::regex get_json(R"(\bget_json_object\s*\()", kIcase);
+  static const std::regex collate(R"(\bCOLLATE\s+UTF8_BINARY\b)", kIcase);
+  static const std::regex create_table(
+      R"(^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?[A-Za-z0-9_."]+\s*\()", kIcase);
+  static const std::regex string_type(R"(\bSTRING\b)", kIcase);
+  sql = std::regex_replace(sql, cast_string, " AS TEXT)");
+  sql = std::regex_replace(sql, explode, "value AS value FROM json_each($1)");
+  sql = std::regex_replace(sql, get_json, "json_extract(");
+  sql = std::regex_replace(sql, collate, "COLLATE BINARY");
+  std::smatch m;
+  if (std::regex_search(sql, m, create_table)) {
+    // Column definitions: STRING keeps text as text (SQLite's affinity of
+    // "STRING" alone is NUMERIC).
+    sql = m.str() + std::regex_replace(m.suffix().str(), string_type, "STRING TEXT");
+  }
+  return sql;
+}
+
+// Binds `parameters` to the statement's :name markers; "" or the marker left
+// unbound.
+std::string BindNamed(sqlite3_stmt* stmt, const json& parameters) {
+  for (int i = 1; i <= sqlite3_bind_parameter_count(stmt); ++i) {
+    const char* marker = sqlite3_bind_parameter_name(stmt, i);
+    if (marker == nullptr || marker[0] != ':') return marker == nullptr ? "?" : marker;
+    const json* found = nullptr;
+    for (const json& p : parameters) {
+      if (p.value("name", "") == marker + 1) found = &p;
+    }
+    if (found == nullptr) return marker + 1;
+    auto value = found->find("value");
+    if (value == found->end() || value->is_null()) {
+      sqlite3_bind_null(stmt, i);
+      continue;
+    }
+    const std::string text = value->is_string() ? value->get<std::string>() : Dump(*value);
+    const std::string type = Upper(found->value("type", "STRING"));
+    if (type == "BIGINT" || type == "INT" || type == "INTEGER" || type == "SMALLINT" ||
+        type == "TINYINT" || type == "LONG") {
+      sqlite3_bind_int64(stmt, i, std::stoll(text));
+    } else {
+      sqlite3_bind_text(stmt, i, text.c_str(), static_cast<int>(text.size()), SQLITE_TRANSIENT);
+    }
+  }
+  return "";
+}
+
+std::string Unbound(const std::string& name) {
+  return fmt::format(
+      "[UNBOUND_SQL_PARAMETER] Found the unbound parameter: {}. Please, fix `args` and provide a "
+      "mapping of the parameter to either a SQL literal or collection constructor functions such "
+      "as `map()`, `array()`, `struct()`.",
+      name);
+}
+
 }  // namespace
 
 FakeDatabricksFault FakeDatabricksFault::RateLimit(std::string method, int times,
@@ -401,6 +482,9 @@ FakeDatabricksServer::FakeDatabricksServer(FakeDatabricksOptions options)
                             ContextFunction, nullptr, nullptr);
     sqlite3_create_function(raw, "current_schema", 0, SQLITE_UTF8, &current_schema_,
                             ContextFunction, nullptr, nullptr);
+    const int pure = SQLITE_UTF8 | SQLITE_DETERMINISTIC;
+    sqlite3_create_function(raw, "md5", 1, pure, nullptr, Md5Function, nullptr, nullptr);
+    sqlite3_create_function(raw, "to_json", 1, pure, nullptr, ToJsonFunction, nullptr, nullptr);
   }
   warehouses_.insert(options_.warehouse_id);
   catalogs_.insert(Lower(options_.default_catalog));
@@ -475,6 +559,17 @@ void FakeDatabricksServer::DenyWarehouse(const std::string& principal,
 void FakeDatabricksServer::DenySchema(const std::string& principal, const std::string& schema) {
   std::lock_guard<std::mutex> lock(mu_);
   denied_schemas_[principal].insert(Lower(schema));
+}
+
+void FakeDatabricksServer::DenyPrivilege(const std::string& statement_contains,
+                                         const std::string& privilege, const std::string& object) {
+  std::lock_guard<std::mutex> lock(mu_);
+  denials_.push_back({statement_contains, privilege, object});
+}
+
+void FakeDatabricksServer::ClearDenials() {
+  std::lock_guard<std::mutex> lock(mu_);
+  denials_.clear();
 }
 
 void FakeDatabricksServer::RevokeOAuthTokens() {
@@ -891,7 +986,17 @@ TestResponse FakeDatabricksServer::Execute(const TestRequest& req, const std::st
   st->running_left = options_.running_polls;
   st->sse_key = Base64Encode(RandomHex(16));
   ++statements_created_;
-  RunStatement(*st, sql, body.value("catalog", ""), body.value("schema", ""));
+  json parameters = body.value("parameters", json::array());
+  if (!parameters.is_array()) return invalid("parameters must be a list");
+  for (const json& p : parameters) {
+    if (!p.is_object() || !p.contains("name") || !p["name"].is_string()) {
+      return invalid("each parameter needs a name");
+    }
+    if (p.contains("value") && !p["value"].is_null() && !p["value"].is_string()) {
+      return invalid("parameter values are strings");
+    }
+  }
+  RunStatement(*st, sql, body.value("catalog", ""), body.value("schema", ""), parameters);
   Statement& ref = *st;
   statements_[st->id] = std::move(st);
   bool done_now = wait_s > 0 && ref.pending_left + ref.running_left == 0;
@@ -906,7 +1011,9 @@ TestResponse FakeDatabricksServer::Execute(const TestRequest& req, const std::st
 }
 
 void FakeDatabricksServer::RunStatement(Statement& st, const std::string& sql_text,
-                                        const std::string& catalog, const std::string& schema) {
+                                        const std::string& catalog, const std::string& schema,
+                                        const json& statement_parameters) {
+  json parameters = statement_parameters;
   auto fail = [&](std::string code, std::string message, std::string sql_state) {
     st.error =
         FakeDatabricksStatementError{std::move(code), std::move(message), std::move(sql_state)};
@@ -936,7 +1043,51 @@ void FakeDatabricksServer::RunStatement(Statement& st, const std::string& sql_te
   current_catalog_ = cat;
   current_schema_ = sch;
 
-  std::string sql = RewriteSql(sql_text, catalogs_);
+  for (const Denial& d : denials_) {
+    if (Upper(sql_text).find(Upper(d.statement_contains)) != std::string::npos) {
+      return fail("BAD_REQUEST",
+                  fmt::format("[INSUFFICIENT_PERMISSIONS] Insufficient privileges: User does not "
+                              "have {} on {}. SQLSTATE: 42501",
+                              d.privilege, d.object),
+                  "42501");
+    }
+  }
+  std::string sql = TranslateDatabricksSql(RewriteSql(sql_text, catalogs_));
+  static const std::regex create_schema(
+      R"(^\s*CREATE\s+(?:SCHEMA|DATABASE)\s+(IF\s+NOT\s+EXISTS\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*;?\s*$)",
+      kIcase);
+  static const std::regex ctas(R"(^\s*CREATE\s+TABLE\s+([A-Za-z0-9_."]+)\s+AS\s+([\s\S]*)$)",
+                               kIcase);
+  std::smatch match;
+  if (std::regex_match(sql, match, create_schema)) {
+    const std::string name = match[2].str();
+    if (schemas_.contains(Lower(name))) {
+      if (match[1].matched) return;
+      return fail("BAD_REQUEST",
+                  fmt::format("[SCHEMA_ALREADY_EXISTS] Cannot create schema `{}` because it "
+                              "already exists.",
+                              name),
+                  "42P06");
+    }
+    absl::Status attached = db_->Exec(fmt::format("ATTACH DATABASE ':memory:' AS \"{}\"", name));
+    if (!attached.ok()) return fail("BAD_REQUEST", std::string(attached.message()), "XX000");
+    schemas_.insert(Lower(name));
+    return;
+  }
+  if (std::regex_search(sql, std::regex(R"(^\s*MERGE\s+INTO\s)", kIcase))) {
+    int64_t counts[3] = {0, 0, 0};  // inserted, updated, deleted
+    std::string error = RunMerge(sql, parameters, counts);
+    if (!error.empty()) return fail("BAD_REQUEST", error, "42000");
+    sql = fmt::format(
+        "SELECT {} AS num_affected_rows, {} AS num_updated_rows, {} AS num_deleted_rows, {} AS "
+        "num_inserted_rows",
+        counts[0] + counts[1] + counts[2], counts[1], counts[2], counts[0]);
+    parameters = json::array();
+  } else if (std::regex_match(sql, match, ctas)) {
+    std::string error = RunCreateTableAs(match[1].str(), match[2].str(), parameters);
+    if (!error.empty()) return fail("BAD_REQUEST", error, "42000");
+    return;
+  }
   struct Reads {
     std::vector<std::string> schemas;
   } reads;
@@ -975,9 +1126,25 @@ void FakeDatabricksServer::RunStatement(Statement& st, const std::string& sql_te
     return fail("BAD_REQUEST", fmt::format("[PARSE_SYNTAX_ERROR] Syntax error: {}", message),
                 "42601");
   }
-  if (stmt == nullptr || sqlite3_column_count(stmt.get()) == 0) {
-    return fail("BAD_REQUEST", "[NOT_SUPPORTED] this fake only runs queries that return rows",
-                "0A000");
+  if (stmt == nullptr) return fail("BAD_REQUEST", "[PARSE_EMPTY_STATEMENT] empty", "42617");
+  if (std::string unbound = BindNamed(stmt.get(), parameters); !unbound.empty()) {
+    return fail("BAD_REQUEST", Unbound(unbound), "42P02");
+  }
+  if (sqlite3_column_count(stmt.get()) == 0) {  // DDL or DML
+    rc = sqlite3_step(stmt.get());
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+      return fail("BAD_REQUEST", fmt::format("[INTERNAL_ERROR] {}", sqlite3_errmsg(db)), "XX000");
+    }
+    const std::string verb = Upper(sql.substr(0, sql.find_first_of(" \t\r\n(")));
+    if (verb != "INSERT" && verb != "UPDATE" && verb != "DELETE") return;
+    const int64_t changes = sqlite3_changes(db);
+    sql = verb == "INSERT"
+              ? fmt::format("SELECT {0} AS num_affected_rows, {0} AS num_inserted_rows", changes)
+              : fmt::format("SELECT {} AS num_affected_rows", changes);
+    raw = nullptr;
+    rc = sqlite3_prepare_v2(db, sql.c_str(), static_cast<int>(sql.size()), &raw, nullptr);
+    stmt.reset(raw);
+    if (rc != SQLITE_OK) return fail("BAD_REQUEST", sqlite3_errmsg(db), "XX000");
   }
   for (const std::string& s : reads.schemas) {
     if (denied_schemas_[st.principal].contains(s)) {
@@ -1174,6 +1341,144 @@ json FakeDatabricksServer::ResultData(Statement& st, int64_t chunk) {
     link["next_chunk_internal_link"] = next_link;
   }
   return json{{"external_links", json::array({std::move(link)})}};
+}
+
+// MERGE INTO t AS a USING (select) AS b ON cond WHEN ...: the source is
+// materialised with whether each row matches, then each clause runs as a
+// DELETE, UPDATE ... FROM or INSERT ... SELECT over it (a target row takes the
+// first WHEN MATCHED clause whose condition holds).
+std::string FakeDatabricksServer::RunMerge(const std::string& sql, const json& parameters,
+                                           int64_t counts[3]) {
+  static const std::regex merge(
+      R"(^\s*MERGE\s+INTO\s+(\S+)\s+AS\s+(\w+)\s+USING\s+\(([\s\S]*)\)\s+AS\s+(\w+)\s+ON\s+([\s\S]*?)\s+(WHEN\s[\s\S]*)$)",
+      kIcase);
+  static const std::regex clause(
+      R"(^(NOT\s+)?MATCHED(?:\s+AND\s+([\s\S]*?))?\s+THEN\s+(DELETE|UPDATE\s+SET\s+([\s\S]*?)|INSERT\s*\(([^)]*)\)\s*VALUES\s*\(([\s\S]*)\))\s*$)",
+      kIcase);
+  static const std::regex when(R"(\bWHEN\s+)", kIcase);
+  std::smatch m;
+  if (!std::regex_match(sql, m, merge)) return "[PARSE_SYNTAX_ERROR] unsupported MERGE (fake)";
+  const std::string target = m[1].str(), target_alias = m[2].str();
+  const std::string source = m[3].str(), source_alias = m[4].str(), on = m[5].str();
+  std::vector<std::string> clauses;
+  const std::string rest = m[6].str();
+  for (std::sregex_token_iterator it(rest.begin(), rest.end(), when, -1), end; it != end; ++it) {
+    if (it->str().find_first_not_of(" \t\r\n") != std::string::npos) clauses.push_back(it->str());
+  }
+  sqlite3* db = db_->raw();
+  std::string error;
+  auto run = [&](const std::string& statement, int64_t* changes) -> bool {
+    sqlite3_stmt* stmt = nullptr;
+    if (sqlite3_prepare_v2(db, statement.c_str(), static_cast<int>(statement.size()), &stmt,
+                           nullptr) != SQLITE_OK) {
+      error = fmt::format("[PARSE_SYNTAX_ERROR] {}", sqlite3_errmsg(db));
+      if (stmt != nullptr) sqlite3_finalize(stmt);
+      return false;
+    }
+    if (std::string unbound = BindNamed(stmt, parameters); !unbound.empty()) {
+      error = Unbound(unbound);
+      sqlite3_finalize(stmt);
+      return false;
+    }
+    int rc;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+    }
+    sqlite3_finalize(stmt);
+    if (rc != SQLITE_DONE) {
+      error = fmt::format("[INTERNAL_ERROR] {}", sqlite3_errmsg(db));
+      return false;
+    }
+    if (changes != nullptr) *changes += sqlite3_changes(db);
+    return true;
+  };
+  bool ok = run("SAVEPOINT fake_merge", nullptr) &&
+            run(fmt::format("CREATE TEMP TABLE fake_merge_source AS SELECT {0}.*, EXISTS (SELECT 1 "
+                            "FROM {1} AS {2} WHERE {3}) AS fake_matched FROM ({4}) AS {0}",
+                            source_alias, target, target_alias, on, source),
+                nullptr);
+  std::string earlier = "0";  // the conditions of earlier WHEN MATCHED clauses
+  for (size_t i = 0; ok && i < clauses.size(); ++i) {
+    std::smatch c;
+    if (!std::regex_match(clauses[i], c, clause)) {
+      error = "[PARSE_SYNTAX_ERROR] unsupported MERGE clause (fake)";
+      ok = false;
+      break;
+    }
+    const std::string cond = c[2].matched ? c[2].str() : "1";
+    const std::string from = fmt::format("temp.fake_merge_source AS {}", source_alias);
+    if (c[1].matched) {  // WHEN NOT MATCHED ... THEN INSERT
+      ok = run(fmt::format("INSERT INTO {} ({}) SELECT {} FROM {} WHERE NOT {}.fake_matched AND "
+                           "({})",
+                           target, c[5].str(), c[6].str(), from, source_alias, cond),
+               &counts[0]);
+      continue;
+    }
+    const std::string where = fmt::format("{}.fake_matched AND ({}) AND ({}) AND NOT ({})",
+                                          source_alias, on, cond, earlier);
+    if (Upper(c[3].str()) == "DELETE") {
+      ok = run(fmt::format("DELETE FROM {} AS {} WHERE EXISTS (SELECT 1 FROM {} WHERE {})", target,
+                           target_alias, from, where),
+               &counts[2]);
+    } else {
+      ok = run(fmt::format("UPDATE {} AS {} SET {} FROM {} WHERE {}", target, target_alias,
+                           c[4].str(), from, where),
+               &counts[1]);
+    }
+    earlier = fmt::format("({}) OR ({})", earlier, cond);
+  }
+  std::string kept = error;
+  (void)run("DROP TABLE IF EXISTS temp.fake_merge_source", nullptr);
+  if (!ok) {
+    (void)run("ROLLBACK TO fake_merge", nullptr);
+    (void)run("RELEASE fake_merge", nullptr);
+    return kept;
+  }
+  return run("RELEASE fake_merge", nullptr) ? "" : error;
+}
+
+// CREATE TABLE t AS SELECT: t's columns are declared as the ones they copy
+// (so that their Databricks types survive), then filled by INSERT ... SELECT.
+std::string FakeDatabricksServer::RunCreateTableAs(const std::string& table,
+                                                   const std::string& select,
+                                                   const json& parameters) {
+  sqlite3* db = db_->raw();
+  sqlite3_stmt* probe = nullptr;
+  if (sqlite3_prepare_v2(db, select.c_str(), static_cast<int>(select.size()), &probe, nullptr) !=
+          SQLITE_OK ||
+      probe == nullptr) {
+    std::string message = sqlite3_errmsg(db);
+    if (probe != nullptr) sqlite3_finalize(probe);
+    if (message.starts_with("no such column: ")) {
+      return "[UNRESOLVED_COLUMN.WITHOUT_SUGGESTION] " + message;
+    }
+    if (message.starts_with("no such table: ")) return "[TABLE_OR_VIEW_NOT_FOUND] " + message;
+    return "[PARSE_SYNTAX_ERROR] " + message;
+  }
+  std::string columns;
+  for (int i = 0; i < sqlite3_column_count(probe); ++i) {
+    const char* decl = sqlite3_column_decltype(probe, i);
+    columns += fmt::format("{}\"{}\" {}", i ? ", " : "", sqlite3_column_name(probe, i),
+                           decl != nullptr ? decl : "");
+  }
+  sqlite3_finalize(probe);
+  if (absl::Status made = db_->Exec(fmt::format("CREATE TABLE {} ({})", table, columns));
+      !made.ok()) {
+    return fmt::format("[TABLE_OR_VIEW_ALREADY_EXISTS] {}", std::string(made.message()));
+  }
+  const std::string insert = fmt::format("INSERT INTO {} {}", table, select);
+  sqlite3_stmt* stmt = nullptr;
+  sqlite3_prepare_v2(db, insert.c_str(), static_cast<int>(insert.size()), &stmt, nullptr);
+  std::string error;
+  if (stmt == nullptr) {
+    error = fmt::format("[PARSE_SYNTAX_ERROR] {}", sqlite3_errmsg(db));
+  } else if (std::string unbound = BindNamed(stmt, parameters); !unbound.empty()) {
+    error = Unbound(unbound);
+  } else if (sqlite3_step(stmt) != SQLITE_DONE) {
+    error = fmt::format("[INTERNAL_ERROR] {}", sqlite3_errmsg(db));
+  }
+  if (stmt != nullptr) sqlite3_finalize(stmt);
+  if (!error.empty()) (void)db_->Exec(fmt::format("DROP TABLE IF EXISTS {}", table));
+  return error;
 }
 
 }  // namespace backflow

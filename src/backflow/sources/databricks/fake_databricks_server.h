@@ -86,6 +86,28 @@
 // and current_schema() (the request's, else default_catalog /
 // default_schema).
 //
+// The Databricks SQL beyond SQLite's that it understands (what
+// change_detection: warehouse issues): "parameters" [{"name","value","type"}]
+// for `:name` markers (BIGINT/INT/... as integers, anything else as text, a
+// missing or null value as NULL); an unbound marker, or a positional `?`
+// (which the API does not support), fails [UNBOUND_SQL_PARAMETER] 42P02.
+// CREATE SCHEMA [IF NOT EXISTS] s (an attached in-memory database); CREATE
+// TABLE [IF NOT EXISTS] t (...) with STRING columns (text affinity) and
+// COLLATE UTF8_BINARY (byte order); CREATE TABLE t AS SELECT (t's columns
+// keep the declared types of the columns they copy); CAST(x AS STRING);
+// (SELECT explode(from_json(:p, 'ARRAY<STRING>')) AS value) (json_each:
+// nested arrays as their JSON text); get_json_object(json, '$[i]'),
+// md5(text) (lowercase hex), to_json(x) (the stored text); and MERGE INTO t
+// AS a USING (select) AS b ON cond WHEN [NOT] MATCHED [AND cond] THEN DELETE
+// | UPDATE SET ... | INSERT (...) VALUES (...), run as statements of one
+// SQLite savepoint. INSERT/UPDATE/DELETE answer num_affected_rows (and
+// num_inserted_rows), MERGE num_affected_rows, num_updated_rows,
+// num_deleted_rows and num_inserted_rows, as Delta does; DDL (and CTAS)
+// succeeds with a manifest of no columns and no rows (the real reply to DDL
+// is unverified). DenyPrivilege() makes statements fail as a missing
+// privilege does (FAILED BAD_REQUEST "[INSUFFICIENT_PERMISSIONS] ...",
+// sql_state 42501).
+//
 // Thread-safety: every public method is thread-safe (one mutex guards the
 // state and the SQLite connection). Start() returns kUnavailable if the port
 // cannot be bound; Stop() (also run by the destructor) joins the threads.
@@ -206,6 +228,12 @@ class FakeDatabricksServer {
   void SetColumnType(const std::string& column, const std::string& type_text);
   void DenyWarehouse(const std::string& principal, const std::string& warehouse_id);
   void DenySchema(const std::string& principal, const std::string& schema);
+  // Statements whose text contains `statement_contains` (case-insensitive)
+  // fail FAILED: "[INSUFFICIENT_PERMISSIONS] Insufficient privileges: User
+  // does not have <privilege> on <object>. SQLSTATE: 42501".
+  void DenyPrivilege(const std::string& statement_contains, const std::string& privilege,
+                     const std::string& object);
+  void ClearDenials();
   // Invalidates every issued OAuth token (PATs stay valid).
   void RevokeOAuthTokens();
   void RevokePersonalAccessToken(const std::string& token);
@@ -277,7 +305,12 @@ class FakeDatabricksServer {
   TestResponse Execute(const TestRequest& req, const std::string& principal);
   // Runs the SQL; FAILED statements get `error` set.
   void RunStatement(Statement& st, const std::string& sql, const std::string& catalog,
-                    const std::string& schema);
+                    const std::string& schema, const nlohmann::json& parameters);
+  // MERGE and CREATE TABLE AS SELECT as SQLite statements; "" or the error
+  // message (a Databricks error class first).
+  std::string RunMerge(const std::string& sql, const nlohmann::json& parameters, int64_t counts[3]);
+  std::string RunCreateTableAs(const std::string& table, const std::string& select,
+                               const nlohmann::json& parameters);
   // The reply of the statement's current visible state (consumes a poll
   // when `poll`).
   nlohmann::json StatusReply(Statement& st, bool poll);
@@ -299,6 +332,10 @@ class FakeDatabricksServer {
   std::map<std::string, IssuedToken> oauth_tokens_;
   std::map<std::string, std::set<std::string>> denied_warehouses_;  // principal -> ids
   std::map<std::string, std::set<std::string>> denied_schemas_;     // principal -> schemas
+  struct Denial {
+    std::string statement_contains, privilege, object;
+  };
+  std::vector<Denial> denials_;
   std::map<std::string, std::string> column_types_;
   std::map<std::string, std::unique_ptr<Statement>> statements_;
   std::map<std::string, Link> links_;  // signature -> link

@@ -222,3 +222,67 @@ TEST_F(FakeDatabricksServerTest, SqlIsRewrittenAndFailuresComeInA200) {
 
 }  // namespace
 }  // namespace backflow
+
+namespace backflow {
+namespace {
+
+// The Databricks SQL that change_detection: warehouse issues.
+TEST_F(FakeDatabricksServerTest, NamedParametersDdlAndDmlReplies) {
+  json r = Execute(
+      {{"disposition", "INLINE"},
+       {"statement",
+        "SELECT name FROM crm.users WHERE id = CAST(:id AS BIGINT) AND "
+        "name = :n"},
+       {"parameters",
+        {{{"name", "id"}, {"value", "2"}}, {{"name", "n"}, {"value", "b"}, {"type", "STRING"}}}}});
+  ASSERT_EQ(r["status"]["state"], "SUCCEEDED") << r.dump();
+  EXPECT_EQ(r["result"]["data_array"], json::parse(R"([["b"]])"));
+
+  // Positional markers are not supported by the API; unbound names fail too.
+  for (const char* sql : {"SELECT name FROM crm.users WHERE id = ?",
+                          "SELECT name FROM crm.users WHERE id = :missing"}) {
+    r = Execute({{"disposition", "INLINE"}, {"statement", sql}});
+    ASSERT_EQ(r["status"]["state"], "FAILED") << sql;
+    EXPECT_THAT(r["status"]["error"]["message"].get<std::string>(),
+                HasSubstr("[UNBOUND_SQL_PARAMETER]"));
+  }
+
+  // DDL succeeds without columns; DML answers its counts.
+  r = Execute({{"disposition", "INLINE"}, {"statement", "CREATE SCHEMA IF NOT EXISTS st"}});
+  ASSERT_EQ(r["status"]["state"], "SUCCEEDED") << r.dump();
+  EXPECT_EQ(r["manifest"]["schema"]["column_count"], 0);
+  EXPECT_EQ(r["manifest"]["total_row_count"], 0);
+  r = Execute(
+      {{"disposition", "INLINE"},
+       {"statement",
+        "CREATE TABLE IF NOT EXISTS st.t (k STRING COLLATE UTF8_BINARY NOT NULL, n BIGINT)"}});
+  ASSERT_EQ(r["status"]["state"], "SUCCEEDED") << r.dump();
+  r = Execute(
+      {{"disposition", "INLINE"},
+       {"statement", "INSERT INTO st.t (k, n) VALUES (:k, CAST(:n AS BIGINT))"},
+       {"parameters", {{{"name", "k"}, {"value", "007"}}, {{"name", "n"}, {"value", "7"}}}}});
+  ASSERT_EQ(r["status"]["state"], "SUCCEEDED") << r.dump();
+  EXPECT_EQ(r["manifest"]["schema"]["columns"][0]["name"], "num_affected_rows");
+  EXPECT_EQ(r["result"]["data_array"], json::parse(R"([["1","1"]])"));
+  r = Execute({{"disposition", "INLINE"},
+               {"statement",
+                "SELECT k, n, md5(k) AS h, get_json_object(value, '$[1]') AS j FROM st.t, "
+                "(SELECT explode(from_json(:a, 'ARRAY<STRING>')) AS value) AS e"},
+               {"parameters", {{{"name", "a"}, {"value", R"([["x","y"]])"}}}}});
+  ASSERT_EQ(r["status"]["state"], "SUCCEEDED") << r.dump();
+  // STRING keeps "007" as text; md5 is lowercase hex; a nested array is its JSON text.
+  EXPECT_EQ(r["result"]["data_array"],
+            json({{"007", "7", "9e94b15ed312fa42232fd87a55db0d39", "y"}}));
+
+  // A refused privilege.
+  fake_->DenyPrivilege("DROP TABLE", "MANAGE", "Table 'main.st.t'");
+  r = Execute({{"disposition", "INLINE"}, {"statement", "DROP TABLE st.t"}});
+  ASSERT_EQ(r["status"]["state"], "FAILED");
+  EXPECT_EQ(r["status"]["sql_state"], "42501");
+  EXPECT_THAT(r["status"]["error"]["message"].get<std::string>(),
+              HasSubstr("[INSUFFICIENT_PERMISSIONS] Insufficient privileges: User does not have "
+                        "MANAGE on Table 'main.st.t'."));
+}
+
+}  // namespace
+}  // namespace backflow

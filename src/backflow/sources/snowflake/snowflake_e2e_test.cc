@@ -220,5 +220,90 @@ TEST_F(SnowflakeE2eTest, FailedExtractionSendsNothingAndCancels) {
   EXPECT_EQ(receiver_->State(), Model());
 }
 
+TEST_F(SnowflakeE2eTest, WarehouseChangeDetectionThroughTheBinary) {
+  std::ofstream(dir_ + "/backflow.yaml")
+      << fmt::format(R"(
+state: sqlite:.backflow/state.db
+sources:
+  - name: warehouse
+    type: snowflake
+    account: myorg-myaccount
+    user: sync_user
+    private_key: ${{env:BACKFLOW_E2E_SNOWFLAKE_KEY}}
+    warehouse: COMPUTE_WH
+    database: ANALYTICS
+    schema: PUBLIC
+    role: RETL
+    base_url: "{}"
+    max_retries: 1
+    state_schema: BACKFLOW_E2E_STATE
+models:
+  - name: customers
+    source: warehouse
+    sql: SELECT ID, EMAIL, PLAN FROM CUSTOMERS
+    primary_key: ID
+    change_detection: warehouse
+destinations:
+  - {{ name: hook, type: webhook, settings: {{ url: "{}" }} }}
+mappings:
+  - name: to_hook
+    model: customers
+    destination: hook
+    action: send_batch
+    batch_size: 50
+    fields: {{ id: ID, email: EMAIL, plan: PLAN }}
+)",
+                     fake_->BaseUrl(), receiver_->Url("/ingest"));
+  CliResult valid = RunCli(dir_, {"validate"});
+  EXPECT_EQ(valid.exit_code, 0) << valid.out << valid.err;
+  CliResult r = RunCli(dir_, {"sync", "to_hook", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  json s = Summary(r);
+  EXPECT_EQ(s["extracted"], 120);
+  EXPECT_EQ(s["added"], 120);
+  EXPECT_EQ(receiver_->State().size(), 120u);
+  auto stored = fake_->Select("SELECT count(*) FROM BACKFLOW_E2E_STATE.CHECKPOINTS");
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ((*stored)[0][0], 120);
+
+  // Nothing changed: nothing leaves Snowflake.
+  r = RunCli(dir_, {"sync", "to_hook", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  s = Summary(r);
+  EXPECT_EQ(s["extracted"], 0);
+  EXPECT_EQ(s["unchanged"], 120);
+
+  Exec("UPDATE CUSTOMERS SET PLAN = 'enterprise' WHERE ID IN (2, 4)");
+  Exec("UPDATE CUSTOMERS SET LTV = '1.00' WHERE ID = 6");  // not in the model
+  Exec("DELETE FROM CUSTOMERS WHERE ID = 8");
+  Exec(
+      "INSERT INTO CUSTOMERS VALUES (1000, 'late@example.com', 'free', '0', '2024-07-01 "
+      "00:00:00', '{}')");
+  r = RunCli(dir_, {"sync", "to_hook", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  s = Summary(r);
+  EXPECT_EQ(s["extracted"], 3);  // 2, 4 and 1000: only those left Snowflake
+  EXPECT_EQ(s["added"], 1);
+  EXPECT_EQ(s["updated"], 2);
+  EXPECT_EQ(s["deleted"], 1);
+  EXPECT_EQ(s["unchanged"], 117);
+  auto state = receiver_->State();
+  EXPECT_EQ(state.size(), 120u);
+  EXPECT_EQ(state.count("8"), 0u);
+  EXPECT_EQ(state["2"]["plan"], "enterprise");
+  EXPECT_EQ(state["1000"]["email"], "late@example.com");
+
+  r = RunCli(dir_, {"sync", "to_hook", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  s = Summary(r);
+  EXPECT_EQ(s["extracted"], 0);
+  EXPECT_EQ(s["unchanged"], 120);
+  // No pass table is left behind.
+  auto tables = fake_->Select(
+      "SELECT name FROM BACKFLOW_E2E_STATE.sqlite_master WHERE type = 'table' ORDER BY name");
+  ASSERT_TRUE(tables.ok()) << tables.status();
+  EXPECT_EQ(*tables, json::parse(R"([["CHECKPOINTS"],["PASS_TABLES"]])"));
+}
+
 }  // namespace
 }  // namespace backflow

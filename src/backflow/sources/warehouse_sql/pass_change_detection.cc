@@ -51,6 +51,13 @@ BoundSql CreatePassTable(const WarehouseSql& sql, const std::string& table,
 BoundSql CreateKeysTable(const WarehouseSql& sql, const std::string& checkpoints,
                          const std::string& pass, const std::string& keys,
                          const WarehouseCandidateFilter& filter) {
+  BoundSql out = SelectKeys(sql, checkpoints, pass, filter);
+  out.sql = fmt::format("CREATE TABLE {} AS\n{}", keys, out.sql);
+  return out;
+}
+
+BoundSql SelectKeys(const WarehouseSql& sql, const std::string& checkpoints,
+                    const std::string& pass, const WarehouseCandidateFilter& filter) {
   BoundSql out;
   std::string joins, conditions;
   if (filter.all_rows) {
@@ -76,11 +83,10 @@ BoundSql CreateKeysTable(const WarehouseSql& sql, const std::string& checkpoints
     }
   }
   out.sql = fmt::format(
-      "CREATE TABLE {0} AS\n"
-      "SELECT p.{1} AS record_key FROM {2} AS p\n"
-      "{3}"
-      "WHERE p.{1} IS NOT NULL AND ({4})",
-      keys, kPassKey, pass, joins, conditions);
+      "SELECT p.{0} AS record_key FROM {1} AS p\n"
+      "{2}"
+      "WHERE p.{0} IS NOT NULL AND ({3})",
+      kPassKey, pass, joins, conditions);
   if (!filter.mappings.empty()) {
     std::string marks;
     for (const auto& [name, version] : filter.mappings) {
@@ -147,6 +153,7 @@ std::string WarehouseSql::CreateSchemaSql(const std::string& schema) const {
 
 std::string WarehouseSql::CreateCheckpointsSql(const std::string& table) const {
   const std::string text = TextType();
+  const std::string primary_key = PrimaryKey("mapping, record_key");
   return fmt::format(
       "CREATE TABLE IF NOT EXISTS {} (\n"
       "  mapping {} NOT NULL,\n"
@@ -154,9 +161,9 @@ std::string WarehouseSql::CreateCheckpointsSql(const std::string& table) const {
       "  row_hash {},\n"
       "  mapping_version {},\n"
       "  fingerprint {} NOT NULL,\n"
-      "  record_identity {} NOT NULL,\n"
-      "  {})",
-      table, text, KeyType(), text, text, text, text, PrimaryKey("mapping, record_key"));
+      "  record_identity {} NOT NULL{})",
+      table, text, KeyType(), text, text, text, text,
+      primary_key.empty() ? "" : ",\n  " + primary_key);
 }
 
 std::string WarehouseSql::CreateRegistrySql(const std::string& table) const {
@@ -468,9 +475,17 @@ absl::StatusOr<std::unique_ptr<RowReader>> PassSnapshot::ReadCandidates(
   }
   const std::string pass = owner_->Table(pass_name_);
   const std::string keys = owner_->Table(pass_name_ + "_K");
-  BoundSql create = sql.CreateKeysTableSql(owner_->checkpoints(), pass, keys, filter);
   keys_made_ = true;
-  BACKFLOW_RETURN_IF_ERROR(owner_->Use(Exec(sql, create.sql, create.bindings)));
+  if (sql.BindingsInCreateTableAs()) {
+    BoundSql create = sql.CreateKeysTableSql(owner_->checkpoints(), pass, keys, filter);
+    BACKFLOW_RETURN_IF_ERROR(owner_->Use(Exec(sql, create.sql, create.bindings)));
+  } else {
+    BACKFLOW_RETURN_IF_ERROR(owner_->Use(
+        Exec(sql, fmt::format("CREATE TABLE {} (record_key {})", keys, sql.KeyType()))));
+    BoundSql select = pass_sql::SelectKeys(sql, owner_->checkpoints(), pass, filter);
+    BACKFLOW_RETURN_IF_ERROR(owner_->Use(Exec(
+        sql, fmt::format("INSERT INTO {} (record_key)\n{}", keys, select.sql), select.bindings)));
+  }
   BoundSql select = pass_sql::SelectCandidates(sql, pass, keys, schema_);
   BACKFLOW_ASSIGN_OR_RETURN(auto reader, sql.Run(select.sql, select.bindings));
   if (reader->schema().size() != schema_.size() + 1) {

@@ -162,7 +162,8 @@ class WarehouseSql {
                             std::string json) const;
 
   // --- Forms some warehouses spell otherwise; the defaults are Snowflake's. ---
-  // The table constraint naming `columns` ("a, b") as the primary key.
+  // The table constraint naming `columns` ("a, b") as the primary key; empty
+  // for none.
   virtual std::string PrimaryKey(const std::string& columns) const {
     return "PRIMARY KEY (" + columns + ")";
   }
@@ -173,6 +174,11 @@ class WarehouseSql {
   // A placeholder whose text binding compares to and is stored in a column
   // of IntegerType().
   virtual std::string IntegerParameter() const { return "?"; }
+  // Whether CREATE TABLE ... AS SELECT may carry bindings. When not, the keys
+  // table is made by CREATE TABLE (record_key <KeyType()>) and filled by
+  // INSERT INTO ... SELECT (where every SQL dialect takes bindings), and
+  // CreateKeysTableSql() is not used.
+  virtual bool BindingsInCreateTableAs() const { return true; }
 };
 
 struct PassChangeDetectionOptions {
@@ -210,6 +216,9 @@ BoundSql CreatePassTable(const WarehouseSql& sql, const std::string& table,
 BoundSql CreateKeysTable(const WarehouseSql& sql, const std::string& checkpoints,
                          const std::string& pass, const std::string& keys,
                          const WarehouseCandidateFilter& filter);
+// The SELECT of CreateKeysTable (one column, record_key).
+BoundSql SelectKeys(const WarehouseSql& sql, const std::string& checkpoints,
+                    const std::string& pass, const WarehouseCandidateFilter& filter);
 BoundSql SelectCandidates(const WarehouseSql& sql, const std::string& pass, const std::string& keys,
                           const Schema& schema);
 BoundSql SelectEntries(const std::string& checkpoints, const std::string& keys,
