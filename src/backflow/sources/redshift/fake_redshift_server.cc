@@ -602,6 +602,10 @@ std::optional<std::string> RedshiftForms(
                              fmt::format("collation \"{}\" does not exist", IdentifierName(name)));
       }
     }
+    // JSON_SERIALIZE(super) -> the value's text (a function-style cast).
+    if (IsWord(tokens, i, "JSON_SERIALIZE") && IsPunct(tokens, i + 1, '(')) {
+      edits.emplace_back(tokens[i].offset, tokens[i].text.size(), "pg_catalog.text");
+    }
     // (SELECT JSON_PARSE($n) AS elements) AS a_array, a_array.elements AS a
     //   -> json_array_elements($n::json) AS a
     if (IsPunct(tokens, i, '(') && IsWord(tokens, i + 1, "SELECT") &&

@@ -43,7 +43,8 @@
 //     (SELECT JSON_PARSE($n) AS elements) AS a_array, a_array.elements AS a
 //     (a SUPER array unnested in FROM) -> json_array_elements($n::json) AS
 //     a, with CAST(a AS VARCHAR(65535)) -> (a #>> '{}') and CAST(a[k] AS
-//     VARCHAR(65535)) -> (a ->> k). Refused as Redshift refuses them: IS
+//     VARCHAR(65535)) -> (a ->> k); JSON_SERIALIZE(x) -> pg_catalog.text(x).
+//     Refused as Redshift refuses them: IS
 //     [NOT] DISTINCT FROM (XX000 "Not implemented", Redshift's error 1001)
 //     and any other COLLATE than case_sensitive/cs/case_insensitive/ci
 //     (42704, message unverified).
