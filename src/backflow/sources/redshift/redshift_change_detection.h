@@ -17,15 +17,19 @@
 //   IS DISTINCT FROM: not implemented by Redshift (error 1001 "Not
 //                implemented", reported by users), so DiffersFrom() is
 //                `(a IS NULL OR a <> b)`.
-//   key column:  VARCHAR(65535) COLLATE case_sensitive (the only
-//                case-sensitive collation; Redshift has no locale
-//                collations, and compares and sorts strings by their
-//                bytes; the ordered entry reader checks that). TEXT would be
-//                VARCHAR(256) on Redshift, so every text column is
-//                VARCHAR(65535).
+//   key column:  VARCHAR(65535) COLLATE case_sensitive (documented in
+//                CREATE TABLE; Redshift has no locale collations, so a
+//                database created CASE_INSENSITIVE cannot make the key match
+//                case-insensitively). That case_sensitive sorts by UTF-8 bytes
+//                is believed, not verified: the ordered entry reader checks it
+//                and fails the pass otherwise. TEXT would be VARCHAR(256) on
+//                Redshift, so every text column is VARCHAR(65535).
+//                Unverified: the pass table's key column (from CTAS) takes the
+//                database's default collation.
 //   JSON array:  (SELECT JSON_PARSE(?) AS elements) AS j_array,
 //                j_array.elements AS j (PartiQL unnesting of a SUPER array
-//                in FROM); items CAST(j[i] AS VARCHAR(65535)). JSON_PARSE
+//                in FROM; unnesting a subquery's column is unverified);
+//                items CAST(j[i] AS VARCHAR(65535)). JSON_PARSE
 //                takes a VARCHAR, at most 65535 bytes, so Apply binds at
 //                most 60000 bytes of JSON per statement (MaxBindingBytes).
 //                The in-flight keys of one pass are one such binding too: more
