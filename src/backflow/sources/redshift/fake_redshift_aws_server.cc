@@ -1,13 +1,17 @@
 #include "backflow/sources/redshift/fake_redshift_aws_server.h"
 
+#include <openssl/evp.h>
 #include <sqlite3.h>
 
 #include <algorithm>
 #include <cctype>
+#include <regex>
+#include <set>
 #include <utility>
 
 #include "backflow/common/aws_sigv4.h"
 #include "backflow/common/crypto.h"
+#include "backflow/common/status_macros.h"
 #include "backflow/common/url.h"
 #include "fmt/format.h"
 
@@ -94,7 +98,72 @@ std::string TypeForDecl(const char* decl) {
 
 std::string IsoSeconds(Clock::TimePoint t) { return FormatIso8601(t); }
 
+// MD5(text): lowercase hex, as Redshift's MD5.
+void Md5Function(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  if (sqlite3_value_type(argv[0]) == SQLITE_NULL) return sqlite3_result_null(ctx);
+  const unsigned char* text = sqlite3_value_text(argv[0]);
+  const int size = sqlite3_value_bytes(argv[0]);
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_Digest(text, static_cast<size_t>(size), digest, &length, EVP_md5(), nullptr);
+  std::string hex = HexEncode(std::string_view(reinterpret_cast<const char*>(digest), length));
+  sqlite3_result_text(ctx, hex.c_str(), static_cast<int>(hex.size()), SQLITE_TRANSIENT);
+}
+
+// JSON_SERIALIZE(super): the JSON text as stored.
+void JsonSerializeFunction(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  sqlite3_result_value(ctx, argv[0]);
+}
+
+// CURRENT_USER / CURRENT_DATABASE(): the request's (user data: a string).
+void ContextTextFunction(sqlite3_context* ctx, int, sqlite3_value**) {
+  const auto* text = static_cast<const std::string*>(sqlite3_user_data(ctx));
+  sqlite3_result_text(ctx, text->c_str(), static_cast<int>(text->size()), SQLITE_TRANSIENT);
+}
+
+constexpr auto kIcase = std::regex::ECMAScript | std::regex::icase;
+
 }  // namespace
+
+std::string FakeRedshiftAwsServer::TranslateSql(const std::string& redshift_sql,
+                                                std::string& error) {
+  std::string sql = redshift_sql;
+  static const std::regex distinct(R"(\bIS\s+(NOT\s+)?DISTINCT\s+FROM\b)", kIcase);
+  if (std::regex_search(sql, distinct)) {
+    error = "ERROR: Not implemented";  // Redshift's answer (error 1001)
+    return "";
+  }
+  static const std::regex schema(R"(^\s*CREATE\s+SCHEMA\s+IF\s+NOT\s+EXISTS\s+(\w+)\s*;?\s*$)",
+                                 kIcase);
+  std::smatch m;
+  if (std::regex_match(sql, m, schema)) {
+    const std::string name = Lower(m[1].str());
+    if (schemas_.count(name)) return "SELECT 1 AS exists_already WHERE 0";
+    schemas_.insert(name);
+    return fmt::format("ATTACH DATABASE ':memory:' AS {}", name);
+  }
+  static const std::regex collate(R"(COLLATE\s+(case_sensitive|cs)\b)", kIcase);
+  sql = std::regex_replace(sql, collate, "COLLATE BINARY");
+  static const std::regex user(R"(\bCURRENT_USER\b(?!\s*\())", kIcase);
+  sql = std::regex_replace(sql, user, "CURRENT_USER()");
+  static const std::regex array(
+      R"(\(\s*SELECT\s+JSON_PARSE\s*\(\s*(:\w+)\s*\)\s+AS\s+elements\s*\)\s+AS\s+(\w+)_array\s*,\s*(\w+)_array\.elements\s+AS\s+(\w+))",
+      kIcase);
+  std::set<std::string> aliases;
+  for (auto it = std::sregex_iterator(sql.begin(), sql.end(), array); it != std::sregex_iterator();
+       ++it) {
+    aliases.insert((*it)[4].str());
+  }
+  sql = std::regex_replace(sql, array, "json_each($1) AS $4");
+  for (const std::string& a : aliases) {
+    const std::regex item(fmt::format(R"(CAST\(\s*{}\[(\d+)\]\s+AS\s+VARCHAR\(65535\)\s*\))", a),
+                          kIcase);
+    sql = std::regex_replace(sql, item, fmt::format("json_extract({}.value, '$$[$1]')", a));
+    const std::regex value(fmt::format(R"(CAST\(\s*{}\s+AS\s+VARCHAR\(65535\)\s*\))", a), kIcase);
+    sql = std::regex_replace(sql, value, fmt::format("{}.value", a));
+  }
+  return sql;
+}
 
 struct FakeRedshiftAwsServer::Statement {
   std::string id;
@@ -115,6 +184,47 @@ FakeRedshiftAwsServer::FakeRedshiftAwsServer(FakeRedshiftAwsOptions options)
       clock_(options_.clock != nullptr ? options_.clock : &SystemClock()) {
   auto db = sqlite::Database::Open(":memory:", SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
   if (db.ok()) db_ = *std::move(db);
+  if (db_ != nullptr) {
+    sqlite3* raw = db_->raw();
+    const int pure = SQLITE_UTF8 | SQLITE_DETERMINISTIC;
+    sqlite3_create_function_v2(raw, "MD5", 1, pure, nullptr, &Md5Function, nullptr, nullptr,
+                               nullptr);
+    sqlite3_create_function_v2(raw, "JSON_SERIALIZE", 1, pure, nullptr, &JsonSerializeFunction,
+                               nullptr, nullptr, nullptr);
+    sqlite3_create_function_v2(raw, "CURRENT_USER", 0, SQLITE_UTF8, &current_user_,
+                               &ContextTextFunction, nullptr, nullptr, nullptr);
+    sqlite3_create_function_v2(raw, "CURRENT_DATABASE", 0, SQLITE_UTF8, &current_database_,
+                               &ContextTextFunction, nullptr, nullptr, nullptr);
+  }
+}
+
+void FakeRedshiftAwsServer::DenyPrivilege(std::string statement_prefix, std::string object) {
+  std::lock_guard<std::mutex> lock(mu_);
+  denials_.emplace_back(std::move(statement_prefix), std::move(object));
+}
+
+void FakeRedshiftAwsServer::ClearDenials() {
+  std::lock_guard<std::mutex> lock(mu_);
+  denials_.clear();
+}
+
+absl::StatusOr<std::vector<std::vector<std::string>>> FakeRedshiftAwsServer::Select(
+    const std::string& sql) {
+  std::lock_guard<std::mutex> lock(mu_);
+  BACKFLOW_ASSIGN_OR_RETURN(sqlite::Statement stmt, db_->Prepare(sql));
+  std::vector<std::vector<std::string>> rows;
+  const int n = sqlite3_column_count(stmt.raw());
+  while (true) {
+    BACKFLOW_ASSIGN_OR_RETURN(bool more, stmt.Step());
+    if (!more) return rows;
+    std::vector<std::string> row;
+    for (int i = 0; i < n; ++i) {
+      row.push_back(sqlite3_column_type(stmt.raw(), i) == SQLITE_NULL
+                        ? "<null>"
+                        : std::string(stmt.ColumnText(i)));
+    }
+    rows.push_back(std::move(row));
+  }
 }
 
 FakeRedshiftAwsServer::~FakeRedshiftAwsServer() { Stop(); }
@@ -137,6 +247,9 @@ std::string FakeRedshiftAwsServer::Url() const {
 
 absl::Status FakeRedshiftAwsServer::Exec(const std::string& sql) {
   std::lock_guard<std::mutex> lock(mu_);
+  static const std::regex attach(R"(ATTACH\s+DATABASE\s+\S+\s+AS\s+(\w+))", kIcase);
+  std::smatch m;
+  if (std::regex_search(sql, m, attach)) schemas_.insert(Lower(m[1].str()));
   return db_->Exec(sql);
 }
 
@@ -441,7 +554,11 @@ TestResponse FakeRedshiftAwsServer::ExecuteStatement(const json& body) {
   st->sql = sql;
   st->database = database;
   st->created_at = ToUnixSeconds(clock_->Now());
-  RunSql(*st);
+  current_database_ = database;
+  current_user_ = !body.value("DbUser", "").empty() ? "IAM:" + body.value("DbUser", "")
+                  : options_.db_user.empty()        ? "IAM:fake-user"
+                                                    : options_.db_user;
+  RunSql(*st, body.value("Parameters", json::array()));
   json reply = {{"Id", st->id}, {"CreatedAt", st->created_at}, {"Database", database}};
   if (!cluster.empty()) reply["ClusterIdentifier"] = cluster;
   if (!workgroup.empty()) reply["WorkgroupName"] = workgroup;
@@ -450,14 +567,46 @@ TestResponse FakeRedshiftAwsServer::ExecuteStatement(const json& body) {
   return JsonOk(reply);
 }
 
-void FakeRedshiftAwsServer::RunSql(Statement& st) {
-  absl::StatusOr<sqlite::Statement> stmt = db_->Prepare(st.sql);
+void FakeRedshiftAwsServer::RunSql(Statement& st, const json& parameters) {
+  for (const auto& [prefix, object] : denials_) {
+    if (st.sql.rfind(prefix, 0) == 0) {
+      st.final_status = "FAILED";
+      st.error = "ERROR: permission denied for " + object;
+      return;
+    }
+  }
+  std::string error;
+  const std::string sql = TranslateSql(st.sql, error);
+  if (!error.empty()) {
+    st.final_status = "FAILED";
+    st.error = error;
+    return;
+  }
+  absl::StatusOr<sqlite::Statement> stmt = db_->Prepare(sql);
   if (!stmt.ok()) {
     st.final_status = "FAILED";
     st.error = "ERROR: " + std::string(stmt.status().message());
     return;
   }
   sqlite3_stmt* raw = stmt->raw();
+  for (const json& p : parameters.is_array() ? parameters : json::array()) {
+    const std::string name = ":" + p.value("name", "");
+    const std::string value = p.value("value", "");
+    const int index = sqlite3_bind_parameter_index(raw, name.c_str());
+    if (index == 0 || value.empty()) {
+      st.final_status = "FAILED";
+      st.error = index == 0 ? fmt::format("ERROR: parameter {} is not in the statement", name)
+                            : fmt::format("ERROR: parameter {} has an empty value", name);
+      return;
+    }
+    sqlite3_bind_text(raw, index, value.c_str(), static_cast<int>(value.size()), SQLITE_TRANSIENT);
+  }
+  if (sqlite3_bind_parameter_count(raw) >
+      static_cast<int>(parameters.is_array() ? parameters.size() : 0)) {
+    st.final_status = "FAILED";
+    st.error = "ERROR: not all parameters of the statement have a value";
+    return;
+  }
   int n = sqlite3_column_count(raw);
   std::vector<std::string> types(n);
   for (int i = 0; i < n; ++i) {

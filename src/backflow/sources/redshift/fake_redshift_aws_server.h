@@ -53,6 +53,21 @@
 // Faults: InjectError makes the next `times` calls of an operation answer
 // an AWS error of any status and code (throttling, 5xx, ...).
 //
+// The Redshift SQL beyond SQLite's that it understands (what
+// change_detection: warehouse issues, redshift_change_detection.h):
+// Parameters [{name, value}] bound to `:name` markers (an empty value, a
+// parameter the statement lacks, or a marker without a parameter makes the
+// statement FAILED); CREATE SCHEMA IF NOT EXISTS s (an attached in-memory
+// database); COLLATE case_sensitive | cs (byte order, SQLite's BINARY);
+// (SELECT JSON_PARSE(:p) AS elements) AS j_array, j_array.elements AS j
+// (json_each) with CAST(j AS VARCHAR(65535)) and CAST(j[i] AS
+// VARCHAR(65535)); MD5(text) (lowercase hex); JSON_SERIALIZE(x) (the text
+// as stored); CURRENT_USER ("IAM:<DbUser>", else the configured db_user or
+// "IAM:fake-user") and CURRENT_DATABASE() (the request's Database).
+// IS [NOT] DISTINCT FROM fails as Redshift answers it ("Not implemented").
+// DenyPrivilege() makes statements starting with a prefix FAILED with
+// "ERROR: permission denied for <object>", as Redshift words it.
+//
 // Thread-safety: all public methods are thread-safe.
 #pragma once
 
@@ -60,6 +75,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -115,6 +131,14 @@ class FakeRedshiftAwsServer {
   // Runs setup SQL on the backing SQLite database.
   absl::Status Exec(const std::string& sql);
 
+  // Rows of a SQLite query on the backing database, each cell as text
+  // ("<null>" for NULL).
+  absl::StatusOr<std::vector<std::vector<std::string>>> Select(const std::string& sql);
+  // Statements starting with `statement_prefix` fail with "permission
+  // denied for <object>" (e.g. "schema bf_state").
+  void DenyPrivilege(std::string statement_prefix, std::string object);
+  void ClearDenials();
+
   void InjectError(FakeAwsFault fault);
   void ExpireSessionToken();
   void SetPollsBeforeFinish(int submitted, int started);
@@ -151,7 +175,10 @@ class FakeRedshiftAwsServer {
   std::string CheckSignature(const TestRequest& request, const std::string& service, bool json,
                              std::string& message);
   bool TakeFault(const std::string& operation, FakeAwsFault& fault);
-  void RunSql(Statement& st);
+  void RunSql(Statement& st, const nlohmann::json& parameters);
+  // SQLite SQL for a Redshift statement (see the header comment); sets
+  // `error` (and returns "") for SQL Redshift refuses.
+  std::string TranslateSql(const std::string& redshift_sql, std::string& error);
 
   FakeRedshiftAwsOptions options_;
   Clock* clock_;
@@ -169,6 +196,10 @@ class FakeRedshiftAwsServer {
   std::map<std::string, std::unique_ptr<Statement>> statements_;
   std::map<std::string, std::string> client_tokens_;
   int64_t next_id_ = 1;
+  std::set<std::string> schemas_;  // attached (lowercase)
+  std::vector<std::pair<std::string, std::string>> denials_;
+  std::string current_user_;
+  std::string current_database_;
 };
 
 }  // namespace backflow

@@ -574,6 +574,83 @@ void FakeRedshiftServer::AcceptLoop() {
   }
 }
 
+namespace {
+
+// Redshift's SQL forms that PostgreSQL spells differently (what
+// change_detection: warehouse issues), rewritten as edits of the query
+// string, and PostgreSQL forms Redshift refuses. Returns the refusal, if any.
+std::optional<std::string> RedshiftForms(
+    const std::vector<Token>& tokens, std::vector<std::tuple<size_t, size_t, std::string>>& edits) {
+  std::set<std::string> arrays;  // aliases of unnested JSON_PARSE arrays
+  auto end_of = [&](size_t i) { return tokens[i].offset + tokens[i].text.size(); };
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    // IS [NOT] DISTINCT FROM: Redshift answers "Not implemented" (error 1001).
+    if (IsWord(tokens, i, "IS") &&
+        (IsWord(tokens, i + 1, "DISTINCT") ||
+         (IsWord(tokens, i + 1, "NOT") && IsWord(tokens, i + 2, "DISTINCT")))) {
+      return ErrorResponse("XX000", "Not implemented",
+                           "IS [NOT] DISTINCT FROM (the fake's wording of error 1001)");
+    }
+    if (IsWord(tokens, i, "COLLATE") && i + 1 < tokens.size()) {
+      const Token& name = tokens[i + 1];
+      const std::string upper = absl::AsciiStrToUpper(IdentifierName(name));
+      if (name.kind == Token::kWord && (upper == "CASE_SENSITIVE" || upper == "CS")) {
+        edits.emplace_back(name.offset, name.text.size(), "\"C\"");
+      } else if (name.kind != Token::kWord || (upper != "CASE_INSENSITIVE" && upper != "CI")) {
+        // Redshift has no locale or user-defined collations (message unverified).
+        return ErrorResponse("42704",
+                             fmt::format("collation \"{}\" does not exist", IdentifierName(name)));
+      }
+    }
+    // JSON_SERIALIZE(super) -> the value's text (a function-style cast).
+    if (IsWord(tokens, i, "JSON_SERIALIZE") && IsPunct(tokens, i + 1, '(')) {
+      edits.emplace_back(tokens[i].offset, tokens[i].text.size(), "pg_catalog.text");
+    }
+    // (SELECT JSON_PARSE($n) AS elements) AS a_array, a_array.elements AS a
+    //   -> json_array_elements($n::json) AS a
+    if (IsPunct(tokens, i, '(') && IsWord(tokens, i + 1, "SELECT") &&
+        IsWord(tokens, i + 2, "JSON_PARSE") && IsPunct(tokens, i + 3, '(') &&
+        i + 15 < tokens.size() && tokens[i + 4].kind == Token::kParam &&
+        IsPunct(tokens, i + 5, ')') && IsWord(tokens, i + 6, "AS") &&
+        IsWord(tokens, i + 7, "ELEMENTS") && IsPunct(tokens, i + 8, ')') &&
+        IsWord(tokens, i + 9, "AS") && IsPunct(tokens, i + 11, ',') &&
+        IsPunct(tokens, i + 13, '.') && IsWord(tokens, i + 14, "ELEMENTS") &&
+        IsWord(tokens, i + 15, "AS") && i + 16 < tokens.size()) {
+      const std::string alias(tokens[i + 16].text);
+      arrays.insert(absl::AsciiStrToUpper(alias));
+      edits.emplace_back(
+          tokens[i].offset, end_of(i + 16) - tokens[i].offset,
+          fmt::format("json_array_elements({}::json) AS {}", tokens[i + 4].text, alias));
+      i += 16;
+    }
+  }
+  // CAST(a AS VARCHAR(65535)) and CAST(a[k] AS VARCHAR(65535)) of such an
+  // alias, before or after its FROM item.
+  for (size_t i = 0; i < tokens.size() && !arrays.empty(); ++i) {
+    if (IsWord(tokens, i, "CAST") && IsPunct(tokens, i + 1, '(') && i + 2 < tokens.size() &&
+        tokens[i + 2].kind == Token::kWord && arrays.count(tokens[i + 2].upper) > 0) {
+      size_t j = i + 3;
+      std::string replacement;
+      if (IsPunct(tokens, j, '[') && j + 2 < tokens.size() &&
+          tokens[j + 1].kind == Token::kNumber && IsPunct(tokens, j + 2, ']')) {
+        replacement = fmt::format("({} ->> {})", tokens[i + 2].text, tokens[j + 1].text);
+        j += 3;
+      } else {
+        replacement = fmt::format("({} #>> '{{}}')", tokens[i + 2].text);
+      }
+      if (IsWord(tokens, j, "AS") && IsWord(tokens, j + 1, "VARCHAR") &&
+          IsPunct(tokens, j + 2, '(') && IsPunct(tokens, j + 4, ')') &&
+          IsPunct(tokens, j + 5, ')')) {
+        edits.emplace_back(tokens[i].offset, end_of(j + 5) - tokens[i].offset, replacement);
+        i = j + 5;
+      }
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
 FakeRedshiftServer::Verdict FakeRedshiftServer::Inspect(Session& session, const std::string& sql,
                                                         bool extended) {
   Verdict verdict;
@@ -730,6 +807,7 @@ FakeRedshiftServer::Verdict FakeRedshiftServer::Inspect(Session& session, const 
         }
       }
     }
+    if (!refused) refused = RedshiftForms(tokens, edits);
     // set_config('name', ...) anywhere in the statement.
     for (size_t i = 0; i + 2 < tokens.size() && !refused; ++i) {
       if (!IsWord(tokens, i, "SET_CONFIG") || !IsPunct(tokens, i + 1, '(')) continue;

@@ -38,6 +38,16 @@
 //     tests use sslmode=disable; sslmode=require fails as against a server
 //     without TLS.
 //   * CancelRequest is relayed to PostgreSQL and counted.
+//   * Redshift SQL that change_detection: warehouse issues, rewritten for
+//     PostgreSQL: COLLATE case_sensitive | cs -> COLLATE "C" (byte order);
+//     (SELECT JSON_PARSE($n) AS elements) AS a_array, a_array.elements AS a
+//     (a SUPER array unnested in FROM) -> json_array_elements($n::json) AS
+//     a, with CAST(a AS VARCHAR(65535)) -> (a #>> '{}') and CAST(a[k] AS
+//     VARCHAR(65535)) -> (a ->> k); JSON_SERIALIZE(x) -> pg_catalog.text(x).
+//     Refused as Redshift refuses them: IS
+//     [NOT] DISTINCT FROM (XX000 "Not implemented", Redshift's error 1001)
+//     and any other COLLATE than case_sensitive/cs/case_insensitive/ci
+//     (42704, message unverified).
 // A refused statement refuses its whole simple-query message (PostgreSQL,
 // like Redshift, parses every statement of a message before running any);
 // the proxy substitutes a statement PostgreSQL fails to parse, so the

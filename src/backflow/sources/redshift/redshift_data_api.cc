@@ -19,7 +19,9 @@
 #include "backflow/delivery/http_delivery.h"
 #include "backflow/pg/types.h"
 #include "backflow/sources/redshift/redshift_aws.h"
+#include "backflow/sources/redshift/redshift_change_detection.h"
 #include "backflow/sources/redshift/redshift_source.h"
+#include "backflow/sources/warehouse_change_detection.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -160,7 +162,12 @@ class DataApiReader : public RowReader {
 
   const Schema& schema() const override { return schema_; }
 
-  absl::Status Start(const std::string& sql) {
+  // `parameters`: the Parameters list ([{name, value}]), or null. With
+  // `allow_no_result`, a statement without a result set (DDL, DML) ends
+  // cleanly with no columns.
+  absl::Status Start(const std::string& sql, const json& parameters = nullptr,
+                     bool allow_no_result = false) {
+    allow_no_result_ = allow_no_result;
     const RedshiftDataApiConfig& cfg = client_->cfg();
     if (QueryCancelRequested(cancel_)) {
       finished_ = true;
@@ -175,6 +182,7 @@ class DataApiReader : public RowReader {
     if (!cfg.workgroup_name.empty()) request["WorkgroupName"] = cfg.workgroup_name;
     if (!cfg.db_user.empty()) request["DbUser"] = cfg.db_user;
     if (!cfg.secret_arn.empty()) request["SecretArn"] = cfg.secret_arn;
+    if (parameters.is_array() && !parameters.empty()) request["Parameters"] = parameters;
     absl::StatusOr<json> submitted = client_->Call("ExecuteStatement", request, "run the query");
     if (!submitted.ok()) {
       finished_ = true;
@@ -188,6 +196,11 @@ class DataApiReader : public RowReader {
           "later");
     }
     BACKFLOW_RETURN_IF_ERROR(WaitUntilDone());
+    if (no_result_) {
+      finished_ = true;
+      done_ = true;
+      return absl::OkStatus();
+    }
     absl::Status first = FetchPage("");
     if (!first.ok()) return Fail(first);
     return absl::OkStatus();
@@ -271,6 +284,10 @@ class DataApiReader : public RowReader {
         auto has = described->find("HasResultSet");
         if (has != described->end() && has->is_boolean() && !has->get<bool>()) {
           finished_ = true;
+          if (allow_no_result_) {
+            no_result_ = true;
+            return absl::OkStatus();
+          }
           return absl::InvalidArgumentError(
               "the query returned no result set; a model must be a SELECT that returns rows");
         }
@@ -369,13 +386,54 @@ class DataApiReader : public RowReader {
   int page_ = 0;
   bool finished_ = false;  // nothing left to cancel
   bool done_ = false;      // clean end reached
+  bool allow_no_result_ = false;
+  bool no_result_ = false;  // finished without a result set (allow_no_result_)
   absl::Status error_;
+};
+
+// Change detection's statements, one ExecuteStatement each (the Data API
+// holds no transaction across requests).
+class DataApiTransport : public RedshiftSqlTransport {
+ public:
+  explicit DataApiTransport(const DataApiClient* client) : client_(client) {}
+
+  absl::StatusOr<std::unique_ptr<RowReader>> Run(
+      const std::string& sql, const std::vector<std::string>& bindings) override {
+    // A parameter value may not be empty (SqlParameter: minimum length 1):
+    // an empty binding is written as the literal ''.
+    json parameters = json::array();
+    const std::string text = RewritePlaceholders(sql, [&](int n) -> std::string {
+      const std::string& value = n <= static_cast<int>(bindings.size()) ? bindings[n - 1] : "";
+      if (value.empty()) return "''";
+      std::string name = fmt::format("p{}", n);
+      parameters.push_back({{"name", name}, {"value", value}});
+      return ":" + name;
+    });
+    auto reader = std::make_unique<DataApiReader>(client_, nullptr);
+    BACKFLOW_RETURN_IF_ERROR(reader->Start(text, parameters, /*allow_no_result=*/true));
+    return std::unique_ptr<RowReader>(std::move(reader));
+  }
+
+  absl::Status RunAll(const std::vector<BoundSql>& statements) override {
+    for (const BoundSql& s : statements) {
+      BACKFLOW_ASSIGN_OR_RETURN(auto reader, Run(s.sql, s.bindings));
+      Row row;
+      while (true) {
+        BACKFLOW_ASSIGN_OR_RETURN(bool more, reader->Next(row));
+        if (!more) break;
+      }
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  const DataApiClient* client_;
 };
 
 class RedshiftDataApiSource : public Source {
  public:
   RedshiftDataApiSource(RedshiftDataApiConfig cfg, HttpClient* http, Clock* clock)
-      : client_(std::move(cfg), http, clock) {}
+      : state_schema_(cfg.state_schema), client_(std::move(cfg), http, clock) {}
 
   absl::Status CheckConnection() override {
     BACKFLOW_ASSIGN_OR_RETURN(auto reader, Query("SELECT 1 AS ok"));
@@ -389,6 +447,18 @@ class RedshiftDataApiSource : public Source {
     return Query(sql, QueryOptions{});
   }
 
+  WarehouseChangeDetection* warehouse_change_detection() override {
+    if (change_detection_ == nullptr) {
+      PassChangeDetectionOptions options;
+      options.state_schema = state_schema_;
+      options.clock = client_.clock();
+      change_detection_ = NewPassChangeDetection(
+          NewRedshiftWarehouseSql(std::make_unique<DataApiTransport>(&client_)),
+          std::move(options));
+    }
+    return change_detection_.get();
+  }
+
   absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql,
                                                    const QueryOptions& options) override {
     BACKFLOW_ASSIGN_OR_RETURN(std::string text,
@@ -399,7 +469,9 @@ class RedshiftDataApiSource : public Source {
   }
 
  private:
+  std::string state_schema_;
   DataApiClient client_;
+  std::unique_ptr<WarehouseChangeDetection> change_detection_;
 };
 
 }  // namespace
@@ -608,6 +680,7 @@ absl::StatusOr<RedshiftDataApiConfig> ParseRedshiftDataApiSettings(const json& s
     }
     c.query_timeout_s = timeout->get<int64_t>();
   }
+  BACKFLOW_ASSIGN_OR_RETURN(c.state_schema, ParseRedshiftStateSchema(settings));
   json http = settings;
   if (text("base_url").empty()) {
     http["base_url"] = AwsEndpoint(kService, c.region, "");
@@ -672,6 +745,9 @@ SourceDefinition RedshiftDataApiSourceDefinition() {
       MakeSetting("query_timeout_s", "Query timeout (s)",
                   "A statement still running after this long is cancelled (0: no limit).",
                   SettingType::kInteger, 3600));
+  def.settings.push_back(MakeSetting("state_schema", "State schema", kRedshiftStateSchemaHelp,
+                                     SettingType::kString, "backflow_state"));
+  def.warehouse_change_detection = true;
   HttpSettingsDefaults http;
   http.base_url = "";
   http.base_url_help =

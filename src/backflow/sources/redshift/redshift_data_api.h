@@ -53,6 +53,10 @@
 // "permission denied" -> kPermissionDenied); ABORTED -> kUnavailable.
 // An error from Next() is sticky.
 //
+// change_detection: warehouse (Source::warehouse_change_detection()) runs
+// through pass tables in `state_schema` (redshift_change_detection.h), one
+// ExecuteStatement per statement, bindings as Parameters (:p1, :p2, ...).
+//
 // Thread-safety: a source and its readers are used from one thread at a
 // time. The HttpClient and Clock of the ConnectorEnv must outlive them.
 #pragma once
@@ -89,6 +93,8 @@ struct RedshiftDataApiConfig {
   std::chrono::milliseconds poll_initial{100};
   std::chrono::milliseconds poll_max{2000};
   int64_t query_timeout_s = 3600;  // 0: no client-side limit
+  // The schema of change_detection: warehouse's tables (a plain identifier).
+  std::string state_schema = "backflow_state";
 };
 
 // Reads settings already checked against the definition. kInvalidArgument,

@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <fstream>
 #include <map>
+#include <sstream>
 
 #include "backflow/sources/redshift/fake_redshift_aws_server.h"
 #include "backflow/sources/redshift/fake_redshift_server.h"
@@ -264,6 +266,80 @@ TEST_F(RedshiftE2eTest, IamAuthFetchesATemporaryPasswordThenSyncs) {
   EXPECT_NE((r.out + r.err).find("secret_access_key"), std::string::npos) << r.out << r.err;
   EXPECT_EQ((r.out + r.err).find("not-the-secret"), std::string::npos);
   EXPECT_EQ(receiver_->request_count(), sent);
+}
+
+// change_detection: warehouse: the pass runs in Redshift (pass tables in
+// state_schema, through the proxy): only changed rows leave it; the sync is
+// the same as in local mode.
+TEST_F(RedshiftE2eTest, WarehouseChangeDetectionSendsOnlyTheChanges) {
+  const std::string state = table_ + "_state";
+  e2e::WarehouseWorkspace w;
+  w.source = {"type: redshift",
+              "url: " + fake_->Url("backflow", "backflow_test"),
+              "password: ${env:BACKFLOW_E2E_PG_PASSWORD}",
+              "sslmode: disable",
+              "fetch_size: 40",
+              "max_retries: 1",
+              "state_schema: " + state};
+  w.model_sql = "SELECT id, email, plan, ltv, updated_at, attrs FROM " + table_;
+  w.hook_url = receiver_->Url("/ingest");
+  w.signed_hook = true;
+  w.fields =
+      "customer_id: id, email: email, plan: plan, ltv: ltv, updated_at: updated_at, attrs: "
+      "attrs";
+  e2e::WriteWarehouseWorkspace(dir_, w);
+  {  // the model's change_detection
+    std::ifstream in(dir_ + "/backflow.yaml");
+    std::stringstream text;
+    text << in.rdbuf();
+    std::string yaml = text.str();
+    const std::string anchor = "    schedule: manual\n";
+    ASSERT_NE(yaml.find(anchor), std::string::npos);
+    yaml.insert(yaml.find(anchor) + anchor.size(), "    change_detection: warehouse\n");
+    std::ofstream(dir_ + "/backflow.yaml") << yaml;
+  }
+
+  CliResult r = Sync();
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  json s = Summary(r);
+  EXPECT_EQ(s["status"], "succeeded");
+  EXPECT_EQ(s["added"], 230);
+  EXPECT_EQ(receiver_->State(), Model());
+
+  // Nothing changed: nothing is extracted, nothing sent.
+  int64_t sent = receiver_->request_count();
+  r = Sync();
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  s = Summary(r);
+  EXPECT_EQ(s["extracted"], 0);
+  EXPECT_EQ(s["added"], 0);
+  EXPECT_EQ(s["updated"], 0);
+  EXPECT_EQ(s["deleted"], 0);
+  EXPECT_EQ(receiver_->request_count(), sent);
+
+  // An update and a delete.
+  ExecOrFail(fmt::format("UPDATE {} SET plan = 'enterprise' WHERE id = 7", table_));
+  ExecOrFail(fmt::format("DELETE FROM {} WHERE id = 9", table_));
+  r = Sync();
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  s = Summary(r);
+  EXPECT_EQ(s["extracted"], 1);  // only the updated row left the warehouse
+  EXPECT_EQ(s["updated"], 1);
+  EXPECT_EQ(s["deleted"], 1);
+  EXPECT_EQ(receiver_->State(), Model());
+
+  // Nothing Redshift refuses was sent, no COPY; only the checkpoint tables stay.
+  for (const FakeRedshiftStatement& st : fake_->Statements()) {
+    EXPECT_FALSE(st.refused) << st.sql << ": " << st.error;
+  }
+  EXPECT_EQ(fake_->violations(), 0);
+  auto conn = Connect();
+  ASSERT_TRUE(conn.ok());
+  auto tables = (*conn)->Exec(fmt::format(
+      "SELECT count(*) FROM information_schema.tables WHERE table_schema = '{}'", state));
+  ASSERT_TRUE(tables.ok()) << tables.status();
+  EXPECT_STREQ(PQgetvalue(tables->get(), 0, 0), "2");
+  ExecOrFail(fmt::format("DROP SCHEMA {} CASCADE", state));
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -14,6 +15,8 @@
 #include "backflow/common/status_macros.h"
 #include "backflow/pg/connection.h"
 #include "backflow/pg/types.h"
+#include "backflow/sources/redshift/redshift_change_detection.h"
+#include "backflow/sources/warehouse_change_detection.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -332,6 +335,179 @@ class RedshiftCursorReader : public RowReader {
   absl::Status error_;
 };
 
+// Connections of change detection: one is reused while idle; a reader
+// holds its own until it reaches its end.
+struct RedshiftConnectionPool {
+  std::function<absl::StatusOr<std::unique_ptr<pg::Connection>>()> connect;
+  std::string session_sql;
+  std::unique_ptr<pg::Connection> idle;
+
+  absl::StatusOr<std::unique_ptr<pg::Connection>> Take() {
+    if (idle != nullptr && !idle->broken() && PQtransactionStatus(idle->get()) == PQTRANS_IDLE) {
+      return std::move(idle);
+    }
+    idle.reset();
+    BACKFLOW_ASSIGN_OR_RETURN(auto conn, connect());
+    BACKFLOW_RETURN_IF_ERROR(
+        ExecSimple(*conn, session_sql + "SELECT 1", "setting up the session failed").status());
+    return conn;
+  }
+  void Give(std::unique_ptr<pg::Connection> conn) {
+    if (!conn->broken() && PQtransactionStatus(conn->get()) == PQTRANS_IDLE) idle = std::move(conn);
+  }
+};
+
+// One statement's rows in single-row mode (PQsendQueryParams, text results).
+class RedshiftStatementReader : public RowReader {
+ public:
+  RedshiftStatementReader(std::shared_ptr<RedshiftConnectionPool> pool,
+                          std::unique_ptr<pg::Connection> conn, std::chrono::milliseconds wait)
+      : pool_(std::move(pool)), conn_(std::move(conn)), cancel_wait_(wait) {}
+
+  ~RedshiftStatementReader() override {
+    if (conn_ == nullptr || done_) return;
+    CancelRunning(conn_->get());
+    DrainUntil(conn_->get(), std::chrono::steady_clock::now() + cancel_wait_);
+  }
+
+  // Reads the first result: the schema (and maybe a row), or the error.
+  absl::Status Start() {
+    pg::Result first(PQgetResult(conn_->get()));
+    ExecStatusType st = first != nullptr ? PQresultStatus(first.get()) : PGRES_FATAL_ERROR;
+    if (st != PGRES_SINGLE_TUPLE && st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
+      absl::Status error =
+          ClassifyRedshiftError(conn_->ErrorFromResult(first.get(), "change detection failed"));
+      first.reset();
+      End();
+      return error;
+    }
+    const int n = PQnfields(first.get());
+    for (int i = 0; i < n; ++i) {
+      Oid oid = PQftype(first.get(), i);
+      oids_.push_back(oid);
+      schema_.push_back(Column{PQfname(first.get(), i), RedshiftValueTypeForOid(oid),
+                               RedshiftTypeName(oid, PQfmod(first.get(), i))});
+    }
+    if (st == PGRES_SINGLE_TUPLE) {
+      row_ = std::move(first);
+    } else {
+      first.reset();
+      End();
+    }
+    return absl::OkStatus();
+  }
+
+  const Schema& schema() const override { return schema_; }
+
+  absl::StatusOr<bool> Next(Row& row) override {
+    if (!error_.ok()) return error_;
+    if (row_ == nullptr) {
+      if (done_) return false;
+      pg::Result next(PQgetResult(conn_->get()));
+      ExecStatusType st = next != nullptr ? PQresultStatus(next.get()) : PGRES_FATAL_ERROR;
+      if (st == PGRES_TUPLES_OK) {  // the end of the rows
+        next.reset();
+        End();
+        return false;
+      }
+      if (st != PGRES_SINGLE_TUPLE) {
+        error_ = ClassifyRedshiftError(
+            conn_->ErrorFromResult(next.get(), "change detection failed while reading rows"));
+        next.reset();
+        End();
+        return error_;
+      }
+      row_ = std::move(next);
+    }
+    row.resize(oids_.size());
+    for (size_t i = 0; i < oids_.size(); ++i) {
+      int col = static_cast<int>(i);
+      row[i] =
+          PQgetisnull(row_.get(), 0, col)
+              ? Value::Null()
+              : DecodeRedshiftText(oids_[i], std::string_view(PQgetvalue(row_.get(), 0, col),
+                                                              PQgetlength(row_.get(), 0, col)));
+    }
+    row_.reset();
+    return true;
+  }
+
+ private:
+  // Reads what is left of the answer and returns the connection to the pool.
+  void End() {
+    while (pg::Result extra{PQgetResult(conn_->get())}) {
+    }
+    done_ = true;
+    pool_->Give(std::move(conn_));
+  }
+
+  std::shared_ptr<RedshiftConnectionPool> pool_;
+  std::unique_ptr<pg::Connection> conn_;
+  const std::chrono::milliseconds cancel_wait_;
+  Schema schema_;
+  std::vector<Oid> oids_;
+  pg::Result row_;  // a row read ahead (the first)
+  bool done_ = false;
+  absl::Status error_;
+};
+
+class RedshiftLibpqTransport : public RedshiftSqlTransport {
+ public:
+  RedshiftLibpqTransport(std::shared_ptr<RedshiftConnectionPool> pool,
+                         std::chrono::milliseconds cancel_wait)
+      : pool_(std::move(pool)), cancel_wait_(cancel_wait) {}
+
+  absl::StatusOr<std::unique_ptr<RowReader>> Run(
+      const std::string& sql, const std::vector<std::string>& bindings) override {
+    BACKFLOW_ASSIGN_OR_RETURN(auto conn, pool_->Take());
+    BACKFLOW_RETURN_IF_ERROR(Send(*conn, sql, bindings));
+    auto reader = std::make_unique<RedshiftStatementReader>(pool_, std::move(conn), cancel_wait_);
+    BACKFLOW_RETURN_IF_ERROR(reader->Start());
+    return std::unique_ptr<RowReader>(std::move(reader));
+  }
+
+  absl::Status RunAll(const std::vector<BoundSql>& statements) override {
+    BACKFLOW_ASSIGN_OR_RETURN(auto conn, pool_->Take());
+    absl::Status status = ExecSimple(*conn, "BEGIN", "starting a transaction failed").status();
+    for (const BoundSql& s : statements) {
+      if (!status.ok()) break;
+      std::vector<const char*> params;
+      for (const std::string& b : s.bindings) params.push_back(b.c_str());
+      absl::StatusOr<pg::Result> done =
+          conn->Exec(Numbered(s.sql), params, "writing the warehouse checkpoint failed");
+      if (!done.ok()) status = ClassifyRedshiftError(done.status());
+    }
+    if (status.ok()) {
+      status = ExecSimple(*conn, "COMMIT", "committing the checkpoint failed").status();
+    } else {
+      (void)ExecSimple(*conn, "ROLLBACK", "rolling back");
+    }
+    pool_->Give(std::move(conn));
+    return status;
+  }
+
+ private:
+  static std::string Numbered(const std::string& sql) {
+    return RewritePlaceholders(sql, [](int n) { return fmt::format("${}", n); });
+  }
+
+  absl::Status Send(pg::Connection& conn, const std::string& sql,
+                    const std::vector<std::string>& bindings) {
+    const std::string text = Numbered(sql);
+    std::vector<const char*> values;
+    for (const std::string& b : bindings) values.push_back(b.c_str());
+    if (PQsendQueryParams(conn.get(), text.c_str(), static_cast<int>(values.size()), nullptr,
+                          values.data(), nullptr, nullptr, 0) != 1 ||
+        PQsetSingleRowMode(conn.get()) != 1) {
+      return ClassifyRedshiftError(conn.ErrorFromResult(nullptr, "change detection failed"));
+    }
+    return absl::OkStatus();
+  }
+
+  std::shared_ptr<RedshiftConnectionPool> pool_;
+  const std::chrono::milliseconds cancel_wait_;
+};
+
 class RedshiftSource : public Source {
  public:
   RedshiftSource(RedshiftConfig config, HttpClient* http, Clock* clock)
@@ -345,6 +521,22 @@ class RedshiftSource : public Source {
     BACKFLOW_ASSIGN_OR_RETURN(auto conn, Connect());
     return ExecSimple(*conn, RedshiftSessionSql(config_) + "SELECT 1", "connection check failed")
         .status();
+  }
+
+  WarehouseChangeDetection* warehouse_change_detection() override {
+    if (change_detection_ == nullptr) {
+      auto pool = std::make_shared<RedshiftConnectionPool>();
+      pool->connect = [this] { return Connect(); };
+      pool->session_sql = RedshiftSessionSql(config_);
+      PassChangeDetectionOptions options;
+      options.state_schema = config_.state_schema;
+      options.clock = clock_;
+      change_detection_ =
+          NewPassChangeDetection(NewRedshiftWarehouseSql(std::make_unique<RedshiftLibpqTransport>(
+                                     std::move(pool), config_.cancel_wait)),
+                                 std::move(options));
+    }
+    return change_detection_.get();
   }
 
   absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql) override {
@@ -406,6 +598,7 @@ class RedshiftSource : public Source {
   HttpClient* http_;
   Clock* clock_;
   std::unique_ptr<RedshiftIamCredentials> iam_;
+  std::unique_ptr<WarehouseChangeDetection> change_detection_;
 };
 
 int HexNibble(char c) {
@@ -725,7 +918,19 @@ absl::StatusOr<RedshiftConfig> ParseRedshiftSettings(const json& settings) {
   BACKFLOW_ASSIGN_OR_RETURN(config.max_retries, integer("max_retries", config.max_retries, 0, 10));
   BACKFLOW_ASSIGN_OR_RETURN(config.connect_timeout_s,
                             integer("connect_timeout_s", config.connect_timeout_s, 2, 600));
+  BACKFLOW_ASSIGN_OR_RETURN(config.state_schema, ParseRedshiftStateSchema(settings));
   return config;
+}
+
+absl::StatusOr<std::string> ParseRedshiftStateSchema(const json& settings) {
+  auto it = settings.find("state_schema");
+  if (it == settings.end() || it->is_null()) return std::string("backflow_state");
+  if (!it->is_string() || !IsPlainSqlIdentifier(it->get<std::string>())) {
+    return absl::InvalidArgumentError(
+        "state_schema: must be a plain schema name (letters, digits, '_', '$'; not starting "
+        "with a digit), e.g. backflow_state");
+  }
+  return it->get<std::string>();
 }
 
 std::unique_ptr<Source> NewRedshiftSource(RedshiftConfig config, const ConnectorEnv& env) {
@@ -854,6 +1059,9 @@ SourceDefinition RedshiftSourceDefinition() {
   def.settings.push_back(MakeSetting("connect_timeout_s", "Connect timeout (s)",
                                      "How long to wait for the connection to be established.",
                                      SettingType::kInteger, 10));
+  def.settings.push_back(MakeSetting("state_schema", "State schema", kRedshiftStateSchemaHelp,
+                                     SettingType::kString, "backflow_state"));
+  def.warehouse_change_detection = true;
 
   def.create = [](const json& settings,
                   const ConnectorEnv& env) -> absl::StatusOr<std::unique_ptr<Source>> {

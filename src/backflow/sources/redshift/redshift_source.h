@@ -79,6 +79,14 @@
 // kUnavailable; statement timeout or cancellation (57014) ->
 // kDeadlineExceeded. No message contains the password.
 //
+// change_detection: warehouse (Source::warehouse_change_detection()) runs
+// through pass tables in `state_schema` (redshift_change_detection.h) on a
+// connection of its own, session pinned as above: each statement with
+// PQsendQueryParams ($1, $2, ... text parameters, text results) in
+// single-row mode, so the candidate rows stream without a cursor; a second
+// connection is opened while a reader still holds the first; Apply's
+// statements run in one transaction (BEGIN ... COMMIT, ROLLBACK on failure).
+//
 // Thread-safety: a source and its readers are used from one thread at a
 // time. The Clock of the ConnectorEnv must outlive the source.
 #pragma once
@@ -131,6 +139,8 @@ struct RedshiftConfig {
   int connect_timeout_s = 10;
   // How long abandoning a reader waits for the cancel and the ROLLBACK.
   std::chrono::milliseconds cancel_wait{5000};
+  // The schema of change_detection: warehouse's tables (a plain identifier).
+  std::string state_schema = "backflow_state";
 };
 
 // Reads settings already checked against the definition (defaults filled
@@ -183,6 +193,10 @@ std::vector<std::string_view> SplitSqlStatements(std::string_view sql);
 // otherwise kInvalidArgument saying a model must be one SELECT, followed by
 // "(<why_one>)" when it holds several.
 absl::StatusOr<std::string> SingleModelStatement(std::string_view sql, std::string_view why_one);
+
+// `settings["state_schema"]` (default backflow_state); kInvalidArgument
+// unless a plain identifier.
+absl::StatusOr<std::string> ParseRedshiftStateSchema(const nlohmann::json& settings);
 
 // The SET statements that pin a session (see the header comment), each
 // followed by "; ".

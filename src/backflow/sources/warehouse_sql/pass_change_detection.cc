@@ -77,8 +77,9 @@ BoundSql SelectKeys(const WarehouseSql& sql, const std::string& checkpoints,
     out.bindings.push_back(in_flight.dump());
     for (size_t i = 0; i < filter.mappings.size(); ++i) {
       conditions += fmt::format(
-          "\n   OR c{0}.row_hash IS DISTINCT FROM p.{1} OR c{0}.mapping_version IS DISTINCT FROM ?",
-          i, kRowHash);
+          "\n   OR {} OR {}",
+          sql.DiffersFrom(fmt::format("c{}.row_hash", i), fmt::format("p.{}", kRowHash)),
+          sql.DiffersFrom(fmt::format("c{}.mapping_version", i), "?"));
       out.bindings.push_back(filter.mappings[i].second.ToHex());
     }
   }
@@ -238,6 +239,25 @@ absl::Status Exec(WarehouseSql& sql, const std::string& statement,
   return ReadAll(*reader).status();
 }
 
+}  // namespace
+
+std::string WarehouseSql::DiffersFrom(const std::string& a, const std::string& b) const {
+  return fmt::format("{} IS DISTINCT FROM {}", a, b);
+}
+
+std::vector<BoundSql> WarehouseSql::ApplyBatch(const std::string& checkpoints,
+                                               const std::string& mapping,
+                                               const std::string& json) const {
+  return {ApplySql(checkpoints, mapping, json)};
+}
+
+absl::Status WarehouseSql::RunAll(const std::vector<BoundSql>& statements) {
+  for (const BoundSql& s : statements) BACKFLOW_RETURN_IF_ERROR(Exec(*this, s.sql, s.bindings));
+  return absl::OkStatus();
+}
+
+namespace {
+
 class EntryScanner : public WarehouseEntryScanner {
  public:
   explicit EntryScanner(std::unique_ptr<RowReader> reader) : reader_(std::move(reader)) {}
@@ -361,9 +381,9 @@ class PassChangeDetection : public WarehouseChangeDetection {
     auto flush = [&]() -> absl::Status {
       if (json.size() <= 1) return absl::OkStatus();
       json.push_back(']');
-      BoundSql merge = sql_->ApplySql(checkpoints_, mapping, std::move(json));
+      std::vector<BoundSql> statements = sql_->ApplyBatch(checkpoints_, mapping, json);
       json = "[";
-      return Use(Exec(*sql_, merge.sql, merge.bindings));
+      return Use(sql_->RunAll(statements));
     };
     for (const auto& [key, w] : last) {
       nlohmann::json item;

@@ -56,6 +56,8 @@
 // split into several MERGE statements, each atomic; if a later one fails, the
 // earlier ones stay applied, which leaves each key either as before or as
 // written (the engine keeps every key of a failed write in flight).
+// A warehouse without a conditional MERGE overrides WarehouseSql::ApplyBatch()
+// and RunAll() (Redshift: UPDATE, INSERT and DELETE statements).
 //
 // Privileges: the role needs to create the schema (or USAGE and CREATE TABLE
 // on an existing one) and to read and write the tables above; a refusal
@@ -79,7 +81,11 @@
 
 namespace backflow {
 
-struct BoundSql;  // below
+// A statement and the text values of its `?` placeholders, in order.
+struct BoundSql {
+  std::string sql;
+  std::vector<std::string> bindings;
+};
 
 // One warehouse's SQL and the way to run it. Each method that returns SQL
 // returns a fragment of the warehouse's dialect.
@@ -179,6 +185,23 @@ class WarehouseSql {
   // INSERT INTO ... SELECT (where every SQL dialect takes bindings), and
   // CreateKeysTableSql() is not used.
   virtual bool BindingsInCreateTableAs() const { return true; }
+
+  // --- Optional: warehouses without IS DISTINCT FROM or a conditional MERGE.
+  // Whether `a` (may be NULL) differs from `b` (never NULL); each operand
+  // appears once in the result. Default: `a IS DISTINCT FROM b`.
+  virtual std::string DiffersFrom(const std::string& a, const std::string& b) const;
+  // The statements that apply one batch of writes to `checkpoints`: `json` is
+  // the JSON text bound in pass_sql::Merge (one array [key, op, row_hash,
+  // version, fingerprint, identity] per key, op 'U' or 'D'). They run through
+  // RunAll(). Default: the one statement of ApplySql().
+  virtual std::vector<BoundSql> ApplyBatch(const std::string& checkpoints,
+                                           const std::string& mapping,
+                                           const std::string& json) const;
+  // Runs `statements` in order and reads each answer to its end, in one
+  // transaction where the warehouse can; where it cannot, ApplyBatch() must
+  // write each key in one statement only, so that a failure leaves every key
+  // either as before or as written. Default: each through Run(), in order.
+  virtual absl::Status RunAll(const std::vector<BoundSql>& statements);
 };
 
 struct PassChangeDetectionOptions {
@@ -199,12 +222,6 @@ std::unique_ptr<WarehouseChangeDetection> NewPassChangeDetection(
 bool IsPlainSqlIdentifier(std::string_view name);
 
 // --- The statements, exposed for tests. --------------------------------------
-
-// A statement and the text values of its `?` placeholders, in order.
-struct BoundSql {
-  std::string sql;
-  std::vector<std::string> bindings;
-};
 
 namespace pass_sql {
 
