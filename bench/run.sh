@@ -212,7 +212,8 @@ create_table() {
     is_active boolean NOT NULL, lifetime_value numeric(12,2) NOT NULL)"
 }
 
-# write_workspace DIR: a workspace syncing the customers model to the sink.
+# write_workspace DIR [CONNECTIONS]: a workspace syncing the customers model to
+# the sink, its source reading over CONNECTIONS connections (default 1).
 write_workspace() {
   mkdir -p "$1"
   cat >"$1/backflow.yaml" <<EOF
@@ -222,6 +223,7 @@ sources:
     type: postgres
     url: $pg_url
     password: \${env:BENCH_PGPASSWORD}
+    parallel_connections: ${2:-1}
 models:
   - name: customers
     source: warehouse
@@ -311,6 +313,7 @@ expect "customers_v2 rows" "$(psql_run -At -c "SELECT count(*) FROM customers_v2
 
 write_workspace "$work/ws-dry"
 write_workspace "$work/ws-inc"
+write_workspace "$work/ws-inc2" 2
 declare -A raw=()
 
 # ------------------------------------------- 1. extraction + fingerprint (v1)
@@ -399,7 +402,7 @@ FROM (SELECT id, md5(t::text) AS h FROM customers t) AS c
 FULL JOIN snap_v1 AS s ON s.id = c.id
 WHERE s.id IS NULL OR c.id IS NULL OR s.h <> c.h;"
 
-copy_v2=() bf_wall=() bf_diff=() bf_ext2=() bf_deliver=() pg_diff=() py_wall=()
+copy_v2=() bf_wall=() bf_diff=() bf_ext2=() bf_deliver=() pg_diff=() py_wall=() bf_wall2=()
 for r in $(seq 1 "$reps"); do
   log "incremental sync: rep $r/$reps"
   copy_v2+=("$(copy_seconds)")
@@ -418,6 +421,18 @@ for r in $(seq 1 "$reps"); do
   bf_ext2+=("$(jfield "$work/inc.$r" timings.extract_s)")
   bf_deliver+=("$(jfield "$work/inc.$r" timings.deliver_s)")
 
+  # The same sync with the source's parallel_connections: 2 (two key ranges).
+  rm -rf "$work/ws-inc2/state"
+  cp -a "$work/state-v1" "$work/ws-inc2/state"
+  before=$(sink_records)
+  backflow_sync "$work/ws-inc2" "$work/inc2.$r"
+  expect "backflow (2 connections) added" "$(jfield "$work/inc2.$r" added)" "$added_n"
+  expect "backflow (2 connections) updated" "$(jfield "$work/inc2.$r" updated)" "$updated_n"
+  expect "backflow (2 connections) deleted" "$(jfield "$work/inc2.$r" deleted)" "$deleted_n"
+  expect "backflow (2 connections) records at the sink" "$(($(sink_records) - before))" \
+    "$changed_n"
+  bf_wall2+=("$(cat "$work/inc2.$r.wall")")
+
   t0=$EPOCHREALTIME
   counts=$(psql_run -At -F ' ' -c "$pg_diff_sql")
   pg_diff+=("$(calc "$EPOCHREALTIME - $t0")")
@@ -435,6 +450,7 @@ for r in $(seq 1 "$reps"); do
 done
 raw[copy_v2]="${copy_v2[*]}"
 raw[bf_incremental_wall]="${bf_wall[*]}"
+raw[bf_incremental_wall_2_connections]="${bf_wall2[*]}"
 raw[bf_incremental_extract]="${bf_ext2[*]}"
 raw[bf_incremental_diff]="${bf_diff[*]}"
 raw[bf_incremental_deliver]="${bf_deliver[*]}"
@@ -484,6 +500,7 @@ m_ed=$(median "${bf_ed[@]}")
 m_ext1=$(median "${bf_ext1[@]}")
 m_copy2=$(median "${copy_v2[@]}")
 m_wall=$(median "${bf_wall[@]}")
+m_wall2=$(median "${bf_wall2[@]}")
 m_diff=$(median "${bf_diff[@]}")
 m_ext2=$(median "${bf_ext2[@]}")
 m_pg=$(median "${pg_diff[@]}")
@@ -502,6 +519,9 @@ r_diff_share=$(calc "$m_diff / $m_ext2")
 r_sync_copy=$(calc "$m_wall / $m_copy2")
 r_pg=$(calc "$m_pg / $m_wall")
 r_py=$(calc "$m_py / $m_wall")
+r_sync2_copy=$(calc "$m_wall2 / $m_copy2")
+r_pg2=$(calc "$m_pg / $m_wall2")
+r_py2=$(calc "$m_py / $m_wall2")
 
 cpu_model=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
 mem_gib=$(awk '/MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)
@@ -536,6 +556,10 @@ echo "| same, vs PostgreSQL computing the diff (FULL JOIN on id over md5 row has
 echo "| same, vs bench/baseline_sync.py (psycopg2 + dict of hashes) |" \
   "$(fmt_s "$m_wall") | $(fmt_s "$m_py") | backflow $(fmt_x "$r_py") faster | ≥ 5× faster |" \
   "$(verdict "$r_py >= 5") |"
+echo "| the same incremental sync with the source's \`parallel_connections: 2\` (wall time) |" \
+  "$(fmt_s "$m_wall2") | single COPY: $(fmt_s "$m_copy2"); PostgreSQL diff: $(fmt_s "$m_pg");" \
+  "Python: $(fmt_s "$m_py") | $(fmt_x "$r_sync2_copy") COPY; backflow $(fmt_x "$r_pg2") / $(fmt_x "$r_py2") faster |" \
+  "≤ 1.25×; ≥ 4×; ≥ 5× | $(verdict "$r_sync2_copy <= 1.25") / $(verdict "$r_pg2 >= 4") / $(verdict "$r_py2 >= 5") |"
 rss_min="" rss_max=""
 for s in $rss_sizes; do
   k=${rss_kib[$s]}
