@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 
 #include "backflow/common/status_macros.h"
@@ -127,7 +128,7 @@ absl::Status ExternalSorter::Add(std::string_view key, std::string_view value) {
   if (finished_) return absl::FailedPreconditionError("ExternalSorter::Add after Finish");
   size_t need = key.size() + value.size() + 20;
   if (!entries_.empty() &&
-      arena_.size() + need + entries_.size() * sizeof(Entry) > options_.memory_budget) {
+      arena_.size() + need + 2 * entries_.size() * sizeof(Entry) > options_.memory_budget) {
     BACKFLOW_RETURN_IF_ERROR(Spill());
   }
   if (arena_.size() + need > (size_t{1} << 32)) {
@@ -143,15 +144,50 @@ absl::Status ExternalSorter::Add(std::string_view key, std::string_view value) {
 }
 
 void ExternalSorter::SortBuffer() {
+  const size_t n = entries_.size();
+  if (n < 2) return;
+  // LSD radix sort on the 8-byte prefix, one byte per pass (a pass whose byte
+  // is the same in every entry is skipped). It is stable, so entries with
+  // equal prefixes stay in insertion order; unlike a comparison sort it does
+  // not degrade on the patterns keys come in (e.g. decimal ids in numeric
+  // order, whose byte order interleaves).
+  std::array<std::array<uint32_t, 256>, 8> counts{};
+  for (const Entry& e : entries_) {
+    for (int d = 0; d < 8; ++d) ++counts[d][(e.prefix >> (8 * d)) & 0xFF];
+  }
+  scratch_.resize(n);
+  Entry* src = entries_.data();
+  Entry* dst = scratch_.data();
+  bool in_scratch = false;
+  for (int d = 0; d < 8; ++d) {
+    const std::array<uint32_t, 256>& count = counts[d];
+    if (count[(src[0].prefix >> (8 * d)) & 0xFF] == n) continue;
+    std::array<uint32_t, 256> next;
+    uint32_t sum = 0;
+    for (int b = 0; b < 256; ++b) {
+      next[b] = sum;
+      sum += count[b];
+    }
+    for (size_t i = 0; i < n; ++i) dst[next[(src[i].prefix >> (8 * d)) & 0xFF]++] = src[i];
+    std::swap(src, dst);
+    in_scratch = !in_scratch;
+  }
+  if (in_scratch) entries_.swap(scratch_);
+  // Entries whose prefixes are equal: by the whole key, then insertion order.
   const std::string& arena = arena_;
-  std::sort(entries_.begin(), entries_.end(), [&arena](const Entry& a, const Entry& b) {
-    if (a.prefix != b.prefix) return a.prefix < b.prefix;
+  auto by_key = [&arena](const Entry& a, const Entry& b) {
     std::string_view ka, va, kb, vb;
     RecordAt(arena, a.offset, ka, va);
     RecordAt(arena, b.offset, kb, vb);
     int c = ka.compare(kb);
     return c != 0 ? c < 0 : a.offset < b.offset;
-  });
+  };
+  for (size_t i = 0; i < n;) {
+    size_t j = i + 1;
+    while (j < n && entries_[j].prefix == entries_[i].prefix) ++j;
+    if (j - i > 1) std::sort(entries_.begin() + i, entries_.begin() + j, by_key);
+    i = j;
+  }
 }
 
 absl::Status ExternalSorter::Spill() {
@@ -201,6 +237,7 @@ absl::Status ExternalSorter::Finish() {
   offsets_.resize(entries_.size());
   for (size_t i = 0; i < entries_.size(); ++i) offsets_[i] = entries_[i].offset;
   std::vector<Entry>().swap(entries_);
+  std::vector<Entry>().swap(scratch_);
   return absl::OkStatus();
 }
 

@@ -1,7 +1,8 @@
 // ExternalSorter: sorts any number of (key, value) records by key within a
 // fixed memory budget.
 //
-// Records are buffered in memory; when the buffer reaches the budget it is
+// Records are buffered in memory (with an index of two 16-byte entries per
+// record, for a radix sort); when the buffer reaches the budget it is
 // sorted and written to a run file in `dir` (zstd-compressed unless
 // Options::compression_level is 0), and at the end
 // the runs and the last buffer are merged. Keys compare as unsigned bytes
@@ -69,6 +70,7 @@ class ExternalSorter {
   Options options_;
   std::string arena_;  // varint key size | key | varint value size | value, back to back
   std::vector<Entry> entries_;
+  std::vector<Entry> scratch_;     // SortBuffer()'s second buffer (counted in the budget)
   std::vector<uint32_t> offsets_;  // after Finish(): the last buffer, sorted
   std::vector<std::string> runs_;  // spilled run files, in spill order
   int run_counter_ = 0;

@@ -69,6 +69,26 @@ TEST_F(ExternalSorterTest, SortsInMemoryAndKeepsInsertionOrderOfEqualKeys) {
   EXPECT_EQ(Drain(sorter), records) << "a second stream sees the same records";
 }
 
+// Decimal ids in numeric order (their byte order interleaves: 1, 10, 100, ...),
+// some repeated, and keys that differ only after their first 8 bytes or by
+// trailing NULs: sorted by bytes, equal keys in insertion order.
+TEST_F(ExternalSorterTest, SortsPatternedKeysByBytes) {
+  std::vector<std::pair<std::string, std::string>> records;
+  for (int i = 1; i <= 200'000; ++i) {
+    records.emplace_back(std::to_string(i), "v" + std::to_string(i));
+    if (i % 997 == 0) records.emplace_back(std::to_string(i / 2), "dup" + std::to_string(i));
+  }
+  for (const char* k : {"a", "abcdefgh", "abcdefgh1", "abcdefgh0"}) records.emplace_back(k, k);
+  records.emplace_back(std::string("a\0", 2), "a-nul");
+  records.emplace_back(std::string("abcdefgh\0", 9), "nul9");
+  ExternalSorter sorter(dir_, "t");
+  for (const auto& [k, v] : records) ASSERT_TRUE(sorter.Add(k, v).ok());
+  ASSERT_TRUE(sorter.Finish().ok());
+  std::stable_sort(records.begin(), records.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  EXPECT_EQ(Drain(sorter), records);
+}
+
 TEST_F(ExternalSorterTest, SpillsMergesAndCleansUp) {
   for (int max_runs : {64, 3}) {
     auto records = RandomRecords(40'000, 2 + max_runs);
