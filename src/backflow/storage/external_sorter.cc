@@ -59,7 +59,8 @@ class FileStream : public SortedStream {
   std::unique_ptr<RunFileReader> reader_;
 };
 
-// K-way merge; among equal keys, the stream added first wins.
+// K-way merge; among equal keys, the stream added first wins. Every Add()
+// comes before the first Next().
 class MergeStream : public SortedStream {
  public:
   absl::Status Add(std::unique_ptr<SortedStream> stream) {
@@ -71,20 +72,22 @@ class MergeStream : public SortedStream {
     return absl::OkStatus();
   }
   absl::StatusOr<bool> Next(std::string_view& key, std::string_view& value) override {
-    if (last_ >= 0) {
-      Head h;
-      h.index = last_;
-      last_ = -1;
-      BACKFLOW_ASSIGN_OR_RETURN(bool more, streams_[h.index]->Next(h.key, h.value));
-      if (more) Push(h);
+    if (returned_) {
+      // The top is the stream returned last: replace it by that stream's next
+      // record and sift it down (one pass instead of a pop and a push).
+      returned_ = false;
+      Head& top = heap_.front();
+      BACKFLOW_ASSIGN_OR_RETURN(bool more, streams_[top.index]->Next(top.key, top.value));
+      if (!more) {
+        top = heap_.back();
+        heap_.pop_back();
+      }
+      if (!heap_.empty()) SiftDown();
     }
     if (heap_.empty()) return false;
-    std::pop_heap(heap_.begin(), heap_.end(), After);
-    const Head& top = heap_.back();
-    key = top.key;
-    value = top.value;
-    last_ = top.index;
-    heap_.pop_back();
+    key = heap_.front().key;
+    value = heap_.front().value;
+    returned_ = true;
     return true;
   }
 
@@ -103,9 +106,22 @@ class MergeStream : public SortedStream {
     heap_.push_back(h);
     std::push_heap(heap_.begin(), heap_.end(), After);
   }
+  // Restores the heap order after the top changed.
+  void SiftDown() {
+    const size_t n = heap_.size();
+    size_t i = 0;
+    while (true) {
+      size_t child = 2 * i + 1;
+      if (child >= n) break;
+      if (child + 1 < n && After(heap_[child], heap_[child + 1])) ++child;
+      if (!After(heap_[i], heap_[child])) break;
+      std::swap(heap_[i], heap_[child]);
+      i = child;
+    }
+  }
   std::vector<std::unique_ptr<SortedStream>> streams_;
   std::vector<Head> heap_;
-  int last_ = -1;
+  bool returned_ = false;  // the top was handed out by the last Next()
 };
 
 }  // namespace
