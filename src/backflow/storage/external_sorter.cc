@@ -12,12 +12,12 @@
 namespace backflow {
 namespace {
 
+// The first 8 bytes of `key`, big-endian, zero-padded: prefixes that differ
+// order their keys as the bytes do.
 uint64_t KeyPrefix(std::string_view key) {
-  unsigned char b[8] = {};
-  std::memcpy(b, key.data(), std::min<size_t>(8, key.size()));
   uint64_t v = 0;
-  for (unsigned char c : b) v = (v << 8) | c;
-  return v;
+  if (!key.empty()) std::memcpy(&v, key.data(), std::min<size_t>(8, key.size()));
+  return __builtin_bswap64(v);
 }
 
 // Views of the record stored at `offset` in `arena`.
@@ -68,6 +68,7 @@ class MergeStream : public SortedStream {
     h.index = static_cast<int>(streams_.size());
     streams_.push_back(std::move(stream));
     BACKFLOW_ASSIGN_OR_RETURN(bool more, streams_.back()->Next(h.key, h.value));
+    h.prefix = KeyPrefix(h.key);
     if (more) Push(h);
     return absl::OkStatus();
   }
@@ -78,6 +79,7 @@ class MergeStream : public SortedStream {
       returned_ = false;
       Head& top = heap_.front();
       BACKFLOW_ASSIGN_OR_RETURN(bool more, streams_[top.index]->Next(top.key, top.value));
+      top.prefix = KeyPrefix(top.key);
       if (!more) {
         top = heap_.back();
         heap_.pop_back();
@@ -93,12 +95,14 @@ class MergeStream : public SortedStream {
 
  private:
   struct Head {
+    uint64_t prefix = 0;  // KeyPrefix(key): most comparisons end there
     std::string_view key;
     std::string_view value;
     int index = 0;
   };
   // Heap order: std::*_heap keep the greatest first, so "greater" = comes later.
   static bool After(const Head& a, const Head& b) {
+    if (a.prefix != b.prefix) return a.prefix > b.prefix;
     int c = a.key.compare(b.key);
     return c != 0 ? c > 0 : a.index > b.index;
   }
