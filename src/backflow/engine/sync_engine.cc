@@ -263,7 +263,7 @@ class Runner {
   // `entry` is its checkpoint entry, null when it has none.
   template <typename Emit>
   absl::Status DiffRow(MappingRun& m, int index, const ModelConfig& model, const Schema& schema,
-                       const KeyedRow& row, const CheckpointEntry* entry, bool was_in_flight,
+                       const KeyedRow& row, const CheckpointEntryView* entry, bool was_in_flight,
                        Emit& emit, Row& payload);
   absl::Status ApplyAcks(MappingRun& m, int index, Spool::AckList list);
   // The run-level error when the change set deletes more than the mapping's
@@ -462,7 +462,8 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
   std::string_view row_hash;
   BACKFLOW_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointScanner> in_flight,
                             state_.ScanInFlight(name));
-  CheckpointEntry entry, flight;
+  // Views into the scanners' buffers, valid until each scanner advances.
+  CheckpointEntryView entry, flight;
   // The current model key: its first row's summary and how many rows have it.
   KeyedRow current;
   std::string_view next_key, next_summary;
@@ -480,8 +481,8 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
     return true;
   };
   BACKFLOW_ASSIGN_OR_RETURN(bool have_row, step_rows());
-  BACKFLOW_ASSIGN_OR_RETURN(bool have_entry, checkpoint->Next(entry));
-  BACKFLOW_ASSIGN_OR_RETURN(bool have_flight, in_flight->Next(flight));
+  BACKFLOW_ASSIGN_OR_RETURN(bool have_entry, checkpoint->NextView(entry));
+  BACKFLOW_ASSIGN_OR_RETURN(bool have_flight, in_flight->NextView(flight));
 
   Row payload;
   // `out` is the payload (identity values for a delete); null only in a dry
@@ -535,8 +536,8 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
     // valid until the streams advance at the end of this iteration.
     std::string_view key;
     bool first = true;
-    auto consider = [&](bool have, const std::string& k) {
-      if (have && (first || std::string_view(k) < key)) {
+    auto consider = [&](bool have, std::string_view k) {
+      if (have && (first || k < key)) {
         key = k;
         first = false;
       }
@@ -569,10 +570,10 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
       BACKFLOW_ASSIGN_OR_RETURN(have_row, step_rows());
     }
     if (in_checkpoint) {
-      BACKFLOW_ASSIGN_OR_RETURN(have_entry, checkpoint->Next(entry));
+      BACKFLOW_ASSIGN_OR_RETURN(have_entry, checkpoint->NextView(entry));
     }
     if (was_in_flight) {
-      BACKFLOW_ASSIGN_OR_RETURN(have_flight, in_flight->Next(flight));
+      BACKFLOW_ASSIGN_OR_RETURN(have_flight, in_flight->NextView(flight));
     }
   }
   if (warehouse_entries != nullptr) {
@@ -589,7 +590,7 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
 template <typename Emit>
 absl::Status Runner::DiffRow(MappingRun& m, int index, const ModelConfig& model,
                              const Schema& schema, const KeyedRow& row,
-                             const CheckpointEntry* entry, bool was_in_flight, Emit& emit,
+                             const CheckpointEntryView* entry, bool was_in_flight, Emit& emit,
                              Row& payload) {
   RunCounts& c = m.run.counts;
   const Mapper& mapper = *m.mapper;

@@ -155,25 +155,34 @@ class FileCheckpointScanner : public CheckpointScanner {
   FileCheckpointScanner(std::unique_ptr<RunFileReader> reader, std::string mapping,
                         bool in_flight = false)
       : reader_(std::move(reader)), mapping_(std::move(mapping)), in_flight_(in_flight) {}
-  absl::StatusOr<bool> Next(CheckpointEntry& entry) override {
+  // Views of the reader's current block.
+  absl::StatusOr<bool> NextView(CheckpointEntryView& entry) override {
     if (reader_ == nullptr) return false;
     std::string_view key, value;
     auto more = reader_->Next(key, value);
     if (!more.ok()) return DamagedCheckpointError(mapping_, std::string(more.status().message()));
     if (!*more) return false;
+    entry.key = key;
     if (in_flight_) {
-      entry.key.assign(key);
       entry.fingerprint = Fingerprint{};
-      entry.identity.assign(value);
+      entry.identity = value;
       return true;
     }
     if (value.size() < 16) {
       return DamagedCheckpointError(mapping_, "an entry is shorter than its fingerprint");
     }
-    entry.key.assign(key);
     std::memcpy(&entry.fingerprint.high, value.data(), 8);
     std::memcpy(&entry.fingerprint.low, value.data() + 8, 8);
-    entry.identity.assign(value.substr(16));
+    entry.identity = value.substr(16);
+    return true;
+  }
+  absl::StatusOr<bool> Next(CheckpointEntry& entry) override {
+    CheckpointEntryView view;
+    BACKFLOW_ASSIGN_OR_RETURN(bool more, NextView(view));
+    if (!more) return false;
+    entry.key.assign(view.key);
+    entry.fingerprint = view.fingerprint;
+    entry.identity.assign(view.identity);
     return true;
   }
 

@@ -1,4 +1,5 @@
-// Errors shared by the StateStore implementations and their callers.
+// Errors shared by the StateStore implementations and their callers, and
+// CheckpointScanner's default NextView().
 #include "backflow/state/state_store.h"
 
 #include "absl/strings/cord.h"
@@ -20,6 +21,15 @@ bool HasTag(const absl::Status& status, const char* type_url) {
 }
 
 }  // namespace
+
+absl::StatusOr<bool> CheckpointScanner::NextView(CheckpointEntryView& entry) {
+  absl::StatusOr<bool> more = Next(view_buffer_);
+  if (!more.ok() || !*more) return more;
+  entry.key = view_buffer_.key;
+  entry.fingerprint = view_buffer_.fingerprint;
+  entry.identity = view_buffer_.identity;
+  return true;
+}
 
 absl::Status RunTakenOverError(int64_t run_id, const std::string& worker,
                                const std::string& holder) {

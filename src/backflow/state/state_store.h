@@ -35,6 +35,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -171,11 +172,24 @@ class MappingLockHandle {
 };
 
 // Ordered reader over one mapping's checkpoint.
+// A CheckpointEntry as views into its scanner's buffers.
+struct CheckpointEntryView {
+  std::string_view key;
+  Fingerprint fingerprint;
+  std::string_view identity;
+};
+
 class CheckpointScanner {
  public:
   virtual ~CheckpointScanner() = default;
   // Next entry in ascending byte order of key; false at the end.
   virtual absl::StatusOr<bool> Next(CheckpointEntry& entry) = 0;
+  // Next(), as views valid until the next call on this scanner. The default
+  // copies through Next(); scanners over buffers they own return views.
+  virtual absl::StatusOr<bool> NextView(CheckpointEntryView& entry);
+
+ private:
+  CheckpointEntry view_buffer_;  // the default NextView()'s entry
 };
 
 class StateStore {
