@@ -32,7 +32,8 @@ TEST(QueryCancelWatcherTest, StoppedBeforeTheFlagNeverRunsTheCallback) {
   std::atomic<bool> cancel{false};
   std::atomic<int> calls{0};
   {
-    QueryCancelWatcher watcher(&cancel, [&] { ++calls; }, std::chrono::hours(1));
+    QueryCancelWatcher watcher(
+        &cancel, [&] { ++calls; }, std::chrono::hours(1));
     watcher.Stop();
     cancel = true;  // after Stop(): ignored
     EXPECT_FALSE(watcher.fired());
@@ -44,7 +45,8 @@ TEST(QueryCancelWatcherTest, AFlagAlreadySetFiresWithoutWaitingForAnInterval) {
   std::atomic<bool> cancel{true};
   std::promise<void> called;
   // An interval of an hour: the first check happens before any wait.
-  QueryCancelWatcher watcher(&cancel, [&] { called.set_value(); }, std::chrono::hours(1));
+  QueryCancelWatcher watcher(
+      &cancel, [&] { called.set_value(); }, std::chrono::hours(1));
   ASSERT_EQ(called.get_future().wait_for(std::chrono::seconds(30)), std::future_status::ready);
   watcher.Stop();
   EXPECT_TRUE(watcher.fired());
