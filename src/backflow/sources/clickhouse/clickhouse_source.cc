@@ -1,6 +1,7 @@
 #include "backflow/sources/clickhouse/clickhouse_source.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <charconv>
 #include <mutex>
@@ -17,6 +18,7 @@
 #include "backflow/common/status_macros.h"
 #include "backflow/common/url.h"
 #include "backflow/sources/clickhouse/clickhouse_rowbinary.h"
+#include "backflow/sources/query_cancel_watcher.h"
 #include "backflow/sources/warehouse_change_detection.h"
 #include "fmt/format.h"
 
@@ -34,6 +36,8 @@ constexpr size_t kMaxErrorBody = 64 * 1024;
 constexpr size_t kMaxMessage = 2000;
 // The reader waits this much longer than max_execution_time for data.
 constexpr std::chrono::seconds kQueryGrace{60};
+// The longest backoff sleep between checks of a run's cancel flag.
+constexpr std::chrono::seconds kCancelCheckStep{1};
 constexpr char kCheckSql[] = "SELECT version(), currentUser(), currentDatabase()";
 
 // Settings Backflow sets itself (or that would break the exchange).
@@ -294,8 +298,9 @@ class ClickHouseClient {
     return stream_->Open(r, stream_options_);
   }
 
-  // Best effort: one attempt, errors ignored.
-  void Kill(const std::string& query_id) {
+  // Best effort: one attempt, errors ignored. Thread-safe (a cancel watcher
+  // calls it while another thread waits for the query's answer).
+  void Kill(const std::string& query_id) const {
     if (http_ == nullptr) return;
     HttpRequest r = Request({});
     r.body = fmt::format("KILL QUERY WHERE query_id = '{}' ASYNC", query_id);
@@ -502,19 +507,26 @@ Verdict Classify(const ClickHouseConfig& c, int http_status, const ClickHouseExc
 class ClickHouseReader : public ClickHouseRowReader {
  public:
   // `may_be_empty`: an empty body is a result without columns (DDL, INSERT).
+  // `cancel` (QueryOptions::cancel, may be null) and `watcher` (which kills
+  // the query once it is set; null without a flag) stop the query.
   ClickHouseReader(std::shared_ptr<ClickHouseClient> client, std::string query_id,
-                   std::unique_ptr<HttpResponseStream> stream, bool may_be_empty = false)
+                   std::unique_ptr<HttpResponseStream> stream, bool may_be_empty = false,
+                   const std::atomic<bool>* cancel = nullptr,
+                   std::unique_ptr<QueryCancelWatcher> watcher = nullptr)
       : client_(std::move(client)),
         query_id_(std::move(query_id)),
         stream_(std::move(stream)),
-        may_be_empty_(may_be_empty) {
+        may_be_empty_(may_be_empty),
+        cancel_(cancel),
+        watcher_(std::move(watcher)) {
     tag_ = stream_->Header("x-clickhouse-exception-tag").value_or("");
   }
 
   ~ClickHouseReader() override {
-    if (finished_) return;
+    const bool killed = StopWatching();
+    if (finished_ || cancelled_) return;
     stream_.reset();  // closes the connection
-    client_->Kill(query_id_);
+    if (!killed) client_->Kill(query_id_);
   }
 
   const Schema& schema() const override { return schema_; }
@@ -578,6 +590,7 @@ class ClickHouseReader : public ClickHouseRowReader {
   absl::StatusOr<bool> Next(Row& row) override {
     if (!status_.ok()) return status_;
     if (finished_) return false;
+    if (QueryCancelRequested(cancel_)) return Fail(absl::CancelledError());
     while (true) {
       std::string_view avail = View();
       if (avail.empty()) {
@@ -688,6 +701,8 @@ class ClickHouseReader : public ClickHouseRowReader {
   }
 
   absl::StatusOr<bool> End() {
+    // A killed query may end its body early without an exception.
+    if (QueryCancelRequested(cancel_)) return Fail(absl::CancelledError());
     for (const auto& [name, value] : stream_->trailers()) {
       if (name == "x-clickhouse-exception-code") {
         ClickHouseException ex;
@@ -703,15 +718,39 @@ class ClickHouseReader : public ClickHouseRowReader {
     return false;
   }
 
+  // Every failure goes through here: once the run is cancelled, whatever
+  // broke the result (the KILL's exception, a cut body) is the cancel.
   absl::Status Fail(absl::Status s) {
+    if (QueryCancelRequested(cancel_)) s = Cancel();
     status_ = s;
     return s;
+  }
+
+  // Ends the watch; true when the watcher sent the KILL.
+  bool StopWatching() {
+    if (watcher_ == nullptr) return false;
+    watcher_->Stop();
+    return watcher_->fired();
+  }
+
+  // Closes the connection and kills the query unless the watcher did.
+  absl::Status Cancel() {
+    if (!cancelled_) {
+      cancelled_ = true;
+      const bool killed = StopWatching();
+      stream_.reset();
+      if (!killed && !finished_) client_->Kill(query_id_);
+    }
+    return QueryCancelledError(fmt::format("ClickHouse query {}", query_id_));
   }
 
   std::shared_ptr<ClickHouseClient> client_;
   const std::string query_id_;
   std::unique_ptr<HttpResponseStream> stream_;
   const bool may_be_empty_;
+  const std::atomic<bool>* const cancel_;
+  std::unique_ptr<QueryCancelWatcher> watcher_;
+  bool cancelled_ = false;
   std::string tag_;
   Schema schema_;
   std::vector<ClickHouseType> types_;
@@ -755,6 +794,11 @@ class ClickHouseSource : public Source {
     return Execute(TrimModelSql(sql), {}, /*writes=*/false);
   }
 
+  absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql,
+                                                   const QueryOptions& options) override {
+    return Execute(TrimModelSql(sql), {}, /*writes=*/false, options.cancel);
+  }
+
   WarehouseChangeDetection* warehouse_change_detection() override {
     if (change_detection_ == nullptr) {
       auto sql = NewClickHouseWarehouseSql(
@@ -773,12 +817,15 @@ class ClickHouseSource : public Source {
  private:
   absl::StatusOr<std::unique_ptr<RowReader>> Execute(
       const std::string& text, const std::vector<std::pair<std::string, std::string>>& params,
-      bool writes) {
+      bool writes, const std::atomic<bool>* cancel = nullptr) {
     const ClickHouseConfig& c = client_->config();
     for (int attempt = 1;; ++attempt) {
+      // A cancelled run sends no (further) query.
+      if (QueryCancelRequested(cancel)) return QueryCancelledError("the ClickHouse query");
       std::unique_ptr<RowReader> reader;
-      Verdict v = Attempt(text, params, writes, reader);
+      Verdict v = Attempt(text, params, writes, cancel, reader);
       if (reader) return reader;
+      if (v.status.code() == absl::StatusCode::kCancelled) return v.status;
       if (!v.retry || attempt > c.retry.max_retries) {
         if (attempt > 1) {
           return absl::Status(v.status.code(),
@@ -786,21 +833,49 @@ class ClickHouseSource : public Source {
         }
         return v.status;
       }
-      client_->clock()->SleepFor(Backoff(attempt, v.wait));
+      // The backoff in steps, so that a cancel is seen within one.
+      for (Clock::Duration left = Backoff(attempt, v.wait); left > Clock::Duration::zero();) {
+        if (QueryCancelRequested(cancel)) break;
+        Clock::Duration step = std::min<Clock::Duration>(left, kCancelCheckStep);
+        client_->clock()->SleepFor(step);
+        left -= step;
+      }
     }
   }
 
+  // `cancel`: QueryOptions::cancel (may be null); once it is set while the
+  // request waits for the answer, a watcher kills the query, and the
+  // attempt's verdict is kCancelled.
   Verdict Attempt(const std::string& sql,
                   const std::vector<std::pair<std::string, std::string>>& params, bool writes,
-                  std::unique_ptr<RowReader>& out) {
+                  const std::atomic<bool>* cancel, std::unique_ptr<RowReader>& out) {
     const ClickHouseConfig& c = client_->config();
     const std::string query_id = client_->NewQueryId();
+    std::unique_ptr<QueryCancelWatcher> watcher;
+    if (cancel != nullptr) {
+      watcher = std::make_unique<QueryCancelWatcher>(
+          cancel, [client = client_, query_id] { client->Kill(query_id); });
+    }
+    // Ends the watch; true when the watcher sent the KILL.
+    auto stop_watching = [&] {
+      if (watcher == nullptr) return false;
+      watcher->Stop();
+      return watcher->fired();
+    };
     absl::StatusOr<std::unique_ptr<HttpResponseStream>> stream =
         client_->Open(sql, query_id, params, writes);
     Verdict v;
+    if (QueryCancelRequested(cancel)) {
+      // Whatever came back (most likely the KILL's QUERY_WAS_CANCELLED, 394)
+      // is the cancel; a result that had started is abandoned.
+      if (stream.ok()) stream->reset();
+      if (!stop_watching()) client_->Kill(query_id);
+      v.status = QueryCancelledError(fmt::format("ClickHouse query {}", query_id));
+      return v;
+    }
     if (!stream.ok()) {
       // The request may have reached the server: make sure the query stops.
-      client_->Kill(query_id);
+      if (!stop_watching()) client_->Kill(query_id);
       v.retry = true;
       v.status = absl::Status(
           stream.status().code(),
@@ -812,6 +887,7 @@ class ClickHouseSource : public Source {
     HttpResponseStream& reply = **stream;
     std::optional<std::string> code_header = reply.Header("x-clickhouse-exception-code");
     if (reply.status() != 200 || code_header) {
+      stop_watching();  // the query has ended
       std::string body;
       std::string piece;
       while (body.size() < kMaxErrorBody) {
@@ -828,19 +904,20 @@ class ClickHouseSource : public Source {
     }
     if (auto format = reply.Header("x-clickhouse-format"); format && *format != kFormat) {
       stream->reset();
-      client_->Kill(query_id);
+      if (!stop_watching()) client_->Kill(query_id);
       v.status = absl::InvalidArgumentError(fmt::format(
           "ClickHouse answered in format {}: the model's SQL chooses its own output format. "
           "Remove its FORMAT clause (Backflow reads {})",
           *format, kFormat));
       return v;
     }
-    auto reader = std::make_unique<ClickHouseReader>(client_, query_id, *std::move(stream), writes);
+    auto reader = std::make_unique<ClickHouseReader>(client_, query_id, *std::move(stream), writes,
+                                                     cancel, std::move(watcher));
     bool retryable = false;
     absl::Status s = reader->ReadHeader(retryable);
     if (!s.ok()) {
       v.status = s;
-      v.retry = retryable;
+      v.retry = retryable && s.code() != absl::StatusCode::kCancelled;
       return v;  // the reader's destructor closes the connection and kills the query
     }
     out = std::move(reader);

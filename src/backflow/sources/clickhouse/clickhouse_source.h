@@ -71,6 +71,15 @@
 // `KILL QUERY WHERE query_id = '<id>' ASYNC` on a second connection (one
 // attempt, errors ignored): closing alone does not stop a ClickHouse query
 // unless cancel_http_readonly_queries_on_client_close applies.
+// A run's cancel flag (QueryOptions::cancel): already set, no request is
+// sent. While a request waits for the answer (ClickHouse sends its headers
+// with the first block) and until the reader ends, a watcher thread reads the
+// flag every 100 ms and, once it is true, sends that KILL QUERY (through the
+// thread-safe env.http); the waiting request then ends (QUERY_WAS_CANCELLED,
+// 394, or a cut body) and Query() / Next() return kCancelled, whatever the
+// answer was, without retrying. Next() also checks the flag before each row
+// (killing the query itself if the watcher has not), and a retry's backoff
+// sleeps in steps of at most a second, checking it in between.
 //
 // change_detection: warehouse (Source::warehouse_change_detection()) runs
 // through pass tables in the database `state_schema`

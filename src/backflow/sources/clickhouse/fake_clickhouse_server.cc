@@ -907,6 +907,7 @@ struct FakeClickHouseServer::Run {
   int64_t next_row = 0;
   int64_t stall_after = -1;
   uint64_t release_generation = 0;
+  bool held = false;  // waiting before its headers (StallBeforeHeaders)
   bool killed = false;
   bool client_gone = false;
   bool ended = false;
@@ -1117,11 +1118,17 @@ void FakeClickHouseServer::StallAfterRows(int64_t rows) {
   stall_after_rows_ = rows;
 }
 
+void FakeClickHouseServer::StallBeforeHeaders(bool on) {
+  std::lock_guard<std::mutex> lock(mu_);
+  stall_before_headers_ = on;
+}
+
 void FakeClickHouseServer::ReleaseStalled() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++release_generation_;
     stall_after_rows_ = -1;
+    stall_before_headers_ = false;
     // A stalled query whose client left runs to its end with nobody reading.
     for (auto& run : runs_) {
       if (!run->ended && run->client_gone) Finish(*run, Outcome::kClientGone);
@@ -1145,6 +1152,19 @@ std::vector<ClickHouseKill> FakeClickHouseServer::Kills() const {
 int64_t FakeClickHouseServer::RunningQueries() const {
   std::lock_guard<std::mutex> lock(mu_);
   return std::count_if(runs_.begin(), runs_.end(), [](const auto& r) { return !r->ended; });
+}
+
+std::optional<std::string> FakeClickHouseServer::WaitForHeldQuery(
+    std::chrono::milliseconds timeout) const {
+  std::unique_lock<std::mutex> lock(mu_);
+  std::optional<std::string> id;
+  cv_.wait_for(lock, timeout, [&] {
+    for (const auto& run : runs_) {
+      if (run->held) id = run->log.query_id;
+    }
+    return id.has_value();
+  });
+  return id;
 }
 
 bool FakeClickHouseServer::WaitUntilIdle(std::chrono::milliseconds timeout) const {
@@ -1712,6 +1732,25 @@ TestResponse FakeClickHouseServer::Handle(const TestRequest& req) {
   run->stall_after = stall_after_rows_;
   run->release_generation = release_generation_;
   log.compressed = run->gzip;
+  if (stall_before_headers_) {
+    // Computing the first block: nothing is sent until it is ready.
+    run->held = true;
+    cv_.notify_all();
+    cv_.wait(lock, [&] {
+      return run->killed || stopping_ || release_generation_ != run->release_generation;
+    });
+    run->held = false;
+    if (run->killed) {
+      log.status = StatusForCode(394);
+      log.exception_code = 394;
+      Finish(*run, Outcome::kKilled);
+      return ErrorReply(394, "Query was cancelled", tag);
+    }
+    if (stopping_) {
+      Finish(*run, Outcome::kRejected);
+      return TestResponse::Reset();
+    }
+  }
   log.status = 200;
   lock.unlock();
   return Stream(run);

@@ -235,12 +235,23 @@ class FakeClickHouseServer {
   // Queries stop after sending this many rows (< 0: off) and wait, as if
   // computing, until killed, released, or the server stops.
   void StallAfterRows(int64_t rows);
+  // While on, queries that would answer with rows wait before their response
+  // headers, as a query still computing its first block does: until KILL
+  // QUERY names them (they then answer HTTP 500, X-ClickHouse-Exception-Code
+  // 394, "Code: 394. DB::Exception: Query was cancelled. (QUERY_WAS_CANCELLED)"
+  // and are logged kKilled), ReleaseStalled() (they stream normally; it also
+  // turns this off) or Stop() (the connection is reset). A held query does
+  // not notice its client leaving.
+  void StallBeforeHeaders(bool on);
   void ReleaseStalled();
 
   // --- Inspection ------------------------------------------------------------
   std::vector<ClickHouseQueryLog> Queries() const;
   std::vector<ClickHouseKill> Kills() const;
   int64_t RunningQueries() const;
+  // Waits (real time) until a query is held by StallBeforeHeaders and returns
+  // its query_id; nullopt on timeout.
+  std::optional<std::string> WaitForHeldQuery(std::chrono::milliseconds timeout) const;
   // Waits (real time) until no query runs; false on timeout.
   bool WaitUntilIdle(std::chrono::milliseconds timeout) const;
   // Body bytes produced (before compression) for `query_id` so far.
@@ -280,6 +291,7 @@ class FakeClickHouseServer {
   std::map<std::string, FakeClickHouseUser> users_;
   std::deque<FakeClickHouseFailure> failures_;
   int64_t stall_after_rows_ = -1;
+  bool stall_before_headers_ = false;
   uint64_t release_generation_ = 0;
   std::vector<std::shared_ptr<Run>> runs_;  // every query, in arrival order
   std::vector<ClickHouseKill> kills_;

@@ -5,9 +5,11 @@
 #include <mysqld_error.h>
 #include <sys/socket.h>
 
+#include <atomic>
 #include <charconv>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -16,6 +18,7 @@
 #include "backflow/common/fmt_absl.h"
 #include "backflow/common/status_macros.h"
 #include "backflow/sources/mysql/mysql_internal.h"
+#include "backflow/sources/query_cancel_watcher.h"
 #include "backflow/sources/warehouse_change_detection.h"
 #include "fmt/format.h"
 
@@ -248,10 +251,61 @@ absl::StatusOr<Value> DecodeValue(const ColumnDecoder& decoder, const Column& co
   return bad();
 }
 
+constexpr std::string_view kQueryWhat = "the MySQL query";
+
+// Stops the statement running on one connection when a run is cancelled
+// (QueryOptions::cancel): a watcher thread, once the flag reads true, opens a
+// second connection and sends `KILL QUERY <connection id>` (the server stops
+// the statement; a user may always kill its own), then shuts the first
+// connection's socket down so that whatever the owner's thread is blocked in
+// (mysql_real_query, mysql_fetch_row) returns at once even when the KILL
+// could not be sent. The connection is unusable afterwards; its owner only
+// closes it. Created and stopped on the owner's thread.
+class QueryCanceller {
+ public:
+  // `conn` must stay open until Stop() returned (or the canceller is gone).
+  QueryCanceller(const std::string& url, const std::string& password, const Conn& conn,
+                 const std::atomic<bool>* cancel)
+      : cancel_(cancel) {
+    const unsigned long id = mysql_thread_id(conn.mysql);
+    int fd = -1;
+    if (mariadb_get_infov(conn.mysql, MARIADB_CONNECTION_SOCKET, &fd) != 0) fd = -1;
+    kill_ = [url, password, id, fd] {
+      absl::StatusOr<std::unique_ptr<Conn>> killer = Connect(url, password, /*read_only=*/false);
+      if (killer.ok()) {
+        const std::string sql = fmt::format("KILL QUERY {}", id);
+        (void)mysql_query((*killer)->mysql, sql.c_str());
+      }
+      if (fd >= 0) shutdown(fd, SHUT_RDWR);
+    };
+    watcher_ = std::make_unique<QueryCancelWatcher>(cancel, kill_);
+  }
+
+  bool requested() const { return QueryCancelRequested(cancel_); }
+
+  // Ends the watch (the connection may be closed afterwards).
+  void Stop() { watcher_->Stop(); }
+
+  // For the owner's thread once it saw the flag: ends the watch and kills the
+  // statement unless the watcher already did. Returns QueryCancelledError.
+  absl::Status Cancel() {
+    watcher_->Stop();
+    if (!watcher_->fired()) kill_();
+    return QueryCancelledError(kQueryWhat);
+  }
+
+ private:
+  const std::atomic<bool>* const cancel_;
+  std::function<void()> kill_;
+  std::unique_ptr<QueryCancelWatcher> watcher_;
+};
+
 class MysqlRowReader : public RowReader {
  public:
-  MysqlRowReader(std::shared_ptr<Conn> conn, MYSQL_RES* result)
-      : conn_(std::move(conn)), result_(result) {
+  // `canceller`: null when the query cannot be cancelled by a run.
+  MysqlRowReader(std::shared_ptr<Conn> conn, MYSQL_RES* result,
+                 std::unique_ptr<QueryCanceller> canceller = nullptr)
+      : conn_(std::move(conn)), result_(result), canceller_(std::move(canceller)) {
     unsigned n = mysql_num_fields(result_);
     MYSQL_FIELD* fields = mysql_fetch_fields(result_);
     schema_.resize(n);
@@ -260,6 +314,7 @@ class MysqlRowReader : public RowReader {
   }
 
   ~MysqlRowReader() override {
+    if (canceller_ != nullptr) canceller_->Stop();
     // Abandoned (or failed) mid-stream: freeing the result would read every
     // remaining row, so cut the connection first.
     if (!done_) conn_->Abort();
@@ -271,8 +326,17 @@ class MysqlRowReader : public RowReader {
   absl::StatusOr<bool> Next(Row& row) override {
     if (!error_.ok()) return error_;
     if (done_) return false;
+    if (canceller_ != nullptr && canceller_->requested()) {
+      error_ = canceller_->Cancel();
+      return error_;
+    }
     MYSQL_ROW values = mysql_fetch_row(result_);
     if (values == nullptr) {
+      if (canceller_ != nullptr && canceller_->requested()) {
+        // Killed (or cut) by the canceller while the fetch waited.
+        error_ = canceller_->Cancel();
+        return error_;
+      }
       if (mysql_errno(conn_->mysql) != 0) {
         error_ = QueryError(*conn_, "query failed while streaming rows");
         return error_;
@@ -303,9 +367,40 @@ class MysqlRowReader : public RowReader {
   MYSQL_RES* result_;
   Schema schema_;
   std::vector<ColumnDecoder> decoders_;
+  std::unique_ptr<QueryCanceller> canceller_;
   bool done_ = false;
   absl::Status error_;
 };
+
+// StreamQuery (mysql_internal.h), the statement stopped when `canceller`
+// (may be null) sees the run cancelled.
+absl::StatusOr<std::unique_ptr<RowReader>> StreamCancellableQuery(
+    std::shared_ptr<Conn> conn, const std::string& text, std::string_view what,
+    std::unique_ptr<QueryCanceller> canceller) {
+  // The canceller may have cut the connection: it is never used again, and
+  // the canceller stops before the connection closes.
+  auto cancelled = [&] {
+    absl::Status s = canceller->Cancel();
+    conn->Abort();
+    return s;
+  };
+  auto fail = [&](absl::Status s) {
+    if (canceller != nullptr) canceller->Stop();
+    return s;
+  };
+  const bool failed = mysql_real_query(conn->mysql, text.data(), text.size()) != 0;
+  if (canceller != nullptr && canceller->requested()) return cancelled();
+  if (failed) return fail(QueryError(*conn, what));
+  MYSQL_RES* result = mysql_use_result(conn->mysql);
+  if (result == nullptr) {
+    if (mysql_errno(conn->mysql) != 0) return fail(QueryError(*conn, what));
+    return fail(absl::InvalidArgumentError(
+        "the query returned no result set; a model must be a SELECT (or another statement "
+        "that returns rows)"));
+  }
+  return std::unique_ptr<RowReader>(
+      new MysqlRowReader(std::move(conn), result, std::move(canceller)));
+}
 
 class MysqlSource : public Source {
  public:
@@ -326,8 +421,21 @@ class MysqlSource : public Source {
   }
 
   absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql) override {
-    BACKFLOW_ASSIGN_OR_RETURN(auto conn, Connect(url_, password_));
-    return mysql_internal::StreamQuery(std::move(conn), TrimModelSql(sql), "query failed");
+    return Query(sql, QueryOptions{});
+  }
+
+  absl::StatusOr<std::unique_ptr<RowReader>> Query(std::string_view sql,
+                                                   const QueryOptions& options) override {
+    // A run already cancelled opens no query (nor a connection).
+    if (QueryCancelRequested(options.cancel)) return QueryCancelledError(kQueryWhat);
+    BACKFLOW_ASSIGN_OR_RETURN(std::shared_ptr<Conn> conn, Connect(url_, password_));
+    if (QueryCancelRequested(options.cancel)) return QueryCancelledError(kQueryWhat);
+    std::unique_ptr<QueryCanceller> canceller;
+    if (options.cancel != nullptr) {
+      canceller = std::make_unique<QueryCanceller>(url_, password_, *conn, options.cancel);
+    }
+    return StreamCancellableQuery(std::move(conn), TrimModelSql(sql), "query failed",
+                                  std::move(canceller));
   }
 
   WarehouseChangeDetection* warehouse_change_detection() override {
@@ -431,17 +539,7 @@ absl::StatusOr<std::unique_ptr<Conn>> Connect(const std::string& url,
 absl::StatusOr<std::unique_ptr<RowReader>> StreamQuery(std::shared_ptr<Conn> conn,
                                                        const std::string& text,
                                                        std::string_view what) {
-  if (mysql_real_query(conn->mysql, text.data(), text.size()) != 0) {
-    return QueryError(*conn, what);
-  }
-  MYSQL_RES* result = mysql_use_result(conn->mysql);
-  if (result == nullptr) {
-    if (mysql_errno(conn->mysql) != 0) return QueryError(*conn, what);
-    return absl::InvalidArgumentError(
-        "the query returned no result set; a model must be a SELECT (or another statement "
-        "that returns rows)");
-  }
-  return std::unique_ptr<RowReader>(new MysqlRowReader(std::move(conn), result));
+  return StreamCancellableQuery(std::move(conn), text, what, nullptr);
 }
 
 }  // namespace mysql_internal

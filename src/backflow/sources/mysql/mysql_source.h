@@ -35,6 +35,15 @@
 // query, a runtime error) is returned by Next(), never a clean end, and is
 // sticky. Dropping a reader mid-stream closes its connection without
 // draining (the server notices and stops the query).
+//
+// Cancel (QueryOptions::cancel): a flag already set opens no connection.
+// While the statement runs and until the reader ends, a watcher thread reads
+// the flag every 100 ms; once it is true, it sends `KILL QUERY <connection
+// id>` over a second connection (one attempt) and shuts the query's socket
+// down, so a blocked mysql_real_query or row fetch returns at once; Query()
+// and Next() then return kCancelled (also when they see the flag themselves,
+// before each row, killing the query if the watcher has not). The
+// connection is never used again.
 // A source and its readers are used from one thread at a time.
 #pragma once
 
