@@ -310,7 +310,6 @@ gen_rows customers_v2 $((rows + 1)) $((rows + added_n))
 psql_run -c "VACUUM (FREEZE, ANALYZE) customers_v1" -c "VACUUM (FREEZE, ANALYZE) customers_v2"
 # Write the generated tables out now: the kernel's writeback of gigabytes of dirty pages would
 # otherwise run during the first measurements (at 10M rows it slowed the dry runs by half).
-psql_run -c "CHECKPOINT"
 sync
 log "generated in $(fmt_s "$(calc "$EPOCHREALTIME - $t_gen")")"
 expect "customers_v2 rows" "$(psql_run -At -c "SELECT count(*) FROM customers_v2")" "$rows_v2"
