@@ -7,6 +7,7 @@
 // kInvalidArgument for text that is not valid standard base64.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -32,6 +33,9 @@ std::string RandomBytes(size_t n);
 
 // Lowercase hex of raw bytes.
 std::string HexEncode(std::string_view bytes);
+// The bytes of hex text (either case); nullopt for an odd length or a
+// character that is not a hex digit.
+std::optional<std::string> HexDecode(std::string_view hex);
 
 // Compares in time that depends only on the lengths, not on where the inputs
 // first differ (for comparing signatures and tokens).

@@ -121,3 +121,19 @@ TEST(HexEncodeTest, Lowercase) { EXPECT_EQ(HexEncode(std::string("\x00\xff\x1a",
 
 }  // namespace
 }  // namespace backflow
+
+namespace backflow {
+namespace {
+
+TEST(HexTest, DecodesWhatEncodeWritesAndRefusesBadText) {
+  const std::string bytes("\x00\x7f\x80\xff\x0aZ", 6);
+  EXPECT_EQ(HexEncode(bytes), "007f80ff0a5a");
+  EXPECT_EQ(HexDecode(HexEncode(bytes)), bytes);
+  EXPECT_EQ(HexDecode("ABcd"), std::string("\xab\xcd", 2));
+  EXPECT_EQ(HexDecode(""), std::string());
+  EXPECT_FALSE(HexDecode("abc").has_value());  // odd length
+  EXPECT_FALSE(HexDecode("zz").has_value());
+}
+
+}  // namespace
+}  // namespace backflow

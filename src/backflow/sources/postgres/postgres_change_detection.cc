@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "backflow/common/crypto.h"
 #include "backflow/common/fmt_absl.h"
 #include "backflow/common/status_macros.h"
 #include "backflow/pg/connection.h"
@@ -46,21 +47,9 @@ std::string Literal(pg::Connection& conn, std::string_view value) {
 }
 
 absl::StatusOr<std::string> FromHex(std::string_view hex) {
-  auto nibble = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  };
-  if (hex.size() % 2 != 0) return absl::DataLossError("odd-length hex in the checkpoint table");
-  std::string out(hex.size() / 2, '\0');
-  for (size_t i = 0; i < out.size(); ++i) {
-    int hi = nibble(hex[2 * i]);
-    int lo = nibble(hex[2 * i + 1]);
-    if (hi < 0 || lo < 0) return absl::DataLossError("invalid hex in the checkpoint table");
-    out[i] = static_cast<char>(hi * 16 + lo);
-  }
-  return out;
+  std::optional<std::string> bytes = HexDecode(hex);
+  if (!bytes) return absl::DataLossError("invalid hex in the checkpoint table");
+  return *std::move(bytes);
 }
 
 // Key types whose text PostgreSQL (::text) and Backflow's decoder write alike.
