@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
+#include "backflow/common/sql_identifier.h"
 #include "fmt/format.h"
 
 namespace backflow::pg {
@@ -100,15 +101,7 @@ absl::StatusCode CodeForSqlState(std::string_view s) {
   return absl::StatusCode::kUnknown;
 }
 
-std::string QuoteIdentifier(std::string_view name) {
-  std::string out = "\"";
-  for (char c : name) {
-    if (c == '"') out.push_back('"');
-    out.push_back(c);
-  }
-  out.push_back('"');
-  return out;
-}
+std::string QuoteIdentifier(std::string_view name) { return QuoteSqlIdentifier(name); }
 
 absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const ConnectOptions& options) {
   std::vector<std::string> secrets;

@@ -53,6 +53,7 @@
 #include <utility>
 
 #include "backflow/common/fmt_absl.h"
+#include "backflow/common/sql_identifier.h"
 #include "backflow/sources/clickhouse/clickhouse_source.h"
 #include "fmt/format.h"
 
@@ -138,13 +139,7 @@ class ClickHouseWarehouseSql : public WarehouseSql {
   }
 
   std::string QuoteIdentifier(std::string_view name) const override {
-    std::string out = "`";
-    for (char c : name) {
-      if (c == '`' || c == '\\') out.push_back('\\');
-      out.push_back(c);
-    }
-    out.push_back('`');
-    return out;
+    return QuoteSqlIdentifier(name, '`', QuoteEscape::kBackslash);
   }
 
   std::string ToText(const Column&, const std::string& expr) const override {

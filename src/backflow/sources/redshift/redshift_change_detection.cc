@@ -5,6 +5,7 @@
 
 #include "absl/strings/ascii.h"
 #include "backflow/common/fmt_absl.h"
+#include "backflow/common/sql_identifier.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -37,13 +38,7 @@ class RedshiftWarehouseSql : public WarehouseSql {
   }
 
   std::string QuoteIdentifier(std::string_view name) const override {
-    std::string out = "\"";
-    for (char c : name) {
-      if (c == '"') out.push_back('"');
-      out.push_back(c);
-    }
-    out.push_back('"');
-    return out;
+    return QuoteSqlIdentifier(name);
   }
 
   std::string ToText(const Column& column, const std::string& expr) const override {

@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "backflow/common/fmt_absl.h"
+#include "backflow/common/sql_identifier.h"
 #include "backflow/sources/snowflake/snowflake_source.h"
 #include "fmt/format.h"
 
@@ -28,13 +29,7 @@ class SnowflakeWarehouseSql : public WarehouseSql {
   }
 
   std::string QuoteIdentifier(std::string_view name) const override {
-    std::string out = "\"";
-    for (char c : name) {
-      if (c == '"') out.push_back('"');
-      out.push_back(c);
-    }
-    out.push_back('"');
-    return out;
+    return QuoteSqlIdentifier(name);
   }
 
   std::string ToText(const Column& column, const std::string& expr) const override {
