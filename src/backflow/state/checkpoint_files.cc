@@ -389,10 +389,6 @@ std::string CheckpointFiles::DirOf(const std::string& mapping) const {
   return root_ + "/" + name;
 }
 
-absl::Status CheckpointFiles::Damaged(const std::string& mapping, const std::string& detail) const {
-  return DamagedCheckpointError(mapping, detail);
-}
-
 absl::StatusOr<CheckpointFiles::Generation> CheckpointFiles::Current(
     const std::string& mapping) const {
   Generation g;
@@ -460,7 +456,7 @@ absl::Status CheckpointFiles::AppendFrame(const std::string& mapping, const std:
     // Drop a torn last frame before appending after it.
     auto valid = ReadJournal(g.journal(),
                              [](std::string_view, std::string_view) { return absl::OkStatus(); });
-    if (!valid.ok()) return Damaged(mapping, std::string(valid.status().message()));
+    if (!valid.ok()) return DamagedCheckpointError(mapping, std::string(valid.status().message()));
     int fd = open(g.journal().c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0) return IoError("cannot open", g.journal());
     if (ftruncate(fd, *valid) != 0 || lseek(fd, 0, SEEK_END) < 0) {
@@ -596,7 +592,7 @@ absl::StatusOr<std::unique_ptr<CheckpointScanner>> CheckpointFiles::Scan(
   if (!g.has_base)
     return std::unique_ptr<CheckpointScanner>(new FileCheckpointScanner({}, mapping));
   auto reader = RunFileReader::Open(g.base());
-  if (!reader.ok()) return Damaged(mapping, std::string(reader.status().message()));
+  if (!reader.ok()) return DamagedCheckpointError(mapping, std::string(reader.status().message()));
   return std::unique_ptr<CheckpointScanner>(new FileCheckpointScanner(*std::move(reader), mapping));
 }
 
@@ -616,7 +612,7 @@ absl::StatusOr<std::unique_ptr<CheckpointScanner>> CheckpointFiles::ScanInFlight
         new FileCheckpointScanner({}, mapping, /*in_flight=*/true));
   }
   auto reader = RunFileReader::Open(g.in_flight());
-  if (!reader.ok()) return Damaged(mapping, std::string(reader.status().message()));
+  if (!reader.ok()) return DamagedCheckpointError(mapping, std::string(reader.status().message()));
   return std::unique_ptr<CheckpointScanner>(
       new FileCheckpointScanner(*std::move(reader), mapping, /*in_flight=*/true));
 }
@@ -637,7 +633,7 @@ absl::StatusOr<int64_t> CheckpointFiles::Size(const std::string& mapping) {
   }
   if (!g.has_base) return 0;
   auto count = RunFileRecordCount(g.base());
-  if (!count.ok()) return Damaged(mapping, std::string(count.status().message()));
+  if (!count.ok()) return DamagedCheckpointError(mapping, std::string(count.status().message()));
   return *count;
 }
 

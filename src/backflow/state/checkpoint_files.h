@@ -83,7 +83,6 @@ class CheckpointFiles {
   struct Generation;
   std::string DirOf(const std::string& mapping) const;
   absl::StatusOr<Generation> Current(const std::string& mapping) const;
-  absl::Status Damaged(const std::string& mapping, const std::string& detail) const;
   // Appends one frame to the mapping's journal and fdatasyncs it.
   absl::Status AppendFrame(const std::string& mapping, const std::string& payload);
   // A name prefix for the spill files of one journal sort.
