@@ -22,6 +22,8 @@
 #include "backflow/mapping/mapper.h"
 #include "backflow/sources/source.h"
 #include "backflow/sources/warehouse_change_detection.h"
+#include "backflow/state/checkpoint_prefetch.h"
+#include "backflow/storage/prefetch_stream.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -447,7 +449,9 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
 
   // Three streams in key order: the model's rows, the checkpoint, and the
   // records a previous run sent without learning the outcome.
+  // The rows' k-way merge runs on a second thread, a few blocks ahead.
   BACKFLOW_ASSIGN_OR_RETURN(std::unique_ptr<SortedStream> rows, spool_->ScanKeyed());
+  rows = PrefetchSortedStream(std::move(rows));
   std::unique_ptr<CheckpointScanner> checkpoint;
   CountingWarehouseScanner* warehouse_entries = nullptr;
   if (snapshot_ != nullptr) {
@@ -457,6 +461,7 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
     checkpoint = std::move(scanner);
   } else {
     BACKFLOW_ASSIGN_OR_RETURN(checkpoint, state_.ScanCheckpoint(name));
+    checkpoint = PrefetchCheckpointScanner(std::move(checkpoint));  // read on a third thread
   }
   // Warehouse mode: the row hash of the current model key (empty for a delete).
   std::string_view row_hash;

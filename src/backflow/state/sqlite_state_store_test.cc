@@ -9,6 +9,7 @@
 
 #include "backflow/model/value.h"
 #include "backflow/sqlite/database.h"
+#include "backflow/state/checkpoint_prefetch.h"
 #include "backflow/state/state_store.h"
 #include "backflow/state/state_store_contract.h"
 #include "fmt/format.h"
@@ -243,6 +244,64 @@ TEST_F(SqliteStateStoreTest, TableCheckpointsOfOlderStateFilesMoveToFiles) {
   EXPECT_EQ(scanner.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_NE(scanner.status().message().find("backflow checkpoint reset m"), absl::string_view::npos)
       << scanner.status();
+}
+
+TEST_F(SqliteStateStoreTest, PrefetchedScanYieldsTheSameEntriesAndTheSameDamage) {
+  std::vector<CheckpointUpdate> initial;
+  for (int i = 0; i < 5000; ++i) {
+    initial.push_back({.key = fmt::format("k{:05}", i),
+                       .fingerprint = Fingerprint128(std::to_string(i)),
+                       .identity = std::string(i % 7, 'i')});
+  }
+  ASSERT_TRUE(store_->ApplyCheckpoint("m", initial).ok());
+  ASSERT_TRUE(store_->CommitCheckpoint("m").ok());
+  // Journal entries on top of the base: the scan merges them on the fly.
+  ASSERT_TRUE(store_
+                  ->ApplyCheckpoint("m", {{.key = "k00010", .kind = CheckpointUpdate::Kind::kRemove},
+                                          {.key = "k02500a", .fingerprint = Fingerprint128("new")},
+                                          {.key = "k04999", .fingerprint = Fingerprint128("upd")}})
+                  .ok());
+  const std::vector<CheckpointEntry> direct = Scan("m");
+  ASSERT_EQ(direct.size(), 5000u);
+  auto scanner = store_->ScanCheckpoint("m");
+  ASSERT_TRUE(scanner.ok());
+  std::unique_ptr<CheckpointScanner> prefetched = PrefetchCheckpointScanner(*std::move(scanner));
+  CheckpointEntryView view;
+  CheckpointEntry entry;
+  for (size_t i = 0; i < direct.size(); ++i) {
+    absl::StatusOr<bool> more =
+        i % 2 == 0 ? prefetched->NextView(view) : prefetched->Next(entry);
+    ASSERT_TRUE(more.ok()) << more.status();
+    ASSERT_TRUE(*more);
+    if (i % 2 == 1) view = {entry.key, entry.fingerprint, entry.identity};
+    ASSERT_EQ(view.key, direct[i].key);
+    ASSERT_EQ(view.fingerprint, direct[i].fingerprint);
+    ASSERT_EQ(view.identity, direct[i].identity);
+  }
+  EXPECT_FALSE(*prefetched->NextView(view));
+  prefetched.reset();
+
+  // Damage in the middle of a base file: the prefetched scan reports it like
+  // the direct one (DamagedCheckpointFileIsDataLoss).
+  ASSERT_TRUE(store_->ApplyCheckpoint("d", initial).ok());
+  ASSERT_TRUE(store_->CommitCheckpoint("d").ok());
+  for (const auto& f : std::filesystem::directory_iterator(path_ + "-checkpoints/d")) {
+    if (f.path().string().ends_with(".ckpt")) {
+      std::filesystem::resize_file(f.path(), std::filesystem::file_size(f.path()) - 40);
+    }
+  }
+  auto damaged = store_->ScanCheckpoint("d");
+  ASSERT_TRUE(damaged.ok()) << damaged.status();
+  prefetched = PrefetchCheckpointScanner(*std::move(damaged));
+  absl::Status status;
+  while (status.ok()) {
+    auto more = prefetched->NextView(view);
+    if (!more.ok())
+      status = more.status();
+    else if (!*more)
+      break;
+  }
+  EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
 }
 
 TEST_F(SqliteStateStoreTest, DamagedCheckpointFileIsDataLoss) {
