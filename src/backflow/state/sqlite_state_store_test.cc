@@ -256,11 +256,12 @@ TEST_F(SqliteStateStoreTest, PrefetchedScanYieldsTheSameEntriesAndTheSameDamage)
   ASSERT_TRUE(store_->ApplyCheckpoint("m", initial).ok());
   ASSERT_TRUE(store_->CommitCheckpoint("m").ok());
   // Journal entries on top of the base: the scan merges them on the fly.
-  ASSERT_TRUE(store_
-                  ->ApplyCheckpoint("m", {{.key = "k00010", .kind = CheckpointUpdate::Kind::kRemove},
-                                          {.key = "k02500a", .fingerprint = Fingerprint128("new")},
-                                          {.key = "k04999", .fingerprint = Fingerprint128("upd")}})
-                  .ok());
+  ASSERT_TRUE(
+      store_
+          ->ApplyCheckpoint("m", {{.key = "k00010", .kind = CheckpointUpdate::Kind::kRemove},
+                                  {.key = "k02500a", .fingerprint = Fingerprint128("new")},
+                                  {.key = "k04999", .fingerprint = Fingerprint128("upd")}})
+          .ok());
   const std::vector<CheckpointEntry> direct = Scan("m");
   ASSERT_EQ(direct.size(), 5000u);
   auto scanner = store_->ScanCheckpoint("m");
@@ -269,8 +270,7 @@ TEST_F(SqliteStateStoreTest, PrefetchedScanYieldsTheSameEntriesAndTheSameDamage)
   CheckpointEntryView view;
   CheckpointEntry entry;
   for (size_t i = 0; i < direct.size(); ++i) {
-    absl::StatusOr<bool> more =
-        i % 2 == 0 ? prefetched->NextView(view) : prefetched->Next(entry);
+    absl::StatusOr<bool> more = i % 2 == 0 ? prefetched->NextView(view) : prefetched->Next(entry);
     ASSERT_TRUE(more.ok()) << more.status();
     ASSERT_TRUE(*more);
     if (i % 2 == 1) view = {entry.key, entry.fingerprint, entry.identity};
