@@ -302,7 +302,8 @@ absl::Status Runner::Extract(const ModelConfig& model, Source& source, Schema& s
                              std::vector<MappingRun>& runs) {
   std::unique_ptr<RowReader> reader;
   if (warehouse_ != nullptr) {
-    BACKFLOW_ASSIGN_OR_RETURN(snapshot_, warehouse_->Begin(model.sql, model.primary_key));
+    BACKFLOW_ASSIGN_OR_RETURN(snapshot_, warehouse_->Begin(model.sql, model.primary_key,
+                                                           WarehousePassOptions{options_.cancel}));
     schema = snapshot_->schema();
   } else {
     BACKFLOW_ASSIGN_OR_RETURN(
@@ -1000,6 +1001,15 @@ absl::StatusOr<std::vector<MappingRunResult>> Runner::Run(const ModelConfig& mod
   if (!source.ok()) {
     return fail_all(fmt::format("source \"{}\": {}", model.source, source.status().message()));
   }
+  // A pass still open when the run ends early (a cancelled or failed
+  // extraction) ends before its source goes.
+  struct EndPass {
+    std::unique_ptr<WarehouseSnapshot>& snapshot;
+    ~EndPass() {
+      if (snapshot != nullptr) (void)snapshot->Close();
+      snapshot.reset();
+    }
+  } end_pass{snapshot_};
   if (model.change_detection == ChangeDetection::kWarehouse) {
     warehouse_ = (*source)->warehouse_change_detection();
     if (warehouse_ == nullptr) {
@@ -1038,6 +1048,10 @@ absl::StatusOr<std::vector<MappingRunResult>> Runner::Run(const ModelConfig& mod
     phase_start = Steady::now();
     absl::Status diffed = Diff(m, static_cast<int>(i), model, schema, null_key_error);
     m.run.diff_s = seconds_since(phase_start);
+    if (diffed.code() == absl::StatusCode::kCancelled) {  // a warehouse pass stopped
+      Cancel(m, "during change detection; nothing was sent");
+      continue;
+    }
     if (!diffed.ok()) {
       Fail(m, fmt::format("change detection failed: {}", diffed.message()));
       continue;

@@ -15,6 +15,7 @@
 // Used from one thread at a time, like its Source, which owns it.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <utility>
@@ -57,6 +58,20 @@ struct WarehouseCandidateFilter {
   bool all_rows = false;
 };
 
+// How a pass may be stopped.
+struct WarehousePassOptions {
+  // Null, or a flag another thread may set to stop the pass (a run's cancel,
+  // as QueryOptions::cancel). Once it reads true, the pass's statement that
+  // runs in the warehouse is asked to stop there (best effort, through the
+  // source's own cancel, as for Query()), and Begin(), ReadCandidates(), the
+  // candidate reader, ScanEntries(), the entry scanner and CountEntries()
+  // return kCancelled (QueryCancelledError) instead of waiting for it to
+  // finish. The snapshot must still be closed (or destroyed); it then removes
+  // what the pass made, without waiting on the flag (see Close()). It must
+  // outlive the snapshot and its readers.
+  const std::atomic<bool>* cancel = nullptr;
+};
+
 // Ordered reader of stored entries.
 class WarehouseEntryScanner {
  public:
@@ -91,7 +106,11 @@ class WarehouseSnapshot {
   virtual absl::StatusOr<int64_t> CountEntries(const std::string& mapping) = 0;
 
   // Ends the snapshot; it leaves nothing behind in the warehouse. The
-  // destructor does it too.
+  // destructor does it too. After a cancel (WarehousePassOptions::cancel) it
+  // is bounded: what the pass made is removed by at most one attempt of each
+  // cleanup statement, stopping at the first that fails; what an
+  // implementation leaves then, and how a later pass removes it, is in its
+  // header.
   virtual absl::Status Close() = 0;
 };
 
@@ -102,13 +121,24 @@ class WarehouseChangeDetection {
   // Creates the managed schema and checkpoint table when missing (an
   // actionable error naming the privilege to grant when it cannot), then
   // starts a pass over the model (`sql`, whose unique identifier column is
-  // `key_column`).
+  // `key_column`). `options.cancel` stops the pass (see WarehousePassOptions);
+  // a pass cancelled in Begin() leaves nothing behind (as Close()).
   virtual absl::StatusOr<std::unique_ptr<WarehouseSnapshot>> Begin(
-      const std::string& sql, const std::string& key_column) = 0;
+      const std::string& sql, const std::string& key_column,
+      const WarehousePassOptions& options) = 0;
+  // Begin() that cannot be cancelled.
+  absl::StatusOr<std::unique_ptr<WarehouseSnapshot>> Begin(const std::string& sql,
+                                                           const std::string& key_column) {
+    return Begin(sql, key_column, WarehousePassOptions{});
+  }
 
   // Applies `writes` to `mapping`'s stored checkpoint in one transaction,
   // committed before it returns (the last write of a key wins). Independent
-  // of any open snapshot.
+  // of any open snapshot. It takes no cancel flag: it commits whole or fails
+  // whole (where a warehouse splits a large batch into several atomic
+  // statements, each key is either as before or as written), so the writes
+  // of deliveries a cancelled run already acknowledged are never lost to a
+  // cancel.
   virtual absl::Status Apply(const std::string& mapping,
                              const std::vector<WarehouseCheckpointWrite>& writes) = 0;
 };

@@ -62,7 +62,7 @@ class BigQueryWarehouseSql : public WarehouseSql {
 
   absl::StatusOr<std::unique_ptr<RowReader>> Run(
       const std::string& sql, const std::vector<std::string>& bindings) override {
-    return run_(sql, bindings);
+    return run_(sql, bindings, cancel());
   }
 
   std::string QuoteIdentifier(std::string_view name) const override {

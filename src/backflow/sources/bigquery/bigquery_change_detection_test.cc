@@ -39,8 +39,8 @@ Fingerprint Fp(uint64_t n) { return Fingerprint{n, n * 7}; }
 
 std::unique_ptr<WarehouseSql> Dialect() {
   return NewBigQueryWarehouseSql(
-      [](const std::string&,
-         const std::vector<std::string>&) -> absl::StatusOr<std::unique_ptr<RowReader>> {
+      [](const std::string&, const std::vector<std::string>&,
+         const std::atomic<bool>*) -> absl::StatusOr<std::unique_ptr<RowReader>> {
         return absl::InternalError("not run in this test");
       },
       BigQueryWarehouseContext{"my-proj", "EU", "sa@my-proj.iam.gserviceaccount.com"});

@@ -1243,10 +1243,10 @@ class BigQuerySource : public Source {
       BigQueryClient* client = client_.get();
       const BigQueryConfig& cfg = client->cfg();
       auto sql = NewBigQueryWarehouseSql(
-          [client](const std::string& statement, const std::vector<std::string>& parameters)
-              -> absl::StatusOr<std::unique_ptr<RowReader>> {
+          [client](const std::string& statement, const std::vector<std::string>& parameters,
+                   const std::atomic<bool>* cancel) -> absl::StatusOr<std::unique_ptr<RowReader>> {
             auto reader =
-                std::make_unique<BigQueryRowReader>(client, "", client->cfg().location, nullptr);
+                std::make_unique<BigQueryRowReader>(client, "", client->cfg().location, cancel);
             BACKFLOW_RETURN_IF_ERROR(reader->Start(statement, &parameters));
             return std::unique_ptr<RowReader>(std::move(reader));
           },

@@ -155,8 +155,10 @@ bool IsBigQueryDatasetName(std::string_view name);
 
 // Runs one statement whose `?` take `parameters` (positional STRING query
 // parameters); DDL and DML statements read as no columns and no rows.
+// `cancel` (may be null) as QueryOptions::cancel.
 using BigQuerySqlRunner = std::function<absl::StatusOr<std::unique_ptr<RowReader>>(
-    const std::string& sql, const std::vector<std::string>& parameters)>;
+    const std::string& sql, const std::vector<std::string>& parameters,
+    const std::atomic<bool>* cancel)>;
 
 // Who runs the statements and where, for DDL and privilege advice.
 struct BigQueryWarehouseContext {

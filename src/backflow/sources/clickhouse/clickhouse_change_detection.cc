@@ -128,14 +128,14 @@ class ClickHouseWarehouseSql : public WarehouseSql {
       const std::string& sql, const std::vector<std::string>& bindings) override {
     // Statements with bindings are Backflow's own; the model's SQL (where `?`
     // is the ternary operator) only ever travels without bindings.
-    if (bindings.empty()) return run_(sql, {});
+    if (bindings.empty()) return run_(sql, {}, cancel());
     auto named = ClickHouseNamedParameters(sql, bindings.size());
     if (!named.ok()) return named.status();
     std::vector<std::pair<std::string, std::string>> params;
     for (size_t i = 0; i < bindings.size(); ++i) {
       params.emplace_back(fmt::format("p{}", i), bindings[i]);
     }
-    return run_(*named, params);
+    return run_(*named, params, cancel());
   }
 
   std::string QuoteIdentifier(std::string_view name) const override {
@@ -184,7 +184,7 @@ class ClickHouseWarehouseSql : public WarehouseSql {
 
   std::string PrivilegeAdvice(Step step, const std::string& schema) override {
     std::string user = "<user>";
-    auto who = run_("SELECT currentUser()", {});
+    auto who = run_("SELECT currentUser()", {}, cancel());
     if (who.ok()) {
       Row row;
       auto more = (*who)->Next(row);

@@ -54,10 +54,10 @@ TEST(ClickHouseNamedParametersTest, PlaceholdersOutsideQuotesAndCommentsBecomePa
 
 TEST(ClickHouseWarehouseSqlTest, StatementsAreClickHouseForms) {
   std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::string>>>> sent;
-  auto sql =
-      NewClickHouseWarehouseSql([&](const std::string& statement,
-                                    const std::vector<std::pair<std::string, std::string>>& params)
-                                    -> absl::StatusOr<std::unique_ptr<RowReader>> {
+  auto sql = NewClickHouseWarehouseSql(
+      [&](const std::string& statement,
+          const std::vector<std::pair<std::string, std::string>>& params,
+          const std::atomic<bool>*) -> absl::StatusOr<std::unique_ptr<RowReader>> {
         sent.emplace_back(statement, params);
         return absl::UnavailableError("not connected");
       });

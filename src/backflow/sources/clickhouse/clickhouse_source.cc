@@ -803,8 +803,9 @@ class ClickHouseSource : public Source {
     if (change_detection_ == nullptr) {
       auto sql = NewClickHouseWarehouseSql(
           [this](const std::string& statement,
-                 const std::vector<std::pair<std::string, std::string>>& params) {
-            return Execute(statement, params, /*writes=*/true);
+                 const std::vector<std::pair<std::string, std::string>>& params,
+                 const std::atomic<bool>* cancel) {
+            return Execute(statement, params, /*writes=*/true, cancel);
           });
       PassChangeDetectionOptions options;
       options.state_schema = client_->config().state_schema;

@@ -196,9 +196,10 @@ bool IsRetryableClickHouseCode(int code, std::string_view message);
 
 // Runs one statement whose query parameters are `params` (name, value), sent
 // as param_<name>; a statement without result (DDL, INSERT) gives a reader
-// with no columns.
+// with no columns. `cancel` (may be null) as QueryOptions::cancel.
 using ClickHouseSqlRunner = std::function<absl::StatusOr<std::unique_ptr<RowReader>>(
-    const std::string& sql, const std::vector<std::pair<std::string, std::string>>& params)>;
+    const std::string& sql, const std::vector<std::pair<std::string, std::string>>& params,
+    const std::atomic<bool>* cancel)>;
 
 // ClickHouse's dialect of the pass-table change detection, running its
 // statements through `run`.

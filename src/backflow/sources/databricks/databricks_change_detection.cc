@@ -48,7 +48,7 @@ class DatabricksWarehouseSql : public WarehouseSql {
 
   absl::StatusOr<std::unique_ptr<RowReader>> Run(
       const std::string& sql, const std::vector<std::string>& bindings) override {
-    if (bindings.empty()) return run_(sql, {});
+    if (bindings.empty()) return run_(sql, {}, cancel());
     auto named = DatabricksNamedMarkers(sql, bindings.size());
     if (!named.ok()) return named.status();
     std::vector<DatabricksParameter> parameters;
@@ -56,7 +56,7 @@ class DatabricksWarehouseSql : public WarehouseSql {
     for (size_t i = 0; i < bindings.size(); ++i) {
       parameters.push_back({fmt::format("p{}", i + 1), bindings[i]});
     }
-    return run_(*named, parameters);
+    return run_(*named, parameters, cancel());
   }
 
   std::string QuoteIdentifier(std::string_view name) const override {
@@ -107,7 +107,7 @@ class DatabricksWarehouseSql : public WarehouseSql {
 
   std::string PrivilegeAdvice(Step step, const std::string& schema) override {
     std::string principal = "<principal>", catalog = "<catalog>";
-    auto who = run_("SELECT current_user(), current_catalog()", {});
+    auto who = run_("SELECT current_user(), current_catalog()", {}, cancel());
     if (who.ok()) {
       Row row;
       auto more = (*who)->Next(row);

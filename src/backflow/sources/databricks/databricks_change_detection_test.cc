@@ -75,8 +75,8 @@ struct Sent {
 
 std::unique_ptr<WarehouseSql> RecordingDialect(std::vector<Sent>& sent) {
   return NewDatabricksWarehouseSql(
-      [&sent](const std::string& sql, const std::vector<DatabricksParameter>& parameters)
-          -> absl::StatusOr<std::unique_ptr<RowReader>> {
+      [&sent](const std::string& sql, const std::vector<DatabricksParameter>& parameters,
+              const std::atomic<bool>*) -> absl::StatusOr<std::unique_ptr<RowReader>> {
         sent.push_back({sql, parameters});
         std::vector<Row> rows;
         if (sql.find("current_user()") != std::string::npos) {

@@ -1366,9 +1366,9 @@ class DatabricksSource : public Source {
     if (change_detection_ == nullptr) {
       DatabricksClient* client = client_.get();
       auto sql = NewDatabricksWarehouseSql(
-          [client](const std::string& statement, const std::vector<DatabricksParameter>& parameters)
-              -> absl::StatusOr<std::unique_ptr<RowReader>> {
-            auto reader = std::make_unique<DatabricksRowReader>(client, nullptr);
+          [client](const std::string& statement, const std::vector<DatabricksParameter>& parameters,
+                   const std::atomic<bool>* cancel) -> absl::StatusOr<std::unique_ptr<RowReader>> {
+            auto reader = std::make_unique<DatabricksRowReader>(client, cancel);
             BACKFLOW_RETURN_IF_ERROR(reader->Start(statement, parameters, /*state=*/true));
             return std::unique_ptr<RowReader>(std::move(reader));
           });

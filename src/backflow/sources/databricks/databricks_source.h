@@ -189,9 +189,11 @@ struct DatabricksParameter {
   std::string value;
 };
 
-// Runs one statement with named STRING parameters.
+// Runs one statement with named STRING parameters; `cancel` (may be null) as
+// QueryOptions::cancel.
 using DatabricksSqlRunner = std::function<absl::StatusOr<std::unique_ptr<RowReader>>(
-    const std::string& sql, const std::vector<DatabricksParameter>& parameters)>;
+    const std::string& sql, const std::vector<DatabricksParameter>& parameters,
+    const std::atomic<bool>* cancel)>;
 
 // Databricks' dialect of the pass-table change detection, running its
 // statements through `run`.

@@ -30,9 +30,16 @@
 //                   mapping's entries of those keys then come ORDER BY
 //                   record_key.
 // Close() closes the connection, which ends the transaction and drops the
-// temporary table. Writes go through a second connection, one committed
-// transaction of batched DELETE and INSERT ... ON DUPLICATE KEY UPDATE
-// statements per Apply().
+// temporary table.
+//
+// Cancel (WarehousePassOptions::cancel): a QueryCanceller watches the pass's
+// connection from Begin() to Close(); once the flag reads true it sends KILL
+// QUERY for the statement running on it and shuts its socket down, so the
+// blocked call returns, and the step (or reader) returns kCancelled. Nothing
+// is left to clean up: closing the dead connection ends the transaction, and
+// the server drops the temporary table with the session. Writes go through a second connection, one
+// committed transaction of batched DELETE and INSERT ... ON DUPLICATE KEY UPDATE statements per
+// Apply().
 //
 // Keys are compared as CAST(CONVERT(key USING utf8mb4) AS BINARY), the text
 // Backflow's decoder gives integers and CHAR / VARCHAR / TEXT columns (over a
@@ -209,6 +216,46 @@ class KeySpill {
   FILE* file_;
 };
 
+constexpr char kPassWhat[] = "the MySQL change detection statement";
+
+// `status` of a pass step, or kCancelled once the pass's run is cancelled
+// (`canceller` null: the pass cannot be).
+absl::Status Checked(QueryCanceller* canceller, absl::Status status) {
+  if (canceller != nullptr && canceller->requested()) return canceller->Cancel();
+  return status;
+}
+
+// A reader of the pass's connection that stops once the run is cancelled.
+class CancelCheckedReader : public RowReader {
+ public:
+  CancelCheckedReader(std::unique_ptr<RowReader> rows, std::shared_ptr<QueryCanceller> canceller)
+      : rows_(std::move(rows)), canceller_(std::move(canceller)) {}
+
+  const Schema& schema() const override { return rows_->schema(); }
+
+  absl::StatusOr<bool> Next(Row& row) override {
+    BACKFLOW_RETURN_IF_ERROR(Checked(canceller_.get(), absl::OkStatus()));
+    absl::StatusOr<bool> more = rows_->Next(row);
+    if (!more.ok()) return Checked(canceller_.get(), more.status());
+    return more;
+  }
+
+ private:
+  std::unique_ptr<RowReader> rows_;
+  std::shared_ptr<QueryCanceller> canceller_;
+};
+
+// StreamQuery on the pass's connection, stopped once the run is cancelled.
+absl::StatusOr<std::unique_ptr<RowReader>> StreamPassQuery(
+    std::shared_ptr<Conn> conn, const std::shared_ptr<QueryCanceller>& canceller,
+    const std::string& text, std::string_view what) {
+  BACKFLOW_RETURN_IF_ERROR(Checked(canceller.get(), absl::OkStatus()));
+  absl::StatusOr<std::unique_ptr<RowReader>> rows = StreamQuery(std::move(conn), text, what);
+  if (!rows.ok()) return Checked(canceller.get(), rows.status());
+  if (canceller == nullptr) return rows;
+  return std::unique_ptr<RowReader>(new CancelCheckedReader(*std::move(rows), canceller));
+}
+
 // What a snapshot and its candidate reader share.
 struct PassState {
   KeySpill keys;
@@ -296,9 +343,10 @@ absl::Status PrivilegeError(const std::string& schema, const std::string& user,
 
 class Snapshot : public WarehouseSnapshot {
  public:
-  Snapshot(std::shared_ptr<Conn> conn, std::string sql, std::string key, std::string schema_name,
-           Schema schema)
+  Snapshot(std::shared_ptr<Conn> conn, std::shared_ptr<QueryCanceller> canceller, std::string sql,
+           std::string key, std::string schema_name, Schema schema)
       : conn_(std::move(conn)),
+        canceller_(std::move(canceller)),
         sql_(std::move(sql)),
         key_(std::move(key)),
         table_(Quote(schema_name) + ".`checkpoints`"),
@@ -377,38 +425,42 @@ class Snapshot : public WarehouseSnapshot {
         "COUNT(*) > 1)",
         columns, parts, KeyBytes(k), sql_, joins, conditions, KeyBytes("d." + Quote(key_)));
     BACKFLOW_ASSIGN_OR_RETURN(
-        auto rows, StreamQuery(conn_, select, "finding the model's changed rows failed"));
+        auto rows,
+        StreamPassQuery(conn_, canceller_, select, "finding the model's changed rows failed"));
     return std::unique_ptr<RowReader>(new CandidateReader(std::move(rows), key, state_));
   }
 
   absl::StatusOr<std::unique_ptr<WarehouseEntryScanner>> ScanEntries(
       const std::string& mapping) override {
     BACKFLOW_RETURN_IF_ERROR(Open());
-    BACKFLOW_RETURN_IF_ERROR(LoadKeys());
+    BACKFLOW_RETURN_IF_ERROR(Checked(canceller_.get(), LoadKeys()));
     const std::string sql = fmt::format(
         "SELECT c.record_key, c.fingerprint, c.identity FROM {0} AS t\n"
         "JOIN {1} AS c ON c.mapping = {2} AND c.key_hash = UNHEX(MD5(t.k)) AND c.record_key = "
         "t.k\n"
         "ORDER BY c.record_key",
         keys_table_, table_, Hex(mapping));
-    BACKFLOW_ASSIGN_OR_RETURN(auto reader,
-                              StreamQuery(conn_, sql, "reading the warehouse checkpoint failed"));
+    BACKFLOW_ASSIGN_OR_RETURN(
+        auto reader,
+        StreamPassQuery(conn_, canceller_, sql, "reading the warehouse checkpoint failed"));
     return std::unique_ptr<WarehouseEntryScanner>(new EntryScanner(std::move(reader)));
   }
 
   absl::StatusOr<int64_t> CountEntries(const std::string& mapping) override {
     BACKFLOW_RETURN_IF_ERROR(Open());
-    BACKFLOW_ASSIGN_OR_RETURN(
-        std::vector<std::string> row,
-        QueryRow(*conn_,
-                 fmt::format("SELECT COUNT(*) FROM {} WHERE mapping = {}", table_, Hex(mapping)),
-                 "counting the warehouse checkpoint failed"));
-    return std::stoll(row[0]);
+    BACKFLOW_RETURN_IF_ERROR(Checked(canceller_.get(), absl::OkStatus()));
+    absl::StatusOr<std::vector<std::string>> row = QueryRow(
+        *conn_, fmt::format("SELECT COUNT(*) FROM {} WHERE mapping = {}", table_, Hex(mapping)),
+        "counting the warehouse checkpoint failed");
+    if (!row.ok()) return Checked(canceller_.get(), row.status());
+    return std::stoll((*row)[0]);
   }
 
   absl::Status Close() override {
     // Closing the connection ends the transaction and drops the temporary
-    // table: nothing of the pass is kept.
+    // table: nothing of the pass is kept. The watch ends first, while the
+    // connection is still open.
+    if (canceller_ != nullptr) canceller_->Stop();
     conn_.reset();
     return absl::OkStatus();
   }
@@ -441,7 +493,8 @@ class Snapshot : public WarehouseSnapshot {
           "  SELECT {2} FROM (\n{3}\n) AS d WHERE {4} IS NOT NULL)",
           table_, names, KeyBytes(k), sql_, k);
       BACKFLOW_ASSIGN_OR_RETURN(
-          auto reader, StreamQuery(conn_, gone, "finding the keys gone from the model failed"));
+          auto reader,
+          StreamPassQuery(conn_, canceller_, gone, "finding the keys gone from the model failed"));
       Row row;
       while (true) {
         BACKFLOW_ASSIGN_OR_RETURN(bool more, reader->Next(row));
@@ -479,6 +532,7 @@ class Snapshot : public WarehouseSnapshot {
   }
 
   std::shared_ptr<Conn> conn_;
+  std::shared_ptr<QueryCanceller> canceller_;  // null: the pass cannot be cancelled
   std::string sql_;
   std::string key_;
   std::string table_;       // quoted `schema`.`checkpoints`
@@ -497,19 +551,32 @@ class ChangeDetection : public WarehouseChangeDetection {
         schema_(std::move(schema)),
         table_(Quote(schema_) + ".`checkpoints`") {}
 
-  absl::StatusOr<std::unique_ptr<WarehouseSnapshot>> Begin(const std::string& sql,
-                                                           const std::string& key) override {
+  absl::StatusOr<std::unique_ptr<WarehouseSnapshot>> Begin(
+      const std::string& sql, const std::string& key,
+      const WarehousePassOptions& options) override {
+    // A run already cancelled opens no connection.
+    if (QueryCancelRequested(options.cancel)) return QueryCancelledError(kPassWhat);
     BACKFLOW_ASSIGN_OR_RETURN(std::unique_ptr<Conn> opened,
                               Connect(url_, password_, /*read_only=*/false));
     std::shared_ptr<Conn> conn = std::move(opened);
-    BACKFLOW_ASSIGN_OR_RETURN(std::string user, EnsureTable(*conn));
+    // Declared after the connection: stopped before it closes.
+    std::shared_ptr<QueryCanceller> canceller;
+    if (options.cancel != nullptr) {
+      canceller =
+          std::make_shared<QueryCanceller>(url_, password_, *conn, options.cancel, kPassWhat);
+    }
+    QueryCanceller* c = canceller.get();
+    absl::StatusOr<std::string> ensured = EnsureTable(*conn);
+    if (!ensured.ok()) return Checked(c, ensured.status());
+    const std::string user = *ensured;
     // Keys sort on all their bytes (at most 3072).
-    BACKFLOW_RETURN_IF_ERROR(
-        Exec(*conn, "SET SESSION max_sort_length = 4096", "preparing change detection failed"));
+    BACKFLOW_RETURN_IF_ERROR(Checked(
+        c, Exec(*conn, "SET SESSION max_sort_length = 4096", "preparing change detection failed")));
     const std::string create = fmt::format(
         "CREATE TEMPORARY TABLE {}.`backflow_keys` (k VARBINARY({}) NOT NULL PRIMARY KEY)",
         Quote(schema_), kMaxKeyBytes);
     if (mysql_real_query(conn->mysql, create.data(), create.size()) != 0) {
+      BACKFLOW_RETURN_IF_ERROR(Checked(c, absl::OkStatus()));
       if (IsAccessDenied(mysql_errno(conn->mysql))) {
         return PrivilegeError(schema_, user, "create a temporary table there",
                               mysql_error(conn->mysql));
@@ -518,12 +585,14 @@ class ChangeDetection : public WarehouseChangeDetection {
     }
     // From here on one snapshot, and the model cannot write (the temporary
     // table still can be filled).
-    BACKFLOW_RETURN_IF_ERROR(Exec(*conn, "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
-                                  "starting the change detection's transaction failed"));
+    BACKFLOW_RETURN_IF_ERROR(
+        Checked(c, Exec(*conn, "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
+                        "starting the change detection's transaction failed")));
     const std::string text = TrimModelSql(sql);
     BACKFLOW_ASSIGN_OR_RETURN(
-        auto probe, StreamQuery(conn, fmt::format("SELECT * FROM (\n{}\n) AS m LIMIT 0", text),
-                                "query failed"));
+        auto probe,
+        StreamPassQuery(conn, canceller, fmt::format("SELECT * FROM (\n{}\n) AS m LIMIT 0", text),
+                        "query failed"));
     Schema schema = probe->schema();
     Row row;
     while (true) {
@@ -532,7 +601,7 @@ class ChangeDetection : public WarehouseChangeDetection {
     }
     probe.reset();
     return std::unique_ptr<WarehouseSnapshot>(
-        new Snapshot(std::move(conn), text, key, schema_, std::move(schema)));
+        new Snapshot(std::move(conn), std::move(canceller), text, key, schema_, std::move(schema)));
   }
 
   absl::Status Apply(const std::string& mapping,

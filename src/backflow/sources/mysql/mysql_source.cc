@@ -33,12 +33,30 @@ void Conn::Abort() {
   }
 }
 
+QueryCanceller::QueryCanceller(const std::string& url, const std::string& password,
+                               const Conn& conn, const std::atomic<bool>* cancel, std::string what)
+    : cancel_(cancel), what_(std::move(what)) {
+  const unsigned long id = mysql_thread_id(conn.mysql);
+  int fd = -1;
+  if (mariadb_get_infov(conn.mysql, MARIADB_CONNECTION_SOCKET, &fd) != 0) fd = -1;
+  kill_ = [url, password, id, fd] {
+    absl::StatusOr<std::unique_ptr<Conn>> killer = Connect(url, password, /*read_only=*/false);
+    if (killer.ok()) {
+      const std::string sql = fmt::format("KILL QUERY {}", id);
+      (void)mysql_query((*killer)->mysql, sql.c_str());
+    }
+    if (fd >= 0) shutdown(fd, SHUT_RDWR);
+  };
+  watcher_ = std::make_unique<QueryCancelWatcher>(cancel, kill_);
+}
+
 }  // namespace mysql_internal
 
 namespace {
 
 using mysql_internal::Conn;
 using mysql_internal::Connect;
+using mysql_internal::QueryCanceller;
 using mysql_internal::QueryError;
 
 constexpr unsigned kBinaryCharset = 63;
@@ -253,53 +271,6 @@ absl::StatusOr<Value> DecodeValue(const ColumnDecoder& decoder, const Column& co
 
 constexpr std::string_view kQueryWhat = "the MySQL query";
 
-// Stops the statement running on one connection when a run is cancelled
-// (QueryOptions::cancel): a watcher thread, once the flag reads true, opens a
-// second connection and sends `KILL QUERY <connection id>` (the server stops
-// the statement; a user may always kill its own), then shuts the first
-// connection's socket down so that whatever the owner's thread is blocked in
-// (mysql_real_query, mysql_fetch_row) returns at once even when the KILL
-// could not be sent. The connection is unusable afterwards; its owner only
-// closes it. Created and stopped on the owner's thread.
-class QueryCanceller {
- public:
-  // `conn` must stay open until Stop() returned (or the canceller is gone).
-  QueryCanceller(const std::string& url, const std::string& password, const Conn& conn,
-                 const std::atomic<bool>* cancel)
-      : cancel_(cancel) {
-    const unsigned long id = mysql_thread_id(conn.mysql);
-    int fd = -1;
-    if (mariadb_get_infov(conn.mysql, MARIADB_CONNECTION_SOCKET, &fd) != 0) fd = -1;
-    kill_ = [url, password, id, fd] {
-      absl::StatusOr<std::unique_ptr<Conn>> killer = Connect(url, password, /*read_only=*/false);
-      if (killer.ok()) {
-        const std::string sql = fmt::format("KILL QUERY {}", id);
-        (void)mysql_query((*killer)->mysql, sql.c_str());
-      }
-      if (fd >= 0) shutdown(fd, SHUT_RDWR);
-    };
-    watcher_ = std::make_unique<QueryCancelWatcher>(cancel, kill_);
-  }
-
-  bool requested() const { return QueryCancelRequested(cancel_); }
-
-  // Ends the watch (the connection may be closed afterwards).
-  void Stop() { watcher_->Stop(); }
-
-  // For the owner's thread once it saw the flag: ends the watch and kills the
-  // statement unless the watcher already did. Returns QueryCancelledError.
-  absl::Status Cancel() {
-    watcher_->Stop();
-    if (!watcher_->fired()) kill_();
-    return QueryCancelledError(kQueryWhat);
-  }
-
- private:
-  const std::atomic<bool>* const cancel_;
-  std::function<void()> kill_;
-  std::unique_ptr<QueryCancelWatcher> watcher_;
-};
-
 class MysqlRowReader : public RowReader {
  public:
   // `canceller`: null when the query cannot be cancelled by a run.
@@ -432,7 +403,8 @@ class MysqlSource : public Source {
     if (QueryCancelRequested(options.cancel)) return QueryCancelledError(kQueryWhat);
     std::unique_ptr<QueryCanceller> canceller;
     if (options.cancel != nullptr) {
-      canceller = std::make_unique<QueryCanceller>(url_, password_, *conn, options.cancel);
+      canceller = std::make_unique<QueryCanceller>(url_, password_, *conn, options.cancel,
+                                                   std::string(kQueryWhat));
     }
     return StreamCancellableQuery(std::move(conn), TrimModelSql(sql), "query failed",
                                   std::move(canceller));

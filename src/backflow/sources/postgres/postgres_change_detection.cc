@@ -16,6 +16,16 @@
 // The candidates are then read with COPY, and each mapping's entries of the
 // candidate and gone keys with COPY ... ORDER BY record_key. Writes go
 // through a second connection, one committed transaction per Apply().
+//
+// Cancel (WarehousePassOptions::cancel): a watcher thread (QueryCancelWatcher)
+// follows the pass from Begin() to Close() and, once the flag reads true,
+// sends PQcancel for the pass's connection, which stops the statement or
+// COPY running there (best effort: a cancel that reaches the server between
+// two statements stops nothing, and the flag, checked before each statement
+// and each row, stops the pass instead). The step or reader then returns
+// kCancelled. Close() after a cancel sends nothing: it closes the connection,
+// and the server rolls the transaction back and drops the temporary tables
+// with the session, so nothing is left behind.
 #include <libpq-fe.h>
 
 #include <map>
@@ -29,6 +39,7 @@
 #include "backflow/pg/connection.h"
 #include "backflow/pg/types.h"
 #include "backflow/sources/postgres/postgres_internal.h"
+#include "backflow/sources/query_cancel_watcher.h"
 #include "backflow/sources/warehouse_change_detection.h"
 #include "fmt/format.h"
 
@@ -57,6 +68,64 @@ bool KeyTypeSupported(Oid oid) {
   return oid == pg::kInt2Oid || oid == pg::kInt4Oid || oid == pg::kInt8Oid || oid == pg::kTextOid ||
          oid == pg::kVarcharOid || oid == pg::kUuidOid || oid == pg::kNameOid;
 }
+
+constexpr char kPassWhat[] = "the PostgreSQL change detection statement";
+
+// Stops the pass's statements once its run is cancelled (see the top of the
+// file). Created and used on the owner's thread.
+class PassCanceller {
+ public:
+  // `cancel` may be null (nothing is watched).
+  PassCanceller(pg::Connection& conn, const std::atomic<bool>* cancel) : cancel_(cancel) {
+    if (cancel == nullptr) return;
+    // Made now: PQcancel() with it is safe from another thread.
+    std::shared_ptr<PGcancel> request(PQgetCancel(conn.get()), PQfreeCancel);
+    if (request == nullptr) return;  // then the flag is only checked between steps
+    watcher_ = std::make_unique<QueryCancelWatcher>(cancel, [request] {
+      char error[256];
+      PQcancel(request.get(), error, sizeof(error));
+    });
+  }
+
+  bool requested() const { return QueryCancelRequested(cancel_); }
+
+  // `status` of a step, or kCancelled once the run is cancelled.
+  absl::Status Checked(absl::Status status) const {
+    if (requested()) return QueryCancelledError(kPassWhat);
+    return status;
+  }
+
+  // Ends the watch: no cancel request is sent afterwards.
+  void Stop() {
+    if (watcher_ != nullptr) watcher_->Stop();
+  }
+
+ private:
+  const std::atomic<bool>* const cancel_;
+  std::unique_ptr<QueryCancelWatcher> watcher_;
+};
+
+// A reader of the pass's connection that stops once the run is cancelled
+// (its COPY, cancelled by the watcher or abandoned, is stopped by the inner
+// reader's destructor).
+class CancelCheckedReader : public RowReader {
+ public:
+  CancelCheckedReader(std::unique_ptr<RowReader> rows, std::shared_ptr<PassCanceller> canceller)
+      : rows_(std::move(rows)), canceller_(std::move(canceller)) {}
+
+  const Schema& schema() const override { return rows_->schema(); }
+
+  absl::StatusOr<bool> Next(Row& row) override {
+    BACKFLOW_RETURN_IF_ERROR(canceller_->Checked(absl::OkStatus()));
+    absl::StatusOr<bool> more = rows_->Next(row);
+    if (!more.ok()) return canceller_->Checked(more.status());
+    return more;
+  }
+
+ private:
+  std::unique_ptr<RowReader> rows_;
+  std::shared_ptr<PassCanceller> canceller_;
+};
 
 class EntryScanner : public WarehouseEntryScanner {
  public:
@@ -87,9 +156,10 @@ class EntryScanner : public WarehouseEntryScanner {
 
 class Snapshot : public WarehouseSnapshot {
  public:
-  Snapshot(std::shared_ptr<pg::Connection> conn, std::string sql, std::string key,
-           std::string table, Described described)
+  Snapshot(std::shared_ptr<pg::Connection> conn, std::shared_ptr<PassCanceller> canceller,
+           std::string sql, std::string key, std::string table, Described described)
       : conn_(std::move(conn)),
+        canceller_(std::move(canceller)),
         sql_(std::move(sql)),
         key_(std::move(key)),
         table_(std::move(table)),
@@ -152,22 +222,23 @@ class Snapshot : public WarehouseSnapshot {
         "   OR h.record_key IN (SELECT (d.{2})::text COLLATE \"C\" FROM (\n{1}\n) AS d "
         "GROUP BY 1 HAVING count(*) > 1)",
         kCandidates, sql_, k, joins, conditions);
-    BACKFLOW_RETURN_IF_ERROR(
+    BACKFLOW_RETURN_IF_ERROR(canceller_->Checked(absl::OkStatus()));
+    BACKFLOW_RETURN_IF_ERROR(canceller_->Checked(
         conn_->ExecParams(insert, params, false, "finding the model's changed rows failed")
-            .status());
+            .status()));
     const std::string gone = fmt::format(
         "INSERT INTO {0}\n"
         "SELECT DISTINCT c.record_key FROM {1} AS c\n"
         "WHERE c.mapping = ANY($1::text[]) AND NOT EXISTS (\n"
         "  SELECT 1 FROM (\n{2}\n) AS d WHERE (d.{3})::text = c.record_key)",
         kGone, table_, sql_, k);
-    BACKFLOW_RETURN_IF_ERROR(
+    BACKFLOW_RETURN_IF_ERROR(canceller_->Checked(
         conn_
             ->ExecParams(
                 gone, {pg::Param::Binary(pg::BinaryArray(pg::kTextOid, names), pg::kTextArrayOid)},
                 false, "finding the keys gone from the model failed")
-            .status());
-    return StartCopy(conn_, fmt::format("SELECT * FROM {}", kCandidates), described_);
+            .status()));
+    return Copy(fmt::format("SELECT * FROM {}", kCandidates), described_);
   }
 
   absl::StatusOr<std::unique_ptr<WarehouseEntryScanner>> ScanEntries(
@@ -181,30 +252,48 @@ class Snapshot : public WarehouseSnapshot {
         "  UNION SELECT g.record_key FROM {4} AS g)\n"
         "ORDER BY c.record_key",
         table_, Literal(*conn_, mapping), k, kCandidates, kGone);
-    BACKFLOW_ASSIGN_OR_RETURN(Described described, Describe(*conn_, sql));
-    BACKFLOW_ASSIGN_OR_RETURN(auto reader, StartCopy(conn_, sql, std::move(described)));
+    BACKFLOW_RETURN_IF_ERROR(canceller_->Checked(absl::OkStatus()));
+    absl::StatusOr<Described> described = Describe(*conn_, sql);
+    if (!described.ok()) return canceller_->Checked(described.status());
+    BACKFLOW_ASSIGN_OR_RETURN(auto reader, Copy(sql, *std::move(described)));
     return std::unique_ptr<WarehouseEntryScanner>(new EntryScanner(std::move(reader)));
   }
 
   absl::StatusOr<int64_t> CountEntries(const std::string& mapping) override {
-    BACKFLOW_ASSIGN_OR_RETURN(
-        pg::Result result,
-        conn_->ExecParams(fmt::format("SELECT count(*) FROM {} WHERE mapping = $1", table_),
-                          {pg::Param::Text(mapping)}, false,
-                          "counting the warehouse checkpoint failed"));
-    return std::stoll(PQgetvalue(result.get(), 0, 0));
+    BACKFLOW_RETURN_IF_ERROR(canceller_->Checked(absl::OkStatus()));
+    absl::StatusOr<pg::Result> result = conn_->ExecParams(
+        fmt::format("SELECT count(*) FROM {} WHERE mapping = $1", table_),
+        {pg::Param::Text(mapping)}, false, "counting the warehouse checkpoint failed");
+    if (!result.ok()) return canceller_->Checked(result.status());
+    return std::stoll(PQgetvalue(result->get(), 0, 0));
   }
 
   absl::Status Close() override {
     if (closed_) return absl::OkStatus();
     closed_ = true;
+    canceller_->Stop();
+    if (canceller_->requested()) {
+      // Bounded: closing the connection (once its readers are gone) ends the
+      // transaction and drops the temporary tables without waiting on it.
+      conn_.reset();
+      return absl::OkStatus();
+    }
     if (conn_->broken()) return absl::OkStatus();
     // Nothing of the pass is kept: the temporary tables go with the transaction.
     return conn_->Exec("ROLLBACK", {}, "ending the change detection's transaction failed").status();
   }
 
  private:
+  // COPY of `text` on the pass's connection, stopped once the run is cancelled.
+  absl::StatusOr<std::unique_ptr<RowReader>> Copy(const std::string& text, Described described) {
+    BACKFLOW_RETURN_IF_ERROR(canceller_->Checked(absl::OkStatus()));
+    absl::StatusOr<std::unique_ptr<RowReader>> rows = StartCopy(conn_, text, std::move(described));
+    if (!rows.ok()) return canceller_->Checked(rows.status());
+    return std::unique_ptr<RowReader>(new CancelCheckedReader(*std::move(rows), canceller_));
+  }
+
   std::shared_ptr<pg::Connection> conn_;
+  std::shared_ptr<PassCanceller> canceller_;  // stopped before the connection closes
   std::string sql_;
   std::string key_;
   std::string table_;
@@ -221,15 +310,21 @@ class ChangeDetection : public WarehouseChangeDetection {
         schema_(std::move(schema)),
         table_(pg::QuoteIdentifier(schema_) + ".checkpoints") {}
 
-  absl::StatusOr<std::unique_ptr<WarehouseSnapshot>> Begin(const std::string& sql,
-                                                           const std::string& key) override {
+  absl::StatusOr<std::unique_ptr<WarehouseSnapshot>> Begin(
+      const std::string& sql, const std::string& key,
+      const WarehousePassOptions& options) override {
+    // A run already cancelled opens no connection.
+    if (QueryCancelRequested(options.cancel)) return QueryCancelledError(kPassWhat);
     BACKFLOW_ASSIGN_OR_RETURN(std::unique_ptr<pg::Connection> opened,
                               pg::Connection::Open(ConnectOptionsFor(url_, password_)));
     std::shared_ptr<pg::Connection> conn = std::move(opened);
-    BACKFLOW_RETURN_IF_ERROR(EnsureTable(*conn));
-    BACKFLOW_RETURN_IF_ERROR(conn->Exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ WRITE", {},
-                                        "starting the change detection's transaction failed")
-                                 .status());
+    // Declared after the connection: its watch ends before the connection closes.
+    auto canceller = std::make_shared<PassCanceller>(*conn, options.cancel);
+    BACKFLOW_RETURN_IF_ERROR(canceller->Checked(EnsureTable(*conn)));
+    BACKFLOW_RETURN_IF_ERROR(
+        canceller->Checked(conn->Exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ WRITE", {},
+                                      "starting the change detection's transaction failed")
+                               .status()));
     const std::string text = TrimModelSql(sql);
     const std::string prefix = fmt::format(
         "CREATE TEMPORARY TABLE backflow_candidates ON COMMIT DROP AS SELECT m.*, NULL::uuid AS "
@@ -237,21 +332,23 @@ class ChangeDetection : public WarehouseChangeDetection {
     const std::string create = prefix + text + "\n) AS m WITH NO DATA";
     pg::Result created(PQexec(conn->get(), create.c_str()));
     if (created == nullptr || PQresultStatus(created.get()) != PGRES_COMMAND_OK) {
-      return conn->ErrorFromResult(created.get(), "query failed", static_cast<int>(prefix.size()));
+      return canceller->Checked(
+          conn->ErrorFromResult(created.get(), "query failed", static_cast<int>(prefix.size())));
     }
-    BACKFLOW_RETURN_IF_ERROR(
+    BACKFLOW_RETURN_IF_ERROR(canceller->Checked(
         conn->Exec("CREATE TEMPORARY TABLE backflow_gone (record_key text COLLATE \"C\") ON "
                    "COMMIT DROP",
                    {}, "preparing change detection failed")
-            .status());
+            .status()));
     // From here on the model cannot write (temporary tables still can be filled).
-    BACKFLOW_RETURN_IF_ERROR(
+    BACKFLOW_RETURN_IF_ERROR(canceller->Checked(
         conn->Exec("SET LOCAL transaction_read_only = on", {}, "preparing change detection failed")
-            .status());
-    BACKFLOW_ASSIGN_OR_RETURN(Described described,
-                              Describe(*conn, fmt::format("SELECT * FROM {}", kCandidates)));
-    return std::unique_ptr<WarehouseSnapshot>(
-        new Snapshot(std::move(conn), text, key, table_, std::move(described)));
+            .status()));
+    absl::StatusOr<Described> described =
+        Describe(*conn, fmt::format("SELECT * FROM {}", kCandidates));
+    if (!described.ok()) return canceller->Checked(described.status());
+    return std::unique_ptr<WarehouseSnapshot>(new Snapshot(
+        std::move(conn), std::move(canceller), text, key, table_, *std::move(described)));
   }
 
   absl::Status Apply(const std::string& mapping,

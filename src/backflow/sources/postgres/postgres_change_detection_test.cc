@@ -2,8 +2,11 @@
 // creation, which rows are candidates, which stored entries come back and in
 // what order, writes, privileges.
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <map>
 #include <set>
+#include <thread>
 
 #include "backflow/pg/testing/test_server.h"
 #include "backflow/sources/postgres/postgres_source.h"
@@ -286,6 +289,118 @@ TEST_F(PostgresChangeDetectionTest, MissingCreatePrivilegeSaysWhatToGrant) {
   (void)(*admin)->Exec(fmt::format("DROP SCHEMA {} CASCADE", schema_));
   (void)(*admin)->Exec(fmt::format("REVOKE ALL ON {} FROM {}", table_, role));
   (void)(*admin)->Exec(fmt::format("DROP ROLE {}", role));
+}
+
+// --- Cancel ---------------------------------------------------------------------
+
+// The number of server sessions whose state matches `where` (over
+// pg_stat_activity), -1 on error.
+int64_t Sessions(pg::Connection& conn, const std::string& where) {
+  auto r = conn.Exec("SELECT count(*) FROM pg_stat_activity WHERE " + where);
+  if (!r.ok()) return -1;
+  return std::stoll(PQgetvalue(r->get(), 0, 0));
+}
+
+// Sets `flag` once a server session matches `where` (an event the pass's
+// statement reaches: waiting for a lock, sleeping), as a run's cancel would.
+class CancelWhenSeen {
+ public:
+  CancelWhenSeen(std::unique_ptr<pg::Connection> observer, std::string where,
+                 std::atomic<bool>* flag)
+      : thread_([this, observer = std::move(observer), where, flag] {
+          const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+          while (!stop_ && std::chrono::steady_clock::now() < give_up) {
+            if (Sessions(*observer, where) > 0) {
+              flag->store(true);
+              return;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+          }
+        }) {}
+  ~CancelWhenSeen() {
+    stop_ = true;
+    thread_.join();
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+TEST_F(PostgresChangeDetectionTest, CancelDuringBeginStopsTheBlockedStatement) {
+  ExecOrFail(fmt::format("INSERT INTO {} VALUES ('a','free',1)", table_));
+  auto source = MakeSource();
+  WarehouseChangeDetection* cd = source->warehouse_change_detection();
+  ASSERT_TRUE(cd->Begin(sql_, "id").ok());  // creates the checkpoint table
+  // Another session holds the model's table: the pass's first statement
+  // over the model waits for it.
+  auto locker = Connect();
+  ASSERT_TRUE(locker.ok()) << locker.status();
+  ASSERT_TRUE((*locker)->Exec("BEGIN").ok());
+  ASSERT_TRUE((*locker)->Exec(fmt::format("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", table_)).ok());
+  auto observer = Connect();
+  ASSERT_TRUE(observer.ok()) << observer.status();
+  std::atomic<bool> cancel{false};
+  const std::string waiting =
+      "wait_event_type = 'Lock' AND query LIKE '%backflow_candidates%' AND pid <> "
+      "pg_backend_pid()";
+  const auto started = std::chrono::steady_clock::now();
+  absl::StatusOr<std::unique_ptr<WarehouseSnapshot>> snapshot;
+  {
+    CancelWhenSeen canceller(*std::move(observer), waiting, &cancel);
+    snapshot = cd->Begin(sql_, "id", WarehousePassOptions{&cancel});
+  }
+  // Returned while the lock is still held: the server stopped the statement.
+  EXPECT_EQ(snapshot.status().code(), absl::StatusCode::kCancelled) << snapshot.status();
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(20));
+  auto admin = Connect();
+  ASSERT_TRUE(admin.ok());
+  EXPECT_EQ(Sessions(**admin, waiting), 0);
+  ASSERT_TRUE((*locker)->Exec("ROLLBACK").ok());
+  // The next pass works.
+  Pass pass = RunPass(*cd, WarehouseCandidateFilter{{{"m", Fp(1)}}, {}, false});
+  EXPECT_EQ(pass.rows.size(), 1u);
+}
+
+TEST_F(PostgresChangeDetectionTest, CancelDuringReadCandidatesStopsTheModelAndLeavesNothing) {
+  ExecOrFail(fmt::format("INSERT INTO {} VALUES ('a','free',1)", table_));
+  auto source = MakeSource();
+  WarehouseChangeDetection* cd = source->warehouse_change_detection();
+  // The model sleeps once it runs (not when Begin only plans it).
+  const std::string slow = sql_ + " WHERE (SELECT true FROM pg_sleep(60))";
+  std::atomic<bool> cancel{false};
+  auto snapshot = cd->Begin(slow, "id", WarehousePassOptions{&cancel});
+  ASSERT_TRUE(snapshot.ok()) << snapshot.status();
+  auto observer = Connect();
+  ASSERT_TRUE(observer.ok()) << observer.status();
+  const std::string sleeping = "wait_event = 'PgSleep' AND query LIKE '%backflow_candidates%'";
+  const auto started = std::chrono::steady_clock::now();
+  absl::StatusOr<std::unique_ptr<RowReader>> reader;
+  {
+    CancelWhenSeen canceller(*std::move(observer), sleeping, &cancel);
+    reader = (*snapshot)->ReadCandidates(WarehouseCandidateFilter{{{"m", Fp(1)}}, {}, false});
+  }
+  EXPECT_EQ(reader.status().code(), absl::StatusCode::kCancelled) << reader.status();
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(20));
+  EXPECT_EQ((*snapshot)->ScanEntries("m").status().code(), absl::StatusCode::kCancelled);
+  ASSERT_TRUE((*snapshot)->Close().ok());
+  snapshot->reset();
+  // The statement is gone from the server, and so is the pass's session with
+  // its temporary tables (a backend drops them as it exits).
+  auto admin = Connect();
+  ASSERT_TRUE(admin.ok());
+  EXPECT_EQ(Sessions(**admin, sleeping), 0);
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  int64_t temp = -1;
+  while (std::chrono::steady_clock::now() < give_up) {
+    auto r = (*admin)->Exec(
+        "SELECT count(*) FROM pg_class WHERE relname IN ('backflow_candidates', 'backflow_gone')");
+    ASSERT_TRUE(r.ok());
+    temp = std::stoll(PQgetvalue(r->get(), 0, 0));
+    if (temp == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(temp, 0);
 }
 
 }  // namespace

@@ -30,7 +30,7 @@ class RedshiftWarehouseSql : public WarehouseSql {
 
   absl::StatusOr<std::unique_ptr<RowReader>> Run(
       const std::string& sql, const std::vector<std::string>& bindings) override {
-    return transport_->Run(sql, bindings);
+    return transport_->Run(sql, bindings, cancel());
   }
 
   absl::Status RunAll(const std::vector<BoundSql>& statements) override {
@@ -130,7 +130,7 @@ class RedshiftWarehouseSql : public WarehouseSql {
 
   std::string PrivilegeAdvice(Step step, const std::string& schema) override {
     std::string user = "<user>", database = "<database>";
-    auto who = transport_->Run("SELECT CURRENT_USER AS u, CURRENT_DATABASE() AS d", {});
+    auto who = transport_->Run("SELECT CURRENT_USER AS u, CURRENT_DATABASE() AS d", {}, cancel());
     if (who.ok()) {
       Row row;
       auto more = (*who)->Next(row);

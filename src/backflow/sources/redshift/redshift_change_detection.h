@@ -71,9 +71,12 @@ class RedshiftSqlTransport {
   virtual ~RedshiftSqlTransport() = default;
   // Runs one statement whose `?` placeholders take `bindings` (text) in
   // order; a statement without a result gives a reader without columns.
-  virtual absl::StatusOr<std::unique_ptr<RowReader>> Run(
-      const std::string& sql, const std::vector<std::string>& bindings) = 0;
-  // Runs `statements` in order, in one transaction if the transport can.
+  // `cancel` (may be null) stops it as QueryOptions::cancel stops a query.
+  virtual absl::StatusOr<std::unique_ptr<RowReader>> Run(const std::string& sql,
+                                                         const std::vector<std::string>& bindings,
+                                                         const std::atomic<bool>* cancel) = 0;
+  // Runs `statements` in order, in one transaction if the transport can (not
+  // cancellable: the checkpoint's writes commit whole or fail whole).
   virtual absl::Status RunAll(const std::vector<BoundSql>& statements) = 0;
 };
 

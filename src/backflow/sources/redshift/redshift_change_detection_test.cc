@@ -40,8 +40,9 @@ Fingerprint Fp(uint64_t n) { return Fingerprint{n, n * 7}; }
 class RecordingTransport : public RedshiftSqlTransport {
  public:
   explicit RecordingTransport(std::vector<BoundSql>* log) : log_(log) {}
-  absl::StatusOr<std::unique_ptr<RowReader>> Run(
-      const std::string& sql, const std::vector<std::string>& bindings) override {
+  absl::StatusOr<std::unique_ptr<RowReader>> Run(const std::string& sql,
+                                                 const std::vector<std::string>& bindings,
+                                                 const std::atomic<bool>*) override {
     log_->push_back({sql, bindings});
     return absl::UnavailableError("not connected");
   }

@@ -397,8 +397,9 @@ class DataApiTransport : public RedshiftSqlTransport {
  public:
   explicit DataApiTransport(const DataApiClient* client) : client_(client) {}
 
-  absl::StatusOr<std::unique_ptr<RowReader>> Run(
-      const std::string& sql, const std::vector<std::string>& bindings) override {
+  absl::StatusOr<std::unique_ptr<RowReader>> Run(const std::string& sql,
+                                                 const std::vector<std::string>& bindings,
+                                                 const std::atomic<bool>* cancel) override {
     // A parameter value may not be empty (SqlParameter: minimum length 1):
     // an empty binding is written as the literal ''.
     json parameters = json::array();
@@ -409,14 +410,14 @@ class DataApiTransport : public RedshiftSqlTransport {
       parameters.push_back({{"name", name}, {"value", value}});
       return ":" + name;
     });
-    auto reader = std::make_unique<DataApiReader>(client_, nullptr);
+    auto reader = std::make_unique<DataApiReader>(client_, cancel);
     BACKFLOW_RETURN_IF_ERROR(reader->Start(text, parameters, /*allow_no_result=*/true));
     return std::unique_ptr<RowReader>(std::move(reader));
   }
 
   absl::Status RunAll(const std::vector<BoundSql>& statements) override {
     for (const BoundSql& s : statements) {
-      BACKFLOW_ASSIGN_OR_RETURN(auto reader, Run(s.sql, s.bindings));
+      BACKFLOW_ASSIGN_OR_RETURN(auto reader, Run(s.sql, s.bindings, /*cancel=*/nullptr));
       Row row;
       while (true) {
         BACKFLOW_ASSIGN_OR_RETURN(bool more, reader->Next(row));

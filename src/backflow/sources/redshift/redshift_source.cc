@@ -358,11 +358,16 @@ struct RedshiftConnectionPool {
 };
 
 // One statement's rows in single-row mode (PQsendQueryParams, text results).
+// `cancel` (QueryOptions::cancel, may be null) is checked while the answer is
+// awaited, at most a second apart, and before each row; once set, the
+// statement is cancelled (PQcancel), drained for at most `wait`, and
+// kCancelled returned.
 class RedshiftStatementReader : public RowReader {
  public:
   RedshiftStatementReader(std::shared_ptr<RedshiftConnectionPool> pool,
-                          std::unique_ptr<pg::Connection> conn, std::chrono::milliseconds wait)
-      : pool_(std::move(pool)), conn_(std::move(conn)), cancel_wait_(wait) {}
+                          std::unique_ptr<pg::Connection> conn, std::chrono::milliseconds wait,
+                          const std::atomic<bool>* cancel)
+      : pool_(std::move(pool)), conn_(std::move(conn)), cancel_wait_(wait), cancel_(cancel) {}
 
   ~RedshiftStatementReader() override {
     if (conn_ == nullptr || done_) return;
@@ -372,6 +377,7 @@ class RedshiftStatementReader : public RowReader {
 
   // Reads the first result: the schema (and maybe a row), or the error.
   absl::Status Start() {
+    BACKFLOW_RETURN_IF_ERROR(AwaitResult());
     pg::Result first(PQgetResult(conn_->get()));
     ExecStatusType st = first != nullptr ? PQresultStatus(first.get()) : PGRES_FATAL_ERROR;
     if (st != PGRES_SINGLE_TUPLE && st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
@@ -403,6 +409,10 @@ class RedshiftStatementReader : public RowReader {
     if (!error_.ok()) return error_;
     if (row_ == nullptr) {
       if (done_) return false;
+      if (absl::Status s = AwaitResult(); !s.ok()) {
+        error_ = s;
+        return error_;
+      }
       pg::Result next(PQgetResult(conn_->get()));
       ExecStatusType st = next != nullptr ? PQresultStatus(next.get()) : PGRES_FATAL_ERROR;
       if (st == PGRES_TUPLES_OK) {  // the end of the rows
@@ -433,6 +443,30 @@ class RedshiftStatementReader : public RowReader {
   }
 
  private:
+  // Waits until PQgetResult() would not block, unless the run is cancelled
+  // first: then cancels the statement and returns kCancelled.
+  absl::Status AwaitResult() {
+    if (cancel_ == nullptr) return absl::OkStatus();
+    PGconn* c = conn_->get();
+    while (true) {
+      if (PQconsumeInput(c) == 0 || PQisBusy(c) == 0) break;  // errors surface from PQgetResult
+      if (QueryCancelRequested(cancel_)) {
+        CancelRunning(c);
+        // A connection left busy is closed rather than returned to the pool.
+        if (DrainUntil(c, std::chrono::steady_clock::now() + cancel_wait_)) {
+          pool_->Give(std::move(conn_));
+        } else {
+          conn_.reset();
+        }
+        done_ = true;
+        return QueryCancelledError("the Redshift change detection statement");
+      }
+      pollfd p{PQsocket(c), POLLIN, 0};
+      if (poll(&p, 1, 1000) < 0 && errno != EINTR) break;
+    }
+    return absl::OkStatus();
+  }
+
   // Reads what is left of the answer and returns the connection to the pool.
   void End() {
     while (pg::Result extra{PQgetResult(conn_->get())}) {
@@ -444,6 +478,7 @@ class RedshiftStatementReader : public RowReader {
   std::shared_ptr<RedshiftConnectionPool> pool_;
   std::unique_ptr<pg::Connection> conn_;
   const std::chrono::milliseconds cancel_wait_;
+  const std::atomic<bool>* const cancel_;
   Schema schema_;
   std::vector<Oid> oids_;
   pg::Result row_;  // a row read ahead (the first)
@@ -457,11 +492,16 @@ class RedshiftLibpqTransport : public RedshiftSqlTransport {
                          std::chrono::milliseconds cancel_wait)
       : pool_(std::move(pool)), cancel_wait_(cancel_wait) {}
 
-  absl::StatusOr<std::unique_ptr<RowReader>> Run(
-      const std::string& sql, const std::vector<std::string>& bindings) override {
+  absl::StatusOr<std::unique_ptr<RowReader>> Run(const std::string& sql,
+                                                 const std::vector<std::string>& bindings,
+                                                 const std::atomic<bool>* cancel) override {
+    if (QueryCancelRequested(cancel)) {
+      return absl::CancelledError("the run was cancelled before the Redshift statement was sent");
+    }
     BACKFLOW_ASSIGN_OR_RETURN(auto conn, pool_->Take());
     BACKFLOW_RETURN_IF_ERROR(Send(*conn, sql, bindings));
-    auto reader = std::make_unique<RedshiftStatementReader>(pool_, std::move(conn), cancel_wait_);
+    auto reader =
+        std::make_unique<RedshiftStatementReader>(pool_, std::move(conn), cancel_wait_, cancel);
     BACKFLOW_RETURN_IF_ERROR(reader->Start());
     return std::unique_ptr<RowReader>(std::move(reader));
   }

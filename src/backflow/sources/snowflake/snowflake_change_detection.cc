@@ -25,7 +25,7 @@ class SnowflakeWarehouseSql : public WarehouseSql {
 
   absl::StatusOr<std::unique_ptr<RowReader>> Run(
       const std::string& sql, const std::vector<std::string>& bindings) override {
-    return run_(sql, bindings);
+    return run_(sql, bindings, cancel());
   }
 
   std::string QuoteIdentifier(std::string_view name) const override {
@@ -71,7 +71,7 @@ class SnowflakeWarehouseSql : public WarehouseSql {
 
   std::string PrivilegeAdvice(Step step, const std::string& schema) override {
     std::string role = "<role>", database = "<database>";
-    auto who = run_("SELECT CURRENT_ROLE(), CURRENT_DATABASE()", {});
+    auto who = run_("SELECT CURRENT_ROLE(), CURRENT_DATABASE()", {}, cancel());
     if (who.ok()) {
       Row row;
       auto more = (*who)->Next(row);

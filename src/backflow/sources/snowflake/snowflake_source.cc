@@ -880,10 +880,10 @@ class SnowflakeSource : public Source {
     if (change_detection_ == nullptr) {
       std::shared_ptr<SnowflakeClient> client = client_;
       auto sql = NewSnowflakeWarehouseSql(
-          [client](const std::string& statement, const std::vector<std::string>& bindings)
-              -> absl::StatusOr<std::unique_ptr<RowReader>> {
-            BACKFLOW_ASSIGN_OR_RETURN(ResultSet rs, client->Execute(statement, bindings));
-            auto reader = std::make_unique<SnowflakeRowReader>(client, std::move(rs), nullptr);
+          [client](const std::string& statement, const std::vector<std::string>& bindings,
+                   const std::atomic<bool>* cancel) -> absl::StatusOr<std::unique_ptr<RowReader>> {
+            BACKFLOW_ASSIGN_OR_RETURN(ResultSet rs, client->Execute(statement, bindings, cancel));
+            auto reader = std::make_unique<SnowflakeRowReader>(client, std::move(rs), cancel);
             BACKFLOW_RETURN_IF_ERROR(reader->Init());
             return std::unique_ptr<RowReader>(std::move(reader));
           });

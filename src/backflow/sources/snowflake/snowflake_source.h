@@ -179,9 +179,11 @@ absl::StatusOr<std::string> SignSnowflakeJwt(const Rs256Key& key, std::string_vi
 absl::StatusOr<std::string> DecryptSnowflakePrivateKey(std::string_view pem,
                                                        std::string_view passphrase);
 
-// Runs one statement with TEXT bindings for its `?` placeholders.
+// Runs one statement with TEXT bindings for its `?` placeholders; `cancel`
+// (may be null) as QueryOptions::cancel.
 using SnowflakeSqlRunner = std::function<absl::StatusOr<std::unique_ptr<RowReader>>(
-    const std::string& sql, const std::vector<std::string>& bindings)>;
+    const std::string& sql, const std::vector<std::string>& bindings,
+    const std::atomic<bool>* cancel)>;
 
 // Snowflake's dialect of the pass-table change detection, running its
 // statements through `run`.

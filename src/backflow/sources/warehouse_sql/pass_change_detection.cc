@@ -219,13 +219,44 @@ absl::StatusOr<std::vector<Row>> ReadAll(RowReader& reader) {
   }
 }
 
+// The status of a pass step stopped by its cancel flag before it sent its
+// next statement.
+absl::Status PassCancelledError() {
+  return absl::CancelledError(
+      "the run was cancelled during a change detection pass; its next statement was not sent");
+}
+
+// Runs a statement unless the step's cancel flag is set.
+absl::StatusOr<std::unique_ptr<RowReader>> Start(WarehouseSql& sql, const std::string& statement,
+                                                 const std::vector<std::string>& bindings) {
+  if (QueryCancelRequested(sql.cancel())) return PassCancelledError();
+  return sql.Run(statement, bindings);
+}
+
 // Runs a statement and reads its answer to the end (so that nothing is left
 // to cancel).
 absl::Status Exec(WarehouseSql& sql, const std::string& statement,
                   const std::vector<std::string>& bindings = {}) {
-  BACKFLOW_ASSIGN_OR_RETURN(auto reader, sql.Run(statement, bindings));
+  BACKFLOW_ASSIGN_OR_RETURN(auto reader, Start(sql, statement, bindings));
   return ReadAll(*reader).status();
 }
+
+// Gives the statements run in a scope `cancel` as their cancel flag
+// (WarehouseSql::cancel()), restoring the previous flag at its end.
+class CancelScope {
+ public:
+  CancelScope(WarehouseSql& sql, const std::atomic<bool>* cancel)
+      : sql_(sql), previous_(sql.cancel()) {
+    sql_.set_cancel(cancel);
+  }
+  ~CancelScope() { sql_.set_cancel(previous_); }
+  CancelScope(const CancelScope&) = delete;
+  CancelScope& operator=(const CancelScope&) = delete;
+
+ private:
+  WarehouseSql& sql_;
+  const std::atomic<bool>* const previous_;
+};
 
 }  // namespace
 
@@ -288,7 +319,8 @@ class PassChangeDetection;
 
 class PassSnapshot : public WarehouseSnapshot {
  public:
-  PassSnapshot(PassChangeDetection* owner, std::string pass_name, Schema schema, int key_index);
+  PassSnapshot(PassChangeDetection* owner, std::string pass_name, Schema schema, int key_index,
+               const std::atomic<bool>* cancel);
   ~PassSnapshot() override { (void)Close(); }
 
   const Schema& schema() const override { return schema_; }
@@ -304,6 +336,7 @@ class PassSnapshot : public WarehouseSnapshot {
   std::string pass_name_;
   Schema schema_;
   int key_index_;
+  const std::atomic<bool>* cancel_;  // WarehousePassOptions::cancel
   bool keys_made_ = false;
   bool closed_ = false;
 };
@@ -319,13 +352,16 @@ class PassChangeDetection : public WarehouseChangeDetection {
     if (options_.clock == nullptr) options_.clock = &SystemClock();
   }
 
-  absl::StatusOr<std::unique_ptr<WarehouseSnapshot>> Begin(const std::string& sql,
-                                                           const std::string& key) override {
+  absl::StatusOr<std::unique_ptr<WarehouseSnapshot>> Begin(
+      const std::string& sql, const std::string& key,
+      const WarehousePassOptions& pass_options) override {
+    CancelScope scope(*sql_, pass_options.cancel);
+    if (QueryCancelRequested(pass_options.cancel)) return PassCancelledError();
     BACKFLOW_RETURN_IF_ERROR(EnsureTables());
     DropStalePasses();
     const std::string model = TrimModelSql(sql);
     BACKFLOW_ASSIGN_OR_RETURN(
-        auto probe, sql_->Run(fmt::format("SELECT * FROM (\n{}\n) AS m LIMIT 0", model), {}));
+        auto probe, Start(*sql_, fmt::format("SELECT * FROM (\n{}\n) AS m LIMIT 0", model), {}));
     Schema schema = probe->schema();
     probe.reset();
     const int key_index = FindColumn(schema, key);
@@ -348,7 +384,8 @@ class PassChangeDetection : public WarehouseChangeDetection {
     const std::string name = fmt::format("PASS_{}_{}", now, HexEncode(RandomBytes(6)));
     BACKFLOW_RETURN_IF_ERROR(
         Use(Exec(*sql_, sql_->RegisterPassSql(registry_), {name, std::to_string(now)})));
-    auto snapshot = std::make_unique<PassSnapshot>(this, name, schema, key_index);
+    auto snapshot =
+        std::make_unique<PassSnapshot>(this, name, schema, key_index, pass_options.cancel);
     BoundSql create = sql_->CreatePassTableSql(Table(name), model, schema, key_index);
     absl::Status made = Exec(*sql_, create.sql, create.bindings);
     if (!made.ok()) {
@@ -362,6 +399,7 @@ class PassChangeDetection : public WarehouseChangeDetection {
   absl::Status Apply(const std::string& mapping,
                      const std::vector<WarehouseCheckpointWrite>& writes) override {
     if (writes.empty()) return absl::OkStatus();
+    CancelScope scope(*sql_, nullptr);  // commits whole or fails whole
     BACKFLOW_RETURN_IF_ERROR(EnsureTables());
     std::map<std::string_view, const WarehouseCheckpointWrite*> last;
     for (const WarehouseCheckpointWrite& w : writes) last[w.key] = &w;
@@ -408,12 +446,15 @@ class PassChangeDetection : public WarehouseChangeDetection {
                     schema_, sql_->PrivilegeAdvice(step, schema_), status.message()));
   }
 
-  // Drops a pass's tables and forgets it; the first error.
-  absl::Status DropPass(const std::string& name) {
+  // Drops a pass's tables and forgets it; the first error. `bounded`: stop
+  // at the first failure (after a cancel), leaving the registry row for a
+  // later Begin().
+  absl::Status DropPass(const std::string& name, bool bounded = false) {
     absl::Status first;
     for (const std::string& table : {Table(name), Table(name + "_K")}) {
       absl::Status s = Exec(*sql_, fmt::format("DROP TABLE IF EXISTS {}", table), {});
       if (first.ok()) first = s;
+      if (bounded && !first.ok()) return Use(first);
     }
     absl::Status s =
         Exec(*sql_, fmt::format("DELETE FROM {} WHERE table_name = ?", registry_), {name});
@@ -444,7 +485,7 @@ class PassChangeDetection : public WarehouseChangeDetection {
   void DropStalePasses() {
     const int64_t cutoff =
         static_cast<int64_t>(ToUnixSeconds(options_.clock->Now())) - options_.stale_after.count();
-    auto reader = sql_->Run(sql_->StalePassesSql(registry_), {std::to_string(cutoff)});
+    auto reader = Start(*sql_, sql_->StalePassesSql(registry_), {std::to_string(cutoff)});
     if (!reader.ok()) return;
     auto rows = ReadAll(**reader);
     if (!rows.ok()) return;
@@ -465,15 +506,17 @@ class PassChangeDetection : public WarehouseChangeDetection {
 };
 
 PassSnapshot::PassSnapshot(PassChangeDetection* owner, std::string pass_name, Schema schema,
-                           int key_index)
+                           int key_index, const std::atomic<bool>* cancel)
     : owner_(owner),
       pass_name_(std::move(pass_name)),
       schema_(std::move(schema)),
-      key_index_(key_index) {}
+      key_index_(key_index),
+      cancel_(cancel) {}
 
 absl::StatusOr<std::unique_ptr<RowReader>> PassSnapshot::ReadCandidates(
     const WarehouseCandidateFilter& filter) {
   WarehouseSql& sql = owner_->sql();
+  CancelScope scope(sql, cancel_);
   const Column& key = schema_[static_cast<size_t>(key_index_)];
   if (!sql.KeyTypeSupported(key)) {
     return absl::FailedPreconditionError(fmt::format(
@@ -495,7 +538,7 @@ absl::StatusOr<std::unique_ptr<RowReader>> PassSnapshot::ReadCandidates(
         sql, fmt::format("INSERT INTO {} (record_key)\n{}", keys, select.sql), select.bindings)));
   }
   BoundSql select = pass_sql::SelectCandidates(sql, pass, keys, schema_);
-  BACKFLOW_ASSIGN_OR_RETURN(auto reader, sql.Run(select.sql, select.bindings));
+  BACKFLOW_ASSIGN_OR_RETURN(auto reader, Start(sql, select.sql, select.bindings));
   if (reader->schema().size() != schema_.size() + 1) {
     return absl::DataLossError(
         fmt::format("the warehouse returned {} columns for the candidate rows; expected {}",
@@ -509,18 +552,20 @@ absl::StatusOr<std::unique_ptr<WarehouseEntryScanner>> PassSnapshot::ScanEntries
   if (!keys_made_) {
     return absl::FailedPreconditionError("ScanEntries() before ReadCandidates()");
   }
+  CancelScope scope(owner_->sql(), cancel_);
   BoundSql select = pass_sql::SelectEntries(owner_->sql().CheckpointsToRead(owner_->checkpoints()),
                                             owner_->Table(pass_name_ + "_K"), mapping);
-  auto reader = owner_->sql().Run(select.sql, select.bindings);
+  auto reader = Start(owner_->sql(), select.sql, select.bindings);
   if (!reader.ok()) return owner_->Use(reader.status());
   return std::unique_ptr<WarehouseEntryScanner>(new EntryScanner(*std::move(reader)));
 }
 
 absl::StatusOr<int64_t> PassSnapshot::CountEntries(const std::string& mapping) {
-  auto reader =
-      owner_->sql().Run(fmt::format("SELECT COUNT(*) FROM {} WHERE mapping = ?",
-                                    owner_->sql().CheckpointsToRead(owner_->checkpoints())),
-                        {mapping});
+  CancelScope scope(owner_->sql(), cancel_);
+  auto reader = Start(owner_->sql(),
+                      fmt::format("SELECT COUNT(*) FROM {} WHERE mapping = ?",
+                                  owner_->sql().CheckpointsToRead(owner_->checkpoints())),
+                      {mapping});
   if (!reader.ok()) return owner_->Use(reader.status());
   BACKFLOW_ASSIGN_OR_RETURN(std::vector<Row> rows, ReadAll(**reader));
   if (rows.size() != 1 || rows[0].size() != 1) {
@@ -534,7 +579,9 @@ absl::StatusOr<int64_t> PassSnapshot::CountEntries(const std::string& mapping) {
 absl::Status PassSnapshot::Close() {
   if (closed_) return absl::OkStatus();
   closed_ = true;
-  return owner_->DropPass(pass_name_);
+  // Not stopped by the pass's flag; bounded once it is set.
+  CancelScope scope(owner_->sql(), nullptr);
+  return owner_->DropPass(pass_name_, /*bounded=*/QueryCancelRequested(cancel_));
 }
 
 }  // namespace

@@ -59,6 +59,21 @@
 // A warehouse without a conditional MERGE overrides WarehouseSql::ApplyBatch()
 // and RunAll() (Redshift: UPDATE, INSERT and DELETE statements).
 //
+// Cancel (WarehousePassOptions::cancel): while a pass step runs (Begin,
+// ReadCandidates and its reader, ScanEntries and its scanner, CountEntries),
+// WarehouseSql::cancel() is the pass's flag, which each dialect hands to its
+// source's query path, so the source's own cancel applies (Snowflake,
+// BigQuery, Databricks, Redshift Data API: checked between polls and the
+// statement cancelled in the warehouse; ClickHouse: KILL QUERY from a
+// watcher; Redshift over libpq: PQcancel). A cancelled step returns
+// kCancelled; the flag is also checked before each statement, so none is
+// sent once it is set. Cleanup (Close, or a Begin that failed after
+// registering its table) runs without the flag, one attempt per statement,
+// and after a cancel stops at the first statement that fails (e.g. the
+// warehouse is unreachable): the pass tables and their PASS_TABLES row are
+// then left, and a later Begin() drops them once older than `stale_after`.
+// Apply and EnsureTables' DDL outside a pass are never cancelled.
+//
 // Privileges: the role needs to create the schema (or USAGE and CREATE TABLE
 // on an existing one) and to read and write the tables above; a refusal
 // becomes kPermissionDenied with WarehouseSql::PrivilegeAdvice().
@@ -66,6 +81,7 @@
 // Thread-compatible: used from one thread at a time, like its source.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <memory>
@@ -136,6 +152,12 @@ class WarehouseSql {
   // for the current role and database); a sentence or two.
   virtual std::string PrivilegeAdvice(Step step, const std::string& schema) = 0;
 
+  // The cancel flag (QueryOptions::cancel) of the pass step now running;
+  // null when nothing may stop the statements. Run() and RunAll() hand it to
+  // the source's query path. Set by the pass layer around each step.
+  const std::atomic<bool>* cancel() const { return cancel_; }
+  void set_cancel(const std::atomic<bool>* cancel) { cancel_ = cancel; }
+
   // The largest JSON text Apply binds in one statement.
   virtual size_t MaxBindingBytes() const { return size_t{4} << 20; }
 
@@ -202,6 +224,9 @@ class WarehouseSql {
   // write each key in one statement only, so that a failure leaves every key
   // either as before or as written. Default: each through Run(), in order.
   virtual absl::Status RunAll(const std::vector<BoundSql>& statements);
+
+ private:
+  const std::atomic<bool>* cancel_ = nullptr;
 };
 
 struct PassChangeDetectionOptions {

@@ -168,5 +168,152 @@ TEST(PassChangeDetectionTest, PlainIdentifiers) {
   EXPECT_FALSE(IsPlainSqlIdentifier("a\"b"));
 }
 
+// --- Cancel -------------------------------------------------------------------
+
+class OneColumnReader : public RowReader {
+ public:
+  const Schema& schema() const override { return schema_; }
+  absl::StatusOr<bool> Next(Row&) override { return false; }
+
+ private:
+  Schema schema_ = {{"ID", ValueType::kInt64, "NUMBER"}};
+};
+
+// A warehouse whose statement containing `long_marker` runs until the run is
+// cancelled: the fake sets the flag while it runs (as another thread would)
+// and then behaves as the sources do with QueryOptions::cancel, returning
+// kCancelled, but only when the statement was given the flag.
+class CancellingSql : public TestSql {
+ public:
+  struct Sent {
+    std::string sql;
+    const std::atomic<bool>* cancel;
+  };
+
+  absl::StatusOr<std::unique_ptr<RowReader>> Run(
+      const std::string& sql, const std::vector<std::string>& bindings) override {
+    sent.push_back({sql, cancel()});
+    statements.push_back({sql, bindings});
+    if (!long_marker.empty() && sql.find(long_marker) != std::string::npos) {
+      flag->store(true);
+      if (cancel() == flag) {
+        ++cancelled;
+        return QueryCancelledError("the test statement");
+      }
+    }
+    if (fail_drops && sql.starts_with("DROP TABLE")) return absl::UnavailableError("unreachable");
+    if (sql.find("LIMIT 0") != std::string::npos) {
+      return std::unique_ptr<RowReader>(new OneColumnReader());
+    }
+    return std::unique_ptr<RowReader>(new EmptyReader());
+  }
+
+  std::atomic<bool>* flag = nullptr;
+  std::string long_marker;
+  bool fail_drops = false;
+  int cancelled = 0;
+  std::vector<Sent> sent;
+};
+
+class PassCancelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto owned = std::make_unique<CancellingSql>();
+    sql_ = owned.get();
+    sql_->flag = &cancel_;
+    cd_ = NewPassChangeDetection(std::move(owned), {"st", &clock_});
+  }
+
+  // The statements sent from the `from`th on.
+  std::vector<CancellingSql::Sent> SentFrom(size_t from) {
+    return std::vector<CancellingSql::Sent>(sql_->sent.begin() + static_cast<long>(from),
+                                            sql_->sent.end());
+  }
+
+  FakeClock clock_;
+  std::atomic<bool> cancel_{false};
+  CancellingSql* sql_ = nullptr;
+  std::unique_ptr<WarehouseChangeDetection> cd_;
+};
+
+TEST_F(PassCancelTest, CancelDuringBeginsCreateTableStopsItAndDropsThePassTables) {
+  sql_->long_marker = "CREATE TABLE st.PASS_";  // the copy of the model
+  auto snapshot = cd_->Begin("SELECT ID FROM T", "ID", WarehousePassOptions{&cancel_});
+  ASSERT_EQ(snapshot.status().code(), absl::StatusCode::kCancelled) << snapshot.status();
+  EXPECT_EQ(sql_->cancelled, 1);
+  // Every statement of the pass carried the flag; the cleanup after the
+  // cancelled statement did not, and removed the table and its registry row.
+  size_t at = 0;
+  while (at < sql_->sent.size() && sql_->sent[at].sql.find("CREATE TABLE st.PASS_") != 0) {
+    EXPECT_EQ(sql_->sent[at].cancel, &cancel_) << sql_->sent[at].sql;
+    ++at;
+  }
+  ASSERT_LT(at, sql_->sent.size());
+  EXPECT_EQ(sql_->sent[at].cancel, &cancel_);
+  std::vector<CancellingSql::Sent> after = SentFrom(at + 1);
+  ASSERT_EQ(after.size(), 3u);
+  EXPECT_THAT(after[0].sql, HasSubstr("DROP TABLE IF EXISTS st.PASS_"));
+  EXPECT_THAT(after[1].sql, HasSubstr("DROP TABLE IF EXISTS st.PASS_"));
+  EXPECT_THAT(after[1].sql, HasSubstr("_K"));
+  EXPECT_EQ(after[2].sql, "DELETE FROM st.PASS_TABLES WHERE table_name = ?");
+  for (const auto& s : after) EXPECT_EQ(s.cancel, nullptr) << s.sql;
+  EXPECT_EQ(sql_->cancel(), nullptr);  // nothing keeps the flag after the step
+
+  // The checkpoint's writes are never given the flag.
+  const size_t before = sql_->sent.size();
+  WarehouseCheckpointWrite w;
+  w.key = "1";
+  ASSERT_TRUE(cd_->Apply("m", {w}).ok());
+  ASSERT_GT(sql_->sent.size(), before);
+  for (const auto& s : SentFrom(before)) EXPECT_EQ(s.cancel, nullptr) << s.sql;
+}
+
+TEST_F(PassCancelTest, CancelDuringReadCandidatesStopsTheKeysTableAndDropsThePassTables) {
+  auto snapshot = cd_->Begin("SELECT ID FROM T", "ID", WarehousePassOptions{&cancel_});
+  ASSERT_TRUE(snapshot.ok()) << snapshot.status();
+  sql_->long_marker = "_K AS";  // the candidate keys
+  WarehouseCandidateFilter filter;
+  filter.mappings = {{"m", Fingerprint{1, 2}}};
+  const size_t from = sql_->sent.size();
+  auto reader = (*snapshot)->ReadCandidates(filter);
+  ASSERT_EQ(reader.status().code(), absl::StatusCode::kCancelled) << reader.status();
+  EXPECT_EQ(sql_->cancelled, 1);
+  std::vector<CancellingSql::Sent> step = SentFrom(from);
+  ASSERT_EQ(step.size(), 1u);  // the candidates' SELECT was never sent
+  EXPECT_EQ(step[0].cancel, &cancel_);
+  // Later steps send nothing once the flag is set.
+  EXPECT_EQ((*snapshot)->ScanEntries("m").status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ((*snapshot)->CountEntries("m").status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(sql_->sent.size(), from + 1);
+  ASSERT_TRUE((*snapshot)->Close().ok());
+  std::vector<CancellingSql::Sent> cleanup = SentFrom(from + 1);
+  ASSERT_EQ(cleanup.size(), 3u);
+  EXPECT_THAT(cleanup[0].sql, HasSubstr("DROP TABLE IF EXISTS st.PASS_"));
+  EXPECT_THAT(cleanup[1].sql, HasSubstr("_K"));
+  EXPECT_EQ(cleanup[2].sql, "DELETE FROM st.PASS_TABLES WHERE table_name = ?");
+  for (const auto& s : cleanup) EXPECT_EQ(s.cancel, nullptr) << s.sql;
+}
+
+TEST_F(PassCancelTest, CleanupAfterACancelStopsAtItsFirstFailure) {
+  auto snapshot = cd_->Begin("SELECT ID FROM T", "ID", WarehousePassOptions{&cancel_});
+  ASSERT_TRUE(snapshot.ok()) << snapshot.status();
+  cancel_ = true;
+  sql_->fail_drops = true;  // e.g. the warehouse is unreachable
+  const size_t from = sql_->sent.size();
+  EXPECT_EQ((*snapshot)->Close().code(), absl::StatusCode::kUnavailable);
+  // One attempt at the first DROP; the registry row stays for a later
+  // Begin(), which drops stale passes.
+  std::vector<CancellingSql::Sent> cleanup = SentFrom(from);
+  ASSERT_EQ(cleanup.size(), 1u);
+  EXPECT_THAT(cleanup[0].sql, HasSubstr("DROP TABLE IF EXISTS st.PASS_"));
+}
+
+TEST_F(PassCancelTest, AnAlreadyCancelledRunSendsNothing) {
+  cancel_ = true;
+  auto snapshot = cd_->Begin("SELECT ID FROM T", "ID", WarehousePassOptions{&cancel_});
+  EXPECT_EQ(snapshot.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(sql_->sent.empty());
+}
+
 }  // namespace
 }  // namespace backflow
