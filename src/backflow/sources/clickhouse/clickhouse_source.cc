@@ -805,7 +805,8 @@ class ClickHouseSource : public Source {
           [this](const std::string& statement,
                  const std::vector<std::pair<std::string, std::string>>& params) {
             return Execute(statement, params, /*writes=*/true);
-          });
+          },
+          client_->config().checkpoint_purge);
       PassChangeDetectionOptions options;
       options.state_schema = client_->config().state_schema;
       options.clock = client_->clock();
