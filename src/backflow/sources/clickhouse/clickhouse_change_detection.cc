@@ -45,9 +45,17 @@
 //               Deleting only the tombstones first would show the removed
 //               key's older version again; rows written after the listing
 //               (above M) are never touched. Lightweight DELETE is generally
-//               available since ClickHouse 23.3 (on before: 22.8-23.2 need
+//               available since ClickHouse 23.3 (22.8-23.2 need the setting
 //               allow_experimental_lightweight_delete) and needs the ALTER
-//               DELETE grant, already needed for the PASS_TABLES rows.
+//               DELETE grant, already needed for the PASS_TABLES rows. A
+//               server that refuses the DELETE as unknown syntax (code 62),
+//               not implemented (48) or disabled (344) keeps its tombstones:
+//               purging stops for the source's lifetime, the writes go on.
+//               Any other failure of a purge fails the Apply() (its writes
+//               stand; the next one retries).
+//               Verified in ClickHouse's docs, not against a server: that
+//               lightweight DELETE accepts query parameters in a compound
+//               predicate and has()/JSONExtract() as a mutation's condition.
 //               Rejected: ReplacingMergeTree(version, is_deleted) with
 //               OPTIMIZE ... FINAL CLEANUP (needs the experimental
 //               allow_experimental_replacing_merge_with_cleanup table setting
@@ -405,7 +413,7 @@ class ClickHouseWarehouseSql : public WarehouseSql {
   // object wrote since its last count could make them due, then one count.
   absl::Status AfterApply(const std::string& checkpoints, const std::string& mapping,
                           size_t removes) override {
-    if (removes == 0) return absl::OkStatus();
+    if (removes == 0 || purge_unsupported_) return absl::OkStatus();
     Tally& t = tallies_[mapping];
     t.removes_since += static_cast<int64_t>(removes);
     if (t.counted && !Due(t.tombstones + t.removes_since, t.rows + t.removes_since)) {
@@ -429,6 +437,13 @@ class ClickHouseWarehouseSql : public WarehouseSql {
     t.counted = false;  // counted again after the next Apply() with removes
     absl::Status purged = Purge(checkpoints, mapping, newest);
     if (purged.ok()) return purged;
+    const std::string message(purged.message());
+    for (const char* code : {"Code: 62.", "Code: 48.", "Code: 344."}) {
+      if (message.find(code) != std::string::npos) {
+        purge_unsupported_ = true;  // a server without lightweight DELETE
+        return absl::OkStatus();
+      }
+    }
     return absl::Status(purged.code(),
                         fmt::format("the checkpoint writes were applied, but purging the "
                                     "removed keys of mapping {} failed (the next run retries): {}",
@@ -544,6 +559,7 @@ class ClickHouseWarehouseSql : public WarehouseSql {
   ClickHouseSqlRunner run_;
   ClickHouseCheckpointPurge purge_;
   std::map<std::string, Tally> tallies_;
+  bool purge_unsupported_ = false;
 };
 
 }  // namespace

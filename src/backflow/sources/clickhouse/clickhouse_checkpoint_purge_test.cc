@@ -242,6 +242,19 @@ TEST_F(ClickHousePurgeTest, AFailedPurgeNeverShowsARemovedKeyAgain) {
   EXPECT_EQ(RunPass(*cd).count, 1);
 }
 
+TEST_F(ClickHousePurgeTest, AServerWithoutLightweightDeleteKeepsItsTombstones) {
+  auto source = MakeSource();
+  WarehouseChangeDetection* cd = source->warehouse_change_detection();
+  ASSERT_TRUE(cd->Apply("m", {Upsert("a"), Upsert("b")}).ok());
+  fake_->FailNext(FakeClickHouseFailure::Before(62, "Syntax error: failed at position 1 ('DELETE')",
+                                                "DELETE FROM bf_state.CHECKPOINTS"));
+  ASSERT_TRUE(cd->Apply("m", {Remove("a")}).ok());  // the write stands, the purge is off
+  ASSERT_TRUE(cd->Apply("m", {Remove("b")}).ok());
+  EXPECT_THAT(Rows("m"), ElementsAre("a@1", "a@2D", "b@1", "b@3D"));
+  EXPECT_EQ(Deletes(), 1u);  // the refused one only
+  EXPECT_EQ(RunPass(*cd).count, 0);
+}
+
 TEST_F(ClickHousePurgeTest, AKeyRemovedThenAddedAgainIsNewAgain) {
   auto source = MakeSource();
   WarehouseChangeDetection* cd = source->warehouse_change_detection();
