@@ -17,6 +17,53 @@
 //               tombstones (CheckpointsToRead()). Merges only reclaim space
 //               (they keep the same row: ReplacingMergeTree keeps the largest
 //               version, the last inserted on ties; tombstones stay).
+//   purge:      tombstones stay until Backflow removes them (AfterApply):
+//               after an Apply() with removes, once the mapping's tombstone
+//               rows reach ClickHouseCheckpointPurge's thresholds (by default
+//               1000 and 10% of its rows; the count is one aggregate over
+//               the mapping, sent only when this process's removes since the
+//               last count could have crossed them), Backflow lists the keys
+//               with a tombstone at or below the mapping's newest version M
+//               (argMax(deleted, version), at most max_keys) and, with the
+//               keys bound as JSON (has(JSONExtract(?, 'Array(String)'),
+//               record_key): no subquery, so the mutation is deterministic):
+//                 1. DELETE FROM ... WHERE mapping = ? AND version <= M AND
+//                    deleted = 0 AND <key is removed>: the older live rows
+//                    of removed keys. Their tombstone still hides them, so
+//                    reads are right whichever parts the mutation reached.
+//                 2. SELECT count(*) of those rows again: 0, or stop here
+//                    (a lightweight DELETE runs asynchronously when the
+//                    profile sets lightweight_deletes_sync = 0; the next
+//                    purge repeats both steps).
+//                 3. DELETE FROM ... WHERE mapping = ? AND version < M AND
+//                    deleted = 1 AND <key listed>: the tombstones, no longer
+//                    hiding anything (and the old tombstones of re-added
+//                    keys, below their live row). Rows at M stay, so the
+//                    mapping's largest version never goes back (a key
+//                    written later gets a higher version than any of its
+//                    deleted rows, whatever merges do with them).
+//               Deleting only the tombstones first would show the removed
+//               key's older version again; rows written after the listing
+//               (above M) are never touched. Lightweight DELETE is generally
+//               available since ClickHouse 23.3 (22.8-23.2 need the setting
+//               allow_experimental_lightweight_delete) and needs the ALTER
+//               DELETE grant, already needed for the PASS_TABLES rows. A
+//               server that refuses the DELETE as unknown syntax (code 62),
+//               not implemented (48) or disabled (344) keeps its tombstones:
+//               purging stops for the source's lifetime, the writes go on.
+//               Any other failure of a purge fails the Apply() (its writes
+//               stand; the next one retries).
+//               Verified in ClickHouse's docs, not against a server: that
+//               lightweight DELETE accepts query parameters in a compound
+//               predicate and has()/JSONExtract() as a mutation's condition.
+//               Rejected: ReplacingMergeTree(version, is_deleted) with
+//               OPTIMIZE ... FINAL CLEANUP (needs the experimental
+//               allow_experimental_replacing_merge_with_cleanup table setting
+//               and another engine, so existing tables would need copying, and
+//               rewrites every part of the table), and ALTER TABLE ... DELETE
+//               (rewrites whole parts; asynchronous unless mutations_sync).
+//               The table and its columns are unchanged, so a table made
+//               before the purge existed is purged the same way.
 //   Apply atomicity: one INSERT ... SELECT over the JSON array parameter.
 //               ClickHouse inserts a block into a MergeTree table atomically;
 //               a batch (at most MaxBindingBytes() of JSON, a few thousand
@@ -49,11 +96,16 @@
 // that CREATE TABLE ... AS SELECT accepts a UNION DISTINCT, and that a
 // model column of type Nullable(Nothing) (a bare NULL) cannot be copied
 // into the pass table (cast it in the model's SQL).
+#include <map>
+#include <optional>
 #include <set>
 #include <utility>
+#include <vector>
 
 #include "backflow/common/fmt_absl.h"
+#include "backflow/common/numbers.h"
 #include "backflow/common/sql_identifier.h"
+#include "backflow/common/status_macros.h"
 #include "backflow/sources/clickhouse/clickhouse_source.h"
 #include "fmt/format.h"
 
@@ -120,9 +172,34 @@ std::string BaseType(std::string type) {
   return type;
 }
 
+// A statement's whole (small) result.
+absl::StatusOr<std::vector<Row>> ReadRows(absl::StatusOr<std::unique_ptr<RowReader>> reader) {
+  if (!reader.ok()) return reader.status();
+  std::vector<Row> rows;
+  Row row;
+  while (true) {
+    BACKFLOW_ASSIGN_OR_RETURN(bool more, (*reader)->Next(row));
+    if (!more) return rows;
+    rows.push_back(row);
+  }
+}
+
+// A count or version from a result cell (NULL, as SQL gives for an empty
+// set, is 0).
+absl::StatusOr<int64_t> Number(const Value& v) {
+  if (v.is_null()) return 0;
+  std::optional<int64_t> n = ParseInt64(v.ToString());
+  if (!n) {
+    return absl::DataLossError(
+        fmt::format("the checkpoint table gave \"{}\" where a number belongs", v.ToString()));
+  }
+  return *n;
+}
+
 class ClickHouseWarehouseSql : public WarehouseSql {
  public:
-  explicit ClickHouseWarehouseSql(ClickHouseSqlRunner run) : run_(std::move(run)) {}
+  ClickHouseWarehouseSql(ClickHouseSqlRunner run, ClickHouseCheckpointPurge purge)
+      : run_(std::move(run)), purge_(purge) {}
 
   absl::StatusOr<std::unique_ptr<RowReader>> Run(
       const std::string& sql, const std::vector<std::string>& bindings) override {
@@ -331,6 +408,48 @@ class ClickHouseWarehouseSql : public WarehouseSql {
         checkpoints);
   }
 
+  // Purges the mapping's tombstones once they are due (see the top of this
+  // file). Cheap when nothing is due: no statement until the removes this
+  // object wrote since its last count could make them due, then one count.
+  absl::Status AfterApply(const std::string& checkpoints, const std::string& mapping,
+                          size_t removes) override {
+    if (removes == 0 || purge_unsupported_) return absl::OkStatus();
+    Tally& t = tallies_[mapping];
+    t.removes_since += static_cast<int64_t>(removes);
+    if (t.counted && !Due(t.tombstones + t.removes_since, t.rows + t.removes_since)) {
+      return absl::OkStatus();
+    }
+    BACKFLOW_ASSIGN_OR_RETURN(
+        std::vector<Row> rows,
+        ReadRows(Run(fmt::format("SELECT count(*), sum(deleted), max(version) FROM {} WHERE "
+                                 "mapping = ?",
+                                 checkpoints),
+                     {mapping})));
+    if (rows.size() != 1 || rows[0].size() != 3) {
+      return absl::DataLossError("counting the checkpoint's tombstones returned no count");
+    }
+    BACKFLOW_ASSIGN_OR_RETURN(t.rows, Number(rows[0][0]));
+    BACKFLOW_ASSIGN_OR_RETURN(t.tombstones, Number(rows[0][1]));
+    BACKFLOW_ASSIGN_OR_RETURN(const int64_t newest, Number(rows[0][2]));
+    t.counted = true;
+    t.removes_since = 0;
+    if (!Due(t.tombstones, t.rows)) return absl::OkStatus();
+    t.counted = false;  // counted again after the next Apply() with removes
+    absl::Status purged = Purge(checkpoints, mapping, newest);
+    if (purged.ok()) return purged;
+    const std::string message(purged.message());
+    for (const char* code : {"Code: 62.", "Code: 48.", "Code: 344."}) {
+      if (message.find(code) != std::string::npos) {
+        purge_unsupported_ = true;  // a server without lightweight DELETE
+        return absl::OkStatus();
+      }
+    }
+    return absl::Status(purged.code(),
+                        fmt::format("the checkpoint writes were applied, but purging the "
+                                    "removed keys of mapping {} failed (the next run retries): {}",
+                                    mapping, purged.message()));
+  }
+
   BoundSql ApplySql(const std::string& checkpoints, const std::string& mapping,
                     std::string json) const override {
     std::string items;
@@ -347,13 +466,107 @@ class ClickHouseWarehouseSql : public WarehouseSql {
   }
 
  private:
+  // What this object knows of a mapping's checkpoint rows.
+  struct Tally {
+    bool counted = false;
+    int64_t rows = 0;
+    int64_t tombstones = 0;
+    int64_t removes_since = 0;  // written since the count
+  };
+
+  bool Due(int64_t tombstones, int64_t rows) const {
+    return tombstones > 0 && tombstones >= purge_.min_tombstones &&
+           static_cast<double>(tombstones) >= purge_.min_fraction * static_cast<double>(rows);
+  }
+
+  // JSON arrays of `keys`, each at most MaxBindingBytes().
+  std::vector<std::string> Chunks(const std::vector<std::string>& keys) const {
+    std::vector<std::string> out;
+    std::string json = "[";
+    for (const std::string& key : keys) {
+      std::string text =
+          nlohmann::json(key).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+      if (json.size() > 1 && json.size() + text.size() + 2 > MaxBindingBytes()) {
+        out.push_back(json + "]");
+        json = "[";
+      }
+      if (json.size() > 1) json.push_back(',');
+      json += text;
+    }
+    if (json.size() > 1) out.push_back(json + "]");
+    return out;
+  }
+
+  // Removes every row of the keys whose latest row at or below version
+  // `newest` is a tombstone, and the older tombstones of the others, in an
+  // order that keeps reads right at every moment (see the top of this file).
+  absl::Status Purge(const std::string& checkpoints, const std::string& mapping, int64_t newest) {
+    const std::string version = std::to_string(newest);
+    BACKFLOW_ASSIGN_OR_RETURN(
+        std::vector<Row> rows,
+        ReadRows(Run(fmt::format("SELECT record_key, argMax(deleted, version) FROM {} WHERE "
+                                 "mapping = ? AND version <= toInt64(?) GROUP BY record_key "
+                                 "HAVING max(deleted) = 1 LIMIT {}",
+                                 checkpoints, purge_.max_keys),
+                     {mapping, version})));
+    std::vector<std::string> removed, all;
+    for (const Row& row : rows) {
+      if (row.size() != 2 || row[0].is_null()) {
+        return absl::DataLossError("listing the checkpoint's tombstones returned a bad row");
+      }
+      BACKFLOW_ASSIGN_OR_RETURN(const int64_t latest_deleted, Number(row[1]));
+      if (latest_deleted == 1) removed.push_back(row[0].ToString());
+      all.push_back(row[0].ToString());
+    }
+    const std::string keys_in = "has(JSONExtract(?, 'Array(String)'), record_key)";
+    // 1. The older, live rows of removed keys (their tombstone still hides
+    //    them), then a check that none is visible any more: a lightweight
+    //    DELETE may run asynchronously (lightweight_deletes_sync = 0).
+    for (const std::string& chunk : Chunks(removed)) {
+      BACKFLOW_ASSIGN_OR_RETURN(
+          auto done, ReadRows(Run(fmt::format("DELETE FROM {} WHERE mapping = ? AND version <= "
+                                              "toInt64(?) AND deleted = 0 AND {}",
+                                              checkpoints, keys_in),
+                                  {mapping, version, chunk})));
+      (void)done;
+    }
+    for (const std::string& chunk : Chunks(removed)) {
+      BACKFLOW_ASSIGN_OR_RETURN(
+          std::vector<Row> left,
+          ReadRows(Run(fmt::format("SELECT count(*) FROM {} WHERE mapping = ? AND version <= "
+                                   "toInt64(?) AND deleted = 0 AND {}",
+                                   checkpoints, keys_in),
+                       {mapping, version, chunk})));
+      if (left.size() != 1 || left[0].size() != 1) {
+        return absl::DataLossError("checking the purge returned no count");
+      }
+      BACKFLOW_ASSIGN_OR_RETURN(const int64_t n, Number(left[0][0]));
+      if (n != 0) return absl::OkStatus();  // not applied yet: the tombstones stay
+    }
+    // 2. The tombstones below the mapping's newest version (which stays, so
+    //    that versions keep growing).
+    for (const std::string& chunk : Chunks(all)) {
+      BACKFLOW_ASSIGN_OR_RETURN(
+          auto done, ReadRows(Run(fmt::format("DELETE FROM {} WHERE mapping = ? AND version < "
+                                              "toInt64(?) AND deleted = 1 AND {}",
+                                              checkpoints, keys_in),
+                                  {mapping, version, chunk})));
+      (void)done;
+    }
+    return absl::OkStatus();
+  }
+
   ClickHouseSqlRunner run_;
+  ClickHouseCheckpointPurge purge_;
+  std::map<std::string, Tally> tallies_;
+  bool purge_unsupported_ = false;
 };
 
 }  // namespace
 
-std::unique_ptr<WarehouseSql> NewClickHouseWarehouseSql(ClickHouseSqlRunner run) {
-  return std::make_unique<ClickHouseWarehouseSql>(std::move(run));
+std::unique_ptr<WarehouseSql> NewClickHouseWarehouseSql(ClickHouseSqlRunner run,
+                                                        ClickHouseCheckpointPurge purge) {
+  return std::make_unique<ClickHouseWarehouseSql>(std::move(run), purge);
 }
 
 }  // namespace backflow

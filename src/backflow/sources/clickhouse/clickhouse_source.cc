@@ -806,7 +806,8 @@ class ClickHouseSource : public Source {
                  const std::vector<std::pair<std::string, std::string>>& params,
                  const std::atomic<bool>* cancel) {
             return Execute(statement, params, /*writes=*/true, cancel);
-          });
+          },
+          client_->config().checkpoint_purge);
       PassChangeDetectionOptions options;
       options.state_schema = client_->config().state_schema;
       options.clock = client_->clock();

@@ -126,6 +126,18 @@ SourceDefinition ClickHouseSourceDefinition();
 
 enum class ClickHouseAuth { kHeaders, kBasic };
 
+// When change_detection: warehouse purges the tombstones of removed keys
+// from its checkpoint table (clickhouse_change_detection.cc): after an
+// Apply() with removes, once a mapping's tombstone rows are at least
+// `min_tombstones` and at least `min_fraction` of its rows (both 0: after
+// every Apply() with removes). One purge handles at most `max_keys` keys;
+// the rest wait for the next one.
+struct ClickHouseCheckpointPurge {
+  int64_t min_tombstones = 1000;
+  double min_fraction = 0.1;
+  int64_t max_keys = 50000;
+};
+
 struct ClickHouseConfig {
   std::string base_url;  // http(s)://host:port[/path], without a trailing '/'
   std::string user = "default";
@@ -145,6 +157,8 @@ struct ClickHouseConfig {
   size_t stream_buffer_bytes = 64 * 1024;
   // The database of change_detection: warehouse's tables (a plain identifier).
   std::string state_schema = "backflow_state";
+  // Not a setting: when its checkpoint's removed keys are purged.
+  ClickHouseCheckpointPurge checkpoint_purge;
 };
 
 // Reads settings already checked against the definition (defaults filled
@@ -203,7 +217,8 @@ using ClickHouseSqlRunner = std::function<absl::StatusOr<std::unique_ptr<RowRead
 
 // ClickHouse's dialect of the pass-table change detection, running its
 // statements through `run`.
-std::unique_ptr<WarehouseSql> NewClickHouseWarehouseSql(ClickHouseSqlRunner run);
+std::unique_ptr<WarehouseSql> NewClickHouseWarehouseSql(ClickHouseSqlRunner run,
+                                                        ClickHouseCheckpointPurge purge = {});
 
 // `sql` with its i-th `?` placeholder (outside quoted strings, quoted
 // identifiers and comments) written as the query parameter {p<i>:String}.

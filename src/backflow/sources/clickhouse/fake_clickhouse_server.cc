@@ -851,6 +851,33 @@ void JsonExtractStringFunction(sqlite3_context* ctx, int argc, sqlite3_value** a
   sqlite3_result_text(ctx, out.data(), static_cast<int>(out.size()), SQLITE_TRANSIENT);
 }
 
+// JSONExtract(json, 'Array(String)'): the array, carried as JSON text (the
+// fake has no array values); [] when `json` is not an array of strings, as
+// ClickHouse gives the type's default. Other types are an error.
+void JsonExtractFunction(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  if (ValueText(argv[1]) != "Array(String)") {
+    return sqlite3_result_error(ctx, "the fake's JSONExtract knows only 'Array(String)'", -1);
+  }
+  json doc = json::parse(ValueText(argv[0]), nullptr, false);
+  bool strings = doc.is_array();
+  for (const json& item : strings ? doc : json::array()) strings = strings && item.is_string();
+  const std::string out = strings ? doc.dump() : "[]";
+  sqlite3_result_text(ctx, out.data(), static_cast<int>(out.size()), SQLITE_TRANSIENT);
+}
+
+// has(array, x): whether the array (JSON text of strings, from JSONExtract)
+// holds x.
+void HasFunction(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  if (sqlite3_value_type(argv[1]) == SQLITE_NULL) return sqlite3_result_int(ctx, 0);
+  json doc = json::parse(ValueText(argv[0]), nullptr, false);
+  const std::string x = ValueText(argv[1]);
+  bool found = false;
+  for (const json& item : doc.is_array() ? doc : json::array()) {
+    found = found || (item.is_string() && item.get<std::string>() == x);
+  }
+  sqlite3_result_int(ctx, found ? 1 : 0);
+}
+
 // argMax(value, version): the value of the row with the largest version.
 struct ArgMaxState {
   bool set = false;
@@ -985,7 +1012,8 @@ struct FakeClickHouseSqlFunctions {
           Scalar{"assumeNotNull", 1, &AssumeNotNullFunction},
           Scalar{"toInt64", 1, &ToInt64Function},
           Scalar{"JSONExtractString", 1, &JsonExtractStringFunction},
-          Scalar{"JSONExtractString", 2, &JsonExtractStringFunction}}) {
+          Scalar{"JSONExtractString", 2, &JsonExtractStringFunction},
+          Scalar{"JSONExtract", 2, &JsonExtractFunction}, Scalar{"has", 2, &HasFunction}}) {
       sqlite3_create_function_v2(db, f.name, f.args, pure, nullptr, f.fn, nullptr, nullptr,
                                  nullptr);
     }

@@ -31,11 +31,16 @@
 //   code 57; UNION DISTINCT; (SELECT arrayJoin(JSONExtractArrayRaw(x)) AS v)
 //   (one row per element, its JSON text); functions toString, length (bytes),
 //   MD5 (16 bytes; hex() and lower() are SQLite's), concat (NULL if an
-//   argument is), assumeNotNull, toInt64, JSONExtractString(json[, index])
-//   and the aggregate argMax(value, version). Not modelled: engines' merges
-//   (a ReplacingMergeTree table keeps every inserted row, which real
-//   ClickHouse may do until it merges, so reads must not rely on merges),
-//   lightweight DELETE is SQLite's DELETE, names are case-insensitive.
+//   argument is), assumeNotNull, toInt64, JSONExtractString(json[, index]),
+//   JSONExtract(json, 'Array(String)') (the fake carries the array as its
+//   JSON text; [] when `json` is not an array of strings), has(array, x) and
+//   the aggregate argMax(value, version). Lightweight DELETE FROM t WHERE ...
+//   is SQLite's DELETE: the rows are gone for every later query when it
+//   answers, as with ClickHouse's default lightweight_deletes_sync (the
+//   statement waits for the mutation); its asynchronous form is not
+//   modelled. Not modelled: engines' merges (a ReplacingMergeTree table
+//   keeps every inserted row, which real ClickHouse may do until it merges,
+//   so reads must not rely on merges); names are case-insensitive.
 //   Statements without result columns (DDL, INSERT) answer with an empty
 //   body, as ClickHouse does. Privilege refusals are scripted with
 //   FailNext(FakeClickHouseFailure::Before(497, "...", "<statement text>")).

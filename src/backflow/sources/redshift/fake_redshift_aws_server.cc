@@ -122,6 +122,7 @@ void ContextTextFunction(sqlite3_context* ctx, int, sqlite3_value**) {
 }
 
 constexpr auto kIcase = std::regex::ECMAScript | std::regex::icase;
+constexpr size_t kMaxVarcharBytes = 65535;
 
 }  // namespace
 
@@ -589,6 +590,13 @@ void FakeRedshiftAwsServer::RunSql(Statement& st, const json& parameters) {
     return;
   }
   sqlite3_stmt* raw = stmt->raw();
+  // JSON_PARSE takes a VARCHAR: at most 65535 bytes.
+  static const std::regex parsed(R"(JSON_PARSE\s*\(\s*(:\w+)\s*\))", kIcase);
+  std::set<std::string> parsed_markers;
+  for (auto it = std::sregex_iterator(st.sql.begin(), st.sql.end(), parsed);
+       it != std::sregex_iterator(); ++it) {
+    parsed_markers.insert((*it)[1].str());
+  }
   for (const json& p : parameters.is_array() ? parameters : json::array()) {
     const std::string name = ":" + p.value("name", "");
     const std::string value = p.value("value", "");
@@ -597,6 +605,12 @@ void FakeRedshiftAwsServer::RunSql(Statement& st, const json& parameters) {
       st.final_status = "FAILED";
       st.error = index == 0 ? fmt::format("ERROR: parameter {} is not in the statement", name)
                             : fmt::format("ERROR: parameter {} has an empty value", name);
+      return;
+    }
+    if (parsed_markers.count(name) != 0 && value.size() > kMaxVarcharBytes) {
+      st.final_status = "FAILED";
+      st.error =
+          fmt::format("ERROR: value too long for type character varying({})", kMaxVarcharBytes);
       return;
     }
     sqlite3_bind_text(raw, index, value.c_str(), static_cast<int>(value.size()), SQLITE_TRANSIENT);

@@ -61,12 +61,13 @@
 // database); COLLATE case_sensitive | cs (byte order, SQLite's BINARY);
 // (SELECT JSON_PARSE(:p) AS elements) AS j_array, j_array.elements AS j
 // (json_each) with CAST(j AS VARCHAR(65535)) and CAST(j[i] AS
-// VARCHAR(65535)); MD5(text) (lowercase hex); JSON_SERIALIZE(x) (the text
-// as stored); CURRENT_USER ("IAM:<DbUser>", else the configured db_user or
-// "IAM:fake-user") and CURRENT_DATABASE() (the request's Database).
-// IS [NOT] DISTINCT FROM fails as Redshift answers it ("Not implemented").
-// DenyPrivilege() makes statements starting with a prefix FAILED with
-// "ERROR: permission denied for <object>", as Redshift words it.
+// VARCHAR(65535)); a parameter of JSON_PARSE longer than 65535 bytes (its
+// VARCHAR argument's limit) makes the statement FAILED with "ERROR: value too
+// long for type character varying(65535)" (message unverified); MD5(text) (lowercase hex);
+// JSON_SERIALIZE(x) (the text as stored); CURRENT_USER ("IAM:<DbUser>", else the configured db_user
+// or "IAM:fake-user") and CURRENT_DATABASE() (the request's Database). IS [NOT] DISTINCT FROM fails
+// as Redshift answers it ("Not implemented"). DenyPrivilege() makes statements starting with a
+// prefix FAILED with "ERROR: permission denied for <object>", as Redshift words it.
 //
 // Thread-safety: all public methods are thread-safe.
 #pragma once

@@ -83,6 +83,7 @@ class RedshiftWarehouseSql : public WarehouseSql {
     return fmt::format("CAST({}[{}] AS {})", alias, index, kText);
   }
   size_t MaxBindingBytes() const override { return 60000; }
+  bool ChunkInFlightKeys() const override { return true; }
 
   std::string DiffersFrom(const std::string& a, const std::string& b) const override {
     return fmt::format("({0} IS NULL OR {0} <> {1})", a, b);

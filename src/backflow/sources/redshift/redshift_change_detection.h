@@ -32,8 +32,14 @@
 //                items CAST(j[i] AS VARCHAR(65535)). JSON_PARSE
 //                takes a VARCHAR, at most 65535 bytes, so Apply binds at
 //                most 60000 bytes of JSON per statement (MaxBindingBytes).
-//                The in-flight keys of one pass are one such binding too: more
-//                than about 60 KB of them fail the pass (unverified limit).
+//                The in-flight keys go into the pass's keys table the same
+//                way, in as many INSERT ... SELECT statements of at most
+//                60000 bytes of JSON as they need (ChunkInFlightKeys), so any
+//                number of them works; a single key longer than that as JSON
+//                fails the pass with a message saying so. (A whole statement
+//                may be 16 MB; the Data API's own Sql limit is reported as
+//                100 KB; Backflow's statements text is far below both, as the
+//                values travel as parameters.)
 //   Apply:       Redshift's MERGE has no conditional WHEN clauses and takes a
 //                table, not a query, as its source, so one batch is three
 //                statements: DELETE the removed keys; UPDATE ... FROM the

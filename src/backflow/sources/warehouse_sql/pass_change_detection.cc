@@ -332,6 +332,11 @@ class PassSnapshot : public WarehouseSnapshot {
   absl::Status Close() override;
 
  private:
+  // ChunkInFlightKeys(): the pass's keys among `in_flight` into `keys`.
+  absl::Status InsertInFlightKeys(WarehouseSql& sql, const std::string& pass,
+                                  const std::string& keys,
+                                  const std::vector<std::string>& in_flight);
+
   PassChangeDetection* owner_;
   std::string pass_name_;
   Schema schema_;
@@ -403,6 +408,10 @@ class PassChangeDetection : public WarehouseChangeDetection {
     BACKFLOW_RETURN_IF_ERROR(EnsureTables());
     std::map<std::string_view, const WarehouseCheckpointWrite*> last;
     for (const WarehouseCheckpointWrite& w : writes) last[w.key] = &w;
+    size_t removes = 0;
+    for (const auto& [key, w] : last) {
+      if (w->kind == WarehouseCheckpointWrite::Kind::kRemove) ++removes;
+    }
     std::string json = "[";
     auto flush = [&]() -> absl::Status {
       if (json.size() <= 1) return absl::OkStatus();
@@ -426,7 +435,8 @@ class PassChangeDetection : public WarehouseChangeDetection {
       if (json.size() > 1) json.push_back(',');
       json += text;
     }
-    return flush();
+    BACKFLOW_RETURN_IF_ERROR(flush());
+    return Use(sql_->AfterApply(checkpoints_, mapping, removes));
   }
 
   // --- For PassSnapshot. ---
@@ -527,13 +537,20 @@ absl::StatusOr<std::unique_ptr<RowReader>> PassSnapshot::ReadCandidates(
   const std::string pass = owner_->Table(pass_name_);
   const std::string keys = owner_->Table(pass_name_ + "_K");
   keys_made_ = true;
-  if (sql.BindingsInCreateTableAs()) {
+  if (sql.BindingsInCreateTableAs() && !sql.ChunkInFlightKeys()) {
     BoundSql create = sql.CreateKeysTableSql(owner_->checkpoints(), pass, keys, filter);
     BACKFLOW_RETURN_IF_ERROR(owner_->Use(Exec(sql, create.sql, create.bindings)));
   } else {
     BACKFLOW_RETURN_IF_ERROR(owner_->Use(
         Exec(sql, fmt::format("CREATE TABLE {} (record_key {})", keys, sql.KeyType()))));
-    BoundSql select = pass_sql::SelectKeys(sql, owner_->checkpoints(), pass, filter);
+    WarehouseCandidateFilter rest;
+    const WarehouseCandidateFilter* main = &filter;
+    if (sql.ChunkInFlightKeys() && !filter.all_rows) {
+      BACKFLOW_RETURN_IF_ERROR(InsertInFlightKeys(sql, pass, keys, filter.in_flight_keys));
+      rest.mappings = filter.mappings;
+      main = &rest;
+    }
+    BoundSql select = pass_sql::SelectKeys(sql, owner_->checkpoints(), pass, *main);
     BACKFLOW_RETURN_IF_ERROR(owner_->Use(Exec(
         sql, fmt::format("INSERT INTO {} (record_key)\n{}", keys, select.sql), select.bindings)));
   }
@@ -545,6 +562,41 @@ absl::StatusOr<std::unique_ptr<RowReader>> PassSnapshot::ReadCandidates(
                     reader->schema().size(), schema_.size() + 1));
   }
   return reader;
+}
+
+absl::Status PassSnapshot::InsertInFlightKeys(WarehouseSql& sql, const std::string& pass,
+                                              const std::string& keys,
+                                              const std::vector<std::string>& in_flight) {
+  const std::string insert = fmt::format(
+      "INSERT INTO {0} (record_key)\nSELECT DISTINCT p.{1} FROM {2} AS p\n"
+      "WHERE p.{1} IN (SELECT {3} FROM {4})",
+      keys, kPassKey, pass, sql.JsonValueText("j"), sql.JsonArrayTable("j"));
+  const size_t limit = sql.MaxBindingBytes();
+  std::string json = "[";
+  auto flush = [&]() -> absl::Status {
+    if (json.size() <= 1) return absl::OkStatus();
+    json.push_back(']');
+    absl::Status s = owner_->Use(Exec(sql, insert, {json}));
+    json = "[";
+    return s;
+  };
+  for (const std::string& key : in_flight) {
+    std::string text =
+        nlohmann::json(key).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    if (text.size() + 2 > limit) {
+      return absl::FailedPreconditionError(fmt::format(
+          "the in-flight key \"{}...\" is {} bytes as JSON, more than the {} bytes the "
+          "warehouse takes in one binding; shorten the model's unique identifier (e.g. hash "
+          "it), or use change_detection: local for this model",
+          key.substr(0, 40), text.size(), limit - 2));
+    }
+    if (json.size() > 1 && json.size() + text.size() + 2 > limit) {
+      BACKFLOW_RETURN_IF_ERROR(flush());
+    }
+    if (json.size() > 1) json.push_back(',');
+    json += text;
+  }
+  return flush();
 }
 
 absl::StatusOr<std::unique_ptr<WarehouseEntryScanner>> PassSnapshot::ScanEntries(

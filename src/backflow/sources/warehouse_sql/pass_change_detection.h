@@ -207,6 +207,26 @@ class WarehouseSql {
   // INSERT INTO ... SELECT (where every SQL dialect takes bindings), and
   // CreateKeysTableSql() is not used.
   virtual bool BindingsInCreateTableAs() const { return true; }
+  // Whether the in-flight keys go into the keys table in chunks of at most
+  // MaxBindingBytes() of JSON each (INSERT INTO ... SELECT the pass's keys
+  // IN the chunk), for warehouses whose one JSON binding is small
+  // (Redshift's JSON_PARSE takes 64 KB): then the keys table is made as when
+  // BindingsInCreateTableAs() is false, and the in-flight condition of its
+  // main INSERT is empty. A single key whose JSON exceeds MaxBindingBytes()
+  // fails the pass with kFailedPrecondition.
+  virtual bool ChunkInFlightKeys() const { return false; }
+  // Runs after every statement of one Apply() succeeded, with the number of
+  // removes among its writes: upkeep of the checkpoint table (ClickHouse
+  // purges the tombstones of removed keys). An error fails that Apply()
+  // (its writes stay applied, which the engine tolerates: it keeps the keys
+  // in flight). Default: nothing.
+  virtual absl::Status AfterApply(const std::string& checkpoints, const std::string& mapping,
+                                  size_t removes) {
+    (void)checkpoints;
+    (void)mapping;
+    (void)removes;
+    return absl::OkStatus();
+  }
 
   // --- Optional: warehouses without IS DISTINCT FROM or a conditional MERGE.
   // Whether `a` (may be NULL) differs from `b` (never NULL); each operand
