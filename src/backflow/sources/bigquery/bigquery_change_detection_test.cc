@@ -149,18 +149,10 @@ class BigQueryChangeDetectionTest : public warehouse_testing::WarehouseSnapshotT
 
   void WarehouseExec(const std::string& sql) override { ASSERT_TRUE(fake_->Exec(sql).ok()) << sql; }
 
-  // Rows come back as objects; their items iterate in name order (c0, c1, ...).
   std::vector<std::vector<std::string>> WarehouseRows(const std::string& sql) override {
-    std::vector<std::vector<std::string>> out;
     auto rows = fake_->QueryRows(sql);
-    EXPECT_TRUE(rows.ok()) << rows.status();
-    if (!rows.ok()) return out;
-    for (const json& row : *rows) {
-      out.emplace_back();
-      for (const auto& [name, v] : row.items())
-        out.back().push_back(warehouse_testing::JsonText(v));
-    }
-    return out;
+    EXPECT_TRUE(rows.ok()) << rows.status() << "\n" << sql;
+    return rows.ok() ? warehouse_testing::TextRows(*rows) : std::vector<std::vector<std::string>>{};
   }
 
   // The bodies of the jobs.query calls whose SQL contains `text`.

@@ -64,15 +64,9 @@ class SnowflakeChangeDetectionTest : public warehouse_testing::WarehouseSnapshot
   void WarehouseExec(const std::string& sql) override { ASSERT_TRUE(fake_->Exec(sql).ok()) << sql; }
 
   std::vector<std::vector<std::string>> WarehouseRows(const std::string& sql) override {
-    std::vector<std::vector<std::string>> out;
     auto rows = fake_->Select(sql);
-    EXPECT_TRUE(rows.ok()) << rows.status();
-    if (!rows.ok()) return out;
-    for (const auto& row : *rows) {
-      out.emplace_back();
-      for (const json& v : row) out.back().push_back(warehouse_testing::JsonText(v));
-    }
-    return out;
+    EXPECT_TRUE(rows.ok()) << rows.status() << "\n" << sql;
+    return rows.ok() ? warehouse_testing::TextRows(*rows) : std::vector<std::vector<std::string>>{};
   }
 
   std::unique_ptr<FakeSnowflakeServer> fake_;

@@ -17,6 +17,25 @@ std::string JsonText(const nlohmann::json& value) {
   return value.is_string() ? value.get<std::string>() : value.dump();
 }
 
+std::vector<std::vector<std::string>> TextRows(const nlohmann::json& rows) {
+  std::vector<std::vector<std::string>> out;
+  for (const nlohmann::json& row : rows) {
+    out.emplace_back();
+    for (const auto& item : row.items()) out.back().push_back(JsonText(item.value()));
+  }
+  return out;
+}
+
+std::vector<std::vector<std::string>> TextRows(
+    const std::vector<std::vector<nlohmann::json>>& rows) {
+  std::vector<std::vector<std::string>> out;
+  for (const auto& row : rows) {
+    out.emplace_back();
+    for (const nlohmann::json& v : row) out.back().push_back(JsonText(v));
+  }
+  return out;
+}
+
 std::vector<std::string> WarehouseSnapshotTest::Tables() {
   std::vector<std::string> names;
   for (const auto& row :

@@ -35,6 +35,11 @@ Fingerprint Fp(uint64_t n);
 
 // A JSON value of a fake's answer as text (a string as is, else its JSON).
 std::string JsonText(const nlohmann::json& value);
+// A fake's rows (arrays of values, or objects whose items iterate in name
+// order: c0, c1, ...) as text (JsonText).
+std::vector<std::vector<std::string>> TextRows(const nlohmann::json& rows);
+std::vector<std::vector<std::string>> TextRows(
+    const std::vector<std::vector<nlohmann::json>>& rows);
 
 class WarehouseSnapshotTest : public ::testing::Test {
  protected:
