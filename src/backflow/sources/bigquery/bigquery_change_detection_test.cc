@@ -309,11 +309,11 @@ TEST_F(BigQueryChangeDetectionTest, StateDatasetMustBeADatasetName) {
 
 // --- The engine: warehouse mode against local mode -----------------------------
 
-class BigQueryWarehouseModeTest : public BigQueryChangeDetectionTest,
-                                  public warehouse_testing::WarehouseModeFixture {
+class BigQueryWarehouseModeTest
+    : public warehouse_testing::PassTableWarehouseModeTest<BigQueryChangeDetectionTest> {
  protected:
   void SetUp() override {
-    BigQueryChangeDetectionTest::SetUp();
+    PassTableWarehouseModeTest::SetUp();
     setenv("BACKFLOW_TEST_BQ_KEY", account_key_.c_str(), 1);
   }
   std::string WarehouseName() const override { return "bigquery"; }
@@ -330,7 +330,6 @@ class BigQueryWarehouseModeTest : public BigQueryChangeDetectionTest,
 )",
                        fake_->TokenUrl(), fake_->BaseUrl());
   }
-  ConnectorEnv WarehouseEnv() override { return ConnectorEnv{http_.get(), &clock_}; }
   std::string NewModelTable(int seed) override {
     const std::string table = fmt::format("crm.people{}", seed);
     Exec(fmt::format(
@@ -340,13 +339,6 @@ class BigQueryWarehouseModeTest : public BigQueryChangeDetectionTest,
     (void)fake_->Exec("DROP TABLE IF EXISTS wm_state.checkpoints");
     return table;
   }
-  void WarehouseExec(const std::string& sql) override {
-    BigQueryChangeDetectionTest::WarehouseExec(sql);
-  }
-  std::vector<std::vector<std::string>> WarehouseRows(const std::string& sql) override {
-    return BigQueryChangeDetectionTest::WarehouseRows(sql);
-  }
-  void ExpectNothingLeftBehind() override { ExpectNoPassTablesLeft("wm_state"); }
 };
 
 TEST_F(BigQueryWarehouseModeTest, SameChangeSetsAsLocalModeOverRandomRounds) {

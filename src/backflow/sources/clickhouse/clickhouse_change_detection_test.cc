@@ -301,8 +301,8 @@ TEST_F(ClickHouseChangeDetectionTest, PassTablesGoOnCloseOnFailureAndWhenStale) 
 
 // --- The engine: warehouse mode against local mode -----------------------------
 
-class ClickHouseWarehouseModeTest : public ClickHouseChangeDetectionTest,
-                                    public warehouse_testing::WarehouseModeFixture {
+class ClickHouseWarehouseModeTest
+    : public warehouse_testing::PassTableWarehouseModeTest<ClickHouseChangeDetectionTest> {
  protected:
   std::string WarehouseName() const override { return "clickhouse"; }
   SourceDefinition WarehouseDefinition() const override { return ClickHouseSourceDefinition(); }
@@ -314,7 +314,6 @@ class ClickHouseWarehouseModeTest : public ClickHouseChangeDetectionTest,
 )",
                        fake_->BaseUrl());
   }
-  ConnectorEnv WarehouseEnv() override { return ConnectorEnv{http_.get(), &clock_}; }
   std::string NewModelTable(int seed) override {
     const std::string table = fmt::format("people{}", seed);
     EXPECT_TRUE(fake_
@@ -328,13 +327,6 @@ class ClickHouseWarehouseModeTest : public ClickHouseChangeDetectionTest,
     (void)fake_->Exec("DROP TABLE IF EXISTS wm_state.checkpoints");
     return table;
   }
-  void WarehouseExec(const std::string& sql) override {
-    ClickHouseChangeDetectionTest::WarehouseExec(sql);
-  }
-  std::vector<std::vector<std::string>> WarehouseRows(const std::string& sql) override {
-    return ClickHouseChangeDetectionTest::WarehouseRows(sql);
-  }
-  void ExpectNothingLeftBehind() override { ExpectNoPassTablesLeft("wm_state"); }
 };
 
 TEST_F(ClickHouseWarehouseModeTest, SameChangeSetsAsLocalModeOverRandomRounds) {

@@ -301,8 +301,8 @@ TEST_F(DatabricksChangeDetectionTest, StateSchemaMustBeAPlainName) {
 
 // --- The engine: warehouse mode against local mode -----------------------------
 
-class DatabricksWarehouseModeTest : public DatabricksChangeDetectionTest,
-                                    public warehouse_testing::WarehouseModeFixture {
+class DatabricksWarehouseModeTest
+    : public warehouse_testing::PassTableWarehouseModeTest<DatabricksChangeDetectionTest> {
  protected:
   std::string WarehouseName() const override { return "databricks"; }
   SourceDefinition WarehouseDefinition() const override { return DatabricksSourceDefinition(); }
@@ -318,7 +318,6 @@ class DatabricksWarehouseModeTest : public DatabricksChangeDetectionTest,
 )",
                        fake_->BaseUrl(), kWarehouse, kPat);
   }
-  ConnectorEnv WarehouseEnv() override { return ConnectorEnv{http_.get(), &clock_}; }
   std::string NewModelTable(int seed) override {
     const std::string table = fmt::format("crm.people{}", seed);
     Exec(fmt::format(
@@ -328,13 +327,6 @@ class DatabricksWarehouseModeTest : public DatabricksChangeDetectionTest,
     (void)fake_->Exec("DROP TABLE IF EXISTS wm_state.checkpoints");
     return table;
   }
-  void WarehouseExec(const std::string& sql) override {
-    DatabricksChangeDetectionTest::WarehouseExec(sql);
-  }
-  std::vector<std::vector<std::string>> WarehouseRows(const std::string& sql) override {
-    return DatabricksChangeDetectionTest::WarehouseRows(sql);
-  }
-  void ExpectNothingLeftBehind() override { ExpectNoPassTablesLeft("wm_state"); }
 };
 
 TEST_F(DatabricksWarehouseModeTest, SameChangeSetsAsLocalModeOverRandomRounds) {

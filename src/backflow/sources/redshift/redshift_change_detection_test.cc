@@ -270,8 +270,8 @@ TEST_F(RedshiftDataChangeDetectionTest, PassTablesGoOnCloseOnFailureAndWhenStale
 
 // --- The engine: warehouse mode against local mode -----------------------------
 
-class RedshiftDataWarehouseModeTest : public RedshiftDataChangeDetectionTest,
-                                      public warehouse_testing::WarehouseModeFixture {
+class RedshiftDataWarehouseModeTest
+    : public warehouse_testing::PassTableWarehouseModeTest<RedshiftDataChangeDetectionTest> {
  protected:
   std::string WarehouseName() const override { return "redshift-data"; }
   SourceDefinition WarehouseDefinition() const override {
@@ -291,7 +291,6 @@ class RedshiftDataWarehouseModeTest : public RedshiftDataChangeDetectionTest,
 )",
                        fake_->Url());
   }
-  ConnectorEnv WarehouseEnv() override { return ConnectorEnv{http_.get(), &clock_}; }
   std::string NewModelTable(int seed) override {
     const std::string table = fmt::format("people{}", seed);
     Exec(
@@ -301,13 +300,6 @@ class RedshiftDataWarehouseModeTest : public RedshiftDataChangeDetectionTest,
     (void)fake_->Exec("DROP TABLE IF EXISTS wm_state.checkpoints");
     return table;
   }
-  void WarehouseExec(const std::string& sql) override {
-    RedshiftDataChangeDetectionTest::WarehouseExec(sql);
-  }
-  std::vector<std::vector<std::string>> WarehouseRows(const std::string& sql) override {
-    return RedshiftDataChangeDetectionTest::WarehouseRows(sql);
-  }
-  void ExpectNothingLeftBehind() override { ExpectNoPassTablesLeft("wm_state"); }
 };
 
 TEST_F(RedshiftDataWarehouseModeTest, SameChangeSetsAsLocalModeOverRandomRounds) {

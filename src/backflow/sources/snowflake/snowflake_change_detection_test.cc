@@ -155,8 +155,8 @@ TEST_F(SnowflakeChangeDetectionTest, PassTablesGoOnCloseOnFailureAndWhenStale) {
 
 // --- The engine: warehouse mode against local mode -----------------------------
 
-class SnowflakeWarehouseModeTest : public SnowflakeChangeDetectionTest,
-                                   public warehouse_testing::WarehouseModeFixture {
+class SnowflakeWarehouseModeTest
+    : public warehouse_testing::PassTableWarehouseModeTest<SnowflakeChangeDetectionTest> {
  protected:
   std::string WarehouseName() const override { return "snowflake"; }
   SourceDefinition WarehouseDefinition() const override { return SnowflakeSourceDefinition(); }
@@ -174,7 +174,6 @@ class SnowflakeWarehouseModeTest : public SnowflakeChangeDetectionTest,
 )",
                        fake_->BaseUrl());
   }
-  ConnectorEnv WarehouseEnv() override { return ConnectorEnv{http_.get(), &clock_}; }
   std::string ColumnName(const std::string& name) const override {
     return absl::AsciiStrToUpper(name);
   }
@@ -190,13 +189,6 @@ class SnowflakeWarehouseModeTest : public SnowflakeChangeDetectionTest,
     (void)fake_->Exec("DROP TABLE IF EXISTS wm_state.checkpoints");
     return table;
   }
-  void WarehouseExec(const std::string& sql) override {
-    SnowflakeChangeDetectionTest::WarehouseExec(sql);
-  }
-  std::vector<std::vector<std::string>> WarehouseRows(const std::string& sql) override {
-    return SnowflakeChangeDetectionTest::WarehouseRows(sql);
-  }
-  void ExpectNothingLeftBehind() override { ExpectNoPassTablesLeft("wm_state"); }
 };
 
 TEST_F(SnowflakeWarehouseModeTest, SameChangeSetsAsLocalModeOverRandomRounds) {

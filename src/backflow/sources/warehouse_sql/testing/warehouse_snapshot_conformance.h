@@ -26,6 +26,7 @@
 #include "backflow/common/http_client.h"
 #include "backflow/sources/source.h"
 #include "backflow/sources/warehouse_change_detection.h"
+#include "backflow/sources/warehouse_sql/testing/warehouse_mode_property.h"
 #include "nlohmann/json.hpp"
 
 namespace backflow::warehouse_testing {
@@ -112,6 +113,20 @@ class WarehouseSnapshotTest : public ::testing::Test {
 
   FakeClock clock_;
   std::unique_ptr<HttpClient> http_ = NewCurlHttpClient();
+};
+
+// The property test of warehouse_mode_property.h over a fixture `Base`
+// (derived from WarehouseSnapshotTest): the fake, its clock and HTTP client;
+// the workspaces' state schema is wm_state, checked for pass tables left.
+template <typename Base>
+class PassTableWarehouseModeTest : public Base, public WarehouseModeFixture {
+ protected:
+  ConnectorEnv WarehouseEnv() override { return ConnectorEnv{this->http_.get(), &this->clock_}; }
+  void WarehouseExec(const std::string& sql) override { Base::WarehouseExec(sql); }
+  std::vector<std::vector<std::string>> WarehouseRows(const std::string& sql) override {
+    return Base::WarehouseRows(sql);
+  }
+  void ExpectNothingLeftBehind() override { this->ExpectNoPassTablesLeft("wm_state"); }
 };
 
 }  // namespace backflow::warehouse_testing
