@@ -23,6 +23,7 @@
 #include "backflow/sources/source.h"
 #include "backflow/sources/warehouse_change_detection.h"
 #include "backflow/state/checkpoint_prefetch.h"
+#include "backflow/storage/key_order.h"
 #include "backflow/storage/prefetch_stream.h"
 #include "fmt/format.h"
 
@@ -474,21 +475,38 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
   KeyedRow current;
   std::string_view next_key, next_summary;
   BACKFLOW_ASSIGN_OR_RETURN(bool have_next, rows->Next(next_key, next_summary));
+  uint64_t next_prefix = KeyPrefix(next_key);
+  // Each stream's current key with its prefix (most comparisons end there).
+  PrefixedKey row_key, entry_key, flight_key;
   auto step_rows = [&]() -> absl::StatusOr<bool> {
     if (!have_next) return false;
     current.key.assign(next_key);
     current.summary.assign(next_summary);
     current.copies = 1;
+    row_key = {current.key, next_prefix};
     while (true) {
       BACKFLOW_ASSIGN_OR_RETURN(have_next, rows->Next(next_key, next_summary));
-      if (!have_next || next_key != current.key) break;
+      next_prefix = KeyPrefix(next_key);
+      if (!have_next || CompareKeys(next_key, next_prefix, row_key.key, row_key.prefix) != 0) {
+        break;
+      }
       ++current.copies;
     }
     return true;
   };
+  auto step_entry = [&]() -> absl::StatusOr<bool> {
+    BACKFLOW_ASSIGN_OR_RETURN(bool more, checkpoint->NextView(entry));
+    entry_key.Set(entry.key);
+    return more;
+  };
+  auto step_flight = [&]() -> absl::StatusOr<bool> {
+    BACKFLOW_ASSIGN_OR_RETURN(bool more, in_flight->NextView(flight));
+    flight_key.Set(flight.key);
+    return more;
+  };
   BACKFLOW_ASSIGN_OR_RETURN(bool have_row, step_rows());
-  BACKFLOW_ASSIGN_OR_RETURN(bool have_entry, checkpoint->NextView(entry));
-  BACKFLOW_ASSIGN_OR_RETURN(bool have_flight, in_flight->NextView(flight));
+  BACKFLOW_ASSIGN_OR_RETURN(bool have_entry, step_entry());
+  BACKFLOW_ASSIGN_OR_RETURN(bool have_flight, step_flight());
 
   Row payload;
   // `out` is the payload (identity values for a delete); null only in a dry
@@ -540,20 +558,21 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
   while (have_row || have_entry || have_flight) {
     // The smallest key of the three streams; a view of that stream's key,
     // valid until the streams advance at the end of this iteration.
-    std::string_view key;
-    bool first = true;
-    auto consider = [&](bool have, std::string_view k) {
-      if (have && (first || k < key)) {
-        key = k;
-        first = false;
-      }
+    const PrefixedKey* smallest = nullptr;
+    if (have_row) smallest = &row_key;
+    if (have_entry && (smallest == nullptr || Compare(entry_key, *smallest) < 0)) {
+      smallest = &entry_key;
+    }
+    if (have_flight && (smallest == nullptr || Compare(flight_key, *smallest) < 0)) {
+      smallest = &flight_key;
+    }
+    auto at_smallest = [&](bool have, const PrefixedKey& k) {
+      return have && (&k == smallest || Compare(k, *smallest) == 0);
     };
-    consider(have_row, current.key);
-    consider(have_entry, entry.key);
-    consider(have_flight, flight.key);
-    const bool in_rows = have_row && current.key == key;
-    const bool in_checkpoint = have_entry && entry.key == key;
-    const bool was_in_flight = have_flight && flight.key == key;
+    const bool in_rows = at_smallest(have_row, row_key);
+    const bool in_checkpoint = at_smallest(have_entry, entry_key);
+    const bool was_in_flight = at_smallest(have_flight, flight_key);
+    const std::string_view key = smallest->key;
     // Records the destination holds, or may hold: the base of max_deletes.
     if (in_checkpoint || was_in_flight) ++m.checkpoint_records;
     row_hash = {};
@@ -576,10 +595,10 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
       BACKFLOW_ASSIGN_OR_RETURN(have_row, step_rows());
     }
     if (in_checkpoint) {
-      BACKFLOW_ASSIGN_OR_RETURN(have_entry, checkpoint->NextView(entry));
+      BACKFLOW_ASSIGN_OR_RETURN(have_entry, step_entry());
     }
     if (was_in_flight) {
-      BACKFLOW_ASSIGN_OR_RETURN(have_flight, in_flight->NextView(flight));
+      BACKFLOW_ASSIGN_OR_RETURN(have_flight, step_flight());
     }
   }
   if (warehouse_entries != nullptr) {

@@ -7,18 +7,11 @@
 #include <cstring>
 
 #include "backflow/common/status_macros.h"
+#include "backflow/storage/key_order.h"
 #include "fmt/format.h"
 
 namespace backflow {
 namespace {
-
-// The first 8 bytes of `key`, big-endian, zero-padded: prefixes that differ
-// order their keys as the bytes do.
-uint64_t KeyPrefix(std::string_view key) {
-  uint64_t v = 0;
-  if (!key.empty()) std::memcpy(&v, key.data(), std::min<size_t>(8, key.size()));
-  return __builtin_bswap64(v);
-}
 
 // Views of the record stored at `offset` in `arena`.
 void RecordAt(const std::string& arena, uint32_t offset, std::string_view& key,
@@ -102,8 +95,7 @@ class MergeStream : public SortedStream {
   };
   // Heap order: std::*_heap keep the greatest first, so "greater" = comes later.
   static bool After(const Head& a, const Head& b) {
-    if (a.prefix != b.prefix) return a.prefix > b.prefix;
-    int c = a.key.compare(b.key);
+    int c = CompareKeys(a.key, a.prefix, b.key, b.prefix);
     return c != 0 ? c > 0 : a.index > b.index;
   }
   void Push(const Head& h) {
