@@ -15,9 +15,17 @@ TEST(KeyOrderTest, CompareKeysAgreesWithByteOrder) {
   // Short alphabets and lengths around 8 make shared prefixes, NUL padding
   // look-alikes ("ab" vs "ab\0") and equal keys common.
   std::mt19937 rng(17);
-  const std::string alphabet("\0\x01\x7f\x80\xff" "a", 6);
-  std::vector<std::string> keys = {"", std::string(1, '\0'), std::string(8, '\0'),
-                                   std::string(9, '\0'), "12345678", "123456789", "1234567"};
+  const std::string alphabet(
+      "\0\x01\x7f\x80\xff"
+      "a",
+      6);
+  std::vector<std::string> keys = {"",
+                                   std::string(1, '\0'),
+                                   std::string(8, '\0'),
+                                   std::string(9, '\0'),
+                                   "12345678",
+                                   "123456789",
+                                   "1234567"};
   for (int i = 0; i < 400; ++i) {
     std::string k(rng() % 13, 'a');
     for (char& c : k) c = alphabet[rng() % alphabet.size()];

@@ -157,8 +157,8 @@ TEST(PrefetchSortedStreamTest, DestroyingMidStreamStopsTheThreadAndTheInnerStrea
     auto stream = PrefetchSortedStream(std::make_unique<EndlessStream>());
   }
   {  // Read a while.
-    auto stream = PrefetchSortedStream(std::make_unique<EndlessStream>(),
-                                       {.block_bytes = 1000, .blocks = 2});
+    auto stream =
+        PrefetchSortedStream(std::make_unique<EndlessStream>(), {.block_bytes = 1000, .blocks = 2});
     std::string_view key, value;
     for (int i = 0; i < 10000; ++i) {
       ASSERT_TRUE(*stream->Next(key, value));
