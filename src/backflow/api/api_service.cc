@@ -859,26 +859,6 @@ HttpResponse ApiService::Enqueue(Call& call, const std::string& model,
   std::shared_ptr<const Workspace> ws = options_.workspace();
   absl::StatusOr<StoreLease> store = Store();
   if (!store.ok()) return FromStatus(store.status());
-  // A mapping already queued or running is not queued twice.
-  for (RunStatus s : {RunStatus::kQueued, RunStatus::kRunning}) {
-    RunFilter f;
-    f.model = model;
-    f.status = s;
-    f.limit = 1000;
-    absl::StatusOr<std::vector<RunInfo>> active = (*store)->ListRuns(f);
-    if (!active.ok()) return FromStatus(active.status());
-    for (const RunInfo& r : *active) {
-      if (std::find(mappings.begin(), mappings.end(), r.mapping) != mappings.end()) {
-        return ErrorResponse(
-            409, "conflict",
-            fmt::format("mapping \"{}\" already has run {} {}", r.mapping, r.id,
-                        RunStatusName(r.status)),
-            fmt::format("follow it with GET /api/v1/runs/{}, or cancel it with POST "
-                        "/api/v1/runs/{}/cancel",
-                        r.id, r.id));
-      }
-    }
-  }
   std::vector<RunInfo> runs;
   const std::string requested_at = FormatIso8601(absl::ToChronoTime(options_.now()));
   for (const std::string& name : mappings) {
@@ -892,21 +872,33 @@ HttpResponse ApiService::Enqueue(Call& call, const std::string& model,
     r.requested_at = requested_at;
     runs.push_back(std::move(r));
   }
-  absl::StatusOr<std::vector<int64_t>> ids = (*store)->EnqueueRuns(runs);
-  if (!ids.ok()) return FromStatus(ids.status());
+  // A mapping already queued or running is not queued twice (checked in the
+  // store's transaction: two clicks at once queue one run).
+  absl::StatusOr<StateStore::EnqueueOutcome> queued = (*store)->EnqueueRunsUnlessActive(runs);
+  if (!queued.ok()) return FromStatus(queued.status());
+  if (queued->active) {
+    const RunInfo& r = *queued->active;
+    return ErrorResponse(409, "conflict",
+                         fmt::format("mapping \"{}\" already has run {} {}", r.mapping, r.id,
+                                     RunStatusName(r.status)),
+                         fmt::format("follow it with GET /api/v1/runs/{}, or cancel it with POST "
+                                     "/api/v1/runs/{}/cancel",
+                                     r.id, r.id));
+  }
+  const std::vector<int64_t>& ids = queued->ids;
   if (options_.wake_workers) options_.wake_workers();
   JsonWriter w;
   w.BeginObject();
-  w.Key("request_id").Int(ids->front());
+  w.Key("request_id").Int(ids.front());
   w.Key("runs").BeginArray();
-  for (int64_t id : *ids) {
+  for (int64_t id : ids) {
     absl::StatusOr<RunInfo> run = (*store)->GetRun(id);
     if (run.ok()) WriteRun(w, *run);
   }
   w.EndArray();
   w.EndObject();
   HttpResponse r = Json(202, w.Release());
-  r.headers.emplace_back("Location", fmt::format("/api/v1/runs/{}", ids->front()));
+  r.headers.emplace_back("Location", fmt::format("/api/v1/runs/{}", ids.front()));
   return r;
 }
 

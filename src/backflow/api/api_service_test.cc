@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <thread>
 
 #include "backflow/api/http_server.h"
 #include "backflow/catalog/registry.h"
@@ -140,6 +141,33 @@ TEST_F(ApiServiceTest, HealthIsPublicEverythingElseNeedsAToken) {
   // A revoked token stops working at once.
   ASSERT_TRUE(store_->RevokeApiToken("reader").ok());
   EXPECT_EQ(Call("GET", "/api/v1/runs", "", kRead).status, 401);
+}
+
+TEST_F(ApiServiceTest, ConcurrentTriggersOfOneMappingQueueOneRun) {
+  // Four "run now" clicks at once: one run is queued, the others are told
+  // which run they would duplicate.
+  std::vector<Reply> replies(4);
+  std::vector<std::thread> threads;
+  for (Reply& reply : replies) {
+    threads.emplace_back([&] { reply = Call("POST", "/api/v1/mappings/m2/runs"); });
+  }
+  for (std::thread& t : threads) t.join();
+  int accepted = 0;
+  int64_t id = 0;
+  for (const Reply& reply : replies) {
+    if (reply.status == 202) {
+      ++accepted;
+      id = reply.body["runs"][0]["id"];
+    }
+  }
+  ASSERT_EQ(accepted, 1);
+  for (const Reply& reply : replies) {
+    if (reply.status == 202) continue;
+    EXPECT_EQ(reply.status, 409) << reply.text;
+    EXPECT_NE(reply.body["error"]["message"].get<std::string>().find(std::to_string(id)),
+              std::string::npos)
+        << reply.text;
+  }
 }
 
 TEST_F(ApiServiceTest, TriggerQueuesRunsThatCanBeFollowedAndCancelled) {

@@ -368,6 +368,9 @@ class PgCheckpointScanner : public CheckpointScanner {
   PostgresScanStats stats_;
 };
 
+// The advisory lock key of EnqueueRunsUnlessActive ("bflw" "enq!" in ASCII).
+constexpr int64_t kEnqueueLock = 0x62666c77656e7121;
+
 constexpr const char* kRunColumns =
     "id, mapping, model, destination, trigger, dry_run, full_resync, status, started_at, "
     "finished_at, duration_s, extracted, added, updated, deleted, unchanged, skipped, "
@@ -679,6 +682,35 @@ class PostgresStateStore : public StateStore {
       return absl::OkStatus();
     }));
     return ids;
+  }
+
+  absl::StatusOr<EnqueueOutcome> EnqueueRunsUnlessActive(
+      const std::vector<RunInfo>& runs) override {
+    EnqueueOutcome out;
+    if (runs.empty()) return out;
+    std::vector<std::string_view> mappings;
+    for (const RunInfo& r : runs) mappings.push_back(r.mapping);
+    BACKFLOW_RETURN_IF_ERROR(InTransaction([&]() -> absl::Status {
+      // Serializes these checks with their inserts across connections (READ
+      // COMMITTED alone would let two transactions both find nothing).
+      BACKFLOW_RETURN_IF_ERROR(
+          Exec(fmt::format("SELECT pg_advisory_xact_lock({})", kEnqueueLock), {}, "queueing runs")
+              .status());
+      BACKFLOW_ASSIGN_OR_RETURN(
+          Result r,
+          Exec(fmt::format("SELECT {} FROM backflow.runs WHERE mapping = ANY($1) AND "
+                           "status IN ('queued', 'running') ORDER BY id LIMIT 1",
+                           kRunColumns),
+               {Param::Binary(pg::BinaryArray(pg::kTextOid, mappings), pg::kTextArrayOid)},
+               "queueing runs"));
+      if (Rows(r) > 0) {
+        out.active = ReadRun(r, 0);
+        return absl::OkStatus();
+      }
+      BACKFLOW_ASSIGN_OR_RETURN(out.ids, InsertQueued(runs));
+      return absl::OkStatus();
+    }));
+    return out;
   }
 
   absl::StatusOr<std::vector<RunInfo>> ClaimRuns(const std::string& worker, absl::Time now,

@@ -465,6 +465,29 @@ class SqliteStateStore : public StateStore {
     return ids;
   }
 
+  absl::StatusOr<EnqueueOutcome> EnqueueRunsUnlessActive(
+      const std::vector<RunInfo>& runs) override {
+    EnqueueOutcome out;
+    // BEGIN IMMEDIATE: one writer at a time, so the check holds until the insert.
+    BACKFLOW_RETURN_IF_ERROR(InTransaction([&]() -> absl::Status {
+      for (const RunInfo& r : runs) {
+        BACKFLOW_ASSIGN_OR_RETURN(
+            Statement q, db_->Prepare(fmt::format("SELECT {} FROM runs WHERE mapping=? AND status "
+                                                  "IN ('queued', 'running') ORDER BY id LIMIT 1",
+                                                  kRunColumns)));
+        q.Bind(1, r.mapping);
+        BACKFLOW_ASSIGN_OR_RETURN(std::vector<RunInfo> active, ReadRuns(q));
+        if (!active.empty() && (!out.active || active.front().id < out.active->id)) {
+          out.active = active.front();
+        }
+      }
+      if (out.active) return absl::OkStatus();
+      BACKFLOW_ASSIGN_OR_RETURN(out.ids, InsertQueued(runs));
+      return absl::OkStatus();
+    }));
+    return out;
+  }
+
   absl::StatusOr<std::vector<RunInfo>> ClaimRuns(const std::string& worker, absl::Time now,
                                                  absl::Duration lease) override {
     std::vector<RunInfo> claimed;

@@ -230,6 +230,17 @@ class StateStore {
   // Queues one run per element (status kQueued, requested_at as given) under
   // one request id; returns their ids in order.
   virtual absl::StatusOr<std::vector<int64_t>> EnqueueRuns(const std::vector<RunInfo>& runs) = 0;
+  // EnqueueRuns(), unless a mapping of `runs` already has a run queued or
+  // running: then nothing is queued and that run (the oldest such) is
+  // returned instead. Check and insert are one transaction, serialized
+  // against every other call on the same store (from any process), so of
+  // two concurrent calls for a mapping only one queues.
+  struct EnqueueOutcome {
+    std::vector<int64_t> ids;       // queued runs, in order; empty when `active` is set
+    std::optional<RunInfo> active;  // the run that kept them from being queued
+  };
+  virtual absl::StatusOr<EnqueueOutcome> EnqueueRunsUnlessActive(
+      const std::vector<RunInfo>& runs) = 0;
   // Takes, for `worker` until now + lease, the oldest request that is queued
   // or whose lease expired; its runs (those not cancelled) become kRunning
   // with started_at = now when they were queued. Empty when nothing is due.

@@ -123,6 +123,64 @@ TEST_P(StateStoreContractTest, CancellingQueuedRunningAndFinishedRuns) {
   EXPECT_EQ(store_->CancelRun(999999, kT0).status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST_P(StateStoreContractTest, EnqueueUnlessActiveRefusesAMappingAlreadyQueuedOrRunning) {
+  auto first = store_->EnqueueRunsUnlessActive({Queued("a"), Queued("b")});
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(first->ids.size(), 2u);
+  EXPECT_FALSE(first->active);
+  // "b" is queued: a request naming it queues nothing and names that run.
+  auto refused = store_->EnqueueRunsUnlessActive({Queued("c"), Queued("b")});
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  EXPECT_TRUE(refused->ids.empty());
+  ASSERT_TRUE(refused->active);
+  EXPECT_EQ(refused->active->id, first->ids[1]);
+  EXPECT_EQ(refused->active->mapping, "b");
+  EXPECT_EQ(refused->active->status, RunStatus::kQueued);
+  RunFilter f;
+  f.mapping = "c";
+  EXPECT_TRUE(store_->ListRuns(f)->empty());
+  // Running: still refused; finished: queued again.
+  auto claimed = store_->ClaimRuns("w1", kT0, kLease);
+  ASSERT_EQ(claimed->size(), 2u);
+  auto running = store_->EnqueueRunsUnlessActive({Queued("a")});
+  ASSERT_TRUE(running.ok());
+  ASSERT_TRUE(running->active);
+  EXPECT_EQ(running->active->status, RunStatus::kRunning);
+  for (RunInfo r : *claimed) {
+    r.status = RunStatus::kSucceeded;
+    r.finished_at = "2026-01-01T00:01:00.000Z";
+    ASSERT_TRUE(store_->UpdateRun(r).ok());
+  }
+  auto again = store_->EnqueueRunsUnlessActive({Queued("a"), Queued("b")});
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(again->active);
+  EXPECT_EQ(again->ids.size(), 2u);
+}
+
+TEST_P(StateStoreContractTest, ConcurrentEnqueueUnlessActiveQueuesOnce) {
+  // Two handles (two processes would have two): each round, both race to
+  // queue the same mapping; exactly one wins, the other gets its run.
+  std::unique_ptr<StateStore> other = Reopen();
+  ASSERT_NE(other, nullptr);
+  for (int round = 0; round < 20; ++round) {
+    const std::string mapping = "m" + std::to_string(round);
+    absl::StatusOr<StateStore::EnqueueOutcome> a, b;
+    std::thread t([&] { a = other->EnqueueRunsUnlessActive({Queued(mapping)}); });
+    b = store_->EnqueueRunsUnlessActive({Queued(mapping)});
+    t.join();
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(b.ok()) << b.status();
+    ASSERT_EQ(a->ids.size() + b->ids.size(), 1u) << "round " << round;
+    const auto& winner = a->ids.empty() ? *b : *a;
+    const auto& loser = a->ids.empty() ? *a : *b;
+    ASSERT_TRUE(loser.active);
+    EXPECT_EQ(loser.active->id, winner.ids[0]);
+    RunFilter f;
+    f.mapping = mapping;
+    EXPECT_EQ(store_->ListRuns(f)->size(), 1u);
+  }
+}
+
 TEST_P(StateStoreContractTest, ReleasedRunsGoBackToTheQueue) {
   auto ids = store_->EnqueueRuns({Queued("a")});
   ASSERT_EQ(store_->ClaimRuns("w1", kT0, kLease)->size(), 1u);
