@@ -10,6 +10,7 @@
 #include <algorithm>
 
 #include "backflow/sources/clickhouse/clickhouse_source.h"
+#include "backflow/sources/clickhouse/clickhouse_warehouse_mode_testing.h"
 #include "backflow/sources/clickhouse/fake_clickhouse_server.h"
 #include "backflow/sources/warehouse_change_detection.h"
 #include "backflow/sources/warehouse_sql/testing/warehouse_mode_property.h"
@@ -307,25 +308,10 @@ class ClickHouseWarehouseModeTest
   std::string WarehouseName() const override { return "clickhouse"; }
   SourceDefinition WarehouseDefinition() const override { return ClickHouseSourceDefinition(); }
   std::string SourceYaml() const override {
-    return fmt::format(R"(    type: clickhouse
-    base_url: "{}"
-    max_retries: 0
-    state_schema: wm_state
-)",
-                       fake_->BaseUrl());
+    return clickhouse_testing::WarehouseModeSourceYaml(*fake_);
   }
   std::string NewModelTable(int seed) override {
-    const std::string table = fmt::format("people{}", seed);
-    EXPECT_TRUE(fake_
-                    ->CreateTable("default", table,
-                                  {{"id", "Nullable(Int64)"},
-                                   {"email", "Nullable(String)"},
-                                   {"plan", "Nullable(String)"},
-                                   {"age", "Int64"},
-                                   {"note", "Nullable(String)"}})
-                    .ok());
-    (void)fake_->Exec("DROP TABLE IF EXISTS wm_state.checkpoints");
-    return table;
+    return clickhouse_testing::NewWarehouseModeTable(*fake_, seed);
   }
 };
 

@@ -8,32 +8,29 @@
 // against local mode over random rounds.
 #include <gtest/gtest.h>
 
-#include <algorithm>
-#include <filesystem>
 #include <map>
-#include <random>
 #include <set>
 
 #include "backflow/common/clock.h"
 #include "backflow/common/http_client.h"
-#include "backflow/destinations/testing/memory_destination.h"
-#include "backflow/engine/sync_engine.h"
 #include "backflow/sources/clickhouse/clickhouse_source.h"
+#include "backflow/sources/clickhouse/clickhouse_warehouse_mode_testing.h"
 #include "backflow/sources/clickhouse/fake_clickhouse_server.h"
 #include "backflow/sources/warehouse_change_detection.h"
+#include "backflow/sources/warehouse_sql/testing/warehouse_mode_property.h"
+#include "backflow/sources/warehouse_sql/testing/warehouse_snapshot_conformance.h"
 #include "fmt/format.h"
 #include "gmock/gmock.h"
 
 namespace backflow {
 namespace {
 
-namespace fs = std::filesystem;
 using json = nlohmann::json;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::UnorderedElementsAre;
 
-Fingerprint Fp(uint64_t n) { return Fingerprint{n, n * 7}; }
+using warehouse_testing::Fp;
 
 // Purges whenever an Apply() wrote a remove.
 ClickHouseCheckpointPurge Eager() {
@@ -357,203 +354,57 @@ TEST_F(ClickHousePurgeTest, ATableMadeBeforeThePurgeExistedIsPurgedToo) {
 
 // --- The engine: warehouse mode (purging) against local mode ----------------------
 
-struct Side {
-  Registry registry;
-  std::shared_ptr<testing::MemoryDestinationState> m =
-      std::make_shared<testing::MemoryDestinationState>();
-  std::shared_ptr<testing::MemoryDestinationState> m2 =
-      std::make_shared<testing::MemoryDestinationState>();
-  Workspace workspace;
-  std::unique_ptr<StateStore> state;
-  fs::path dir;
-};
-
-class ClickHousePurgeWarehouseModeTest : public ClickHousePurgeTest {
+// The property test of warehouse_mode_property.h with a source purging after
+// every remove, keys removed every round and removed keys coming back.
+class ClickHousePurgeWarehouseModeTest : public ClickHousePurgeTest,
+                                         public warehouse_testing::WarehouseModeFixture {
  protected:
-  void SetUp() override {
-    ClickHousePurgeTest::SetUp();
-    dir_ = fs::path(::testing::TempDir()) /
-           fmt::format("clickhouse-purge-mode-{}-{}", getpid(),
-                       ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
+  std::string WarehouseName() const override { return "clickhouse-purge"; }
+  SourceDefinition WarehouseDefinition() const override {
+    return ClickHouseDefinitionPurging(Eager());
   }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  void Setup(Side& side, const std::string& name, const std::string& mode,
-             const std::string& table) {
-    side.dir = dir_ / name;
-    fs::create_directories(side.dir);
-    ASSERT_TRUE(side.registry.AddSource(ClickHouseDefinitionPurging(Eager())).ok());
-    ASSERT_TRUE(side.registry.AddDestination(testing::MemoryDestinationDefinition(side.m)).ok());
-    DestinationDefinition second = testing::MemoryDestinationDefinition(side.m2);
-    second.type = "memory2";
-    ASSERT_TRUE(side.registry.AddDestination(second).ok());
-    const std::string yaml = fmt::format(R"(
-sources:
-  - name: ch
-    type: clickhouse
-    base_url: "{url}"
-    max_retries: 0
-    state_schema: wm_state
-models:
-  - name: people
-    source: ch
-    sql: "SELECT id, email, plan, age FROM {table}"
-    primary_key: id
-    change_detection: {mode}
-destinations:
-  - {{ name: mem, type: memory }}
-  - {{ name: mem2, type: memory2 }}
-mappings:
-  - name: m
-    model: people
-    destination: mem
-    action: upsert
-    batch_size: 3
-    fields: {{ customer_id: id, email: email, plan: plan }}
-  - name: m2
-    model: people
-    destination: mem2
-    action: upsert
-    records: added_or_updated
-    max_deletes: 100%
-    fields: {{ customer_id: id, age: age }}
-)",
-                                         fmt::arg("url", fake_->BaseUrl()),
-                                         fmt::arg("table", table), fmt::arg("mode", mode));
-    LoadResult r =
-        LoadWorkspaceFromString(yaml, (side.dir / "backflow.yaml").string(), side.registry);
-    ASSERT_TRUE(r.ok()) << (r.diagnostics.empty() ? "" : r.diagnostics[0].ToString());
-    side.workspace = std::move(r.workspace);
-    auto state = OpenSqliteStateStore((side.dir / "state.db").string());
-    ASSERT_TRUE(state.ok()) << state.status();
-    side.state = std::move(*state);
+  std::string SourceYaml() const override {
+    return clickhouse_testing::WarehouseModeSourceYaml(*fake_);
+  }
+  ConnectorEnv WarehouseEnv() override { return ConnectorEnv{http_.get(), &clock_}; }
+  std::string NewModelTable(int seed) override {
+    return clickhouse_testing::NewWarehouseModeTable(*fake_, seed);
+  }
+  void WarehouseExec(const std::string& sql) override { Exec(sql); }
+  std::vector<std::vector<std::string>> WarehouseRows(const std::string& sql) override {
+    auto rows = fake_->Select(sql);
+    EXPECT_TRUE(rows.ok()) << rows.status() << "\n" << sql;
+    return rows.ok() ? warehouse_testing::TextRows(*rows) : std::vector<std::vector<std::string>>{};
   }
 
-  std::vector<MappingRunResult> Sync(Side& side, SyncOptions options = {}) {
-    SyncEngine engine(side.workspace, side.registry, *side.state,
-                      ConnectorEnv{http_.get(), &clock_}, (side.dir / ".backflow").string());
-    auto results = engine.Run("people", {"m", "m2"}, options);
-    EXPECT_TRUE(results.ok()) << results.status();
-    return results.ok() ? *results : std::vector<MappingRunResult>{};
+  // Every remove was followed by a purge: no removed key keeps a live row
+  // below a tombstone of its mapping.
+  void ExpectAfterRound() override {
+    EXPECT_EQ(WarehouseRows("SELECT count(*) AS c0 FROM wm_state.checkpoints AS c WHERE "
+                            "c.deleted = 0 AND EXISTS (SELECT 1 FROM wm_state.checkpoints AS t "
+                            "WHERE t.mapping = c.mapping AND t.record_key = c.record_key AND "
+                            "t.deleted = 1 AND t.version > c.version)"),
+              (std::vector<std::vector<std::string>>{{"0"}}));
   }
-
-  static std::string Counts(const RunCounts& c) {
-    return fmt::format(
-        "added {} updated {} deleted {} unchanged {} skipped {} succeeded {} failed {} rejected {}",
-        c.added, c.updated, c.deleted, c.unchanged, c.skipped, c.succeeded, c.failed, c.rejected);
-  }
-
-  fs::path dir_;
-};
-
-TEST_F(ClickHousePurgeWarehouseModeTest, SameChangeSetsAsLocalModeWhilePurging) {
-  for (int seed : {11, 12, 13}) {
-    SCOPED_TRACE(fmt::format("seed {}", seed));
-    const std::string table = fmt::format("people{}", seed);
-    ASSERT_TRUE(fake_
-                    ->CreateTable("default", table,
-                                  {{"id", "Nullable(Int64)"},
-                                   {"email", "Nullable(String)"},
-                                   {"plan", "Nullable(String)"},
-                                   {"age", "Int64"}})
-                    .ok());
-    (void)fake_->Exec("DROP TABLE IF EXISTS wm_state.checkpoints");
-    Side local, warehouse;
-    Setup(local, fmt::format("local-{}", seed), "local", table);
-    Setup(warehouse, fmt::format("warehouse-{}", seed), "warehouse", table);
-    std::mt19937 rng(seed);
-    auto pick = [&](int n) { return static_cast<int>(rng() % static_cast<unsigned>(n)); };
-    const std::vector<std::string> plans = {"free", "pro", "team"};
-    int next_id = 1;
-    for (int i = 0; i < 15; ++i, ++next_id) {
-      Exec(fmt::format("INSERT INTO {} VALUES ({}, 'u{}@x.io', 'free', {})", table, next_id,
-                       next_id, 20 + pick(50)));
-    }
-    std::vector<int> deleted;  // ids deleted, some added again later
-    for (int round = 0; round < 12; ++round) {
-      SCOPED_TRACE(fmt::format("round {}", round));
-      if (round > 0) {
-        auto random_id = [&]() { return 1 + pick(next_id - 1); };
-        for (int i = pick(3); i > 0; --i, ++next_id) {
-          Exec(fmt::format("INSERT INTO {} VALUES ({}, 'u{}@x.io', '{}', {})", table, next_id,
-                           next_id, plans[pick(3)], 20 + pick(50)));
-        }
-        for (int i = pick(4); i > 0; --i) {
-          Exec(fmt::format("UPDATE {} SET plan = '{}' WHERE id = {}", table, plans[pick(3)],
-                           random_id()));
-        }
-        for (int i = pick(3); i > 0; --i) {
-          Exec(fmt::format("UPDATE {} SET age = age + 1 WHERE id = {}", table, random_id()));
-        }
-        for (int i = 1 + pick(3); i > 0; --i) {  // removes every round: purges every round
-          const int id = random_id();
-          Exec(fmt::format("DELETE FROM {} WHERE id = {}", table, id));
-          deleted.push_back(id);
-        }
-        if (!deleted.empty() && pick(2) == 0) {  // a removed key comes back
-          const int id = deleted[static_cast<size_t>(pick(static_cast<int>(deleted.size())))];
-          Exec(fmt::format("DELETE FROM {} WHERE id = {}", table, id));
-          Exec(fmt::format("INSERT INTO {} VALUES ({}, 'back{}@x.io', '{}', {})", table, id, id,
-                           plans[pick(3)], 20 + pick(50)));
-        }
-        if (pick(3) == 0) {  // a duplicate key
-          Exec(
-              fmt::format("INSERT INTO {0} SELECT id, email, 'dup', age FROM {0} WHERE id = {1} "
-                          "LIMIT 1",
-                          table, random_id()));
-        }
-        if (pick(3) == 0) {  // a duplicate resolved
-          Exec(fmt::format(
-              "DELETE FROM {0} WHERE rowid IN (SELECT min(rowid) FROM {0} WHERE id IS NOT NULL "
-              "GROUP BY id HAVING count(*) > 1 LIMIT 1)",
-              table));
-        }
-        if (pick(4) == 0) {
-          Exec(fmt::format("INSERT INTO {} VALUES (NULL, 'null@x.io', 'free', 1)", table));
-        }
-        if (pick(4) == 0) Exec(fmt::format("DELETE FROM {} WHERE id IS NULL", table));
-      }
-      std::set<std::string> reject;
-      if (pick(3) == 0) reject.insert(std::to_string(1 + pick(next_id - 1)));
-      for (Side* side : {&local, &warehouse}) {
-        side->m->reject_keys = reject;
-        side->m->sent_keys.clear();
-        side->m2->sent_keys.clear();
-      }
-      SyncOptions options;
-      options.full_resync = round == 8;
-      std::vector<MappingRunResult> l = Sync(local, options);
-      std::vector<MappingRunResult> w = Sync(warehouse, options);
-      ASSERT_EQ(l.size(), 2u);
-      ASSERT_EQ(w.size(), 2u);
-      for (size_t i = 0; i < 2; ++i) {
-        SCOPED_TRACE(l[i].run.mapping);
-        EXPECT_EQ(w[i].run.status, l[i].run.status) << w[i].run.error << " / " << l[i].run.error;
-        EXPECT_EQ(Counts(w[i].run.counts), Counts(l[i].run.counts));
-      }
-      for (auto [lm, wm] : {std::pair{local.m, warehouse.m}, std::pair{local.m2, warehouse.m2}}) {
-        std::vector<std::string> ls = lm->sent_keys, ws = wm->sent_keys;
-        std::sort(ls.begin(), ls.end());
-        std::sort(ws.begin(), ws.end());
-        EXPECT_EQ(ws, ls);
-        EXPECT_EQ(wm->records, lm->records);
-      }
-    }
-    // Purges ran, and no removed key keeps a row below the newest version
-    // of its mapping other than tombstones written since the last purge.
+  // Purges ran.
+  void ExpectNothingLeftBehind() override {
     size_t purges = 0;
     for (const auto& q : fake_->Queries()) {
       if (q.sql.find("DELETE FROM wm_state.CHECKPOINTS") != std::string::npos) ++purges;
     }
     EXPECT_GT(purges, 0u);
-    auto stale = fake_->Select(
-        "SELECT count(*) FROM wm_state.checkpoints AS c WHERE c.deleted = 0 AND EXISTS (SELECT 1 "
-        "FROM wm_state.checkpoints AS t WHERE t.mapping = c.mapping AND t.record_key = "
-        "c.record_key AND t.deleted = 1 AND t.version > c.version)");
-    ASSERT_TRUE(stale.ok()) << stale.status();
-    EXPECT_EQ((*stale)[0][0], 0);  // every remove was followed by a purge
   }
+};
+
+TEST_F(ClickHousePurgeWarehouseModeTest, SameChangeSetsAsLocalModeWhilePurging) {
+  warehouse_testing::PropertyRounds rounds;
+  rounds.seeds = {11, 12, 13};
+  rounds.initial_rows = 15;
+  rounds.rounds = 12;
+  rounds.full_resync_round = 8;
+  rounds.min_deletes = 1;  // removes every round: purges every round
+  rounds.deleted_keys_come_back = true;
+  warehouse_testing::ExpectSameChangeSetsAsLocalMode(*this, rounds);
 }
 
 }  // namespace

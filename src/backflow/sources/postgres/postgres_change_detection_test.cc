@@ -4,13 +4,12 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <map>
-#include <set>
 #include <thread>
 
 #include "backflow/pg/testing/test_server.h"
 #include "backflow/sources/postgres/postgres_source.h"
 #include "backflow/sources/warehouse_change_detection.h"
+#include "backflow/sources/warehouse_sql/testing/warehouse_snapshot_conformance.h"
 #include "fmt/format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -22,9 +21,12 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::UnorderedElementsAre;
 
-Fingerprint Fp(uint64_t n) { return Fingerprint{n, n * 7}; }
+using warehouse_testing::Fp;
 
-class PostgresChangeDetectionTest : public pg::testing::PostgresTest {
+// The pass helpers of the shared checks over a real PostgreSQL: a model of
+// three columns (id, plan, age) and uuid row hashes.
+class PostgresChangeDetectionTest : public pg::testing::PostgresTest,
+                                    public warehouse_testing::WarehouseSnapshotChecks {
  protected:
   void SetUp() override {
     PostgresTest::SetUp();
@@ -32,7 +34,11 @@ class PostgresChangeDetectionTest : public pg::testing::PostgresTest {
     table_ = pg::testing::UniqueName("cd");
     schema_ = pg::testing::UniqueName("cd_state");
     ExecOrFail(fmt::format("CREATE TABLE {} (id text, plan text, age int)", table_));
+    customers_ = table_;
     sql_ = fmt::format("SELECT id, plan, age FROM {}", table_);
+    key_ = "id";
+    model_columns_ = 3;
+    sql_suffix_ = " ";
   }
 
   std::unique_ptr<Source> MakeSource(const std::string& url, const std::string& password) {
@@ -41,84 +47,29 @@ class PostgresChangeDetectionTest : public pg::testing::PostgresTest {
     EXPECT_TRUE(source.ok()) << source.status();
     return source.ok() ? *std::move(source) : nullptr;
   }
-  std::unique_ptr<Source> MakeSource() { return MakeSource(server().url, server().password); }
-
-  struct Pass {
-    std::map<std::string, std::string> rows;  // key (or "<null>#n") -> "plan|age"
-    std::map<std::string, std::string> hashes;
-    std::map<std::string, std::vector<std::string>> entries;  // mapping -> keys in order
-    std::map<std::string, int64_t> counts;
-    int duplicates = 0;
-  };
-
-  // One pass of change detection for `mappings` (name -> version).
-  Pass RunPass(WarehouseChangeDetection& cd, const WarehouseCandidateFilter& filter) {
-    Pass pass;
-    auto snapshot = cd.Begin(sql_ + " ", "id");
-    EXPECT_TRUE(snapshot.ok()) << snapshot.status();
-    if (!snapshot.ok()) return pass;
-    EXPECT_EQ((*snapshot)->schema().size(), 3u);
-    auto reader = (*snapshot)->ReadCandidates(filter);
-    EXPECT_TRUE(reader.ok()) << reader.status();
-    if (!reader.ok()) return pass;
-    EXPECT_EQ((*reader)->schema().size(), 4u);
-    Row row;
-    int nulls = 0;
-    while (true) {
-      auto more = (*reader)->Next(row);
-      EXPECT_TRUE(more.ok()) << more.status();
-      if (!more.ok() || !*more) break;
-      std::string key = row[0].is_null() ? fmt::format("<null>#{}", nulls++) : row[0].text();
-      if (pass.rows.count(key)) ++pass.duplicates;
-      pass.rows[key] = row[1].ToString() + "|" + row[2].ToString();
-      pass.hashes[key] = row[3].ToString();
-      EXPECT_EQ(row[3].ToString().size(), 36u);
-    }
-    for (const auto& [mapping, version] : filter.mappings) {
-      auto scanner = (*snapshot)->ScanEntries(mapping);
-      EXPECT_TRUE(scanner.ok()) << scanner.status();
-      if (!scanner.ok()) continue;
-      WarehouseCheckpointEntry entry;
-      auto& keys = pass.entries[mapping];
-      while (true) {
-        auto more = (*scanner)->Next(entry);
-        EXPECT_TRUE(more.ok()) << more.status();
-        if (!more.ok() || !*more) break;
-        keys.push_back(entry.key);
+  std::unique_ptr<Source> MakeSource() override {
+    return MakeSource(server().url, server().password);
+  }
+  void WarehouseExec(const std::string& sql) override { ExecOrFail(sql); }
+  std::vector<std::vector<std::string>> WarehouseRows(const std::string& sql) override {
+    std::vector<std::vector<std::string>> out;
+    auto conn = Connect();
+    EXPECT_TRUE(conn.ok()) << conn.status();
+    if (!conn.ok()) return out;
+    auto rows = (*conn)->Exec(sql);
+    EXPECT_TRUE(rows.ok()) << rows.status() << "\n" << sql;
+    if (!rows.ok()) return out;
+    for (int r = 0; r < PQntuples(rows->get()); ++r) {
+      out.emplace_back();
+      for (int c = 0; c < PQnfields(rows->get()); ++c) {
+        out.back().push_back(PQgetvalue(rows->get(), r, c));
       }
-      auto count = (*snapshot)->CountEntries(mapping);
-      EXPECT_TRUE(count.ok()) << count.status();
-      pass.counts[mapping] = count.ok() ? *count : -1;
     }
-    EXPECT_TRUE((*snapshot)->Close().ok());
-    return pass;
+    return out;
   }
+  void ExpectRowHash(const std::string& hash) override { EXPECT_EQ(hash.size(), 36u); }
 
-  // Stores every candidate (but NULL keys) for `mapping` as delivered.
-  void Deliver(WarehouseChangeDetection& cd, const std::string& mapping, const Fingerprint& version,
-               const Pass& pass, const std::set<std::string>& skip = {}) {
-    std::vector<WarehouseCheckpointWrite> writes;
-    for (const auto& [key, hash] : pass.hashes) {
-      if (key.rfind("<null>", 0) == 0 || skip.count(key)) continue;
-      WarehouseCheckpointWrite w;
-      w.key = key;
-      w.fingerprint = Fp(key.size());
-      w.identity = "id:" + key;
-      w.row_hash = hash;
-      w.version = version;
-      writes.push_back(w);
-    }
-    absl::Status applied = cd.Apply(mapping, writes);
-    EXPECT_TRUE(applied.ok()) << applied;
-  }
-
-  WarehouseCandidateFilter Filter(std::vector<std::pair<std::string, Fingerprint>> mappings) {
-    WarehouseCandidateFilter f;
-    f.mappings = std::move(mappings);
-    return f;
-  }
-
-  std::string table_, schema_, sql_;
+  std::string table_, schema_;
 };
 
 TEST_F(PostgresChangeDetectionTest, OnlyChangedNewNullAndDuplicatedRowsAreCandidates) {
@@ -150,9 +101,7 @@ TEST_F(PostgresChangeDetectionTest, OnlyChangedNewNullAndDuplicatedRowsAreCandid
   ExecOrFail(fmt::format("INSERT INTO {} VALUES ('d','free',6), ('c','free',4)", table_));
   ExecOrFail(fmt::format("DELETE FROM {} WHERE id = '_'", table_));
   Pass third = RunPass(*cd, Filter({{"m", Fp(1)}}));
-  std::set<std::string> keys;
-  for (const auto& [k, v] : third.rows) keys.insert(k);
-  EXPECT_THAT(keys, UnorderedElementsAre("a", "c", "d", "<null>#0"));
+  EXPECT_THAT(Keys(third), UnorderedElementsAre("a", "c", "d", "<null>#0"));
   EXPECT_EQ(third.duplicates, 1);  // both rows of "c"
   EXPECT_NE(third.hashes["a"], first.hashes["a"]);
   // Stored entries of candidate keys and of the gone key, in byte order.
@@ -163,9 +112,7 @@ TEST_F(PostgresChangeDetectionTest, OnlyChangedNewNullAndDuplicatedRowsAreCandid
   flight.in_flight_keys = {"B"};
   Deliver(*cd, "m", Fp(1), third, {"c"});
   Pass fourth = RunPass(*cd, flight);
-  keys.clear();
-  for (const auto& [k, v] : fourth.rows) keys.insert(k);
-  EXPECT_THAT(keys, UnorderedElementsAre("B", "c", "<null>#0"));
+  EXPECT_THAT(Keys(fourth), UnorderedElementsAre("B", "c", "<null>#0"));
   EXPECT_THAT(fourth.entries["m"], ElementsAre("B", "_", "c"));
 
   WarehouseCandidateFilter all = Filter({{"m", Fp(1)}});

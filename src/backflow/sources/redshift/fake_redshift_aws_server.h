@@ -128,6 +128,20 @@ class FakeRedshiftAwsServer {
   absl::Status Start();
   void Stop();
   std::string Url() const;  // "http://127.0.0.1:<port>"
+  // Settings of a `redshift_data_api` source over this fake (its
+  // credentials and cluster, database dev, db_user analytics;
+  // no retries; state_schema bf_state), for tests.
+  nlohmann::json SourceSettings() const {
+    return {{"access_key_id", options_.access_key_id},
+            {"secret_access_key", options_.secret_access_key},
+            {"region", options_.region},
+            {"database", "dev"},
+            {"cluster_identifier", options_.cluster_identifier},
+            {"db_user", "analytics"},
+            {"base_url", Url()},
+            {"max_retries", 0},
+            {"state_schema", "bf_state"}};
+  }
 
   // Runs setup SQL on the backing SQLite database.
   absl::Status Exec(const std::string& sql);

@@ -133,17 +133,7 @@ class RedshiftDataChangeDetectionTest : public warehouse_testing::WarehouseSnaps
     seen_text_ = "2024-01-01T00:00:00";
   }
 
-  json Settings() {
-    return {{"access_key_id", "AKIDEXAMPLE"},
-            {"secret_access_key", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"},
-            {"region", "us-east-1"},
-            {"database", "dev"},
-            {"cluster_identifier", "examplecluster"},
-            {"db_user", "analytics"},
-            {"base_url", fake_->Url()},
-            {"max_retries", 0},
-            {"state_schema", "bf_state"}};
-  }
+  json Settings() { return fake_->SourceSettings(); }
 
   std::unique_ptr<Source> MakeSource() override {
     SourceDefinition def = RedshiftDataApiSourceDefinition();

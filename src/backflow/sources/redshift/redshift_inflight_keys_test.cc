@@ -53,16 +53,7 @@ class RedshiftInFlightKeysTest : public ::testing::Test {
     }
     ASSERT_TRUE(fake_->Exec("INSERT INTO customers VALUES " + values).ok());
     SourceDefinition def = RedshiftDataApiSourceDefinition();
-    json settings = {{"access_key_id", "AKIDEXAMPLE"},
-                     {"secret_access_key", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"},
-                     {"region", "us-east-1"},
-                     {"database", "dev"},
-                     {"cluster_identifier", "examplecluster"},
-                     {"db_user", "analytics"},
-                     {"base_url", fake_->Url()},
-                     {"max_retries", 0},
-                     {"state_schema", "bf_state"}};
-    auto source = def.create(settings, ConnectorEnv{http_.get(), &clock_});
+    auto source = def.create(fake_->SourceSettings(), ConnectorEnv{http_.get(), &clock_});
     ASSERT_TRUE(source.ok()) << source.status();
     source_ = *std::move(source);
     cd_ = source_->warehouse_change_detection();

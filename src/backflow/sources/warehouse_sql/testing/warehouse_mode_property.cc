@@ -155,7 +155,8 @@ void ExpectSameChangeSetsAsLocalMode(WarehouseModeFixture& f, const PropertyRoun
     std::mt19937 rng(seed);
     auto pick = [&](int n) { return static_cast<int>(rng() % static_cast<unsigned>(n)); };
     const std::vector<std::string> plans = {"free", "pro", "team"};
-    int next = 0;  // keys 0 .. next-1 were inserted
+    int next = 0;              // keys 0 .. next-1 were inserted
+    std::vector<int> deleted;  // keys deleted, some of them inserted again later
     for (int i = 0; i < rounds.initial_rows; ++i, ++next)
       Insert(f, table, next, "free", 20 + pick(50));
     for (int round = 0; round < rounds.rounds; ++round) {
@@ -178,8 +179,15 @@ void ExpectSameChangeSetsAsLocalMode(WarehouseModeFixture& f, const PropertyRoun
           f.WarehouseExec(
               fmt::format("UPDATE {} SET note = {} WHERE {}", table, note, random_key()));
         }
-        for (int i = pick(3); i > 0; --i) {
-          f.WarehouseExec(fmt::format("DELETE FROM {} WHERE {}", table, random_key()));
+        for (int i = rounds.min_deletes + pick(3); i > 0; --i) {
+          const int n = pick(next);
+          f.WarehouseExec(fmt::format("DELETE FROM {} WHERE {}", table, f.KeyIs(n)));
+          deleted.push_back(n);
+        }
+        if (rounds.deleted_keys_come_back && !deleted.empty() && pick(2) == 0) {
+          const int n = deleted[static_cast<size_t>(pick(static_cast<int>(deleted.size())))];
+          f.WarehouseExec(fmt::format("DELETE FROM {} WHERE {}", table, f.KeyIs(n)));
+          Insert(f, table, n, plans[pick(3)], 20 + pick(50));
         }
         if (pick(3) == 0) {  // a duplicate key, identical or not
           const char* plan = pick(2) == 0 ? "plan" : "'dup'";
@@ -225,6 +233,7 @@ void ExpectSameChangeSetsAsLocalMode(WarehouseModeFixture& f, const PropertyRoun
         // Only what changed was pulled (plus NULL and duplicated keys).
         EXPECT_LT(w[0].run.counts.extracted, l[0].run.counts.extracted);
       }
+      f.ExpectAfterRound();
       if (!reject.empty() || l[0].run.status == RunStatus::kFailed) continue;
       ExpectDestinationsHoldTheModel(f, table, warehouse);
     }

@@ -67,6 +67,9 @@ class WarehouseModeFixture {
   // Checks, after a seed's rounds, that the passes left nothing behind in
   // the warehouse (pass-table warehouses: no PASS_ table in the schema).
   virtual void ExpectNothingLeftBehind() {}
+  // Checks the warehouse's own state after each round's syncs (e.g. that
+  // its checkpoint was compacted as it should be).
+  virtual void ExpectAfterRound() {}
 };
 
 // How many rows and rounds the property test runs.
@@ -75,6 +78,10 @@ struct PropertyRounds {
   int initial_rows = 20;
   int rounds = 10;
   int full_resync_round = 7;
+  // Rows deleted each round at the least (more at random).
+  int min_deletes = 0;
+  // Whether, at random, a deleted key comes back (a new row) in a round.
+  bool deleted_keys_come_back = false;
 };
 
 // One workspace syncing the model "people" with two mappings: m (id, email,

@@ -36,7 +36,7 @@ std::vector<std::vector<std::string>> TextRows(
   return out;
 }
 
-std::vector<std::string> WarehouseSnapshotTest::Tables() {
+std::vector<std::string> WarehouseSnapshotChecks::Tables() {
   std::vector<std::string> names;
   for (const auto& row :
        WarehouseRows("SELECT name AS c0 FROM bf_state.sqlite_master WHERE type = 'table' ORDER BY "
@@ -46,21 +46,31 @@ std::vector<std::string> WarehouseSnapshotTest::Tables() {
   return names;
 }
 
-WarehouseSnapshotTest::Pass WarehouseSnapshotTest::RunPass(WarehouseChangeDetection& cd,
-                                                           const WarehouseCandidateFilter& filter) {
+void WarehouseSnapshotChecks::ExpectRowHash(const std::string& hash) {
+  EXPECT_EQ(hash.size(), 32u);
+  EXPECT_EQ(hash.find_first_not_of("0123456789abcdef"), std::string::npos) << hash;
+}
+
+WarehouseSnapshotChecks::Pass WarehouseSnapshotChecks::RunPass(
+    WarehouseChangeDetection& cd, const WarehouseCandidateFilter& filter) {
   Pass pass;
-  auto snapshot = cd.Begin(sql_ + ";\n", key_);
+  auto snapshot = cd.Begin(sql_ + sql_suffix_, key_);
   EXPECT_TRUE(snapshot.ok()) << snapshot.status();
   if (!snapshot.ok()) return pass;
-  EXPECT_EQ((*snapshot)->schema().size(), 4u);
+  EXPECT_EQ((*snapshot)->schema().size(), model_columns_);
   auto reader = (*snapshot)->ReadCandidates(filter);
   EXPECT_TRUE(reader.ok()) << reader.status();
   if (!reader.ok()) return pass;
-  EXPECT_EQ((*reader)->schema().size(), 5u);
-  if ((*reader)->schema().size() == 5u) {
-    EXPECT_EQ((*reader)->schema()[2].type, ValueType::kInt64);
-    EXPECT_EQ((*reader)->schema()[3].type, ValueType::kTimestamp);
-    ExpectCandidateSchema((*reader)->schema());
+  const Schema& schema = (*reader)->schema();
+  EXPECT_EQ(schema.size(), model_columns_ + 1);
+  if (schema.size() == model_columns_ + 1) {
+    if (model_columns_ > 2) {
+      EXPECT_EQ(schema[2].type, ValueType::kInt64);
+    }
+    if (model_columns_ > 3) {
+      EXPECT_EQ(schema[3].type, ValueType::kTimestamp);
+    }
+    ExpectCandidateSchema(schema);
   }
   Row row;
   int nulls = 0;
@@ -68,13 +78,19 @@ WarehouseSnapshotTest::Pass WarehouseSnapshotTest::RunPass(WarehouseChangeDetect
     auto more = (*reader)->Next(row);
     EXPECT_TRUE(more.ok()) << more.status();
     if (!more.ok() || !*more) break;
-    std::string key = row[0].is_null() ? fmt::format("<null>#{}", nulls++) : row[0].text();
+    if (row.size() != model_columns_ + 1) {
+      ADD_FAILURE() << "a candidate of " << row.size() << " values";
+      break;
+    }
+    std::string key = row[0].is_null() ? fmt::format("<null>#{}", nulls++) : row[0].ToString();
     if (pass.rows.count(key)) ++pass.duplicates;
-    pass.rows[key] = row[1].ToString() + "|" + row[2].ToString() + "|" + row[3].ToString();
-    const std::string hash = row[4].ToString();
-    pass.hashes[key] = hash;
-    EXPECT_EQ(hash.size(), 32u);
-    EXPECT_EQ(hash.find_first_not_of("0123456789abcdef"), std::string::npos) << hash;
+    std::string values;
+    for (size_t i = 1; i < model_columns_; ++i) {
+      values += (i > 1 ? "|" : "") + row[i].ToString();
+    }
+    pass.rows[key] = values;
+    pass.hashes[key] = row[model_columns_].ToString();
+    ExpectRowHash(pass.hashes[key]);
   }
   for (const auto& [mapping, version] : filter.mappings) {
     auto scanner = (*snapshot)->ScanEntries(mapping);
@@ -87,6 +103,8 @@ WarehouseSnapshotTest::Pass WarehouseSnapshotTest::RunPass(WarehouseChangeDetect
       EXPECT_TRUE(more.ok()) << more.status();
       if (!more.ok() || !*more) break;
       keys.push_back(entry.key);
+      pass.full[mapping].push_back(entry);
+      if (!entries_as_delivered_) continue;
       EXPECT_EQ(entry.identity, "id:" + entry.key);
       EXPECT_EQ(entry.fingerprint, Fp(entry.key.size()));
     }
@@ -98,9 +116,9 @@ WarehouseSnapshotTest::Pass WarehouseSnapshotTest::RunPass(WarehouseChangeDetect
   return pass;
 }
 
-void WarehouseSnapshotTest::Deliver(WarehouseChangeDetection& cd, const std::string& mapping,
-                                    const Fingerprint& version, const Pass& pass,
-                                    const std::set<std::string>& skip) {
+void WarehouseSnapshotChecks::Deliver(WarehouseChangeDetection& cd, const std::string& mapping,
+                                      const Fingerprint& version, const Pass& pass,
+                                      const std::set<std::string>& skip) {
   std::vector<WarehouseCheckpointWrite> writes;
   for (const auto& [key, hash] : pass.hashes) {
     if (key.rfind("<null>", 0) == 0 || skip.count(key)) continue;
@@ -116,20 +134,20 @@ void WarehouseSnapshotTest::Deliver(WarehouseChangeDetection& cd, const std::str
   EXPECT_TRUE(applied.ok()) << applied;
 }
 
-WarehouseCandidateFilter WarehouseSnapshotTest::Filter(
+WarehouseCandidateFilter WarehouseSnapshotChecks::Filter(
     std::vector<std::pair<std::string, Fingerprint>> mappings) {
   WarehouseCandidateFilter f;
   f.mappings = std::move(mappings);
   return f;
 }
 
-std::set<std::string> WarehouseSnapshotTest::Keys(const Pass& pass) {
+std::set<std::string> WarehouseSnapshotChecks::Keys(const Pass& pass) {
   std::set<std::string> keys;
   for (const auto& [k, v] : pass.rows) keys.insert(k);
   return keys;
 }
 
-void WarehouseSnapshotTest::ExpectCandidatesAndEntries(Source& source) {
+void WarehouseSnapshotChecks::ExpectCandidatesAndEntries(Source& source) {
   Exec(fmt::format(
       "INSERT INTO {} VALUES ('a','free',1,'2024-01-01 00:00:00'), ('B','free',2,NULL), "
       "('_','pro',3,NULL), ('c','',4,NULL), (NULL,'free',5,NULL), ('\xC3\xA9','free',6,NULL)",
@@ -189,7 +207,7 @@ void WarehouseSnapshotTest::ExpectCandidatesAndEntries(Source& source) {
   EXPECT_THAT(Tables(), ElementsAre("CHECKPOINTS", "PASS_TABLES"));
 }
 
-std::vector<WarehouseCheckpointWrite> WarehouseSnapshotTest::LastWriteWins(const Pass& first) {
+std::vector<WarehouseCheckpointWrite> WarehouseSnapshotChecks::LastWriteWins(const Pass& first) {
   WarehouseCheckpointWrite remove;
   remove.kind = WarehouseCheckpointWrite::Kind::kRemove;
   remove.key = "a";
@@ -205,7 +223,7 @@ std::vector<WarehouseCheckpointWrite> WarehouseSnapshotTest::LastWriteWins(const
   return {upsert, remove, upsert_again};
 }
 
-void WarehouseSnapshotTest::ExpectStoredAfterLastWriteWins(
+void WarehouseSnapshotChecks::ExpectStoredAfterLastWriteWins(
     const std::vector<std::vector<std::string>>& more) {
   std::vector<std::vector<std::string>> expected = {
       {"b", Fp(1).ToHex(), "69643a62", Fp(1).ToHex()}};  // "id:b"
@@ -216,8 +234,8 @@ void WarehouseSnapshotTest::ExpectStoredAfterLastWriteWins(
             expected);
 }
 
-void WarehouseSnapshotTest::ExpectOtherMappingUntouched(WarehouseChangeDetection& cd,
-                                                        const Pass& first, int64_t count) {
+void WarehouseSnapshotChecks::ExpectOtherMappingUntouched(WarehouseChangeDetection& cd,
+                                                          const Pass& first, int64_t count) {
   // Another mapping's entries are untouched by this one's writes.
   Deliver(cd, "n", Fp(1), first);
   WarehouseCheckpointWrite remove;
@@ -227,9 +245,9 @@ void WarehouseSnapshotTest::ExpectOtherMappingUntouched(WarehouseChangeDetection
   EXPECT_EQ(RunPass(cd, Filter({{"n", Fp(1)}})).counts["n"], count);
 }
 
-std::string WarehouseSnapshotTest::ExpectKeyRefused(Source& source, const std::string& sql,
-                                                    const std::string& key,
-                                                    const std::string& advice) {
+std::string WarehouseSnapshotChecks::ExpectKeyRefused(Source& source, const std::string& sql,
+                                                      const std::string& key,
+                                                      const std::string& advice) {
   auto snapshot = source.warehouse_change_detection()->Begin(sql, key);
   EXPECT_TRUE(snapshot.ok()) << snapshot.status();
   if (!snapshot.ok()) return "";
@@ -242,8 +260,9 @@ std::string WarehouseSnapshotTest::ExpectKeyRefused(Source& source, const std::s
   return message;
 }
 
-std::pair<Schema, Row> WarehouseSnapshotTest::FirstCandidate(Source& source, const std::string& sql,
-                                                             const std::string& key) {
+std::pair<Schema, Row> WarehouseSnapshotChecks::FirstCandidate(Source& source,
+                                                               const std::string& sql,
+                                                               const std::string& key) {
   std::pair<Schema, Row> out;
   auto snapshot = source.warehouse_change_detection()->Begin(sql, key);
   EXPECT_TRUE(snapshot.ok()) << snapshot.status();
@@ -259,7 +278,7 @@ std::pair<Schema, Row> WarehouseSnapshotTest::FirstCandidate(Source& source, con
   return out;
 }
 
-std::string WarehouseSnapshotTest::ExpectPassTablesGoOnCloseOnFailureAndWhenStale(
+std::string WarehouseSnapshotChecks::ExpectPassTablesGoOnCloseOnFailureAndWhenStale(
     Source& source, const std::string& failing_sql) {
   Exec(fmt::format("INSERT INTO {} VALUES ('a','free',1,NULL)", customers_));
   WarehouseChangeDetection* cd = source.warehouse_change_detection();
@@ -301,7 +320,7 @@ std::string WarehouseSnapshotTest::ExpectPassTablesGoOnCloseOnFailureAndWhenStal
   return failed.ok() ? "" : std::string(failed.status().message());
 }
 
-void WarehouseSnapshotTest::ExpectNoPassTablesLeft(const std::string& schema) {
+void WarehouseSnapshotChecks::ExpectNoPassTablesLeft(const std::string& schema) {
   EXPECT_EQ(WarehouseRows(fmt::format(
                 "SELECT count(*) AS c0 FROM {}.sqlite_master WHERE type = 'table' AND name LIKE "
                 "'PASS\\_%' ESCAPE '\\' AND name <> 'PASS_TABLES'",

@@ -10,7 +10,10 @@
 // fake in SetUp (a `customers` table of columns id (text), plan (text), age
 // (integer), seen (timestamp); a source whose state_schema is `bf_state`),
 // implements the three hooks, and calls the Expect* checks from its own
-// TEST_Fs, adding what only its wire shows. Test-only.
+// TEST_Fs, adding what only its wire shows. A fixture with another gtest
+// base (a real server's, e.g. PostgreSQL or MariaDB) mixes in
+// WarehouseSnapshotChecks instead and uses RunPass/Deliver/Filter/Keys over
+// its own model (model_columns_, sql_suffix_, ExpectRowHash). Test-only.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -42,7 +45,11 @@ std::vector<std::vector<std::string>> TextRows(const nlohmann::json& rows);
 std::vector<std::vector<std::string>> TextRows(
     const std::vector<std::vector<nlohmann::json>>& rows);
 
-class WarehouseSnapshotTest : public ::testing::Test {
+// The hooks, helpers and checks, without a gtest base (see above).
+class WarehouseSnapshotChecks {
+ public:
+  virtual ~WarehouseSnapshotChecks() = default;
+
  protected:
   // --- What the warehouse's fixture supplies ---
   // A source over the fake, with state_schema bf_state.
@@ -53,21 +60,32 @@ class WarehouseSnapshotTest : public ::testing::Test {
   virtual std::vector<std::vector<std::string>> WarehouseRows(const std::string& sql) = 0;
   // Extra checks of the candidate reader's schema (model columns, then the hash).
   virtual void ExpectCandidateSchema(const Schema& schema) { (void)schema; }
+  // Checks a candidate's row hash as text (default: 32 lower-case hex digits).
+  virtual void ExpectRowHash(const std::string& hash);
 
   // Set by the fixture's SetUp.
   std::string customers_;  // the customers table, as WarehouseExec's SQL names it
   std::string sql_;        // the model: SELECT id, plan, age, seen FROM <customers>
   std::string key_;        // the key column as the model names it ("id", "ID")
   std::string seen_text_;  // Value::ToString() of seen = '2024-01-01 00:00:00'
+  // What RunPass expects and sends: the model's columns (the key first, an
+  // integer third, a timestamp fourth if any), and what follows sql_ in Begin.
+  size_t model_columns_ = 4;
+  std::string sql_suffix_ = ";\n";
+  // Whether RunPass checks each stored entry as Deliver() writes it (identity
+  // "id:<key>", fingerprint Fp(key size)); off for tests writing other ones.
+  bool entries_as_delivered_ = true;
 
   void Exec(const std::string& sql) { WarehouseExec(sql); }
   // The tables of bf_state, by name.
   std::vector<std::string> Tables();
 
   struct Pass {
-    std::map<std::string, std::string> rows;  // key (or "<null>#n") -> "plan|age|seen"
+    // key (or "<null>#n") -> the other model columns joined by "|" ("plan|age|seen")
+    std::map<std::string, std::string> rows;
     std::map<std::string, std::string> hashes;
-    std::map<std::string, std::vector<std::string>> entries;  // mapping -> keys in order
+    std::map<std::string, std::vector<std::string>> entries;            // mapping -> keys in order
+    std::map<std::string, std::vector<WarehouseCheckpointEntry>> full;  // mapping -> entries
     std::map<std::string, int64_t> counts;
     int duplicates = 0;
   };
@@ -114,6 +132,8 @@ class WarehouseSnapshotTest : public ::testing::Test {
   FakeClock clock_;
   std::unique_ptr<HttpClient> http_ = NewCurlHttpClient();
 };
+
+class WarehouseSnapshotTest : public ::testing::Test, public WarehouseSnapshotChecks {};
 
 // The property test of warehouse_mode_property.h over a fixture `Base`
 // (derived from WarehouseSnapshotTest): the fake, its clock and HTTP client;
