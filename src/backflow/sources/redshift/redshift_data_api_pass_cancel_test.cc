@@ -69,6 +69,8 @@ class RedshiftDataApiPassCancelTest : public warehouse_testing::WarehousePassCan
     };
   }
   void StopCancelling() override { cancel_clock_.when = nullptr; }
+  // The keys are chosen by CREATE TABLE, then INSERT ... SELECT.
+  std::string KeysPart() const override { return "_K (record_key)\n"; }
 
   // Statements CancelStatement stopped while they ran (they ended ABORTED).
   int64_t StatementsCancelled() override {

@@ -55,10 +55,12 @@ class WarehousePassCancelTest : public WarehouseSnapshotTest {
   // How many statements the warehouse saw cancelled (or killed) while they
   // ran; the fixture checks its fake's record of each as it can.
   virtual int64_t StatementsCancelled() = 0;
-  // Text only the pass's copy of the model (Begin) and only its keys
-  // statement (ReadCandidates) contain.
+  // Text only the pass's copy of the model (Begin) and only its statement
+  // that fills the keys table (ReadCandidates: CREATE TABLE .._K AS, or the
+  // INSERT INTO .._K (record_key) of a dialect without bindings in CREATE
+  // TABLE AS) contain.
   virtual std::string CopyPart() const { return "AS\nSELECT m.*"; }
-  virtual std::string KeysPart() const { return "_K AS"; }
+  virtual std::string KeysPart() const { return "_K AS\n"; }
 
   // The rows the fixture's SetUp put in customers_.
   int rows_ = 0;
