@@ -1146,9 +1146,10 @@ void FakeClickHouseServer::StallAfterRows(int64_t rows) {
   stall_after_rows_ = rows;
 }
 
-void FakeClickHouseServer::StallBeforeHeaders(bool on) {
+void FakeClickHouseServer::StallBeforeHeaders(bool on, std::string match) {
   std::lock_guard<std::mutex> lock(mu_);
   stall_before_headers_ = on;
+  stall_match_ = std::move(match);
 }
 
 void FakeClickHouseServer::ReleaseStalled() {
@@ -1760,7 +1761,7 @@ TestResponse FakeClickHouseServer::Handle(const TestRequest& req) {
   run->stall_after = stall_after_rows_;
   run->release_generation = release_generation_;
   log.compressed = run->gzip;
-  if (stall_before_headers_) {
+  if (stall_before_headers_ && sql.find(stall_match_) != std::string::npos) {
     // Computing the first block: nothing is sent until it is ready.
     run->held = true;
     cv_.notify_all();

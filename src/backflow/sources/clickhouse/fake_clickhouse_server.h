@@ -246,8 +246,9 @@ class FakeClickHouseServer {
   // 394, "Code: 394. DB::Exception: Query was cancelled. (QUERY_WAS_CANCELLED)"
   // and are logged kKilled), ReleaseStalled() (they stream normally; it also
   // turns this off) or Stop() (the connection is reset). A held query does
-  // not notice its client leaving.
-  void StallBeforeHeaders(bool on);
+  // not notice its client leaving. With `match`, only queries whose SQL
+  // contains it wait.
+  void StallBeforeHeaders(bool on, std::string match = "");
   void ReleaseStalled();
 
   // --- Inspection ------------------------------------------------------------
@@ -297,6 +298,7 @@ class FakeClickHouseServer {
   std::deque<FakeClickHouseFailure> failures_;
   int64_t stall_after_rows_ = -1;
   bool stall_before_headers_ = false;
+  std::string stall_match_;  // StallBeforeHeaders: only queries containing it
   uint64_t release_generation_ = 0;
   std::vector<std::shared_ptr<Run>> runs_;  // every query, in arrival order
   std::vector<ClickHouseKill> kills_;

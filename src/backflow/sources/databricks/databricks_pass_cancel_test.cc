@@ -1,0 +1,148 @@
+// change_detection: warehouse on Databricks stops when its run is cancelled:
+// the pass's statement that is running (the copy of the model in Begin, the
+// candidate keys in ReadCandidates) is cancelled (POST .../cancel) between
+// status polls, the step returns kCancelled, the pass tables are dropped on
+// Close, and the next pass works. Against the fake, whose statements answer
+// PENDING once and RUNNING twice first.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <set>
+
+#include "backflow/sources/databricks/databricks_source.h"
+#include "backflow/sources/databricks/fake_databricks_server.h"
+#include "backflow/sources/warehouse_sql/testing/warehouse_pass_cancel.h"
+#include "fmt/format.h"
+
+namespace backflow {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr char kPat[] = "dapi0123456789abcdef0123456789abcdef";
+
+class DatabricksPassCancelTest : public warehouse_testing::WarehousePassCancelTest {
+ protected:
+  void SetUp() override {
+    FakeDatabricksOptions options;
+    options.clock = &cancel_clock_;
+    options.pending_polls = 1;  // every statement is polled while it runs
+    options.running_polls = 2;
+    fake_ = std::make_unique<FakeDatabricksServer>(options);
+    ASSERT_TRUE(fake_->Start().ok());
+    fake_->AddPersonalAccessToken(kPat, "etl@example.com");
+    ASSERT_TRUE(fake_->CreateSchema("crm").ok());
+    Exec(
+        "CREATE TABLE crm.customers (id STRING TEXT, plan STRING TEXT, age BIGINT, "
+        "seen TIMESTAMP_NTZ)");
+    for (int i = 1; i <= 5; ++i) {
+      Exec(fmt::format("INSERT INTO crm.customers VALUES ('k{}', 'free', {}, NULL)", i, i));
+    }
+    rows_ = 5;
+    customers_ = "crm.customers";
+    sql_ = "SELECT id, plan, age, seen FROM crm.customers";
+    key_ = "id";
+  }
+
+  std::unique_ptr<Source> MakeSource() override {
+    json settings = {{"base_url", fake_->BaseUrl()},
+                     {"warehouse_id", "abcdef0123456789"},
+                     {"token", kPat},
+                     {"catalog", "main"},
+                     {"schema", "crm"},
+                     {"max_retries", 0},
+                     {"state_schema", "bf_state"}};
+    auto source =
+        DatabricksSourceDefinition().create(settings, ConnectorEnv{http_.get(), &cancel_clock_});
+    EXPECT_TRUE(source.ok()) << source.status();
+    return source.ok() ? *std::move(source) : nullptr;
+  }
+
+  void WarehouseExec(const std::string& sql) override { ASSERT_TRUE(fake_->Exec(sql).ok()) << sql; }
+
+  std::vector<std::vector<std::string>> WarehouseRows(const std::string& sql) override {
+    auto rows = fake_->QueryRows(sql);
+    EXPECT_TRUE(rows.ok()) << rows.status() << "\n" << sql;
+    return rows.ok() ? warehouse_testing::TextRows(*rows) : std::vector<std::vector<std::string>>{};
+  }
+
+  // The statement ids of the executes whose SQL contains `part`.
+  std::vector<std::string> StatementsOf(const std::string& part) {
+    std::vector<std::string> ids;
+    for (const FakeDatabricksRequest& r : fake_->Requests()) {
+      if (r.method != "execute") continue;
+      if (json::parse(r.body).value("statement", "").find(part) == std::string::npos) continue;
+      ids.push_back(json::parse(r.reply).value("statement_id", ""));
+    }
+    return ids;
+  }
+
+  void CancelDuring(const std::string& part) override {
+    part_ = part;
+    cancel_clock_.when = [this, part] {
+      std::vector<FakeDatabricksRequest> requests = fake_->Requests();
+      for (auto it = requests.rbegin(); it != requests.rend(); ++it) {
+        if (it->method == "execute") {
+          return json::parse(it->body).value("statement", "").find(part) != std::string::npos;
+        }
+      }
+      return false;
+    };
+  }
+  void StopCancelling() override { cancel_clock_.when = nullptr; }
+  // The keys are chosen by CREATE TABLE, then INSERT ... SELECT.
+  std::string KeysPart() const override { return "_K (record_key)\n"; }
+
+  // Cancels of statements still running: a reader dropped before its end
+  // also cancels its statement, which may have finished by then.
+  int64_t StatementsCancelled() override {
+    std::set<std::string> ended;
+    std::vector<std::string> cancelled;
+    for (const FakeDatabricksRequest& r : fake_->Requests()) {
+      json reply = json::parse(r.reply, nullptr, false);
+      if (r.method == "cancel") {
+        // POST /api/2.0/sql/statements/{id}/cancel
+        const std::string prefix = "/api/2.0/sql/statements/";
+        const std::string id = r.target.substr(prefix.size(), r.target.size() - prefix.size() - 7);
+        if (ended.count(id) == 0) cancelled.push_back(id);
+        // No poll of it follows (checked below).
+        ended.insert(id);
+        continue;
+      }
+      if (!reply.is_object() || !reply.contains("status")) continue;
+      const std::string state = reply["status"].value("state", "");
+      const std::string id = reply.value("statement_id", "");
+      if (r.method == "status" && std::count(cancelled.begin(), cancelled.end(), id) != 0) {
+        ADD_FAILURE() << "polled after its cancel: " << id;
+      }
+      if (state != "PENDING" && state != "RUNNING") ended.insert(id);
+    }
+    if (!cancelled.empty() && !part_.empty()) {
+      // The last statement cancelled is the one the cancel was meant for.
+      std::vector<std::string> ids = StatementsOf(part_);
+      EXPECT_FALSE(ids.empty()) << "no statement ran " << part_;
+      if (!ids.empty()) {
+        EXPECT_EQ(cancelled.back(), ids.back());
+      }
+    }
+    return static_cast<int64_t>(cancelled.size());
+  }
+
+  std::unique_ptr<FakeDatabricksServer> fake_;
+  std::string part_;
+};
+
+TEST_F(DatabricksPassCancelTest, CancelDuringBeginCancelsTheCopyOfTheModelAndDropsIt) {
+  auto source = MakeSource();
+  ASSERT_NE(source, nullptr);
+  ExpectCancelDuringBegin(*source);
+}
+
+TEST_F(DatabricksPassCancelTest, CancelDuringReadCandidatesCancelsTheKeysStatementAndDropsThePass) {
+  auto source = MakeSource();
+  ASSERT_NE(source, nullptr);
+  ExpectCancelDuringReadCandidates(*source);
+}
+
+}  // namespace
+}  // namespace backflow
