@@ -371,6 +371,10 @@ TEST_F(WorkersE2eTest, AKilledWorkersRunIsFinishedByTheOtherProcessWithNothingLo
     ASSERT_NE(victim, -1) << "worker " << running.body.dump() << " is neither process";
     ServeProcess& dead = procs_[victim];
     ServeProcess& survivor = procs_[1 - victim];
+    // With two sessions, the batch before the held one may still be being
+    // recorded when the held one arrives: wait for it (held ones never are).
+    EXPECT_TRUE(
+        receiver_.WaitForRequests(before + point.answered_before_kill, std::chrono::seconds(10)));
     EXPECT_EQ(receiver_.request_count(), before + point.answered_before_kill);
     if (round == 0) {
       // `backflow sync` from another machine's copy of the workspace (its own
