@@ -17,6 +17,7 @@
 #include "backflow/sources/mysql/mysql_source.h"
 #include "backflow/sources/mysql/mysql_test_server.h"
 #include "backflow/sources/warehouse_change_detection.h"
+#include "backflow/sources/warehouse_sql/testing/warehouse_snapshot_conformance.h"
 #include "fmt/format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -131,26 +132,17 @@ class MysqlPassCancelTest : public mysql_testing::MariadbTest {
 
   void ExpectNextPassWorks(WarehouseChangeDetection& cd) {
     cancel_ = false;
-    auto snapshot = cd.Begin(sql_, "id", WarehousePassOptions{&cancel_});
-    ASSERT_TRUE(snapshot.ok()) << snapshot.status();
     WarehouseCandidateFilter filter;
     filter.mappings = {{"m", Fingerprint{1, 2}}};
-    auto reader = (*snapshot)->ReadCandidates(filter);
-    ASSERT_TRUE(reader.ok()) << reader.status();
-    Row row;
     int rows = 0;
-    while (true) {
-      auto more = (*reader)->Next(row);
-      ASSERT_TRUE(more.ok()) << more.status();
-      if (!*more) break;
-      ++rows;
-    }
+    auto snapshot =
+        warehouse_testing::PassReadingCandidates(cd, sql_, "id", filter, &cancel_, rows);
+    ASSERT_NE(snapshot, nullptr);
     EXPECT_EQ(rows, 3);
-    reader->reset();
-    auto count = (*snapshot)->CountEntries("m");
+    auto count = snapshot->CountEntries("m");
     ASSERT_TRUE(count.ok()) << count.status();
     EXPECT_EQ(*count, 0);
-    ASSERT_TRUE((*snapshot)->Close().ok());
+    ASSERT_TRUE(snapshot->Close().ok());
   }
 
   std::string table_;

@@ -19,6 +19,7 @@
 #include "backflow/sources/redshift/fake_redshift_server.h"
 #include "backflow/sources/redshift/redshift_source.h"
 #include "backflow/sources/warehouse_change_detection.h"
+#include "backflow/sources/warehouse_sql/testing/warehouse_snapshot_conformance.h"
 #include "fmt/format.h"
 #include "gmock/gmock.h"
 
@@ -130,23 +131,14 @@ class RedshiftPassCancelTest : public pg::testing::PostgresTest {
 
   void ExpectNextPassWorks(WarehouseChangeDetection& cd) {
     cancel_ = false;
-    auto snapshot = cd.Begin(fmt::format("SELECT id, plan, age FROM {}", table_), "id", {&cancel_});
-    ASSERT_TRUE(snapshot.ok()) << snapshot.status();
     WarehouseCandidateFilter filter;
     filter.mappings = {{"m", Fingerprint{1, 2}}};
-    auto reader = (*snapshot)->ReadCandidates(filter);
-    ASSERT_TRUE(reader.ok()) << reader.status();
-    Row row;
     int rows = 0;
-    while (true) {
-      auto more = (*reader)->Next(row);
-      ASSERT_TRUE(more.ok()) << more.status();
-      if (!*more) break;
-      ++rows;
-    }
+    auto snapshot = warehouse_testing::PassReadingCandidates(
+        cd, fmt::format("SELECT id, plan, age FROM {}", table_), "id", filter, &cancel_, rows);
+    ASSERT_NE(snapshot, nullptr);
     EXPECT_EQ(rows, 3);
-    reader->reset();
-    ASSERT_TRUE((*snapshot)->Close().ok());
+    ASSERT_TRUE(snapshot->Close().ok());
     EXPECT_THAT(Tables(), ElementsAre("checkpoints", "pass_tables"));
     EXPECT_EQ(Registered(), "0");
   }

@@ -18,6 +18,7 @@
 #include "backflow/sources/snowflake/fake_snowflake_server.h"
 #include "backflow/sources/snowflake/snowflake_source.h"
 #include "backflow/sources/warehouse_change_detection.h"
+#include "backflow/sources/warehouse_sql/testing/warehouse_snapshot_conformance.h"
 #include "fmt/format.h"
 #include "gmock/gmock.h"
 
@@ -131,22 +132,14 @@ TEST_F(SnowflakePassCancelTest, CancelDuringBeginCancelsTheCopyOfTheModelAndDrop
   // The next pass works.
   clock_.when = nullptr;
   cancel_ = false;
-  snapshot = cd->Begin("SELECT id, plan FROM customers", "ID", WarehousePassOptions{&cancel_});
-  ASSERT_TRUE(snapshot.ok()) << snapshot.status();
   WarehouseCandidateFilter filter;
   filter.mappings = {{"m", Fingerprint{1, 2}}};
-  auto reader = (*snapshot)->ReadCandidates(filter);
-  ASSERT_TRUE(reader.ok()) << reader.status();
-  Row row;
   int rows = 0;
-  while (true) {
-    auto more = (*reader)->Next(row);
-    ASSERT_TRUE(more.ok()) << more.status();
-    if (!*more) break;
-    ++rows;
-  }
+  auto next = warehouse_testing::PassReadingCandidates(*cd, "SELECT id, plan FROM customers", "ID",
+                                                       filter, &cancel_, rows);
+  ASSERT_NE(next, nullptr);
   EXPECT_EQ(rows, 5);
-  ASSERT_TRUE((*snapshot)->Close().ok());
+  ASSERT_TRUE(next->Close().ok());
   EXPECT_THAT(Tables(), ElementsAre("CHECKPOINTS", "PASS_TABLES"));
 }
 

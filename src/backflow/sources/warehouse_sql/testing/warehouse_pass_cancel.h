@@ -79,24 +79,15 @@ class WarehousePassCancelTest : public WarehouseSnapshotTest {
   // and Close leaves only the managed tables.
   void ExpectNextPassWorks(WarehouseChangeDetection& cd) {
     cancel_ = false;
-    auto snapshot = cd.Begin(sql_, key_, WarehousePassOptions{&cancel_});
-    ASSERT_TRUE(snapshot.ok()) << snapshot.status();
-    auto reader = (*snapshot)->ReadCandidates(Filter({{"next", Fp(7)}}));
-    ASSERT_TRUE(reader.ok()) << reader.status();
-    Row row;
     int rows = 0;
-    while (true) {
-      auto more = (*reader)->Next(row);
-      ASSERT_TRUE(more.ok()) << more.status();
-      if (!*more) break;
-      ++rows;
-    }
+    auto snapshot =
+        PassReadingCandidates(cd, sql_, key_, Filter({{"next", Fp(7)}}), &cancel_, rows);
+    ASSERT_NE(snapshot, nullptr);
     EXPECT_EQ(rows, rows_);
-    auto count = (*snapshot)->CountEntries("next");
+    auto count = snapshot->CountEntries("next");
     ASSERT_TRUE(count.ok()) << count.status();
     EXPECT_EQ(*count, 0);
-    reader->reset();
-    ASSERT_TRUE((*snapshot)->Close().ok());
+    ASSERT_TRUE(snapshot->Close().ok());
     EXPECT_THAT(Tables(), ::testing::ElementsAre("CHECKPOINTS", "PASS_TABLES"));
     EXPECT_EQ(Registered(), 0);
   }

@@ -7,6 +7,27 @@
 
 namespace backflow::warehouse_testing {
 
+std::unique_ptr<WarehouseSnapshot> PassReadingCandidates(
+    WarehouseChangeDetection& cd, const std::string& sql, const std::string& key,
+    const WarehouseCandidateFilter& filter, const std::atomic<bool>* cancel, int& candidates) {
+  candidates = 0;
+  auto snapshot = cd.Begin(sql, key, WarehousePassOptions{cancel});
+  EXPECT_TRUE(snapshot.ok()) << snapshot.status();
+  if (!snapshot.ok()) return nullptr;
+  auto reader = (*snapshot)->ReadCandidates(filter);
+  EXPECT_TRUE(reader.ok()) << reader.status();
+  if (!reader.ok()) return nullptr;
+  Row row;
+  while (true) {
+    auto more = (*reader)->Next(row);
+    EXPECT_TRUE(more.ok()) << more.status();
+    if (!more.ok()) return nullptr;
+    if (!*more) break;
+    ++candidates;
+  }
+  return *std::move(snapshot);
+}
+
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::UnorderedElementsAre;

@@ -18,6 +18,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <set>
@@ -42,6 +43,13 @@ std::string JsonText(const nlohmann::json& value);
 // A fake's rows (arrays of values, or objects whose items iterate in name
 // order: c0, c1, ...) as text (JsonText).
 std::vector<std::vector<std::string>> TextRows(const nlohmann::json& rows);
+
+// Begins a pass of `sql` (unique identifier `key`) and reads every candidate
+// `filter` selects into `candidates`; the snapshot stays open for the
+// caller's checks. A failed step fails the test and returns nullptr.
+std::unique_ptr<WarehouseSnapshot> PassReadingCandidates(
+    WarehouseChangeDetection& cd, const std::string& sql, const std::string& key,
+    const WarehouseCandidateFilter& filter, const std::atomic<bool>* cancel, int& candidates);
 std::vector<std::vector<std::string>> TextRows(
     const std::vector<std::vector<nlohmann::json>>& rows);
 
