@@ -482,18 +482,13 @@ class ClickHouseWarehouseSql : public WarehouseSql {
   // JSON arrays of `keys`, each at most MaxBindingBytes().
   std::vector<std::string> Chunks(const std::vector<std::string>& keys) const {
     std::vector<std::string> out;
-    std::string json = "[";
+    JsonArrayChunks chunks(MaxBindingBytes());
     for (const std::string& key : keys) {
-      std::string text =
-          nlohmann::json(key).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-      if (json.size() > 1 && json.size() + text.size() + 2 > MaxBindingBytes()) {
-        out.push_back(json + "]");
-        json = "[";
-      }
-      if (json.size() > 1) json.push_back(',');
-      json += text;
+      std::optional<std::string> full = chunks.Add(
+          nlohmann::json(key).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+      if (full) out.push_back(*std::move(full));
     }
-    if (json.size() > 1) out.push_back(json + "]");
+    if (std::optional<std::string> last = chunks.Finish()) out.push_back(*std::move(last));
     return out;
   }
 

@@ -2,6 +2,7 @@
 
 #include <cctype>
 #include <map>
+#include <optional>
 #include <utility>
 
 #include "backflow/common/crypto.h"
@@ -260,6 +261,20 @@ class CancelScope {
 
 }  // namespace
 
+std::optional<std::string> JsonArrayChunks::Add(std::string_view item) {
+  std::optional<std::string> full;
+  if (json_.size() > 1 && json_.size() + item.size() + 2 > max_bytes_) full = Finish();
+  if (json_.size() > 1) json_.push_back(',');
+  json_.append(item);
+  return full;
+}
+
+std::optional<std::string> JsonArrayChunks::Finish() {
+  if (json_.size() <= 1) return std::nullopt;
+  json_.push_back(']');
+  return std::exchange(json_, "[");
+}
+
 std::string WarehouseSql::DiffersFrom(const std::string& a, const std::string& b) const {
   return fmt::format("{} IS DISTINCT FROM {}", a, b);
 }
@@ -412,13 +427,9 @@ class PassChangeDetection : public WarehouseChangeDetection {
     for (const auto& [key, w] : last) {
       if (w->kind == WarehouseCheckpointWrite::Kind::kRemove) ++removes;
     }
-    std::string json = "[";
-    auto flush = [&]() -> absl::Status {
-      if (json.size() <= 1) return absl::OkStatus();
-      json.push_back(']');
-      std::vector<BoundSql> statements = sql_->ApplyBatch(checkpoints_, mapping, json);
-      json = "[";
-      return Use(sql_->RunAll(statements));
+    JsonArrayChunks chunks(sql_->MaxBindingBytes());
+    auto apply = [&](const std::string& json) {
+      return Use(sql_->RunAll(sql_->ApplyBatch(checkpoints_, mapping, json)));
     };
     for (const auto& [key, w] : last) {
       nlohmann::json item;
@@ -428,14 +439,13 @@ class PassChangeDetection : public WarehouseChangeDetection {
         item = {std::string(key),      "U", w->row_hash, w->version.ToHex(), w->fingerprint.ToHex(),
                 HexEncode(w->identity)};
       }
-      std::string text = item.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-      if (json.size() > 1 && json.size() + text.size() + 2 > sql_->MaxBindingBytes()) {
-        BACKFLOW_RETURN_IF_ERROR(flush());
-      }
-      if (json.size() > 1) json.push_back(',');
-      json += text;
+      std::optional<std::string> full =
+          chunks.Add(item.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+      if (full) BACKFLOW_RETURN_IF_ERROR(apply(*full));
     }
-    BACKFLOW_RETURN_IF_ERROR(flush());
+    if (std::optional<std::string> last = chunks.Finish()) {
+      BACKFLOW_RETURN_IF_ERROR(apply(*last));
+    }
     return Use(sql_->AfterApply(checkpoints_, mapping, removes));
   }
 
@@ -572,13 +582,9 @@ absl::Status PassSnapshot::InsertInFlightKeys(WarehouseSql& sql, const std::stri
       "WHERE p.{1} IN (SELECT {3} FROM {4})",
       keys, kPassKey, pass, sql.JsonValueText("j"), sql.JsonArrayTable("j"));
   const size_t limit = sql.MaxBindingBytes();
-  std::string json = "[";
-  auto flush = [&]() -> absl::Status {
-    if (json.size() <= 1) return absl::OkStatus();
-    json.push_back(']');
-    absl::Status s = owner_->Use(Exec(sql, insert, {json}));
-    json = "[";
-    return s;
+  JsonArrayChunks chunks(limit);
+  auto insert_chunk = [&](const std::string& json) {
+    return owner_->Use(Exec(sql, insert, {json}));
   };
   for (const std::string& key : in_flight) {
     std::string text =
@@ -590,13 +596,12 @@ absl::Status PassSnapshot::InsertInFlightKeys(WarehouseSql& sql, const std::stri
           "it), or use change_detection: local for this model",
           key.substr(0, 40), text.size(), limit - 2));
     }
-    if (json.size() > 1 && json.size() + text.size() + 2 > limit) {
-      BACKFLOW_RETURN_IF_ERROR(flush());
+    if (std::optional<std::string> full = chunks.Add(text)) {
+      BACKFLOW_RETURN_IF_ERROR(insert_chunk(*full));
     }
-    if (json.size() > 1) json.push_back(',');
-    json += text;
   }
-  return flush();
+  std::optional<std::string> last = chunks.Finish();
+  return last ? insert_chunk(*last) : absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<WarehouseEntryScanner>> PassSnapshot::ScanEntries(

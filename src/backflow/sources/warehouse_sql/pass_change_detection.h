@@ -85,6 +85,7 @@
 #include <chrono>
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -265,6 +266,22 @@ std::unique_ptr<WarehouseChangeDetection> NewPassChangeDetection(
 
 // Whether `name` is a plain identifier usable as state_schema.
 bool IsPlainSqlIdentifier(std::string_view name);
+
+// Packs JSON items (each already JSON text), in order, into JSON arrays of
+// at most `max_bytes` each (WarehouseSql::MaxBindingBytes()); an item longer
+// than that alone gets an array of its own.
+class JsonArrayChunks {
+ public:
+  explicit JsonArrayChunks(size_t max_bytes) : max_bytes_(max_bytes) {}
+  // Adds `item`; returns the array before it when `item` did not fit in it.
+  std::optional<std::string> Add(std::string_view item);
+  // The last array; nullopt when no item is left.
+  std::optional<std::string> Finish();
+
+ private:
+  size_t max_bytes_;
+  std::string json_ = "[";
+};
 
 // --- The statements, exposed for tests. --------------------------------------
 

@@ -65,6 +65,21 @@ int Count(const std::string& text, const std::string& part) {
   return n;
 }
 
+TEST(PassSqlTest, JsonArrayChunksKeepEachArrayWithinTheLimitAndEveryItemInOrder) {
+  JsonArrayChunks chunks(12);  // "[" + items + "]"
+  std::vector<std::string> out;
+  for (std::string_view item : {"\"a\"", "\"bb\"", "\"ccc\"", "\"a-long-item\"", "1"}) {
+    if (auto full = chunks.Add(item)) out.push_back(*full);
+  }
+  if (auto last = chunks.Finish()) out.push_back(*last);
+  // An item that does not fit starts the next array; one longer than the
+  // limit gets an array of its own.
+  EXPECT_THAT(out, ElementsAre("[\"a\",\"bb\"]", "[\"ccc\"]", "[\"a-long-item\"]", "[1]"));
+  EXPECT_FALSE(chunks.Finish());
+  JsonArrayChunks none(100);
+  EXPECT_FALSE(none.Finish());
+}
+
 TEST(PassSqlTest, RowHashIsNullSafeAndLengthPrefixed) {
   TestSql sql;
   Schema schema = {{"ID", ValueType::kInt64, "NUMBER"}, {"NOTE", ValueType::kString, "VARCHAR"}};
