@@ -383,6 +383,10 @@ class PassChangeDetection : public WarehouseChangeDetection {
     BACKFLOW_ASSIGN_OR_RETURN(
         auto probe, Start(*sql_, fmt::format("SELECT * FROM (\n{}\n) AS m LIMIT 0", model), {}));
     Schema schema = probe->schema();
+    // Read to its end (no rows), so that the reader ends as a finished query
+    // rather than one abandoned (which a source stops with a KILL or cancel
+    // request of its own).
+    BACKFLOW_RETURN_IF_ERROR(ReadAll(*probe).status());
     probe.reset();
     const int key_index = FindColumn(schema, key);
     if (key_index < 0) {
