@@ -157,8 +157,10 @@ class EntryScanner : public WarehouseEntryScanner {
 class Snapshot : public WarehouseSnapshot {
  public:
   Snapshot(std::shared_ptr<pg::Connection> conn, std::shared_ptr<PassCanceller> canceller,
-           std::string sql, std::string key, std::string table, Described described)
-      : conn_(std::move(conn)),
+           std::string sql, std::string key, std::string table, Described described,
+           PostgresCopyFormat copy_format)
+      : copy_format_(copy_format),
+        conn_(std::move(conn)),
         canceller_(std::move(canceller)),
         sql_(std::move(sql)),
         key_(std::move(key)),
@@ -287,11 +289,13 @@ class Snapshot : public WarehouseSnapshot {
   // COPY of `text` on the pass's connection, stopped once the run is cancelled.
   absl::StatusOr<std::unique_ptr<RowReader>> Copy(const std::string& text, Described described) {
     BACKFLOW_RETURN_IF_ERROR(canceller_->Checked(absl::OkStatus()));
-    absl::StatusOr<std::unique_ptr<RowReader>> rows = StartCopy(conn_, text, std::move(described));
+    absl::StatusOr<std::unique_ptr<RowReader>> rows =
+        StartCopy(conn_, text, std::move(described), copy_format_);
     if (!rows.ok()) return canceller_->Checked(rows.status());
     return std::unique_ptr<RowReader>(new CancelCheckedReader(*std::move(rows), canceller_));
   }
 
+  const PostgresCopyFormat copy_format_;
   std::shared_ptr<pg::Connection> conn_;
   std::shared_ptr<PassCanceller> canceller_;  // stopped before the connection closes
   std::string sql_;
@@ -304,8 +308,10 @@ class Snapshot : public WarehouseSnapshot {
 
 class ChangeDetection : public WarehouseChangeDetection {
  public:
-  ChangeDetection(std::string url, std::string password, std::string schema)
-      : url_(std::move(url)),
+  ChangeDetection(std::string url, std::string password, std::string schema,
+                  PostgresCopyFormat copy_format)
+      : copy_format_(copy_format),
+        url_(std::move(url)),
         password_(std::move(password)),
         schema_(std::move(schema)),
         table_(pg::QuoteIdentifier(schema_) + ".checkpoints") {}
@@ -347,8 +353,9 @@ class ChangeDetection : public WarehouseChangeDetection {
     absl::StatusOr<Described> described =
         Describe(*conn, fmt::format("SELECT * FROM {}", kCandidates));
     if (!described.ok()) return canceller->Checked(described.status());
-    return std::unique_ptr<WarehouseSnapshot>(new Snapshot(
-        std::move(conn), std::move(canceller), text, key, table_, *std::move(described)));
+    return std::unique_ptr<WarehouseSnapshot>(new Snapshot(std::move(conn), std::move(canceller),
+                                                           text, key, table_, *std::move(described),
+                                                           copy_format_));
   }
 
   absl::Status Apply(const std::string& mapping,
@@ -516,6 +523,7 @@ class ChangeDetection : public WarehouseChangeDetection {
     return conn.Exec("COMMIT", {}, "creating the warehouse checkpoint table failed").status();
   }
 
+  const PostgresCopyFormat copy_format_;
   std::string url_;
   std::string password_;
   std::string schema_;
@@ -527,9 +535,10 @@ class ChangeDetection : public WarehouseChangeDetection {
 }  // namespace
 
 std::unique_ptr<WarehouseChangeDetection> NewChangeDetection(std::string url, std::string password,
-                                                             std::string state_schema) {
+                                                             std::string state_schema,
+                                                             PostgresCopyFormat copy_format) {
   return std::make_unique<ChangeDetection>(std::move(url), std::move(password),
-                                           std::move(state_schema));
+                                           std::move(state_schema), copy_format);
 }
 
 }  // namespace backflow::postgres_internal

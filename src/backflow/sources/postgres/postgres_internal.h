@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "backflow/model/value.h"
 #include "backflow/pg/connection.h"
+#include "backflow/sources/postgres/postgres_source.h"
 #include "backflow/sources/source.h"
 
 namespace backflow {
@@ -30,15 +31,19 @@ pg::ConnectOptions ConnectOptionsFor(const std::string& url, const std::string& 
 // Prepares and describes `text` (one statement) without running it.
 absl::StatusOr<Described> Describe(pg::Connection& conn, const std::string& text);
 
-// Starts `COPY (<text>) TO STDOUT` on `conn` and reads it. The reader shares
-// the connection: once it has returned its clean end, the connection (and
-// its transaction) can run other statements.
-absl::StatusOr<std::unique_ptr<RowReader>> StartCopy(std::shared_ptr<pg::Connection> conn,
-                                                     const std::string& text, Described described);
+// Starts `COPY (<text>) TO STDOUT` on `conn` (in binary format when `format`
+// allows it for these columns) and reads it. The reader shares the
+// connection: once it has returned its clean end, the connection (and its
+// transaction) can run other statements.
+absl::StatusOr<std::unique_ptr<RowReader>> StartCopy(
+    std::shared_ptr<pg::Connection> conn, const std::string& text, Described described,
+    PostgresCopyFormat format = PostgresCopyFormat::kAuto);
 
 // Warehouse change detection for the source at `url`, keeping its checkpoint
-// table in `state_schema` (postgres_change_detection.cc).
-std::unique_ptr<WarehouseChangeDetection> NewChangeDetection(std::string url, std::string password,
-                                                             std::string state_schema);
+// table in `state_schema` and reading candidates in `copy_format`
+// (postgres_change_detection.cc).
+std::unique_ptr<WarehouseChangeDetection> NewChangeDetection(
+    std::string url, std::string password, std::string state_schema,
+    PostgresCopyFormat copy_format = PostgresCopyFormat::kAuto);
 
 }  // namespace backflow::postgres_internal

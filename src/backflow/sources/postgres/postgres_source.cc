@@ -12,7 +12,9 @@
 #include "backflow/common/fmt_absl.h"
 #include "backflow/common/status_macros.h"
 #include "backflow/pg/connection.h"
+#include "backflow/pg/copy_binary.h"
 #include "backflow/pg/copy_text.h"
+#include "backflow/pg/decode_binary.h"
 #include "backflow/pg/types.h"
 #include "backflow/sources/parallel_reader.h"
 #include "backflow/sources/postgres/postgres_internal.h"
@@ -122,13 +124,19 @@ class PostgresRowsReader : public RowReader {
   absl::Status error_;
 };
 
-// COPY (...) TO STDOUT in text format: one CopyData message per row, parsed
-// in place (pg/copy_text.h) and decoded with the same per-OID rules as the
-// single-row reader.
+// COPY (...) TO STDOUT: one CopyData message per row, parsed in place
+// (pg/copy_text.h or pg/copy_binary.h) and decoded with the same per-OID rules
+// as the single-row reader (pg/types.h; pg/decode_binary.h gives the same
+// values from the binary format).
 class PostgresCopyReader : public RowReader {
  public:
-  PostgresCopyReader(std::shared_ptr<pg::Connection> conn, Schema schema, std::vector<Oid> oids)
-      : conn_(std::move(conn)), schema_(std::move(schema)), oids_(std::move(oids)) {
+  PostgresCopyReader(std::shared_ptr<pg::Connection> conn, Schema schema, std::vector<Oid> oids,
+                     bool binary)
+      : conn_(std::move(conn)),
+        schema_(std::move(schema)),
+        oids_(std::move(oids)),
+        binary_(binary),
+        tuples_(static_cast<int>(oids_.size())) {
     fields_.reserve(oids_.size());
   }
 
@@ -145,11 +153,23 @@ class PostgresCopyReader : public RowReader {
     if (!error_.ok()) return error_;
     if (done_) return false;
     std::string_view line;
-    while (!lines_.NextLine(line)) {
+    while (true) {
+      if (binary_) {
+        absl::StatusOr<bool> got = tuples_.Next(binary_fields_);
+        if (!got.ok()) return Fail(got.status());
+        if (*got) break;
+      } else if (lines_.NextLine(line)) {
+        break;
+      }
       FreeChunk();
       int n = PQgetCopyData(conn_->get(), &chunk_, /*async=*/0);
       if (n > 0) {
-        lines_.Feed(std::string_view(chunk_, static_cast<size_t>(n)));
+        std::string_view chunk(chunk_, static_cast<size_t>(n));
+        if (binary_) {
+          tuples_.Feed(chunk);
+        } else {
+          lines_.Feed(chunk);
+        }
         continue;
       }
       in_copy_ = false;
@@ -161,6 +181,7 @@ class PostgresCopyReader : public RowReader {
       }
       return Fail(conn_->ErrorFromResult(nullptr, "query failed while streaming rows"));
     }
+    if (binary_) return DecodeBinaryRow(row);
     pg::SplitCopyTextFields(line, fields_);
     if (fields_.size() != oids_.size()) {
       return Fail(absl::InternalError(
@@ -180,6 +201,26 @@ class PostgresCopyReader : public RowReader {
   }
 
  private:
+  // The tuple just parsed (its field count already checked by the parser).
+  absl::StatusOr<bool> DecodeBinaryRow(Row& row) {
+    row.resize(oids_.size());
+    for (size_t i = 0; i < oids_.size(); ++i) {
+      const pg::CopyBinaryField& field = binary_fields_[i];
+      if (field.null) {
+        row[i] = Value::Null();
+        continue;
+      }
+      absl::StatusOr<Value> value = pg::DecodeBinary(oids_[i], field.bytes);
+      if (!value.ok()) {
+        return Fail(
+            absl::Status(value.status().code(),
+                         fmt::format("column {}: {}", schema_[i].name, value.status().message())));
+      }
+      row[i] = *std::move(value);
+    }
+    return true;
+  }
+
   // PQgetCopyData returned -1: the final status says whether COPY completed.
   absl::StatusOr<bool> Finish() {
     pg::Result result(PQgetResult(conn_->get()));
@@ -195,9 +236,15 @@ class PostgresCopyReader : public RowReader {
         return Fail(conn_->ErrorFromResult(extra.get(), "query failed"));
       }
     }
-    if (lines_.has_partial()) {
+    if (!binary_ && lines_.has_partial()) {
       return Fail(absl::UnavailableError(fmt::format(
           "the COPY stream from PostgreSQL at {} ended in the middle of a row", conn_->target())));
+    }
+    if (binary_) {
+      if (absl::Status end = tuples_.Finish(); !end.ok()) {
+        return Fail(absl::UnavailableError(fmt::format("the COPY stream from PostgreSQL at {} {}",
+                                                       conn_->target(), end.message())));
+      }
     }
     done_ = true;
     FreeChunk();
@@ -220,10 +267,13 @@ class PostgresCopyReader : public RowReader {
   std::shared_ptr<pg::Connection> conn_;
   Schema schema_;
   std::vector<Oid> oids_;
+  const bool binary_;
   char* chunk_ = nullptr;  // the CopyData message being read (libpq-allocated)
   pg::CopyTextLines lines_;
   std::vector<std::string_view> fields_;
   std::string scratch_;
+  pg::CopyBinaryTuples tuples_;
+  std::vector<pg::CopyBinaryField> binary_fields_;
   bool in_copy_ = true;
   bool done_ = false;
   absl::Status error_;
@@ -292,18 +342,17 @@ class PostgresSource : public Source {
  public:
   WarehouseChangeDetection* warehouse_change_detection() override {
     if (change_detection_ == nullptr) {
-      change_detection_ =
-          postgres_internal::NewChangeDetection(url_, password_, options_.state_schema);
+      change_detection_ = postgres_internal::NewChangeDetection(
+          url_, password_, options_.state_schema, options_.copy_format);
     }
     return change_detection_.get();
   }
 
-  // Also used by warehouse change detection (postgres_internal.h).
-  static absl::StatusOr<std::unique_ptr<RowReader>> QueryCopy(std::unique_ptr<pg::Connection> conn,
-                                                              std::string_view sql) {
+  absl::StatusOr<std::unique_ptr<RowReader>> QueryCopy(std::unique_ptr<pg::Connection> conn,
+                                                       std::string_view sql) {
     std::string text = TrimModelSql(sql);
     BACKFLOW_ASSIGN_OR_RETURN(postgres_internal::Described described, Describe(*conn, text));
-    return StartCopy(std::move(conn), text, std::move(described));
+    return StartCopy(std::move(conn), text, std::move(described), options_.copy_format);
   }
 
   // Parses and describes `text` without running it: the schema, and any SQL
@@ -327,23 +376,45 @@ class PostgresSource : public Source {
     return out;
   }
 
-  // Starts `COPY (<text>) TO STDOUT` for a statement described as `described`.
+  // Starts `COPY (<text>) TO STDOUT` for a statement described as `described`,
+  // in binary format when `format` allows it (see PostgresCopyFormat).
   static absl::StatusOr<std::unique_ptr<RowReader>> StartCopy(
       std::shared_ptr<pg::Connection> conn, const std::string& text,
-      postgres_internal::Described described) {
+      postgres_internal::Described described, PostgresCopyFormat format) {
     const int columns = static_cast<int>(described.oids.size());
+    bool binary = false;
+    if (format != PostgresCopyFormat::kText) {
+      int unsupported = -1;
+      for (int i = 0; i < columns && unsupported < 0; ++i) {
+        if (!pg::HasBinaryDecoder(described.oids[i])) unsupported = i;
+      }
+      if (format == PostgresCopyFormat::kBinary && unsupported >= 0) {
+        return absl::InvalidArgumentError(fmt::format(
+            "copy_format: binary cannot read column \"{}\" of type {}; set copy_format: auto "
+            "(reads such models in text format) or cast the column in the model",
+            described.schema[unsupported].name, described.schema[unsupported].source_type));
+      }
+      // Before PostgreSQL 12, float text output was not the shortest form,
+      // so only the text format gives the values that version always gave.
+      binary = unsupported < 0 &&
+               (format == PostgresCopyFormat::kBinary || PQserverVersion(conn->get()) >= 120000);
+    }
     // Newlines around the statement keep a trailing "-- comment" inside it.
     std::string copy = "COPY (\n" + text + "\n) TO STDOUT";
+    if (binary) copy += " (FORMAT binary)";
     pg::Result started(
         PQexecParams(conn->get(), copy.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0));
     ExecStatusType st = started != nullptr ? PQresultStatus(started.get()) : PGRES_FATAL_ERROR;
     if (st == PGRES_COPY_OUT) {
-      if (PQnfields(started.get()) != columns || PQbinaryTuples(started.get()) != 0) {
-        return absl::InternalError(fmt::format("COPY announced {} columns where the query has {}",
-                                               PQnfields(started.get()), columns));
+      if (PQnfields(started.get()) != columns ||
+          PQbinaryTuples(started.get()) != (binary ? 1 : 0)) {
+        return absl::InternalError(
+            fmt::format("COPY announced {} columns in {} format where the query has {} in {}",
+                        PQnfields(started.get()), PQbinaryTuples(started.get()) ? "binary" : "text",
+                        columns, binary ? "binary" : "text"));
       }
       return std::unique_ptr<RowReader>(new PostgresCopyReader(
-          std::move(conn), std::move(described.schema), std::move(described.oids)));
+          std::move(conn), std::move(described.schema), std::move(described.oids), binary));
     }
     absl::Status status = conn->ErrorFromResult(started.get(), "query failed");
     const char* state =
@@ -396,7 +467,7 @@ class PostgresSource : public Source {
                               SplitPredicates(*first, text, described, key_column));
     if (predicates.size() <= 1) {
       // Nothing to split on: one COPY, in the transaction already open.
-      return StartCopy(std::move(first), text, std::move(described));
+      return StartCopy(std::move(first), text, std::move(described), options_.copy_format);
     }
     if (options_.after_snapshot_export_for_testing) options_.after_snapshot_export_for_testing();
 
@@ -424,7 +495,8 @@ class PostgresSource : public Source {
       if (cancel == nullptr) return absl::InternalError("libpq could not prepare a cancel request");
       std::string part =
           fmt::format("SELECT * FROM (\n{}\n) AS backflow_model WHERE {}", text, predicates[i]);
-      BACKFLOW_ASSIGN_OR_RETURN(auto reader, StartCopy(std::move(conns[i]), part, described));
+      BACKFLOW_ASSIGN_OR_RETURN(
+          auto reader, StartCopy(std::move(conns[i]), part, described, options_.copy_format));
       parts.push_back(ParallelReaderPart{std::move(reader), [cancel] {
                                            char buf[256];
                                            PQcancel(cancel.get(), buf, sizeof(buf));
@@ -526,8 +598,9 @@ absl::StatusOr<Described> Describe(pg::Connection& conn, const std::string& text
 }
 
 absl::StatusOr<std::unique_ptr<RowReader>> StartCopy(std::shared_ptr<pg::Connection> conn,
-                                                     const std::string& text, Described described) {
-  return PostgresSource::StartCopy(std::move(conn), text, std::move(described));
+                                                     const std::string& text, Described described,
+                                                     PostgresCopyFormat format) {
+  return PostgresSource::StartCopy(std::move(conn), text, std::move(described), format);
 }
 
 }  // namespace postgres_internal
@@ -587,6 +660,22 @@ SourceDefinition PostgresSourceDefinition() {
   extraction.default_value = "copy";
   extraction.allowed_values = {"copy", "rows"};
   def.settings.push_back(extraction);
+  SettingSpec copy_format;
+  copy_format.key = "copy_format";
+  copy_format.label = "COPY format";
+  copy_format.description =
+      "Wire format of `extraction: copy`. auto (default) uses COPY's binary format when every "
+      "column of the model is boolean, smallint, integer, bigint, real, double precision, "
+      "numeric, text, varchar, char, name, uuid, date, timestamp, timestamptz, json, jsonb or "
+      "bytea (domains over them included) and the server is PostgreSQL 12+, which costs the "
+      "server and Backflow less CPU per row; models with other column types (arrays, interval, "
+      "time, enums, ...) are read in text format. text always uses the text format; binary "
+      "always uses the binary format and rejects models with other column types. The values "
+      "are the same in every format.";
+  copy_format.type = SettingType::kEnum;
+  copy_format.default_value = "auto";
+  copy_format.allowed_values = {"auto", "text", "binary"};
+  def.settings.push_back(copy_format);
   SettingSpec parallel;
   parallel.key = "parallel_connections";
   parallel.label = "Parallel connections";
@@ -641,6 +730,16 @@ SourceDefinition PostgresSourceDefinition() {
     }
     PostgresSourceOptions options;
     options.extraction = mode;
+    auto copy_format = settings.find("copy_format");
+    if (copy_format != settings.end() && !copy_format->is_null()) {
+      if (*copy_format == "text") {
+        options.copy_format = PostgresCopyFormat::kText;
+      } else if (*copy_format == "binary") {
+        options.copy_format = PostgresCopyFormat::kBinary;
+      } else if (*copy_format != "auto") {
+        return absl::InvalidArgumentError("copy_format: must be auto, text or binary");
+      }
+    }
     auto parallel = settings.find("parallel_connections");
     if (parallel != settings.end() && !parallel->is_null()) {
       if (!parallel->is_number_integer() || *parallel < 1 ||

@@ -8,8 +8,10 @@
 // identical schemas and values (see pg/types.h for the decoding):
 //   kCopy (default): the statement is prepared and described without running
 //     it (schema before the first row; SQL errors reported before any row),
-//     then `COPY (<sql>) TO STDOUT` streams it in text format (pg/copy_text.h),
-//     one row at a time, at close to the server's own speed. Trailing
+//     then `COPY (<sql>) TO STDOUT` streams it in binary format
+//     (pg/copy_binary.h) or text format (pg/copy_text.h) as copy_format says
+//     (PostgresCopyFormat), one row at a time, at close to the server's own
+//     speed. Trailing
 //     semicolons and whitespace are removed first. A statement PostgreSQL
 //     accepts but cannot run inside COPY (...) (SHOW, EXPLAIN, a comment after
 //     a trailing semicolon; or a server that lacks COPY TO STDOUT) fails with
@@ -68,11 +70,23 @@ namespace backflow {
 // How a PostgreSQL source reads a result (the `extraction` setting).
 enum class PostgresExtraction { kCopy, kRows };
 
+// The format of COPY extraction (the `copy_format` setting). Both formats
+// give identical values (pg/decode_binary.h).
+//   kAuto: binary when every column's type has a binary decoder
+//     (pg::HasBinaryDecoder: bool, integers, floats, numeric, text types,
+//     uuid, date, timestamps, json/jsonb, bytea) and the server is
+//     PostgreSQL 12+; text otherwise (arrays, interval, time, enums, ...).
+//   kText: always text.
+//   kBinary: always binary; a model with a column without a binary decoder
+//     fails with kInvalidArgument naming the column.
+enum class PostgresCopyFormat { kAuto, kText, kBinary };
+
 // The largest accepted parallel_connections.
 inline constexpr int kMaxPostgresParallelConnections = 16;
 
 struct PostgresSourceOptions {
   PostgresExtraction extraction = PostgresExtraction::kCopy;
+  PostgresCopyFormat copy_format = PostgresCopyFormat::kAuto;
   // Connections of a parallel read (see above); 1 reads over one connection.
   int parallel_connections = 1;
   // Testing: called on the Query() thread of a parallel read after the first
@@ -87,7 +101,7 @@ struct PostgresSourceOptions {
 };
 
 // The definition of the "postgres" source type (settings: url, password,
-// extraction, parallel_connections, state_schema). It supports
+// extraction, copy_format, parallel_connections, state_schema). It supports
 // `change_detection: warehouse` (Source::warehouse_change_detection()).
 SourceDefinition PostgresSourceDefinition();
 

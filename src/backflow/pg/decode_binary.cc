@@ -1,0 +1,389 @@
+#include "backflow/pg/decode_binary.h"
+
+#include <algorithm>
+#include <bit>
+#include <charconv>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <string_view>
+
+#include "absl/time/civil_time.h"
+#include "backflow/pg/types.h"
+#include "fmt/format.h"
+
+namespace backflow::pg {
+namespace {
+
+constexpr int64_t kMicrosPerSecond = 1000000;
+constexpr int64_t kMicrosPerDay = 86400 * kMicrosPerSecond;
+
+uint16_t ReadUint16(const char* p) {
+  const auto* u = reinterpret_cast<const unsigned char*>(p);
+  return static_cast<uint16_t>((u[0] << 8) | u[1]);
+}
+
+uint32_t ReadUint32(const char* p) {
+  const auto* u = reinterpret_cast<const unsigned char*>(p);
+  return (static_cast<uint32_t>(u[0]) << 24) | (static_cast<uint32_t>(u[1]) << 16) |
+         (static_cast<uint32_t>(u[2]) << 8) | static_cast<uint32_t>(u[3]);
+}
+
+uint64_t ReadUint64(const char* p) {
+  return (static_cast<uint64_t>(ReadUint32(p)) << 32) | ReadUint32(p + 4);
+}
+
+absl::Status BadValue(Oid oid, std::string_view bytes, std::string_view why) {
+  return absl::DataLossError(fmt::format(
+      "PostgreSQL sent a binary {} value that is not valid ({} bytes: {}); read the model with "
+      "`copy_format: text` and report this",
+      TypeNameForOid(oid, -1), bytes.size(), why));
+}
+
+absl::Status WrongSize(Oid oid, std::string_view bytes, size_t want) {
+  return BadValue(oid, bytes, fmt::format("expected {}", want));
+}
+
+// Appends `value` as exactly `width` decimal digits (value < 10^width).
+void AppendDigits(std::string& out, uint64_t value, int width) {
+  char buf[20];
+  for (int i = width - 1; i >= 0; --i) {
+    buf[i] = static_cast<char>('0' + value % 10);
+    value /= 10;
+  }
+  out.append(buf, width);
+}
+
+// Appends `value` in decimal, zero-padded to at least `width` digits.
+void AppendPadded(std::string& out, int64_t value, int width) {
+  char buf[24];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), value);
+  (void)ec;
+  for (int pad = width - static_cast<int>(end - buf); pad > 0; --pad) out.push_back('0');
+  out.append(buf, end);
+}
+
+Value Double(double d) {
+  // One NaN whatever the sign and payload the server's bits have, as the
+  // text path gives.
+  if (std::isnan(d)) return Value::Double(std::numeric_limits<double>::quiet_NaN());
+  return Value::Double(d);
+}
+
+// A positive decimal number held exactly: 0.d1d2d3... × 10^exponent, digits
+// without trailing zeros (never empty).
+struct Decimal {
+  std::string digits;
+  int exponent = 0;
+};
+
+// From printf's "%.*e" text ("4.6597128e+07"), which glibc writes exactly.
+Decimal DecimalFromScientific(std::string_view text) {
+  Decimal out;
+  const size_t e = text.find('e');
+  for (char c : text.substr(0, e)) {
+    if (c >= '0' && c <= '9') out.digits.push_back(c);
+  }
+  int exponent = 0;
+  std::from_chars(text.data() + e + 1 + (text[e + 1] == '+'), text.data() + text.size(), exponent);
+  out.exponent = exponent + 1;
+  while (out.digits.size() > 1 && out.digits.back() == '0') out.digits.pop_back();
+  return out;
+}
+
+// The exact decimal value of a positive double.
+Decimal ExactDecimal(double d) {
+  char buf[160];
+  int n = std::snprintf(buf, sizeof(buf), "%.119e", d);
+  return DecimalFromScientific(std::string_view(buf, n));
+}
+
+int Compare(const Decimal& a, const Decimal& b) {
+  if (a.exponent != b.exponent) return a.exponent < b.exponent ? -1 : 1;
+  const size_t n = std::max(a.digits.size(), b.digits.size());
+  for (size_t i = 0; i < n; ++i) {
+    char x = i < a.digits.size() ? a.digits[i] : '0';
+    char y = i < b.digits.size() ? b.digits[i] : '0';
+    if (x != y) return x < y ? -1 : 1;
+  }
+  return 0;
+}
+
+// The integer `mantissa` × 10^`power` (mantissa > 0).
+Decimal DecimalOf(int64_t mantissa, int power) {
+  Decimal out;
+  out.digits = std::to_string(mantissa);
+  out.exponent = static_cast<int>(out.digits.size()) + power;
+  while (out.digits.size() > 1 && out.digits.back() == '0') out.digits.pop_back();
+  return out;
+}
+
+double ParseDecimal(const Decimal& d) {
+  std::string text = "0." + d.digits + "e" + std::to_string(d.exponent);
+  double out = 0;
+  std::from_chars(text.data(), text.data() + text.size(), out);
+  return out;
+}
+
+// PostgreSQL 12+ prints a float4 as the shortest decimal strictly inside the
+// interval of reals that round to it (its Ryu never accepts an interval
+// bound, even where round-half-even would map the bound to the float),
+// picking the closest such decimal. Returns that decimal's double for a
+// positive finite `f`.
+double ShortestFloat4Text(float f) {
+  // Bounds of the interval, exact in double (25 significant bits).
+  const double value = f;
+  const double below = std::nextafter(f, 0.0f);
+  const double lo = (below + value) / 2;
+  const double hi = f == std::numeric_limits<float>::max()
+                        ? value + (value - below) / 2
+                        : (value + static_cast<double>(
+                                       std::nextafter(f, std::numeric_limits<float>::infinity()))) /
+                              2;
+  // Fast path: the C++ library's shortest form (Ryu), scientific so that it
+  // is the shortest digits, differs from PostgreSQL's only when it is one of
+  // the bounds (then its double is that bound exactly).
+  char buf[64];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), f, std::chars_format::scientific);
+  double shortest = 0;
+  if (ec == std::errc()) std::from_chars(buf, end, shortest);
+  if (ec == std::errc() && shortest != lo && shortest != hi) return shortest;
+  // Exact search: for each length, the nearest decimal of that length, then
+  // its neighbour on the other side of the value.
+  const Decimal exact = ExactDecimal(value);
+  const Decimal lo_exact = ExactDecimal(lo);
+  const Decimal hi_exact = ExactDecimal(hi);
+  auto inside = [&](const Decimal& d) {
+    return Compare(lo_exact, d) < 0 && Compare(d, hi_exact) < 0;
+  };
+  for (int length = 1; length <= 9; ++length) {
+    int n = std::snprintf(buf, sizeof(buf), "%.*e", length - 1, value);
+    const Decimal nearest = DecimalFromScientific(std::string_view(buf, n));
+    if (inside(nearest)) return ParseDecimal(nearest);
+    int64_t mantissa = 0;
+    for (char c : nearest.digits) mantissa = mantissa * 10 + (c - '0');
+    for (size_t i = nearest.digits.size(); i < static_cast<size_t>(length); ++i) mantissa *= 10;
+    const int power = nearest.exponent - length;
+    const int side = Compare(nearest, exact);
+    const int64_t other = mantissa - side;
+    if (other > 0) {
+      const Decimal neighbour = DecimalOf(other, power);
+      if (inside(neighbour)) return ParseDecimal(neighbour);
+    }
+  }
+  return value;  // unreachable: nine digits always fall strictly inside
+}
+
+// float4: what parsing PostgreSQL's shortest text of the float gives.
+Value Float4(float f) {
+  if (std::isnan(f)) return Value::Double(std::numeric_limits<double>::quiet_NaN());
+  if (std::isinf(f) || f == 0) return Value::Double(f);
+  const double magnitude = ShortestFloat4Text(std::fabs(f));
+  return Value::Double(f < 0 ? -magnitude : magnitude);
+}
+
+absl::StatusOr<Value> Numeric(std::string_view bytes) {
+  if (bytes.size() < 8) return WrongSize(kNumericOid, bytes, 8);
+  const int ndigits = static_cast<int16_t>(ReadUint16(bytes.data()));
+  const int weight = static_cast<int16_t>(ReadUint16(bytes.data() + 2));
+  const uint16_t sign = ReadUint16(bytes.data() + 4);
+  const int dscale = static_cast<int16_t>(ReadUint16(bytes.data() + 6));
+  switch (sign) {
+    case 0xC000:
+      return Value::String("NaN");
+    case 0xD000:
+      return Value::String("Infinity");
+    case 0xF000:
+      return Value::String("-Infinity");
+    case 0x0000:
+    case 0x4000:
+      break;
+    default:
+      return BadValue(kNumericOid, bytes, fmt::format("sign {:#x}", sign));
+  }
+  if (ndigits < 0 || dscale < 0 || bytes.size() != 8 + 2 * static_cast<size_t>(ndigits)) {
+    return BadValue(kNumericOid, bytes, fmt::format("{} digits, scale {}", ndigits, dscale));
+  }
+  auto digit = [&](int i) -> int {
+    if (i < 0 || i >= ndigits) return 0;
+    return ReadUint16(bytes.data() + 8 + 2 * i);
+  };
+  for (int i = 0; i < ndigits; ++i) {
+    if (digit(i) > 9999) return BadValue(kNumericOid, bytes, "a digit above 9999");
+  }
+  std::string out;
+  out.reserve(2 + 4 * (weight > 0 ? weight + 1 : 1) + dscale + 4);
+  if (sign == 0x4000) out.push_back('-');
+  // The integer part: base-10000 digit i stands for 10000^(weight - i).
+  if (weight < 0) {
+    out.push_back('0');
+  } else {
+    AppendPadded(out, digit(0), 1);
+    for (int i = 1; i <= weight; ++i) AppendDigits(out, digit(i), 4);
+  }
+  if (dscale > 0) {
+    out.push_back('.');
+    const size_t end = out.size() + dscale;
+    for (int i = weight + 1; out.size() < end; ++i) AppendDigits(out, digit(i), 4);
+    out.resize(end);
+  }
+  return Value::Text(ValueType::kDecimal, std::move(out));
+}
+
+// PostgreSQL's ISO text of a date (astronomical `year`: 0 is 1 BC).
+void AppendPgDate(std::string& out, int64_t year, int month, int day) {
+  AppendPadded(out, year > 0 ? year : 1 - year, 4);
+  out.push_back('-');
+  AppendDigits(out, month, 2);
+  out.push_back('-');
+  AppendDigits(out, day, 2);
+}
+
+Value Date(int32_t days) {
+  if (days == std::numeric_limits<int32_t>::min()) return Value::String("-infinity");
+  if (days == std::numeric_limits<int32_t>::max()) return Value::String("infinity");
+  const absl::CivilDay day = absl::CivilDay(2000, 1, 1) + days;
+  std::string out;
+  AppendPgDate(out, day.year(), day.month(), day.day());
+  if (day.year() < 1) {
+    out += " BC";
+    return Value::String(std::move(out));
+  }
+  if (day.year() > 9999) return Value::String(std::move(out));
+  return Value::Text(ValueType::kDate, std::move(out));
+}
+
+Value Timestamp(int64_t micros, bool with_zone) {
+  if (micros == std::numeric_limits<int64_t>::min()) return Value::String("-infinity");
+  if (micros == std::numeric_limits<int64_t>::max()) return Value::String("infinity");
+  int64_t days = micros / kMicrosPerDay;
+  int64_t rest = micros % kMicrosPerDay;
+  if (rest < 0) {
+    rest += kMicrosPerDay;
+    --days;
+  }
+  const absl::CivilSecond second =
+      absl::CivilSecond(2000, 1, 1, 0, 0, 0) + (days * 86400 + rest / kMicrosPerSecond);
+  const int64_t fraction = rest % kMicrosPerSecond;
+  const bool iso = second.year() >= 1 && second.year() <= 9999;
+  std::string out;
+  out.reserve(32);
+  AppendPgDate(out, second.year(), second.month(), second.day());
+  out.push_back(iso ? 'T' : ' ');
+  AppendDigits(out, second.hour(), 2);
+  out.push_back(':');
+  AppendDigits(out, second.minute(), 2);
+  out.push_back(':');
+  AppendDigits(out, second.second(), 2);
+  if (fraction != 0) {
+    out.push_back('.');
+    AppendDigits(out, fraction, 6);
+    while (out.back() == '0') out.pop_back();
+  }
+  if (iso) {
+    if (with_zone) out.push_back('Z');
+    return Value::Text(ValueType::kTimestamp, std::move(out));
+  }
+  // PostgreSQL's own text, as the text path keeps it.
+  if (with_zone) out += "+00";
+  if (second.year() < 1) out += " BC";
+  return Value::String(std::move(out));
+}
+
+Value Uuid(std::string_view bytes) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(36);
+  for (size_t i = 0; i < 16; ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) out.push_back('-');
+    const auto b = static_cast<unsigned char>(bytes[i]);
+    out.push_back(kHex[b >> 4]);
+    out.push_back(kHex[b & 15]);
+  }
+  return Value::String(std::move(out));
+}
+
+}  // namespace
+
+bool HasBinaryDecoder(Oid oid) {
+  switch (oid) {
+    case kBoolOid:
+    case kInt2Oid:
+    case kInt4Oid:
+    case kInt8Oid:
+    case kFloat4Oid:
+    case kFloat8Oid:
+    case kNumericOid:
+    case kTextOid:
+    case kVarcharOid:
+    case kBpcharOid:
+    case kNameOid:
+    case kUuidOid:
+    case kDateOid:
+    case kTimestampOid:
+    case kTimestamptzOid:
+    case kJsonOid:
+    case kJsonbOid:
+    case kByteaOid:
+      return true;
+    default:
+      return false;
+  }
+}
+
+absl::StatusOr<Value> DecodeBinary(Oid oid, std::string_view bytes) {
+  switch (oid) {
+    case kBoolOid:
+      if (bytes.size() != 1) return WrongSize(oid, bytes, 1);
+      return Value::Bool(bytes[0] != 0);
+    case kInt2Oid:
+      if (bytes.size() != 2) return WrongSize(oid, bytes, 2);
+      return Value::Int64(static_cast<int16_t>(ReadUint16(bytes.data())));
+    case kInt4Oid:
+      if (bytes.size() != 4) return WrongSize(oid, bytes, 4);
+      return Value::Int64(static_cast<int32_t>(ReadUint32(bytes.data())));
+    case kInt8Oid:
+      if (bytes.size() != 8) return WrongSize(oid, bytes, 8);
+      return Value::Int64(static_cast<int64_t>(ReadUint64(bytes.data())));
+    case kFloat4Oid:
+      if (bytes.size() != 4) return WrongSize(oid, bytes, 4);
+      return Float4(std::bit_cast<float>(ReadUint32(bytes.data())));
+    case kFloat8Oid:
+      if (bytes.size() != 8) return WrongSize(oid, bytes, 8);
+      return Double(std::bit_cast<double>(ReadUint64(bytes.data())));
+    case kNumericOid:
+      return Numeric(bytes);
+    case kTextOid:
+    case kVarcharOid:
+    case kBpcharOid:
+    case kNameOid:
+      return Value::String(std::string(bytes));
+    case kUuidOid:
+      if (bytes.size() != 16) return WrongSize(oid, bytes, 16);
+      return Uuid(bytes);
+    case kDateOid:
+      if (bytes.size() != 4) return WrongSize(oid, bytes, 4);
+      return Date(static_cast<int32_t>(ReadUint32(bytes.data())));
+    case kTimestampOid:
+    case kTimestamptzOid:
+      if (bytes.size() != 8) return WrongSize(oid, bytes, 8);
+      return Timestamp(static_cast<int64_t>(ReadUint64(bytes.data())), oid == kTimestamptzOid);
+    case kJsonOid:
+      return Value::Text(ValueType::kJson, CompactJson(bytes));
+    case kJsonbOid:
+      if (bytes.empty() || bytes[0] != 1) return BadValue(oid, bytes, "not jsonb version 1");
+      return Value::Text(ValueType::kJson, CompactJson(bytes.substr(1)));
+    case kByteaOid:
+      return Value::Text(ValueType::kBytes, std::string(bytes));
+    default:
+      return absl::InternalError(
+          fmt::format("no binary decoder for PostgreSQL type oid {} (a bug: such columns are "
+                      "read in text form)",
+                      oid));
+  }
+}
+
+}  // namespace backflow::pg
