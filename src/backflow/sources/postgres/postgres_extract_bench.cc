@@ -2,10 +2,14 @@
 //
 //   PGPASSWORD=... postgres_extract_bench URL SQL [MODE ...] [--key COLUMN]
 //                                         [--runs N] [--psql] [--json]
+//                                         [--formats auto,text,binary]
 //
 // MODE is `copy` (one connection), `rows` (single-row mode) or `copy:N` (N
 // connections, parallel_connections: N, split on --key, default "id");
-// default: copy then rows. Each run reads SQL to the end through
+// default: copy then rows. --formats runs each COPY mode once per listed
+// copy_format (auto, text, binary), named "copy@text", "copy:2@binary"...,
+// interleaved within each run; without it COPY modes use the default
+// (auto) under their plain names. Each run reads SQL to the end through
 // NewPostgresSource(...)->Query(sql, QueryOptions{key}) and Next(), modes
 // back to back; with --psql each run first times the baseline
 // `psql -X -c "COPY (SQL) TO STDOUT" > /dev/null` (psql from PATH, same URL
@@ -39,6 +43,7 @@ struct Mode {
   std::string name;
   backflow::PostgresExtraction extraction = backflow::PostgresExtraction::kCopy;
   int connections = 1;
+  backflow::PostgresCopyFormat format = backflow::PostgresCopyFormat::kAuto;
 };
 
 double Median(std::vector<double> v) {
@@ -72,7 +77,7 @@ int main(int argc, char** argv) {
   using backflow::PostgresExtraction;
   if (argc < 3) {
     std::cerr << "usage: PGPASSWORD=... postgres_extract_bench URL SQL [copy|rows|copy:N ...] "
-                 "[--key COLUMN] [--runs N] [--psql] [--json]\n";
+                 "[--key COLUMN] [--runs N] [--psql] [--json] [--formats auto,text,binary]\n";
     return 2;
   }
   std::string url = argv[1];
@@ -82,6 +87,7 @@ int main(int argc, char** argv) {
   int runs = 3;
   bool psql = false;
   bool json = false;
+  std::vector<std::pair<std::string, backflow::PostgresCopyFormat>> formats;
   for (int i = 3; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "copy") {
@@ -95,6 +101,23 @@ int main(int argc, char** argv) {
       runs = std::max(1, std::atoi(argv[++i]));
     } else if (arg == "--key" && i + 1 < argc) {
       key = argv[++i];
+    } else if (arg == "--formats" && i + 1 < argc) {
+      std::string list = argv[++i];
+      for (size_t start = 0; start <= list.size();) {
+        size_t comma = std::min(list.find(',', start), list.size());
+        std::string name = list.substr(start, comma - start);
+        start = comma + 1;
+        if (name == "auto") {
+          formats.emplace_back(name, backflow::PostgresCopyFormat::kAuto);
+        } else if (name == "text") {
+          formats.emplace_back(name, backflow::PostgresCopyFormat::kText);
+        } else if (name == "binary") {
+          formats.emplace_back(name, backflow::PostgresCopyFormat::kBinary);
+        } else {
+          std::cerr << "unknown format " << name << " (auto, text or binary)\n";
+          return 2;
+        }
+      }
     } else if (arg == "--psql") {
       psql = true;
     } else if (arg == "--json") {
@@ -106,6 +129,19 @@ int main(int argc, char** argv) {
   }
   if (modes.empty()) {
     modes = {{"copy", PostgresExtraction::kCopy, 1}, {"rows", PostgresExtraction::kRows, 1}};
+  }
+  if (!formats.empty()) {
+    std::vector<Mode> expanded;
+    for (const Mode& mode : modes) {
+      if (mode.extraction != PostgresExtraction::kCopy) {
+        expanded.push_back(mode);
+        continue;
+      }
+      for (const auto& [name, format] : formats) {
+        expanded.push_back({mode.name + "@" + name, mode.extraction, mode.connections, format});
+      }
+    }
+    modes = std::move(expanded);
   }
   const char* password = std::getenv("PGPASSWORD");
   std::vector<double> psql_seconds;
@@ -125,6 +161,7 @@ int main(int argc, char** argv) {
       backflow::PostgresSourceOptions options;
       options.extraction = mode.extraction;
       options.parallel_connections = mode.connections;
+      options.copy_format = mode.format;
       auto source =
           backflow::NewPostgresSource(url, password != nullptr ? password : "", std::move(options));
       auto start = Clock::now();
