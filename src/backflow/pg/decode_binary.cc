@@ -66,6 +66,29 @@ void AppendPadded(std::string& out, int64_t value, int width) {
   out.append(buf, end);
 }
 
+char* Put2(char* p, int v) {
+  p[0] = static_cast<char>('0' + v / 10);
+  p[1] = static_cast<char>('0' + v % 10);
+  return p + 2;
+}
+
+char* Put4(char* p, int v) {
+  p = Put2(p, v / 100);
+  return Put2(p, v % 100);
+}
+
+// The civil date `days` after 2000-01-01 (astronomical year: 0 is 1 BC);
+// the last one is cached per thread, as a column's dates often repeat.
+absl::CivilDay DayAfter2000(int64_t days) {
+  thread_local int64_t cached_days = 0;
+  thread_local absl::CivilDay cached(2000, 1, 1);
+  if (days != cached_days) {
+    cached = absl::CivilDay(2000, 1, 1) + days;
+    cached_days = days;
+  }
+  return cached;
+}
+
 Value Double(double d) {
   // One NaN whatever the sign and payload the server's bits have, as the
   // text path gives.
@@ -214,22 +237,28 @@ absl::StatusOr<Value> Numeric(std::string_view bytes) {
   for (int i = 0; i < ndigits; ++i) {
     if (digit(i) > 9999) return BadValue(kNumericOid, bytes, "a digit above 9999");
   }
-  std::string out;
-  out.reserve(2 + 4 * (weight > 0 ? weight + 1 : 1) + dscale + 4);
-  if (sign == 0x4000) out.push_back('-');
+  // Sized for the worst case, written through a pointer, trimmed after.
+  std::string out(2 + 4 * (std::max(weight, 0) + 1) + 1 + dscale + 4, '\0');
+  char* p = out.data();
+  if (sign == 0x4000) *p++ = '-';
   // The integer part: base-10000 digit i stands for 10000^(weight - i).
   if (weight < 0) {
-    out.push_back('0');
+    *p++ = '0';
   } else {
-    AppendPadded(out, digit(0), 1);
-    for (int i = 1; i <= weight; ++i) AppendDigits(out, digit(i), 4);
+    const int first = digit(0);
+    if (first >= 1000) *p++ = static_cast<char>('0' + first / 1000);
+    if (first >= 100) *p++ = static_cast<char>('0' + first / 100 % 10);
+    if (first >= 10) *p++ = static_cast<char>('0' + first / 10 % 10);
+    *p++ = static_cast<char>('0' + first % 10);
+    for (int i = 1; i <= weight; ++i) p = Put4(p, digit(i));
   }
   if (dscale > 0) {
-    out.push_back('.');
-    const size_t end = out.size() + dscale;
-    for (int i = weight + 1; out.size() < end; ++i) AppendDigits(out, digit(i), 4);
-    out.resize(end);
+    *p++ = '.';
+    char* const end = p + dscale;
+    for (int i = weight + 1; p < end; ++i) p = Put4(p, digit(i));
+    p = end;
   }
+  out.resize(static_cast<size_t>(p - out.data()));
   return Value::Text(ValueType::kDecimal, std::move(out));
 }
 
@@ -245,7 +274,7 @@ void AppendPgDate(std::string& out, int64_t year, int month, int day) {
 Value Date(int32_t days) {
   if (days == std::numeric_limits<int32_t>::min()) return Value::String("-infinity");
   if (days == std::numeric_limits<int32_t>::max()) return Value::String("infinity");
-  const absl::CivilDay day = absl::CivilDay(2000, 1, 1) + days;
+  const absl::CivilDay day = DayAfter2000(days);
   std::string out;
   AppendPgDate(out, day.year(), day.month(), day.day());
   if (day.year() < 1) {
@@ -265,31 +294,49 @@ Value Timestamp(int64_t micros, bool with_zone) {
     rest += kMicrosPerDay;
     --days;
   }
-  const absl::CivilSecond second =
-      absl::CivilSecond(2000, 1, 1, 0, 0, 0) + (days * 86400 + rest / kMicrosPerSecond);
-  const int64_t fraction = rest % kMicrosPerSecond;
-  const bool iso = second.year() >= 1 && second.year() <= 9999;
+  const absl::CivilDay day = DayAfter2000(days);
+  const int64_t second_of_day = rest / kMicrosPerSecond;
+  const int fraction = static_cast<int>(rest % kMicrosPerSecond);
+  const bool iso = day.year() >= 1 && day.year() <= 9999;
   std::string out;
-  out.reserve(32);
-  AppendPgDate(out, second.year(), second.month(), second.day());
-  out.push_back(iso ? 'T' : ' ');
-  AppendDigits(out, second.hour(), 2);
+  if (iso) {
+    // "YYYY-MM-DDTHH:MM:SS[.ffffff]Z", written through a pointer.
+    char buf[40];
+    char* p = Put4(buf, static_cast<int>(day.year()));
+    *p++ = '-';
+    p = Put2(p, day.month());
+    *p++ = '-';
+    p = Put2(p, day.day());
+    *p++ = 'T';
+    p = Put2(p, static_cast<int>(second_of_day / 3600));
+    *p++ = ':';
+    p = Put2(p, static_cast<int>(second_of_day / 60 % 60));
+    *p++ = ':';
+    p = Put2(p, static_cast<int>(second_of_day % 60));
+    if (fraction != 0) {
+      *p++ = '.';
+      p = Put2(p, fraction / 10000);
+      p = Put4(p, fraction % 10000);
+      while (p[-1] == '0') --p;
+    }
+    if (with_zone) *p++ = 'Z';
+    return Value::Text(ValueType::kTimestamp, std::string(buf, p));
+  }
+  // PostgreSQL's own text, as the text path keeps it.
+  AppendPgDate(out, day.year(), day.month(), day.day());
+  out.push_back(' ');
+  AppendDigits(out, second_of_day / 3600, 2);
   out.push_back(':');
-  AppendDigits(out, second.minute(), 2);
+  AppendDigits(out, second_of_day / 60 % 60, 2);
   out.push_back(':');
-  AppendDigits(out, second.second(), 2);
+  AppendDigits(out, second_of_day % 60, 2);
   if (fraction != 0) {
     out.push_back('.');
     AppendDigits(out, fraction, 6);
     while (out.back() == '0') out.pop_back();
   }
-  if (iso) {
-    if (with_zone) out.push_back('Z');
-    return Value::Text(ValueType::kTimestamp, std::move(out));
-  }
-  // PostgreSQL's own text, as the text path keeps it.
   if (with_zone) out += "+00";
-  if (second.year() < 1) out += " BC";
+  if (day.year() < 1) out += " BC";
   return Value::String(std::move(out));
 }
 
