@@ -24,6 +24,7 @@
 #include "backflow/sources/source.h"
 #include "backflow/sources/warehouse_change_detection.h"
 #include "backflow/sources/warehouse_sql/testing/warehouse_snapshot_conformance.h"
+#include "fmt/format.h"
 #include "gmock/gmock.h"
 
 namespace backflow::warehouse_testing {
@@ -69,6 +70,20 @@ class WarehousePassCancelTest : public WarehouseSnapshotTest {
   CancelWhenClock cancel_clock_{&cancel_};
   // What a step cancelled may take at most (the fakes answer at once).
   std::chrono::seconds prompt_{20};
+
+  // Puts five rows (k1..k5, 'free', age 1..5, seen NULL) in the customers
+  // table the fixture made, `table` as WarehouseExec's SQL names it, and sets
+  // rows_, customers_, the model sql_ (over `model_table`, as the source
+  // names it) and key_.
+  void AddCustomers(const std::string& table, const std::string& model_table) {
+    rows_ = 5;
+    for (int i = 1; i <= rows_; ++i) {
+      Exec(fmt::format("INSERT INTO {} VALUES ('k{}', 'free', {}, NULL)", table, i, i));
+    }
+    customers_ = table;
+    sql_ = "SELECT id, plan, age, seen FROM " + model_table;
+    key_ = "id";
+  }
 
   int64_t Registered() {
     auto rows = WarehouseRows("SELECT count(*) AS c0 FROM bf_state.pass_tables");

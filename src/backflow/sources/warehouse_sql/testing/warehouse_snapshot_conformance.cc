@@ -57,6 +57,53 @@ std::vector<std::vector<std::string>> TextRows(
   return out;
 }
 
+std::vector<std::vector<std::string>> TextRows(const std::vector<std::vector<std::string>>& rows) {
+  return rows;
+}
+
+std::unique_ptr<Source> WarehouseSnapshotChecks::SourceOrFail(
+    absl::StatusOr<std::unique_ptr<Source>> source) {
+  EXPECT_TRUE(source.ok()) << source.status();
+  return source.ok() ? *std::move(source) : nullptr;
+}
+
+void WarehouseSnapshotChecks::ExpectRan(const absl::Status& status, const std::string& sql) {
+  ASSERT_TRUE(status.ok()) << status << "\n" << sql;
+}
+
+StoredEntries PassOver(WarehouseChangeDetection& cd, const std::string& sql, const std::string& key,
+                       const WarehouseCandidateFilter& filter, const std::string& mapping,
+                       const std::function<void(const Row&)>& on_candidate) {
+  StoredEntries stored;
+  auto snapshot = cd.Begin(sql, key);
+  EXPECT_TRUE(snapshot.ok()) << snapshot.status();
+  if (!snapshot.ok()) return stored;
+  auto reader = (*snapshot)->ReadCandidates(filter);
+  EXPECT_TRUE(reader.ok()) << reader.status();
+  if (!reader.ok()) return stored;
+  Row row;
+  while (true) {
+    auto more = (*reader)->Next(row);
+    EXPECT_TRUE(more.ok()) << more.status();
+    if (!more.ok() || !*more) break;
+    on_candidate(row);
+  }
+  auto scanner = (*snapshot)->ScanEntries(mapping);
+  EXPECT_TRUE(scanner.ok()) << scanner.status();
+  WarehouseCheckpointEntry entry;
+  while (scanner.ok()) {
+    auto more = (*scanner)->Next(entry);
+    EXPECT_TRUE(more.ok()) << more.status();
+    if (!more.ok() || !*more) break;
+    stored.entries.push_back(entry);
+  }
+  auto count = (*snapshot)->CountEntries(mapping);
+  EXPECT_TRUE(count.ok()) << count.status();
+  if (count.ok()) stored.count = *count;
+  EXPECT_TRUE((*snapshot)->Close().ok());
+  return stored;
+}
+
 std::vector<std::string> WarehouseSnapshotChecks::Tables() {
   std::vector<std::string> names;
   for (const auto& row :
