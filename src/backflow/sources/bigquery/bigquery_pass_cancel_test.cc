@@ -48,24 +48,22 @@ class BigQueryPassCancelTest : public warehouse_testing::WarehousePassCancelTest
   // The job ids of the jobs.query calls whose SQL contains `part`.
   std::vector<std::string> JobsOf(const std::string& part) {
     std::vector<std::string> ids;
-    for (const FakeBigQueryRequest& r : fake_->Requests()) {
-      if (r.method != "query") continue;
-      if (json::parse(r.body).value("query", "").find(part) == std::string::npos) continue;
-      ids.push_back(json::parse(r.reply)["jobReference"].value("jobId", ""));
+    for (const auto& [sql, reply] : Queries()) {
+      if (sql.find(part) != std::string::npos)
+        ids.push_back(reply["jobReference"].value("jobId", ""));
     }
     return ids;
+  }
+  // The SQL of each jobs.query call, with its reply.
+  std::vector<std::pair<std::string, json>> Queries() {
+    return warehouse_testing::SqlSent(fake_->Requests(), "query", "query");
   }
 
   void CancelDuring(const std::string& part) override {
     part_ = part;
     cancel_clock_.when = [this, part] {
-      std::vector<FakeBigQueryRequest> requests = fake_->Requests();
-      for (auto it = requests.rbegin(); it != requests.rend(); ++it) {
-        if (it->method == "query") {
-          return json::parse(it->body).value("query", "").find(part) != std::string::npos;
-        }
-      }
-      return false;
+      auto queries = Queries();
+      return !queries.empty() && queries.back().first.find(part) != std::string::npos;
     };
   }
   void StopCancelling() override { cancel_clock_.when = nullptr; }

@@ -54,13 +54,7 @@ SourceDefinition ClickHouseDefinitionPurging(ClickHouseCheckpointPurge purge) {
 }
 
 WarehouseCheckpointWrite Upsert(const std::string& key, const std::string& hash = "h") {
-  WarehouseCheckpointWrite w;
-  w.key = key;
-  w.fingerprint = Fp(key.size());
-  w.identity = "id:" + key;
-  w.row_hash = hash;
-  w.version = Fp(1);
-  return w;
+  return warehouse_testing::DeliveredWrite(key, hash, Fp(1));
 }
 
 WarehouseCheckpointWrite Remove(const std::string& key) {

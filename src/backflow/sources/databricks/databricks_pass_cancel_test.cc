@@ -59,24 +59,21 @@ class DatabricksPassCancelTest : public warehouse_testing::WarehousePassCancelTe
   // The statement ids of the executes whose SQL contains `part`.
   std::vector<std::string> StatementsOf(const std::string& part) {
     std::vector<std::string> ids;
-    for (const FakeDatabricksRequest& r : fake_->Requests()) {
-      if (r.method != "execute") continue;
-      if (json::parse(r.body).value("statement", "").find(part) == std::string::npos) continue;
-      ids.push_back(json::parse(r.reply).value("statement_id", ""));
+    for (const auto& [sql, reply] : Executes()) {
+      if (sql.find(part) != std::string::npos) ids.push_back(reply.value("statement_id", ""));
     }
     return ids;
+  }
+  // The SQL of each statement execute, with its reply.
+  std::vector<std::pair<std::string, json>> Executes() {
+    return warehouse_testing::SqlSent(fake_->Requests(), "execute", "statement");
   }
 
   void CancelDuring(const std::string& part) override {
     part_ = part;
     cancel_clock_.when = [this, part] {
-      std::vector<FakeDatabricksRequest> requests = fake_->Requests();
-      for (auto it = requests.rbegin(); it != requests.rend(); ++it) {
-        if (it->method == "execute") {
-          return json::parse(it->body).value("statement", "").find(part) != std::string::npos;
-        }
-      }
-      return false;
+      auto executes = Executes();
+      return !executes.empty() && executes.back().first.find(part) != std::string::npos;
     };
   }
   void StopCancelling() override { cancel_clock_.when = nullptr; }

@@ -81,14 +81,7 @@ class RedshiftLibpqChangeDetectionTest : public pg::testing::PostgresTest {
   static absl::Status Deliver(WarehouseChangeDetection& cd, const Pass& pass) {
     std::vector<WarehouseCheckpointWrite> writes;
     for (const auto& [key, hash] : pass.hashes) {
-      if (key == "<null>") continue;
-      WarehouseCheckpointWrite w;
-      w.key = key;
-      w.fingerprint = Fp(key.size());
-      w.identity = "id:" + key;
-      w.row_hash = hash;
-      w.version = Fp(1);
-      writes.push_back(w);
+      if (key != "<null>") writes.push_back(warehouse_testing::DeliveredWrite(key, hash, Fp(1)));
     }
     return cd.Apply("m", writes);
   }

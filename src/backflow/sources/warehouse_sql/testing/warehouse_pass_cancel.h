@@ -18,6 +18,7 @@
 #include <chrono>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backflow/common/clock.h"
@@ -26,6 +27,7 @@
 #include "backflow/sources/warehouse_sql/testing/warehouse_snapshot_conformance.h"
 #include "fmt/format.h"
 #include "gmock/gmock.h"
+#include "nlohmann/json.hpp"
 
 namespace backflow::warehouse_testing {
 
@@ -44,6 +46,22 @@ class CancelWhenClock : public FakeClock {
  private:
   std::atomic<bool>* flag_;
 };
+
+// Over a fake's request log (requests with `method`, a JSON `body` and a
+// JSON `reply`, as the BigQuery and Databricks fakes keep): the SQL of each
+// request of `method` (its body's `sql_field`) with the reply to it, in order.
+template <typename Request>
+std::vector<std::pair<std::string, nlohmann::json>> SqlSent(const std::vector<Request>& requests,
+                                                            const std::string& method,
+                                                            const std::string& sql_field) {
+  std::vector<std::pair<std::string, nlohmann::json>> sent;
+  for (const Request& r : requests) {
+    if (r.method != method) continue;
+    sent.emplace_back(nlohmann::json::parse(r.body).value(sql_field, ""),
+                      nlohmann::json::parse(r.reply, nullptr, false));
+  }
+  return sent;
+}
 
 class WarehousePassCancelTest : public WarehouseSnapshotTest {
  protected:

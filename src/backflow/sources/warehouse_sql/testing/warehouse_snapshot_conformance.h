@@ -62,6 +62,11 @@ std::vector<std::vector<std::string>> TextRows(const std::vector<std::vector<std
 // each candidate `filter` selects; returns the entries stored for `mapping`
 // in the order ScanEntries gave them, and CountEntries (-1 when it failed).
 // A failed step fails the test (and ends the pass without Close).
+// The write Deliver() makes for `key`: fingerprint Fp(key size), identity
+// "id:<key>".
+WarehouseCheckpointWrite DeliveredWrite(const std::string& key, const std::string& hash,
+                                        const Fingerprint& version);
+
 struct StoredEntries {
   std::vector<WarehouseCheckpointEntry> entries;
   int64_t count = -1;
