@@ -14,6 +14,7 @@
 #include "backflow/sources/sqlite/sqlite_source.h"
 #include "backflow/sqlite/database.h"
 #include "backflow/state/state_store.h"
+#include "backflow/state/state_store_testing.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
 
@@ -219,7 +220,7 @@ TEST_F(ApiServiceTest, RunsArePagedAndFiltered) {
   r.requested_at = "2026-01-01T00:00:00.000Z";
   for (int i = 0; i < 7; ++i) {
     r.mapping = i % 2 ? "m1" : "m2";
-    ASSERT_TRUE(store_->EnqueueRuns({r}).ok());
+    ASSERT_TRUE(testing::QueueRunsAsScheduleTick(*store_, {r}).ok());
   }
   Reply page = Call("GET", "/api/v1/runs?limit=3");
   ASSERT_EQ(page.status, 200) << page.text;

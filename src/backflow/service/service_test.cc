@@ -17,6 +17,7 @@
 #include "backflow/sources/sqlite/sqlite_source.h"
 #include "backflow/sqlite/database.h"
 #include "backflow/state/state_store.h"
+#include "backflow/state/state_store_testing.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
 
@@ -164,7 +165,7 @@ TEST_F(ServiceTest, StoppingMidRunQueuesTheRunAgainAndTheNextStartFinishesIt) {
   queued.destination = "mem";
   queued.trigger = "api";
   queued.requested_at = "2026-01-01T00:00:00.000Z";
-  auto ids = store_->EnqueueRuns({queued});
+  auto ids = testing::QueueRuns(*store_, {queued});
   ASSERT_TRUE(ids.ok());
   std::atomic<Service*> current{nullptr};
   dest_->on_batch = [&](int batches) {

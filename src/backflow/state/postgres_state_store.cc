@@ -674,16 +674,6 @@ class PostgresStateStore : public StateStore {
     return static_cast<int>(Affected(u));
   }
 
-  absl::StatusOr<std::vector<int64_t>> EnqueueRuns(const std::vector<RunInfo>& runs) override {
-    std::vector<int64_t> ids;
-    if (runs.empty()) return ids;
-    BACKFLOW_RETURN_IF_ERROR(InTransaction([&]() -> absl::Status {
-      BACKFLOW_ASSIGN_OR_RETURN(ids, InsertQueued(runs));
-      return absl::OkStatus();
-    }));
-    return ids;
-  }
-
   absl::StatusOr<EnqueueOutcome> EnqueueRunsUnlessActive(
       const std::vector<RunInfo>& runs) override {
     EnqueueOutcome out;

@@ -19,6 +19,7 @@
 #include "backflow/state/open_state_store.h"
 #include "backflow/state/state_store.h"
 #include "backflow/state/state_store_contract.h"
+#include "backflow/state/state_store_testing.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -255,7 +256,7 @@ TEST_F(PostgresStateStoreTest, OnlyThisHostsRunsOfDeadProcessesAreMarkedInterrup
   // The same dead pid, but recorded by another machine: it cannot be judged here.
   Sql(fmt::format("UPDATE backflow.runs SET host = 'another-host' WHERE id = {}", *elsewhere_id));
   // A run under a lease is left to ClaimRuns, whatever its pid.
-  auto queued = store_->EnqueueRuns({{.mapping = "q"}});
+  auto queued = testing::QueueRuns(*store_, {{.mapping = "q"}});
   ASSERT_TRUE(queued.ok());
   ASSERT_EQ(store_->ClaimRuns("w", absl::Now(), absl::Seconds(30))->size(), 1u);
   Sql(fmt::format("UPDATE backflow.runs SET pid = {} WHERE id = {}", child, (*queued)[0]));
@@ -565,7 +566,7 @@ TEST_F(PostgresStateStoreTest, WrongPasswordIsUnauthenticatedAndNeverEchoed) {
 }
 
 TEST_F(PostgresStateStoreTest, ALostConnectionIsReplacedOnTheNextCall) {
-  ASSERT_TRUE(store_->EnqueueRuns({{.mapping = "a"}}).ok());
+  ASSERT_TRUE(testing::QueueRuns(*store_, {{.mapping = "a"}}).ok());
   auto admin = Admin(server());
   ASSERT_TRUE(admin.ok());
   auto killed = (*admin)->Exec(fmt::format(
@@ -655,7 +656,7 @@ TEST_F(PostgresStateStoreTest, ConcurrentClaimersNeverTakeTheSameRequest) {
   for (int i = 0; i < 150; ++i) {
     std::vector<RunInfo> runs = {{.mapping = fmt::format("a{}", i)}};
     if (i % 3 == 0) runs.push_back({.mapping = fmt::format("b{}", i)});
-    auto ids = store_->EnqueueRuns(runs);
+    auto ids = testing::QueueRuns(*store_, runs);
     ASSERT_TRUE(ids.ok()) << ids.status();
     for (int64_t id : *ids) request_of[id] = (*ids)[0];
   }
@@ -712,7 +713,9 @@ TEST_F(PostgresStateStoreTest, ConcurrentClaimersNeverTakeTheSameRequest) {
 }
 
 TEST_F(PostgresStateStoreTest, ExpiredLeasesAreTakenOverOnceUnderConcurrency) {
-  for (int i = 0; i < 60; ++i) ASSERT_TRUE(store_->EnqueueRuns({{.mapping = "m"}}).ok());
+  for (int i = 0; i < 60; ++i) {
+    ASSERT_TRUE(testing::QueueRuns(*store_, {{.mapping = fmt::format("m{}", i)}}).ok());
+  }
   const absl::Time t0 = absl::FromUnixSeconds(1'800'000'000);
   while (!store_->ClaimRuns("dead", t0, absl::Seconds(10))->empty()) {
   }
@@ -740,7 +743,9 @@ TEST_F(PostgresStateStoreTest, ExpiredLeasesAreTakenOverOnceUnderConcurrency) {
 TEST_F(PostgresStateStoreTest, RenewalsRacingATakeOverAgreeWithItAndNeverDeadlock) {
   std::vector<int64_t> ids;
   for (int i = 0; i < 40; ++i) {
-    auto got = store_->EnqueueRuns({{.mapping = "a"}, {.mapping = "b"}, {.mapping = "c"}});
+    auto got = testing::QueueRuns(*store_, {{.mapping = fmt::format("a{}", i)},
+                                            {.mapping = fmt::format("b{}", i)},
+                                            {.mapping = fmt::format("c{}", i)}});
     ASSERT_TRUE(got.ok());
     ids.insert(ids.end(), got->begin(), got->end());
   }

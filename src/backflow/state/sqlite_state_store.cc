@@ -456,15 +456,6 @@ class SqliteStateStore : public StateStore {
     return static_cast<int>(dead.size());
   }
 
-  absl::StatusOr<std::vector<int64_t>> EnqueueRuns(const std::vector<RunInfo>& runs) override {
-    std::vector<int64_t> ids;
-    BACKFLOW_RETURN_IF_ERROR(InTransaction([&]() -> absl::Status {
-      BACKFLOW_ASSIGN_OR_RETURN(ids, InsertQueued(runs));
-      return absl::OkStatus();
-    }));
-    return ids;
-  }
-
   absl::StatusOr<EnqueueOutcome> EnqueueRunsUnlessActive(
       const std::vector<RunInfo>& runs) override {
     EnqueueOutcome out;

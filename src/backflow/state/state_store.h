@@ -14,10 +14,11 @@
 // batches in flight, and never loses a change.
 //
 // Runs started by `backflow sync` are created directly (CreateRun). Runs
-// requested through the service (schedule, API) are queued first
-// (EnqueueRuns) and taken by a worker (ClaimRuns) under a lease it renews
-// while it works; a run whose lease expired (its worker died) is taken again
-// by the next ClaimRuns and finished from the in-flight journal.
+// requested through the service are queued first, by the API
+// (EnqueueRunsUnlessActive) or by the scheduler (AdvanceSchedule), and taken
+// by a worker (ClaimRuns) under a lease it renews while it works; a run whose
+// lease expired (its worker died) is taken again by the next ClaimRuns and
+// finished from the in-flight journal.
 //
 // Several processes may share one store (PostgreSQL): a schedule tick is
 // queued by whichever of them advances the model's schedule state first
@@ -227,14 +228,15 @@ class StateStore {
   virtual absl::StatusOr<int> MarkInterruptedRuns() = 0;
 
   // --- Run queue -----------------------------------------------------------
+  // Runs are queued here and by AdvanceSchedule (the scheduler's path, which
+  // does not check for active runs: the scheduler skips busy models itself).
+  //
   // Queues one run per element (status kQueued, requested_at as given) under
-  // one request id; returns their ids in order.
-  virtual absl::StatusOr<std::vector<int64_t>> EnqueueRuns(const std::vector<RunInfo>& runs) = 0;
-  // EnqueueRuns(), unless a mapping of `runs` already has a run queued or
-  // running: then nothing is queued and that run (the oldest such) is
-  // returned instead. Check and insert are one transaction, serialized
-  // against every other call on the same store (from any process), so of
-  // two concurrent calls for a mapping only one queues.
+  // one request id, whose ids it returns in order; unless a mapping of `runs`
+  // already has a run queued or running: then nothing is queued and that run
+  // (the oldest such) is returned instead. Check and insert are one
+  // transaction, serialized against every other call on the same store (from
+  // any process), so of two concurrent calls for a mapping only one queues.
   struct EnqueueOutcome {
     std::vector<int64_t> ids;       // queued runs, in order; empty when `active` is set
     std::optional<RunInfo> active;  // the run that kept them from being queued
@@ -314,8 +316,9 @@ class StateStore {
   virtual absl::Status SetScheduleState(const std::string& model, const ScheduleState& state) = 0;
   // Compare-and-set of a model's schedule state, across processes: when the
   // stored state's last_tick is still `expected_last_tick` (nullopt: the
-  // model has no state yet), stores `next` and queues `runs` (as
-  // EnqueueRuns; none when empty) in the same transaction and returns their
+  // model has no state yet), stores `next` and queues `runs` (as one request,
+  // like EnqueueRunsUnlessActive but whatever runs their mappings have queued
+  // or running; none when empty) in the same transaction and returns their
   // ids. nullopt when the stored state differs (another process decided
   // first): nothing is written.
   virtual absl::StatusOr<std::optional<std::vector<int64_t>>> AdvanceSchedule(

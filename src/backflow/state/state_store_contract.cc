@@ -5,6 +5,7 @@
 #include <thread>
 #include <vector>
 
+#include "backflow/state/state_store_testing.h"
 #include "fmt/format.h"
 
 namespace backflow::testing {
@@ -41,10 +42,10 @@ const absl::Time kT0 = absl::FromUnixSeconds(1'800'000'000);
 const absl::Duration kLease = absl::Seconds(30);
 
 TEST_P(StateStoreContractTest, QueuedRunsShareARequestAndAreClaimedTogether) {
-  auto ids = store_->EnqueueRuns({Queued("a"), Queued("b")});
+  auto ids = QueueRuns(*store_, {Queued("a"), Queued("b")});
   ASSERT_TRUE(ids.ok()) << ids.status();
   ASSERT_EQ(ids->size(), 2u);
-  auto other = store_->EnqueueRuns({Queued("c", "orders")});
+  auto other = QueueRuns(*store_, {Queued("c", "orders")});
   ASSERT_TRUE(other.ok());
   EXPECT_EQ(*store_->CountRuns(RunStatus::kQueued), 3);
 
@@ -73,7 +74,7 @@ TEST_P(StateStoreContractTest, QueuedRunsShareARequestAndAreClaimedTogether) {
 }
 
 TEST_P(StateStoreContractTest, AnExpiredLeaseIsTakenOverAndTheOldWorkerLearnsItLostIt) {
-  auto ids = store_->EnqueueRuns({Queued("a")});
+  auto ids = QueueRuns(*store_, {Queued("a")});
   ASSERT_TRUE(ids.ok());
   ASSERT_EQ(store_->ClaimRuns("w1", kT0, kLease)->size(), 1u);
   // Renewed in time: nobody else can take it.
@@ -95,8 +96,8 @@ TEST_P(StateStoreContractTest, AnExpiredLeaseIsTakenOverAndTheOldWorkerLearnsItL
 }
 
 TEST_P(StateStoreContractTest, CancellingQueuedRunningAndFinishedRuns) {
-  auto ids = store_->EnqueueRuns({Queued("a")});
-  auto later = store_->EnqueueRuns({Queued("b")});
+  auto ids = QueueRuns(*store_, {Queued("a")});
+  auto later = QueueRuns(*store_, {Queued("b")});
   ASSERT_TRUE(ids.ok() && later.ok());
   // Queued: cancelled at once and never claimed.
   auto cancelled = store_->CancelRun((*later)[0], kT0);
@@ -182,7 +183,7 @@ TEST_P(StateStoreContractTest, ConcurrentEnqueueUnlessActiveQueuesOnce) {
 }
 
 TEST_P(StateStoreContractTest, ReleasedRunsGoBackToTheQueue) {
-  auto ids = store_->EnqueueRuns({Queued("a")});
+  auto ids = QueueRuns(*store_, {Queued("a")});
   ASSERT_EQ(store_->ClaimRuns("w1", kT0, kLease)->size(), 1u);
   ASSERT_TRUE(store_->ReleaseRuns("w1").ok());
   EXPECT_EQ(store_->GetRun((*ids)[0])->status, RunStatus::kQueued);
@@ -263,7 +264,7 @@ TEST_P(StateStoreContractTest, OneOfTwoHandlesWinsTheRaceForATick) {
 }
 
 TEST_P(StateStoreContractTest, ALostRunRefusesTheOldWorkersWrites) {
-  auto ids = store_->EnqueueRuns({Queued("a")});
+  auto ids = QueueRuns(*store_, {Queued("a")});
   ASSERT_TRUE(ids.ok());
   auto mine = store_->ClaimRuns("w1", kT0, kLease);
   ASSERT_EQ(mine->size(), 1u);
@@ -316,8 +317,8 @@ TEST_P(StateStoreContractTest, ALostRunRefusesTheOldWorkersWrites) {
 }
 
 TEST_P(StateStoreContractTest, ListRunsFiltersAndPages) {
-  for (int i = 0; i < 5; ++i) ASSERT_TRUE(store_->EnqueueRuns({Queued("a")}).ok());
-  ASSERT_TRUE(store_->EnqueueRuns({Queued("b", "orders")}).ok());
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(QueueRunsAsScheduleTick(*store_, {Queued("a")}).ok());
+  ASSERT_TRUE(QueueRuns(*store_, {Queued("b", "orders")}).ok());
   RunFilter f;
   f.mapping = "a";
   f.limit = 2;

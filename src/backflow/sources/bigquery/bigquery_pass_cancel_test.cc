@@ -27,13 +27,7 @@ class BigQueryPassCancelTest : public warehouse_testing::WarehousePassCancelTest
     ASSERT_TRUE(fake_->CreateDataset("crm", "EU").ok());
     Exec(
         "CREATE TABLE crm.customers (id STRING TEXT, plan STRING TEXT, age INT64, seen TIMESTAMP)");
-    for (int i = 1; i <= 5; ++i) {
-      Exec(fmt::format("INSERT INTO crm.customers VALUES ('k{}', 'free', {}, NULL)", i, i));
-    }
-    rows_ = 5;
-    customers_ = "crm.customers";
-    sql_ = "SELECT id, plan, age, seen FROM `test-project.crm.customers`";
-    key_ = "id";
+    AddCustomers("crm.customers", "`test-project.crm.customers`");
   }
 
   std::unique_ptr<Source> MakeSource() override {
@@ -41,41 +35,35 @@ class BigQueryPassCancelTest : public warehouse_testing::WarehousePassCancelTest
         {"service_account_key", account_key_}, {"project_id", "test-project"}, {"location", "EU"},
         {"token_url", fake_->TokenUrl()},      {"base_url", fake_->BaseUrl()}, {"max_retries", 0},
         {"state_schema", "bf_state"}};
-    auto source =
-        BigQuerySourceDefinition().create(settings, ConnectorEnv{http_.get(), &cancel_clock_});
-    EXPECT_TRUE(source.ok()) << source.status();
-    return source.ok() ? *std::move(source) : nullptr;
+    return SourceOrFail(
+        BigQuerySourceDefinition().create(settings, ConnectorEnv{http_.get(), &cancel_clock_}));
   }
 
-  void WarehouseExec(const std::string& sql) override { ASSERT_TRUE(fake_->Exec(sql).ok()) << sql; }
+  void WarehouseExec(const std::string& sql) override { ExpectRan(fake_->Exec(sql), sql); }
 
   std::vector<std::vector<std::string>> WarehouseRows(const std::string& sql) override {
-    auto rows = fake_->QueryRows(sql);
-    EXPECT_TRUE(rows.ok()) << rows.status() << "\n" << sql;
-    return rows.ok() ? warehouse_testing::TextRows(*rows) : std::vector<std::vector<std::string>>{};
+    return TextRowsOf(fake_->QueryRows(sql), sql);
   }
 
   // The job ids of the jobs.query calls whose SQL contains `part`.
   std::vector<std::string> JobsOf(const std::string& part) {
     std::vector<std::string> ids;
-    for (const FakeBigQueryRequest& r : fake_->Requests()) {
-      if (r.method != "query") continue;
-      if (json::parse(r.body).value("query", "").find(part) == std::string::npos) continue;
-      ids.push_back(json::parse(r.reply)["jobReference"].value("jobId", ""));
+    for (const auto& [sql, reply] : Queries()) {
+      if (sql.find(part) != std::string::npos)
+        ids.push_back(reply["jobReference"].value("jobId", ""));
     }
     return ids;
+  }
+  // The SQL of each jobs.query call, with its reply.
+  std::vector<std::pair<std::string, json>> Queries() {
+    return warehouse_testing::SqlSent(fake_->Requests(), "query", "query");
   }
 
   void CancelDuring(const std::string& part) override {
     part_ = part;
     cancel_clock_.when = [this, part] {
-      std::vector<FakeBigQueryRequest> requests = fake_->Requests();
-      for (auto it = requests.rbegin(); it != requests.rend(); ++it) {
-        if (it->method == "query") {
-          return json::parse(it->body).value("query", "").find(part) != std::string::npos;
-        }
-      }
-      return false;
+      auto queries = Queries();
+      return !queries.empty() && queries.back().first.find(part) != std::string::npos;
     };
   }
   void StopCancelling() override { cancel_clock_.when = nullptr; }

@@ -147,17 +147,13 @@ class ClickHouseChangeDetectionTest : public warehouse_testing::WarehouseSnapsho
   std::unique_ptr<Source> MakeSource() override {
     SourceDefinition def = ClickHouseSourceDefinition();
     EXPECT_TRUE(def.warehouse_change_detection);
-    auto source = def.create(Settings(), ConnectorEnv{http_.get(), &clock_});
-    EXPECT_TRUE(source.ok()) << source.status();
-    return source.ok() ? *std::move(source) : nullptr;
+    return SourceOrFail(def.create(Settings(), ConnectorEnv{http_.get(), &clock_}));
   }
 
-  void WarehouseExec(const std::string& sql) override { ASSERT_TRUE(fake_->Exec(sql).ok()) << sql; }
+  void WarehouseExec(const std::string& sql) override { ExpectRan(fake_->Exec(sql), sql); }
 
   std::vector<std::vector<std::string>> WarehouseRows(const std::string& sql) override {
-    auto rows = fake_->Select(sql);
-    EXPECT_TRUE(rows.ok()) << rows.status() << "\n" << sql;
-    return rows.ok() ? warehouse_testing::TextRows(*rows) : std::vector<std::vector<std::string>>{};
+    return TextRowsOf(fake_->Select(sql), sql);
   }
 
   void ExpectCandidateSchema(const Schema& schema) override {

@@ -54,13 +54,7 @@ SourceDefinition ClickHouseDefinitionPurging(ClickHouseCheckpointPurge purge) {
 }
 
 WarehouseCheckpointWrite Upsert(const std::string& key, const std::string& hash = "h") {
-  WarehouseCheckpointWrite w;
-  w.key = key;
-  w.fingerprint = Fp(key.size());
-  w.identity = "id:" + key;
-  w.row_hash = hash;
-  w.version = Fp(1);
-  return w;
+  return warehouse_testing::DeliveredWrite(key, hash, Fp(1));
 }
 
 WarehouseCheckpointWrite Remove(const std::string& key) {
@@ -119,35 +113,15 @@ class ClickHousePurgeTest : public ::testing::Test {
   };
   Pass RunPass(WarehouseChangeDetection& cd) {
     Pass pass;
-    auto snapshot = cd.Begin("SELECT id, plan FROM customers", "id");
-    EXPECT_TRUE(snapshot.ok()) << snapshot.status();
-    if (!snapshot.ok()) return pass;
     WarehouseCandidateFilter filter;
     filter.mappings = {{"m", Fp(1)}};
-    auto reader = (*snapshot)->ReadCandidates(filter);
-    EXPECT_TRUE(reader.ok()) << reader.status();
-    if (!reader.ok()) return pass;
-    Row row;
-    while (true) {
-      auto more = (*reader)->Next(row);
-      EXPECT_TRUE(more.ok()) << more.status();
-      if (!more.ok() || !*more) break;
-      pass.candidates.insert(row[0].ToString());
-      pass.hashes[row[0].ToString()] = row[2].ToString();
-    }
-    auto scanner = (*snapshot)->ScanEntries("m");
-    EXPECT_TRUE(scanner.ok()) << scanner.status();
-    WarehouseCheckpointEntry entry;
-    while (scanner.ok()) {
-      auto more = (*scanner)->Next(entry);
-      EXPECT_TRUE(more.ok()) << more.status();
-      if (!more.ok() || !*more) break;
-      pass.entries.push_back(entry.key);
-    }
-    auto count = (*snapshot)->CountEntries("m");
-    EXPECT_TRUE(count.ok()) << count.status();
-    if (count.ok()) pass.count = *count;
-    EXPECT_TRUE((*snapshot)->Close().ok());
+    warehouse_testing::StoredEntries stored = warehouse_testing::PassOver(
+        cd, "SELECT id, plan FROM customers", "id", filter, "m", [&](const Row& row) {
+          pass.candidates.insert(row[0].ToString());
+          pass.hashes[row[0].ToString()] = row[2].ToString();
+        });
+    for (const WarehouseCheckpointEntry& entry : stored.entries) pass.entries.push_back(entry.key);
+    pass.count = stored.count;
     return pass;
   }
 

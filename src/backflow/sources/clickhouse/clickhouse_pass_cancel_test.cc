@@ -35,13 +35,7 @@ class ClickHousePassCancelTest : public warehouse_testing::WarehousePassCancelTe
                                    {"age", "Int64"},
                                    {"seen", "Nullable(DateTime)"}})
                     .ok());
-    for (int i = 1; i <= 5; ++i) {
-      Exec(fmt::format("INSERT INTO customers VALUES ('k{}', 'free', {}, NULL)", i, i));
-    }
-    rows_ = 5;
-    customers_ = "customers";
-    sql_ = "SELECT id, plan, age, seen FROM customers";
-    key_ = "id";
+    AddCustomers("customers", "customers");
   }
 
   void TearDown() override { StopCancelling(); }
@@ -49,18 +43,14 @@ class ClickHousePassCancelTest : public warehouse_testing::WarehousePassCancelTe
   std::unique_ptr<Source> MakeSource() override {
     json settings = {
         {"base_url", fake_->BaseUrl()}, {"max_retries", 0}, {"state_schema", "bf_state"}};
-    auto source =
-        ClickHouseSourceDefinition().create(settings, ConnectorEnv{http_.get(), &cancel_clock_});
-    EXPECT_TRUE(source.ok()) << source.status();
-    return source.ok() ? *std::move(source) : nullptr;
+    return SourceOrFail(
+        ClickHouseSourceDefinition().create(settings, ConnectorEnv{http_.get(), &cancel_clock_}));
   }
 
-  void WarehouseExec(const std::string& sql) override { ASSERT_TRUE(fake_->Exec(sql).ok()) << sql; }
+  void WarehouseExec(const std::string& sql) override { ExpectRan(fake_->Exec(sql), sql); }
 
   std::vector<std::vector<std::string>> WarehouseRows(const std::string& sql) override {
-    auto rows = fake_->Select(sql);
-    EXPECT_TRUE(rows.ok()) << rows.status() << "\n" << sql;
-    return rows.ok() ? warehouse_testing::TextRows(*rows) : std::vector<std::vector<std::string>>{};
+    return TextRowsOf(fake_->Select(sql), sql);
   }
 
   // The fake holds the query containing `part`; once it does (an event, not

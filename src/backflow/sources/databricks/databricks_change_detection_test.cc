@@ -169,17 +169,13 @@ class DatabricksChangeDetectionTest : public warehouse_testing::WarehouseSnapsho
   std::unique_ptr<Source> MakeSource() override {
     SourceDefinition def = DatabricksSourceDefinition();
     EXPECT_TRUE(def.warehouse_change_detection);
-    auto source = def.create(Settings(), ConnectorEnv{http_.get(), &clock_});
-    EXPECT_TRUE(source.ok()) << source.status();
-    return source.ok() ? *std::move(source) : nullptr;
+    return SourceOrFail(def.create(Settings(), ConnectorEnv{http_.get(), &clock_}));
   }
 
-  void WarehouseExec(const std::string& sql) override { ASSERT_TRUE(fake_->Exec(sql).ok()) << sql; }
+  void WarehouseExec(const std::string& sql) override { ExpectRan(fake_->Exec(sql), sql); }
 
   std::vector<std::vector<std::string>> WarehouseRows(const std::string& sql) override {
-    auto rows = fake_->QueryRows(sql);
-    EXPECT_TRUE(rows.ok()) << rows.status() << "\n" << sql;
-    return rows.ok() ? warehouse_testing::TextRows(*rows) : std::vector<std::vector<std::string>>{};
+    return TextRowsOf(fake_->QueryRows(sql), sql);
   }
 
   std::unique_ptr<FakeDatabricksServer> fake_;

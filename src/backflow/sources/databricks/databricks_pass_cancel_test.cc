@@ -35,13 +35,7 @@ class DatabricksPassCancelTest : public warehouse_testing::WarehousePassCancelTe
     Exec(
         "CREATE TABLE crm.customers (id STRING TEXT, plan STRING TEXT, age BIGINT, "
         "seen TIMESTAMP_NTZ)");
-    for (int i = 1; i <= 5; ++i) {
-      Exec(fmt::format("INSERT INTO crm.customers VALUES ('k{}', 'free', {}, NULL)", i, i));
-    }
-    rows_ = 5;
-    customers_ = "crm.customers";
-    sql_ = "SELECT id, plan, age, seen FROM crm.customers";
-    key_ = "id";
+    AddCustomers("crm.customers", "crm.customers");
   }
 
   std::unique_ptr<Source> MakeSource() override {
@@ -52,41 +46,34 @@ class DatabricksPassCancelTest : public warehouse_testing::WarehousePassCancelTe
                      {"schema", "crm"},
                      {"max_retries", 0},
                      {"state_schema", "bf_state"}};
-    auto source =
-        DatabricksSourceDefinition().create(settings, ConnectorEnv{http_.get(), &cancel_clock_});
-    EXPECT_TRUE(source.ok()) << source.status();
-    return source.ok() ? *std::move(source) : nullptr;
+    return SourceOrFail(
+        DatabricksSourceDefinition().create(settings, ConnectorEnv{http_.get(), &cancel_clock_}));
   }
 
-  void WarehouseExec(const std::string& sql) override { ASSERT_TRUE(fake_->Exec(sql).ok()) << sql; }
+  void WarehouseExec(const std::string& sql) override { ExpectRan(fake_->Exec(sql), sql); }
 
   std::vector<std::vector<std::string>> WarehouseRows(const std::string& sql) override {
-    auto rows = fake_->QueryRows(sql);
-    EXPECT_TRUE(rows.ok()) << rows.status() << "\n" << sql;
-    return rows.ok() ? warehouse_testing::TextRows(*rows) : std::vector<std::vector<std::string>>{};
+    return TextRowsOf(fake_->QueryRows(sql), sql);
   }
 
   // The statement ids of the executes whose SQL contains `part`.
   std::vector<std::string> StatementsOf(const std::string& part) {
     std::vector<std::string> ids;
-    for (const FakeDatabricksRequest& r : fake_->Requests()) {
-      if (r.method != "execute") continue;
-      if (json::parse(r.body).value("statement", "").find(part) == std::string::npos) continue;
-      ids.push_back(json::parse(r.reply).value("statement_id", ""));
+    for (const auto& [sql, reply] : Executes()) {
+      if (sql.find(part) != std::string::npos) ids.push_back(reply.value("statement_id", ""));
     }
     return ids;
+  }
+  // The SQL of each statement execute, with its reply.
+  std::vector<std::pair<std::string, json>> Executes() {
+    return warehouse_testing::SqlSent(fake_->Requests(), "execute", "statement");
   }
 
   void CancelDuring(const std::string& part) override {
     part_ = part;
     cancel_clock_.when = [this, part] {
-      std::vector<FakeDatabricksRequest> requests = fake_->Requests();
-      for (auto it = requests.rbegin(); it != requests.rend(); ++it) {
-        if (it->method == "execute") {
-          return json::parse(it->body).value("statement", "").find(part) != std::string::npos;
-        }
-      }
-      return false;
+      auto executes = Executes();
+      return !executes.empty() && executes.back().first.find(part) != std::string::npos;
     };
   }
   void StopCancelling() override { cancel_clock_.when = nullptr; }

@@ -55,10 +55,8 @@ class MysqlChangeDetectionTest : public mysql_testing::MariadbTest,
   }
 
   std::unique_ptr<Source> MakeSource(const std::string& url, const std::string& password) {
-    auto source = MysqlSourceDefinition().create(
-        {{"url", url}, {"password", password}, {"state_schema", schema_}}, ConnectorEnv{});
-    EXPECT_TRUE(source.ok()) << source.status();
-    return source.ok() ? *std::move(source) : nullptr;
+    return SourceOrFail(MysqlSourceDefinition().create(
+        {{"url", url}, {"password", password}, {"state_schema", schema_}}, ConnectorEnv{}));
   }
   std::unique_ptr<Source> MakeSource() override {
     return MakeSource(server().url, server().password);

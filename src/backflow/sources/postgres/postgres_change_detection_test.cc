@@ -42,10 +42,8 @@ class PostgresChangeDetectionTest : public pg::testing::PostgresTest,
   }
 
   std::unique_ptr<Source> MakeSource(const std::string& url, const std::string& password) {
-    auto source = PostgresSourceDefinition().create(
-        {{"url", url}, {"password", password}, {"state_schema", schema_}}, ConnectorEnv{});
-    EXPECT_TRUE(source.ok()) << source.status();
-    return source.ok() ? *std::move(source) : nullptr;
+    return SourceOrFail(PostgresSourceDefinition().create(
+        {{"url", url}, {"password", password}, {"state_schema", schema_}}, ConnectorEnv{}));
   }
   std::unique_ptr<Source> MakeSource() override {
     return MakeSource(server().url, server().password);

@@ -13,6 +13,7 @@
 #include "backflow/sources/redshift/fake_redshift_server.h"
 #include "backflow/sources/redshift/redshift_source.h"
 #include "backflow/sources/warehouse_change_detection.h"
+#include "backflow/sources/warehouse_sql/testing/warehouse_snapshot_conformance.h"
 #include "fmt/format.h"
 #include "gmock/gmock.h"
 
@@ -23,7 +24,7 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::UnorderedElementsAre;
 
-Fingerprint Fp(uint64_t n) { return Fingerprint{n, n * 7}; }
+using warehouse_testing::Fp;
 
 class RedshiftLibpqChangeDetectionTest : public pg::testing::PostgresTest {
  protected:
@@ -64,47 +65,23 @@ class RedshiftLibpqChangeDetectionTest : public pg::testing::PostgresTest {
   };
   Pass RunPass(WarehouseChangeDetection& cd, const WarehouseCandidateFilter& filter) {
     Pass pass;
-    auto snapshot = cd.Begin(fmt::format("SELECT id, plan, age FROM {};", table_), "id");
-    EXPECT_TRUE(snapshot.ok()) << snapshot.status();
-    if (!snapshot.ok()) return pass;
-    auto reader = (*snapshot)->ReadCandidates(filter);
-    EXPECT_TRUE(reader.ok()) << reader.status();
-    if (!reader.ok()) return pass;
-    Row row;
-    while (true) {
-      auto more = (*reader)->Next(row);
-      EXPECT_TRUE(more.ok()) << more.status();
-      if (!more.ok() || !*more) break;
-      pass.hashes[row[0].is_null() ? "<null>" : row[0].text()] = row[3].ToString();
-    }
-    auto scanner = (*snapshot)->ScanEntries(filter.mappings[0].first);
-    EXPECT_TRUE(scanner.ok()) << scanner.status();
-    WarehouseCheckpointEntry entry;
-    while (scanner.ok()) {
-      auto more = (*scanner)->Next(entry);
-      EXPECT_TRUE(more.ok()) << more.status();
-      if (!more.ok() || !*more) break;
+    warehouse_testing::StoredEntries stored = warehouse_testing::PassOver(
+        cd, fmt::format("SELECT id, plan, age FROM {};", table_), "id", filter,
+        filter.mappings[0].first, [&](const Row& row) {
+          pass.hashes[row[0].is_null() ? "<null>" : row[0].text()] = row[3].ToString();
+        });
+    for (const WarehouseCheckpointEntry& entry : stored.entries) {
       pass.entries.push_back(entry.key);
       EXPECT_EQ(entry.identity, "id:" + entry.key);
     }
-    auto count = (*snapshot)->CountEntries(filter.mappings[0].first);
-    EXPECT_TRUE(count.ok()) << count.status();
-    pass.count = count.ok() ? *count : -1;
-    EXPECT_TRUE((*snapshot)->Close().ok());
+    pass.count = stored.count;
     return pass;
   }
 
   static absl::Status Deliver(WarehouseChangeDetection& cd, const Pass& pass) {
     std::vector<WarehouseCheckpointWrite> writes;
     for (const auto& [key, hash] : pass.hashes) {
-      if (key == "<null>") continue;
-      WarehouseCheckpointWrite w;
-      w.key = key;
-      w.fingerprint = Fp(key.size());
-      w.identity = "id:" + key;
-      w.row_hash = hash;
-      w.version = Fp(1);
-      writes.push_back(w);
+      if (key != "<null>") writes.push_back(warehouse_testing::DeliveredWrite(key, hash, Fp(1)));
     }
     return cd.Apply("m", writes);
   }

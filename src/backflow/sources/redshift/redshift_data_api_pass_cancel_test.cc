@@ -29,13 +29,7 @@ class RedshiftDataApiPassCancelTest : public warehouse_testing::WarehousePassCan
     fake_ = std::make_unique<FakeRedshiftAwsServer>(options);
     ASSERT_TRUE(fake_->Start().ok());
     Exec("CREATE TABLE customers (id varchar(64), plan varchar(16), age bigint, seen timestamp)");
-    for (int i = 1; i <= 5; ++i) {
-      Exec(fmt::format("INSERT INTO customers VALUES ('k{}', 'free', {}, NULL)", i, i));
-    }
-    rows_ = 5;
-    customers_ = "customers";
-    sql_ = "SELECT id, plan, age, seen FROM customers";
-    key_ = "id";
+    AddCustomers("customers", "customers");
   }
 
   std::unique_ptr<Source> MakeSource() override {
@@ -48,18 +42,14 @@ class RedshiftDataApiPassCancelTest : public warehouse_testing::WarehousePassCan
                      {"base_url", fake_->Url()},
                      {"max_retries", 0},
                      {"state_schema", "bf_state"}};
-    auto source = RedshiftDataApiSourceDefinition().create(
-        settings, ConnectorEnv{http_.get(), &cancel_clock_});
-    EXPECT_TRUE(source.ok()) << source.status();
-    return source.ok() ? *std::move(source) : nullptr;
+    return SourceOrFail(RedshiftDataApiSourceDefinition().create(
+        settings, ConnectorEnv{http_.get(), &cancel_clock_}));
   }
 
-  void WarehouseExec(const std::string& sql) override { ASSERT_TRUE(fake_->Exec(sql).ok()) << sql; }
+  void WarehouseExec(const std::string& sql) override { ExpectRan(fake_->Exec(sql), sql); }
 
   std::vector<std::vector<std::string>> WarehouseRows(const std::string& sql) override {
-    auto rows = fake_->Select(sql);
-    EXPECT_TRUE(rows.ok()) << rows.status() << "\n" << sql;
-    return rows.ok() ? *rows : std::vector<std::vector<std::string>>{};
+    return TextRowsOf(fake_->Select(sql), sql);
   }
 
   void CancelDuring(const std::string& part) override {

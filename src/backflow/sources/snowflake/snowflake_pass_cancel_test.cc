@@ -9,7 +9,6 @@
 
 #include <atomic>
 #include <filesystem>
-#include <functional>
 
 #include "backflow/common/clock.h"
 #include "backflow/common/http_client.h"
@@ -18,6 +17,7 @@
 #include "backflow/sources/snowflake/fake_snowflake_server.h"
 #include "backflow/sources/snowflake/snowflake_source.h"
 #include "backflow/sources/warehouse_change_detection.h"
+#include "backflow/sources/warehouse_sql/testing/warehouse_pass_cancel.h"
 #include "backflow/sources/warehouse_sql/testing/warehouse_snapshot_conformance.h"
 #include "fmt/format.h"
 #include "gmock/gmock.h"
@@ -29,21 +29,7 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-
-// A fake clock that sets `flag` during a sleep (a poll wait) once `when`
-// holds, as a run's cancel from another thread would.
-class CancelWhenClock : public FakeClock {
- public:
-  explicit CancelWhenClock(std::atomic<bool>* flag) : flag_(flag) {}
-  void SleepFor(Duration d) override {
-    FakeClock::SleepFor(d);
-    if (when && when()) flag_->store(true);
-  }
-  std::function<bool()> when;
-
- private:
-  std::atomic<bool>* flag_;
-};
+using warehouse_testing::CancelWhenClock;
 
 class SnowflakePassCancelTest : public ::testing::Test {
  protected:

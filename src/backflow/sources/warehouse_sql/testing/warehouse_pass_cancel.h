@@ -18,13 +18,16 @@
 #include <chrono>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backflow/common/clock.h"
 #include "backflow/sources/source.h"
 #include "backflow/sources/warehouse_change_detection.h"
 #include "backflow/sources/warehouse_sql/testing/warehouse_snapshot_conformance.h"
+#include "fmt/format.h"
 #include "gmock/gmock.h"
+#include "nlohmann/json.hpp"
 
 namespace backflow::warehouse_testing {
 
@@ -43,6 +46,22 @@ class CancelWhenClock : public FakeClock {
  private:
   std::atomic<bool>* flag_;
 };
+
+// Over a fake's request log (requests with `method`, a JSON `body` and a
+// JSON `reply`, as the BigQuery and Databricks fakes keep): the SQL of each
+// request of `method` (its body's `sql_field`) with the reply to it, in order.
+template <typename Request>
+std::vector<std::pair<std::string, nlohmann::json>> SqlSent(const std::vector<Request>& requests,
+                                                            const std::string& method,
+                                                            const std::string& sql_field) {
+  std::vector<std::pair<std::string, nlohmann::json>> sent;
+  for (const Request& r : requests) {
+    if (r.method != method) continue;
+    sent.emplace_back(nlohmann::json::parse(r.body).value(sql_field, ""),
+                      nlohmann::json::parse(r.reply, nullptr, false));
+  }
+  return sent;
+}
 
 class WarehousePassCancelTest : public WarehouseSnapshotTest {
  protected:
@@ -69,6 +88,20 @@ class WarehousePassCancelTest : public WarehouseSnapshotTest {
   CancelWhenClock cancel_clock_{&cancel_};
   // What a step cancelled may take at most (the fakes answer at once).
   std::chrono::seconds prompt_{20};
+
+  // Puts five rows (k1..k5, 'free', age 1..5, seen NULL) in the customers
+  // table the fixture made, `table` as WarehouseExec's SQL names it, and sets
+  // rows_, customers_, the model sql_ (over `model_table`, as the source
+  // names it) and key_.
+  void AddCustomers(const std::string& table, const std::string& model_table) {
+    rows_ = 5;
+    for (int i = 1; i <= rows_; ++i) {
+      Exec(fmt::format("INSERT INTO {} VALUES ('k{}', 'free', {}, NULL)", table, i, i));
+    }
+    customers_ = table;
+    sql_ = "SELECT id, plan, age, seen FROM " + model_table;
+    key_ = "id";
+  }
 
   int64_t Registered() {
     auto rows = WarehouseRows("SELECT count(*) AS c0 FROM bf_state.pass_tables");

@@ -7,10 +7,14 @@
 
 namespace backflow::warehouse_testing {
 
-std::unique_ptr<WarehouseSnapshot> PassReadingCandidates(
+namespace {
+
+// Begins a pass and reads every candidate `filter` selects, calling
+// `on_candidate` with each; nullptr (the test failed) when a step failed.
+std::unique_ptr<WarehouseSnapshot> BeginReadingCandidates(
     WarehouseChangeDetection& cd, const std::string& sql, const std::string& key,
-    const WarehouseCandidateFilter& filter, const std::atomic<bool>* cancel, int& candidates) {
-  candidates = 0;
+    const WarehouseCandidateFilter& filter, const std::atomic<bool>* cancel,
+    const std::function<void(const Row&)>& on_candidate) {
   auto snapshot = cd.Begin(sql, key, WarehousePassOptions{cancel});
   EXPECT_TRUE(snapshot.ok()) << snapshot.status();
   if (!snapshot.ok()) return nullptr;
@@ -23,9 +27,52 @@ std::unique_ptr<WarehouseSnapshot> PassReadingCandidates(
     EXPECT_TRUE(more.ok()) << more.status();
     if (!more.ok()) return nullptr;
     if (!*more) break;
-    ++candidates;
+    on_candidate(row);
   }
   return *std::move(snapshot);
+}
+
+}  // namespace
+
+std::unique_ptr<WarehouseSnapshot> PassReadingCandidates(
+    WarehouseChangeDetection& cd, const std::string& sql, const std::string& key,
+    const WarehouseCandidateFilter& filter, const std::atomic<bool>* cancel, int& candidates) {
+  candidates = 0;
+  return BeginReadingCandidates(cd, sql, key, filter, cancel, [&](const Row&) { ++candidates; });
+}
+
+StoredEntries PassOver(WarehouseChangeDetection& cd, const std::string& sql, const std::string& key,
+                       const WarehouseCandidateFilter& filter, const std::string& mapping,
+                       const std::function<void(const Row&)>& on_candidate) {
+  StoredEntries stored;
+  std::unique_ptr<WarehouseSnapshot> snapshot =
+      BeginReadingCandidates(cd, sql, key, filter, nullptr, on_candidate);
+  if (snapshot == nullptr) return stored;
+  auto scanner = snapshot->ScanEntries(mapping);
+  EXPECT_TRUE(scanner.ok()) << scanner.status();
+  WarehouseCheckpointEntry entry;
+  while (scanner.ok()) {
+    auto more = (*scanner)->Next(entry);
+    EXPECT_TRUE(more.ok()) << more.status();
+    if (!more.ok() || !*more) break;
+    stored.entries.push_back(entry);
+  }
+  auto count = snapshot->CountEntries(mapping);
+  EXPECT_TRUE(count.ok()) << count.status();
+  if (count.ok()) stored.count = *count;
+  EXPECT_TRUE(snapshot->Close().ok());
+  return stored;
+}
+
+WarehouseCheckpointWrite DeliveredWrite(const std::string& key, const std::string& hash,
+                                        const Fingerprint& version) {
+  WarehouseCheckpointWrite w;
+  w.key = key;
+  w.fingerprint = Fp(key.size());
+  w.identity = "id:" + key;
+  w.row_hash = hash;
+  w.version = version;
+  return w;
 }
 
 using ::testing::ElementsAre;
@@ -55,6 +102,20 @@ std::vector<std::vector<std::string>> TextRows(
     for (const nlohmann::json& v : row) out.back().push_back(JsonText(v));
   }
   return out;
+}
+
+std::vector<std::vector<std::string>> TextRows(const std::vector<std::vector<std::string>>& rows) {
+  return rows;
+}
+
+std::unique_ptr<Source> WarehouseSnapshotChecks::SourceOrFail(
+    absl::StatusOr<std::unique_ptr<Source>> source) {
+  EXPECT_TRUE(source.ok()) << source.status();
+  return source.ok() ? *std::move(source) : nullptr;
+}
+
+void WarehouseSnapshotChecks::ExpectRan(const absl::Status& status, const std::string& sql) {
+  ASSERT_TRUE(status.ok()) << status << "\n" << sql;
 }
 
 std::vector<std::string> WarehouseSnapshotChecks::Tables() {
@@ -143,13 +204,7 @@ void WarehouseSnapshotChecks::Deliver(WarehouseChangeDetection& cd, const std::s
   std::vector<WarehouseCheckpointWrite> writes;
   for (const auto& [key, hash] : pass.hashes) {
     if (key.rfind("<null>", 0) == 0 || skip.count(key)) continue;
-    WarehouseCheckpointWrite w;
-    w.key = key;
-    w.fingerprint = Fp(key.size());
-    w.identity = "id:" + key;
-    w.row_hash = hash;
-    w.version = version;
-    writes.push_back(w);
+    writes.push_back(DeliveredWrite(key, hash, version));
   }
   absl::Status applied = cd.Apply(mapping, writes);
   EXPECT_TRUE(applied.ok()) << applied;

@@ -19,6 +19,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -26,6 +27,8 @@
 #include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "backflow/common/clock.h"
 #include "backflow/common/http_client.h"
 #include "backflow/sources/source.h"
@@ -52,6 +55,25 @@ std::unique_ptr<WarehouseSnapshot> PassReadingCandidates(
     const WarehouseCandidateFilter& filter, const std::atomic<bool>* cancel, int& candidates);
 std::vector<std::vector<std::string>> TextRows(
     const std::vector<std::vector<nlohmann::json>>& rows);
+// Rows a fake answers as text already, as they are.
+std::vector<std::vector<std::string>> TextRows(const std::vector<std::vector<std::string>>& rows);
+
+// One pass of `sql` keyed by `key`, closed at its end: `on_candidate` sees
+// each candidate `filter` selects; returns the entries stored for `mapping`
+// in the order ScanEntries gave them, and CountEntries (-1 when it failed).
+// A failed step fails the test (and ends the pass without Close).
+// The write Deliver() makes for `key`: fingerprint Fp(key size), identity
+// "id:<key>".
+WarehouseCheckpointWrite DeliveredWrite(const std::string& key, const std::string& hash,
+                                        const Fingerprint& version);
+
+struct StoredEntries {
+  std::vector<WarehouseCheckpointEntry> entries;
+  int64_t count = -1;
+};
+StoredEntries PassOver(WarehouseChangeDetection& cd, const std::string& sql, const std::string& key,
+                       const WarehouseCandidateFilter& filter, const std::string& mapping,
+                       const std::function<void(const Row&)>& on_candidate);
 
 // The hooks, helpers and checks, without a gtest base (see above).
 class WarehouseSnapshotChecks {
@@ -66,6 +88,17 @@ class WarehouseSnapshotChecks {
   virtual void WarehouseExec(const std::string& sql) = 0;
   // The rows of `sql` (SQLite, columns named c0, c1, ...) as text (JsonText).
   virtual std::vector<std::vector<std::string>> WarehouseRows(const std::string& sql) = 0;
+  // What the hooks do with a fake's answers: the source made, or nullptr and
+  // a failure; a failed statement fails the test (fatally, naming `sql`);
+  // rows as text (TextRows), or none and a failure.
+  static std::unique_ptr<Source> SourceOrFail(absl::StatusOr<std::unique_ptr<Source>> source);
+  static void ExpectRan(const absl::Status& status, const std::string& sql);
+  template <typename Rows>
+  static std::vector<std::vector<std::string>> TextRowsOf(const absl::StatusOr<Rows>& rows,
+                                                          const std::string& sql) {
+    EXPECT_TRUE(rows.ok()) << rows.status() << "\n" << sql;
+    return rows.ok() ? TextRows(*rows) : std::vector<std::vector<std::string>>{};
+  }
   // Extra checks of the candidate reader's schema (model columns, then the hash).
   virtual void ExpectCandidateSchema(const Schema& schema) { (void)schema; }
   // Checks a candidate's row hash as text (default: 32 lower-case hex digits).
