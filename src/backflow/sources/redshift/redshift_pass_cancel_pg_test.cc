@@ -169,7 +169,7 @@ TEST_F(RedshiftPassCancelTest, CancelDuringBeginCancelsTheCopyOfTheModelAndDrops
   EXPECT_TRUE(seen_.load());
   ASSERT_EQ(snapshot.status().code(), absl::StatusCode::kCancelled) << snapshot.status();
   EXPECT_LT(elapsed, std::chrono::seconds(20));
-  EXPECT_EQ(fake_->cancel_requests(), cancels + 1);
+  EXPECT_GE(fake_->cancel_requests(), cancels + 1);  // repeated until the statement stops
   EXPECT_TRUE(Ended("pg_sleep(60)"));
   EXPECT_THAT(Tables(), ElementsAre("checkpoints", "pass_tables"));
   EXPECT_EQ(Registered(), "0");
@@ -203,14 +203,15 @@ TEST_F(RedshiftPassCancelTest, CancelDuringReadCandidatesCancelsTheKeysStatement
   EXPECT_TRUE(seen_.load());
   ASSERT_EQ(reader.status().code(), absl::StatusCode::kCancelled) << reader.status();
   EXPECT_LT(elapsed, std::chrono::seconds(20));
-  EXPECT_EQ(fake_->cancel_requests(), cancels + 1);
+  const int64_t cancelled = fake_->cancel_requests();
+  EXPECT_GE(cancelled, cancels + 1);        // repeated until the statement stops
   EXPECT_TRUE(Ended("_K (record_key)\n"));  // ended while the lock is still held: cancelled
   EXPECT_EQ((*snapshot)->ScanEntries("m").status().code(), absl::StatusCode::kCancelled);
   ASSERT_TRUE((*locker)->Exec("ROLLBACK").ok());
   ASSERT_TRUE((*snapshot)->Close().ok());
   EXPECT_THAT(Tables(), ElementsAre("checkpoints", "pass_tables"));
   EXPECT_EQ(Registered(), "0");
-  EXPECT_EQ(fake_->cancel_requests(), cancels + 1);
+  EXPECT_EQ(fake_->cancel_requests(), cancelled);  // the later steps sent nothing
   ExpectNextPassWorks(*cd);
 }
 

@@ -146,6 +146,23 @@ bool DrainUntil(PGconn* conn, std::chrono::steady_clock::time_point deadline) {
   }
 }
 
+// Cancels the running statement and drains its results until `deadline`,
+// repeating the cancel every half second: a cancel request that reaches the
+// server before the statement has started (still in the socket, or queued
+// behind the previous one) is ignored by the server. False when `deadline`
+// passed first or the connection broke.
+bool CancelAndDrain(PGconn* conn, std::chrono::steady_clock::time_point deadline) {
+  constexpr auto kResendEvery = std::chrono::milliseconds(500);
+  while (true) {
+    CancelRunning(conn);
+    const auto now = std::chrono::steady_clock::now();
+    const auto slice = std::min(deadline, now + kResendEvery);
+    if (DrainUntil(conn, slice)) return true;
+    // Before the slice ended: the connection broke.
+    if (std::chrono::steady_clock::now() < slice || slice == deadline) return false;
+  }
+}
+
 // ExecSimple() for a statement that may run long (the first FETCH, which
 // materialises the result on Redshift): sends it and waits for the answer
 // at most a second at a time, checking `cancel` (QueryOptions::cancel) in
@@ -163,8 +180,7 @@ absl::StatusOr<pg::Result> ExecCancellable(pg::Connection& conn, const std::stri
     if (PQconsumeInput(c) == 0) break;  // the error surfaces from PQgetResult
     if (PQisBusy(c) == 0) break;
     if (QueryCancelRequested(cancel)) {
-      CancelRunning(c);
-      DrainUntil(c, std::chrono::steady_clock::now() + cancel_wait);
+      CancelAndDrain(c, std::chrono::steady_clock::now() + cancel_wait);
       return QueryCancelledError("the Redshift query");
     }
     pollfd p{PQsocket(c), POLLIN, 0};
@@ -297,8 +313,10 @@ class RedshiftCursorReader : public RowReader {
     if (in_flight_) {
       // Cancel only a FETCH the server is still working on.
       if (PQconsumeInput(conn) == 0) return;
-      if (PQisBusy(conn) != 0) CancelRunning(conn);
-      if (!DrainUntil(conn, std::chrono::steady_clock::now() + cancel_wait_)) return;
+      const auto deadline = std::chrono::steady_clock::now() + cancel_wait_;
+      const bool drained =
+          PQisBusy(conn) != 0 ? CancelAndDrain(conn, deadline) : DrainUntil(conn, deadline);
+      if (!drained) return;
       in_flight_ = false;
     }
     const char* sql = nullptr;
@@ -371,8 +389,7 @@ class RedshiftStatementReader : public RowReader {
 
   ~RedshiftStatementReader() override {
     if (conn_ == nullptr || done_) return;
-    CancelRunning(conn_->get());
-    DrainUntil(conn_->get(), std::chrono::steady_clock::now() + cancel_wait_);
+    CancelAndDrain(conn_->get(), std::chrono::steady_clock::now() + cancel_wait_);
   }
 
   // Reads the first result: the schema (and maybe a row), or the error.
@@ -451,9 +468,8 @@ class RedshiftStatementReader : public RowReader {
     while (true) {
       if (PQconsumeInput(c) == 0 || PQisBusy(c) == 0) break;  // errors surface from PQgetResult
       if (QueryCancelRequested(cancel_)) {
-        CancelRunning(c);
         // A connection left busy is closed rather than returned to the pool.
-        if (DrainUntil(c, std::chrono::steady_clock::now() + cancel_wait_)) {
+        if (CancelAndDrain(c, std::chrono::steady_clock::now() + cancel_wait_)) {
           pool_->Give(std::move(conn_));
         } else {
           conn_.reset();

@@ -580,7 +580,7 @@ TEST_F(RedshiftSourceTest, AbandoningWhileAFetchRunsCancelsIt) {
   auto start = std::chrono::steady_clock::now();
   reader->reset();
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
-  EXPECT_EQ(fake_->cancel_requests(), 1);
+  EXPECT_GE(fake_->cancel_requests(), 1);  // repeated until the statement stops
   EXPECT_TRUE(SawStatement("ROLLBACK"));
   EXPECT_EQ(BackendsOf(app), 0);
 }
@@ -602,7 +602,7 @@ TEST_F(RedshiftSourceTest, CancelWhileTheFirstFetchRunsCancelsTheQuery) {
   canceller.join();
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
   ASSERT_EQ(reader.status().code(), absl::StatusCode::kCancelled) << reader.status();
-  EXPECT_EQ(fake_->cancel_requests(), 1);
+  EXPECT_GE(fake_->cancel_requests(), 1);  // repeated until the statement stops
   EXPECT_EQ(fake_->CountStatements("FETCH"), 1);
   EXPECT_EQ(BackendsOf(app), 0);
 
