@@ -249,13 +249,14 @@ EOF
 
 # backflow_sync WORKSPACE_DIR OUT [ARGS...]: one `sync --json`; the summary
 # JSON ends OUT, the wall time (s) is written to OUT.wall and the peak RSS
-# (KiB, /usr/bin/time %M) to OUT.rss. Fails the benchmark on a non-zero exit.
+# (KiB, /usr/bin/time %M) to OUT.rss, user/system CPU seconds to OUT.cpu. Fails the benchmark
+# on a non-zero exit.
 backflow_sync() {
   local ws=$1 out=$2
   shift 2
-  local t0 t1 rc=0
+  local t0 t1 rc=0 rss user sys
   t0=$EPOCHREALTIME
-  BENCH_PGPASSWORD=$pg_password /usr/bin/time -f %M -o "$out.rss" \
+  BENCH_PGPASSWORD=$pg_password /usr/bin/time -f "%M %U %S" -o "$out.time" \
     "$backflow" -c "$ws/backflow.yaml" sync customers_to_sink --json "$@" \
     >"$out" 2>"$out.err" || rc=$?
   t1=$EPOCHREALTIME
@@ -264,6 +265,9 @@ backflow_sync() {
     die "backflow sync $* exited with $rc"
   fi
   calc "$t1 - $t0" >"$out.wall"
+  read -r rss user sys <"$out.time"
+  echo "$rss" >"$out.rss"
+  echo "$user/$sys" >"$out.cpu"
 }
 
 sink_records() { curl -fsS "http://127.0.0.1:$sink_port/stats" | "$python" -c 'import json,sys; print(json.load(sys.stdin)["records"])'; }
@@ -407,7 +411,7 @@ FROM (SELECT id, md5(t::text) AS h FROM customers t) AS c
 FULL JOIN snap_v1 AS s ON s.id = c.id
 WHERE s.id IS NULL OR c.id IS NULL OR s.h <> c.h;"
 
-copy_v2=() bf_wall=() bf_diff=() bf_ext2=() bf_deliver=() pg_diff=() py_wall=() bf_wall2=()
+copy_v2=() bf_wall=() bf_cpu=() bf_diff=() bf_ext2=() bf_deliver=() pg_diff=() py_wall=() bf_wall2=()
 for r in $(seq 1 "$reps"); do
   log "incremental sync: rep $r/$reps"
   copy_v2+=("$(copy_seconds)")
@@ -423,6 +427,7 @@ for r in $(seq 1 "$reps"); do
   expect "backflow succeeded" "$(jfield "$work/inc.$r" succeeded)" "$changed_n"
   expect "backflow records at the sink" "$(($(sink_records) - before))" "$changed_n"
   bf_wall+=("$(cat "$work/inc.$r.wall")")
+  bf_cpu+=("$(cat "$work/inc.$r.cpu")")
   bf_diff+=("$(jfield "$work/inc.$r" timings.diff_s)")
   bf_ext2+=("$(jfield "$work/inc.$r" timings.extract_s)")
   bf_deliver+=("$(jfield "$work/inc.$r" timings.deliver_s)")
@@ -457,6 +462,7 @@ for r in $(seq 1 "$reps"); do
 done
 raw[copy_v2]="${copy_v2[*]}"
 raw[bf_incremental_wall]="${bf_wall[*]}"
+raw[bf_incremental_cpu_user_sys]="${bf_cpu[*]}"
 raw[bf_incremental_wall_2_connections]="${bf_wall2[*]}"
 raw[bf_incremental_extract]="${bf_ext2[*]}"
 raw[bf_incremental_diff]="${bf_diff[*]}"
