@@ -6,7 +6,8 @@
 // extra_float_digits=3 on PostgreSQL 12+, bytea_output=hex): same type, same
 // text, same double bits (NaN is the one quiet NaN DecodeText uses). Stored
 // fingerprints were computed from DecodeText values, so this equality is the
-// contract (pg/decode_binary_test.cc checks it against a real server).
+// contract (sources/postgres/postgres_copy_format_test.cc checks it against
+// a real server).
 //   bool, int2/int4/int8, float8: the value.
 //   float4: the double that parsing PostgreSQL's shortest float4 text gives
 //     (0.1::real -> 0.1, not the float's exact value).

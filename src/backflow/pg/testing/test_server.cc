@@ -93,4 +93,20 @@ void PostgresTest::ExecOrFail(const std::string& sql) const {
   ASSERT_TRUE(result.ok()) << result.status() << "\nSQL: " << sql;
 }
 
+int PostgresTest::Backends(const std::string& app, int want) const {
+  auto admin = Connect();
+  EXPECT_TRUE(admin.ok()) << admin.status();
+  if (!admin.ok()) return -1;
+  int count = -1;
+  for (int attempt = 0; attempt < 100 && count != want; ++attempt) {
+    if (attempt > 0) usleep(50'000);
+    auto active = (*admin)->Exec(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", {app.c_str()});
+    EXPECT_TRUE(active.ok()) << active.status();
+    if (!active.ok()) return -1;
+    count = std::atoi(PQgetvalue(active->get(), 0, 0));
+  }
+  return count;
+}
+
 }  // namespace backflow::pg::testing

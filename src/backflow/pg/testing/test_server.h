@@ -55,6 +55,11 @@ class PostgresTest : public ::testing::Test {
   absl::StatusOr<std::unique_ptr<Connection>> AdminConnect() const;
   // Runs `sql` as `backflow`; fails the test on error.
   void ExecOrFail(const std::string& sql) const;
+  // Backends connected with application_name `app`, polled (every 50 ms, for
+  // up to 5 s) until it equals `want`, since backends appear and go away
+  // asynchronously; returns the last count, -1 (with a test failure) when the
+  // server cannot be asked.
+  int Backends(const std::string& app, int want = 0) const;
 
  private:
   TestServer server_;

@@ -315,17 +315,7 @@ TEST_P(PostgresReaderTest, AbandoningAReaderMidStreamIsFine) {
   reader->reset();  // cancels the query; must not hang
   EXPECT_TRUE(MakeSource()->CheckConnection().ok());
   // The server-side backend goes away (the connection was owned by the reader).
-  auto admin = Connect();
-  ASSERT_TRUE(admin.ok()) << admin.status();
-  int left = -1;
-  for (int attempt = 0; attempt < 100 && left != 0; ++attempt) {
-    if (attempt > 0) usleep(50'000);
-    auto active = (*admin)->Exec(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", {app.c_str()});
-    ASSERT_TRUE(active.ok()) << active.status();
-    left = std::atoi(PQgetvalue(active->get(), 0, 0));
-  }
-  EXPECT_EQ(left, 0) << "the abandoned query's backend is still there";
+  EXPECT_EQ(Backends(app), 0) << "the abandoned query's backend is still there";
 }
 
 TEST_P(PostgresReaderTest, MultipleStatementsAreRejected) {
@@ -617,24 +607,6 @@ class PostgresParallelTest : public PostgresSourceTest {
     }
     std::sort(rows.begin(), rows.end());
     return rows;
-  }
-
-  // Backends connected with application_name `app`, polled until it equals
-  // `want` (backends appear and go away asynchronously); returns the last count.
-  int Backends(const std::string& app, int want) {
-    auto admin = Connect();
-    EXPECT_TRUE(admin.ok()) << admin.status();
-    if (!admin.ok()) return -1;
-    int count = -1;
-    for (int attempt = 0; attempt < 100 && count != want; ++attempt) {
-      if (attempt > 0) usleep(50'000);
-      auto active = (*admin)->Exec(
-          "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", {app.c_str()});
-      EXPECT_TRUE(active.ok()) << active.status();
-      if (!active.ok()) return -1;
-      count = std::atoi(PQgetvalue(active->get(), 0, 0));
-    }
-    return count;
   }
 
   // A table with integer keys that have gaps, negative values, duplicates and

@@ -240,23 +240,6 @@ class RedshiftSourceTest : public pg::testing::PostgresTest {
     return false;
   }
 
-  // Backends of `app` still connected to PostgreSQL (waits up to 5 s for 0).
-  int BackendsOf(const std::string& app) {
-    auto admin = Connect();
-    EXPECT_TRUE(admin.ok()) << admin.status();
-    if (!admin.ok()) return -1;
-    int left = -1;
-    for (int attempt = 0; attempt < 100 && left != 0; ++attempt) {
-      if (attempt > 0) usleep(50'000);
-      auto active = (*admin)->Exec(
-          "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", {app.c_str()});
-      EXPECT_TRUE(active.ok()) << active.status();
-      if (!active.ok()) return -1;
-      left = std::atoi(PQgetvalue(active->get(), 0, 0));
-    }
-    return left;
-  }
-
   FakeClock clock_;
   std::unique_ptr<FakeRedshiftServer> fake_;
 };
@@ -563,7 +546,7 @@ TEST_F(RedshiftSourceTest, AbandonedReaderClosesTheCursorAndRollsBack) {
   EXPECT_TRUE(SawStatement("CLOSE backflow_cursor"));
   EXPECT_TRUE(SawStatement("ROLLBACK"));
   EXPECT_FALSE(SawStatement("COMMIT"));
-  EXPECT_EQ(BackendsOf(app), 0);
+  EXPECT_EQ(Backends(app), 0);
 }
 
 TEST_F(RedshiftSourceTest, AbandoningWhileAFetchRunsCancelsIt) {
@@ -582,7 +565,7 @@ TEST_F(RedshiftSourceTest, AbandoningWhileAFetchRunsCancelsIt) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
   EXPECT_GE(fake_->cancel_requests(), 1);  // repeated until the statement stops
   EXPECT_TRUE(SawStatement("ROLLBACK"));
-  EXPECT_EQ(BackendsOf(app), 0);
+  EXPECT_EQ(Backends(app), 0);
 }
 
 TEST_F(RedshiftSourceTest, CancelWhileTheFirstFetchRunsCancelsTheQuery) {
@@ -604,7 +587,7 @@ TEST_F(RedshiftSourceTest, CancelWhileTheFirstFetchRunsCancelsTheQuery) {
   ASSERT_EQ(reader.status().code(), absl::StatusCode::kCancelled) << reader.status();
   EXPECT_GE(fake_->cancel_requests(), 1);  // repeated until the statement stops
   EXPECT_EQ(fake_->CountStatements("FETCH"), 1);
-  EXPECT_EQ(BackendsOf(app), 0);
+  EXPECT_EQ(Backends(app), 0);
 
   // Already cancelled: nothing is sent.
   const int64_t sessions = fake_->sessions();
