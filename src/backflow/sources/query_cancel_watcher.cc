@@ -8,8 +8,8 @@ namespace backflow {
 
 QueryCancelWatcher::QueryCancelWatcher(const std::atomic<bool>* cancel,
                                        std::function<void()> on_cancel,
-                                       std::chrono::milliseconds interval)
-    : cancel_(cancel), on_cancel_(std::move(on_cancel)), interval_(interval) {
+                                       std::chrono::milliseconds interval, Repeat repeat)
+    : cancel_(cancel), on_cancel_(std::move(on_cancel)), interval_(interval), repeat_(repeat) {
   if (cancel_ != nullptr) thread_ = std::thread([this] { Run(); });
 }
 
@@ -31,7 +31,8 @@ void QueryCancelWatcher::Run() {
       lock.unlock();
       on_cancel_();
       fired_.store(true, std::memory_order_release);
-      return;
+      if (repeat_ == Repeat::kOnce) return;
+      lock.lock();
     }
     cv_.wait_for(lock, interval_, [this] { return stopping_; });
   }

@@ -6,10 +6,14 @@
 // connection), which makes the blocked call return.
 //
 // Contract: with a null flag nothing is started. Otherwise the flag is read
-// every `interval`; the first time it reads true, `on_cancel` runs once on the
-// watcher's thread and the watch ends. Stop() (also run by the destructor)
-// ends the watch: once it returns, `on_cancel` is not running and never will,
-// and fired() says whether it ran. `on_cancel` must be safe to run
+// every `interval`; the first time it reads true, `on_cancel` runs on the
+// watcher's thread and the watch ends, or, with `Repeat::kUntilStopped`, runs
+// again every `interval` until Stop() (a cancel request that reaches a server
+// before its statement has started is ignored there; an owner whose statements
+// all check the flag before they are sent, so that nothing new starts once it
+// is set, can repeat safely). Stop() (also run by the destructor) ends the
+// watch: once it returns, `on_cancel` is not running and never will, and
+// fired() says whether it ran. `on_cancel` must be safe to run
 // concurrently with whatever the owner's thread does meanwhile (it must not
 // touch the owner's connection object; a second connection, or shutdown() of
 // a socket that stays open until Stop() returned, is fine).
@@ -28,8 +32,10 @@ namespace backflow {
 
 class QueryCancelWatcher {
  public:
+  enum class Repeat { kOnce, kUntilStopped };
   QueryCancelWatcher(const std::atomic<bool>* cancel, std::function<void()> on_cancel,
-                     std::chrono::milliseconds interval = std::chrono::milliseconds(100));
+                     std::chrono::milliseconds interval = std::chrono::milliseconds(100),
+                     Repeat repeat = Repeat::kOnce);
   ~QueryCancelWatcher();
   QueryCancelWatcher(const QueryCancelWatcher&) = delete;
   QueryCancelWatcher& operator=(const QueryCancelWatcher&) = delete;
@@ -44,6 +50,7 @@ class QueryCancelWatcher {
   const std::atomic<bool>* const cancel_;
   const std::function<void()> on_cancel_;
   const std::chrono::milliseconds interval_;
+  const Repeat repeat_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool stopping_ = false;

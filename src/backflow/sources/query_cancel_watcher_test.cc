@@ -28,6 +28,26 @@ TEST(QueryCancelWatcherTest, RunsTheCallbackOnceWhenTheFlagIsSet) {
   EXPECT_EQ(calls.load(), 1);
 }
 
+TEST(QueryCancelWatcherTest, RepeatingRunsTheCallbackAgainUntilStopped) {
+  std::atomic<bool> cancel{false};
+  std::atomic<int> calls{0};
+  std::promise<void> third;
+  QueryCancelWatcher watcher(
+      &cancel,
+      [&] {
+        if (calls.fetch_add(1) == 2) third.set_value();
+      },
+      std::chrono::milliseconds(5), QueryCancelWatcher::Repeat::kUntilStopped);
+  cancel = true;
+  ASSERT_EQ(third.get_future().wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  watcher.Stop();
+  EXPECT_TRUE(watcher.fired());
+  const int after_stop = calls.load();
+  EXPECT_GE(after_stop, 3);
+  // Stopped: never again (the watcher's thread has been joined).
+  EXPECT_EQ(calls.load(), after_stop);
+}
+
 TEST(QueryCancelWatcherTest, StoppedBeforeTheFlagNeverRunsTheCallback) {
   std::atomic<bool> cancel{false};
   std::atomic<int> calls{0};

@@ -81,10 +81,18 @@ class PassCanceller {
     // Made now: PQcancel() with it is safe from another thread.
     std::shared_ptr<PGcancel> request(PQgetCancel(conn.get()), PQfreeCancel);
     if (request == nullptr) return;  // then the flag is only checked between steps
-    watcher_ = std::make_unique<QueryCancelWatcher>(cancel, [request] {
-      char error[256];
-      PQcancel(request.get(), error, sizeof(error));
-    });
+    // Repeated until Stop(): a cancel that reaches the server before the
+    // step's statement has started is ignored there. Once the flag is set
+    // every step ends kCancelled (Checked) whatever its statement did, and
+    // Close() stops the watch before its ROLLBACK, so a repeat only ever stops
+    // a statement whose outcome is discarded.
+    watcher_ = std::make_unique<QueryCancelWatcher>(
+        cancel,
+        [request] {
+          char error[256];
+          PQcancel(request.get(), error, sizeof(error));
+        },
+        std::chrono::milliseconds(100), QueryCancelWatcher::Repeat::kUntilStopped);
   }
 
   bool requested() const { return QueryCancelRequested(cancel_); }
