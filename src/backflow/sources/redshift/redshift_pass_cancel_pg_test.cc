@@ -73,15 +73,17 @@ class RedshiftPassCancelTest : public pg::testing::PostgresTest {
     return PQgetvalue(r->get(), 0, 0);
   }
 
-  // Statements of other sessions now running whose text contains `part`.
-  int64_t Running(const std::string& part) {
-    return std::stoll(AdminValue(fmt::format(
+  // Statements of other sessions now running whose text contains `part` and
+  // this test's schema (tests running at once on the server run passes too).
+  int64_t Running(const std::string& part) { return std::stoll(AdminValue(ActiveCountSql(part))); }
+  std::string ActiveCountSql(const std::string& part) const {
+    return fmt::format(
         "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state = "
-        "'active' AND position('{}' in query) > 0",
-        part)));
+        "'active' AND position('{}' in query) > 0 AND position('{}' in query) > 0",
+        part, schema_);
   }
 
-  // Sets cancel_ once PostgreSQL runs a statement containing `part` (polled
+  // Sets cancel_ once PostgreSQL runs a statement of this test containing `part` (polled
   // every 10 ms, for at most 30 s).
   void CancelWhenRunning(const std::string& part) {
     auto admin = AdminConnect();
@@ -89,10 +91,7 @@ class RedshiftPassCancelTest : public pg::testing::PostgresTest {
     helper_ = std::thread([this, part, conn = std::shared_ptr<pg::Connection>(*std::move(admin))] {
       const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
       while (std::chrono::steady_clock::now() < deadline) {
-        auto r = conn->Exec(fmt::format(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state = "
-            "'active' AND position('{}' in query) > 0",
-            part));
+        auto r = conn->Exec(ActiveCountSql(part));
         if (r.ok() && std::string(PQgetvalue(r->get(), 0, 0)) != "0") {
           seen_ = true;
           break;
@@ -158,8 +157,9 @@ TEST_F(RedshiftPassCancelTest, CancelDuringBeginCancelsTheCopyOfTheModelAndDrops
   WarehouseChangeDetection* cd = source->warehouse_change_detection();
   ASSERT_NE(cd, nullptr);
   const int64_t cancels = fake_->cancel_requests();
-  // A copy that would take a minute.
-  CancelWhenRunning("pg_sleep(60)");
+  // A copy that would take a minute; cancelled once the copy itself runs (the
+  // schema probe before it has the model's text too, but LIMIT 0 ends it at once).
+  CancelWhenRunning("AS\nSELECT m.*");
   const auto start = std::chrono::steady_clock::now();
   auto snapshot = cd->Begin(
       fmt::format("SELECT t.id, t.plan, t.age FROM {} AS t CROSS JOIN pg_sleep(60) AS s", table_),
