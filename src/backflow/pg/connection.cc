@@ -249,16 +249,6 @@ std::string BinaryInt8(int64_t value) {
   return out;
 }
 
-int64_t FromBinaryInt(const char* data, int length) {
-  uint64_t v = 0;
-  for (int i = 0; i < length; ++i) v = (v << 8) | static_cast<unsigned char>(data[i]);
-  // Sign-extend values narrower than 8 bytes.
-  if (length > 0 && length < 8 && (static_cast<unsigned char>(data[0]) & 0x80) != 0) {
-    v |= ~uint64_t{0} << (8 * length);
-  }
-  return static_cast<int64_t>(v);
-}
-
 absl::Status Connection::ErrorFromResult(const PGresult* result, std::string_view what,
                                          int position_offset) const {
   const char* state = result != nullptr ? PQresultErrorField(result, PG_DIAG_SQLSTATE) : nullptr;

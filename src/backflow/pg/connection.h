@@ -63,8 +63,18 @@ struct Param {
 std::string BinaryArray(Oid element_type, const std::vector<std::string_view>& elements);
 // An int8 in its binary send format (8 bytes, network byte order).
 std::string BinaryInt8(int64_t value);
-// Reads an int8 (or int4/int2, by size) received in binary format.
-int64_t FromBinaryInt(const char* data, int length);
+// Reads an int8 (or int4/int2, by size) received in binary format (network
+// byte order, sign-extended). Inline: the binary COPY decoder reads every
+// field's length and every integer cell through it.
+inline int64_t FromBinaryInt(const char* data, int length) {
+  uint64_t v = 0;
+  for (int i = 0; i < length; ++i) v = (v << 8) | static_cast<unsigned char>(data[i]);
+  // Sign-extend values narrower than 8 bytes.
+  if (length > 0 && length < 8 && (static_cast<unsigned char>(data[0]) & 0x80) != 0) {
+    v |= ~uint64_t{0} << (8 * length);
+  }
+  return static_cast<int64_t>(v);
+}
 
 struct ConnectOptions {
   // postgresql:// URI or conninfo string. May embed a password.

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "backflow/pg/connection.h"
 #include "fmt/format.h"
 
 namespace backflow::pg {
@@ -14,17 +15,8 @@ constexpr size_t kHeaderFixedSize = kSignatureSize + 4 + 4;
 // PostgreSQL's largest field (MaxAllocSize, 1 GB - 1).
 constexpr int32_t kMaxFieldSize = 0x3fffffff;
 
-int16_t ReadInt16(const char* p) {
-  const auto* u = reinterpret_cast<const unsigned char*>(p);
-  return static_cast<int16_t>((u[0] << 8) | u[1]);
-}
-
-int32_t ReadInt32(const char* p) {
-  const auto* u = reinterpret_cast<const unsigned char*>(p);
-  return static_cast<int32_t>((static_cast<uint32_t>(u[0]) << 24) |
-                              (static_cast<uint32_t>(u[1]) << 16) |
-                              (static_cast<uint32_t>(u[2]) << 8) | static_cast<uint32_t>(u[3]));
-}
+int16_t ReadInt16(const char* p) { return static_cast<int16_t>(FromBinaryInt(p, 2)); }
+int32_t ReadInt32(const char* p) { return static_cast<int32_t>(FromBinaryInt(p, 4)); }
 
 }  // namespace
 

@@ -12,6 +12,7 @@
 #include <string_view>
 
 #include "absl/time/civil_time.h"
+#include "backflow/pg/connection.h"
 #include "backflow/pg/types.h"
 #include "fmt/format.h"
 
@@ -21,20 +22,10 @@ namespace {
 constexpr int64_t kMicrosPerSecond = 1000000;
 constexpr int64_t kMicrosPerDay = 86400 * kMicrosPerSecond;
 
-uint16_t ReadUint16(const char* p) {
-  const auto* u = reinterpret_cast<const unsigned char*>(p);
-  return static_cast<uint16_t>((u[0] << 8) | u[1]);
-}
-
-uint32_t ReadUint32(const char* p) {
-  const auto* u = reinterpret_cast<const unsigned char*>(p);
-  return (static_cast<uint32_t>(u[0]) << 24) | (static_cast<uint32_t>(u[1]) << 16) |
-         (static_cast<uint32_t>(u[2]) << 8) | static_cast<uint32_t>(u[3]);
-}
-
-uint64_t ReadUint64(const char* p) {
-  return (static_cast<uint64_t>(ReadUint32(p)) << 32) | ReadUint32(p + 4);
-}
+// Unsigned views of the network-order integers (FromBinaryInt sign-extends).
+uint16_t ReadUint16(const char* p) { return static_cast<uint16_t>(FromBinaryInt(p, 2)); }
+uint32_t ReadUint32(const char* p) { return static_cast<uint32_t>(FromBinaryInt(p, 4)); }
+uint64_t ReadUint64(const char* p) { return static_cast<uint64_t>(FromBinaryInt(p, 8)); }
 
 absl::Status BadValue(Oid oid, std::string_view bytes, std::string_view why) {
   return absl::DataLossError(fmt::format(
