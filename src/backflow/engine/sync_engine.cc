@@ -141,9 +141,9 @@ class RowSummary {
 
 // One key of the model, as the merge sees it.
 struct KeyedRow {
-  std::string key;
-  std::string summary;  // of its first row
-  int64_t copies = 0;   // rows with this key
+  std::string_view key;
+  std::string_view summary;  // of its first row
+  int64_t copies = 0;        // rows with this key
 };
 
 // Everything one mapping needs during a run.
@@ -451,9 +451,10 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
 
   // Three streams in key order: the model's rows, the checkpoint, and the
   // records a previous run sent without learning the outcome.
-  // The rows' k-way merge runs on a second thread, a few blocks ahead.
-  BACKFLOW_ASSIGN_OR_RETURN(std::unique_ptr<SortedStream> rows, spool_->ScanKeyed());
-  rows = PrefetchSortedStream(std::move(rows));
+  // The rows' k-way merge runs on a second thread, a few blocks ahead, which
+  // also groups the rows of each key.
+  BACKFLOW_ASSIGN_OR_RETURN(std::unique_ptr<SortedStream> sorted, spool_->ScanKeyed());
+  std::unique_ptr<KeyGroupStream> rows = PrefetchKeyGroups(std::move(sorted));
   std::unique_ptr<CheckpointScanner> checkpoint;
   CountingWarehouseScanner* warehouse_entries = nullptr;
   if (snapshot_ != nullptr) {
@@ -471,28 +472,15 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
                             state_.ScanInFlight(name));
   // Views into the scanners' buffers, valid until each scanner advances.
   CheckpointEntryView entry, flight;
-  // The current model key: its first row's summary and how many rows have it.
+  // The current model key (views into the rows' stream, valid until it
+  // advances at the end of the key's iteration).
   KeyedRow current;
-  std::string_view next_key, next_summary;
-  BACKFLOW_ASSIGN_OR_RETURN(bool have_next, rows->Next(next_key, next_summary));
-  uint64_t next_prefix = KeyPrefix(next_key);
   // Each stream's current key with its prefix (most comparisons end there).
   PrefixedKey row_key, entry_key, flight_key;
   auto step_rows = [&]() -> absl::StatusOr<bool> {
-    if (!have_next) return false;
-    current.key.assign(next_key);
-    current.summary.assign(next_summary);
-    current.copies = 1;
-    row_key = {current.key, next_prefix};
-    while (true) {
-      BACKFLOW_ASSIGN_OR_RETURN(have_next, rows->Next(next_key, next_summary));
-      next_prefix = KeyPrefix(next_key);
-      if (!have_next || CompareKeys(next_key, next_prefix, row_key.key, row_key.prefix) != 0) {
-        break;
-      }
-      ++current.copies;
-    }
-    return true;
+    BACKFLOW_ASSIGN_OR_RETURN(bool more, rows->Next(current.key, current.summary, current.copies));
+    if (more) row_key.Set(current.key);
+    return more;
   };
   auto step_entry = [&]() -> absl::StatusOr<bool> {
     BACKFLOW_ASSIGN_OR_RETURN(bool more, checkpoint->NextView(entry));
@@ -619,7 +607,7 @@ absl::Status Runner::DiffRow(MappingRun& m, int index, const ModelConfig& model,
                              Row& payload) {
   RunCounts& c = m.run.counts;
   const Mapper& mapper = *m.mapper;
-  const std::string& key = row.key;
+  const std::string_view key = row.key;
   RowSummary summary(row.summary);
   if (!summary.valid(index)) {
     return absl::DataLossError("the extraction spool holds a damaged row summary");
@@ -632,7 +620,7 @@ absl::Status Runner::DiffRow(MappingRun& m, int index, const ModelConfig& model,
     c.rejected += row.copies;
     if (m.reported >= options_.max_reported_records) return absl::OkStatus();
     BACKFLOW_ASSIGN_OR_RETURN(Row values, read_values());
-    Report(m, {.key = key,
+    Report(m, {.key = std::string(key),
                .outcome = "rejected",
                .change = "",
                .error = fmt::format("duplicate unique identifier: {} rows have {} = {}", row.copies,
@@ -650,7 +638,7 @@ absl::Status Runner::DiffRow(MappingRun& m, int index, const ModelConfig& model,
     if (m.reported >= options_.max_reported_records) return absl::OkStatus();
     BACKFLOW_ASSIGN_OR_RETURN(Row values, read_values());
     absl::Status mapped = mapper.Map(values, payload);
-    Report(m, {.key = key,
+    Report(m, {.key = std::string(key),
                .outcome = "rejected",
                .change = "",
                .error = mapped.ok() ? "the row did not map during extraction"

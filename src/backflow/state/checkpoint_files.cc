@@ -185,8 +185,13 @@ class FileCheckpointScanner : public CheckpointScanner {
     entry.identity.assign(view.identity);
     return true;
   }
+  bool StartReadAhead() override {
+    if (reader_ != nullptr) reader_->ReadAhead(kReadAheadBlocks);
+    return true;
+  }
 
  private:
+  static constexpr int kReadAheadBlocks = 4;
   std::unique_ptr<RunFileReader> reader_;
   std::string mapping_;
   bool in_flight_;

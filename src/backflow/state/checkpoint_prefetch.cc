@@ -67,6 +67,7 @@ class StreamScanner : public CheckpointScanner {
 
 std::unique_ptr<CheckpointScanner> PrefetchCheckpointScanner(
     std::unique_ptr<CheckpointScanner> inner) {
+  if (inner->StartReadAhead()) return inner;
   return std::make_unique<StreamScanner>(
       PrefetchSortedStream(std::make_unique<ScannerStream>(std::move(inner))));
 }

@@ -3,7 +3,10 @@
 // underneath), so that reading and verifying the checkpoint and diffing
 // against it use two cores.
 //
-// The returned scanner yields exactly `inner`'s entries, then its end or its
+// A scanner that can read ahead by itself (CheckpointScanner::StartReadAhead,
+// e.g. one over a single checkpoint file, whose blocks are then read and
+// verified on its own thread) is asked to and returned as it is. Otherwise
+// the returned scanner yields exactly `inner`'s entries, then its end or its
 // error (sticky). `inner` must not share mutable state with anything used
 // meanwhile on other threads (the state stores' scanners own their files or
 // connection); it is used only by the background thread from the call on,

@@ -188,6 +188,11 @@ class CheckpointScanner {
   // Next(), as views valid until the next call on this scanner. The default
   // copies through Next(); scanners over buffers they own return views.
   virtual absl::StatusOr<bool> NextView(CheckpointEntryView& entry);
+  // Before the first entry: asks the scanner to read ahead of its consumer
+  // on a thread of its own. True when it does (or has nothing to read), so
+  // the caller need not wrap it (PrefetchCheckpointScanner); the entries are
+  // the same either way.
+  virtual bool StartReadAhead() { return false; }
 
  private:
   CheckpointEntry view_buffer_;  // the default NextView()'s entry

@@ -1,16 +1,13 @@
 #include "backflow/storage/prefetch_stream.h"
 
 #include <algorithm>
-#include <condition_variable>
-#include <deque>
-#include <mutex>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "backflow/storage/read_ahead.h"
 
 namespace backflow {
 namespace {
@@ -20,118 +17,147 @@ namespace {
 struct Block {
   struct Record {
     size_t key_offset;
-    size_t key_size;
-    size_t value_size;  // the value follows the key
+    uint32_t key_size;
+    uint32_t value_size;  // the value follows the key
+    int64_t copies;       // records of `inner` this one stands for
   };
   std::string bytes;
   std::vector<Record> records;
   bool end = false;
   absl::Status status;
 
-  void Clear() {
-    bytes.clear();
-    records.clear();
+  std::string_view key(const Record& r) const {
+    return std::string_view(bytes.data() + r.key_offset, r.key_size);
   }
-  bool last() const { return end || !status.ok(); }
+  std::string_view value(const Record& r) const {
+    return std::string_view(bytes.data() + r.key_offset + r.key_size, r.value_size);
+  }
+  void Add(std::string_view k, std::string_view v) {
+    records.push_back(
+        {bytes.size(), static_cast<uint32_t>(k.size()), static_cast<uint32_t>(v.size()), 1});
+    bytes.append(k);
+    bytes.append(v);
+  }
+};
+
+// The background thread's side: fills blocks from `inner`, merging records
+// with equal keys into one when grouping. A record that does not fit the
+// block waits (as views into `inner`, valid until its next Next()) for the
+// next one, so that a key's records are never split between two blocks.
+class Producer {
+ public:
+  Producer(std::unique_ptr<SortedStream> inner, size_t block_bytes, bool group)
+      : inner_(std::move(inner)), block_bytes_(std::max<size_t>(block_bytes, 1)), group_(group) {}
+
+  bool Fill(Block& block) {
+    block.bytes.clear();
+    block.records.clear();
+    if (have_pending_) {
+      block.Add(pending_key_, pending_value_);
+      have_pending_ = false;
+    }
+    while (true) {
+      std::string_view key, value;
+      absl::StatusOr<bool> more = inner_->Next(key, value);
+      if (!more.ok()) {
+        block.status = more.status();
+        return false;
+      }
+      if (!*more) {
+        block.end = true;
+        return false;
+      }
+      if (group_ && !block.records.empty() && block.key(block.records.back()) == key) {
+        ++block.records.back().copies;
+        continue;
+      }
+      if (block.bytes.size() >= block_bytes_) {
+        pending_key_ = key;
+        pending_value_ = value;
+        have_pending_ = true;
+        return true;
+      }
+      block.Add(key, value);
+    }
+  }
+
+ private:
+  std::unique_ptr<SortedStream> inner_;
+  size_t block_bytes_;
+  bool group_;
+  bool have_pending_ = false;
+  std::string_view pending_key_, pending_value_;
+};
+
+// The consumer's side: walks the filled blocks record by record.
+class Consumer {
+ public:
+  Consumer(std::unique_ptr<SortedStream> inner, PrefetchOptions options, bool group)
+      : producer_(std::move(inner), options.block_bytes, group),
+        blocks_(options.blocks, [this](Block& b) { return producer_.Fill(b); }) {}
+
+  // The next record, or null at the end or on the error `status` then holds.
+  const Block::Record* Next(absl::Status& status) {
+    while (current_ == nullptr || next_ >= current_->records.size()) {
+      if (current_ != nullptr && current_->end) return nullptr;
+      if (current_ != nullptr && !current_->status.ok()) {
+        status = current_->status;
+        return nullptr;
+      }
+      current_ = &blocks_.Next();
+      next_ = 0;
+    }
+    return &current_->records[next_++];
+  }
+  const Block& block() const { return *current_; }
+
+ private:
+  Producer producer_;
+  ReadAhead<Block> blocks_;  // after producer_, whose Fill it calls
+  Block* current_ = nullptr;
+  size_t next_ = 0;
 };
 
 class PrefetchStream : public SortedStream {
  public:
   PrefetchStream(std::unique_ptr<SortedStream> inner, PrefetchOptions options)
-      : inner_(std::move(inner)), options_(options) {
-    options_.blocks = std::max(options_.blocks, 2);
-    options_.block_bytes = std::max<size_t>(options_.block_bytes, 1);
-    for (int i = 0; i < options_.blocks; ++i) free_.push_back(std::make_unique<Block>());
-    thread_ = std::thread([this] { Produce(); });
-  }
-
-  ~PrefetchStream() override {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-    }
-    free_cv_.notify_all();
-    thread_.join();
-  }
-
+      : consumer_(std::move(inner), options, /*group=*/false) {}
   absl::StatusOr<bool> Next(std::string_view& key, std::string_view& value) override {
-    while (current_ == nullptr || next_ >= current_->records.size()) {
-      if (current_ != nullptr) {
-        if (!current_->status.ok()) return current_->status;
-        if (current_->end) return false;
-        {
-          std::lock_guard<std::mutex> lock(mu_);
-          free_.push_back(std::move(current_));
-        }
-        free_cv_.notify_one();
-      }
-      std::unique_lock<std::mutex> lock(mu_);
-      full_cv_.wait(lock, [&] { return !full_.empty(); });
-      current_ = std::move(full_.front());
-      full_.pop_front();
-      next_ = 0;
+    absl::Status status;
+    const Block::Record* r = consumer_.Next(status);
+    if (r == nullptr) {
+      if (!status.ok()) return status;
+      return false;
     }
-    const Block::Record& r = current_->records[next_++];
-    const char* base = current_->bytes.data();
-    key = std::string_view(base + r.key_offset, r.key_size);
-    value = std::string_view(base + r.key_offset + r.key_size, r.value_size);
+    key = consumer_.block().key(*r);
+    value = consumer_.block().value(*r);
     return true;
   }
 
  private:
-  // The background thread: fills free blocks until the inner stream ends or
-  // fails, or the stream is destroyed.
-  void Produce() {
-    while (true) {
-      std::unique_ptr<Block> block;
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        free_cv_.wait(lock, [&] { return stop_ || !free_.empty(); });
-        if (stop_) return;
-        block = std::move(free_.front());
-        free_.pop_front();
-      }
-      block->Clear();
-      while (block->bytes.size() < options_.block_bytes) {
-        std::string_view key, value;
-        absl::StatusOr<bool> more = inner_->Next(key, value);
-        if (!more.ok()) {
-          block->status = more.status();
-          break;
-        }
-        if (!*more) {
-          block->end = true;
-          break;
-        }
-        block->records.push_back({block->bytes.size(), key.size(), value.size()});
-        block->bytes.append(key);
-        block->bytes.append(value);
-      }
-      const bool last = block->last();
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        full_.push_back(std::move(block));
-      }
-      full_cv_.notify_one();
-      if (last) return;
+  Consumer consumer_;
+};
+
+class PrefetchGroups : public KeyGroupStream {
+ public:
+  PrefetchGroups(std::unique_ptr<SortedStream> inner, PrefetchOptions options)
+      : consumer_(std::move(inner), options, /*group=*/true) {}
+  absl::StatusOr<bool> Next(std::string_view& key, std::string_view& first_value,
+                            int64_t& copies) override {
+    absl::Status status;
+    const Block::Record* r = consumer_.Next(status);
+    if (r == nullptr) {
+      if (!status.ok()) return status;
+      return false;
     }
+    key = consumer_.block().key(*r);
+    first_value = consumer_.block().value(*r);
+    copies = r->copies;
+    return true;
   }
 
-  std::unique_ptr<SortedStream> inner_;  // the background thread's only
-  PrefetchOptions options_;
-
-  std::mutex mu_;
-  std::condition_variable free_cv_;  // free_ gained a block, or stop_
-  std::condition_variable full_cv_;  // full_ gained a block
-  std::deque<std::unique_ptr<Block>> free_;
-  std::deque<std::unique_ptr<Block>> full_;
-  bool stop_ = false;
-
-  // The consumer's block and its next record.
-  std::unique_ptr<Block> current_;
-  size_t next_ = 0;
-
-  std::thread thread_;  // last: starts once every member above exists
+ private:
+  Consumer consumer_;
 };
 
 }  // namespace
@@ -139,6 +165,11 @@ class PrefetchStream : public SortedStream {
 std::unique_ptr<SortedStream> PrefetchSortedStream(std::unique_ptr<SortedStream> inner,
                                                    PrefetchOptions options) {
   return std::make_unique<PrefetchStream>(std::move(inner), options);
+}
+
+std::unique_ptr<KeyGroupStream> PrefetchKeyGroups(std::unique_ptr<SortedStream> inner,
+                                                  PrefetchOptions options) {
+  return std::make_unique<PrefetchGroups>(std::move(inner), options);
 }
 
 }  // namespace backflow

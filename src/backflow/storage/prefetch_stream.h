@@ -10,9 +10,15 @@
 // background thread from the call on, and is destroyed with the returned
 // stream, whose destructor stops and joins the thread. The returned stream
 // itself is not thread-safe (one consumer).
+//
+// PrefetchKeyGroups is the same over a sorted stream read one key at a time:
+// each distinct key once, with the value of its first record (equal keys in
+// `inner`'s order) and how many records have that key; the grouping happens
+// on the background thread.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 
 #include "backflow/storage/external_sorter.h"
@@ -26,5 +32,18 @@ struct PrefetchOptions {
 
 std::unique_ptr<SortedStream> PrefetchSortedStream(std::unique_ptr<SortedStream> inner,
                                                    PrefetchOptions options = {});
+
+// A sorted stream by key: each key once.
+class KeyGroupStream {
+ public:
+  virtual ~KeyGroupStream() = default;
+  // The next key, the value of its first record and its record count (≥ 1);
+  // the views stay valid until the next call. False at the end.
+  virtual absl::StatusOr<bool> Next(std::string_view& key, std::string_view& first_value,
+                                    int64_t& copies) = 0;
+};
+
+std::unique_ptr<KeyGroupStream> PrefetchKeyGroups(std::unique_ptr<SortedStream> inner,
+                                                  PrefetchOptions options = {});
 
 }  // namespace backflow

@@ -167,6 +167,84 @@ TEST(PrefetchSortedStreamTest, DestroyingMidStreamStopsTheThreadAndTheInnerStrea
   }
 }
 
+// Sorted records where many keys repeat (1 to 4 records each), and the
+// groups PrefetchKeyGroups should make of them.
+struct Group {
+  std::string key, first_value;
+  int64_t copies;
+  bool operator==(const Group&) const = default;
+};
+Records RepeatedKeys(int keys, uint32_t seed, std::vector<Group>& groups) {
+  std::mt19937 rng(seed);
+  Records records;
+  groups.clear();
+  for (int i = 0; i < keys; ++i) {
+    std::string key = "key" + std::to_string(1000000 + i);
+    const int copies = 1 + static_cast<int>(rng() % 4);
+    for (int c = 0; c < copies; ++c) {
+      records.emplace_back(key, std::string(rng() % 40, static_cast<char>('a' + c)));
+    }
+    groups.push_back({key, records[records.size() - copies].second, copies});
+  }
+  return records;
+}
+
+std::vector<Group> ReadGroups(KeyGroupStream& stream) {
+  std::vector<Group> out;
+  std::string_view key, value;
+  int64_t copies = 0;
+  while (true) {
+    absl::StatusOr<bool> more = stream.Next(key, value, copies);
+    EXPECT_TRUE(more.ok()) << more.status();
+    if (!more.ok() || !*more) break;
+    out.push_back({std::string(key), std::string(value), copies});
+  }
+  return out;
+}
+
+TEST(PrefetchKeyGroupsTest, EachKeyOnceWithItsFirstValueAndCountForAnyBlockSize) {
+  std::vector<Group> groups;
+  const Records records = RepeatedKeys(5000, 9, groups);
+  for (size_t block_bytes : {size_t{1}, size_t{30}, size_t{4096}, size_t{1} << 20}) {
+    for (int blocks : {1, 2, 5}) {
+      auto stream = PrefetchKeyGroups(std::make_unique<VectorStream>(records),
+                                      {.block_bytes = block_bytes, .blocks = blocks});
+      EXPECT_EQ(ReadGroups(*stream), groups) << block_bytes << " bytes, " << blocks << " blocks";
+      std::string_view key, value;
+      int64_t copies = 0;
+      absl::StatusOr<bool> more = stream->Next(key, value, copies);
+      ASSERT_TRUE(more.ok());
+      EXPECT_FALSE(*more);
+    }
+  }
+  EXPECT_TRUE(ReadGroups(*PrefetchKeyGroups(std::make_unique<VectorStream>(Records{}))).empty());
+}
+
+TEST(PrefetchKeyGroupsTest, AnErrorComesAfterTheGroupsBeforeItAndStays) {
+  std::vector<Group> groups;
+  const Records records = RepeatedKeys(800, 4, groups);
+  for (size_t block_bytes : {size_t{1}, size_t{64}, size_t{1} << 20}) {
+    auto stream = PrefetchKeyGroups(
+        std::make_unique<VectorStream>(records, absl::DataLossError("run file damaged")),
+        {.block_bytes = block_bytes, .blocks = 2});
+    std::string_view key, value;
+    int64_t copies = 0;
+    for (const Group& g : groups) {
+      absl::StatusOr<bool> more = stream->Next(key, value, copies);
+      ASSERT_TRUE(more.ok()) << more.status();
+      ASSERT_TRUE(*more);
+      ASSERT_EQ(key, g.key);
+      ASSERT_EQ(value, g.first_value);
+      ASSERT_EQ(copies, g.copies);
+    }
+    for (int i = 0; i < 2; ++i) {
+      absl::StatusOr<bool> more = stream->Next(key, value, copies);
+      ASSERT_FALSE(more.ok());
+      EXPECT_EQ(more.status().message(), "run file damaged");
+    }
+  }
+}
+
 TEST(PrefetchSortedStreamTest, OverAnExternalSortWithSpilledRuns) {
   const std::string dir = ::testing::TempDir() + "/prefetch_sorter";
   std::filesystem::remove_all(dir);

@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "backflow/common/status_macros.h"
+#include "backflow/storage/read_ahead.h"
 #include "fmt/format.h"
 #include "xxhash.h"
 
@@ -221,19 +222,28 @@ absl::StatusOr<std::unique_ptr<RunFileReader>> RunFileReader::Open(const std::st
   char magic[sizeof(kMagic)];
   BACKFLOW_RETURN_IF_ERROR(reader->ReadExactly(magic, sizeof(magic), "header"));
   if (std::memcmp(magic, kMagic, sizeof(kMagic)) != 0) {
-    return reader->Corrupt("it does not start with a Backflow run file header");
+    return reader->Corrupt("it does not start with a Backflow run file header", reader->offset_);
   }
   return reader;
 }
 
 RunFileReader::~RunFileReader() {
+  ahead_.reset();  // stops the loader thread before what it uses goes
   if (dctx_ != nullptr) ZSTD_freeDCtx(static_cast<ZSTD_DCtx*>(dctx_));
   if (fd_ >= 0) close(fd_);
 }
 
-absl::Status RunFileReader::Corrupt(const std::string& what) const {
+void RunFileReader::ReadAhead(int blocks) {
+  if (ahead_ != nullptr || block_ != nullptr) return;
+  ahead_ = std::make_unique<backflow::ReadAhead<Loaded>>(blocks, [this](Loaded& out) {
+    Load(out);
+    return !out.end && out.status.ok();
+  });
+}
+
+absl::Status RunFileReader::Corrupt(const std::string& what, int64_t offset) const {
   return absl::DataLossError(
-      fmt::format("run file {} is damaged near byte {}: {}", path_, offset_, what));
+      fmt::format("run file {} is damaged near byte {}: {}", path_, offset, what));
 }
 
 absl::Status RunFileReader::ReadExactly(char* data, size_t size, const char* what) {
@@ -245,7 +255,7 @@ absl::Status RunFileReader::ReadExactly(char* data, size_t size, const char* wha
       return IoError("cannot read", path_);
     }
     if (n == 0) {
-      return Corrupt(fmt::format("the file ends inside its {} (it was cut short)", what));
+      return Corrupt(fmt::format("the file ends inside its {} (it was cut short)", what), offset_);
     }
     done += static_cast<size_t>(n);
   }
@@ -253,9 +263,18 @@ absl::Status RunFileReader::ReadExactly(char* data, size_t size, const char* wha
   return absl::OkStatus();
 }
 
-absl::StatusOr<bool> RunFileReader::LoadBlock() {
+void RunFileReader::Load(Loaded& out) {
+  out.records = 0;
+  out.end = false;
+  out.status = absl::OkStatus();
+  auto fail = [&](absl::Status status) {
+    out.status = std::move(status);
+    out.offset = offset_;
+  };
   char header[kHeaderSize];
-  BACKFLOW_RETURN_IF_ERROR(ReadExactly(header, sizeof(header), "block header"));
+  if (absl::Status read = ReadExactly(header, sizeof(header), "block header"); !read.ok()) {
+    return fail(std::move(read));
+  }
   uint32_t raw_size = Get32(header);
   uint32_t stored_size = Get32(header + 4);
   uint32_t codec = Get32(header + 8);
@@ -263,58 +282,96 @@ absl::StatusOr<bool> RunFileReader::LoadBlock() {
   uint64_t checksum = Get64(header + 16);
   if (codec == kEndCodec) {
     char tail[8];
-    BACKFLOW_RETURN_IF_ERROR(ReadExactly(tail, sizeof(tail), "end marker"));
-    if (raw_size != 0 || stored_size != 0 || records != 0 ||
-        checksum != static_cast<uint64_t>(records_)) {
-      return Corrupt(
-          fmt::format("it ends after {} records but was written with {}", records_, checksum));
+    if (absl::Status read = ReadExactly(tail, sizeof(tail), "end marker"); !read.ok()) {
+      return fail(std::move(read));
     }
-    if (Get64(tail) != chain_) return Corrupt("its blocks do not match its end marker");
-    ended_ = true;
-    return false;
+    if (raw_size != 0 || stored_size != 0 || records != 0 ||
+        checksum != static_cast<uint64_t>(loaded_records_)) {
+      return fail(Corrupt(fmt::format("it ends after {} records but was written with {}",
+                                      loaded_records_, checksum),
+                          offset_));
+    }
+    if (Get64(tail) != chain_) {
+      return fail(Corrupt("its blocks do not match its end marker", offset_));
+    }
+    out.end = true;
+    out.offset = offset_;
+    return;
   }
   if (raw_size > kMaxBlock || stored_size > kMaxBlock ||
       (codec != kCodecRaw && codec != kCodecZstd) ||
       (codec == kCodecRaw && raw_size != stored_size) || records == 0) {
-    return Corrupt("invalid block header");
+    return fail(Corrupt("invalid block header", offset_));
   }
-  stored_.resize(stored_size);
-  BACKFLOW_RETURN_IF_ERROR(ReadExactly(stored_.data(), stored_size, "block"));
-  if (XXH3_64bits(stored_.data(), stored_.size()) != checksum) {
-    return Corrupt("a block's checksum does not match its contents");
+  std::string& target = codec == kCodecRaw ? out.raw : stored_;
+  target.resize(stored_size);
+  if (absl::Status read = ReadExactly(target.data(), stored_size, "block"); !read.ok()) {
+    return fail(std::move(read));
+  }
+  if (XXH3_64bits(target.data(), target.size()) != checksum) {
+    return fail(Corrupt("a block's checksum does not match its contents", offset_));
   }
   chain_ = Chain(chain_, checksum);
-  if (codec == kCodecRaw) {
-    raw_.swap(stored_);
-  } else {
+  if (codec == kCodecZstd) {
     if (dctx_ == nullptr) dctx_ = ZSTD_createDCtx();
-    raw_.resize(raw_size);
-    size_t n = ZSTD_decompressDCtx(static_cast<ZSTD_DCtx*>(dctx_), raw_.data(), raw_.size(),
+    out.raw.resize(raw_size);
+    size_t n = ZSTD_decompressDCtx(static_cast<ZSTD_DCtx*>(dctx_), out.raw.data(), out.raw.size(),
                                    stored_.data(), stored_.size());
-    if (ZSTD_isError(n) || n != raw_size) return Corrupt("a block does not decompress");
+    if (ZSTD_isError(n) || n != raw_size) {
+      return fail(Corrupt("a block does not decompress", offset_));
+    }
+  }
+  loaded_records_ += records;
+  out.records = records;
+  out.offset = offset_;
+}
+
+absl::StatusOr<bool> RunFileReader::NextBlock() {
+  if (ahead_ != nullptr) {
+    block_ = &ahead_->Next();
+  } else {
+    Load(own_);
+    block_ = &own_;
+  }
+  if (!block_->status.ok()) return Fail(block_->status);
+  if (block_->end) {
+    ended_ = true;
+    return false;
   }
   pos_ = 0;
-  block_records_ = records;
+  block_records_ = block_->records;
   return true;
 }
 
+absl::Status RunFileReader::Fail(absl::Status error) {
+  ended_ = true;
+  error_ = std::move(error);
+  return error_;
+}
+
 absl::StatusOr<bool> RunFileReader::Next(std::string_view& key, std::string_view& value) {
-  if (ended_) return false;
+  if (ended_) {
+    if (!error_.ok()) return error_;
+    return false;
+  }
   if (block_records_ == 0) {
-    if (pos_ != raw_.size()) return Corrupt("a block holds more bytes than its records");
-    BACKFLOW_ASSIGN_OR_RETURN(bool more, LoadBlock());
+    if (block_ != nullptr && pos_ != block_->raw.size()) {
+      return Fail(Corrupt("a block holds more bytes than its records", block_->offset));
+    }
+    BACKFLOW_ASSIGN_OR_RETURN(bool more, NextBlock());
     if (!more) return false;
   }
+  const std::string& raw = block_->raw;
   uint64_t key_size = 0, value_size = 0;
-  if (!ReadVarint(raw_.data(), raw_.size(), pos_, key_size) || key_size > raw_.size() - pos_) {
-    return Corrupt("a record's key runs past its block");
+  if (!ReadVarint(raw.data(), raw.size(), pos_, key_size) || key_size > raw.size() - pos_) {
+    return Fail(Corrupt("a record's key runs past its block", block_->offset));
   }
-  key = std::string_view(raw_.data() + pos_, key_size);
+  key = std::string_view(raw.data() + pos_, key_size);
   pos_ += key_size;
-  if (!ReadVarint(raw_.data(), raw_.size(), pos_, value_size) || value_size > raw_.size() - pos_) {
-    return Corrupt("a record's value runs past its block");
+  if (!ReadVarint(raw.data(), raw.size(), pos_, value_size) || value_size > raw.size() - pos_) {
+    return Fail(Corrupt("a record's value runs past its block", block_->offset));
   }
-  value = std::string_view(raw_.data() + pos_, value_size);
+  value = std::string_view(raw.data() + pos_, value_size);
   pos_ += value_size;
   --block_records_;
   ++records_;

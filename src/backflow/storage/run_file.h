@@ -16,7 +16,8 @@
 // record count and the chain, so a damaged, truncated or reordered file fails
 // with kDataLoss naming the file and the byte offset, never a short read.
 //
-// Neither class is thread-safe; distinct objects may be used concurrently.
+// Neither class is thread-safe; distinct objects may be used concurrently
+// (a reader reading ahead uses a thread of its own, see ReadAhead()).
 #pragma once
 
 #include <cstdint>
@@ -26,6 +27,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "backflow/storage/read_ahead.h"
 
 namespace backflow {
 
@@ -80,30 +82,55 @@ class RunFileReader {
   static absl::StatusOr<std::unique_ptr<RunFileReader>> Open(const std::string& path);
   ~RunFileReader();
 
+  // From now on, reads, verifies and decompresses up to `blocks` blocks ahead
+  // on a background thread, so that Next() only parses records. Same records,
+  // same errors (each in its place). Call it before the first Next().
+  void ReadAhead(int blocks);
+
   // The next record; the views stay valid until the next call. False at the
-  // (verified) end of the file.
+  // (verified) end of the file; an error (kDataLoss naming the file and the
+  // byte offset for damage) is returned again by every later call.
   absl::StatusOr<bool> Next(std::string_view& key, std::string_view& value);
 
   int64_t records_read() const { return records_; }
   const std::string& path() const { return path_; }
 
  private:
+  // One block as loaded: its records' bytes, or the file's verified end, or
+  // why it could not be read. `offset` is where the file was read up to.
+  struct Loaded {
+    std::string raw;
+    uint32_t records = 0;
+    int64_t offset = 0;
+    bool end = false;
+    absl::Status status;
+  };
   RunFileReader(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
   absl::Status ReadExactly(char* data, size_t size, const char* what);
-  absl::Status Corrupt(const std::string& what) const;
-  absl::StatusOr<bool> LoadBlock();
+  absl::Status Corrupt(const std::string& what, int64_t offset) const;
+  // Loads the next block into `out` (the loader's side: file, checksums, zstd).
+  void Load(Loaded& out);
+  // Moves to the next block (the consumer's side); false at the end.
+  absl::StatusOr<bool> NextBlock();
+  absl::Status Fail(absl::Status error);  // ends the reader with `error`, returned
 
   std::string path_;
+  // The loader's state: the background thread's alone when reading ahead.
   int fd_ = -1;
   int64_t offset_ = 0;  // file offset of the next unread byte
-  std::string raw_;
   std::string stored_;
-  size_t pos_ = 0;              // in raw_
-  uint32_t block_records_ = 0;  // records left to parse in raw_
   void* dctx_ = nullptr;
-  int64_t records_ = 0;
+  int64_t loaded_records_ = 0;  // sum of the blocks' record counts
   uint64_t chain_ = 0;
+  // The consumer's state.
+  Loaded own_;               // the block being parsed, when not reading ahead
+  Loaded* block_ = nullptr;  // the block being parsed (own_, or a read-ahead one)
+  std::unique_ptr<backflow::ReadAhead<Loaded>> ahead_;
+  size_t pos_ = 0;              // in block_->raw
+  uint32_t block_records_ = 0;  // records left to parse in block_
+  int64_t records_ = 0;
   bool ended_ = false;
+  absl::Status error_;  // why it ended early
 };
 
 // The record count a finished run file's end marker states (without reading

@@ -47,17 +47,38 @@ class RunFileTest : public ::testing::TestWithParam<int> {
     return records;
   }
 
+  // Reads the file plainly and reading ahead (on a thread): both must give
+  // the same records, or the same error.
   absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ReadAll() {
+    auto plain = ReadAllWith(0);
+    for (int blocks : {2, 3}) {
+      auto ahead = ReadAllWith(blocks);
+      EXPECT_EQ(ahead.status(), plain.status()) << "reading " << blocks << " blocks ahead";
+      if (ahead.ok() && plain.ok()) {
+        EXPECT_TRUE(*ahead == *plain) << "reading " << blocks << " blocks ahead";
+      }
+    }
+    return plain;
+  }
+  absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ReadAllWith(int read_ahead) {
     auto r = RunFileReader::Open(path_);
     if (!r.ok()) return r.status();
+    if (read_ahead > 0) (*r)->ReadAhead(read_ahead);
     std::vector<std::pair<std::string, std::string>> out;
     std::string_view k, v;
     while (true) {
       auto more = (*r)->Next(k, v);
-      if (!more.ok()) return more.status();
+      if (!more.ok()) {
+        // The error stays.
+        auto again = (*r)->Next(k, v);
+        EXPECT_EQ(again.status(), more.status());
+        return more.status();
+      }
       if (!*more) break;
       out.emplace_back(std::string(k), std::string(v));
     }
+    auto after_end = (*r)->Next(k, v);
+    EXPECT_TRUE(after_end.ok() && !*after_end) << "the end is sticky";
     return out;
   }
 
@@ -151,6 +172,21 @@ TEST_P(RunFileTest, TruncationIsDetectedAtEveryLength) {
     ASSERT_FALSE(read.ok()) << "a file cut at " << len << " of " << size << " bytes read cleanly";
     EXPECT_EQ(read.status().code(), absl::StatusCode::kDataLoss);
   }
+}
+
+TEST_P(RunFileTest, AReaderDestroyedWhileReadingAheadStopsCleanly) {
+  auto records = Write(5000, 256);
+  for (int stop_after : {0, 1, 700, 4999}) {
+    auto r = RunFileReader::Open(path_);
+    ASSERT_TRUE(r.ok()) << r.status();
+    (*r)->ReadAhead(2);
+    std::string_view k, v;
+    for (int i = 0; i < stop_after; ++i) {
+      auto more = (*r)->Next(k, v);
+      ASSERT_TRUE(more.ok() && *more) << i;
+      ASSERT_EQ(k, records[i].first);
+    }
+  }  // destroyed with its thread blocked on a full queue, or still reading
 }
 
 TEST_P(RunFileTest, MissingFileIsAnIoError) {
