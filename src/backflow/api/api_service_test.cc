@@ -220,7 +220,8 @@ TEST_F(ApiServiceTest, RunsArePagedAndFiltered) {
   r.requested_at = "2026-01-01T00:00:00.000Z";
   for (int i = 0; i < 7; ++i) {
     r.mapping = i % 2 ? "m1" : "m2";
-    ASSERT_TRUE(testing::QueueRunsAsScheduleTick(*store_, {r}).ok());
+    RunStatus status = i == 5 ? RunStatus::kFailed : RunStatus::kSucceeded;
+    ASSERT_TRUE(testing::RecordFinishedRuns(*store_, {r}, status).ok());
   }
   Reply page = Call("GET", "/api/v1/runs?limit=3");
   ASSERT_EQ(page.status, 200) << page.text;
@@ -237,8 +238,8 @@ TEST_F(ApiServiceTest, RunsArePagedAndFiltered) {
   ASSERT_EQ(seen.size(), 7u);
   EXPECT_TRUE(std::is_sorted(seen.rbegin(), seen.rend()));
 
-  Reply m1 = Call("GET", "/api/v1/runs?mapping=m1&status=queued");
-  EXPECT_EQ(m1.body["runs"].size(), 3u);
+  Reply m1 = Call("GET", "/api/v1/runs?mapping=m1&status=succeeded");
+  EXPECT_EQ(m1.body["runs"].size(), 2u);  // the third run of m1 failed
   EXPECT_TRUE(m1.body["next_cursor"].is_null());
 }
 

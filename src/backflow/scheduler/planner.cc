@@ -91,9 +91,11 @@ std::vector<ScheduleDecision> SchedulePlanner::Plan(const std::vector<ModelConfi
     d.tick = latest;
     d.missed = folded;
     state.last_tick = absl::ToUnixSeconds(latest);
+    d.state_if_busy = state;
+    d.state_if_busy.skipped_ticks += folded + 1;
     if (busy.count(model.name)) {
       d.action = ScheduleDecision::Action::kSkip;
-      state.skipped_ticks += folded + 1;
+      state = d.state_if_busy;
     } else {
       d.action = ScheduleDecision::Action::kRun;
       state.missed_ticks += folded;

@@ -35,6 +35,11 @@ struct ScheduleDecision {
   Action action = Action::kRun;
   absl::Time tick;     // the latest due tick
   int64_t missed = 0;  // earlier due ticks folded into this decision
+  // The model's state had it been busy: what the caller stores instead of
+  // the planned state when the model turns out busy as its runs are queued
+  // (StateStore::AdvanceSchedule): the tick then counts as skipped, as the
+  // planner counts it for a busy model. For kSkip, the planned state.
+  ScheduleState state_if_busy;
 };
 
 // Counting of folded ticks stops here (a year of 15-minute ticks is 35,040).

@@ -66,6 +66,33 @@ TEST(PlannerTest, BusyModelsAreSkippedNotOverlapped) {
   EXPECT_EQ(due.size(), 2u);
 }
 
+TEST(PlannerTest, ARunDecisionCarriesTheStateOfTheSameTickSkippedForABusyModel) {
+  std::vector<ModelConfig> models = {Hourly("a")};
+  std::map<std::string, ScheduleState> idle;
+  idle["a"] = ScheduleState{.last_tick = absl::ToUnixSeconds(At("2026-03-01T10:00:00Z")),
+                            .skipped_ticks = 4,
+                            .missed_ticks = 1};
+  std::map<std::string, ScheduleState> busy = idle;
+  const absl::Time now = At("2026-03-01T13:00:05Z");  // 11:00 and 12:00 folded into 13:00
+  auto run = PlanScheduledRuns(models, {}, now, idle);
+  auto skip = PlanScheduledRuns(models, {"a"}, now, busy);
+  ASSERT_EQ(run.size(), 1u);
+  ASSERT_EQ(skip.size(), 1u);
+  ASSERT_EQ(run[0].action, ScheduleDecision::Action::kRun);
+  EXPECT_EQ(idle["a"].missed_ticks, 3);
+  EXPECT_EQ(idle["a"].skipped_ticks, 4);
+  // Stored when the model turns out busy as the run is queued: the same
+  // state as the planner's own skip of that tick.
+  const ScheduleState& if_busy = run[0].state_if_busy;
+  EXPECT_EQ(if_busy.last_tick, absl::ToUnixSeconds(At("2026-03-01T13:00:00Z")));
+  EXPECT_EQ(if_busy.skipped_ticks, 4 + 3);
+  EXPECT_EQ(if_busy.missed_ticks, 1);
+  EXPECT_EQ(if_busy.last_tick, busy["a"].last_tick);
+  EXPECT_EQ(if_busy.skipped_ticks, busy["a"].skipped_ticks);
+  EXPECT_EQ(if_busy.missed_ticks, busy["a"].missed_ticks);
+  EXPECT_EQ(skip[0].state_if_busy.skipped_ticks, busy["a"].skipped_ticks);
+}
+
 TEST(PlannerTest, ManualModelsNeverRun) {
   ModelConfig m;
   m.name = "manual";

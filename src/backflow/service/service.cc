@@ -614,7 +614,9 @@ absl::StatusOr<ServiceOutcome> Service::Run() {
     std::shared_ptr<const Workspace> ws = current();
 
     // Models with a run queued or running are busy: their ticks are skipped.
-    std::set<std::string> busy;
+    // (AdvanceSchedule checks again as it queues: a run queued meanwhile,
+    // e.g. through the API, makes it skip the tick all the same.)
+    std::map<std::string, int64_t> active_run;  // busy model -> its oldest active run
     for (RunStatus s : {RunStatus::kQueued, RunStatus::kRunning}) {
       RunFilter f;
       f.status = s;
@@ -624,11 +626,17 @@ absl::StatusOr<ServiceOutcome> Service::Run() {
         error = active.status();
         break;
       }
-      for (const RunInfo& r : *active) busy.insert(r.model);
+      for (const RunInfo& r : *active) {
+        auto [it, inserted] = active_run.emplace(r.model, r.id);
+        if (!inserted) it->second = std::min(it->second, r.id);
+      }
       metrics.Set("backflow_queue_depth", {std::string(RunStatusName(s))},
                   static_cast<double>(active->size()));
     }
     if (!error.ok()) break;
+    std::set<std::string> busy;
+    for (const auto& [model, id] : active_run) busy.insert(model);
+    if (options_.after_busy_check) options_.after_busy_check();
 
     absl::Time now = options_.once && options_.now ? *options_.now : absl::Now();
     std::map<std::string, ScheduleState> before = states;
@@ -636,25 +644,32 @@ absl::StatusOr<ServiceOutcome> Service::Run() {
     // Every changed state is stored by compare-and-set on the state this
     // process read, with the decision's runs: when several processes share
     // the store, the first to decide a tick queues it and the others learn
-    // the stored state instead.
+    // the stored state instead; when a mapping of the model has a run queued
+    // or running by then, the tick is skipped as for a busy model.
     std::map<std::string, const ScheduleDecision*> decided;
     for (const ScheduleDecision& d : decisions) decided[d.model] = &d;
-    auto advance = [&](const std::string& model,
-                       const std::vector<RunInfo>& runs) -> std::optional<std::vector<int64_t>> {
+    auto advance = [&](const std::string& model, const std::vector<RunInfo>& runs,
+                       const ScheduleState& if_busy) -> StateStore::AdvanceOutcome {
       auto was = before.find(model);
       std::optional<int64_t> expected;
       if (was != before.end()) expected = was->second.last_tick;
-      absl::StatusOr<std::optional<std::vector<int64_t>>> won =
-          store->AdvanceSchedule(model, expected, states[model], runs);
-      if (!won.ok()) {
-        error = won.status();
-        return std::nullopt;
+      absl::StatusOr<StateStore::AdvanceOutcome> outcome =
+          store->AdvanceSchedule(model, expected, states[model], runs, if_busy);
+      if (!outcome.ok()) {
+        error = outcome.status();
+        return {};
       }
-      if (won->has_value()) return *won;
+      if (outcome->result == StateStore::AdvanceOutcome::Result::kSkippedBusy) {
+        states[model] = if_busy;
+        planner.Invalidate();
+      }
+      if (outcome->result != StateStore::AdvanceOutcome::Result::kDecidedElsewhere) {
+        return *std::move(outcome);
+      }
       absl::StatusOr<std::optional<ScheduleState>> stored = store->GetScheduleState(model);
       if (!stored.ok()) {
         error = stored.status();
-        return std::nullopt;
+        return {};
       }
       if (stored->has_value()) {
         states[model] = **stored;
@@ -662,20 +677,19 @@ absl::StatusOr<ServiceOutcome> Service::Run() {
         states.erase(model);
       }
       planner.Invalidate();
-      return std::nullopt;
+      return *std::move(outcome);
     };
     for (const auto& [model, state] : std::map<std::string, ScheduleState>(states)) {
       auto was = before.find(model);
       if (decided.count(model) > 0) continue;
       if (was != before.end() && was->second.last_tick == state.last_tick) continue;
-      advance(model, {});  // first sight of the model: counting starts now
+      advance(model, {}, state);  // first sight of the model: counting starts now
       if (!error.ok()) break;
     }
     if (!error.ok()) break;
     for (const ScheduleDecision& d : decisions) {
-      const bool run = d.action == ScheduleDecision::Action::kRun;
       std::vector<RunInfo> runs;
-      if (run) {
+      if (d.action == ScheduleDecision::Action::kRun) {
         for (const MappingConfig& m : ws->mappings) {
           if (m.model != d.model || !m.enabled) continue;
           RunInfo r;
@@ -687,9 +701,9 @@ absl::StatusOr<ServiceOutcome> Service::Run() {
           runs.push_back(std::move(r));
         }
       }
-      std::optional<std::vector<int64_t>> ids = advance(d.model, runs);
+      StateStore::AdvanceOutcome outcome = advance(d.model, runs, d.state_if_busy);
       if (!error.ok()) break;
-      if (!ids) {
+      if (outcome.result == StateStore::AdvanceOutcome::Result::kDecidedElsewhere) {
         log.Write("schedule_decided_elsewhere", [&](JsonWriter& w) {
           w.Key("model").String(d.model);
           w.Key("tick").String(TickText(d.tick));
@@ -698,15 +712,27 @@ absl::StatusOr<ServiceOutcome> Service::Run() {
         });
         continue;
       }
+      // Skipped by the planner (busy when listed) or by the store (a run was
+      // queued since, e.g. through the API): the same skipped tick.
+      std::optional<int64_t> still_going;
+      if (outcome.result == StateStore::AdvanceOutcome::Result::kSkippedBusy) {
+        still_going = outcome.active->id;
+      } else if (d.action == ScheduleDecision::Action::kSkip) {
+        auto it = active_run.find(d.model);
+        if (it != active_run.end()) still_going = it->second;
+      }
+      const bool run = d.action == ScheduleDecision::Action::kRun &&
+                       outcome.result == StateStore::AdvanceOutcome::Result::kQueued;
       if (!run) metrics.Add("backflow_schedule_skipped_ticks_total", {d.model});
       log.Write(run ? "schedule_due" : "schedule_skipped", [&](JsonWriter& w) {
         w.Key("model").String(d.model);
         w.Key("tick").String(TickText(d.tick));
         if (d.missed > 0) w.Key("missed_ticks").Int(d.missed);
         if (!run) w.Key("reason").String("the previous run of this model is still going");
-        if (!ids->empty()) {
+        if (still_going) w.Key("active_run_id").Int(*still_going);
+        if (!outcome.ids.empty()) {
           w.Key("run_ids").BeginArray();
-          for (int64_t id : *ids) w.Int(id);
+          for (int64_t id : outcome.ids) w.Int(id);
           w.EndArray();
         }
       });

@@ -11,7 +11,8 @@
 //
 // Rules beyond the planner's: a model with no enabled mapping is logged and
 // skipped; a model with a run queued or running is not queued again (the
-// tick is skipped and logged); an invalid edit of the workspace file is
+// tick is skipped and logged, naming that run), also when the run was queued
+// (e.g. through the API) while the scheduler decided; an invalid edit of the workspace file is
 // logged and ignored (the last valid workspace stays in force). Schedule
 // state is persisted after every decision, by compare-and-set together with
 // the runs it queues (StateStore::AdvanceSchedule): when several processes
@@ -57,6 +58,10 @@ struct ServiceOptions {
   absl::Duration lease = absl::Seconds(30);
   // Called after each run finished, from the worker that ran it (alerts).
   std::function<void(const RunInfo&)> on_run_finished;
+  // Called by the scheduler after it listed the models with a run queued or
+  // running and before it stores its decisions, on the scheduler's thread
+  // (tests queue a run here, as an API request arriving then would).
+  std::function<void()> after_busy_check;
 };
 
 struct ServiceOutcome {

@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <thread>
 
@@ -195,6 +196,117 @@ TEST_F(ServiceTest, StoppingMidRunQueuesTheRunAgainAndTheNextStartFinishesIt) {
   EXPECT_EQ(run->status, RunStatus::kSucceeded) << run->error;
   EXPECT_EQ(dest_->records.size(), 300u);
   EXPECT_EQ(dest_->sent_keys.size(), 300u);
+}
+
+// The scheduler lists busy models, then queues the ticks it decided; an API
+// request landing in between (here: from the hook in that window) makes the
+// tick skipped, exactly as a run queued before the scheduler looked does.
+TEST_F(ServiceTest, ARunQueuedWhileTheSchedulerDecidesSkipsTheTickAsABusyModelDoes) {
+  std::string yaml = Slurp((dir_ / "backflow.yaml").string());
+  const std::string model_a = R"(sql: "SELECT id, v FROM a", primary_key: id })";
+  const size_t at = yaml.find(model_a);
+  ASSERT_NE(at, std::string::npos);
+  yaml.replace(at, model_a.size(),
+               R"(sql: "SELECT id, v FROM a", primary_key: id, schedule: { every: 1h } })");
+  std::ofstream(dir_ / "backflow.yaml") << yaml;
+  auto at_time = [](const char* rfc3339) {
+    absl::Time t;
+    std::string err;
+    EXPECT_TRUE(absl::ParseTime(absl::RFC3339_full, rfc3339, &t, &err)) << err;
+    return t;
+  };
+  ASSERT_TRUE(
+      store_->SetScheduleState("a", {absl::ToUnixSeconds(at_time("2026-03-01T10:00:00Z")), 0, 0})
+          .ok());
+  RunInfo api;
+  api.mapping = "a1";
+  api.model = "a";
+  api.destination = "mem";
+  api.trigger = "api";
+  api.requested_at = "2026-03-01T11:00:00.000Z";
+
+  // Runs the scheduler once at `now` (calling `hook` in its window) and
+  // returns the log's "schedule_*" events for model "a".
+  auto decide = [&](const char* now, std::function<void()> hook) {
+    ServiceOptions options;
+    options.config_path = (dir_ / "backflow.yaml").string();
+    options.once = true;
+    options.now = at_time(now);
+    options.after_busy_check = std::move(hook);
+    const std::string log_path = (dir_ / "serve.log").string();
+    std::FILE* log = std::fopen(log_path.c_str(), "w");
+    EXPECT_NE(log, nullptr);
+    Service service(options, registry_, ConnectorEnv{http_.get(), &SystemClock()}, log);
+    absl::StatusOr<ServiceOutcome> outcome = service.Run();
+    std::fclose(log);
+    EXPECT_TRUE(outcome.ok()) << outcome.status();
+    std::vector<json> events;
+    std::istringstream lines(Slurp(log_path));
+    std::string line;
+    while (std::getline(lines, line)) {
+      json j = json::parse(line, nullptr, false);
+      if (j.is_discarded() || j.value("model", "") != "a") continue;
+      if (j.value("event", "").rfind("schedule_", 0) == 0) events.push_back(j);
+    }
+    return events;
+  };
+  auto runs_of_a = [&] {
+    RunFilter f;
+    f.model = "a";
+    auto runs = store_->ListRuns(f);
+    EXPECT_TRUE(runs.ok());
+    return runs.ok() ? *runs : std::vector<RunInfo>();
+  };
+
+  // 11:00 is due and nothing runs when the scheduler looks; the API queues a1
+  // before the tick is stored.
+  std::vector<int64_t> raced;
+  std::vector<json> first = decide("2026-03-01T11:00:05Z", [&] {
+    if (!raced.empty()) return;
+    auto ids = testing::QueueRuns(*store_, {api});
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    raced = *ids;
+  });
+  ASSERT_EQ(raced.size(), 1u);
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_EQ(first[0]["event"], "schedule_skipped") << first[0].dump();
+  EXPECT_EQ(first[0]["tick"], "2026-03-01T11:00:00Z");
+  EXPECT_EQ(first[0]["active_run_id"], raced[0]);
+  EXPECT_FALSE(first[0].contains("run_ids"));
+  std::vector<RunInfo> runs = runs_of_a();
+  ASSERT_EQ(runs.size(), 1u);  // the API's run only (which the worker ran)
+  EXPECT_EQ(runs[0].id, raced[0]);
+  EXPECT_EQ(runs[0].status, RunStatus::kSucceeded) << runs[0].error;
+  auto state = store_->GetScheduleState("a");
+  ASSERT_TRUE(state.ok() && state->has_value());
+  EXPECT_EQ((*state)->last_tick, absl::ToUnixSeconds(at_time("2026-03-01T11:00:00Z")));
+  EXPECT_EQ((*state)->skipped_ticks, 1);
+  EXPECT_EQ((*state)->missed_ticks, 0);
+
+  // 12:00: a1 is queued before the scheduler looks: the planner skips the
+  // tick, with the same event.
+  api.requested_at = "2026-03-01T12:00:00.000Z";
+  auto before = testing::QueueRuns(*store_, {api});
+  ASSERT_TRUE(before.ok()) << before.status();
+  std::vector<json> second = decide("2026-03-01T12:00:05Z", nullptr);
+  ASSERT_EQ(second.size(), 1u);
+  EXPECT_EQ(second[0]["event"], "schedule_skipped") << second[0].dump();
+  EXPECT_EQ(second[0]["active_run_id"], (*before)[0]);
+  json same_but_tick = second[0];
+  same_but_tick["tick"] = first[0]["tick"];
+  same_but_tick["active_run_id"] = first[0]["active_run_id"];
+  same_but_tick.erase("ts");
+  first[0].erase("ts");
+  EXPECT_EQ(same_but_tick, first[0]);
+  EXPECT_EQ((**store_->GetScheduleState("a")).skipped_ticks, 2);
+
+  // 13:00, nothing running: the tick queues both mappings of "a".
+  std::vector<json> third = decide("2026-03-01T13:00:05Z", nullptr);
+  ASSERT_EQ(third.size(), 1u);
+  EXPECT_EQ(third[0]["event"], "schedule_due") << third[0].dump();
+  EXPECT_EQ(third[0]["run_ids"].size(), 2u);
+  EXPECT_EQ(runs_of_a().size(), 4u);
+  EXPECT_EQ((**store_->GetScheduleState("a")).skipped_ticks, 2);
 }
 
 }  // namespace

@@ -678,29 +678,33 @@ class PostgresStateStore : public StateStore {
       const std::vector<RunInfo>& runs) override {
     EnqueueOutcome out;
     if (runs.empty()) return out;
-    std::vector<std::string_view> mappings;
-    for (const RunInfo& r : runs) mappings.push_back(r.mapping);
     BACKFLOW_RETURN_IF_ERROR(InTransaction([&]() -> absl::Status {
-      // Serializes these checks with their inserts across connections (READ
-      // COMMITTED alone would let two transactions both find nothing).
-      BACKFLOW_RETURN_IF_ERROR(
-          Exec(fmt::format("SELECT pg_advisory_xact_lock({})", kEnqueueLock), {}, "queueing runs")
-              .status());
-      BACKFLOW_ASSIGN_OR_RETURN(
-          Result r,
-          Exec(fmt::format("SELECT {} FROM backflow.runs WHERE mapping = ANY($1) AND "
-                           "status IN ('queued', 'running') ORDER BY id LIMIT 1",
-                           kRunColumns),
-               {Param::Binary(pg::BinaryArray(pg::kTextOid, mappings), pg::kTextArrayOid)},
-               "queueing runs"));
-      if (Rows(r) > 0) {
-        out.active = ReadRun(r, 0);
-        return absl::OkStatus();
-      }
+      BACKFLOW_ASSIGN_OR_RETURN(out.active, LockQueueAndFindActive(runs, "queueing runs"));
+      if (out.active) return absl::OkStatus();
       BACKFLOW_ASSIGN_OR_RETURN(out.ids, InsertQueued(runs));
       return absl::OkStatus();
     }));
     return out;
+  }
+
+  // Within a transaction: serializes the caller's check for active runs with
+  // its inserts across connections (READ COMMITTED alone would let two
+  // transactions both find nothing), until the transaction ends; then returns
+  // the oldest run queued or running of a mapping of `runs` (nullopt: none).
+  absl::StatusOr<std::optional<RunInfo>> LockQueueAndFindActive(const std::vector<RunInfo>& runs,
+                                                                const std::string& what) {
+    std::vector<std::string_view> mappings;
+    for (const RunInfo& r : runs) mappings.push_back(r.mapping);
+    BACKFLOW_RETURN_IF_ERROR(
+        Exec(fmt::format("SELECT pg_advisory_xact_lock({})", kEnqueueLock), {}, what).status());
+    BACKFLOW_ASSIGN_OR_RETURN(
+        Result r,
+        Exec(fmt::format("SELECT {} FROM backflow.runs WHERE mapping = ANY($1) AND "
+                         "status IN ('queued', 'running') ORDER BY id LIMIT 1",
+                         kRunColumns),
+             {Param::Binary(pg::BinaryArray(pg::kTextOid, mappings), pg::kTextArrayOid)}, what));
+    if (Rows(r) == 0) return std::optional<RunInfo>();
+    return std::optional<RunInfo>(ReadRun(r, 0));
   }
 
   absl::StatusOr<std::vector<RunInfo>> ClaimRuns(const std::string& worker, absl::Time now,
@@ -994,16 +998,25 @@ class PostgresStateStore : public StateStore {
     });
   }
 
-  absl::StatusOr<std::optional<std::vector<int64_t>>> AdvanceSchedule(
-      const std::string& model, std::optional<int64_t> expected_last_tick,
-      const ScheduleState& next, const std::vector<RunInfo>& runs) override {
-    std::optional<std::vector<int64_t>> out;
+  absl::StatusOr<AdvanceOutcome> AdvanceSchedule(const std::string& model,
+                                                 std::optional<int64_t> expected_last_tick,
+                                                 const ScheduleState& next,
+                                                 const std::vector<RunInfo>& runs,
+                                                 const ScheduleState& next_if_busy) override {
+    AdvanceOutcome out;
     const std::string what = fmt::format("queuing the scheduled runs of model \"{}\"", model);
     BACKFLOW_RETURN_IF_ERROR(InTransaction([&]() -> absl::Status {
+      out = AdvanceOutcome();
+      // With runs: the queue lock first (as EnqueueRunsUnlessActive), then
+      // the model's row, in that order in every transaction that takes both.
+      if (!runs.empty()) {
+        BACKFLOW_ASSIGN_OR_RETURN(out.active, LockQueueAndFindActive(runs, what));
+      }
+      const ScheduleState& state = out.active ? next_if_busy : next;
       // A concurrent writer of the row makes this wait, then re-check the
       // condition against its commit (READ COMMITTED): one of them wins.
-      std::vector<Param> params = {P(model), P(next.last_tick), P(next.skipped_ticks),
-                                   P(next.missed_ticks)};
+      std::vector<Param> params = {P(model), P(state.last_tick), P(state.skipped_ticks),
+                                   P(state.missed_ticks)};
       if (expected_last_tick) params.push_back(P(*expected_last_tick));
       BACKFLOW_ASSIGN_OR_RETURN(
           Result r, Exec(expected_last_tick
@@ -1013,8 +1026,16 @@ class PostgresStateStore : public StateStore {
                                "skipped_ticks, missed_ticks) VALUES ($1, $2, $3, $4) ON CONFLICT "
                                "(model) DO NOTHING",
                          std::move(params), what));
-      if (Affected(r) == 0) return absl::OkStatus();
-      BACKFLOW_ASSIGN_OR_RETURN(out, InsertQueued(runs));
+      if (Affected(r) == 0) {
+        out.result = AdvanceOutcome::Result::kDecidedElsewhere;
+        out.active.reset();
+        return absl::OkStatus();
+      }
+      if (out.active) {
+        out.result = AdvanceOutcome::Result::kSkippedBusy;
+        return absl::OkStatus();
+      }
+      BACKFLOW_ASSIGN_OR_RETURN(out.ids, InsertQueued(runs));
       return absl::OkStatus();
     }));
     return out;

@@ -29,7 +29,9 @@
 //   for, rather than deadlock with, a take-over of the same runs.
 // - AdvanceSchedule() is a conditional UPDATE (or INSERT ... ON CONFLICT DO
 //   NOTHING) of the model's row: a racing process waits for the winner's
-//   commit, then finds the condition false.
+//   commit, then finds the condition false. With runs to queue it first takes
+//   the transaction-level advisory lock EnqueueRunsUnlessActive() takes, so
+//   its check for active runs and its inserts are serialized with the API's.
 // - LockMapping() takes a session-level advisory lock (key: a 64-bit hash of
 //   the mapping name) on a connection of its own, named "backflow HOST pid
 //   PID" (application_name) so that a refused process can say who holds it.

@@ -461,17 +461,7 @@ class SqliteStateStore : public StateStore {
     EnqueueOutcome out;
     // BEGIN IMMEDIATE: one writer at a time, so the check holds until the insert.
     BACKFLOW_RETURN_IF_ERROR(InTransaction([&]() -> absl::Status {
-      for (const RunInfo& r : runs) {
-        BACKFLOW_ASSIGN_OR_RETURN(
-            Statement q, db_->Prepare(fmt::format("SELECT {} FROM runs WHERE mapping=? AND status "
-                                                  "IN ('queued', 'running') ORDER BY id LIMIT 1",
-                                                  kRunColumns)));
-        q.Bind(1, r.mapping);
-        BACKFLOW_ASSIGN_OR_RETURN(std::vector<RunInfo> active, ReadRuns(q));
-        if (!active.empty() && (!out.active || active.front().id < out.active->id)) {
-          out.active = active.front();
-        }
-      }
+      BACKFLOW_ASSIGN_OR_RETURN(out.active, OldestActiveRun(runs));
       if (out.active) return absl::OkStatus();
       BACKFLOW_ASSIGN_OR_RETURN(out.ids, InsertQueued(runs));
       return absl::OkStatus();
@@ -762,12 +752,17 @@ class SqliteStateStore : public StateStore {
         .Run();
   }
 
-  absl::StatusOr<std::optional<std::vector<int64_t>>> AdvanceSchedule(
-      const std::string& model, std::optional<int64_t> expected_last_tick,
-      const ScheduleState& next, const std::vector<RunInfo>& runs) override {
-    std::optional<std::vector<int64_t>> out;
-    // BEGIN IMMEDIATE: the compare and the set happen under the write lock.
+  absl::StatusOr<AdvanceOutcome> AdvanceSchedule(const std::string& model,
+                                                 std::optional<int64_t> expected_last_tick,
+                                                 const ScheduleState& next,
+                                                 const std::vector<RunInfo>& runs,
+                                                 const ScheduleState& next_if_busy) override {
+    AdvanceOutcome out;
+    // BEGIN IMMEDIATE: the compare, the check for active runs and the set
+    // happen under the write lock (as EnqueueRunsUnlessActive's check and insert).
     BACKFLOW_RETURN_IF_ERROR(InTransaction([&]() -> absl::Status {
+      BACKFLOW_ASSIGN_OR_RETURN(out.active, OldestActiveRun(runs));
+      const ScheduleState& state = out.active ? next_if_busy : next;
       BACKFLOW_ASSIGN_OR_RETURN(
           Statement s,
           db_->Prepare(expected_last_tick
@@ -776,13 +771,21 @@ class SqliteStateStore : public StateStore {
                            : "INSERT INTO schedule_state (model, last_tick, skipped_ticks, "
                              "missed_ticks) VALUES (?1,?2,?3,?4) ON CONFLICT (model) DO NOTHING"));
       s.Bind(1, model)
-          .Bind(2, next.last_tick)
-          .Bind(3, next.skipped_ticks)
-          .Bind(4, next.missed_ticks);
+          .Bind(2, state.last_tick)
+          .Bind(3, state.skipped_ticks)
+          .Bind(4, state.missed_ticks);
       if (expected_last_tick) s.Bind(5, *expected_last_tick);
       BACKFLOW_RETURN_IF_ERROR(s.Run());
-      if (sqlite3_changes(db_->raw()) == 0) return absl::OkStatus();
-      BACKFLOW_ASSIGN_OR_RETURN(out, InsertQueued(runs));
+      if (sqlite3_changes(db_->raw()) == 0) {
+        out.result = AdvanceOutcome::Result::kDecidedElsewhere;
+        out.active.reset();
+        return absl::OkStatus();
+      }
+      if (out.active) {
+        out.result = AdvanceOutcome::Result::kSkippedBusy;
+        return absl::OkStatus();
+      }
+      BACKFLOW_ASSIGN_OR_RETURN(out.ids, InsertQueued(runs));
       return absl::OkStatus();
     }));
     return out;
@@ -879,6 +882,24 @@ class SqliteStateStore : public StateStore {
     }
     moved_.insert(mapping);
     return absl::OkStatus();
+  }
+
+  // The oldest run queued or running of a mapping of `runs` (nullopt: none);
+  // the caller holds a transaction.
+  absl::StatusOr<std::optional<RunInfo>> OldestActiveRun(const std::vector<RunInfo>& runs) {
+    std::optional<RunInfo> oldest;
+    if (runs.empty()) return oldest;
+    BACKFLOW_ASSIGN_OR_RETURN(
+        Statement q, db_->Prepare(fmt::format("SELECT {} FROM runs WHERE mapping=? AND status "
+                                              "IN ('queued', 'running') ORDER BY id LIMIT 1",
+                                              kRunColumns)));
+    for (const RunInfo& r : runs) {
+      q.Bind(1, r.mapping);
+      BACKFLOW_ASSIGN_OR_RETURN(std::vector<RunInfo> active, ReadRuns(q));
+      q.Reset();
+      if (!active.empty() && (!oldest || active.front().id < oldest->id)) oldest = active.front();
+    }
+    return oldest;
   }
 
   // Inserts queued runs under one request id (the first run's); the caller

@@ -233,8 +233,9 @@ class StateStore {
   virtual absl::StatusOr<int> MarkInterruptedRuns() = 0;
 
   // --- Run queue -----------------------------------------------------------
-  // Runs are queued here and by AdvanceSchedule (the scheduler's path, which
-  // does not check for active runs: the scheduler skips busy models itself).
+  // Runs are queued here and by AdvanceSchedule (the scheduler's path); both
+  // refuse a mapping that already has a run queued or running, under the same
+  // serialization, so a mapping never has two runs queued or running at once.
   //
   // Queues one run per element (status kQueued, requested_at as given) under
   // one request id, whose ids it returns in order; unless a mapping of `runs`
@@ -319,16 +320,31 @@ class StateStore {
   virtual absl::StatusOr<std::optional<ScheduleState>> GetScheduleState(
       const std::string& model) = 0;
   virtual absl::Status SetScheduleState(const std::string& model, const ScheduleState& state) = 0;
-  // Compare-and-set of a model's schedule state, across processes: when the
-  // stored state's last_tick is still `expected_last_tick` (nullopt: the
-  // model has no state yet), stores `next` and queues `runs` (as one request,
-  // like EnqueueRunsUnlessActive but whatever runs their mappings have queued
-  // or running; none when empty) in the same transaction and returns their
-  // ids. nullopt when the stored state differs (another process decided
-  // first): nothing is written.
-  virtual absl::StatusOr<std::optional<std::vector<int64_t>>> AdvanceSchedule(
-      const std::string& model, std::optional<int64_t> expected_last_tick,
-      const ScheduleState& next, const std::vector<RunInfo>& runs) = 0;
+  // Compare-and-set of a model's schedule state, across processes, together
+  // with the runs of the decided tick, in one transaction:
+  //  - when the stored state's last_tick is no longer `expected_last_tick`
+  //    (nullopt: the model has no state yet), another process decided first:
+  //    nothing is written (kDecidedElsewhere);
+  //  - else, when a mapping of `runs` has a run queued or running, `runs` are
+  //    not queued and `next_if_busy` is stored: the tick counts as skipped,
+  //    as the planner counts the tick of a busy model (kSkippedBusy, naming
+  //    the oldest such run);
+  //  - else `next` is stored and `runs` are queued as one request (none when
+  //    empty) whose ids are returned in order (kQueued).
+  // The check for active runs is serialized with EnqueueRunsUnlessActive's
+  // (from any process): of a tick and a concurrent API request for one
+  // mapping, only one queues.
+  struct AdvanceOutcome {
+    enum class Result { kQueued, kSkippedBusy, kDecidedElsewhere };
+    Result result = Result::kQueued;
+    std::vector<int64_t> ids;       // kQueued: the queued runs, in order
+    std::optional<RunInfo> active;  // kSkippedBusy: the run that kept `runs` from being queued
+  };
+  virtual absl::StatusOr<AdvanceOutcome> AdvanceSchedule(const std::string& model,
+                                                         std::optional<int64_t> expected_last_tick,
+                                                         const ScheduleState& next,
+                                                         const std::vector<RunInfo>& runs,
+                                                         const ScheduleState& next_if_busy) = 0;
 
   // --- Mapping locks ---------------------------------------------------------
   // Holds `mapping` for one sync against every process sharing this store,

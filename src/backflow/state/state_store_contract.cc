@@ -192,29 +192,39 @@ TEST_P(StateStoreContractTest, ReleasedRunsGoBackToTheQueue) {
   EXPECT_EQ((*again)[0].worker, "w2");
 }
 
+using Advance = StateStore::AdvanceOutcome::Result;
+
 TEST_P(StateStoreContractTest, OneOfTwoHandlesWinsTheRaceForATick) {
   auto other = Reopen();
   ASSERT_NE(other, nullptr);
   const int64_t t0 = 1'800'000'000;
   // First sight of the model: both processes start counting; one state is kept.
-  auto first = store_->AdvanceSchedule("customers", std::nullopt, {t0, 0, 0}, {});
+  auto first = store_->AdvanceSchedule("customers", std::nullopt, {t0, 0, 0}, {}, {t0, 0, 0});
   ASSERT_TRUE(first.ok()) << first.status();
-  EXPECT_TRUE(first->has_value());
-  auto second = other->AdvanceSchedule("customers", std::nullopt, {t0 + 5, 0, 0}, {});
+  EXPECT_EQ(first->result, Advance::kQueued);
+  EXPECT_TRUE(first->ids.empty());
+  auto second =
+      other->AdvanceSchedule("customers", std::nullopt, {t0 + 5, 0, 0}, {}, {t0 + 5, 0, 0});
   ASSERT_TRUE(second.ok()) << second.status();
-  EXPECT_FALSE(second->has_value());
+  EXPECT_EQ(second->result, Advance::kDecidedElsewhere);
   EXPECT_EQ((*store_->GetScheduleState("customers"))->last_tick, t0);
 
   // Both read last_tick t0 and decide the 1h tick: one queues it, with its
   // state; the other writes nothing.
-  auto won = other->AdvanceSchedule("customers", t0, {t0 + 3600, 0, 2}, {Queued("a"), Queued("b")});
+  auto won = other->AdvanceSchedule("customers", t0, {t0 + 3600, 0, 2}, {Queued("a"), Queued("b")},
+                                    {t0 + 3600, 3, 0});
   ASSERT_TRUE(won.ok()) << won.status();
-  ASSERT_TRUE(won->has_value());
-  ASSERT_EQ((*won)->size(), 2u);
-  EXPECT_EQ(store_->GetRun((**won)[1])->request_id, (**won)[0]);
-  auto lost = store_->AdvanceSchedule("customers", t0, {t0 + 3600, 7, 0}, {Queued("a")});
+  ASSERT_EQ(won->result, Advance::kQueued);
+  EXPECT_FALSE(won->active);
+  ASSERT_EQ(won->ids.size(), 2u);
+  EXPECT_EQ(store_->GetRun(won->ids[1])->request_id, won->ids[0]);
+  // The loser's mapping is queued by now, but the tick was decided first.
+  auto lost =
+      store_->AdvanceSchedule("customers", t0, {t0 + 3600, 7, 0}, {Queued("a")}, {t0 + 3600, 8, 0});
   ASSERT_TRUE(lost.ok()) << lost.status();
-  EXPECT_FALSE(lost->has_value());
+  EXPECT_EQ(lost->result, Advance::kDecidedElsewhere);
+  EXPECT_FALSE(lost->active);
+  EXPECT_TRUE(lost->ids.empty());
   EXPECT_EQ(*store_->CountRuns(RunStatus::kQueued), 2);
   auto state = store_->GetScheduleState("customers");
   ASSERT_TRUE(state.ok() && state->has_value());
@@ -222,10 +232,11 @@ TEST_P(StateStoreContractTest, OneOfTwoHandlesWinsTheRaceForATick) {
   EXPECT_EQ((*state)->skipped_ticks, 0);
   EXPECT_EQ((*state)->missed_ticks, 2);
   // A decision with no run (a skipped tick) advances the state all the same.
-  auto skipped = store_->AdvanceSchedule("customers", t0 + 3600, {t0 + 7200, 1, 2}, {});
+  auto skipped =
+      store_->AdvanceSchedule("customers", t0 + 3600, {t0 + 7200, 1, 2}, {}, {t0 + 7200, 1, 2});
   ASSERT_TRUE(skipped.ok());
-  ASSERT_TRUE(skipped->has_value());
-  EXPECT_TRUE((*skipped)->empty());
+  EXPECT_EQ(skipped->result, Advance::kQueued);
+  EXPECT_TRUE(skipped->ids.empty());
 
   // Handles racing from threads (as processes would): exactly one wins each tick.
   constexpr int kRacers = 4;
@@ -245,11 +256,12 @@ TEST_P(StateStoreContractTest, OneOfTwoHandlesWinsTheRaceForATick) {
       racers.emplace_back([&, i] {
         ++ready;
         while (ready.load() < kRacers) std::this_thread::yield();
-        auto r = handles[i]->AdvanceSchedule("customers", last, {next, 1, 2},
-                                             {Queued(fmt::format("m{}", i))});
+        const std::string mapping = fmt::format("m{}-{}", tick, i);
+        auto r = handles[i]->AdvanceSchedule("customers", last, {next, 1, 2}, {Queued(mapping)},
+                                             {next, 2, 1});
         if (!r.ok()) {
           errors[i] = r.status();
-        } else if (r->has_value()) {
+        } else if (r->result == Advance::kQueued) {
           ++wins;
         }
       });
@@ -261,6 +273,130 @@ TEST_P(StateStoreContractTest, OneOfTwoHandlesWinsTheRaceForATick) {
   }
   EXPECT_EQ(*store_->CountRuns(RunStatus::kQueued), 2 + 5);
   EXPECT_EQ((*store_->GetScheduleState("customers"))->last_tick, last);
+}
+
+TEST_P(StateStoreContractTest, ATickWhoseMappingHasARunQueuedOrRunningIsSkipped) {
+  const int64_t t0 = 1'800'000'000;
+  ASSERT_TRUE(store_->AdvanceSchedule("customers", std::nullopt, {t0, 0, 0}, {}, {t0, 0, 0}).ok());
+  // "b" was queued through the API since the scheduler looked.
+  auto api = store_->EnqueueRunsUnlessActive({Queued("b")});
+  ASSERT_TRUE(api.ok()) << api.status();
+  ASSERT_EQ(api->ids.size(), 1u);
+
+  auto busy = store_->AdvanceSchedule("customers", t0, {t0 + 3600, 0, 2},
+                                      {Queued("a"), Queued("b")}, {t0 + 3600, 3, 0});
+  ASSERT_TRUE(busy.ok()) << busy.status();
+  EXPECT_EQ(busy->result, Advance::kSkippedBusy);
+  EXPECT_TRUE(busy->ids.empty());
+  ASSERT_TRUE(busy->active);
+  EXPECT_EQ(busy->active->id, api->ids[0]);
+  EXPECT_EQ(busy->active->mapping, "b");
+  EXPECT_EQ(busy->active->status, RunStatus::kQueued);
+  // Nothing queued (not even "a", which was idle); the tick counts as skipped.
+  EXPECT_EQ(*store_->CountRuns(RunStatus::kQueued), 1);
+  RunFilter fa;
+  fa.mapping = "a";
+  EXPECT_TRUE(store_->ListRuns(fa)->empty());
+  auto state = store_->GetScheduleState("customers");
+  ASSERT_TRUE(state.ok() && state->has_value());
+  EXPECT_EQ((*state)->last_tick, t0 + 3600);
+  EXPECT_EQ((*state)->skipped_ticks, 3);
+  EXPECT_EQ((*state)->missed_ticks, 0);
+
+  // Running: skipped all the same.
+  auto claimed = store_->ClaimRuns("w1", kT0, kLease);
+  ASSERT_TRUE(claimed.ok());
+  ASSERT_EQ(claimed->size(), 1u);
+  auto running = store_->AdvanceSchedule("customers", t0 + 3600, {t0 + 7200, 3, 0}, {Queued("b")},
+                                         {t0 + 7200, 4, 0});
+  ASSERT_TRUE(running.ok()) << running.status();
+  EXPECT_EQ(running->result, Advance::kSkippedBusy);
+  ASSERT_TRUE(running->active);
+  EXPECT_EQ(running->active->id, api->ids[0]);
+  EXPECT_EQ(running->active->status, RunStatus::kRunning);
+  EXPECT_EQ((*store_->GetScheduleState("customers"))->skipped_ticks, 4);
+
+  // A stale decision stays the other process's, busy or not: nothing written.
+  auto stale =
+      store_->AdvanceSchedule("customers", t0, {t0 + 3600, 9, 9}, {Queued("b")}, {t0 + 3600, 9, 9});
+  ASSERT_TRUE(stale.ok()) << stale.status();
+  EXPECT_EQ(stale->result, Advance::kDecidedElsewhere);
+  EXPECT_FALSE(stale->active);
+  EXPECT_EQ((*store_->GetScheduleState("customers"))->last_tick, t0 + 7200);
+
+  // Finished: the next tick queues.
+  RunInfo done = (*claimed)[0];
+  done.status = RunStatus::kSucceeded;
+  done.finished_at = "2026-01-01T00:01:00.000Z";
+  ASSERT_TRUE(store_->UpdateRun(done).ok());
+  auto queued = store_->AdvanceSchedule("customers", t0 + 7200, {t0 + 10800, 4, 0},
+                                        {Queued("a"), Queued("b")}, {t0 + 10800, 5, 0});
+  ASSERT_TRUE(queued.ok()) << queued.status();
+  EXPECT_EQ(queued->result, Advance::kQueued);
+  EXPECT_FALSE(queued->active);
+  EXPECT_EQ(queued->ids.size(), 2u);
+  EXPECT_EQ((*store_->GetScheduleState("customers"))->skipped_ticks, 4);
+  // ... and the API now finds the scheduled run.
+  auto refused = store_->EnqueueRunsUnlessActive({Queued("a")});
+  ASSERT_TRUE(refused.ok());
+  ASSERT_TRUE(refused->active);
+  EXPECT_EQ(refused->active->id, queued->ids[0]);
+}
+
+TEST_P(StateStoreContractTest, ATickRacingAnApiRequestNeverLeavesTwoActiveRuns) {
+  // Two handles (two processes would have two): each round, the API queues a
+  // mapping while the scheduler queues the model's tick with it. One run is
+  // queued: the API's (the tick is skipped) or the tick's (the API is refused).
+  std::unique_ptr<StateStore> api = Reopen();
+  ASSERT_NE(api, nullptr);
+  const int64_t t0 = 1'800'000'000;
+  ASSERT_TRUE(store_->AdvanceSchedule("customers", std::nullopt, {t0, 0, 0}, {}, {t0, 0, 0}).ok());
+  constexpr int kRounds = 300;
+  int skipped = 0;
+  int64_t last = t0;
+  for (int round = 0; round < kRounds; ++round) {
+    const std::string mapping = "m" + std::to_string(round);
+    const int64_t next = last + 3600;
+    absl::StatusOr<StateStore::EnqueueOutcome> enqueued;
+    std::atomic<int> ready{0};
+    std::thread t([&] {
+      ++ready;
+      while (ready.load() < 2) std::this_thread::yield();
+      enqueued = api->EnqueueRunsUnlessActive({Queued(mapping)});
+    });
+    ++ready;
+    while (ready.load() < 2) std::this_thread::yield();
+    auto tick = store_->AdvanceSchedule("customers", last, {next, skipped, 0}, {Queued(mapping)},
+                                        {next, skipped + 1, 0});
+    t.join();
+    ASSERT_TRUE(enqueued.ok()) << enqueued.status();
+    ASSERT_TRUE(tick.ok()) << tick.status();
+    RunFilter f;
+    f.mapping = mapping;
+    auto runs = store_->ListRuns(f);
+    ASSERT_TRUE(runs.ok());
+    ASSERT_EQ(runs->size(), 1u) << "round " << round;
+    const int64_t only = (*runs)[0].id;
+    if (tick->result == Advance::kQueued) {
+      ASSERT_EQ(tick->ids, std::vector<int64_t>{only}) << "round " << round;
+      ASSERT_TRUE(enqueued->ids.empty());
+      ASSERT_TRUE(enqueued->active);
+      EXPECT_EQ(enqueued->active->id, only);
+    } else {
+      ASSERT_EQ(tick->result, Advance::kSkippedBusy) << "round " << round;
+      ASSERT_EQ(enqueued->ids, std::vector<int64_t>{only}) << "round " << round;
+      ASSERT_TRUE(tick->active);
+      EXPECT_EQ(tick->active->id, only);
+      ++skipped;
+    }
+    last = next;
+  }
+  // Every tick advanced the state, skipped or not.
+  auto state = store_->GetScheduleState("customers");
+  ASSERT_TRUE(state.ok() && state->has_value());
+  EXPECT_EQ((*state)->last_tick, last);
+  EXPECT_EQ((*state)->skipped_ticks, skipped);
+  EXPECT_EQ(*store_->CountRuns(RunStatus::kQueued), kRounds);
 }
 
 TEST_P(StateStoreContractTest, ALostRunRefusesTheOldWorkersWrites) {
@@ -317,7 +453,7 @@ TEST_P(StateStoreContractTest, ALostRunRefusesTheOldWorkersWrites) {
 }
 
 TEST_P(StateStoreContractTest, ListRunsFiltersAndPages) {
-  for (int i = 0; i < 5; ++i) ASSERT_TRUE(QueueRunsAsScheduleTick(*store_, {Queued("a")}).ok());
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(RecordFinishedRuns(*store_, {Queued("a")}).ok());
   ASSERT_TRUE(QueueRuns(*store_, {Queued("b", "orders")}).ok());
   RunFilter f;
   f.mapping = "a";
@@ -338,7 +474,9 @@ TEST_P(StateStoreContractTest, ListRunsFiltersAndPages) {
   by_status.status = RunStatus::kRunning;
   EXPECT_TRUE(store_->ListRuns(by_status)->empty());
   by_status.status = RunStatus::kQueued;
-  EXPECT_EQ(store_->ListRuns(by_status)->size(), 6u);
+  EXPECT_EQ(store_->ListRuns(by_status)->size(), 1u);
+  by_status.status = RunStatus::kSucceeded;
+  EXPECT_EQ(store_->ListRuns(by_status)->size(), 5u);
 }
 
 TEST_P(StateStoreContractTest, ApiTokensAreFoundByHashAndRevoked) {

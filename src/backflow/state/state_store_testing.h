@@ -1,13 +1,8 @@
-// Test helpers that queue runs through a StateStore's two queueing paths:
-// the API's (EnqueueRunsUnlessActive) and the scheduler's (AdvanceSchedule).
-// Header-only, test-only.
+// Test helpers that put runs in a StateStore: queued as the API queues them
+// (EnqueueRunsUnlessActive), or recorded as finished. Header-only, test-only.
 #pragma once
 
-#include <unistd.h>
-
-#include <atomic>
 #include <cstdint>
-#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -29,30 +24,31 @@ inline absl::StatusOr<std::vector<int64_t>> QueueRuns(StateStore& store,
   if (outcome->active) {
     return absl::FailedPreconditionError(fmt::format(
         "run {} of mapping \"{}\" is already {}: the test queued runs for a mapping "
-        "that has one (use QueueRunsAsScheduleTick for that)",
+        "that has one (use RecordFinishedRuns for several runs of one mapping)",
         outcome->active->id, outcome->active->mapping, RunStatusName(outcome->active->status)));
   }
   return std::move(outcome->ids);
 }
 
-// Queues `runs` as one request whether or not their mappings have runs queued
-// or running, as a schedule tick does (AdvanceSchedule queues what it is given;
-// the scheduler leaves out busy models before): for tests that need several
-// runs of one mapping in the queue. Each call stores the schedule state of a
-// model of its own ("test-queue-<pid>-<n>", which no workspace names).
-inline absl::StatusOr<std::vector<int64_t>> QueueRunsAsScheduleTick(
-    StateStore& store, const std::vector<RunInfo>& runs) {
-  static std::atomic<int64_t> calls{0};
-  const int64_t n = ++calls;
-  const std::string model = fmt::format("test-queue-{}-{}", getpid(), n);
-  absl::StatusOr<std::optional<std::vector<int64_t>>> ids =
-      store.AdvanceSchedule(model, std::nullopt, ScheduleState{n, 0, 0}, runs);
-  if (!ids.ok()) return ids.status();
-  if (!ids->has_value()) {
-    return absl::InternalError(
-        fmt::format("the schedule state of \"{}\" already existed: nothing was queued", model));
+// Records `runs` as runs that ran and finished with `status` (CreateRun, then
+// UpdateRun), in order, and returns their ids: for tests that need several
+// runs of one mapping (the queue holds at most one run queued or running per
+// mapping, whichever path queued it).
+inline absl::StatusOr<std::vector<int64_t>> RecordFinishedRuns(
+    StateStore& store, const std::vector<RunInfo>& runs, RunStatus status = RunStatus::kSucceeded) {
+  std::vector<int64_t> ids;
+  for (RunInfo run : runs) {
+    if (run.started_at.empty()) run.started_at = "2026-01-01T00:00:00.000Z";
+    run.status = RunStatus::kRunning;
+    absl::StatusOr<int64_t> id = store.CreateRun(run);
+    if (!id.ok()) return id.status();
+    run.id = *id;
+    run.status = status;
+    if (run.finished_at.empty()) run.finished_at = run.started_at;
+    if (absl::Status s = store.UpdateRun(run); !s.ok()) return s;
+    ids.push_back(*id);
   }
-  return **std::move(ids);
+  return ids;
 }
 
 }  // namespace backflow::testing
