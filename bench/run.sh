@@ -323,6 +323,15 @@ write_workspace "$work/ws-inc"
 write_workspace "$work/ws-inc2" 2
 declare -A raw=()
 
+# reset_state WS [FROM]: empties WS's state folder (or restores FROM into it)
+# but for its spool folder, whose recycled scratch files the next run of a
+# workspace finds in production too (engine/spool.h, spool_keep_mib).
+reset_state() {
+  mkdir -p "$1/state"
+  find "$1/state" -mindepth 1 -maxdepth 1 ! -name spool -exec rm -rf {} +
+  if [[ -n ${2:-} ]]; then cp -a "$2/." "$1/state/"; fi
+}
+
 # ------------------------------------------- 1. extraction + fingerprint (v1)
 point_view customers_v1
 copy_seconds >/dev/null # warm the page cache
@@ -330,7 +339,7 @@ copy_v1=() bf_ed=() bf_ext1=()
 for r in $(seq 1 "$reps"); do
   log "extraction + fingerprint: rep $r/$reps"
   copy_v1+=("$(copy_seconds)")
-  rm -rf "$work/ws-dry/state"
+  reset_state "$work/ws-dry"
   backflow_sync "$work/ws-dry" "$work/dry.$r" --dry-run
   expect "dry run extracted" "$(jfield "$work/dry.$r" extracted)" "$rows"
   expect "dry run added" "$(jfield "$work/dry.$r" added)" "$rows"
@@ -416,8 +425,7 @@ for r in $(seq 1 "$reps"); do
   log "incremental sync: rep $r/$reps"
   copy_v2+=("$(copy_seconds)")
 
-  rm -rf "$work/ws-inc/state"
-  cp -a "$work/state-v1" "$work/ws-inc/state"
+  reset_state "$work/ws-inc" "$work/state-v1"
   sync # the restored state's writeback is not part of the sync
   before=$(sink_records)
   backflow_sync "$work/ws-inc" "$work/inc.$r"
@@ -433,8 +441,7 @@ for r in $(seq 1 "$reps"); do
   bf_deliver+=("$(jfield "$work/inc.$r" timings.deliver_s)")
 
   # The same sync with the source's parallel_connections: 2 (two key ranges).
-  rm -rf "$work/ws-inc2/state"
-  cp -a "$work/state-v1" "$work/ws-inc2/state"
+  reset_state "$work/ws-inc2" "$work/state-v1"
   sync
   before=$(sink_records)
   backflow_sync "$work/ws-inc2" "$work/inc2.$r"

@@ -331,6 +331,7 @@ class Loader {
 
   void LoadState(const YAML::Node& root);
   void LoadSecretKeyFile(const YAML::Node& root);
+  void LoadSpoolKeep(const YAML::Node& root);
   void LoadSources(const YAML::Node& root);
   void LoadModels(const YAML::Node& root);
   void LoadChangeDetection(const YAML::Node& e, const std::string& path, ModelConfig& model);
@@ -421,8 +422,8 @@ LoadResult Loader::Load(const std::string& yaml) {
   }
   try {
     CheckKeys(root, "",
-              {"version", "state", "secret_key_file", "sources", "models", "destinations",
-               "mappings", "alerts"});
+              {"version", "state", "secret_key_file", "spool_keep_mib", "sources", "models",
+               "destinations", "mappings", "alerts"});
     // "".key → "key" for top-level paths.
     for (Diagnostic& d : result_.diagnostics) {
       if (!d.path.empty() && d.path[0] == '.') d.path.erase(0, 1);
@@ -477,6 +478,21 @@ void Loader::LoadState(const YAML::Node& root) {
           "write state: sqlite:PATH or state: postgresql://USER:PASSWORD@HOST:PORT/DATABASE");
   }
   LoadSecretKeyFile(root);
+  LoadSpoolKeep(root);
+}
+
+void Loader::LoadSpoolKeep(const YAML::Node& root) {
+  YAML::Node node = root["spool_keep_mib"];
+  if (!node.IsDefined() || node.IsNull()) return;
+  static const std::regex kMib("^[0-9]{1,7}$");
+  if (!node.IsScalar() || !std::regex_match(node.Scalar(), kMib)) {
+    Error(node, "spool_keep_mib",
+          "must be a whole number of MiB (0 to 9999999): how much of a run's scratch files "
+          "the next run may write over",
+          "e.g. spool_keep_mib: 4096, or 0 to remove the scratch files after every run");
+    return;
+  }
+  result_.workspace.spool_keep_bytes = std::stoull(node.Scalar()) << 20;
 }
 
 void Loader::LoadSecretKeyFile(const YAML::Node& root) {

@@ -154,6 +154,12 @@ struct Workspace {
   // when set, else secret.key next to the SQLite state file, else
   // .backflow/secret.key under base_dir. BACKFLOW_SECRET_KEY overrides it.
   std::string secret_key_file;
+  // `spool_keep_mib:` (default 4096): how much of a run's scratch files
+  // (the spool: the model's rows and their sorted keys) is kept in
+  // LocalStateDir()/spool/recycled for the next run to write over, which is
+  // much cheaper than writing new files (engine/spool.h); 0 removes them
+  // after every run.
+  uint64_t spool_keep_bytes = uint64_t{4096} << 20;
   std::vector<SourceConfig> sources;
   std::vector<ModelConfig> models;
   std::vector<DestinationConfig> destinations;

@@ -277,6 +277,21 @@ TEST_F(WorkspaceTest, AcceptsPostgresStateAsWrittenWithEnvReferences) {
   EXPECT_EQ(Load("sources: []\n").workspace.state_url, "sqlite:/ws/.backflow/state.db");
 }
 
+TEST_F(WorkspaceTest, SpoolKeepMibDefaultsTo4GiBAndTakesWholeMiB) {
+  EXPECT_EQ(Load("sources: []\n").workspace.spool_keep_bytes, uint64_t{4096} << 20);
+  LoadResult zero = Load("spool_keep_mib: 0\n");
+  ASSERT_TRUE(zero.ok()) << Errors(zero);
+  EXPECT_EQ(zero.workspace.spool_keep_bytes, 0u);
+  EXPECT_EQ(Load("spool_keep_mib: 512\n").workspace.spool_keep_bytes, uint64_t{512} << 20);
+  for (const char* bad : {"spool_keep_mib: -1\n", "spool_keep_mib: 2GiB\n", "spool_keep_mib: [1]\n",
+                          "spool_keep_mib: 1.5\n"}) {
+    LoadResult r = Load(bad);
+    EXPECT_FALSE(r.ok()) << bad;
+    EXPECT_NE(Errors(r).find("spool_keep_mib: must be a whole number of MiB"), std::string::npos)
+        << Errors(r);
+  }
+}
+
 TEST_F(WorkspaceTest, LocalStateDirAndStateForDisplay) {
   Workspace sqlite = Load("state: sqlite:state/s.db\n").workspace;
   EXPECT_EQ(sqlite.LocalStateDir(), "/ws/state");

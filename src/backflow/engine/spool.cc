@@ -67,8 +67,10 @@ absl::StatusOr<std::unique_ptr<Spool>> Spool::Create(const std::string& dir, Opt
         fmt::format("cannot create the spool folder {}: {}", path, ec.message()));
   }
   auto spool = std::unique_ptr<Spool>(new Spool(path, options));
+  spool->pool_ =
+      std::make_unique<ScratchPool>((fs::path(dir) / "recycled").string(), options.keep_bytes);
   std::string rows = spool->PathOf("rows");
-  spool->rows_fd_ = open(rows.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  spool->rows_fd_ = OpenRecycled(spool->pool_.get(), rows, O_RDWR);
   if (spool->rows_fd_ < 0) {
     return absl::UnavailableError(fmt::format("cannot create {}: {}", rows, std::strerror(errno)));
   }
@@ -78,6 +80,7 @@ absl::StatusOr<std::unique_ptr<Spool>> Spool::Create(const std::string& dir, Opt
   // Spilled runs stay raw: 16 of each summary's ~40 bytes are a random
   // fingerprint, and the runs live only as long as the extraction.
   so.compression_level = 0;
+  so.pool = spool->pool_.get();
   spool->keyed_ = std::make_unique<ExternalSorter>(path, "keyed", so);
   return spool;
 }
@@ -87,7 +90,10 @@ Spool::~Spool() {
   acks_.clear();
   null_keys_file_.reset();
   keyed_.reset();
-  if (rows_fd_ >= 0) close(rows_fd_);
+  if (rows_fd_ >= 0) {
+    close(rows_fd_);
+    pool_->Keep(PathOf("rows"));
+  }
   std::error_code ec;
   fs::remove_all(dir_, ec);
 }
@@ -136,6 +142,11 @@ absl::Status Spool::AddNullKey(RowRef row) {
 
 absl::Status Spool::FinishLoad() {
   BACKFLOW_RETURN_IF_ERROR(FlushRows());
+  // A recycled row log may be longer than this extraction's rows.
+  if (ftruncate(rows_fd_, static_cast<off_t>(rows_bytes_)) != 0) {
+    return absl::UnavailableError(
+        fmt::format("cannot truncate {}: {}", PathOf("rows"), std::strerror(errno)));
+  }
   if (null_keys_file_ != nullptr) BACKFLOW_RETURN_IF_ERROR(null_keys_file_->Finish());
   return keyed_->Finish();
 }

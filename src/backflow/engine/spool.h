@@ -8,7 +8,11 @@
 // sequential run files. Memory is bounded by the sorter's budget plus a few
 // write buffers whatever the row count. Everything lives in one folder that
 // is removed when the Spool is destroyed; a folder left behind by a killed
-// process is removed by the next Create(). Not thread-safe.
+// process is removed by the next Create(). The row log and the sorted runs,
+// most of the bytes, are written over files kept from earlier spools of the
+// same folder and kept for later ones, up to Options::keep_bytes (a
+// ScratchPool in `dir`/recycled: see storage/scratch_pool.h for why). Not
+// thread-safe.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +26,7 @@
 #include "backflow/state/state_store.h"
 #include "backflow/storage/external_sorter.h"
 #include "backflow/storage/run_file.h"
+#include "backflow/storage/scratch_pool.h"
 
 namespace backflow {
 
@@ -36,6 +41,8 @@ class Spool {
   struct Options {
     // Memory for sorting the keyed summaries (beyond it, sorted runs spill to disk).
     size_t sort_budget = 64 << 20;
+    // Scratch bytes kept between spools (0: none, every spool writes new files).
+    uint64_t keep_bytes = uint64_t{4} << 30;
   };
   // Creates `dir`/spool-<pid>-<n>/ and removes the folders of dead processes.
   static absl::StatusOr<std::unique_ptr<Spool>> Create(const std::string& dir, Options options);
@@ -102,6 +109,7 @@ class Spool {
 
   std::string dir_;
   Options options_;
+  std::unique_ptr<ScratchPool> pool_;
   int rows_fd_ = -1;
   std::string rows_buffer_;
   uint64_t rows_bytes_ = 0;

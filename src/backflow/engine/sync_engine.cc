@@ -999,6 +999,7 @@ absl::StatusOr<std::vector<MappingRunResult>> Runner::Run(const ModelConfig& mod
 
   Spool::Options spool_options;
   spool_options.sort_budget = options_.sort_memory_bytes;
+  spool_options.keep_bytes = ws_.spool_keep_bytes;
   auto spool = Spool::Create(spool_dir_ + "/spool", spool_options);
   if (!spool.ok()) return fail_all(std::string(spool.status().message()));
   spool_ = *std::move(spool);

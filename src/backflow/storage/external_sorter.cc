@@ -129,7 +129,15 @@ ExternalSorter::ExternalSorter(std::string dir, std::string prefix, Options opti
 }
 
 ExternalSorter::~ExternalSorter() {
-  for (const std::string& run : runs_) unlink(run.c_str());
+  for (const std::string& run : runs_) Discard(run);
+}
+
+void ExternalSorter::Discard(const std::string& run) {
+  if (options_.pool != nullptr) {
+    options_.pool->Keep(run);
+  } else {
+    unlink(run.c_str());
+  }
 }
 
 std::string ExternalSorter::NextRunPath() {
@@ -206,6 +214,7 @@ absl::Status ExternalSorter::Spill() {
   SortBuffer();
   RunFileOptions o;
   o.compression_level = options_.compression_level;
+  o.pool = options_.pool;
   BACKFLOW_ASSIGN_OR_RETURN(auto writer, RunFileWriter::Create(NextRunPath(), o));
   std::string_view key, value;
   for (const Entry& e : entries_) {
@@ -228,6 +237,7 @@ absl::Status ExternalSorter::MergeRuns() {
   }
   RunFileOptions o;
   o.compression_level = options_.compression_level;
+  o.pool = options_.pool;
   BACKFLOW_ASSIGN_OR_RETURN(auto writer, RunFileWriter::Create(NextRunPath(), o));
   std::string_view key, value;
   while (true) {
@@ -236,7 +246,7 @@ absl::Status ExternalSorter::MergeRuns() {
     BACKFLOW_RETURN_IF_ERROR(writer->Add(key, value));
   }
   BACKFLOW_RETURN_IF_ERROR(writer->Finish());
-  for (const std::string& run : runs_) unlink(run.c_str());
+  for (const std::string& run : runs_) Discard(run);
   runs_.assign(1, writer->path());
   return absl::OkStatus();
 }

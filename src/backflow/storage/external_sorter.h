@@ -9,7 +9,8 @@
 // (the order of std::string, SQLite's BINARY collation and PostgreSQL bytea);
 // records with equal keys come out in the order they were added. Memory is
 // about the budget plus one block per spilled run, whatever the record count.
-// Run files are removed when the sorter is destroyed. Not thread-safe.
+// Run files are removed (or given back to Options::pool) when the sorter is
+// destroyed. Not thread-safe.
 #pragma once
 
 #include <cstdint>
@@ -39,6 +40,9 @@ class ExternalSorter {
     int compression_level = 1;  // of the spilled runs
     // Runs merged into one when this many exist (bounds open files and memory).
     int max_runs = 64;
+    // Spilled runs are written over files kept in this pool, and given back
+    // to it when no longer needed (null: new files, removed).
+    ScratchPool* pool = nullptr;
   };
   // `dir` must exist; run files are named `prefix`-<n>.run inside it.
   ExternalSorter(std::string dir, std::string prefix, Options options);
@@ -64,6 +68,7 @@ class ExternalSorter {
   absl::Status Spill();
   absl::Status MergeRuns();
   std::string NextRunPath();
+  void Discard(const std::string& run);
 
   std::string dir_;
   std::string prefix_;

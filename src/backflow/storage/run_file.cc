@@ -89,7 +89,10 @@ RunFileWriter::RunFileWriter(std::string path, std::string write_path, int fd,
 absl::StatusOr<std::unique_ptr<RunFileWriter>> RunFileWriter::Create(
     const std::string& path, const RunFileOptions& options) {
   std::string write_path = options.durable ? path + ".tmp" : path;
-  int fd = open(write_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  ScratchPool* pool = options.durable ? nullptr : options.pool;
+  int fd = pool != nullptr
+               ? OpenRecycled(pool, write_path, O_WRONLY)
+               : open(write_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return IoError("cannot create", write_path);
   auto writer = std::unique_ptr<RunFileWriter>(new RunFileWriter(path, write_path, fd, options));
   if (options.compression_level != 0) writer->cctx_ = ZSTD_createCCtx();
@@ -102,7 +105,12 @@ absl::StatusOr<std::unique_ptr<RunFileWriter>> RunFileWriter::Create(
 RunFileWriter::~RunFileWriter() {
   if (cctx_ != nullptr) ZSTD_freeCCtx(static_cast<ZSTD_CCtx*>(cctx_));
   if (fd_ >= 0) close(fd_);
-  if (!finished_) unlink(write_path_.c_str());
+  if (finished_) return;
+  if (options_.pool != nullptr && !options_.durable) {
+    options_.pool->Keep(write_path_);
+  } else {
+    unlink(write_path_.c_str());
+  }
 }
 
 absl::Status RunFileWriter::Add(std::string_view key, std::string_view value) {
@@ -194,6 +202,10 @@ absl::Status RunFileWriter::Finish() {
   Put64(out_, chain_);
   BACKFLOW_RETURN_IF_ERROR(WriteOut({}, true));
   if (options_.durable && fdatasync(fd_) != 0) return IoError("cannot sync", write_path_);
+  // A recycled file may be longer than what was written over it.
+  if (options_.pool != nullptr && !options_.durable && ftruncate(fd_, file_bytes_) != 0) {
+    return IoError("cannot truncate", write_path_);
+  }
   if (close(fd_) != 0) {
     fd_ = -1;
     return IoError("cannot close", write_path_);

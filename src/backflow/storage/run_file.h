@@ -28,6 +28,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "backflow/storage/read_ahead.h"
+#include "backflow/storage/scratch_pool.h"
 
 namespace backflow {
 
@@ -40,6 +41,10 @@ struct RunFileOptions {
   // fsyncs the folder: after a crash `path` is either the old file or the
   // whole new one. Without it the file is written in place and not synced.
   bool durable = false;
+  // Not durable files only: write over a file kept in this pool (truncated
+  // to its new size by Finish()), and give the file back to it when the
+  // writer is destroyed unfinished. Null: a new file.
+  ScratchPool* pool = nullptr;
 };
 
 class RunFileWriter {
