@@ -15,6 +15,7 @@
 
 #include "backflow/common/http_client.h"
 #include "backflow/sqlite/database.h"
+#include "backflow/testing/scratch_dir.h"
 #include "backflow/testing/webhook_receiver.h"
 #include "cli_runner.h"
 #include "fmt/format.h"
@@ -39,12 +40,6 @@ std::string Slurp(const std::string& path) {
 class ApiE2eTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = (fs::path(::testing::TempDir()) /
-            fmt::format("api-e2e-{}-{}", getpid(),
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
     ASSERT_TRUE(receiver_.Start().ok());
     auto db =
         sqlite::Database::Open(dir_ + "/warehouse.db", SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
@@ -160,7 +155,8 @@ mappings:
     return r.body["runs"][0]["id"].get<int64_t>();
   }
 
-  std::string dir_;
+  testing::ScratchDir scratch_{"api-e2e"};
+  const std::string dir_ = scratch_.string();
   std::string out_;
   std::string base_;
   pid_t pid_ = 0;

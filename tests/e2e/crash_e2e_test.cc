@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "backflow/sqlite/database.h"
+#include "backflow/testing/scratch_dir.h"
 #include "backflow/testing/webhook_receiver.h"
 #include "cli_runner.h"
 #include "fmt/format.h"
@@ -27,10 +28,6 @@ namespace fs = std::filesystem;
 class CrashE2eTest : public ::testing::TestWithParam<int> {
  protected:
   void SetUp() override {
-    dir_ = (fs::path(::testing::TempDir()) / fmt::format("crash-e2e-{}-{}", getpid(), GetParam()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
     ASSERT_TRUE(receiver_.Start().ok());
     auto db =
         sqlite::Database::Open(dir_ + "/warehouse.db", SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
@@ -80,7 +77,8 @@ mappings:
     return out;
   }
 
-  std::string dir_;
+  testing::ScratchDir scratch_{"crash-e2e"};
+  const std::string dir_ = scratch_.string();
   WebhookReceiver receiver_;
   std::unique_ptr<sqlite::Database> warehouse_;
 };

@@ -10,9 +10,11 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <optional>
 #include <string>
 
 #include "backflow/pg/testing/test_server.h"
+#include "backflow/testing/scratch_dir.h"
 #include "fmt/format.h"
 
 namespace backflow::e2e {
@@ -24,18 +26,15 @@ class PostgresE2eTest : public pg::testing::PostgresTest {
   bool SetUpE2e(const std::string& table_prefix) {
     PostgresTest::SetUp();
     if (IsSkipped() || HasFailure()) return false;
-    namespace fs = std::filesystem;
-    dir_ = (fs::path(::testing::TempDir()) /
-            fmt::format("{}-e2e-{}-{}", table_prefix, getpid(),
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    dir_ = scratch_.emplace(table_prefix + "-e2e").string();
     setenv("BACKFLOW_E2E_PG_PASSWORD", server().password.c_str(), 1);
     table_ = pg::testing::UniqueName(table_prefix);
     return true;
   }
 
+  // Removed after the test unless it failed (see ScratchDir); derived
+  // fixtures' members and TearDown() end before it goes.
+  std::optional<backflow::testing::ScratchDir> scratch_;
   std::string dir_;
   std::string table_;
 };

@@ -13,6 +13,7 @@
 #include <iterator>
 
 #include "backflow/sqlite/database.h"
+#include "backflow/testing/scratch_dir.h"
 #include "backflow/testing/webhook_receiver.h"
 #include "cli_runner.h"
 #include "fmt/format.h"
@@ -34,12 +35,6 @@ class SecretsE2eTest : public ::testing::Test {
  protected:
   void SetUp() override {
     unsetenv("BACKFLOW_SECRET_KEY");
-    dir_ = (fs::path(::testing::TempDir()) /
-            fmt::format("secrets-e2e-{}-{}", getpid(),
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
     WebhookReceiverOptions options;
     options.signing_secret = kSigningSecret;
     receiver_ = std::make_unique<WebhookReceiver>(options);
@@ -111,7 +106,8 @@ mappings:
     }
   }
 
-  std::string dir_;
+  testing::ScratchDir scratch_{"secrets-e2e"};
+  const std::string dir_ = scratch_.string();
   std::string printed_;
   std::unique_ptr<WebhookReceiver> receiver_;
   std::unique_ptr<sqlite::Database> warehouse_;

@@ -14,6 +14,7 @@
 
 #include "backflow/sqlite/database.h"
 #include "backflow/testing/http_test_server.h"
+#include "backflow/testing/scratch_dir.h"
 #include "backflow/testing/webhook_receiver.h"
 #include "cli_runner.h"
 #include "fmt/format.h"
@@ -29,12 +30,6 @@ using e2e::RunCli;
 class ServeE2eTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = (fs::path(::testing::TempDir()) /
-            fmt::format("serve-e2e-{}-{}", getpid(),
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
     ASSERT_TRUE(receiver_.Start().ok());
     auto db =
         sqlite::Database::Open(dir_ + "/warehouse.db", SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
@@ -90,7 +85,8 @@ mappings:
     return found;
   }
 
-  std::string dir_;
+  testing::ScratchDir scratch_{"serve-e2e"};
+  const std::string dir_ = scratch_.string();
   WebhookReceiver receiver_;
   std::unique_ptr<sqlite::Database> warehouse_;
 };

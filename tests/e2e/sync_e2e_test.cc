@@ -11,6 +11,7 @@
 #include <iterator>
 
 #include "backflow/sqlite/database.h"
+#include "backflow/testing/scratch_dir.h"
 #include "backflow/testing/webhook_receiver.h"
 #include "cli_runner.h"
 #include "fmt/format.h"
@@ -28,12 +29,6 @@ constexpr char kSecret[] = "whsec_c2VjcmV0LWZvci1lMmUtdGVzdHM=";
 class SyncE2eTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = (fs::path(::testing::TempDir()) /
-            fmt::format("e2e-{}-{}", getpid(),
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
     setenv("HOOK_SECRET", kSecret, 1);
     WebhookReceiverOptions options;
     options.signing_secret = kSecret;
@@ -127,7 +122,8 @@ mappings:
     return j;
   }
 
-  std::string dir_;
+  testing::ScratchDir scratch_{"e2e"};
+  const std::string dir_ = scratch_.string();
   std::unique_ptr<WebhookReceiver> receiver_;
   std::unique_ptr<sqlite::Database> warehouse_;
 };

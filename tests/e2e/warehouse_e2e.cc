@@ -11,17 +11,6 @@
 
 namespace backflow::e2e {
 
-std::string FreshTestDir(const std::string& prefix) {
-  namespace fs = std::filesystem;
-  std::string dir = (fs::path(::testing::TempDir()) /
-                     fmt::format("{}-e2e-{}-{}", prefix, getpid(),
-                                 ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-                        .string();
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
-
 std::unique_ptr<WebhookReceiver> StartWebhookReceiver(bool signed_requests) {
   WebhookReceiverOptions options;
   if (signed_requests) {

@@ -20,10 +20,6 @@ namespace backflow::e2e {
 // HOOK_SECRET for the workspace's ${env:HOOK_SECRET}.
 inline constexpr char kHookSecret[] = "whsec_c2VjcmV0LWZvci1lMmUtdGVzdHM=";
 
-// A fresh, empty working folder for the running test:
-// <gtest TempDir>/<prefix>-e2e-<pid>-<test name>.
-std::string FreshTestDir(const std::string& prefix);
-
 // A started receiver; when `signed_requests`, HOOK_SECRET is exported and
 // the receiver rejects requests not signed with kHookSecret. nullptr (with a
 // test failure added) when it cannot start.

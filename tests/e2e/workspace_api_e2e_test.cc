@@ -17,6 +17,7 @@
 #include "backflow/common/http_client.h"
 #include "backflow/sqlite/database.h"
 #include "backflow/testing/process.h"
+#include "backflow/testing/scratch_dir.h"
 #include "backflow/testing/webhook_receiver.h"
 #include "cli_runner.h"
 #include "fmt/format.h"
@@ -44,12 +45,6 @@ class WorkspaceApiE2eTest : public ::testing::Test {
   WorkspaceApiE2eTest() : receiver_(WebhookReceiverOptions{.signing_secret = kSigningSecret}) {}
 
   void SetUp() override {
-    dir_ = (fs::path(::testing::TempDir()) /
-            fmt::format("wsapi-e2e-{}-{}", getpid(),
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
     ASSERT_TRUE(receiver_.Start().ok());
     auto db =
         sqlite::Database::Open(dir_ + "/warehouse.db", SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
@@ -121,7 +116,8 @@ destinations:
     return r;
   }
 
-  std::string dir_;
+  testing::ScratchDir scratch_{"wsapi-e2e"};
+  const std::string dir_ = scratch_.string();
   WebhookReceiver receiver_;
   std::unique_ptr<HttpClient> http_;
   std::string base_;

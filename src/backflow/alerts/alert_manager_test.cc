@@ -16,6 +16,7 @@
 #include "backflow/sources/sqlite/sqlite_source.h"
 #include "backflow/sqlite/database.h"
 #include "backflow/testing/http_test_server.h"
+#include "backflow/testing/scratch_dir.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
 
@@ -59,17 +60,10 @@ AlertConfig Alert(std::string name, std::vector<std::string> mappings = {}) {
 
 class AlertManagerTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::path(::testing::TempDir()) /
-           fmt::format("alerts-{}-{}", getpid(),
-                       ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    OpenStore();
-  }
+  void SetUp() override { OpenStore(); }
   void TearDown() override {
     manager_.reset();
     store_.reset();
-    fs::remove_all(dir_);
   }
   void OpenStore() {
     auto store = OpenSqliteStateStore((dir_ / "state.db").string());
@@ -117,7 +111,8 @@ class AlertManagerTest : public ::testing::Test {
     return std::vector<AlertMessage>(outbox_.sent.begin() + before, outbox_.sent.end());
   }
 
-  fs::path dir_;
+  testing::ScratchDir scratch_{"alerts"};
+  const fs::path dir_ = scratch_.path();
   std::unique_ptr<StateStore> store_;
   FakeClock clock_;
   Outbox outbox_;

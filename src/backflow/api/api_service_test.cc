@@ -15,6 +15,7 @@
 #include "backflow/sqlite/database.h"
 #include "backflow/state/state_store.h"
 #include "backflow/state/state_store_testing.h"
+#include "backflow/testing/scratch_dir.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
 
@@ -30,11 +31,6 @@ constexpr const char* kRead = "bf_read_token_for_tests_0123456789";
 class ApiServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::path(::testing::TempDir()) /
-           fmt::format("api-{}-{}", getpid(),
-                       ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
     ASSERT_TRUE(registry_.AddSource(SqliteSourceDefinition()).ok());
     ASSERT_TRUE(registry_
                     .AddDestination(testing::MemoryDestinationDefinition(
@@ -107,7 +103,8 @@ mappings:
     return r;
   }
 
-  fs::path dir_;
+  testing::ScratchDir scratch_{"api"};
+  const fs::path dir_ = scratch_.path();
   Registry registry_;
   std::shared_ptr<const Workspace> workspace_;
   std::unique_ptr<StateStore> store_;

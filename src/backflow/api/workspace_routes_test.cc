@@ -23,6 +23,7 @@
 #include "backflow/secrets/workspace_secrets.h"
 #include "backflow/sources/sqlite/sqlite_source.h"
 #include "backflow/state/state_store.h"
+#include "backflow/testing/scratch_dir.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
 
@@ -79,11 +80,6 @@ class WorkspaceRoutesTest : public ::testing::Test {
  protected:
   void SetUp() override {
     unsetenv("BACKFLOW_SECRET_KEY");
-    dir_ = fs::path(::testing::TempDir()) /
-           fmt::format("wsapi-{}-{}", getpid(),
-                       ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
     file_ = (dir_ / "backflow.yaml").string();
     std::ofstream(file_, std::ios::binary) << kWorkspace;
     ASSERT_TRUE(registry_.AddSource(SqliteSourceDefinition()).ok());
@@ -177,7 +173,8 @@ class WorkspaceRoutesTest : public ::testing::Test {
   // The file as `backflow validate` sees it.
   LoadResult Validate() { return LoadWorkspaceWithSecrets(file_, registry_); }
 
-  fs::path dir_;
+  testing::ScratchDir scratch_{"wsapi"};
+  const fs::path dir_ = scratch_.path();
   std::string file_;
   Registry registry_;
   std::unique_ptr<StateStore> store_;

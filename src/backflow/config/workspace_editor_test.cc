@@ -11,6 +11,7 @@
 
 #include "backflow/destinations/testing/memory_destination.h"
 #include "backflow/sources/sqlite/sqlite_source.h"
+#include "backflow/testing/scratch_dir.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -457,8 +458,8 @@ alerts:
 }
 
 TEST(WorkspaceEditorTest, WriteFileAtomicallyReplacesTheFileKeepingItsMode) {
-  fs::path dir = fs::path(::testing::TempDir()) / fmt::format("editor-write-{}", getpid());
-  fs::remove_all(dir);
+  testing::ScratchDir scratch("editor-write");
+  const fs::path dir = scratch.path();
   fs::create_directories(dir / "real");
   fs::path real = dir / "real" / "backflow.yaml";
   std::ofstream(real) << "old\n";
@@ -481,14 +482,12 @@ TEST(WorkspaceEditorTest, WriteFileAtomicallyReplacesTheFileKeepingItsMode) {
             absl::StatusCode::kNotFound);
   absl::Status denied = WriteFileAtomically((dir / "nowhere" / "x.yaml").string(), "x");
   EXPECT_EQ(denied.code(), absl::StatusCode::kUnavailable);
-  fs::remove_all(dir);
 }
 
 // Readers see the old or the new file, never a mix, however often it is replaced.
 TEST(WorkspaceEditorTest, ReadersNeverSeeAHalfWrittenFile) {
-  fs::path dir = fs::path(::testing::TempDir()) / fmt::format("editor-atomic-{}", getpid());
-  fs::remove_all(dir);
-  fs::create_directories(dir);
+  testing::ScratchDir scratch("editor-atomic");
+  const fs::path dir = scratch.path();
   const std::string path = (dir / "backflow.yaml").string();
   const std::string a(256 * 1024, 'a'), b(300 * 1024, 'b');
   ASSERT_TRUE(WriteFileAtomically(path, a).ok());
@@ -505,7 +504,6 @@ TEST(WorkspaceEditorTest, ReadersNeverSeeAHalfWrittenFile) {
     ++reads;
   }
   writer.join();
-  fs::remove_all(dir);
 }
 
 TEST(WorkspaceEditorTest, PureReferences) {

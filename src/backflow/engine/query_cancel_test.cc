@@ -20,6 +20,7 @@
 #include "backflow/sqlite/database.h"
 #include "backflow/state/state_store.h"
 #include "backflow/testing/cancelling_clock.h"
+#include "backflow/testing/scratch_dir.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -88,11 +89,6 @@ SourceDefinition PollingSourceDefinition(std::shared_ptr<PollProbe> probe) {
 class QueryCancelTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::path(::testing::TempDir()) /
-           fmt::format("query-cancel-{}-{}", getpid(),
-                       ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
     dest_ = std::make_shared<MemoryDestinationState>();
     ASSERT_TRUE(registry_.AddSource(PollingSourceDefinition(probe_)).ok());
     ASSERT_TRUE(registry_.AddDestination(MemoryDestinationDefinition(dest_)).ok());
@@ -141,7 +137,8 @@ mappings:
     return (*results)[0].run;
   }
 
-  fs::path dir_;
+  testing::ScratchDir scratch_{"query-cancel"};
+  const fs::path dir_ = scratch_.path();
   std::shared_ptr<PollProbe> probe_ = std::make_shared<PollProbe>();
   std::atomic<bool> cancel_{false};
   CancellingClock clock_{&cancel_};

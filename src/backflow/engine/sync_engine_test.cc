@@ -11,6 +11,7 @@
 #include "backflow/model/value.h"
 #include "backflow/sources/sqlite/sqlite_source.h"
 #include "backflow/sqlite/database.h"
+#include "backflow/testing/scratch_dir.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -22,11 +23,6 @@ using testing::MemoryDestinationState;
 class SyncEngineTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::path(::testing::TempDir()) /
-           fmt::format("engine-{}-{}", getpid(),
-                       ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
     dest_ = std::make_shared<MemoryDestinationState>();
     ASSERT_TRUE(registry_.AddSource(SqliteSourceDefinition()).ok());
     ASSERT_TRUE(registry_.AddDestination(MemoryDestinationDefinition(dest_)).ok());
@@ -86,7 +82,8 @@ mappings:
     return (*results)[0].run;
   }
 
-  fs::path dir_;
+  testing::ScratchDir scratch_{"engine"};
+  const fs::path dir_ = scratch_.path();
   Registry registry_;
   std::shared_ptr<MemoryDestinationState> dest_;
   std::unique_ptr<sqlite::Database> warehouse_;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "backflow/common/crypto.h"
+#include "backflow/testing/scratch_dir.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -20,15 +21,6 @@ namespace fs = std::filesystem;
 
 class SecretBoxTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::path(::testing::TempDir()) /
-           fmt::format("secret-box-{}-{}", getpid(),
-                       ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   static SecretBox Box(char fill) { return *SecretBox::FromKey(std::string(32, fill)); }
   static std::string Slurp(const fs::path& p) {
     std::ifstream in(p);
@@ -37,7 +29,8 @@ class SecretBoxTest : public ::testing::Test {
     return s.str();
   }
 
-  fs::path dir_;
+  testing::ScratchDir scratch_{"secret-box"};
+  const fs::path dir_ = scratch_.path();
 };
 
 TEST_F(SecretBoxTest, RoundTripsAndUsesAFreshNonceEachTime) {

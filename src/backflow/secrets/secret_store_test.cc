@@ -7,6 +7,7 @@
 #include <fstream>
 #include <iterator>
 
+#include "backflow/testing/scratch_dir.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -19,23 +20,16 @@ constexpr char kPlanted[] = "pk_live_PLANTED-secret-value-8f3a9c";
 class SecretStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::path(::testing::TempDir()) /
-           fmt::format("secret-store-{}-{}", getpid(),
-                       ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
     auto state = OpenSqliteStateStore((dir_ / "state.db").string());
     ASSERT_TRUE(state.ok()) << state.status();
     state_ = *std::move(state);
   }
-  void TearDown() override {
-    state_.reset();
-    fs::remove_all(dir_);
-  }
+  void TearDown() override { state_.reset(); }
 
   SecretBox box_ = *SecretBox::FromKey(std::string(32, 'K'));
   FakeClock clock_;
-  fs::path dir_;
+  testing::ScratchDir scratch_{"secret-store"};
+  const fs::path dir_ = scratch_.path();
   std::unique_ptr<StateStore> state_;
 };
 

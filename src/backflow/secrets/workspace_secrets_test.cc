@@ -12,6 +12,7 @@
 #include "backflow/secrets/secret_store.h"
 #include "backflow/sources/sqlite/sqlite_source.h"
 #include "backflow/state/state_store.h"
+#include "backflow/testing/scratch_dir.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -30,13 +31,7 @@ class WorkspaceSecretsTest : public ::testing::Test {
                     .AddDestination(testing::MemoryDestinationDefinition(
                         std::make_shared<testing::MemoryDestinationState>()))
                     .ok());
-    dir_ = fs::path(::testing::TempDir()) /
-           fmt::format("ws-secrets-{}-{}", getpid(),
-                       ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
   }
-  void TearDown() override { fs::remove_all(dir_); }
 
   std::string StatePath() const { return (dir_ / ".backflow" / "state.db").string(); }
   std::string KeyPath() const { return (dir_ / ".backflow" / "secret.key").string(); }
@@ -67,7 +62,8 @@ class WorkspaceSecretsTest : public ::testing::Test {
   }
 
   Registry registry_;
-  fs::path dir_;
+  testing::ScratchDir scratch_{"ws-secrets"};
+  const fs::path dir_ = scratch_.path();
 };
 
 // A workspace with `token` (a secret setting) and `label` to fill in.

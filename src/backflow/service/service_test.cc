@@ -19,6 +19,7 @@
 #include "backflow/sqlite/database.h"
 #include "backflow/state/state_store.h"
 #include "backflow/state/state_store_testing.h"
+#include "backflow/testing/scratch_dir.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
 
@@ -38,11 +39,6 @@ std::string Slurp(const std::string& path) {
 class ServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::path(::testing::TempDir()) /
-           fmt::format("service-{}-{}", getpid(),
-                       ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
     dest_ = std::make_shared<testing::MemoryDestinationState>();
     dest_->send_delay = std::chrono::milliseconds(2);
     ASSERT_TRUE(registry_.AddSource(SqliteSourceDefinition()).ok());
@@ -81,7 +77,8 @@ mappings:
     http_ = NewCurlHttpClient();
   }
 
-  fs::path dir_;
+  testing::ScratchDir scratch_{"service"};
+  const fs::path dir_ = scratch_.path();
   Registry registry_;
   std::shared_ptr<testing::MemoryDestinationState> dest_;
   std::unique_ptr<StateStore> store_;

@@ -7,6 +7,7 @@
 #include <map>
 #include <random>
 
+#include "backflow/testing/scratch_dir.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -17,16 +18,8 @@ using Kind = CheckpointUpdate::Kind;
 
 class CheckpointFilesTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::temp_directory_path() / "backflow-ckpt-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    root_ = tmpl;
-    Reopen();
-  }
-  void TearDown() override {
-    files_.reset();
-    fs::remove_all(root_);
-  }
+  void SetUp() override { Reopen(); }
+  void TearDown() override { files_.reset(); }
   void Reopen() {
     files_.reset();
     auto f = CheckpointFiles::Open(root_);
@@ -83,7 +76,8 @@ class CheckpointFilesTest : public ::testing::Test {
     return names;
   }
 
-  std::string root_;
+  testing::ScratchDir scratch_{"backflow-ckpt"};
+  const std::string root_ = scratch_.string();
   std::unique_ptr<CheckpointFiles> files_;
 };
 

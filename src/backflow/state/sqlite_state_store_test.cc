@@ -12,6 +12,7 @@
 #include "backflow/state/checkpoint_prefetch.h"
 #include "backflow/state/state_store.h"
 #include "backflow/state/state_store_contract.h"
+#include "backflow/testing/scratch_dir.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -22,11 +23,6 @@ namespace fs = std::filesystem;
 class SqliteStateStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    path_ = (fs::path(::testing::TempDir()) /
-             fmt::format("state-{}-{}/state.db", getpid(),
-                         ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-                .string();
-    fs::remove_all(fs::path(path_).parent_path());
     auto store = OpenSqliteStateStore(path_);
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = std::move(*store);
@@ -41,7 +37,8 @@ class SqliteStateStoreTest : public ::testing::Test {
     return out;
   }
 
-  std::string path_;
+  testing::ScratchDir scratch_{"state"};
+  const std::string path_ = (scratch_.path() / "state.db").string();
   std::unique_ptr<StateStore> store_;
 };
 
@@ -372,17 +369,25 @@ TEST_F(SqliteStateStoreTest, TokenUseWaitsForAnotherWriterInsteadOfFailing) {
 namespace backflow::testing {
 namespace {
 
-INSTANTIATE_TEST_SUITE_P(
-    Sqlite, StateStoreContractTest,
-    ::testing::Values(StateStoreFactory{
-        "sqlite",
-        [](const std::string& test, bool reopen) -> absl::StatusOr<std::unique_ptr<StateStore>> {
-          std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) /
-                                      fmt::format("state-contract-{}-{}", getpid(), test);
-          if (!reopen) std::filesystem::remove_all(dir);
-          return OpenSqliteStateStore((dir / "state.db").string());
-        }}),
-    [](const ::testing::TestParamInfo<StateStoreFactory>& info) { return info.param.name; });
+// Opens the running test's store in the test's scratch folder: opening the
+// next test's store replaces (removes, unless that test failed) the previous
+// folder; the last goes at exit. Called on the test thread only.
+absl::StatusOr<std::unique_ptr<StateStore>> OpenContractStore(const std::string& /*test*/,
+                                                              bool reopen) {
+  static std::unique_ptr<ScratchDir> scratch;
+  if (!reopen) {
+    scratch.reset();
+    scratch = std::make_unique<ScratchDir>("state-contract");
+  }
+  if (scratch == nullptr) return absl::FailedPreconditionError("reopen of a store never opened");
+  return OpenSqliteStateStore((scratch->path() / "state.db").string());
+}
+
+INSTANTIATE_TEST_SUITE_P(Sqlite, StateStoreContractTest,
+                         ::testing::Values(StateStoreFactory{"sqlite", OpenContractStore}),
+                         [](const ::testing::TestParamInfo<StateStoreFactory>& info) {
+                           return info.param.name;
+                         });
 
 }  // namespace
 }  // namespace backflow::testing

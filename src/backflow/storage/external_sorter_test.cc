@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <random>
 
+#include "backflow/testing/scratch_dir.h"
+
 namespace backflow {
 namespace {
 
@@ -13,13 +15,6 @@ namespace fs = std::filesystem;
 
 class ExternalSorterTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::temp_directory_path() / "backflow-sorter-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   static std::vector<std::pair<std::string, std::string>> Drain(const ExternalSorter& sorter) {
     auto stream = sorter.Open();
     EXPECT_TRUE(stream.ok()) << stream.status();
@@ -38,7 +33,8 @@ class ExternalSorterTest : public ::testing::Test {
     return static_cast<size_t>(std::distance(fs::directory_iterator(dir_), {}));
   }
 
-  std::string dir_;
+  testing::ScratchDir scratch_{"backflow-sorter"};
+  const std::string dir_ = scratch_.string();
 };
 
 // Random keys with duplicates, shared prefixes longer than 8 bytes, embedded

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "backflow/testing/scratch_dir.h"
 #include "gtest/gtest.h"
 
 namespace backflow {
@@ -246,9 +247,8 @@ TEST(PrefetchKeyGroupsTest, AnErrorComesAfterTheGroupsBeforeItAndStays) {
 }
 
 TEST(PrefetchSortedStreamTest, OverAnExternalSortWithSpilledRuns) {
-  const std::string dir = ::testing::TempDir() + "/prefetch_sorter";
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
+  testing::ScratchDir scratch("prefetch-sorter");
+  const std::string dir = scratch.string();
   ExternalSorter sorter(dir, "t", {.memory_budget = 64 << 10, .compression_level = 0});
   std::mt19937 rng(42);
   Records added;
@@ -270,7 +270,6 @@ TEST(PrefetchSortedStreamTest, OverAnExternalSortWithSpilledRuns) {
   EXPECT_EQ(ReadAll(**direct), added);
   EXPECT_EQ(ReadAll(*stream), added);
   stream.reset();
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -8,6 +8,8 @@
 #include <fstream>
 #include <random>
 
+#include "backflow/testing/scratch_dir.h"
+
 namespace backflow {
 namespace {
 
@@ -15,14 +17,6 @@ namespace fs = std::filesystem;
 
 class RunFileTest : public ::testing::TestWithParam<int> {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::temp_directory_path() / "backflow-runfile-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-    path_ = dir_ + "/f.run";
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   // Writes `n` records of the given shape; returns them.
   std::vector<std::pair<std::string, std::string>> Write(int n, size_t block_bytes = 4096,
                                                          bool durable = false) {
@@ -82,8 +76,9 @@ class RunFileTest : public ::testing::TestWithParam<int> {
     return out;
   }
 
-  std::string dir_;
-  std::string path_;
+  testing::ScratchDir scratch_{"backflow-runfile"};
+  const std::string dir_ = scratch_.string();
+  const std::string path_ = dir_ + "/f.run";
 };
 
 TEST_P(RunFileTest, RoundTripsRecordsAcrossBlocks) {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "backflow/destinations/destination.h"
+#include "backflow/testing/scratch_dir.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -47,17 +48,6 @@ OutgoingRecord Record(ChangeKind change, std::string key, Row values) {
 
 class FileDestinationTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::temp_directory_path() / "backflow-file-test-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    root_ = tmpl;
-    dir_ = root_ / "out" / "nested";  // does not exist yet
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(root_, ec);
-  }
-
   std::unique_ptr<Destination> Make(const std::string& format) {
     json settings = {{"path", dir_.string()}, {"format", format}};
     EXPECT_THAT(CheckSettings(def_.settings, settings), IsEmpty());
@@ -79,8 +69,9 @@ class FileDestinationTest : public ::testing::Test {
   }
 
   DestinationDefinition def_ = FileDestinationDefinition();
-  fs::path root_;
-  fs::path dir_;
+  testing::ScratchDir scratch_{"file-destination"};
+  const fs::path root_ = scratch_.path();
+  const fs::path dir_ = root_ / "out" / "nested";  // does not exist yet
 };
 
 TEST_F(FileDestinationTest, Definition) {

@@ -11,6 +11,7 @@
 #include <map>
 
 #include "backflow/sources/bigquery/fake_bigquery_server.h"
+#include "backflow/testing/scratch_dir.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
 #include "warehouse_e2e.h"
@@ -28,8 +29,6 @@ constexpr char kAccount[] = "backflow@analytics-prod.iam.gserviceaccount.com";
 class BigQueryE2eTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = e2e::FreshTestDir("bq");
-
     FakeBigQueryOptions options;
     options.project_id = "analytics-prod";
     fake_ = std::make_unique<FakeBigQueryServer>(options);
@@ -105,7 +104,8 @@ class BigQueryE2eTest : public ::testing::Test {
     return out;
   }
 
-  std::string dir_;
+  testing::ScratchDir scratch_{"bq-e2e"};
+  const std::string dir_ = scratch_.string();
   std::unique_ptr<FakeBigQueryServer> fake_;
   std::unique_ptr<WebhookReceiver> receiver_;
 };

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "backflow/sources/clickhouse/fake_clickhouse_server.h"
+#include "backflow/testing/scratch_dir.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
 #include "warehouse_e2e.h"
@@ -32,8 +33,6 @@ constexpr char kModelSql[] =
 class ClickHouseE2eTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = e2e::FreshTestDir("clickhouse");
-
     FakeClickHouseOptions options;
     options.block_rows = 25;
     fake_ = std::make_unique<FakeClickHouseServer>(options);
@@ -116,7 +115,8 @@ class ClickHouseE2eTest : public ::testing::Test {
     return out;
   }
 
-  std::string dir_;
+  testing::ScratchDir scratch_{"clickhouse-e2e"};
+  const std::string dir_ = scratch_.string();
   std::unique_ptr<FakeClickHouseServer> fake_;
   std::unique_ptr<WebhookReceiver> receiver_;
 };

@@ -10,6 +10,7 @@
 #include <map>
 
 #include "backflow/sources/databricks/fake_databricks_server.h"
+#include "backflow/testing/scratch_dir.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
 #include "warehouse_e2e.h"
@@ -30,8 +31,6 @@ constexpr char kWarehouse[] = "abcdef0123456789";
 class DatabricksE2eTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = e2e::FreshTestDir("dbx");
-
     FakeDatabricksOptions options;
     options.chunk_rows = 40;
     fake_ = std::make_unique<FakeDatabricksServer>(options);
@@ -107,7 +106,8 @@ class DatabricksE2eTest : public ::testing::Test {
     return out;
   }
 
-  std::string dir_;
+  testing::ScratchDir scratch_{"dbx-e2e"};
+  const std::string dir_ = scratch_.string();
   std::string warehouse_ = kWarehouse;
   std::unique_ptr<FakeDatabricksServer> fake_;
   std::unique_ptr<WebhookReceiver> receiver_;

@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "backflow/sources/mysql/mysql_test_server.h"
+#include "backflow/testing/scratch_dir.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
 #include "warehouse_e2e.h"
@@ -22,7 +23,6 @@ class MysqlE2eTest : public mysql_testing::MariadbTest {
   void SetUp() override {
     MariadbTest::SetUp();
     if (IsSkipped() || HasFailure()) return;
-    dir_ = e2e::FreshTestDir("mysql");
     table_ = mysql_testing::UniqueName("e2e_customers");
     state_schema_ = mysql_testing::UniqueName("backflow_e2e_state");
     setenv("BACKFLOW_E2E_MYSQL_PASSWORD", server().password.c_str(), 1);
@@ -36,7 +36,9 @@ class MysqlE2eTest : public mysql_testing::MariadbTest {
     mysql_close(m);
   }
 
-  std::string dir_, table_, state_schema_;
+  testing::ScratchDir scratch_{"mysql-e2e"};
+  const std::string dir_ = scratch_.string();
+  std::string table_, state_schema_;
 };
 
 TEST_F(MysqlE2eTest, WarehouseChangeDetectionThroughTheBinary) {

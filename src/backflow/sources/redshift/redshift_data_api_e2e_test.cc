@@ -8,6 +8,7 @@
 #include <map>
 
 #include "backflow/sources/redshift/fake_redshift_aws_server.h"
+#include "backflow/testing/scratch_dir.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
 #include "warehouse_e2e.h"
@@ -25,8 +26,6 @@ constexpr char kAwsSecret[] = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
 class RedshiftDataApiE2eTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = e2e::FreshTestDir("rsdata");
-
     FakeRedshiftAwsOptions options;
     options.page_rows = 40;
     options.column_types = {{"ltv", "numeric"}, {"updated_at", "timestamptz"}};
@@ -92,7 +91,8 @@ class RedshiftDataApiE2eTest : public ::testing::Test {
 
   CliResult Sync() { return e2e::SyncCustomers(dir_); }
 
-  std::string dir_;
+  testing::ScratchDir scratch_{"rsdata-e2e"};
+  const std::string dir_ = scratch_.string();
   std::unique_ptr<FakeRedshiftAwsServer> fake_;
   std::unique_ptr<WebhookReceiver> receiver_;
   std::map<std::string, json> expected_;

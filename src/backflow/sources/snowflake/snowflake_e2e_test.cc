@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "backflow/sources/snowflake/fake_snowflake_server.h"
+#include "backflow/testing/scratch_dir.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
 #include "warehouse_e2e.h"
@@ -29,8 +30,6 @@ constexpr char kModelSql[] = "SELECT ID, EMAIL, PLAN, LTV, UPDATED_AT, TRAITS FR
 class SnowflakeE2eTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = e2e::FreshTestDir("snowflake");
-
     FakeSnowflakeOptions options;
     options.rows_per_partition = 25;
     options.still_running_polls = 2;
@@ -111,7 +110,8 @@ class SnowflakeE2eTest : public ::testing::Test {
 
   CliResult Sync() { return e2e::SyncCustomers(dir_); }
 
-  std::string dir_;
+  testing::ScratchDir scratch_{"snowflake-e2e"};
+  const std::string dir_ = scratch_.string();
   std::unique_ptr<FakeSnowflakeServer> fake_;
   std::unique_ptr<WebhookReceiver> receiver_;
 };

@@ -19,6 +19,7 @@
 #include "backflow/sources/warehouse_change_detection.h"
 #include "backflow/sources/warehouse_sql/testing/warehouse_pass_cancel.h"
 #include "backflow/sources/warehouse_sql/testing/warehouse_snapshot_conformance.h"
+#include "backflow/testing/scratch_dir.h"
 #include "fmt/format.h"
 #include "gmock/gmock.h"
 
@@ -158,9 +159,8 @@ TEST_F(SnowflakePassCancelTest, CancelDuringReadCandidatesCancelsTheKeysStatemen
 // --- Through the engine ----------------------------------------------------------
 
 TEST_F(SnowflakePassCancelTest, RunCancelledDuringAWarehousePassEndsCancelledAndSendsNothing) {
-  const fs::path dir = fs::path(::testing::TempDir()) / fmt::format("sf-pass-cancel-{}", getpid());
-  fs::remove_all(dir);
-  fs::create_directories(dir);
+  testing::ScratchDir scratch("sf-pass-cancel");
+  const fs::path dir = scratch.path();
   Registry registry;
   auto dest = std::make_shared<testing::MemoryDestinationState>();
   ASSERT_TRUE(registry.AddSource(SnowflakeSourceDefinition()).ok());
@@ -255,7 +255,6 @@ mappings:
   EXPECT_EQ(next.counts.updated, 1);
   EXPECT_EQ(dest->sent_keys.size(), 2u);
   EXPECT_NE(checkpoint(), stored);
-  fs::remove_all(dir);
 }
 
 }  // namespace

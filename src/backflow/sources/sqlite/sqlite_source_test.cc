@@ -7,6 +7,7 @@
 
 #include "backflow/sources/source.h"
 #include "backflow/sqlite/database.h"
+#include "backflow/testing/scratch_dir.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -15,8 +16,6 @@ namespace {
 class SqliteSourceTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    path_ = fmt::format("{}/sqlite-source-{}.db", ::testing::TempDir(), getpid());
-    std::filesystem::remove(path_);
     auto db = sqlite::Database::Open(path_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
     ASSERT_TRUE(db.ok());
     ASSERT_TRUE((*db)
@@ -32,7 +31,8 @@ class SqliteSourceTest : public ::testing::Test {
     ASSERT_TRUE(source.ok());
     source_ = std::move(*source);
   }
-  std::string path_;
+  testing::ScratchDir scratch_{"sqlite-source"};
+  const std::string path_ = (scratch_.path() / "source.db").string();
   std::unique_ptr<Source> source_;
 };
 

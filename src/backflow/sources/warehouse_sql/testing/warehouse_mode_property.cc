@@ -71,17 +71,10 @@ std::string CountsText(const RunCounts& c) {
       c.added, c.updated, c.deleted, c.unchanged, c.skipped, c.succeeded, c.failed, c.rejected);
 }
 
-WarehouseModeHarness::WarehouseModeHarness(WarehouseModeFixture& fixture) : fixture_(fixture) {
-  dir_ = fs::path(::testing::TempDir()) /
-         fmt::format("{}-warehouse-mode-{}-{}", fixture.WarehouseName(), getpid(),
-                     ::testing::UnitTest::GetInstance()->current_test_info()->name());
-  fs::remove_all(dir_);
-}
+WarehouseModeHarness::WarehouseModeHarness(WarehouseModeFixture& fixture)
+    : fixture_(fixture), scratch_(fixture.WarehouseName() + "-warehouse-mode") {}
 
-WarehouseModeHarness::~WarehouseModeHarness() {
-  std::error_code ignored;
-  fs::remove_all(dir_, ignored);
-}
+WarehouseModeHarness::~WarehouseModeHarness() = default;
 
 void WarehouseModeHarness::Setup(Side& side, const std::string& name, const std::string& mode,
                                  const std::string& table, const std::string& m_extra) {

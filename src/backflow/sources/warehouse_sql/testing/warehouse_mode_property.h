@@ -20,6 +20,7 @@
 #include "backflow/catalog/definitions.h"
 #include "backflow/destinations/testing/memory_destination.h"
 #include "backflow/engine/sync_engine.h"
+#include "backflow/testing/scratch_dir.h"
 
 namespace backflow::warehouse_testing {
 
@@ -98,8 +99,8 @@ struct Side {
   std::filesystem::path dir;
 };
 
-// Workspaces over a fixture's warehouse, in a temporary directory of the
-// current test (removed by the destructor).
+// Workspaces over a fixture's warehouse, in a scratch folder of the current
+// test (removed by the destructor unless the test failed; see ScratchDir).
 class WarehouseModeHarness {
  public:
   explicit WarehouseModeHarness(WarehouseModeFixture& fixture);
@@ -116,7 +117,8 @@ class WarehouseModeHarness {
 
  private:
   WarehouseModeFixture& fixture_;
-  std::filesystem::path dir_;
+  testing::ScratchDir scratch_;
+  const std::filesystem::path dir_ = scratch_.path();
 };
 
 // The counts of a run as one line, for comparisons with a readable diff.
