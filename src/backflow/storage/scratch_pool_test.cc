@@ -12,6 +12,7 @@
 
 #include "backflow/storage/external_sorter.h"
 #include "backflow/storage/run_file.h"
+#include "backflow/testing/scratch_dir.h"
 #include "fmt/format.h"
 #include "gtest/gtest.h"
 
@@ -22,13 +23,6 @@ namespace fs = std::filesystem;
 
 class ScratchPoolTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::path(::testing::TempDir()) / "scratch-pool-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   std::string Path(const std::string& name) const { return dir_ + "/" + name; }
   void WriteFile(const std::string& path, size_t size, char fill) {
     std::ofstream(path, std::ios::binary) << std::string(size, fill);
@@ -43,7 +37,8 @@ class ScratchPoolTest : public ::testing::Test {
     return n;
   }
 
-  std::string dir_;
+  testing::ScratchDir scratch_{"scratch-pool"};
+  const std::string dir_ = scratch_.string();
 };
 
 TEST_F(ScratchPoolTest, KeptFilesAreTakenLargestFirstAndOnlyOnce) {
