@@ -11,8 +11,10 @@
 // process is removed by the next Create(). The row log and the sorted runs,
 // most of the bytes, are written over files kept from earlier spools of the
 // same folder and kept for later ones, up to Options::keep_bytes (a
-// ScratchPool in `dir`/recycled: see storage/scratch_pool.h for why). Not
-// thread-safe.
+// ScratchPool in `dir`/recycled: see storage/scratch_pool.h for why).
+// Thread-compatible, with two exceptions: ReadRow() may run on several
+// threads at once, and one thread may AddChange() while another uses the
+// methods other than AddChange() and FinishChanges() (engine/change_writer.h).
 #pragma once
 
 #include <cstdint>

@@ -17,6 +17,7 @@
 #include "backflow/common/status_macros.h"
 #include "backflow/destinations/destination.h"
 #include "backflow/engine/batch_pool.h"
+#include "backflow/engine/change_writer.h"
 #include "backflow/engine/spool.h"
 #include "backflow/engine/warehouse_mode.h"
 #include "backflow/mapping/mapper.h"
@@ -371,6 +372,9 @@ absl::Status Runner::Extract(const ModelConfig& model, Source& source, Schema& s
       for (const MappingRun& m : runs) {
         if (!m.mapper) {
           RowSummary::Add(summary, RowSummary::kNotMapped, {});
+        } else if (std::optional<Fingerprint> fp =
+                       m.mapper->FingerprintOfRowAsPayload(row, encoded)) {
+          RowSummary::Add(summary, RowSummary::kMapped, *fp);
         } else if (!m.mapper->Map(row, payload).ok()) {
           RowSummary::Add(summary, RowSummary::kRejected, {});
         } else {
@@ -477,30 +481,44 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
   KeyedRow current;
   // Each stream's current key with its prefix (most comparisons end there).
   PrefixedKey row_key, entry_key, flight_key;
-  auto step_rows = [&]() -> absl::StatusOr<bool> {
-    BACKFLOW_ASSIGN_OR_RETURN(bool more, rows->Next(current.key, current.summary, current.copies));
-    if (more) row_key.Set(current.key);
-    return more;
+  // Each steps its stream and says in `have` whether it has a current key.
+  // (Once per key: plain checks rather than StatusOr<bool> temporaries.)
+  bool have_row = false, have_entry = false, have_flight = false;
+  auto step_rows = [&]() -> absl::Status {
+    absl::StatusOr<bool> more = rows->Next(current.key, current.summary, current.copies);
+    if (!more.ok()) return more.status();
+    have_row = *more;
+    if (have_row) row_key.Set(current.key);
+    return absl::OkStatus();
   };
-  auto step_entry = [&]() -> absl::StatusOr<bool> {
-    BACKFLOW_ASSIGN_OR_RETURN(bool more, checkpoint->NextView(entry));
+  auto step_entry = [&]() -> absl::Status {
+    absl::StatusOr<bool> more = checkpoint->NextView(entry);
+    if (!more.ok()) return more.status();
+    have_entry = *more;
     entry_key.Set(entry.key);
-    return more;
+    return absl::OkStatus();
   };
-  auto step_flight = [&]() -> absl::StatusOr<bool> {
-    BACKFLOW_ASSIGN_OR_RETURN(bool more, in_flight->NextView(flight));
+  auto step_flight = [&]() -> absl::Status {
+    absl::StatusOr<bool> more = in_flight->NextView(flight);
+    if (!more.ok()) return more.status();
+    have_flight = *more;
     flight_key.Set(flight.key);
-    return more;
+    return absl::OkStatus();
   };
-  BACKFLOW_ASSIGN_OR_RETURN(bool have_row, step_rows());
-  BACKFLOW_ASSIGN_OR_RETURN(bool have_entry, step_entry());
-  BACKFLOW_ASSIGN_OR_RETURN(bool have_flight, step_flight());
+  BACKFLOW_RETURN_IF_ERROR(step_rows());
+  BACKFLOW_RETURN_IF_ERROR(step_entry());
+  BACKFLOW_RETURN_IF_ERROR(step_flight());
 
   Row payload;
-  // `out` is the payload (identity values for a delete); null only in a dry
-  // run once the sample is full, where nothing is written.
-  auto emit = [&](ChangeKind kind, std::string_view key, const Fingerprint& fp,
-                  const Row* out) -> absl::Status {
+  // The change set is written on a thread of its own, which also reads and
+  // maps the changed rows (engine/change_writer.h).
+  std::unique_ptr<ChangeWriter> changes;
+  if (!options_.dry_run) changes = std::make_unique<ChangeWriter>(*spool_, index, mapper);
+  // `out` is the payload (identity values for a delete); null in a dry run
+  // once the sample is full, where nothing is written, or when `row` is
+  // given: a change to send whose row the change writer reads and maps.
+  auto emit = [&](ChangeKind kind, std::string_view key, const Fingerprint& fp, const Row* out,
+                  const RowRef* row = nullptr) -> absl::Status {
     switch (kind) {
       case ChangeKind::kAdded:
         ++c.added;
@@ -537,10 +555,14 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
       }
       return absl::OkStatus();
     }
+    if (row != nullptr) {
+      return changes->PushRow(static_cast<int>(kind), key, fp, *row, snapshot_ != nullptr,
+                              row_hash);
+    }
     encoded.clear();
     EncodeRow(*out, encoded);
     if (snapshot_ != nullptr) AppendRowHash(encoded, row_hash);
-    return spool_->AddChange(index, static_cast<int>(kind), key, fp, encoded);
+    return changes->PushEncoded(static_cast<int>(kind), key, fp, encoded);
   };
 
   while (have_row || have_entry || have_flight) {
@@ -580,15 +602,16 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
                                        payload));
     }
     if (in_rows) {
-      BACKFLOW_ASSIGN_OR_RETURN(have_row, step_rows());
+      BACKFLOW_RETURN_IF_ERROR(step_rows());
     }
     if (in_checkpoint) {
-      BACKFLOW_ASSIGN_OR_RETURN(have_entry, step_entry());
+      BACKFLOW_RETURN_IF_ERROR(step_entry());
     }
     if (was_in_flight) {
-      BACKFLOW_ASSIGN_OR_RETURN(have_flight, step_flight());
+      BACKFLOW_RETURN_IF_ERROR(step_flight());
     }
   }
+  if (changes != nullptr) BACKFLOW_RETURN_IF_ERROR(changes->Finish());
   if (warehouse_entries != nullptr) {
     // The entries not streamed are the model rows that were not candidates:
     // delivered exactly as they are.
@@ -677,6 +700,10 @@ absl::Status Runner::DiffRow(MappingRun& m, int index, const ModelConfig& model,
       !options_.dry_run || (Selected(m.config->records, kind) &&
                             static_cast<int>(m.sample.size()) < options_.dry_run_sample);
   if (!need_payload) return emit(kind, key, fp, nullptr);
+  if (!options_.dry_run && Selected(m.config->records, kind)) {
+    const RowRef ref = summary.ref();
+    return emit(kind, key, fp, nullptr, &ref);
+  }
   BACKFLOW_ASSIGN_OR_RETURN(Row values, read_values());
   BACKFLOW_RETURN_IF_ERROR(mapper.Map(values, payload));
   return emit(kind, key, fp, &payload);

@@ -77,6 +77,10 @@ absl::StatusOr<Mapper> Mapper::Create(const std::string& mapping_name,
   auto names = std::make_shared<Hasher128>();
   for (const std::string& f : m.layout_.fields) names->Add(f);
   m.field_names_hash_ = std::move(names);
+  m.payload_is_row_ = m.columns_.size() == schema.size();
+  for (size_t i = 0; i < m.columns_.size() && m.payload_is_row_; ++i) {
+    m.payload_is_row_ = m.columns_[i] == static_cast<int>(i);
+  }
   return m;
 }
 
@@ -154,6 +158,30 @@ absl::Status Mapper::Map(const Row& row, Row& payload) const {
     }
   }
   return absl::OkStatus();
+}
+
+std::optional<Fingerprint> Mapper::FingerprintOfRowAsPayload(const Row& row,
+                                                             std::string_view encoded_row) const {
+  if (!payload_is_row_ || row.size() != columns_.size()) return std::nullopt;
+  // Map() would copy each value unchanged: no field needs a coercion, none
+  // refuses its value.
+  for (size_t i = 0; i < row.size(); ++i) {
+    const FieldSpec* spec = specs_[i];
+    if (spec == nullptr) continue;
+    const Value& v = row[i];
+    if (v.is_null()) {
+      if (spec->required) return std::nullopt;
+      continue;
+    }
+    if (!AlreadyOfType(v, spec->type)) return std::nullopt;
+    if (!spec->allowed_values.empty() &&
+        (v.type() != ValueType::kString ||
+         std::find(spec->allowed_values.begin(), spec->allowed_values.end(), v.text()) ==
+             spec->allowed_values.end())) {
+      return std::nullopt;
+    }
+  }
+  return field_names_hash_->FinishWith(encoded_row);
 }
 
 Row Mapper::Identity(const Row& payload) const {

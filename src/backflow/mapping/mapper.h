@@ -8,6 +8,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -45,6 +46,15 @@ class Mapper {
   // changes (field keys included).
   Fingerprint PayloadFingerprint(const Row& payload) const;
 
+  // PayloadFingerprint(Map(row)) without mapping, when the payload of `row`
+  // is `row` itself: the mapping sends every column of the model, in the
+  // model's order, and each value already has its field's type (and is not a
+  // NULL for a required field, and is one of the field's allowed values).
+  // `encoded_row` is EncodeRow(row). nullopt otherwise: then Map() and
+  // PayloadFingerprint() (which also say why a row does not map).
+  std::optional<Fingerprint> FingerprintOfRowAsPayload(const Row& row,
+                                                       std::string_view encoded_row) const;
+
   // Deterministic dedup id for a record change.
   std::string DedupId(std::string_view key, std::string_view change,
                       const Fingerprint& fingerprint) const;
@@ -56,6 +66,7 @@ class Mapper {
   std::vector<Expression> expressions_;  // per field; evaluated when columns_[i] < 0
   std::vector<const FieldSpec*> specs_;  // declared spec per field, or null
   std::vector<int> identity_;            // payload index per identity field
+  bool payload_is_row_ = false;          // columns_ is 0, 1, ... schema.size() - 1
   // The fingerprint hash state after the field names (shared by copies).
   std::shared_ptr<const Hasher128> field_names_hash_;
 };

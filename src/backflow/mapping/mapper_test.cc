@@ -76,6 +76,60 @@ TEST(MapperTest, FingerprintChangesWithPayloadAndFieldNames) {
   EXPECT_EQ(fp.ToHex(), "da9bd4c12dd72b06b055019e879f8a66");
 }
 
+// The shortcut gives PayloadFingerprint(Map(row)) exactly when the payload is
+// the row, and declines otherwise.
+TEST(MapperTest, FingerprintOfARowThatIsItsOwnPayload) {
+  ActionSpec action;
+  action.fields = {{.key = "id", .type = FieldType::kInteger, .required = true},
+                   {.key = "email", .type = FieldType::kString, .required = true},
+                   {.key = "plan", .type = FieldType::kString, .allowed_values = {"free", "pro"}}};
+  action.allows_extra_fields = true;
+  Schema schema = {{"id", ValueType::kInt64, ""},
+                   {"email", ValueType::kString, ""},
+                   {"plan", ValueType::kString, ""},
+                   {"score", ValueType::kDecimal, ""}};
+  auto whole = Mapper::Create(
+      "m", "c", {{"id", "id"}, {"email", "email"}, {"plan", "plan"}, {"score", "score"}}, action,
+      schema, "id");
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  auto fingerprint_of = [&](const Mapper& m, const Row& row) -> std::optional<Fingerprint> {
+    std::string encoded;
+    EncodeRow(row, encoded);
+    return m.FingerprintOfRowAsPayload(row, encoded);
+  };
+  Row payload;
+  for (const Row& row :
+       {Row{Value::Int64(1), Value::String("a@x.io"), Value::String("pro"),
+            Value::Text(ValueType::kDecimal, "12.50")},
+        Row{Value::Int64(2), Value::String("b@x.io"), Value::Null(), Value::Null()}}) {
+    std::optional<Fingerprint> fp = fingerprint_of(*whole, row);
+    ASSERT_TRUE(fp.has_value());
+    ASSERT_TRUE(whole->Map(row, payload).ok());
+    EXPECT_EQ(*fp, whole->PayloadFingerprint(payload));
+  }
+  // Rows whose payload differs from them, or that do not map: declined.
+  for (const Row& row : {Row{Value::String("1"), Value::String("a@x.io"), Value::String("pro"),
+                             Value::Null()},  // "1" becomes the integer 1
+                         Row{Value::Int64(1), Value::Null(), Value::String("pro"),
+                             Value::Null()},  // a required field is NULL
+                         Row{Value::Int64(1), Value::String("a@x.io"), Value::String("gold"),
+                             Value::Null()}}) {  // not an allowed value
+    EXPECT_FALSE(fingerprint_of(*whole, row).has_value());
+  }
+  // Mappings whose payload is not the row: another order, a subset, an expression.
+  Row row = {Value::Int64(1), Value::String("a@x.io"), Value::String("pro"), Value::Null()};
+  for (const std::vector<MappedField>& fields :
+       {std::vector<MappedField>{
+            {"email", "email"}, {"id", "id"}, {"plan", "plan"}, {"score", "score"}},
+        std::vector<MappedField>{{"id", "id"}, {"email", "email"}, {"plan", "plan"}},
+        std::vector<MappedField>{
+            {"id", "id"}, {"email", "email"}, {"plan", "plan"}, {"score", "upper(email)"}}}) {
+    auto m = Mapper::Create("m", "c", fields, action, schema, "id");
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_FALSE(fingerprint_of(*m, row).has_value());
+  }
+}
+
 TEST(MapperTest, MissingColumnsFailWithTheColumnsTheModelReturns) {
   ActionSpec action = TypedAction();
   auto m = Mapper::Create("to_crm", "customers", {{"email", "mail"}, {"plan", "plan"}}, action,

@@ -43,6 +43,22 @@ class Value {
   static Value Text(ValueType type, std::string text);
   static Value String(std::string s) { return Text(ValueType::kString, std::move(s)); }
 
+  // In-place setters for hot loops that refill the same Row: the same value
+  // as the factories above, reusing this value's text buffer.
+  void SetNull() { Set(ValueType::kNull, 0, 0); }
+  void SetBool(bool b) { Set(ValueType::kBool, b ? 1 : 0, 0); }
+  void SetInt64(int64_t i) { Set(ValueType::kInt64, i, 0); }
+  void SetDouble(double d) { Set(ValueType::kDouble, 0, d); }
+  void SetText(ValueType type, std::string_view text) {
+    Set(type, 0, 0);
+    text_.assign(text);
+  }
+  // Makes this an empty text value of `type` and returns its text to write.
+  std::string& MutableText(ValueType type) {
+    Set(type, 0, 0);
+    return text_;
+  }
+
   ValueType type() const { return type_; }
   bool is_null() const { return type_ == ValueType::kNull; }
   bool bool_value() const { return int_ != 0; }
@@ -58,6 +74,13 @@ class Value {
   friend bool operator==(const Value& a, const Value& b);
 
  private:
+  void Set(ValueType type, int64_t i, double d) {
+    type_ = type;
+    int_ = i;
+    double_ = d;
+    text_.clear();
+  }
+
   ValueType type_ = ValueType::kNull;
   int64_t int_ = 0;
   double double_ = 0;

@@ -199,7 +199,7 @@ Value Float4(float f) {
   return Value::Double(f < 0 ? -magnitude : magnitude);
 }
 
-absl::StatusOr<Value> Numeric(std::string_view bytes) {
+absl::Status Numeric(std::string_view bytes, Value& value) {
   if (bytes.size() < 8) return WrongSize(kNumericOid, bytes, 8);
   const int ndigits = static_cast<int16_t>(ReadUint16(bytes.data()));
   const int weight = static_cast<int16_t>(ReadUint16(bytes.data() + 2));
@@ -207,11 +207,14 @@ absl::StatusOr<Value> Numeric(std::string_view bytes) {
   const int dscale = static_cast<int16_t>(ReadUint16(bytes.data() + 6));
   switch (sign) {
     case 0xC000:
-      return Value::String("NaN");
+      value.SetText(ValueType::kString, "NaN");
+      return absl::OkStatus();
     case 0xD000:
-      return Value::String("Infinity");
+      value.SetText(ValueType::kString, "Infinity");
+      return absl::OkStatus();
     case 0xF000:
-      return Value::String("-Infinity");
+      value.SetText(ValueType::kString, "-Infinity");
+      return absl::OkStatus();
     case 0x0000:
     case 0x4000:
       break;
@@ -229,7 +232,8 @@ absl::StatusOr<Value> Numeric(std::string_view bytes) {
     if (digit(i) > 9999) return BadValue(kNumericOid, bytes, "a digit above 9999");
   }
   // Sized for the worst case, written through a pointer, trimmed after.
-  std::string out(2 + 4 * (std::max(weight, 0) + 1) + 1 + dscale + 4, '\0');
+  std::string& out = value.MutableText(ValueType::kDecimal);
+  out.resize(2 + 4 * (std::max(weight, 0) + 1) + 1 + dscale + 4);
   char* p = out.data();
   if (sign == 0x4000) *p++ = '-';
   // The integer part: base-10000 digit i stands for 10000^(weight - i).
@@ -250,7 +254,7 @@ absl::StatusOr<Value> Numeric(std::string_view bytes) {
     p = end;
   }
   out.resize(static_cast<size_t>(p - out.data()));
-  return Value::Text(ValueType::kDecimal, std::move(out));
+  return absl::OkStatus();
 }
 
 // PostgreSQL's ISO text of a date (astronomical `year`: 0 is 1 BC).
@@ -262,23 +266,23 @@ void AppendPgDate(std::string& out, int64_t year, int month, int day) {
   AppendDigits(out, day, 2);
 }
 
-Value Date(int32_t days) {
-  if (days == std::numeric_limits<int32_t>::min()) return Value::String("-infinity");
-  if (days == std::numeric_limits<int32_t>::max()) return Value::String("infinity");
+void Date(int32_t days, Value& value) {
+  if (days == std::numeric_limits<int32_t>::min())
+    return value.SetText(ValueType::kString, "-infinity");
+  if (days == std::numeric_limits<int32_t>::max())
+    return value.SetText(ValueType::kString, "infinity");
   const absl::CivilDay day = DayAfter2000(days);
-  std::string out;
+  const bool iso = day.year() >= 1 && day.year() <= 9999;
+  std::string& out = value.MutableText(iso ? ValueType::kDate : ValueType::kString);
   AppendPgDate(out, day.year(), day.month(), day.day());
-  if (day.year() < 1) {
-    out += " BC";
-    return Value::String(std::move(out));
-  }
-  if (day.year() > 9999) return Value::String(std::move(out));
-  return Value::Text(ValueType::kDate, std::move(out));
+  if (day.year() < 1) out += " BC";
 }
 
-Value Timestamp(int64_t micros, bool with_zone) {
-  if (micros == std::numeric_limits<int64_t>::min()) return Value::String("-infinity");
-  if (micros == std::numeric_limits<int64_t>::max()) return Value::String("infinity");
+void Timestamp(int64_t micros, bool with_zone, Value& value) {
+  if (micros == std::numeric_limits<int64_t>::min())
+    return value.SetText(ValueType::kString, "-infinity");
+  if (micros == std::numeric_limits<int64_t>::max())
+    return value.SetText(ValueType::kString, "infinity");
   int64_t days = micros / kMicrosPerDay;
   int64_t rest = micros % kMicrosPerDay;
   if (rest < 0) {
@@ -289,7 +293,6 @@ Value Timestamp(int64_t micros, bool with_zone) {
   const int64_t second_of_day = rest / kMicrosPerSecond;
   const int fraction = static_cast<int>(rest % kMicrosPerSecond);
   const bool iso = day.year() >= 1 && day.year() <= 9999;
-  std::string out;
   if (iso) {
     // "YYYY-MM-DDTHH:MM:SS[.ffffff]Z", written through a pointer.
     char buf[40];
@@ -311,9 +314,11 @@ Value Timestamp(int64_t micros, bool with_zone) {
       while (p[-1] == '0') --p;
     }
     if (with_zone) *p++ = 'Z';
-    return Value::Text(ValueType::kTimestamp, std::string(buf, p));
+    return value.SetText(ValueType::kTimestamp,
+                         std::string_view(buf, static_cast<size_t>(p - buf)));
   }
   // PostgreSQL's own text, as the text path keeps it.
+  std::string& out = value.MutableText(ValueType::kString);
   AppendPgDate(out, day.year(), day.month(), day.day());
   out.push_back(' ');
   AppendDigits(out, second_of_day / 3600, 2);
@@ -328,7 +333,6 @@ Value Timestamp(int64_t micros, bool with_zone) {
   }
   if (with_zone) out += "+00";
   if (day.year() < 1) out += " BC";
-  return Value::String(std::move(out));
 }
 
 Value Uuid(std::string_view bytes) {
@@ -373,49 +377,68 @@ bool HasBinaryDecoder(Oid oid) {
 }
 
 absl::StatusOr<Value> DecodeBinary(Oid oid, std::string_view bytes) {
+  Value value;
+  if (absl::Status decoded = DecodeBinaryInto(oid, bytes, value); !decoded.ok()) return decoded;
+  return value;
+}
+
+absl::Status DecodeBinaryInto(Oid oid, std::string_view bytes, Value& out) {
   switch (oid) {
     case kBoolOid:
       if (bytes.size() != 1) return WrongSize(oid, bytes, 1);
-      return Value::Bool(bytes[0] != 0);
+      out.SetBool(bytes[0] != 0);
+      return absl::OkStatus();
     case kInt2Oid:
       if (bytes.size() != 2) return WrongSize(oid, bytes, 2);
-      return Value::Int64(static_cast<int16_t>(ReadUint16(bytes.data())));
+      out.SetInt64(static_cast<int16_t>(ReadUint16(bytes.data())));
+      return absl::OkStatus();
     case kInt4Oid:
       if (bytes.size() != 4) return WrongSize(oid, bytes, 4);
-      return Value::Int64(static_cast<int32_t>(ReadUint32(bytes.data())));
+      out.SetInt64(static_cast<int32_t>(ReadUint32(bytes.data())));
+      return absl::OkStatus();
     case kInt8Oid:
       if (bytes.size() != 8) return WrongSize(oid, bytes, 8);
-      return Value::Int64(static_cast<int64_t>(ReadUint64(bytes.data())));
+      out.SetInt64(static_cast<int64_t>(ReadUint64(bytes.data())));
+      return absl::OkStatus();
     case kFloat4Oid:
       if (bytes.size() != 4) return WrongSize(oid, bytes, 4);
-      return Float4(std::bit_cast<float>(ReadUint32(bytes.data())));
+      out = Float4(std::bit_cast<float>(ReadUint32(bytes.data())));
+      return absl::OkStatus();
     case kFloat8Oid:
       if (bytes.size() != 8) return WrongSize(oid, bytes, 8);
-      return Double(std::bit_cast<double>(ReadUint64(bytes.data())));
+      out = Double(std::bit_cast<double>(ReadUint64(bytes.data())));
+      return absl::OkStatus();
     case kNumericOid:
-      return Numeric(bytes);
+      return Numeric(bytes, out);
     case kTextOid:
     case kVarcharOid:
     case kBpcharOid:
     case kNameOid:
-      return Value::String(std::string(bytes));
+      out.SetText(ValueType::kString, bytes);
+      return absl::OkStatus();
     case kUuidOid:
       if (bytes.size() != 16) return WrongSize(oid, bytes, 16);
-      return Uuid(bytes);
+      out = Uuid(bytes);
+      return absl::OkStatus();
     case kDateOid:
       if (bytes.size() != 4) return WrongSize(oid, bytes, 4);
-      return Date(static_cast<int32_t>(ReadUint32(bytes.data())));
+      Date(static_cast<int32_t>(ReadUint32(bytes.data())), out);
+      return absl::OkStatus();
     case kTimestampOid:
     case kTimestamptzOid:
       if (bytes.size() != 8) return WrongSize(oid, bytes, 8);
-      return Timestamp(static_cast<int64_t>(ReadUint64(bytes.data())), oid == kTimestamptzOid);
+      Timestamp(static_cast<int64_t>(ReadUint64(bytes.data())), oid == kTimestamptzOid, out);
+      return absl::OkStatus();
     case kJsonOid:
-      return Value::Text(ValueType::kJson, CompactJson(bytes));
+      out = Value::Text(ValueType::kJson, CompactJson(bytes));
+      return absl::OkStatus();
     case kJsonbOid:
       if (bytes.empty() || bytes[0] != 1) return BadValue(oid, bytes, "not jsonb version 1");
-      return Value::Text(ValueType::kJson, CompactJson(bytes.substr(1)));
+      out = Value::Text(ValueType::kJson, CompactJson(bytes.substr(1)));
+      return absl::OkStatus();
     case kByteaOid:
-      return Value::Text(ValueType::kBytes, std::string(bytes));
+      out.SetText(ValueType::kBytes, bytes);
+      return absl::OkStatus();
     default:
       return absl::InternalError(
           fmt::format("no binary decoder for PostgreSQL type oid {} (a bug: such columns are "

@@ -43,5 +43,8 @@ bool HasBinaryDecoder(Oid oid);
 // valid binary value of that type (wrong size, unknown jsonb version, a
 // numeric digit out of range); kInternal for an OID without a decoder.
 absl::StatusOr<Value> DecodeBinary(Oid oid, std::string_view bytes);
+// The same into `out` (whatever it held), reusing its text buffer: for
+// decoding row after row into one Row. On error `out` is unspecified.
+absl::Status DecodeBinaryInto(Oid oid, std::string_view bytes, Value& out);
 
 }  // namespace backflow::pg

@@ -71,9 +71,10 @@ class MergeStream : public SortedStream {
       // record and sift it down (one pass instead of a pop and a push).
       returned_ = false;
       Head& top = heap_.front();
-      BACKFLOW_ASSIGN_OR_RETURN(bool more, streams_[top.index]->Next(top.key, top.value));
+      absl::StatusOr<bool> more = streams_[top.index]->Next(top.key, top.value);
+      if (!more.ok()) return more.status();
       top.prefix = KeyPrefix(top.key);
-      if (!more) {
+      if (!*more) {
         top = heap_.back();
         heap_.pop_back();
       }

@@ -482,5 +482,42 @@ TEST(DecodeBinaryTest, DecodesHandBuiltValues) {
   EXPECT_EQ(*pg::DecodeBinary(pg::kFloat4Oid, "\x3d\xcc\xcc\xcd"), Value::Double(0.1));
 }
 
+// Decoding into a Value that held anything gives what DecodeBinary gives
+// (the source refills one Row this way, row after row).
+TEST(DecodeBinaryTest, DecodingIntoAUsedValueGivesTheSameValue) {
+  const std::vector<std::pair<Oid, std::string>> cells = {
+      {pg::kNumericOid, std::string("\0\2\0\0\0\0\0\2\0\1\x03\xe8", 12)},
+      {pg::kNumericOid, std::string("\0\0\0\0\xc0\0\0\0", 8)},  // NaN: a string
+      {pg::kTimestamptzOid, std::string(8, '\0')},
+      {pg::kTimestampOid, std::string("\x80\0\0\0\0\0\0\0", 8)},  // -infinity
+      {pg::kDateOid, "\xff\xff\xff\xff"},
+      {pg::kDateOid, std::string("\x7f\xff\xff\xff", 4)},  // infinity
+      {pg::kTextOid, "a text longer than any small-string buffer"},
+      {pg::kTextOid, ""},
+      {pg::kInt8Oid, std::string("\0\0\0\0\0\0\0\x2a", 8)},
+      {pg::kBoolOid, std::string("\1", 1)},
+      {pg::kFloat8Oid, std::string("\x3f\xf0\0\0\0\0\0\0", 8)},
+      {pg::kJsonbOid, "\x01{\"a\": 1}"},
+      {pg::kByteaOid, std::string("\0\1\2", 3)},
+  };
+  const std::vector<Value> before = {Value(), Value::String(std::string(100, 'x')),
+                                     Value::Int64(-5), Value::Double(2.5),
+                                     Value::Text(ValueType::kDecimal, "123.456")};
+  for (const auto& [oid, bytes] : cells) {
+    absl::StatusOr<Value> expected = pg::DecodeBinary(oid, bytes);
+    ASSERT_TRUE(expected.ok()) << oid << ": " << expected.status();
+    for (const Value& held : before) {
+      Value value = held;
+      ASSERT_TRUE(pg::DecodeBinaryInto(oid, bytes, value).ok());
+      EXPECT_EQ(value, *expected) << "oid " << oid << " into " << held.ToString();
+      EXPECT_EQ(value.type(), expected->type());
+      std::string a, b;
+      EncodeRow({value}, a);
+      EncodeRow({*expected}, b);
+      EXPECT_EQ(a, b) << "oid " << oid;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace backflow

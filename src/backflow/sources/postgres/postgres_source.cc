@@ -207,16 +207,14 @@ class PostgresCopyReader : public RowReader {
     for (size_t i = 0; i < oids_.size(); ++i) {
       const pg::CopyBinaryField& field = binary_fields_[i];
       if (field.null) {
-        row[i] = Value::Null();
+        row[i].SetNull();
         continue;
       }
-      absl::StatusOr<Value> value = pg::DecodeBinary(oids_[i], field.bytes);
-      if (!value.ok()) {
-        return Fail(
-            absl::Status(value.status().code(),
-                         fmt::format("column {}: {}", schema_[i].name, value.status().message())));
+      absl::Status decoded = pg::DecodeBinaryInto(oids_[i], field.bytes, row[i]);
+      if (!decoded.ok()) {
+        return Fail(absl::Status(decoded.code(),
+                                 fmt::format("column {}: {}", schema_[i].name, decoded.message())));
       }
-      row[i] = *std::move(value);
     }
     return true;
   }
