@@ -1026,17 +1026,7 @@ class PostgresStateStore : public StateStore {
                                "skipped_ticks, missed_ticks) VALUES ($1, $2, $3, $4) ON CONFLICT "
                                "(model) DO NOTHING",
                          std::move(params), what));
-      if (Affected(r) == 0) {
-        out.result = AdvanceOutcome::Result::kDecidedElsewhere;
-        out.active.reset();
-        return absl::OkStatus();
-      }
-      if (out.active) {
-        out.result = AdvanceOutcome::Result::kSkippedBusy;
-        return absl::OkStatus();
-      }
-      BACKFLOW_ASSIGN_OR_RETURN(out.ids, InsertQueued(runs));
-      return absl::OkStatus();
+      return FinishAdvance(Affected(r) > 0, out, [&] { return InsertQueued(runs); });
     }));
     return out;
   }

@@ -776,17 +776,8 @@ class SqliteStateStore : public StateStore {
           .Bind(4, state.missed_ticks);
       if (expected_last_tick) s.Bind(5, *expected_last_tick);
       BACKFLOW_RETURN_IF_ERROR(s.Run());
-      if (sqlite3_changes(db_->raw()) == 0) {
-        out.result = AdvanceOutcome::Result::kDecidedElsewhere;
-        out.active.reset();
-        return absl::OkStatus();
-      }
-      if (out.active) {
-        out.result = AdvanceOutcome::Result::kSkippedBusy;
-        return absl::OkStatus();
-      }
-      BACKFLOW_ASSIGN_OR_RETURN(out.ids, InsertQueued(runs));
-      return absl::OkStatus();
+      return FinishAdvance(sqlite3_changes(db_->raw()) > 0, out,
+                           [&] { return InsertQueued(runs); });
     }));
     return out;
   }

@@ -31,6 +31,25 @@ absl::StatusOr<bool> CheckpointScanner::NextView(CheckpointEntryView& entry) {
   return true;
 }
 
+absl::Status StateStore::FinishAdvance(
+    bool stored, AdvanceOutcome& out,
+    const std::function<absl::StatusOr<std::vector<int64_t>>()>& queue) {
+  if (!stored) {
+    out.result = AdvanceOutcome::Result::kDecidedElsewhere;
+    out.active.reset();
+    return absl::OkStatus();
+  }
+  if (out.active) {
+    out.result = AdvanceOutcome::Result::kSkippedBusy;
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::vector<int64_t>> ids = queue();
+  if (!ids.ok()) return ids.status();
+  out.result = AdvanceOutcome::Result::kQueued;
+  out.ids = *std::move(ids);
+  return absl::OkStatus();
+}
+
 absl::Status RunTakenOverError(int64_t run_id, const std::string& worker,
                                const std::string& holder) {
   return Tagged(absl::AbortedError(fmt::format(

@@ -33,6 +33,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -346,6 +347,15 @@ class StateStore {
                                                          const std::vector<RunInfo>& runs,
                                                          const ScheduleState& next_if_busy) = 0;
 
+ protected:
+  // The end of an AdvanceSchedule() whose compare-and-set ran (`stored`: it
+  // wrote the state) after `out.active` was looked up: kDecidedElsewhere,
+  // kSkippedBusy, or kQueued with the ids `queue` returns (called only then).
+  static absl::Status FinishAdvance(
+      bool stored, AdvanceOutcome& out,
+      const std::function<absl::StatusOr<std::vector<int64_t>>()>& queue);
+
+ public:
   // --- Mapping locks ---------------------------------------------------------
   // Holds `mapping` for one sync against every process sharing this store,
   // until the handle is destroyed. When another process holds it: an error

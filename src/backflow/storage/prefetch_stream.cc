@@ -96,20 +96,21 @@ class Consumer {
       : producer_(std::move(inner), options.block_bytes, group),
         blocks_(options.blocks, [this](Block& b) { return producer_.Fill(b); }) {}
 
-  // The next record, or null at the end or on the error `status` then holds.
-  const Block::Record* Next(absl::Status& status) {
+  // The next record (views valid until the next call) and how many records
+  // of the inner stream it stands for; false at the end; errors are sticky.
+  absl::StatusOr<bool> Next(std::string_view& key, std::string_view& value, int64_t& copies) {
     while (current_ == nullptr || next_ >= current_->records.size()) {
-      if (current_ != nullptr && current_->end) return nullptr;
-      if (current_ != nullptr && !current_->status.ok()) {
-        status = current_->status;
-        return nullptr;
-      }
+      if (current_ != nullptr && current_->end) return false;
+      if (current_ != nullptr && !current_->status.ok()) return current_->status;
       current_ = &blocks_.Next();
       next_ = 0;
     }
-    return &current_->records[next_++];
+    const Block::Record& r = current_->records[next_++];
+    key = current_->key(r);
+    value = current_->value(r);
+    copies = r.copies;
+    return true;
   }
-  const Block& block() const { return *current_; }
 
  private:
   Producer producer_;
@@ -123,15 +124,8 @@ class PrefetchStream : public SortedStream {
   PrefetchStream(std::unique_ptr<SortedStream> inner, PrefetchOptions options)
       : consumer_(std::move(inner), options, /*group=*/false) {}
   absl::StatusOr<bool> Next(std::string_view& key, std::string_view& value) override {
-    absl::Status status;
-    const Block::Record* r = consumer_.Next(status);
-    if (r == nullptr) {
-      if (!status.ok()) return status;
-      return false;
-    }
-    key = consumer_.block().key(*r);
-    value = consumer_.block().value(*r);
-    return true;
+    int64_t copies = 0;  // always 1: not grouping
+    return consumer_.Next(key, value, copies);
   }
 
  private:
@@ -144,16 +138,7 @@ class PrefetchGroups : public KeyGroupStream {
       : consumer_(std::move(inner), options, /*group=*/true) {}
   absl::StatusOr<bool> Next(std::string_view& key, std::string_view& first_value,
                             int64_t& copies) override {
-    absl::Status status;
-    const Block::Record* r = consumer_.Next(status);
-    if (r == nullptr) {
-      if (!status.ok()) return status;
-      return false;
-    }
-    key = consumer_.block().key(*r);
-    first_value = consumer_.block().value(*r);
-    copies = r->copies;
-    return true;
+    return consumer_.Next(key, first_value, copies);
   }
 
  private:
