@@ -87,6 +87,14 @@ absl::StatusOr<Mapper> Mapper::Create(const std::string& mapping_name,
 namespace {
 
 // True when CoerceValue(v, type) would return `v` unchanged.
+// False when the field lists its allowed values and the (string) value is
+// not one of them.
+bool IsAllowedValue(const FieldSpec& spec, const Value& v) {
+  return spec.allowed_values.empty() || v.type() != ValueType::kString ||
+         std::find(spec.allowed_values.begin(), spec.allowed_values.end(), v.text()) !=
+             spec.allowed_values.end();
+}
+
 bool AlreadyOfType(const Value& v, FieldType type) {
   switch (type) {
     case FieldType::kAny:
@@ -149,9 +157,7 @@ absl::Status Mapper::Map(const Row& row, Row& payload) const {
       payload[i] = *std::move(coerced);
     }
     const Value& out = payload[i];
-    if (!spec->allowed_values.empty() && out.type() == ValueType::kString &&
-        std::find(spec->allowed_values.begin(), spec->allowed_values.end(), out.text()) ==
-            spec->allowed_values.end()) {
+    if (!IsAllowedValue(*spec, out)) {
       return absl::InvalidArgumentError(fmt::format("field \"{}\": \"{}\" is not one of {}",
                                                     layout_.fields[i], out.text(),
                                                     fmt::join(spec->allowed_values, ", ")));
@@ -173,13 +179,7 @@ std::optional<Fingerprint> Mapper::FingerprintOfRowAsPayload(const Row& row,
       if (spec->required) return std::nullopt;
       continue;
     }
-    if (!AlreadyOfType(v, spec->type)) return std::nullopt;
-    if (!spec->allowed_values.empty() &&
-        (v.type() != ValueType::kString ||
-         std::find(spec->allowed_values.begin(), spec->allowed_values.end(), v.text()) ==
-             spec->allowed_values.end())) {
-      return std::nullopt;
-    }
+    if (!AlreadyOfType(v, spec->type) || !IsAllowedValue(*spec, v)) return std::nullopt;
   }
   return field_names_hash_->FinishWith(encoded_row);
 }
