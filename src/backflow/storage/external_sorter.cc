@@ -13,6 +13,9 @@
 namespace backflow {
 namespace {
 
+// How many records ahead a read of the arena in sorted order prefetches.
+constexpr size_t kPrefetchAhead = 16;
+
 // Views of the record stored at `offset` in `arena`.
 void RecordAt(const std::string& arena, uint32_t offset, std::string_view& key,
               std::string_view& value) {
@@ -31,6 +34,10 @@ class MemoryStream : public SortedStream {
       : arena_(arena), offsets_(offsets) {}
   absl::StatusOr<bool> Next(std::string_view& key, std::string_view& value) override {
     if (next_ >= offsets_.size()) return false;
+    // The records sit in the arena in insertion order: fetch a few ahead.
+    if (next_ + kPrefetchAhead < offsets_.size()) {
+      __builtin_prefetch(arena_.data() + offsets_[next_ + kPrefetchAhead]);
+    }
     RecordAt(arena_, offsets_[next_++], key, value);
     return true;
   }
@@ -52,73 +59,93 @@ class FileStream : public SortedStream {
   std::unique_ptr<RunFileReader> reader_;
 };
 
-// K-way merge; among equal keys, the stream added first wins. Every Add()
-// comes before the first Next().
+// K-way merge by a tournament ("loser") tree: each record costs one
+// comparison per level (log2 of the streams, rounded up), most of them on the
+// keys' 8-byte prefixes and without a data-dependent branch. Among equal
+// keys, the stream added first wins. Every Add() comes before the first Next().
 class MergeStream : public SortedStream {
  public:
   absl::Status Add(std::unique_ptr<SortedStream> stream) {
     Head h;
-    h.index = static_cast<int>(streams_.size());
+    BACKFLOW_ASSIGN_OR_RETURN(bool more, stream->Next(h.key, h.value));
+    h.Set(more);
     streams_.push_back(std::move(stream));
-    BACKFLOW_ASSIGN_OR_RETURN(bool more, streams_.back()->Next(h.key, h.value));
-    h.prefix = KeyPrefix(h.key);
-    if (more) Push(h);
+    heads_.push_back(h);
     return absl::OkStatus();
   }
   absl::StatusOr<bool> Next(std::string_view& key, std::string_view& value) override {
-    if (returned_) {
-      // The top is the stream returned last: replace it by that stream's next
-      // record and sift it down (one pass instead of a pop and a push).
-      returned_ = false;
-      Head& top = heap_.front();
-      absl::StatusOr<bool> more = streams_[top.index]->Next(top.key, top.value);
+    if (losers_.empty()) {
+      Build();
+    } else if (returned_) {
+      // Replace the record handed out last by its stream's next one and
+      // replay its path to the root.
+      int w = losers_[0];
+      Head& h = heads_[w];
+      absl::StatusOr<bool> more = streams_[w]->Next(h.key, h.value);
       if (!more.ok()) return more.status();
-      top.prefix = KeyPrefix(top.key);
-      if (!*more) {
-        top = heap_.back();
-        heap_.pop_back();
+      h.Set(*more);
+      for (size_t node = (static_cast<size_t>(w) + leaves_) >> 1; node != 0; node >>= 1) {
+        // Swapped by a mask, not a branch: who wins a match is unpredictable.
+        const int l = losers_[node];
+        const int swap = (l ^ w) & -static_cast<int>(Before(l, w));
+        losers_[node] = l ^ swap;
+        w ^= swap;
       }
-      if (!heap_.empty()) SiftDown();
+      losers_[0] = w;
     }
-    if (heap_.empty()) return false;
-    key = heap_.front().key;
-    value = heap_.front().value;
-    returned_ = true;
+    const Head& top = heads_[losers_[0]];
+    returned_ = !top.done;
+    if (top.done) return false;
+    key = top.key;
+    value = top.value;
     return true;
   }
 
  private:
   struct Head {
-    uint64_t prefix = 0;  // KeyPrefix(key): most comparisons end there
+    uint64_t prefix = ~uint64_t{0};  // KeyPrefix(key); all ones when done
     std::string_view key;
     std::string_view value;
-    int index = 0;
-  };
-  // Heap order: std::*_heap keep the greatest first, so "greater" = comes later.
-  static bool After(const Head& a, const Head& b) {
-    int c = CompareKeys(a.key, a.prefix, b.key, b.prefix);
-    return c != 0 ? c > 0 : a.index > b.index;
-  }
-  void Push(const Head& h) {
-    heap_.push_back(h);
-    std::push_heap(heap_.begin(), heap_.end(), After);
-  }
-  // Restores the heap order after the top changed.
-  void SiftDown() {
-    const size_t n = heap_.size();
-    size_t i = 0;
-    while (true) {
-      size_t child = 2 * i + 1;
-      if (child >= n) break;
-      if (child + 1 < n && After(heap_[child], heap_[child + 1])) ++child;
-      if (!After(heap_[i], heap_[child])) break;
-      std::swap(heap_[i], heap_[child]);
-      i = child;
+    bool done = true;
+    void Set(bool more) {
+      done = !more;
+      prefix = more ? KeyPrefix(key) : ~uint64_t{0};
     }
+  };
+  // Whether stream `a`'s head comes strictly before stream `b`'s.
+  bool Before(int a, int b) const {
+    const Head& x = heads_[a];
+    const Head& y = heads_[b];
+    if (x.prefix != y.prefix) [[likely]]
+      return x.prefix < y.prefix;
+    if (x.done || y.done) return x.done == y.done ? a < b : y.done;
+    int c = CompareKeys(x.key, x.prefix, y.key, y.prefix);
+    return c != 0 ? c < 0 : a < b;
   }
+  // Plays the first round: leaves_ is a power of two, padded with done heads;
+  // losers_[node] is the loser of the match at `node`, losers_[0] the winner.
+  void Build() {
+    leaves_ = 1;
+    while (leaves_ < heads_.size()) leaves_ <<= 1;
+    heads_.resize(leaves_);  // padding heads are done
+    std::vector<int> winners(2 * leaves_);
+    for (size_t i = 0; i < leaves_; ++i) winners[leaves_ + i] = static_cast<int>(i);
+    losers_.assign(leaves_, 0);
+    for (size_t node = leaves_ - 1; node != 0; --node) {
+      int a = winners[2 * node];
+      int b = winners[2 * node + 1];
+      if (Before(b, a)) std::swap(a, b);
+      winners[node] = a;
+      losers_[node] = b;
+    }
+    losers_[0] = winners[1];
+  }
+
   std::vector<std::unique_ptr<SortedStream>> streams_;
-  std::vector<Head> heap_;
-  bool returned_ = false;  // the top was handed out by the last Next()
+  std::vector<Head> heads_;  // per stream (then padding)
+  std::vector<int> losers_;  // empty until the first Next()
+  size_t leaves_ = 0;
+  bool returned_ = false;  // the winner was handed out by the last Next()
 };
 
 }  // namespace
@@ -139,6 +166,13 @@ void ExternalSorter::Discard(const std::string& run) {
   } else {
     unlink(run.c_str());
   }
+}
+
+RunFileOptions ExternalSorter::RunOptions() const {
+  RunFileOptions o;
+  o.compression_level = options_.compression_level;
+  o.pool = options_.pool;
+  return o;
 }
 
 std::string ExternalSorter::NextRunPath() {
@@ -213,12 +247,15 @@ void ExternalSorter::SortBuffer() {
 
 absl::Status ExternalSorter::Spill() {
   SortBuffer();
-  RunFileOptions o;
-  o.compression_level = options_.compression_level;
-  o.pool = options_.pool;
+  RunFileOptions o = RunOptions();
   BACKFLOW_ASSIGN_OR_RETURN(auto writer, RunFileWriter::Create(NextRunPath(), o));
   std::string_view key, value;
-  for (const Entry& e : entries_) {
+  for (size_t i = 0; i < entries_.size(); ++i) {
+    // Sorted entries point all over the arena: fetch a few ahead.
+    if (i + kPrefetchAhead < entries_.size()) {
+      __builtin_prefetch(arena_.data() + entries_[i + kPrefetchAhead].offset);
+    }
+    const Entry& e = entries_[i];
     RecordAt(arena_, e.offset, key, value);
     BACKFLOW_RETURN_IF_ERROR(writer->Add(key, value));
   }
@@ -236,9 +273,7 @@ absl::Status ExternalSorter::MergeRuns() {
     BACKFLOW_ASSIGN_OR_RETURN(auto reader, RunFileReader::Open(run));
     BACKFLOW_RETURN_IF_ERROR(merge.Add(std::make_unique<FileStream>(std::move(reader))));
   }
-  RunFileOptions o;
-  o.compression_level = options_.compression_level;
-  o.pool = options_.pool;
+  RunFileOptions o = RunOptions();
   BACKFLOW_ASSIGN_OR_RETURN(auto writer, RunFileWriter::Create(NextRunPath(), o));
   std::string_view key, value;
   while (true) {

@@ -68,6 +68,7 @@ class ExternalSorter {
   absl::Status Spill();
   absl::Status MergeRuns();
   std::string NextRunPath();
+  RunFileOptions RunOptions() const;
   void Discard(const std::string& run);
 
   std::string dir_;

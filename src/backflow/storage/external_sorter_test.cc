@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <random>
+#include <set>
 
 #include "backflow/testing/scratch_dir.h"
 
@@ -105,6 +106,28 @@ TEST_F(ExternalSorterTest, SpillsMergesAndCleansUp) {
     }
     EXPECT_EQ(FilesInDir(), 0u) << "run files are removed with the sorter";
   }
+}
+
+// The merge for every number of runs from 1 to 17 (the tournament is padded
+// to a power of two), with keys repeated across runs, empty keys and keys
+// that share their first 8 bytes: byte order, equal keys in insertion order.
+TEST_F(ExternalSorterTest, MergesAnyNumberOfRuns) {
+  std::set<int> seen;
+  for (int runs = 1; runs <= 17; ++runs) {
+    auto records = RandomRecords(300 * runs, 100 + runs);
+    ExternalSorter::Options o;
+    o.memory_budget = 16 * 1024;
+    o.compression_level = 0;
+    ExternalSorter sorter(dir_, "t", o);
+    for (const auto& [k, v] : records) ASSERT_TRUE(sorter.Add(k, v).ok());
+    ASSERT_TRUE(sorter.Finish().ok());
+    seen.insert(sorter.spilled_runs());
+    std::stable_sort(records.begin(), records.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    EXPECT_EQ(Drain(sorter), records) << sorter.spilled_runs() << " runs";
+  }
+  EXPECT_GE(seen.size(), 10u) << "the record counts give many different run counts";
+  EXPECT_TRUE(seen.count(2) || seen.count(3)) << "small merges";
 }
 
 TEST_F(ExternalSorterTest, DamagedSpillIsDataLoss) {

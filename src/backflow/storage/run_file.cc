@@ -70,7 +70,7 @@ void AppendVarint(std::string& out, uint64_t v) {
   out.append(buf, n);
 }
 
-bool ReadVarint(const char* data, size_t size, size_t& pos, uint64_t& v) {
+bool ReadVarintSlow(const char* data, size_t size, size_t& pos, uint64_t& v) {
   v = 0;
   for (int shift = 0; shift < 64 && pos < size; shift += 7) {
     auto byte = static_cast<unsigned char>(data[pos++]);

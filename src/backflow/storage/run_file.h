@@ -145,6 +145,14 @@ absl::StatusOr<int64_t> RunFileRecordCount(const std::string& path);
 // Little-endian base-128 varints, as used inside run files and by their users.
 void AppendVarint(std::string& out, uint64_t v);
 // Reads a varint at data[pos], advancing pos; false if it runs past `size`.
-bool ReadVarint(const char* data, size_t size, size_t& pos, uint64_t& v);
+bool ReadVarintSlow(const char* data, size_t size, size_t& pos, uint64_t& v);
+inline bool ReadVarint(const char* data, size_t size, size_t& pos, uint64_t& v) {
+  // Sizes below 128, most of them, are one byte: inline, no loop.
+  if (pos < size && static_cast<signed char>(data[pos]) >= 0) {
+    v = static_cast<unsigned char>(data[pos++]);
+    return true;
+  }
+  return ReadVarintSlow(data, size, pos, v);
+}
 
 }  // namespace backflow

@@ -211,5 +211,25 @@ TEST(VarintTest, RoundTripsBoundaries) {
   }
 }
 
+TEST(VarintTest, ReadsBackToBackValuesOfEverySize) {
+  const std::vector<uint64_t> values = {5, 300,          0, 127, 128, uint64_t{1} << 50,
+                                        1, ~uint64_t{0}, 77};
+  std::string s;
+  for (uint64_t v : values) AppendVarint(s, v);
+  size_t pos = 0;
+  for (uint64_t v : values) {
+    uint64_t got = 0;
+    ASSERT_TRUE(ReadVarint(s.data(), s.size(), pos, got));
+    EXPECT_EQ(got, v);
+  }
+  EXPECT_EQ(pos, s.size());
+  uint64_t got = 0;
+  EXPECT_FALSE(ReadVarint(s.data(), s.size(), pos, got)) << "nothing left to read";
+  std::string unterminated(11, '\x80');
+  pos = 0;
+  EXPECT_FALSE(ReadVarint(unterminated.data(), unterminated.size(), pos, got))
+      << "more than ten bytes of continuation";
+}
+
 }  // namespace
 }  // namespace backflow
