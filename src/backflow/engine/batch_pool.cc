@@ -11,9 +11,7 @@ BatchPool::BatchPool(std::vector<std::unique_ptr<ActionSession>> sessions)
     w->session = s.get();
     workers_.push_back(std::move(w));
   }
-  if (workers_.size() > 1) {
-    for (auto& w : workers_) w->thread = std::thread([this, p = w.get()] { Loop(p); });
-  }
+  for (auto& w : workers_) w->thread = std::thread([this, p = w.get()] { Loop(p); });
 }
 
 BatchPool::~BatchPool() {
@@ -44,6 +42,7 @@ void BatchPool::Loop(Worker* w) {
 
 bool BatchPool::HasIdle() const {
   std::lock_guard<std::mutex> lock(mu_);
+  if (!done_.empty()) return false;
   for (const auto& w : workers_) {
     if (!w->busy) return true;
   }
@@ -61,13 +60,6 @@ int BatchPool::outstanding() const {
 }
 
 void BatchPool::Submit(std::unique_ptr<BatchJob> job) {
-  if (workers_.size() == 1) {
-    job->outcomes = workers_[0]->session->SendBatch(job->records);
-    std::lock_guard<std::mutex> lock(mu_);
-    ++outstanding_;
-    done_.push_back(std::move(job));
-    return;
-  }
   std::lock_guard<std::mutex> lock(mu_);
   for (auto& w : workers_) {
     if (w->busy) continue;

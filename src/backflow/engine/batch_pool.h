@@ -1,8 +1,8 @@
 // BatchPool: delivers batches through up to N sessions of one mapping at once.
 //
-// Each session has one batch in flight at most. With one session, Submit()
-// sends inline on the caller's thread; with several, each session has its own
-// worker thread. The caller (one thread) submits jobs while HasIdle(), and
+// Each session has one batch in flight at most, sent on the session's own
+// worker thread, so the caller can read and mark the next batch while one is
+// being sent. The caller (one thread) submits jobs while HasIdle(), and
 // collects finished jobs with WaitDone() in completion order, so every
 // state-store write stays on the caller's thread. The destructor waits for
 // batches in flight to finish (a batch is never abandoned mid-request).
@@ -39,6 +39,9 @@ class BatchPool {
   BatchPool(const BatchPool&) = delete;
   BatchPool& operator=(const BatchPool&) = delete;
 
+  // Whether Submit() may be called: a session is free and every finished job
+  // has been collected (so the caller sees each outcome, a refusal say,
+  // before it sends more).
   bool HasIdle() const;
   // Requires: HasIdle().
   void Submit(std::unique_ptr<BatchJob> job);

@@ -349,9 +349,12 @@ absl::Status Runner::Extract(const ModelConfig& model, Source& source, Schema& s
     }
     if (!*more) break;
     ++extracted_;
-    if ((extracted_ & 1023) == 0 && AllCancelled()) {
-      return absl::CancelledError(
-          fmt::format("cancelled during extraction after {} rows; nothing was sent", extracted_));
+    if ((extracted_ & 1023) == 0) {  // not per row: these read the clock and flags
+      if (AllCancelled()) {
+        return absl::CancelledError(
+            fmt::format("cancelled during extraction after {} rows; nothing was sent", extracted_));
+      }
+      Progress("extracting", "", 0, 0, false);
     }
     if (warehouse_ != nullptr) {  // the row hash comes last
       if (row.size() != schema.size() + 1) {
@@ -384,7 +387,6 @@ absl::Status Runner::Extract(const ModelConfig& model, Source& source, Schema& s
       if (warehouse_ != nullptr) AppendRowHash(summary, row_hash);
       BACKFLOW_RETURN_IF_ERROR(spool_->AddKeyed(key.ToString(), summary));
     }
-    Progress("extracting", "", 0, 0, false);
   }
   return spool_->FinishLoad();
 }
@@ -874,6 +876,11 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
     return FlushRecords(m);
   };
 
+  // While the sessions send, the next batch is read and marked here (`ready`),
+  // so that it goes out as soon as a session is free. A batch marked but not
+  // sent when the run stops (cancel, a refused batch, a crash) is sent by the
+  // next run like any record in flight; it was never sent twice.
+  std::unique_ptr<BatchJob> ready;
   bool exhausted = false;
   while (true) {
     // Settle finished batches first: memory stays bounded and a stop is seen early.
@@ -885,16 +892,16 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
       exhausted = true;
       m.cancelled = true;
     }
-    if (stop.ok() && !exhausted && pool.HasIdle()) {
-      BACKFLOW_ASSIGN_OR_RETURN(std::unique_ptr<BatchJob> job, next_batch());
-      if (job == nullptr) {
-        exhausted = true;
-      } else {
-        pool.Submit(std::move(job));
-      }
+    if (!stop.ok() || m.cancelled) ready.reset();
+    if (stop.ok() && !exhausted && ready == nullptr) {
+      BACKFLOW_ASSIGN_OR_RETURN(ready, next_batch());
+      if (ready == nullptr) exhausted = true;
+    }
+    if (ready != nullptr && pool.HasIdle()) {
+      pool.Submit(std::move(ready));
       continue;
     }
-    if (pool.outstanding() == 0) break;
+    if (pool.outstanding() == 0 && ready == nullptr) break;
     std::unique_ptr<BatchJob> done = pool.WaitDone();
     BACKFLOW_RETURN_IF_ERROR(settle(*done));
   }
