@@ -54,6 +54,7 @@ class FileStream : public SortedStream {
   absl::StatusOr<bool> Next(std::string_view& key, std::string_view& value) override {
     return reader_->Next(key, value);
   }
+  RunFileReader* reader() const { return reader_.get(); }
 
  private:
   std::unique_ptr<RunFileReader> reader_;
@@ -65,13 +66,18 @@ class FileStream : public SortedStream {
 // keys, the stream added first wins. Every Add() comes before the first Next().
 class MergeStream : public SortedStream {
  public:
-  absl::Status Add(std::unique_ptr<SortedStream> stream) {
+  absl::Status Add(std::unique_ptr<SortedStream> stream, RunFileReader* file = nullptr) {
     Head h;
     BACKFLOW_ASSIGN_OR_RETURN(bool more, stream->Next(h.key, h.value));
     h.Set(more);
     streams_.push_back(std::move(stream));
+    files_.push_back(file);
     heads_.push_back(h);
     return absl::OkStatus();
+  }
+  absl::Status Add(std::unique_ptr<RunFileReader> reader) {
+    RunFileReader* file = reader.get();
+    return Add(std::make_unique<FileStream>(std::move(reader)), file);
   }
   absl::StatusOr<bool> Next(std::string_view& key, std::string_view& value) override {
     if (losers_.empty()) {
@@ -81,9 +87,14 @@ class MergeStream : public SortedStream {
       // replay its path to the root.
       int w = losers_[0];
       Head& h = heads_[w];
-      absl::StatusOr<bool> more = streams_[w]->Next(h.key, h.value);
-      if (!more.ok()) return more.status();
-      h.Set(*more);
+      // A run file's records are read inline while its block lasts.
+      if (files_[w] != nullptr && files_[w]->NextInBlock(h.key, h.value)) {
+        h.Set(true);
+      } else {
+        absl::StatusOr<bool> more = streams_[w]->Next(h.key, h.value);
+        if (!more.ok()) return more.status();
+        h.Set(*more);
+      }
       for (size_t node = (static_cast<size_t>(w) + leaves_) >> 1; node != 0; node >>= 1) {
         // Swapped by a mask, not a branch: who wins a match is unpredictable.
         const int l = losers_[node];
@@ -142,8 +153,9 @@ class MergeStream : public SortedStream {
   }
 
   std::vector<std::unique_ptr<SortedStream>> streams_;
-  std::vector<Head> heads_;  // per stream (then padding)
-  std::vector<int> losers_;  // empty until the first Next()
+  std::vector<RunFileReader*> files_;  // per stream: its run file, if it reads one
+  std::vector<Head> heads_;            // per stream (then padding)
+  std::vector<int> losers_;            // empty until the first Next()
   size_t leaves_ = 0;
   bool returned_ = false;  // the winner was handed out by the last Next()
 };
@@ -271,7 +283,7 @@ absl::Status ExternalSorter::MergeRuns() {
   MergeStream merge;
   for (const std::string& run : runs_) {
     BACKFLOW_ASSIGN_OR_RETURN(auto reader, RunFileReader::Open(run));
-    BACKFLOW_RETURN_IF_ERROR(merge.Add(std::make_unique<FileStream>(std::move(reader))));
+    BACKFLOW_RETURN_IF_ERROR(merge.Add(std::move(reader)));
   }
   RunFileOptions o = RunOptions();
   BACKFLOW_ASSIGN_OR_RETURN(auto writer, RunFileWriter::Create(NextRunPath(), o));
@@ -306,7 +318,7 @@ absl::StatusOr<std::unique_ptr<SortedStream>> ExternalSorter::Open() const {
   auto merge = std::make_unique<MergeStream>();
   for (const std::string& run : runs_) {
     BACKFLOW_ASSIGN_OR_RETURN(auto reader, RunFileReader::Open(run));
-    BACKFLOW_RETURN_IF_ERROR(merge->Add(std::make_unique<FileStream>(std::move(reader))));
+    BACKFLOW_RETURN_IF_ERROR(merge->Add(std::move(reader)));
   }
   BACKFLOW_RETURN_IF_ERROR(merge->Add(std::move(memory)));
   return std::unique_ptr<SortedStream>(std::move(merge));

@@ -357,11 +357,12 @@ absl::StatusOr<bool> RunFileReader::NextBlock() {
 
 absl::Status RunFileReader::Fail(absl::Status error) {
   ended_ = true;
+  block_records_ = 0;  // NextInBlock() then declines, and Next() returns the error
   error_ = std::move(error);
   return error_;
 }
 
-absl::StatusOr<bool> RunFileReader::Next(std::string_view& key, std::string_view& value) {
+absl::StatusOr<bool> RunFileReader::NextSlow(std::string_view& key, std::string_view& value) {
   if (ended_) {
     if (!error_.ok()) return error_;
     return false;

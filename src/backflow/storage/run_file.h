@@ -32,6 +32,19 @@
 
 namespace backflow {
 
+// Little-endian base-128 varints, as used inside run files and by their users.
+void AppendVarint(std::string& out, uint64_t v);
+// Reads a varint at data[pos], advancing pos; false if it runs past `size`.
+bool ReadVarintSlow(const char* data, size_t size, size_t& pos, uint64_t& v);
+inline bool ReadVarint(const char* data, size_t size, size_t& pos, uint64_t& v) {
+  // Sizes below 128, most of them, are one byte: inline, no loop.
+  if (pos < size && static_cast<signed char>(data[pos]) >= 0) {
+    v = static_cast<unsigned char>(data[pos++]);
+    return true;
+  }
+  return ReadVarintSlow(data, size, pos, v);
+}
+
 struct RunFileOptions {
   // zstd level; 0 stores blocks uncompressed. Negative levels are zstd's fast modes.
   int compression_level = 1;
@@ -95,7 +108,33 @@ class RunFileReader {
   // The next record; the views stay valid until the next call. False at the
   // (verified) end of the file; an error (kDataLoss naming the file and the
   // byte offset for damage) is returned again by every later call.
-  absl::StatusOr<bool> Next(std::string_view& key, std::string_view& value);
+  absl::StatusOr<bool> Next(std::string_view& key, std::string_view& value) {
+    if (NextInBlock(key, value)) return true;
+    return NextSlow(key, value);
+  }
+  // Next() when the current block holds a record that parses cleanly (the
+  // hot path, inline); false otherwise, with nothing consumed: Next() then
+  // loads the next block or reports the damage.
+  bool NextInBlock(std::string_view& key, std::string_view& value) {
+    if (block_records_ == 0) return false;
+    const std::string& raw = block_->raw;
+    size_t pos = pos_;
+    uint64_t key_size = 0, value_size = 0;
+    if (!ReadVarint(raw.data(), raw.size(), pos, key_size) || key_size > raw.size() - pos) {
+      return false;
+    }
+    const char* key_data = raw.data() + pos;
+    pos += key_size;
+    if (!ReadVarint(raw.data(), raw.size(), pos, value_size) || value_size > raw.size() - pos) {
+      return false;
+    }
+    key = std::string_view(key_data, key_size);
+    value = std::string_view(raw.data() + pos, value_size);
+    pos_ = pos + value_size;
+    --block_records_;
+    ++records_;
+    return true;
+  }
 
   int64_t records_read() const { return records_; }
   const std::string& path() const { return path_; }
@@ -118,6 +157,7 @@ class RunFileReader {
   // Moves to the next block (the consumer's side); false at the end.
   absl::StatusOr<bool> NextBlock();
   absl::Status Fail(absl::Status error);  // ends the reader with `error`, returned
+  absl::StatusOr<bool> NextSlow(std::string_view& key, std::string_view& value);
 
   std::string path_;
   // The loader's state: the background thread's alone when reading ahead.
@@ -141,18 +181,5 @@ class RunFileReader {
 // The record count a finished run file's end marker states (without reading
 // its blocks: a damaged file is only detected by reading it).
 absl::StatusOr<int64_t> RunFileRecordCount(const std::string& path);
-
-// Little-endian base-128 varints, as used inside run files and by their users.
-void AppendVarint(std::string& out, uint64_t v);
-// Reads a varint at data[pos], advancing pos; false if it runs past `size`.
-bool ReadVarintSlow(const char* data, size_t size, size_t& pos, uint64_t& v);
-inline bool ReadVarint(const char* data, size_t size, size_t& pos, uint64_t& v) {
-  // Sizes below 128, most of them, are one byte: inline, no loop.
-  if (pos < size && static_cast<signed char>(data[pos]) >= 0) {
-    v = static_cast<unsigned char>(data[pos++]);
-    return true;
-  }
-  return ReadVarintSlow(data, size, pos, v);
-}
 
 }  // namespace backflow
