@@ -7,7 +7,6 @@
 // merge time / one-run scan time (measured in the same process).
 // Usage: bench_external_sorter [--records=N] [google benchmark flags]
 #include <benchmark/benchmark.h>
-
 #include <unistd.h>
 
 #include <algorithm>
