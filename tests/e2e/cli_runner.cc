@@ -1,6 +1,7 @@
 #include "cli_runner.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -93,6 +94,14 @@ pid_t StartCli(const std::string& cwd, const std::vector<std::string>& args) {
 pid_t StartCli(const std::string& cwd, const std::vector<std::string>& args,
                const std::string& out_path, const std::string& err_path) {
   return Spawn(cwd, args, out_path, err_path);
+}
+
+ChildGuard::~ChildGuard() {
+  // waitpid answers 0 only for a child of ours still running (-1 once reaped).
+  if (pid_ > 0 && waitpid(pid_, nullptr, WNOHANG) == 0) {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
 }
 
 }  // namespace backflow::e2e

@@ -32,4 +32,18 @@ pid_t StartCli(const std::string& cwd, const std::vector<std::string>& args);
 pid_t StartCli(const std::string& cwd, const std::vector<std::string>& args,
                const std::string& out_path, const std::string& err_path);
 
+// Kills (SIGKILL) and reaps a child started with StartCli() if it is still
+// running when the guard goes out of scope, so that a failed assertion never
+// leaves a `backflow` process behind. A child the test reaped is left alone.
+class ChildGuard {
+ public:
+  explicit ChildGuard(pid_t pid) : pid_(pid) {}
+  ~ChildGuard();
+  ChildGuard(const ChildGuard&) = delete;
+  ChildGuard& operator=(const ChildGuard&) = delete;
+
+ private:
+  pid_t pid_;
+};
+
 }  // namespace backflow::e2e

@@ -137,6 +137,7 @@ TEST_F(ServeE2eTest, TheServiceCatchesUpThenStopsCleanlyOnSigterm) {
   ASSERT_EQ(ServeOnceAt("2026-01-01T00:00:00Z").exit_code, 0);
   pid_t pid = e2e::StartCli(dir_, {"serve", "--poll-seconds", "1"});
   ASSERT_GT(pid, 0);
+  e2e::ChildGuard child(pid);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (receiver_.State().size() < 50u && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));

@@ -214,6 +214,7 @@ TEST_F(SyncE2eTest, KilledMidDeliveryLosesNothing) {
   WriteWorkspace("SELECT id, email, plan, ltv FROM customers", 50);
   receiver_->HoldFrom(6);  // let 5 batches through, hold the 6th
   pid_t pid = e2e::StartCli(dir_, {"sync", "customers_to_hook"});
+  e2e::ChildGuard child(pid);
   ASSERT_TRUE(receiver_->WaitForHeld(std::chrono::seconds(60)));
   kill(pid, SIGKILL);
   int status = 0;

@@ -493,17 +493,29 @@ TEST(WorkspaceEditorTest, ReadersNeverSeeAHalfWrittenFile) {
   ASSERT_TRUE(WriteFileAtomically(path, a).ok());
   std::atomic<bool> done{false};
   std::thread writer([&] {
-    for (int i = 0; i < 100; ++i) ASSERT_TRUE(WriteFileAtomically(path, i % 2 ? a : b).ok());
+    for (int i = 0; i < 100; ++i) {
+      absl::Status written = WriteFileAtomically(path, i % 2 ? a : b);
+      if (!written.ok()) {
+        ADD_FAILURE() << written;
+        break;
+      }
+    }
     done.store(true);
   });
+  // Failures end the loop rather than the test, so the writer is always joined.
   int reads = 0;
-  while (!done.load() || reads < 10) {
+  std::string failure;
+  while (failure.empty() && (!done.load() || reads < 10)) {
     absl::StatusOr<std::string> read = ReadTextFile(path);
-    ASSERT_TRUE(read.ok()) << read.status();
-    ASSERT_TRUE(*read == a || *read == b) << "a read saw " << read->size() << " bytes";
+    if (!read.ok()) {
+      failure = read.status().ToString();
+    } else if (*read != a && *read != b) {
+      failure = "a read saw " + std::to_string(read->size()) + " bytes";
+    }
     ++reads;
   }
   writer.join();
+  EXPECT_EQ(failure, "");
 }
 
 TEST(WorkspaceEditorTest, PureReferences) {
