@@ -54,7 +54,6 @@ class FileStream : public SortedStream {
   absl::StatusOr<bool> Next(std::string_view& key, std::string_view& value) override {
     return reader_->Next(key, value);
   }
-  RunFileReader* reader() const { return reader_.get(); }
 
  private:
   std::unique_ptr<RunFileReader> reader_;
@@ -66,6 +65,8 @@ class FileStream : public SortedStream {
 // keys, the stream added first wins. Every Add() comes before the first Next().
 class MergeStream : public SortedStream {
  public:
+  // `file`: the run file `stream` reads, if it reads one (its records are
+  // then read inline while its current block lasts).
   absl::Status Add(std::unique_ptr<SortedStream> stream, RunFileReader* file = nullptr) {
     Head h;
     BACKFLOW_ASSIGN_OR_RETURN(bool more, stream->Next(h.key, h.value));
