@@ -86,7 +86,6 @@ absl::StatusOr<Mapper> Mapper::Create(const std::string& mapping_name,
 
 namespace {
 
-// True when CoerceValue(v, type) would return `v` unchanged.
 // False when the field lists its allowed values and the (string) value is
 // not one of them.
 bool IsAllowedValue(const FieldSpec& spec, const Value& v) {
@@ -95,6 +94,7 @@ bool IsAllowedValue(const FieldSpec& spec, const Value& v) {
              spec.allowed_values.end();
 }
 
+// True when CoerceValue(v, type) would return `v` unchanged.
 bool AlreadyOfType(const Value& v, FieldType type) {
   switch (type) {
     case FieldType::kAny:
