@@ -372,23 +372,18 @@ absl::StatusOr<bool> RunFileReader::NextSlow(std::string_view& key, std::string_
       return Fail(Corrupt("a block holds more bytes than its records", block_->offset));
     }
     BACKFLOW_ASSIGN_OR_RETURN(bool more, NextBlock());
-    if (!more) return false;
+    if (!more) return false;  // a loaded block holds at least one record
+    if (NextInBlock(key, value)) return true;
   }
+  // The record at pos_ does not parse: say which part runs past the block.
   const std::string& raw = block_->raw;
-  uint64_t key_size = 0, value_size = 0;
-  if (!ReadVarint(raw.data(), raw.size(), pos_, key_size) || key_size > raw.size() - pos_) {
-    return Fail(Corrupt("a record's key runs past its block", block_->offset));
-  }
-  key = std::string_view(raw.data() + pos_, key_size);
-  pos_ += key_size;
-  if (!ReadVarint(raw.data(), raw.size(), pos_, value_size) || value_size > raw.size() - pos_) {
-    return Fail(Corrupt("a record's value runs past its block", block_->offset));
-  }
-  value = std::string_view(raw.data() + pos_, value_size);
-  pos_ += value_size;
-  --block_records_;
-  ++records_;
-  return true;
+  size_t pos = pos_;
+  uint64_t key_size = 0;
+  const bool key_fits =
+      ReadVarint(raw.data(), raw.size(), pos, key_size) && key_size <= raw.size() - pos;
+  return Fail(Corrupt(
+      key_fits ? "a record's value runs past its block" : "a record's key runs past its block",
+      block_->offset));
 }
 
 absl::StatusOr<int64_t> RunFileRecordCount(const std::string& path) {

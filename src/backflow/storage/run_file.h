@@ -157,6 +157,7 @@ class RunFileReader {
   // Moves to the next block (the consumer's side); false at the end.
   absl::StatusOr<bool> NextBlock();
   absl::Status Fail(absl::Status error);  // ends the reader with `error`, returned
+  // Next() once NextInBlock() declined: the next block, or the damage.
   absl::StatusOr<bool> NextSlow(std::string_view& key, std::string_view& value);
 
   std::string path_;

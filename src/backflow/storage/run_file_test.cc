@@ -9,6 +9,7 @@
 #include <random>
 
 #include "backflow/testing/scratch_dir.h"
+#include "xxhash.h"
 
 namespace backflow {
 namespace {
@@ -195,6 +196,50 @@ INSTANTIATE_TEST_SUITE_P(Codecs, RunFileTest, ::testing::Values(0, 1, -3), [](co
          : info.param > 0 ? "zstd" + std::to_string(info.param)
                           : "zstd_fast" + std::to_string(-info.param);
 });
+
+// A record that runs past its block (a writer bug: the block's checksum
+// matches) is kDataLoss naming the part that does not fit, read directly or
+// ahead.
+TEST(RunFileReaderTest, ARecordRunningPastItsBlockIsDataLoss) {
+  testing::ScratchDir scratch("backflow-runfile-record");
+  const std::string path = scratch.string() + "/damaged.run";
+  const std::pair<std::string, std::string> cases[] = {
+      {std::string("\x05"
+                   "ab",
+                   3),
+       "a record's key runs past its block"},
+      {std::string("\x01"
+                   "k"
+                   "\x09"
+                   "v",
+                   4),
+       "a record's value runs past its block"},
+  };
+  for (const auto& [raw, message] : cases) {
+    std::string file("BFRUN001");
+    auto put32 = [&](uint32_t v) { file.append(reinterpret_cast<const char*>(&v), 4); };
+    put32(static_cast<uint32_t>(raw.size()));  // raw size
+    put32(static_cast<uint32_t>(raw.size()));  // stored size
+    put32(0);                                  // raw codec
+    put32(1);                                  // records
+    const uint64_t checksum = XXH3_64bits(raw.data(), raw.size());
+    file.append(reinterpret_cast<const char*>(&checksum), 8);
+    file.append(raw);
+    std::ofstream(path, std::ios::binary) << file;
+    for (bool ahead : {false, true}) {
+      auto reader = RunFileReader::Open(path);
+      ASSERT_TRUE(reader.ok()) << reader.status();
+      if (ahead) (*reader)->ReadAhead(2);
+      std::string_view key, value;
+      for (int call = 0; call < 2; ++call) {  // and again: errors are sticky
+        absl::StatusOr<bool> more = (*reader)->Next(key, value);
+        ASSERT_FALSE(more.ok()) << message;
+        EXPECT_EQ(more.status().code(), absl::StatusCode::kDataLoss);
+        EXPECT_NE(more.status().message().find(message), std::string_view::npos) << more.status();
+      }
+    }
+  }
+}
 
 TEST(VarintTest, RoundTripsBoundaries) {
   for (uint64_t v : {uint64_t{0}, uint64_t{127}, uint64_t{128}, uint64_t{16383}, uint64_t{16384},
