@@ -11,7 +11,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   postgresql postgresql-client
   mariadb-server mariadb-client libmariadb-dev
-  python3 python3-psycopg2 time curl
+  python3 python3-psycopg2 time curl gdb
 )
 
 missing=()

@@ -157,6 +157,27 @@ TEST_F(ServeE2eTest, TheServiceCatchesUpThenStopsCleanlyOnSigterm) {
   EXPECT_EQ(list["runs"].size(), 1u) << runs.out;
 }
 
+// The harness itself: a child that outlives RunCli's deadline (here the
+// long-running service) is killed, and the result says so with its threads,
+// instead of the test binary hanging until ctest's timeout.
+TEST_F(ServeE2eTest, RunCliKillsAChildPastItsDeadlineAndShowsItsThreads) {
+  ASSERT_EQ(setenv("BACKFLOW_E2E_CLI_TIMEOUT_S", "2", 1), 0);
+  const auto start = std::chrono::steady_clock::now();
+  CliResult r = RunCli(dir_, {"serve", "--poll-seconds", "1"});
+  const auto waited = std::chrono::steady_clock::now() - start;
+  ASSERT_EQ(unsetenv("BACKFLOW_E2E_CLI_TIMEOUT_S"), 0);
+  EXPECT_EQ(r.exit_code, -1);
+  EXPECT_GE(waited, std::chrono::seconds(2));
+  EXPECT_LT(waited, std::chrono::seconds(90)) << "gdb is given at most 60 s";
+  EXPECT_NE(r.err.find("`backflow serve --poll-seconds 1` (pid "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("still running after 2 s: killed; its threads were:"), std::string::npos)
+      << r.err;
+  // gdb's backtraces, or without gdb each thread's state.
+  EXPECT_TRUE(r.err.find("Thread ") != std::string::npos ||
+              r.err.find("thread ") != std::string::npos)
+      << r.err;
+}
+
 // Alerts through the service: a failing mapping alerts once per incident,
 // and its recovery once, to a webhook receiver on loopback.
 TEST_F(ServeE2eTest, AFailingMappingAlertsOnceAndRecoversOnce) {
