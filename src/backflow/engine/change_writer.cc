@@ -23,13 +23,15 @@ ChangeWriter::~ChangeWriter() {
 }
 
 absl::Status ChangeWriter::PushRow(int change, std::string_view key, const Fingerprint& fp,
-                                   RowRef row, bool with_row_hash, std::string_view row_hash) {
+                                   RowRef row, RowPayload payload, bool with_row_hash,
+                                   std::string_view row_hash) {
   Job job;
   job.change = change;
   job.key.assign(key);
   job.fp = fp;
   job.from_row = true;
   job.row = row;
+  job.row_payload = payload;
   job.with_row_hash = with_row_hash;
   job.bytes.assign(row_hash);
   return Push(std::move(job));
@@ -77,6 +79,7 @@ absl::Status ChangeWriter::Finish() {
 }
 
 void ChangeWriter::Work() {
+  Spool::RowReader rows(spool_);
   std::string row_buffer, encoded;
   Row payload;
   while (true) {
@@ -91,7 +94,7 @@ void ChangeWriter::Work() {
     room_cv_.notify_one();
     absl::Status status;
     for (const Job& job : batch) {
-      status = Write(job, row_buffer, payload, encoded);
+      status = Write(job, rows, row_buffer, payload, encoded);
       if (!status.ok()) break;
     }
     if (!status.ok()) {
@@ -107,10 +110,14 @@ void ChangeWriter::Work() {
   room_cv_.notify_all();
 }
 
-absl::Status ChangeWriter::Write(const Job& job, std::string& row_buffer, Row& payload,
-                                 std::string& encoded) {
+absl::Status ChangeWriter::Write(const Job& job, Spool::RowReader& rows, std::string& row_buffer,
+                                 Row& payload, std::string& encoded) {
   if (!job.from_row) return spool_.AddChange(index_, job.change, job.key, job.fp, job.bytes);
-  BACKFLOW_RETURN_IF_ERROR(spool_.ReadRow(job.row, row_buffer));
+  BACKFLOW_RETURN_IF_ERROR(rows.Read(job.row, row_buffer));
+  if (job.row_payload == RowPayload::kAsIs) {
+    if (job.with_row_hash) AppendRowHash(row_buffer, job.bytes);
+    return spool_.AddChange(index_, job.change, job.key, job.fp, row_buffer);
+  }
   BACKFLOW_ASSIGN_OR_RETURN(Row values, DecodeRow(row_buffer));
   BACKFLOW_RETURN_IF_ERROR(mapper_.Map(values, payload));
   encoded.clear();

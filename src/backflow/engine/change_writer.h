@@ -3,9 +3,10 @@
 // the diff's thread only merges keys.
 //
 // Changes are written in the order they are pushed. A row change is read at
-// its RowRef in the row log, mapped with `mapper` (it mapped during
-// extraction: mapping is deterministic) and encoded, with the row hash
-// appended in warehouse mode (engine/warehouse_mode.h); a change pushed
+// its RowRef in the row log (through a Spool::RowReader), mapped with
+// `mapper` (it mapped during extraction: mapping is deterministic) and
+// encoded, or written as read when the row is its own payload; in warehouse
+// mode (engine/warehouse_mode.h) with the row hash appended. A change pushed
 // encoded is written as it is. The first error (a damaged spool, a full
 // disk) stops the writing: Push() returns it from then on, and Finish()
 // returns it. Memory: at most a few batches of pushed changes.
@@ -40,10 +41,15 @@ class ChangeWriter {
   ChangeWriter(const ChangeWriter&) = delete;
   ChangeWriter& operator=(const ChangeWriter&) = delete;
 
-  // The row at `row`, mapped; in warehouse mode (`with_row_hash`) with
-  // `row_hash` appended.
+  // How a row change's payload comes from its row.
+  enum class RowPayload {
+    kMapped,  // Mapper::Map() of the row
+    kAsIs,    // the row itself (Mapper::FingerprintOfRowAsPayload() held for it)
+  };
+  // The row at `row` as its payload; in warehouse mode (`with_row_hash`)
+  // with `row_hash` appended.
   absl::Status PushRow(int change, std::string_view key, const Fingerprint& fp, RowRef row,
-                       bool with_row_hash, std::string_view row_hash);
+                       RowPayload payload, bool with_row_hash, std::string_view row_hash);
   // An encoded payload (row hash included), written as it is.
   absl::Status PushEncoded(int change, std::string_view key, const Fingerprint& fp,
                            std::string_view encoded_payload);
@@ -56,6 +62,7 @@ class ChangeWriter {
     std::string key;
     Fingerprint fp;
     bool from_row = false;
+    RowPayload row_payload = RowPayload::kMapped;
     bool with_row_hash = false;
     RowRef row;
     std::string bytes;  // the encoded payload, or (from_row) the row hash
@@ -67,7 +74,8 @@ class ChangeWriter {
   absl::Status Push(Job job);
   absl::Status Submit();  // hands the current batch to the thread
   void Work();
-  absl::Status Write(const Job& job, std::string& row_buffer, Row& payload, std::string& encoded);
+  absl::Status Write(const Job& job, Spool::RowReader& rows, std::string& row_buffer, Row& payload,
+                     std::string& encoded);
 
   Spool& spool_;
   const int index_;

@@ -11,6 +11,9 @@
 namespace backflow {
 namespace {
 
+constexpr ChangeWriter::RowPayload kMapped = ChangeWriter::RowPayload::kMapped;
+constexpr ChangeWriter::RowPayload kAsIs = ChangeWriter::RowPayload::kAsIs;
+
 class ChangeWriterTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -79,7 +82,7 @@ TEST_F(ChangeWriterTest, WritesMappedRowsAndEncodedChangesInPushOrder) {
         ASSERT_TRUE(writer.PushEncoded(2, key, fp, payload).ok());
       } else {
         const bool hashed = i % 3 == 2;  // warehouse mode: the row hash follows
-        ASSERT_TRUE(writer.PushRow(i % 2, key, fp, refs_[i], hashed, "h" + key).ok());
+        ASSERT_TRUE(writer.PushRow(i % 2, key, fp, refs_[i], kMapped, hashed, "h" + key).ok());
         EncodeRow({Value::String("user" + key + "@x.io"), Value::Int64(i)}, payload);
         if (hashed) AppendRowHash(payload, "h" + key);
       }
@@ -90,14 +93,40 @@ TEST_F(ChangeWriterTest, WritesMappedRowsAndEncodedChangesInPushOrder) {
   EXPECT_EQ(ReadChanges(), expected);
 }
 
+TEST_F(ChangeWriterTest, ARowThatIsItsOwnPayloadIsWrittenAsRead) {
+  std::vector<Change> expected;
+  {
+    ChangeWriter writer(*spool_, 0, *mapper_);
+    // Every third row in order, then the first ones again (read at random):
+    // the bytes of the row log, unmapped, the row hash after them if any.
+    std::vector<int> order;
+    for (int i = 0; i < kRows; i += 3) order.push_back(i);
+    for (int i : {5, 1, 1999, 4}) order.push_back(i);
+    for (size_t n = 0; n < order.size(); ++n) {
+      const int i = order[n];
+      const std::string key = std::to_string(i);
+      const bool hashed = n % 2 == 1;
+      ASSERT_TRUE(
+          writer.PushRow(1, key, {static_cast<uint64_t>(n), 0}, refs_[i], kAsIs, hashed, "h" + key)
+              .ok());
+      std::string payload;
+      EncodeRow({Value::Int64(i), Value::String("user" + key + "@x.io")}, payload);
+      if (hashed) AppendRowHash(payload, "h" + key);
+      expected.push_back({key, 1, payload});
+    }
+    ASSERT_TRUE(writer.Finish().ok());
+  }
+  EXPECT_EQ(ReadChanges(), expected);
+}
+
 TEST_F(ChangeWriterTest, TheFirstErrorStopsTheWritingAndIsReturned) {
   ChangeWriter writer(*spool_, 0, *mapper_);
   absl::Status pushed;
-  ASSERT_TRUE(writer.PushRow(0, "0", {}, refs_[0], false, "").ok());
-  ASSERT_TRUE(writer.PushRow(0, "bad", {}, RowRef{uint64_t{1} << 40, 10}, false, "").ok());
+  ASSERT_TRUE(writer.PushRow(0, "0", {}, refs_[0], kMapped, false, "").ok());
+  ASSERT_TRUE(writer.PushRow(0, "bad", {}, RowRef{uint64_t{1} << 40, 10}, kMapped, false, "").ok());
   // Pushing on: sooner or later Push() itself reports the error.
   for (int i = 0; i < 100 * kRows && pushed.ok(); ++i) {
-    pushed = writer.PushRow(0, std::to_string(i), {}, refs_[i % kRows], false, "");
+    pushed = writer.PushRow(0, std::to_string(i), {}, refs_[i % kRows], kMapped, false, "");
   }
   EXPECT_EQ(pushed.code(), absl::StatusCode::kDataLoss) << pushed;
   absl::Status finished = writer.Finish();
@@ -109,9 +138,10 @@ TEST_F(ChangeWriterTest, DestroyedWithoutFinishStopsAndLeavesAPrefixOfWhatWasPus
   {
     ChangeWriter writer(*spool_, 0, *mapper_);
     for (int i = 0; i < kRows; ++i) {
-      ASSERT_TRUE(
-          writer.PushRow(1, std::to_string(i), {static_cast<uint64_t>(i), 0}, refs_[i], false, "")
-              .ok());
+      ASSERT_TRUE(writer
+                      .PushRow(1, std::to_string(i), {static_cast<uint64_t>(i), 0}, refs_[i],
+                               kMapped, false, "")
+                      .ok());
     }
   }  // queued batches are dropped, the thread stops
   const std::vector<Change> written = ReadChanges();  // checks they are in push order

@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -168,13 +169,10 @@ absl::StatusOr<std::vector<RowRef>> Spool::NullKeyRows(size_t limit) const {
   return refs;
 }
 
-absl::Status Spool::ReadRow(RowRef ref, std::string& encoded_row) const {
-  if (ref.offset + ref.size > rows_bytes_) return Damaged("a row reference is past the row log");
-  encoded_row.resize(ref.size);
+absl::Status Spool::ReadRowLog(uint64_t offset, size_t size, char* out) const {
   size_t done = 0;
-  while (done < ref.size) {
-    ssize_t n = pread(rows_fd_, encoded_row.data() + done, ref.size - done,
-                      static_cast<off_t>(ref.offset + done));
+  while (done < size) {
+    ssize_t n = pread(rows_fd_, out + done, size - done, static_cast<off_t>(offset + done));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       return absl::UnavailableError(fmt::format("cannot read the extraction spool in {}: {}", dir_,
@@ -185,13 +183,61 @@ absl::Status Spool::ReadRow(RowRef ref, std::string& encoded_row) const {
   return absl::OkStatus();
 }
 
+absl::Status Spool::ReadRow(RowRef ref, std::string& encoded_row) const {
+  if (ref.offset + ref.size > rows_bytes_) return Damaged("a row reference is past the row log");
+  encoded_row.resize(ref.size);
+  return ReadRowLog(ref.offset, ref.size, encoded_row.data());
+}
+
+absl::Status Spool::RowReader::Read(RowRef ref, std::string& encoded_row) {
+  if (ref.offset + ref.size > spool_.rows_bytes_) {
+    return Damaged("a row reference is past the row log");
+  }
+  ++clock_;
+  Window* oldest = &windows_[0];
+  Window* before = nullptr;  // a window the row runs past, or starts at most kWindowBytes after
+  for (Window& w : windows_) {
+    const uint64_t end = w.start + w.bytes.size();
+    if (!w.bytes.empty() && ref.offset >= w.start) {
+      if (ref.offset + ref.size <= end) {
+        w.used = clock_;
+        encoded_row.assign(w.bytes, ref.offset - w.start, ref.size);
+        return absl::OkStatus();
+      }
+      if (ref.offset <= end + kWindowBytes) before = &w;
+    }
+    if (w.used < oldest->used) oldest = &w;
+  }
+  Window& w = before != nullptr ? *before : *oldest;
+  const uint64_t size = before != nullptr
+                            ? std::min<uint64_t>(std::max<uint64_t>(kWindowBytes, ref.size),
+                                                 spool_.rows_bytes_ - ref.offset)
+                            : ref.size;
+  w.start = ref.offset;
+  w.used = clock_;
+  w.bytes.resize(size);
+  ++reads_;
+  absl::Status read = spool_.ReadRowLog(ref.offset, size, w.bytes.data());
+  if (!read.ok()) {
+    w.bytes.clear();
+    return read;
+  }
+  encoded_row.assign(w.bytes, 0, ref.size);
+  return absl::OkStatus();
+}
+
 absl::Status Spool::AddChange(int mapping, int change, std::string_view key, const Fingerprint& fp,
                               std::string_view encoded_payload) {
   if (changes_finished_) return absl::FailedPreconditionError("change added after FinishChanges");
   auto& writer = changes_[mapping];
   if (writer == nullptr) {
+    // Raw: compressing it cost the diff more time than it saved in bytes
+    // (zstd on the change writer's thread), and it is read once, right after.
+    RunFileOptions o;
+    o.compression_level = 0;
+    o.pool = pool_.get();
     BACKFLOW_ASSIGN_OR_RETURN(
-        writer, RunFileWriter::Create(PathOf(fmt::format("changes-{}.run", mapping))));
+        writer, RunFileWriter::Create(PathOf(fmt::format("changes-{}.run", mapping)), o));
   }
   std::string value;
   value.reserve(17 + encoded_payload.size());

@@ -5,18 +5,19 @@
 // the merge with the checkpoint reads (key, summary) in key order without
 // sorting whole rows; rows are read back only for the records that change.
 // Each mapping's change set and its held-back checkpoint updates are
-// sequential run files. Memory is bounded by the sorter's budget plus a few
-// write buffers whatever the row count. Everything lives in one folder that
-// is removed when the Spool is destroyed; a folder left behind by a killed
-// process is removed by the next Create(). The row log and the sorted runs,
-// most of the bytes, are written over files kept from earlier spools of the
-// same folder and kept for later ones, up to Options::keep_bytes (a
+// sequential run files, stored raw (their bytes are the changed rows'
+// payloads, read once by the delivery right after). Memory is bounded by the sorter's budget plus a
+// few write buffers whatever the row count. Everything lives in one folder that is removed when the
+// Spool is destroyed; a folder left behind by a killed process is removed by the next Create(). The
+// row log and the sorted runs, most of the bytes, and the change sets are written over files kept
+// from earlier spools of the same folder and kept for later ones, up to Options::keep_bytes (a
 // ScratchPool in `dir`/recycled: see storage/scratch_pool.h for why).
 // Thread-compatible, with two exceptions: ReadRow() may run on several
 // threads at once, and one thread may AddChange() while another uses the
 // methods other than AddChange() and FinishChanges() (engine/change_writer.h).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -67,6 +68,36 @@ class Spool {
   int64_t null_key_rows() const { return null_keys_; }
   // A row appended before FinishLoad().
   absl::Status ReadRow(RowRef ref, std::string& encoded_row) const;
+  // Reads rows appended before FinishLoad() for one thread, through a few
+  // windows over the row log: a row inside a window costs no system call; a
+  // row running past a window's end, or starting at most kWindowBytes after
+  // it, refills that window with the kWindowBytes from the row on (or the
+  // row, if larger); any other row is read alone (into the window used
+  // longest ago), as ReadRow() would. So rows
+  // read in about their log order (the changed rows of a table that appends
+  // its new and updated rows, say) cost one read per window, and rows read
+  // at random cost what ReadRow() does. Memory: at most kWindows windows of
+  // kWindowBytes (or one row, when a row is larger).
+  class RowReader {
+   public:
+    static constexpr size_t kWindows = 8;
+    static constexpr size_t kWindowBytes = 64 << 10;
+    explicit RowReader(const Spool& spool) : spool_(spool) {}
+    absl::Status Read(RowRef ref, std::string& encoded_row);
+    // Reads of the row log so far (for tests and benchmarks).
+    int64_t reads() const { return reads_; }
+
+   private:
+    struct Window {
+      uint64_t start = 0;
+      std::string bytes;
+      uint64_t used = 0;  // clock_ when last read
+    };
+    const Spool& spool_;
+    std::array<Window, kWindows> windows_;
+    uint64_t clock_ = 0;
+    int64_t reads_ = 0;
+  };
 
   // ---- Change set of mapping number `mapping` (one writer per mapping).
   absl::Status AddChange(int mapping, int change, std::string_view key, const Fingerprint& fp,
@@ -107,6 +138,8 @@ class Spool {
  private:
   Spool(std::string dir, Options options);
   absl::Status FlushRows();
+  // Reads `size` bytes of the row log at `offset` into `out`.
+  absl::Status ReadRowLog(uint64_t offset, size_t size, char* out) const;
   std::string PathOf(const std::string& name) const { return dir_ + "/" + name; }
 
   std::string dir_;

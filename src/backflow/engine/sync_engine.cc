@@ -101,7 +101,9 @@ bool Selected(RecordSelection selection, ChangeKind change) {
 // the fingerprint of its payload.
 class RowSummary {
  public:
-  enum Status : uint8_t { kMapped = 0, kRejected = 1, kNotMapped = 2 };
+  // kMappedAsRow: mapped, and the payload is the row itself (its encoding is
+  // the row's bytes in the row log: Mapper::FingerprintOfRowAsPayload).
+  enum Status : uint8_t { kMapped = 0, kRejected = 1, kNotMapped = 2, kMappedAsRow = 3 };
   static constexpr size_t kHead = 12;
   static constexpr size_t kPerMapping = 17;
 
@@ -127,6 +129,10 @@ class RowSummary {
   }
   Status status(int index) const {
     return static_cast<Status>(data_[kHead + kPerMapping * static_cast<size_t>(index)]);
+  }
+  bool mapped(int index) const {
+    const Status s = status(index);
+    return s == kMapped || s == kMappedAsRow;
   }
   Fingerprint fingerprint(int index) const {
     Fingerprint fp;
@@ -377,7 +383,7 @@ absl::Status Runner::Extract(const ModelConfig& model, Source& source, Schema& s
           RowSummary::Add(summary, RowSummary::kNotMapped, {});
         } else if (std::optional<Fingerprint> fp =
                        m.mapper->FingerprintOfRowAsPayload(row, encoded)) {
-          RowSummary::Add(summary, RowSummary::kMapped, *fp);
+          RowSummary::Add(summary, RowSummary::kMappedAsRow, *fp);
         } else if (!m.mapper->Map(row, payload).ok()) {
           RowSummary::Add(summary, RowSummary::kRejected, {});
         } else {
@@ -518,9 +524,12 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
   if (!options_.dry_run) changes = std::make_unique<ChangeWriter>(*spool_, index, mapper);
   // `out` is the payload (identity values for a delete); null in a dry run
   // once the sample is full, where nothing is written, or when `row` is
-  // given: a change to send whose row the change writer reads and maps.
+  // given: a change to send whose row the change writer reads and, as
+  // `row_payload` says, maps.
   auto emit = [&](ChangeKind kind, std::string_view key, const Fingerprint& fp, const Row* out,
-                  const RowRef* row = nullptr) -> absl::Status {
+                  const RowRef* row = nullptr,
+                  ChangeWriter::RowPayload row_payload =
+                      ChangeWriter::RowPayload::kMapped) -> absl::Status {
     switch (kind) {
       case ChangeKind::kAdded:
         ++c.added;
@@ -558,8 +567,8 @@ absl::Status Runner::Diff(MappingRun& m, int index, const ModelConfig& model, co
       return absl::OkStatus();
     }
     if (row != nullptr) {
-      return changes->PushRow(static_cast<int>(kind), key, fp, *row, snapshot_ != nullptr,
-                              row_hash);
+      return changes->PushRow(static_cast<int>(kind), key, fp, *row, row_payload,
+                              snapshot_ != nullptr, row_hash);
     }
     encoded.clear();
     EncodeRow(*out, encoded);
@@ -658,7 +667,7 @@ absl::Status Runner::DiffRow(MappingRun& m, int index, const ModelConfig& model,
                    model.primary_key, model.name)});
     return absl::OkStatus();
   }
-  if (summary.status(index) != RowSummary::kMapped) {
+  if (!summary.mapped(index)) {
     ++c.rejected;
     if (m.reported >= options_.max_reported_records) return absl::OkStatus();
     BACKFLOW_ASSIGN_OR_RETURN(Row values, read_values());
@@ -704,7 +713,10 @@ absl::Status Runner::DiffRow(MappingRun& m, int index, const ModelConfig& model,
   if (!need_payload) return emit(kind, key, fp, nullptr);
   if (!options_.dry_run && Selected(m.config->records, kind)) {
     const RowRef ref = summary.ref();
-    return emit(kind, key, fp, nullptr, &ref);
+    return emit(kind, key, fp, nullptr, &ref,
+                summary.status(index) == RowSummary::kMappedAsRow
+                    ? ChangeWriter::RowPayload::kAsIs
+                    : ChangeWriter::RowPayload::kMapped);
   }
   BACKFLOW_ASSIGN_OR_RETURN(Row values, read_values());
   BACKFLOW_RETURN_IF_ERROR(mapper.Map(values, payload));
