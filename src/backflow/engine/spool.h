@@ -5,13 +5,14 @@
 // the merge with the checkpoint reads (key, summary) in key order without
 // sorting whole rows; rows are read back only for the records that change.
 // Each mapping's change set and its held-back checkpoint updates are
-// sequential run files, stored raw (their bytes are the changed rows'
-// payloads, read once by the delivery right after). Memory is bounded by the sorter's budget plus a
-// few write buffers whatever the row count. Everything lives in one folder that is removed when the
-// Spool is destroyed; a folder left behind by a killed process is removed by the next Create(). The
-// row log and the sorted runs, most of the bytes, and the change sets are written over files kept
-// from earlier spools of the same folder and kept for later ones, up to Options::keep_bytes (a
-// ScratchPool in `dir`/recycled: see storage/scratch_pool.h for why).
+// sequential run files (a change set raw: it is read once, right after).
+// Memory is bounded by the sorter's budget plus a few write buffers whatever
+// the row count. Everything lives in one folder that is removed when the
+// Spool is destroyed; a folder left behind by a killed process is removed by
+// the next Create(). The row log, the sorted runs and the change sets, most
+// of the bytes, are written over files kept from earlier spools of the same
+// folder and kept for later ones, up to Options::keep_bytes (a ScratchPool
+// in `dir`/recycled: see storage/scratch_pool.h for why).
 // Thread-compatible, with two exceptions: ReadRow() may run on several
 // threads at once, and one thread may AddChange() while another uses the
 // methods other than AddChange() and FinishChanges() (engine/change_writer.h).
@@ -73,11 +74,10 @@ class Spool {
   // row running past a window's end, or starting at most kWindowBytes after
   // it, refills that window with the kWindowBytes from the row on (or the
   // row, if larger); any other row is read alone (into the window used
-  // longest ago), as ReadRow() would. So rows
-  // read in about their log order (the changed rows of a table that appends
-  // its new and updated rows, say) cost one read per window, and rows read
-  // at random cost what ReadRow() does. Memory: at most kWindows windows of
-  // kWindowBytes (or one row, when a row is larger).
+  // longest ago), as ReadRow() would. So rows read in about their log order
+  // (the changed rows of a table that appends its new and updated rows, say)
+  // cost one read per window, and rows read at random what ReadRow() costs.
+  // Memory: at most kWindows windows of kWindowBytes (or of one larger row).
   class RowReader {
    public:
     static constexpr size_t kWindows = 8;

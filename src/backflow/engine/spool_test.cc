@@ -1,6 +1,7 @@
 #include "backflow/engine/spool.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
@@ -112,6 +113,40 @@ TEST_F(SpoolRowsTest, AReferencePastTheRowLogIsDataLossAndTheReaderGoesOn) {
   EXPECT_NE(std::string(past.message()).find("past the row log"), std::string::npos) << past;
   EXPECT_EQ(spool_->ReadRow(RowRef{uint64_t{1} << 40, 1}, got).code(), absl::StatusCode::kDataLoss);
   ReadInOrder(reader, {kRows - 1, 0, 1, kRows / 2, kRows / 2 + 1});
+}
+
+TEST(SpoolTest, ChangeSetsAreKeptForTheNextSpoolLikeTheRowLog) {
+  testing::ScratchDir dir("spool-keep");
+  auto kept = [&] {
+    int n = 0;
+    std::error_code ec;
+    for (const auto& f : std::filesystem::directory_iterator(dir.string() + "/recycled", ec)) {
+      n += f.is_regular_file() ? 1 : 0;
+    }
+    return n;
+  };
+  for (int round = 0; round < 2; ++round) {
+    auto spool = Spool::Create(dir.string());
+    ASSERT_TRUE(spool.ok()) << spool.status();
+    ASSERT_TRUE((*spool)->AppendRow("row").ok());
+    ASSERT_TRUE((*spool)->FinishLoad().ok());
+    for (int mapping : {0, 1}) {
+      ASSERT_TRUE((*spool)->AddChange(mapping, 0, "k", Fingerprint{}, "payload").ok());
+    }
+    ASSERT_TRUE((*spool)->FinishChanges().ok());
+    // The second round's spool took the three files the first one kept.
+    EXPECT_EQ(kept(), 0) << "round " << round;
+    auto reader = (*spool)->ScanChanges(1);
+    ASSERT_TRUE(reader.ok()) << reader.status();
+    std::string_view key, payload;
+    int change = -1;
+    Fingerprint fp;
+    auto more = reader->Next(key, change, fp, payload);
+    ASSERT_TRUE(more.ok() && *more);
+    EXPECT_EQ(payload, "payload");
+    spool->reset();
+    EXPECT_EQ(kept(), 3) << "the row log and both change sets";
+  }
 }
 
 }  // namespace
