@@ -87,12 +87,9 @@ absl::StatusOr<std::unique_ptr<Spool>> Spool::Create(const std::string& dir, Opt
 }
 
 Spool::~Spool() {
-  // Finished change sets go back to the pool like the row log (an
-  // unfinished writer gives its file back itself).
-  std::vector<std::string> change_sets;
-  for (const auto& [mapping, writer] : changes_) change_sets.push_back(writer->path());
+  // Change sets are removed, never kept: they hold mapped payloads, which
+  // may carry values the mapping took from secrets (secrets_e2e_test).
   changes_.clear();
-  for (const std::string& path : change_sets) pool_->Keep(path);
   acks_.clear();
   null_keys_file_.reset();
   keyed_.reset();

@@ -11,8 +11,10 @@
 // Spool is destroyed; a folder left behind by a killed process is removed by
 // the next Create(). The row log, the sorted runs and the change sets, most
 // of the bytes, are written over files kept from earlier spools of the same
-// folder and kept for later ones, up to Options::keep_bytes (a ScratchPool
-// in `dir`/recycled: see storage/scratch_pool.h for why).
+// folder; the row log and the runs are kept for later ones, up to
+// Options::keep_bytes (a ScratchPool in `dir`/recycled: see
+// storage/scratch_pool.h for why), but not the change sets, whose payloads
+// may hold values the mapping took from secrets.
 // Thread-compatible, with two exceptions: ReadRow() may run on several
 // threads at once, and one thread may AddChange() while another uses the
 // methods other than AddChange() and FinishChanges() (engine/change_writer.h).
