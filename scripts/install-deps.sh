@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build ccache pkg-config clang-format
+  clang-14 lld-14 libclang-rt-14-dev
   libabsl-dev libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libfmt-dev
   libsqlite3-dev sqlite3 libpq-dev libcurl4-openssl-dev libssl-dev libxxhash-dev libzstd-dev zlib1g-dev
   libboost1.81-dev libsodium-dev

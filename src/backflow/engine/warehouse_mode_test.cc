@@ -75,8 +75,8 @@ class WarehouseModeTest : public pg::testing::PostgresTest,
         table);
   }
 
-  void Setup(Side& side, const std::string& name, const std::string& mode,
-             const std::string& m_extra = "") {
+  void SetUpSide(Side& side, const std::string& name, const std::string& mode,
+                 const std::string& m_extra = "") {
     harness_->Setup(side, name, mode, table_, m_extra);
   }
   std::vector<MappingRunResult> Sync(Side& side, SyncOptions options = {},
@@ -114,7 +114,7 @@ TEST_F(WarehouseModeTest, DryRunWritesNothingToTheWarehouseCheckpoint) {
       "INSERT INTO {} SELECT g, 'u' || g || '@x.io', 'free', 30, 'n' FROM generate_series(1, 5) g",
       table_));
   Side side;
-  Setup(side, "w", "warehouse");
+  SetUpSide(side, "w", "warehouse");
   SyncOptions dry;
   dry.dry_run = true;
   auto planned = Sync(side, dry, {"m"});
@@ -153,7 +153,7 @@ TEST_F(WarehouseModeTest, ChangingTheMappingResendsWhatItChanges) {
       "INSERT INTO {} SELECT g, 'u' || g || '@x.io', 'free', 30, 'n' FROM generate_series(1, 4) g",
       table_));
   Side side;
-  Setup(side, "w", "warehouse");
+  SetUpSide(side, "w", "warehouse");
   Sync(side, {}, {"m"});
   // The same mapping name with another field: every record's payload changes.
   Side changed;

@@ -526,7 +526,8 @@ std::optional<std::string> FakeMixpanelServer::CheckUpdateLocked(const json& u) 
   if (rejected_ids_.contains(*id))
     return fmt::format("profile update for \"{}\" was rejected", *id);
   std::vector<std::string> ops;
-  for (const auto& [k, v] : u.items()) {
+  for (const auto& item : u.items()) {
+    const std::string& k = item.key();
     bool is_op = std::find_if(std::begin(kOperations), std::end(kOperations),
                               [&](const char* o) { return k == o; }) != std::end(kOperations);
     bool is_key = std::find_if(std::begin(kUpdateKeys), std::end(kUpdateKeys),

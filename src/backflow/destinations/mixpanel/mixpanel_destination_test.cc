@@ -33,9 +33,6 @@ constexpr char kSecret[] = "sa_secret";
 constexpr absl::StatusCode kOk = absl::StatusCode::kOk;
 constexpr absl::StatusCode kInvalid = absl::StatusCode::kInvalidArgument;
 
-// FakeClock's start, 2023-11-14T22:13:20Z, in milliseconds.
-constexpr int64_t kNowMs = 1'700'000'000'000;
-
 std::vector<absl::StatusCode> Codes(const absl::StatusOr<std::vector<absl::Status>>& statuses) {
   std::vector<absl::StatusCode> out;
   if (!statuses.ok()) return out;

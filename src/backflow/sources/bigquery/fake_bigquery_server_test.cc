@@ -254,7 +254,7 @@ TEST_F(FakeBigQueryServerTest, StatementsTakePositionalStringParametersAndAnswer
   EXPECT_EQ(json::parse(r.body)["numDmlAffectedRows"], "3");
 
   // Parameters must match the `?`, be positional and STRING.
-  query["queryParameters"] = {param("x")};
+  query["queryParameters"] = json::array({param("x")});
   EXPECT_EQ(Reason(Api("POST", "test-project/queries", query)), "invalidQuery");
   query["queryParameters"] = {param("x"), param("4")};
   query["parameterMode"] = "NAMED";
