@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs dependencies, checks formatting, builds with
 # clang, AddressSanitizer + UndefinedBehaviorSanitizer and runs every test with
-# ctest (ctest itself starts a throwaway PostgreSQL server for the tests that need one).
+# ctest (ctest itself starts throwaway PostgreSQL and MariaDB servers for the
+# tests that need them), then the threaded tests under ThreadSanitizer.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
