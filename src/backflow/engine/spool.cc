@@ -82,6 +82,9 @@ absl::StatusOr<std::unique_ptr<Spool>> Spool::Create(const std::string& dir, Opt
   // fingerprint, and the runs live only as long as the extraction.
   so.compression_level = 0;
   so.pool = spool->pool_.get();
+  // The extraction thread adds a record per row: a full buffer is written
+  // while it goes on (the source would otherwise wait for every spill).
+  so.background_spill = true;
   spool->keyed_ = std::make_unique<ExternalSorter>(path, "keyed", so);
   return spool;
 }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <utility>
 
 #include "backflow/common/status_macros.h"
 #include "backflow/storage/key_order.h"
@@ -167,9 +168,11 @@ ExternalSorter::ExternalSorter(std::string dir, std::string prefix, Options opti
     : dir_(std::move(dir)), prefix_(std::move(prefix)), options_(options) {
   options_.memory_budget = std::min<size_t>(options_.memory_budget, size_t{3} << 30);
   options_.max_runs = std::max(2, options_.max_runs);
+  buffer_budget_ = options_.background_spill ? options_.memory_budget / 2 : options_.memory_budget;
 }
 
 ExternalSorter::~ExternalSorter() {
+  (void)WaitForSpill();  // its run is discarded below with the others
   for (const std::string& run : runs_) Discard(run);
 }
 
@@ -195,24 +198,26 @@ std::string ExternalSorter::NextRunPath() {
 absl::Status ExternalSorter::Add(std::string_view key, std::string_view value) {
   if (finished_) return absl::FailedPreconditionError("ExternalSorter::Add after Finish");
   size_t need = key.size() + value.size() + 20;
-  if (!entries_.empty() &&
-      arena_.size() + need + 2 * entries_.size() * sizeof(Entry) > options_.memory_budget) {
+  std::string& arena = buffer_.arena;
+  if (!buffer_.entries.empty() &&
+      arena.size() + need + 2 * buffer_.entries.size() * sizeof(Entry) > buffer_budget_) {
     BACKFLOW_RETURN_IF_ERROR(Spill());
   }
-  if (arena_.size() + need > (size_t{1} << 32)) {
+  if (arena.size() + need > (size_t{1} << 32)) {
     return absl::InvalidArgumentError("a record is too large to sort");
   }
-  entries_.push_back({KeyPrefix(key), static_cast<uint32_t>(arena_.size())});
-  AppendVarint(arena_, key.size());
-  arena_.append(key);
-  AppendVarint(arena_, value.size());
-  arena_.append(value);
+  buffer_.entries.push_back({KeyPrefix(key), static_cast<uint32_t>(arena.size())});
+  AppendVarint(arena, key.size());
+  arena.append(key);
+  AppendVarint(arena, value.size());
+  arena.append(value);
   ++records_;
   return absl::OkStatus();
 }
 
-void ExternalSorter::SortBuffer() {
-  const size_t n = entries_.size();
+void ExternalSorter::SortBuffer(Buffer& buffer) {
+  std::vector<Entry>& entries = buffer.entries;
+  const size_t n = entries.size();
   if (n < 2) return;
   // LSD radix sort on the 8-byte prefix, one byte per pass (a pass whose byte
   // is the same in every entry is skipped). It is stable, so entries with
@@ -220,12 +225,12 @@ void ExternalSorter::SortBuffer() {
   // not degrade on the patterns keys come in (e.g. decimal ids in numeric
   // order, whose byte order interleaves).
   std::array<std::array<uint32_t, 256>, 8> counts{};
-  for (const Entry& e : entries_) {
+  for (const Entry& e : entries) {
     for (int d = 0; d < 8; ++d) ++counts[d][(e.prefix >> (8 * d)) & 0xFF];
   }
-  scratch_.resize(n);
-  Entry* src = entries_.data();
-  Entry* dst = scratch_.data();
+  buffer.scratch.resize(n);
+  Entry* src = entries.data();
+  Entry* dst = buffer.scratch.data();
   bool in_scratch = false;
   for (int d = 0; d < 8; ++d) {
     const std::array<uint32_t, 256>& count = counts[d];
@@ -240,9 +245,9 @@ void ExternalSorter::SortBuffer() {
     std::swap(src, dst);
     in_scratch = !in_scratch;
   }
-  if (in_scratch) entries_.swap(scratch_);
+  if (in_scratch) entries.swap(buffer.scratch);
   // Entries whose prefixes are equal: by the whole key, then insertion order.
-  const std::string& arena = arena_;
+  const std::string& arena = buffer.arena;
   auto by_key = [&arena](const Entry& a, const Entry& b) {
     std::string_view ka, va, kb, vb;
     RecordAt(arena, a.offset, ka, va);
@@ -252,31 +257,56 @@ void ExternalSorter::SortBuffer() {
   };
   for (size_t i = 0; i < n;) {
     size_t j = i + 1;
-    while (j < n && entries_[j].prefix == entries_[i].prefix) ++j;
-    if (j - i > 1) std::sort(entries_.begin() + i, entries_.begin() + j, by_key);
+    while (j < n && entries[j].prefix == entries[i].prefix) ++j;
+    if (j - i > 1) std::sort(entries.begin() + i, entries.begin() + j, by_key);
     i = j;
   }
 }
 
-absl::Status ExternalSorter::Spill() {
-  SortBuffer();
-  RunFileOptions o = RunOptions();
-  BACKFLOW_ASSIGN_OR_RETURN(auto writer, RunFileWriter::Create(NextRunPath(), o));
+absl::Status ExternalSorter::WriteRun(Buffer& buffer, RunFileWriter& writer) {
+  SortBuffer(buffer);
+  const std::vector<Entry>& entries = buffer.entries;
   std::string_view key, value;
-  for (size_t i = 0; i < entries_.size(); ++i) {
+  for (size_t i = 0; i < entries.size(); ++i) {
     // Sorted entries point all over the arena: fetch a few ahead.
-    if (i + kPrefetchAhead < entries_.size()) {
-      __builtin_prefetch(arena_.data() + entries_[i + kPrefetchAhead].offset);
+    if (i + kPrefetchAhead < entries.size()) {
+      __builtin_prefetch(buffer.arena.data() + entries[i + kPrefetchAhead].offset);
     }
-    const Entry& e = entries_[i];
-    RecordAt(arena_, e.offset, key, value);
-    BACKFLOW_RETURN_IF_ERROR(writer->Add(key, value));
+    RecordAt(buffer.arena, entries[i].offset, key, value);
+    BACKFLOW_RETURN_IF_ERROR(writer.Add(key, value));
   }
-  BACKFLOW_RETURN_IF_ERROR(writer->Finish());
+  BACKFLOW_RETURN_IF_ERROR(writer.Finish());
+  buffer.arena.clear();
+  buffer.entries.clear();
+  return absl::OkStatus();
+}
+
+absl::Status ExternalSorter::WaitForSpill() {
+  if (!spill_thread_.joinable()) return absl::OkStatus();
+  spill_thread_.join();
+  return std::exchange(spill_status_, absl::OkStatus());
+}
+
+absl::Status ExternalSorter::Spill() {
+  if (!options_.background_spill) {
+    BACKFLOW_ASSIGN_OR_RETURN(auto writer, RunFileWriter::Create(NextRunPath(), RunOptions()));
+    BACKFLOW_RETURN_IF_ERROR(WriteRun(buffer_, *writer));
+    runs_.push_back(writer->path());
+    if (static_cast<int>(runs_.size()) >= options_.max_runs) return MergeRuns();
+    return absl::OkStatus();
+  }
+  // One spill at a time: the previous one must have ended (its run is
+  // already in runs_, so runs stay in spill order).
+  BACKFLOW_RETURN_IF_ERROR(WaitForSpill());
+  if (static_cast<int>(runs_.size()) + 1 >= options_.max_runs) {
+    BACKFLOW_RETURN_IF_ERROR(MergeRuns());
+  }
+  BACKFLOW_ASSIGN_OR_RETURN(std::unique_ptr<RunFileWriter> writer,
+                            RunFileWriter::Create(NextRunPath(), RunOptions()));
   runs_.push_back(writer->path());
-  arena_.clear();
-  entries_.clear();
-  if (static_cast<int>(runs_.size()) >= options_.max_runs) return MergeRuns();
+  std::swap(buffer_, spilling_);  // buffer_ is now the empty one
+  spill_thread_ = std::thread(
+      [this, writer = std::move(writer)] { spill_status_ = WriteRun(spilling_, *writer); });
   return absl::OkStatus();
 }
 
@@ -302,19 +332,22 @@ absl::Status ExternalSorter::MergeRuns() {
 
 absl::Status ExternalSorter::Finish() {
   if (finished_) return absl::OkStatus();
-  SortBuffer();
+  BACKFLOW_RETURN_IF_ERROR(WaitForSpill());
+  spilling_ = Buffer();
+  SortBuffer(buffer_);
   finished_ = true;
   // The sorted offsets replace the entries (half the memory, and what streams read).
-  offsets_.resize(entries_.size());
-  for (size_t i = 0; i < entries_.size(); ++i) offsets_[i] = entries_[i].offset;
-  std::vector<Entry>().swap(entries_);
-  std::vector<Entry>().swap(scratch_);
+  const std::vector<Entry>& entries = buffer_.entries;
+  offsets_.resize(entries.size());
+  for (size_t i = 0; i < entries.size(); ++i) offsets_[i] = entries[i].offset;
+  std::vector<Entry>().swap(buffer_.entries);
+  std::vector<Entry>().swap(buffer_.scratch);
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<SortedStream>> ExternalSorter::Open() const {
   if (!finished_) return absl::FailedPreconditionError("ExternalSorter::Open before Finish");
-  auto memory = std::make_unique<MemoryStream>(arena_, offsets_);
+  auto memory = std::make_unique<MemoryStream>(buffer_.arena, offsets_);
   if (runs_.empty()) return std::unique_ptr<SortedStream>(std::move(memory));
   auto merge = std::make_unique<MergeStream>();
   for (const std::string& run : runs_) {

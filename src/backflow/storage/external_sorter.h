@@ -9,14 +9,18 @@
 // (the order of std::string, SQLite's BINARY collation and PostgreSQL bytea);
 // records with equal keys come out in the order they were added. Memory is
 // about the budget plus one block per spilled run, whatever the record count.
+// With Options::background_spill, a full buffer is sorted and written on a
+// helper thread while Add() fills a second one (each gets half the budget):
+// Add() then waits only when the second buffer fills before that spill ends.
 // Run files are removed (or given back to Options::pool) when the sorter is
-// destroyed. Not thread-safe.
+// destroyed. Not thread-safe (the helper thread is internal).
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -43,6 +47,9 @@ class ExternalSorter {
     // Spilled runs are written over files kept in this pool, and given back
     // to it when no longer needed (null: new files, removed).
     ScratchPool* pool = nullptr;
+    // Spill on a helper thread (see above): for callers whose Add() loop is
+    // itself the bottleneck, e.g. a pipeline fed by a network stream.
+    bool background_spill = false;
   };
   // `dir` must exist; run files are named `prefix`-<n>.run inside it.
   ExternalSorter(std::string dir, std::string prefix, Options options);
@@ -62,10 +69,19 @@ class ExternalSorter {
  private:
   struct Entry {
     uint64_t prefix;  // first 8 key bytes, big-endian, zero-padded
-    uint32_t offset;  // of the record in arena_
+    uint32_t offset;  // of the record in the buffer's arena
   };
-  void SortBuffer();
+  struct Buffer {
+    std::string arena;  // varint key size | key | varint value size | value, back to back
+    std::vector<Entry> entries;
+    std::vector<Entry> scratch;  // SortBuffer()'s second index (counted in the budget)
+  };
+  static void SortBuffer(Buffer& buffer);
+  // Sorts `buffer`, writes it to `writer` and empties it (keeping its memory).
+  static absl::Status WriteRun(Buffer& buffer, RunFileWriter& writer);
   absl::Status Spill();
+  // Ends the background spill in progress, if any, with its status.
+  absl::Status WaitForSpill();
   absl::Status MergeRuns();
   std::string NextRunPath();
   RunFileOptions RunOptions() const;
@@ -74,9 +90,13 @@ class ExternalSorter {
   std::string dir_;
   std::string prefix_;
   Options options_;
-  std::string arena_;  // varint key size | key | varint value size | value, back to back
-  std::vector<Entry> entries_;
-  std::vector<Entry> scratch_;     // SortBuffer()'s second buffer (counted in the budget)
+  size_t buffer_budget_;  // of one buffer
+  Buffer buffer_;         // being filled
+  // background_spill: the buffer the helper thread writes (then empty, its
+  // memory kept for the next swap), and its outcome, read after the join.
+  Buffer spilling_;
+  std::thread spill_thread_;
+  absl::Status spill_status_;
   std::vector<uint32_t> offsets_;  // after Finish(): the last buffer, sorted
   std::vector<std::string> runs_;  // spilled run files, in spill order
   int run_counter_ = 0;

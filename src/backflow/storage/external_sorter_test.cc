@@ -86,25 +86,46 @@ TEST_F(ExternalSorterTest, SortsPatternedKeysByBytes) {
   EXPECT_EQ(Drain(sorter), records);
 }
 
+// In the foreground and on the helper thread (background_spill).
 TEST_F(ExternalSorterTest, SpillsMergesAndCleansUp) {
-  for (int max_runs : {64, 3}) {
-    auto records = RandomRecords(40'000, 2 + max_runs);
-    {
+  for (bool background : {false, true}) {
+    for (int max_runs : {64, 3}) {
+      SCOPED_TRACE(::testing::Message()
+                   << "background " << background << ", max_runs " << max_runs);
+      auto records = RandomRecords(40'000, 2 + max_runs);
       ExternalSorter::Options o;
       o.memory_budget = 64 * 1024;  // many spills
       o.max_runs = max_runs;        // 3: runs merged into one while adding
-      ExternalSorter sorter(dir_, "t", o);
-      for (const auto& [k, v] : records) ASSERT_TRUE(sorter.Add(k, v).ok());
-      ASSERT_TRUE(sorter.Finish().ok());
-      EXPECT_GT(sorter.spilled_runs(), 0);
-      EXPECT_LT(sorter.spilled_runs(), max_runs);
-      EXPECT_EQ(sorter.records(), 40'000);
-      std::stable_sort(records.begin(), records.end(),
-                       [](const auto& a, const auto& b) { return a.first < b.first; });
-      EXPECT_EQ(Drain(sorter), records) << "max_runs " << max_runs;
-      EXPECT_GT(FilesInDir(), 0u);
+      o.background_spill = background;
+      {
+        ExternalSorter sorter(dir_, "t", o);
+        for (const auto& [k, v] : records) ASSERT_TRUE(sorter.Add(k, v).ok());
+        ASSERT_TRUE(sorter.Finish().ok());
+        EXPECT_GT(sorter.spilled_runs(), 0);
+        EXPECT_LT(sorter.spilled_runs(), max_runs);
+        EXPECT_EQ(sorter.records(), 40'000);
+        std::stable_sort(records.begin(), records.end(),
+                         [](const auto& a, const auto& b) { return a.first < b.first; });
+        EXPECT_EQ(Drain(sorter), records);
+        EXPECT_GT(FilesInDir(), 0u);
+      }
+      EXPECT_EQ(FilesInDir(), 0u) << "run files are removed with the sorter";
     }
-    EXPECT_EQ(FilesInDir(), 0u) << "run files are removed with the sorter";
+  }
+}
+
+// A sorter destroyed while its helper thread writes a run (an extraction that
+// failed or was cancelled) waits for it and removes every run file.
+TEST_F(ExternalSorterTest, DestroyedWhileSpillingCleansUp) {
+  for (int records : {1, 3'000, 20'000}) {
+    {
+      ExternalSorter::Options o;
+      o.memory_budget = 32 * 1024;
+      o.background_spill = true;
+      ExternalSorter sorter(dir_, "t", o);
+      for (const auto& [k, v] : RandomRecords(records, 7)) ASSERT_TRUE(sorter.Add(k, v).ok());
+    }
+    EXPECT_EQ(FilesInDir(), 0u) << records << " records";
   }
 }
 
@@ -113,18 +134,21 @@ TEST_F(ExternalSorterTest, SpillsMergesAndCleansUp) {
 // that share their first 8 bytes: byte order, equal keys in insertion order.
 TEST_F(ExternalSorterTest, MergesAnyNumberOfRuns) {
   std::set<int> seen;
-  for (int runs = 1; runs <= 17; ++runs) {
-    auto records = RandomRecords(300 * runs, 100 + runs);
+  for (int runs = 1; runs <= 34; ++runs) {
+    const bool background = runs > 17;  // the same counts with the helper thread
+    auto records = RandomRecords(300 * (runs - (background ? 17 : 0)), 100 + runs);
     ExternalSorter::Options o;
-    o.memory_budget = 16 * 1024;
+    o.memory_budget = background ? 32 * 1024 : 16 * 1024;  // the same buffer size
     o.compression_level = 0;
+    o.background_spill = background;
     ExternalSorter sorter(dir_, "t", o);
     for (const auto& [k, v] : records) ASSERT_TRUE(sorter.Add(k, v).ok());
     ASSERT_TRUE(sorter.Finish().ok());
     seen.insert(sorter.spilled_runs());
     std::stable_sort(records.begin(), records.end(),
                      [](const auto& a, const auto& b) { return a.first < b.first; });
-    EXPECT_EQ(Drain(sorter), records) << sorter.spilled_runs() << " runs";
+    EXPECT_EQ(Drain(sorter), records)
+        << sorter.spilled_runs() << " runs, background " << background;
   }
   EXPECT_GE(seen.size(), 10u) << "the record counts give many different run counts";
   EXPECT_TRUE(seen.count(2) || seen.count(3)) << "small merges";
