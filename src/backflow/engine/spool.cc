@@ -83,8 +83,12 @@ absl::StatusOr<std::unique_ptr<Spool>> Spool::Create(const std::string& dir, Opt
   so.compression_level = 0;
   so.pool = spool->pool_.get();
   // The extraction thread adds a record per row: a full buffer is written
-  // while it goes on (the source would otherwise wait for every spill).
+  // while it goes on (the source would otherwise wait for every spill). Each
+  // buffer is then half the budget, so runs are twice as many: up to 128
+  // (~60M rows at the default budget) before the runs are merged into one
+  // while adding, at one 256 KiB block per run when they are read.
   so.background_spill = true;
+  so.max_runs = 128;
   spool->keyed_ = std::make_unique<ExternalSorter>(path, "keyed", so);
   return spool;
 }
