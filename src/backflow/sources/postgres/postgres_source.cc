@@ -686,7 +686,9 @@ SourceDefinition PostgresSourceDefinition() {
       "max (one extra min/max query over the model); other types by a hash of their text, each "
       "connection then evaluating the whole model and keeping its share. Worth it when the "
       "server has idle cores and the model is a plain scan of a table; it costs one server "
-      "process per connection. Needs `extraction: copy` and PostgreSQL itself (not a "
+      "process per connection, and one decoding thread each on Backflow's host: with the server "
+      "on the same small host, one connection can be faster (2 cores: bench/README.md). Needs "
+      "`extraction: copy` and PostgreSQL itself (not a "
       "look-alike without exported snapshots). The model must return the same rows each time "
       "it runs in one snapshot: no random(), no LIMIT without ORDER BY; now() is each "
       "connection's own transaction start. Previews and connection tests use one connection.",
