@@ -1,6 +1,8 @@
 #include "backflow/storage/external_sorter.h"
 
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -132,6 +134,37 @@ TEST_F(ExternalSorterTest, DestroyedWhileSpillingCleansUp) {
 // The merge for every number of runs from 1 to 17 (the tournament is padded
 // to a power of two), with keys repeated across runs, empty keys and keys
 // that share their first 8 bytes: byte order, equal keys in insertion order.
+// A spill that cannot be written (here: files limited to 64 KiB) fails the
+// sort with the write error, in the foreground or from the helper thread (at
+// the next spill or at Finish), and the sorter still removes its files.
+TEST_F(ExternalSorterTest, FailedSpillIsReported) {
+  struct rlimit saved;
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &saved), 0);
+  const auto previous = signal(SIGXFSZ, SIG_IGN);  // write() then fails with EFBIG
+  for (bool background : {false, true}) {
+    {
+      ExternalSorter::Options o;
+      o.memory_budget = 1 << 20;
+      o.compression_level = 0;
+      o.background_spill = background;
+      ExternalSorter sorter(dir_, "t", o);
+      struct rlimit small = saved;
+      small.rlim_cur = 64 * 1024;
+      ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+      absl::Status status;
+      for (int i = 0; i < 200'000 && status.ok(); ++i) {
+        status = sorter.Add(std::to_string(i * 7919 % 200'000), std::string(40, 'x'));
+      }
+      if (status.ok()) status = sorter.Finish();
+      ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &saved), 0);
+      EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+      EXPECT_NE(status.message().find("cannot write"), std::string::npos) << status;
+    }
+    EXPECT_EQ(FilesInDir(), 0u) << "background " << background;
+  }
+  signal(SIGXFSZ, previous);
+}
+
 TEST_F(ExternalSorterTest, MergesAnyNumberOfRuns) {
   std::set<int> seen;
   for (int runs = 1; runs <= 34; ++runs) {
