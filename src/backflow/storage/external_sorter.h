@@ -11,7 +11,9 @@
 // about the budget plus one block per spilled run, whatever the record count.
 // With Options::background_spill, a full buffer is sorted and written on a
 // helper thread while Add() fills a second one (each gets half the budget):
-// Add() then waits only when the second buffer fills before that spill ends.
+// Add() then waits only when the second buffer fills before that spill ends,
+// and a spill's error is returned by the Add() that starts the next spill, or
+// by Finish().
 // Run files are removed (or given back to Options::pool) when the sorter is
 // destroyed. Not thread-safe (the helper thread is internal).
 #pragma once
