@@ -288,14 +288,7 @@ absl::Status ExternalSorter::WaitForSpill() {
 }
 
 absl::Status ExternalSorter::Spill() {
-  if (!options_.background_spill) {
-    BACKFLOW_ASSIGN_OR_RETURN(auto writer, RunFileWriter::Create(NextRunPath(), RunOptions()));
-    BACKFLOW_RETURN_IF_ERROR(WriteRun(buffer_, *writer));
-    runs_.push_back(writer->path());
-    if (static_cast<int>(runs_.size()) >= options_.max_runs) return MergeRuns();
-    return absl::OkStatus();
-  }
-  // One spill at a time: the previous one must have ended (its run is
+  // One spill at a time: a background one must have ended (its run is
   // already in runs_, so runs stay in spill order).
   BACKFLOW_RETURN_IF_ERROR(WaitForSpill());
   if (static_cast<int>(runs_.size()) + 1 >= options_.max_runs) {
@@ -304,6 +297,7 @@ absl::Status ExternalSorter::Spill() {
   BACKFLOW_ASSIGN_OR_RETURN(std::unique_ptr<RunFileWriter> writer,
                             RunFileWriter::Create(NextRunPath(), RunOptions()));
   runs_.push_back(writer->path());
+  if (!options_.background_spill) return WriteRun(buffer_, *writer);
   std::swap(buffer_, spilling_);  // buffer_ is now the empty one
   spill_thread_ = std::thread(
       [this, writer = std::move(writer)] { spill_status_ = WriteRun(spilling_, *writer); });
