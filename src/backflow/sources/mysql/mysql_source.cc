@@ -302,12 +302,15 @@ class MysqlRowReader : public RowReader {
       return error_;
     }
     MYSQL_ROW values = mysql_fetch_row(result_);
+    if (canceller_ != nullptr && canceller_->requested()) {
+      // Killed (or cut) by the canceller while the fetch waited. A row that
+      // still arrived is dropped: KILL QUERY can cut an expression short
+      // without failing the row (MariaDB's BENCHMARK() then yields 0, and the
+      // row is sent before the statement's error).
+      error_ = canceller_->Cancel();
+      return error_;
+    }
     if (values == nullptr) {
-      if (canceller_ != nullptr && canceller_->requested()) {
-        // Killed (or cut) by the canceller while the fetch waited.
-        error_ = canceller_->Cancel();
-        return error_;
-      }
       if (mysql_errno(conn_->mysql) != 0) {
         error_ = QueryError(*conn_, "query failed while streaming rows");
         return error_;
