@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
-#include <deque>
 #include <filesystem>
 #include <iterator>
 #include <map>
@@ -797,9 +796,11 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
   int64_t attempted = 0;
   absl::Status stop;  // set when the destination refused a batch as a whole
 
-  // Outcomes of settled batches not yet applied to the checkpoint: applied
-  // with the next batch's marks (one durable write instead of two), or on
-  // their own, before another batch is sent or this thread waits.
+  // Outcomes of settled batches not yet applied to the checkpoint: they are
+  // applied with the next batch's marks (one durable write instead of two),
+  // or on their own before this thread waits for a session and at the end.
+  // Until then their records are still in flight, so a crash re-sends them:
+  // the window is the time it takes to read the next batch from the spool.
   std::vector<CheckpointUpdate> acks;
   auto apply_acks = [&]() -> absl::Status {
     if (acks.empty()) return absl::OkStatus();
@@ -905,14 +906,11 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
     return FlushRecords(m);
   };
 
-  // While the sessions send, the next batch is read and marked here
-  // (`prepared`), so that it goes out as soon as a session is free. Outcomes
-  // received become durable before anything more is sent or waited for: with
-  // the marks of one more batch when one is left (one write), so up to two
-  // batches can be prepared. A batch marked but not sent when the run stops
-  // (cancel, a refused batch, a crash) is sent by the next run like any record
-  // in flight; it was never sent twice.
-  std::deque<std::unique_ptr<BatchJob>> prepared;
+  // While the sessions send, the next batch is read and marked here (`ready`),
+  // so that it goes out as soon as a session is free. A batch marked but not
+  // sent when the run stops (cancel, a refused batch, a crash) is sent by the
+  // next run like any record in flight; it was never sent twice.
+  std::unique_ptr<BatchJob> ready;
   bool exhausted = false;
   while (true) {
     // Settle finished batches first: memory stays bounded and a stop is seen early.
@@ -924,22 +922,17 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
       exhausted = true;
       m.cancelled = true;
     }
-    if (!stop.ok() || m.cancelled) prepared.clear();
-    if (stop.ok() && !exhausted && (prepared.empty() || (!acks.empty() && prepared.size() < 2))) {
-      BACKFLOW_ASSIGN_OR_RETURN(std::unique_ptr<BatchJob> next, next_batch());
-      if (next == nullptr) {
-        exhausted = true;
-      } else {
-        prepared.push_back(std::move(next));
-      }
+    if (!stop.ok() || m.cancelled) ready.reset();
+    if (stop.ok() && !exhausted && ready == nullptr) {
+      BACKFLOW_ASSIGN_OR_RETURN(ready, next_batch());
+      if (ready == nullptr) exhausted = true;
     }
-    BACKFLOW_RETURN_IF_ERROR(apply_acks());  // when no batch took them
-    if (!prepared.empty() && pool.HasIdle()) {
-      pool.Submit(std::move(prepared.front()));
-      prepared.pop_front();
+    if (ready != nullptr && pool.HasIdle()) {
+      pool.Submit(std::move(ready));
       continue;
     }
-    if (pool.outstanding() == 0 && prepared.empty()) break;
+    if (pool.outstanding() == 0 && ready == nullptr) break;
+    BACKFLOW_RETURN_IF_ERROR(apply_acks());
     std::unique_ptr<BatchJob> done = pool.WaitDone();
     BACKFLOW_RETURN_IF_ERROR(settle(*done));
   }
