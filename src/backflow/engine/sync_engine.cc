@@ -8,7 +8,6 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
-#include <iterator>
 #include <map>
 #include <optional>
 #include <set>
@@ -796,19 +795,6 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
   int64_t attempted = 0;
   absl::Status stop;  // set when the destination refused a batch as a whole
 
-  // Outcomes of settled batches not yet applied to the checkpoint: they are
-  // applied with the next batch's marks (one durable write instead of two),
-  // or on their own before this thread waits for a session and at the end.
-  // Until then their records are still in flight, so a crash re-sends them:
-  // the window is the time it takes to read the next batch from the spool.
-  std::vector<CheckpointUpdate> acks;
-  auto apply_acks = [&]() -> absl::Status {
-    if (acks.empty()) return absl::OkStatus();
-    absl::Status applied = state_.ApplyCheckpoint(name, acks);
-    acks.clear();
-    return applied;
-  };
-
   // Reads the next batch from the spool and durably notes what is about to be
   // sent: if this process dies before the outcome is recorded, the next run
   // re-sends these records' current state. Null when the spool is exhausted.
@@ -844,8 +830,7 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
       EncodeRow(r.is_delete() ? r.values : m.mapper->Identity(r.values),
                 job->in_flight[i].identity);
     }
-    BACKFLOW_RETURN_IF_ERROR(state_.ApplyAndMark(name, acks, job->in_flight));
-    acks.clear();
+    BACKFLOW_RETURN_IF_ERROR(state_.MarkInFlight(name, job->in_flight));
     return job;
   };
 
@@ -893,11 +878,8 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
         BACKFLOW_RETURN_IF_ERROR(spool_->AddAck(index, Spool::AckList::kDeferred, u));
         if (u.kind != CheckpointUpdate::Kind::kSettle) ++deferred_count;
       }
-    } else if (warehouse_ != nullptr) {
-      BACKFLOW_RETURN_IF_ERROR(ApplyCheckpoint(index, name, updates));
     } else {
-      acks.insert(acks.end(), std::make_move_iterator(updates.begin()),
-                  std::make_move_iterator(updates.end()));
+      BACKFLOW_RETURN_IF_ERROR(ApplyCheckpoint(index, name, updates));
     }
     Progress("sending", name, attempted, to_send, false);
     // The destination refused the whole batch for a reason that will not go
@@ -932,11 +914,9 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
       continue;
     }
     if (pool.outstanding() == 0 && ready == nullptr) break;
-    BACKFLOW_RETURN_IF_ERROR(apply_acks());
     std::unique_ptr<BatchJob> done = pool.WaitDone();
     BACKFLOW_RETURN_IF_ERROR(settle(*done));
   }
-  BACKFLOW_RETURN_IF_ERROR(apply_acks());
   if (!stop.ok()) {
     c.failed += to_send - attempted;
     m.run.error = fmt::format(
