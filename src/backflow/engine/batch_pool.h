@@ -1,7 +1,7 @@
 // BatchPool: delivers batches through up to N sessions of one mapping at once.
 //
 // Each session has one batch in flight at most, sent on the session's own
-// worker thread, so the caller can read and mark the next batch while one is
+// worker thread, so the caller can read the next batch while one is
 // being sent. The caller (one thread) submits jobs while HasIdle(), and
 // collects finished jobs with WaitDone() in completion order, so every
 // state-store write stays on the caller's thread. The destructor waits for

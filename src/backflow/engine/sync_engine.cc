@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <iterator>
 #include <map>
 #include <optional>
 #include <set>
@@ -795,9 +796,21 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
   int64_t attempted = 0;
   absl::Status stop;  // set when the destination refused a batch as a whole
 
-  // Reads the next batch from the spool and durably notes what is about to be
-  // sent: if this process dies before the outcome is recorded, the next run
-  // re-sends these records' current state. Null when the spool is exhausted.
+  // Outcomes received and not yet durable (file or table checkpoint only).
+  // They become durable in the same write that marks the next batch, before
+  // it is sent, or on their own when nothing is left to send: every outcome
+  // that came back is durable before another batch goes out, so a crash
+  // re-sends at most the batches in flight, with one durable write per batch.
+  std::vector<CheckpointUpdate> acks;
+  auto apply_acks = [&]() -> absl::Status {
+    if (acks.empty()) return absl::OkStatus();
+    absl::Status applied = state_.ApplyCheckpoint(name, acks);
+    acks.clear();
+    return applied;
+  };
+
+  // Reads the next batch from the spool, with the in-flight entries that
+  // send() marks. Null when the spool is exhausted.
   bool spool_done = false;
   auto next_batch = [&]() -> absl::StatusOr<std::unique_ptr<BatchJob>> {
     auto job = std::make_unique<BatchJob>();
@@ -830,8 +843,18 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
       EncodeRow(r.is_delete() ? r.values : m.mapper->Identity(r.values),
                 job->in_flight[i].identity);
     }
-    BACKFLOW_RETURN_IF_ERROR(state_.MarkInFlight(name, job->in_flight));
     return job;
+  };
+
+  // Durably notes what is about to be sent, with the outcomes received so
+  // far, then sends it: if this process dies before the batch's outcome is
+  // recorded, the next run re-sends these records' current state.
+  auto send = [&](std::unique_ptr<BatchJob> job) -> absl::Status {
+    absl::Status marked = state_.ApplyAndMark(name, acks, job->in_flight);
+    acks.clear();
+    BACKFLOW_RETURN_IF_ERROR(marked);
+    pool.Submit(std::move(job));
+    return absl::OkStatus();
   };
 
   // Records the outcome of a delivered batch.
@@ -878,8 +901,11 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
         BACKFLOW_RETURN_IF_ERROR(spool_->AddAck(index, Spool::AckList::kDeferred, u));
         if (u.kind != CheckpointUpdate::Kind::kSettle) ++deferred_count;
       }
-    } else {
+    } else if (warehouse_ != nullptr) {
       BACKFLOW_RETURN_IF_ERROR(ApplyCheckpoint(index, name, updates));
+    } else {
+      acks.insert(acks.end(), std::make_move_iterator(updates.begin()),
+                  std::make_move_iterator(updates.end()));
     }
     Progress("sending", name, attempted, to_send, false);
     // The destination refused the whole batch for a reason that will not go
@@ -888,10 +914,9 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
     return FlushRecords(m);
   };
 
-  // While the sessions send, the next batch is read and marked here (`ready`),
-  // so that it goes out as soon as a session is free. A batch marked but not
-  // sent when the run stops (cancel, a refused batch, a crash) is sent by the
-  // next run like any record in flight; it was never sent twice.
+  // While the sessions send, the next batch is read here (`ready`), so that
+  // it goes out, marked, as soon as a session is free. A batch dropped
+  // unsent when the run stops (cancel, a refused batch) was never marked.
   std::unique_ptr<BatchJob> ready;
   bool exhausted = false;
   while (true) {
@@ -910,13 +935,17 @@ absl::Status Runner::Deliver(MappingRun& m, int index) {
       if (ready == nullptr) exhausted = true;
     }
     if (ready != nullptr && pool.HasIdle()) {
-      pool.Submit(std::move(ready));
+      BACKFLOW_RETURN_IF_ERROR(send(std::move(ready)));
       continue;
     }
     if (pool.outstanding() == 0 && ready == nullptr) break;
+    // Waiting with no batch ready to go: what came back must not wait for a
+    // mark that may be far off (or never come).
+    if (ready == nullptr) BACKFLOW_RETURN_IF_ERROR(apply_acks());
     std::unique_ptr<BatchJob> done = pool.WaitDone();
     BACKFLOW_RETURN_IF_ERROR(settle(*done));
   }
+  BACKFLOW_RETURN_IF_ERROR(apply_acks());
   if (!stop.ok()) {
     c.failed += to_send - attempted;
     m.run.error = fmt::format(

@@ -5,6 +5,7 @@
 #include <sys/file.h>
 
 #include <filesystem>
+#include <set>
 
 #include "backflow/common/clock.h"
 #include "backflow/destinations/testing/memory_destination.h"
@@ -13,6 +14,7 @@
 #include "backflow/sqlite/database.h"
 #include "backflow/testing/scratch_dir.h"
 #include "fmt/format.h"
+#include "fmt/ranges.h"
 
 namespace backflow {
 namespace {
@@ -553,6 +555,52 @@ TEST_F(SyncEngineTest, DefiniteRefusalsAreSettled) {
   ASSERT_TRUE(scanner.ok());
   CheckpointEntry e;
   EXPECT_FALSE(*(*scanner)->Next(e));  // nothing left in flight
+}
+
+// What is durable when each batch goes out: exactly that batch is in flight
+// (the next one is not marked yet) and every batch before it is in the
+// checkpoint (its outcome was written with this batch's marks). With one
+// session the engine thread only reads the spool while a batch is being sent,
+// so reading the store from the send is safe.
+TEST_F(SyncEngineTest, EachBatchGoesOutAfterThePreviousOutcomesAndOnlyItsOwnMarks) {
+  Load();
+  auto keys = [](absl::StatusOr<std::unique_ptr<CheckpointScanner>> scanner) {
+    std::set<std::string> out;
+    if (!scanner.ok()) {
+      out.insert("error: " + std::string(scanner.status().message()));
+      return out;
+    }
+    CheckpointEntry e;
+    while (true) {
+      absl::StatusOr<bool> row = (*scanner)->Next(e);
+      if (!row.ok() || !*row) break;
+      out.insert(e.key);
+    }
+    return out;
+  };
+  std::vector<std::string> problems;
+  dest_->on_batch = [&](int batch) {
+    const size_t size = static_cast<size_t>(dest_->batch_sizes.back());
+    const auto end = dest_->sent_keys.end();
+    const std::set<std::string> this_batch(end - static_cast<std::ptrdiff_t>(size), end);
+    const std::set<std::string> before(dest_->sent_keys.begin(),
+                                       end - static_cast<std::ptrdiff_t>(size));
+    if (keys(state_->ScanInFlight("m")) != this_batch) {
+      problems.push_back(fmt::format("batch {}: in flight is not exactly this batch", batch));
+    }
+    if (keys(state_->ScanCheckpoint("m")) != before) {
+      problems.push_back(
+          fmt::format("batch {}: earlier outcomes are not in the checkpoint", batch));
+    }
+  };
+  RunInfo run = Sync();
+  dest_->on_batch = nullptr;
+  EXPECT_EQ(run.status, RunStatus::kSucceeded) << run.error;
+  EXPECT_EQ(dest_->batch_sizes, (std::vector<int>{3, 3, 3, 1}));
+  EXPECT_TRUE(problems.empty()) << fmt::format("{}", fmt::join(problems, "; "));
+  // The last batch's outcome is durable when the run ends.
+  EXPECT_EQ(keys(state_->ScanCheckpoint("m")).size(), 10u);
+  EXPECT_TRUE(keys(state_->ScanInFlight("m")).empty());
 }
 
 TEST_F(SyncEngineTest, AQueuedRunIsReportedIntoItsOwnRow) {

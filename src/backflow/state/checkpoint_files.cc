@@ -421,16 +421,13 @@ absl::StatusOr<CheckpointFiles::Generation> CheckpointFiles::Current(
   return g;
 }
 
-absl::Status CheckpointFiles::Mark(const std::string& mapping,
-                                   const std::vector<InFlightEntry>& entries) {
-  std::string payload;
+namespace {
+
+void AppendMarks(std::string& payload, const std::vector<InFlightEntry>& entries) {
   for (const InFlightEntry& e : entries) AppendEvent(payload, e.key, kMarkEvent, {}, e.identity);
-  return AppendFrame(mapping, payload);
 }
 
-absl::Status CheckpointFiles::Apply(const std::string& mapping,
-                                    const std::vector<CheckpointUpdate>& updates) {
-  std::string payload;
+void AppendUpdates(std::string& payload, const std::vector<CheckpointUpdate>& updates) {
   for (const CheckpointUpdate& u : updates) {
     if (u.kind == CheckpointUpdate::Kind::kSettle) {
       AppendEvent(payload, u.key, kSettleEvent, {}, {});
@@ -438,6 +435,31 @@ absl::Status CheckpointFiles::Apply(const std::string& mapping,
       AppendEvent(payload, u.key, static_cast<char>(u.kind), u.fingerprint, u.identity);
     }
   }
+}
+
+}  // namespace
+
+absl::Status CheckpointFiles::Mark(const std::string& mapping,
+                                   const std::vector<InFlightEntry>& entries) {
+  std::string payload;
+  AppendMarks(payload, entries);
+  return AppendFrame(mapping, payload);
+}
+
+absl::Status CheckpointFiles::Apply(const std::string& mapping,
+                                    const std::vector<CheckpointUpdate>& updates) {
+  std::string payload;
+  AppendUpdates(payload, updates);
+  return AppendFrame(mapping, payload);
+}
+
+absl::Status CheckpointFiles::ApplyAndMark(const std::string& mapping,
+                                           const std::vector<CheckpointUpdate>& updates,
+                                           const std::vector<InFlightEntry>& entries) {
+  // Events replay in order: the updates settle their keys, then the marks.
+  std::string payload;
+  AppendUpdates(payload, updates);
+  AppendMarks(payload, entries);
   return AppendFrame(mapping, payload);
 }
 

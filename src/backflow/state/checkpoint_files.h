@@ -59,6 +59,10 @@ class CheckpointFiles {
   absl::Status Mark(const std::string& mapping, const std::vector<InFlightEntry>& entries);
   // Applies updates; every updated key is also settled. Durable when it returns.
   absl::Status Apply(const std::string& mapping, const std::vector<CheckpointUpdate>& updates);
+  // Apply() then Mark() as one journal frame: both or neither, one sync.
+  absl::Status ApplyAndMark(const std::string& mapping,
+                            const std::vector<CheckpointUpdate>& updates,
+                            const std::vector<InFlightEntry>& entries);
   // Folds the journal into a new generation now (a no-op when it is empty).
   absl::Status Fold(const std::string& mapping);
   // The end of a run's updates: folds when the journal has grown to a

@@ -99,15 +99,12 @@ TEST_F(CheckpointFilesTest, MatchesAModelUnderRandomUpdatesMarksAndFolds) {
       ASSERT_EQ(*files_->Size(mapping), static_cast<int64_t>(model.size()));
     };
     for (int round = 0; round < 30; ++round) {
+      std::vector<InFlightEntry> flights;
       if (rng() % 2 == 0) {
-        std::vector<InFlightEntry> flights;
         int n = static_cast<int>(rng() % 150);
         for (int i = 0; i < n; ++i) {
-          InFlightEntry e{fmt::format("k{:04}", rng() % 500), fmt::format("f-{}", rng() % 9)};
-          marks[e.key] = e.identity;
-          flights.push_back(e);
+          flights.push_back({fmt::format("k{:04}", rng() % 500), fmt::format("f-{}", rng() % 9)});
         }
-        ASSERT_TRUE(files_->Mark(mapping, flights).ok());
       }
       std::vector<CheckpointUpdate> batch;
       int n = static_cast<int>(rng() % 200);
@@ -118,12 +115,29 @@ TEST_F(CheckpointFilesTest, MatchesAModelUnderRandomUpdatesMarksAndFolds) {
         u.kind = what < 6 ? Kind::kUpsert : what < 8 ? Kind::kRemove : Kind::kSettle;
         u.fingerprint = Fingerprint128(fmt::format("{}-{}", u.key, rng()));
         u.identity = fmt::format("id-{}", rng() % 7);
-        if (u.kind == Kind::kUpsert) model[u.key] = Expected(u);
-        if (u.kind == Kind::kRemove) model.erase(u.key);
-        marks.erase(u.key);
         batch.push_back(u);
       }
-      ASSERT_TRUE(files_->Apply(mapping, batch).ok());
+      auto mark = [&] {
+        for (const InFlightEntry& e : flights) marks[e.key] = e.identity;
+      };
+      auto apply = [&] {
+        for (const CheckpointUpdate& u : batch) {
+          if (u.kind == Kind::kUpsert) model[u.key] = Expected(u);
+          if (u.kind == Kind::kRemove) model.erase(u.key);
+          marks.erase(u.key);
+        }
+      };
+      if (rng() % 3 == 0) {
+        // The engine's way: the last batch's outcomes, then the next batch's marks.
+        ASSERT_TRUE(files_->ApplyAndMark(mapping, batch, flights).ok());
+        apply();
+        mark();
+      } else {
+        if (!flights.empty()) ASSERT_TRUE(files_->Mark(mapping, flights).ok());
+        mark();
+        ASSERT_TRUE(files_->Apply(mapping, batch).ok());
+        apply();
+      }
       if (rng() % 4 == 0) {
         ASSERT_TRUE(files_->Fold(mapping).ok());
         EXPECT_EQ(files_->last_fold().in_flight, static_cast<int64_t>(marks.size()));
@@ -193,6 +207,22 @@ TEST_F(CheckpointFilesTest, ATornLastJournalFrameIsIgnoredAndOverwritten) {
   EXPECT_EQ(got->size(), 2u);
   EXPECT_EQ(got->count("a"), 1u);
   EXPECT_EQ(got->count("c"), 1u);
+}
+
+TEST_F(CheckpointFilesTest, ApplyAndMarkIsOneFrame) {
+  ASSERT_TRUE(files_->Mark("m", {{"a", "ia"}}).ok());
+  const std::string journal = MappingDir("m") + "/journal-0";
+  ASSERT_TRUE(
+      files_->ApplyAndMark("m", {{.key = "a", .fingerprint = Fingerprint128("1")}}, {{"b", "ib"}})
+          .ok());
+  EXPECT_EQ(*ScanMarks("m"), (std::map<std::string, std::string>{{"b", "ib"}}));
+  EXPECT_EQ(ScanAll("m")->count("a"), 1u);
+  // One frame: cut short (a crash before it returned), neither is kept.
+  files_.reset();
+  fs::resize_file(journal, fs::file_size(journal) - 1);
+  Reopen();
+  EXPECT_TRUE(ScanAll("m")->empty());
+  EXPECT_EQ(*ScanMarks("m"), (std::map<std::string, std::string>{{"a", "ia"}}));
 }
 
 TEST_F(CheckpointFilesTest, DamageIsDataLossWithTheWayOut) {

@@ -930,6 +930,24 @@ class PostgresStateStore : public StateStore {
   absl::Status ApplyCheckpoint(const std::string& mapping,
                                const std::vector<CheckpointUpdate>& updates) override {
     if (updates.empty()) return absl::OkStatus();
+    return InTransaction([&] { return WriteUpdates(mapping, updates); });
+  }
+
+  // One transaction: the outcomes, then the marks.
+  absl::Status ApplyAndMark(const std::string& mapping,
+                            const std::vector<CheckpointUpdate>& updates,
+                            const std::vector<InFlightEntry>& entries) override {
+    if (updates.empty()) return MarkInFlight(mapping, entries);
+    if (entries.empty()) return ApplyCheckpoint(mapping, updates);
+    return InTransaction([&]() -> absl::Status {
+      BACKFLOW_RETURN_IF_ERROR(WriteUpdates(mapping, updates));
+      return WriteMarks(mapping, entries);
+    });
+  }
+
+  // ApplyCheckpoint's writes; the caller holds a transaction.
+  absl::Status WriteUpdates(const std::string& mapping,
+                            const std::vector<CheckpointUpdate>& updates) {
     // The effect per key, in first-appearance order: the last upsert or
     // remove wins (-1: only settled). One statement may not touch a row twice.
     std::unordered_map<std::string_view, int64_t> last;
@@ -943,59 +961,57 @@ class PostgresStateStore : public StateStore {
       if (u.kind != CheckpointUpdate::Kind::kSettle) it->second = static_cast<int64_t>(i);
     }
     const std::string what = fmt::format("saving the checkpoint of mapping \"{}\"", mapping);
-    return InTransaction([&]() -> absl::Status {
-      // Locks the mapping's summary row: writers of one mapping take turns.
-      BACKFLOW_ASSIGN_OR_RETURN(
-          Result meta,
-          Exec("INSERT INTO backflow.checkpoint_meta (mapping, records, checksum) VALUES ($1, 0, "
-               "0) ON CONFLICT (mapping) DO UPDATE SET records = backflow.checkpoint_meta.records "
-               "RETURNING records, checksum",
-               {P(mapping)}, what));
-      CheckpointSummary summary{Int(meta, 0, 0), static_cast<uint64_t>(Int(meta, 0, 1))};
-      const size_t batch = static_cast<size_t>(options_.write_batch_rows);
-      for (size_t begin = 0; begin < keys.size(); begin += batch) {
-        const size_t end = std::min(keys.size(), begin + batch);
-        std::vector<std::string_view> all(keys.begin() + begin, keys.begin() + end);
-        std::vector<std::string_view> changed, up_keys, up_fps, up_ids, removed;
-        std::vector<std::array<unsigned char, 16>> fps;
-        fps.reserve(end - begin);
-        for (std::string_view key : all) {
-          int64_t index = last.at(key);
-          if (index < 0) continue;
-          const CheckpointUpdate& u = updates[index];
-          changed.push_back(key);
-          if (u.kind == CheckpointUpdate::Kind::kRemove) {
-            removed.push_back(key);
-            continue;
-          }
-          fps.push_back(u.fingerprint.ToBytes());
-          std::string_view fp(reinterpret_cast<const char*>(fps.back().data()), 16);
-          up_keys.push_back(key);
-          up_fps.push_back(fp);
-          up_ids.push_back(u.identity);
-          ++summary.records;
-          summary.checksum += EntryHash(key, fp, u.identity);
+    // Locks the mapping's summary row: writers of one mapping take turns.
+    BACKFLOW_ASSIGN_OR_RETURN(
+        Result meta,
+        Exec("INSERT INTO backflow.checkpoint_meta (mapping, records, checksum) VALUES ($1, 0, "
+             "0) ON CONFLICT (mapping) DO UPDATE SET records = backflow.checkpoint_meta.records "
+             "RETURNING records, checksum",
+             {P(mapping)}, what));
+    CheckpointSummary summary{Int(meta, 0, 0), static_cast<uint64_t>(Int(meta, 0, 1))};
+    const size_t batch = static_cast<size_t>(options_.write_batch_rows);
+    for (size_t begin = 0; begin < keys.size(); begin += batch) {
+      const size_t end = std::min(keys.size(), begin + batch);
+      std::vector<std::string_view> all(keys.begin() + begin, keys.begin() + end);
+      std::vector<std::string_view> changed, up_keys, up_fps, up_ids, removed;
+      std::vector<std::array<unsigned char, 16>> fps;
+      fps.reserve(end - begin);
+      for (std::string_view key : all) {
+        int64_t index = last.at(key);
+        if (index < 0) continue;
+        const CheckpointUpdate& u = updates[index];
+        changed.push_back(key);
+        if (u.kind == CheckpointUpdate::Kind::kRemove) {
+          removed.push_back(key);
+          continue;
         }
-        auto array = [](const std::vector<std::string_view>& v) {
-          return Param::Binary(pg::BinaryArray(pg::kByteaOid, v), pg::kByteaArrayOid);
-        };
-        BACKFLOW_ASSIGN_OR_RETURN(
-            Result old, Exec(kApplyChunkSql,
-                             {P(mapping), array(all), array(changed), array(up_keys), array(up_fps),
-                              array(up_ids), array(removed)},
-                             what, /*binary_result=*/true));
-        // Take the entries replaced or removed out of the summary.
-        for (int i = 0; i < Rows(old); ++i) {
-          --summary.records;
-          summary.checksum -= EntryHash(View(old, i, 0), View(old, i, 1), View(old, i, 2));
-        }
+        fps.push_back(u.fingerprint.ToBytes());
+        std::string_view fp(reinterpret_cast<const char*>(fps.back().data()), 16);
+        up_keys.push_back(key);
+        up_fps.push_back(fp);
+        up_ids.push_back(u.identity);
+        ++summary.records;
+        summary.checksum += EntryHash(key, fp, u.identity);
       }
-      return Exec(
-                 "UPDATE backflow.checkpoint_meta SET records = $2, checksum = $3 WHERE "
-                 "mapping = $1",
-                 {P(mapping), P(summary.records), P(static_cast<int64_t>(summary.checksum))}, what)
-          .status();
-    });
+      auto array = [](const std::vector<std::string_view>& v) {
+        return Param::Binary(pg::BinaryArray(pg::kByteaOid, v), pg::kByteaArrayOid);
+      };
+      BACKFLOW_ASSIGN_OR_RETURN(
+          Result old, Exec(kApplyChunkSql,
+                           {P(mapping), array(all), array(changed), array(up_keys), array(up_fps),
+                            array(up_ids), array(removed)},
+                           what, /*binary_result=*/true));
+      // Take the entries replaced or removed out of the summary.
+      for (int i = 0; i < Rows(old); ++i) {
+        --summary.records;
+        summary.checksum -= EntryHash(View(old, i, 0), View(old, i, 1), View(old, i, 2));
+      }
+    }
+    return Exec(
+               "UPDATE backflow.checkpoint_meta SET records = $2, checksum = $3 WHERE "
+               "mapping = $1",
+               {P(mapping), P(summary.records), P(static_cast<int64_t>(summary.checksum))}, what)
+        .status();
   }
 
   absl::StatusOr<AdvanceOutcome> AdvanceSchedule(const std::string& model,
@@ -1037,6 +1053,15 @@ class PostgresStateStore : public StateStore {
   absl::Status MarkInFlight(const std::string& mapping,
                             const std::vector<InFlightEntry>& entries) override {
     if (entries.empty()) return absl::OkStatus();
+    // One statement is atomic by itself.
+    if (entries.size() <= static_cast<size_t>(options_.write_batch_rows)) {
+      return WriteMarks(mapping, entries);
+    }
+    return InTransaction([&] { return WriteMarks(mapping, entries); });
+  }
+
+  // MarkInFlight's writes: one statement per write_batch_rows keys.
+  absl::Status WriteMarks(const std::string& mapping, const std::vector<InFlightEntry>& entries) {
     // The last identity per key (one statement may not touch a row twice).
     std::unordered_map<std::string_view, size_t> last;
     std::vector<std::string_view> keys;
@@ -1051,29 +1076,23 @@ class PostgresStateStore : public StateStore {
     }
     const std::string what = fmt::format("recording records in flight for mapping \"{}\"", mapping);
     const size_t batch = static_cast<size_t>(options_.write_batch_rows);
-    auto write = [&]() -> absl::Status {
-      for (size_t begin = 0; begin < keys.size(); begin += batch) {
-        const size_t end = std::min(keys.size(), begin + batch);
-        std::vector<std::string_view> chunk_keys(keys.begin() + begin, keys.begin() + end);
-        std::vector<std::string_view> identities;
-        identities.reserve(chunk_keys.size());
-        for (std::string_view key : chunk_keys)
-          identities.push_back(entries[last.at(key)].identity);
-        BACKFLOW_RETURN_IF_ERROR(
-            Exec("INSERT INTO backflow.in_flight (mapping, record_key, identity) SELECT $1, k, i "
-                 "FROM unnest($2::bytea[], $3::bytea[]) AS t (k, i) ON CONFLICT (mapping, "
-                 "record_key) DO UPDATE SET identity = EXCLUDED.identity",
-                 {P(mapping),
-                  Param::Binary(pg::BinaryArray(pg::kByteaOid, chunk_keys), pg::kByteaArrayOid),
-                  Param::Binary(pg::BinaryArray(pg::kByteaOid, identities), pg::kByteaArrayOid)},
-                 what)
-                .status());
-      }
-      return absl::OkStatus();
-    };
-    // One statement is atomic by itself.
-    if (keys.size() <= batch) return write();
-    return InTransaction(write);
+    for (size_t begin = 0; begin < keys.size(); begin += batch) {
+      const size_t end = std::min(keys.size(), begin + batch);
+      std::vector<std::string_view> chunk_keys(keys.begin() + begin, keys.begin() + end);
+      std::vector<std::string_view> identities;
+      identities.reserve(chunk_keys.size());
+      for (std::string_view key : chunk_keys) identities.push_back(entries[last.at(key)].identity);
+      BACKFLOW_RETURN_IF_ERROR(
+          Exec("INSERT INTO backflow.in_flight (mapping, record_key, identity) SELECT $1, k, i "
+               "FROM unnest($2::bytea[], $3::bytea[]) AS t (k, i) ON CONFLICT (mapping, "
+               "record_key) DO UPDATE SET identity = EXCLUDED.identity",
+               {P(mapping),
+                Param::Binary(pg::BinaryArray(pg::kByteaOid, chunk_keys), pg::kByteaArrayOid),
+                Param::Binary(pg::BinaryArray(pg::kByteaOid, identities), pg::kByteaArrayOid)},
+               what)
+              .status());
+    }
+    return absl::OkStatus();
   }
 
   absl::StatusOr<int64_t> CheckpointSize(const std::string& mapping) override {

@@ -17,9 +17,10 @@
 //   The snapshot lasts until the scanner is destroyed (and meanwhile keeps
 //   VACUUM from removing rows deleted after it began): destroy scanners
 //   once read. A scanner may outlive its store.
-// - ApplyCheckpoint() and MarkInFlight() write `write_batch_rows` records per
-//   statement in one transaction; ApplyCheckpoint() serialises writers of
-//   the same mapping (across processes) on the mapping's summary row.
+// - ApplyCheckpoint(), MarkInFlight() and ApplyAndMark() write
+//   `write_batch_rows` records per statement in one transaction (one commit);
+//   applying updates serialises writers of the same mapping (across
+//   processes) on the mapping's summary row.
 // - Commits are durable: a session whose server default is
 //   synchronous_commit=off switches it on.
 // - ClaimRuns() takes the oldest due request with SELECT ... FOR UPDATE SKIP

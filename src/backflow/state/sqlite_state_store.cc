@@ -794,6 +794,15 @@ class SqliteStateStore : public StateStore {
     return files_->Mark(mapping, entries);
   }
 
+  // One journal frame, one sync.
+  absl::Status ApplyAndMark(const std::string& mapping,
+                            const std::vector<CheckpointUpdate>& updates,
+                            const std::vector<InFlightEntry>& entries) override {
+    if (updates.empty() && entries.empty()) return absl::OkStatus();
+    BACKFLOW_RETURN_IF_ERROR(MoveTableCheckpoint(mapping));
+    return files_->ApplyAndMark(mapping, updates, entries);
+  }
+
   absl::StatusOr<int64_t> CheckpointSize(const std::string& mapping) override {
     BACKFLOW_RETURN_IF_ERROR(MoveTableCheckpoint(mapping));
     return files_->Size(mapping);

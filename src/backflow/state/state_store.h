@@ -3,15 +3,16 @@
 //
 // The checkpoint of a mapping maps a record key to the fingerprint of the
 // payload the destination last accepted, plus the identity values a delete
-// needs. It only advances through ApplyCheckpoint(), which the engine calls
-// after the destination acknowledged records.
+// needs. It only advances through ApplyCheckpoint() (or ApplyAndMark()),
+// which the engine calls after the destination acknowledged records.
 //
 // Records are marked in flight (MarkInFlight) durably before they are sent and
-// settled by ApplyCheckpoint(). A record still in flight when the next run
-// starts (the process died, or the reply was ambiguous) may or may not have
-// reached the destination, so that run sends its current state again (or a
-// delete, if the model no longer has it): a crash re-sends at most the
-// batches in flight, and never loses a change.
+// settled by ApplyCheckpoint(); ApplyAndMark() does both in one durable write
+// (the batches that came back, the next batch). A record still in flight when
+// the next run starts (the process died, or the reply was ambiguous) may or
+// may not have reached the destination, so that run sends its current state
+// again (or a delete, if the model no longer has it): a crash re-sends at most
+// the batches in flight, and never loses a change.
 //
 // Runs started by `backflow sync` are created directly (CreateRun). Runs
 // requested through the service are queued first, by the API
@@ -307,6 +308,18 @@ class StateStore {
   // Durably records that these records are about to be sent.
   virtual absl::Status MarkInFlight(const std::string& mapping,
                                     const std::vector<InFlightEntry>& entries) = 0;
+  // ApplyCheckpoint(updates) then MarkInFlight(entries), durable together when
+  // it returns (the engine settles the batches that came back as it marks the
+  // next one). Interrupted, it leaves nothing, the updates, or both; never the
+  // marks without the updates. Stores that can should write both with one
+  // sync; this default makes the two calls.
+  virtual absl::Status ApplyAndMark(const std::string& mapping,
+                                    const std::vector<CheckpointUpdate>& updates,
+                                    const std::vector<InFlightEntry>& entries) {
+    absl::Status applied = ApplyCheckpoint(mapping, updates);
+    if (!applied.ok()) return applied;
+    return MarkInFlight(mapping, entries);
+  }
   // The records still in flight, in ascending byte order of key (entries'
   // fingerprints are zero).
   virtual absl::StatusOr<std::unique_ptr<CheckpointScanner>> ScanInFlight(

@@ -565,5 +565,30 @@ TEST_P(StateStoreContractTest, InFlightMarksLastUntilSettledAcrossCommitsAndReop
   EXPECT_EQ(Drain(store_->ScanInFlight("other")), (Pairs{{"z", "iz"}}));
 }
 
+// The engine's call per batch: the outcomes of the batches that came back,
+// then the marks of the next one.
+TEST_P(StateStoreContractTest, ApplyAndMarkSettlesThenMarks) {
+  using Pairs = std::vector<std::pair<std::string, std::string>>;
+  using Kind = CheckpointUpdate::Kind;
+  ASSERT_TRUE(store_->MarkInFlight("m", {{"a", "ia"}, {"b", "ib"}, {"c", "ic"}}).ok());
+  ASSERT_TRUE(store_
+                  ->ApplyAndMark("m",
+                                 {{.key = "a", .fingerprint = Fingerprint128("a")},
+                                  {.key = "b", .kind = Kind::kSettle}},
+                                 {{"d", "id"}, {"e", "ie"}})
+                  .ok());
+  EXPECT_EQ(Drain(store_->ScanInFlight("m")), (Pairs{{"c", "ic"}, {"d", "id"}, {"e", "ie"}}));
+  EXPECT_EQ(Drain(store_->ScanCheckpoint("m")), (Pairs{{"a", ""}}));
+  // Either side may be empty.
+  ASSERT_TRUE(store_->ApplyAndMark("m", {}, {{"f", "if"}}).ok());
+  ASSERT_TRUE(store_->ApplyAndMark("m", {{.key = "c", .kind = Kind::kRemove}}, {}).ok());
+  ASSERT_TRUE(store_->ApplyAndMark("m", {}, {}).ok());
+  store_.reset();
+  store_ = Reopen();
+  ASSERT_NE(store_, nullptr);
+  EXPECT_EQ(Drain(store_->ScanInFlight("m")), (Pairs{{"d", "id"}, {"e", "ie"}, {"f", "if"}}));
+  EXPECT_EQ(*store_->CheckpointSize("m"), 1);
+}
+
 }  // namespace
 }  // namespace backflow::testing
