@@ -28,7 +28,8 @@ ctest --test-dir "$build" --output-on-failure -j2 --timeout 600
 # ThreadSanitizer on the code that runs threads (loopback servers, HTTP client).
 tsan="${BACKFLOW_TSAN_BUILD_DIR:-build-tsan}"
 tsan_tests=(testing_test curl_http_client_test http_stream_test webhook_destination_test delivery_test
-  engine_test api_test service_test parallel_reader_test storage_test query_cancel_watcher_test)
+  engine_test api_test service_test alerts_test parallel_reader_test storage_test
+  query_cancel_watcher_test)
 cmake -S . -B "$tsan" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DBACKFLOW_TSAN=ON "${compilers[@]}" >/dev/null
 cmake --build "$tsan" --target "${tsan_tests[@]}"
 pattern="^($(IFS='|'; echo "${tsan_tests[*]}"))\$"

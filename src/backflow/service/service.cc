@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "backflow/alerts/alert_dispatcher.h"
 #include "backflow/alerts/alert_manager.h"
 #include "backflow/api/api_service.h"
 #include "backflow/api/http_server.h"
@@ -226,16 +227,15 @@ absl::StatusOr<ServiceOutcome> Service::Run() {
   ConnectorEnv env = env_;
   if (env.http != nullptr) env.http = &metered;
 
-  // Alerts: one manager, rebuilt when the workspace changes, used by one
-  // worker at a time, on its own state-store handle.
-  std::mutex alerts_mu;
+  // Alerts: one manager, rebuilt when the workspace changes, on its own
+  // state-store handle, used by the alert thread only: a worker hands the
+  // run over and goes on (a receiver that is down holds an alert for up to
+  // about a minute). Stopping sends what is queued.
   std::unique_ptr<StateStore> alerts_store;
   std::unique_ptr<AlertManager> alerts;
   std::shared_ptr<const Workspace> alerts_workspace;
-  auto alert = [&](const RunInfo& run) {
-    if (options_.on_run_finished) options_.on_run_finished(run);
+  auto send_alerts = [&](const RunInfo& run) {
     if (env.http == nullptr || env.clock == nullptr) return;
-    std::lock_guard<std::mutex> lock(alerts_mu);
     std::shared_ptr<const Workspace> ws = current();
     if (ws != alerts_workspace) {
       alerts.reset();
@@ -258,6 +258,11 @@ absl::StatusOr<ServiceOutcome> Service::Run() {
       alerts = *std::move(created);
     }
     if (alerts != nullptr && !alerts->empty()) alerts->OnRunFinished(run);
+  };
+  AlertDispatcher alert_thread(send_alerts);
+  auto alert = [&](const RunInfo& run) {
+    if (options_.on_run_finished) options_.on_run_finished(run);
+    alert_thread.Enqueue(run);
   };
 
   std::mutex mu;
@@ -599,15 +604,19 @@ absl::StatusOr<ServiceOutcome> Service::Run() {
   });
 
   // ---- Scheduler.
+  // From here on a failure stops the threads before it is returned.
+  absl::Status error;
   std::map<std::string, ScheduleState> states;
   for (const ModelConfig& m : started_with->models) {
     absl::StatusOr<std::optional<ScheduleState>> s = store->GetScheduleState(m.name);
-    if (!s.ok()) return s.status();
+    if (!s.ok()) {
+      error = s.status();
+      break;
+    }
     if (s->has_value()) states[m.name] = **s;
   }
   SchedulePlanner planner;
-  absl::Status error;
-  while (true) {
+  while (error.ok()) {
     // Pick up edits of the workspace file; an invalid edit keeps the last valid one.
     reload(/*force=*/false);
     if (workspace_changed.exchange(false)) planner.Invalidate();
@@ -767,6 +776,7 @@ absl::StatusOr<ServiceOutcome> Service::Run() {
   }
   cv.notify_all();
   for (std::thread& t : workers) t.join();
+  alert_thread.Close();
   keeper_stop.store(true);
   cv.notify_all();
   keeper.join();

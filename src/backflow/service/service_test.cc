@@ -5,11 +5,15 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <mutex>
 #include <sstream>
 #include <thread>
+#include <tuple>
+#include <vector>
 
 #include "backflow/common/clock.h"
 #include "backflow/common/crypto.h"
@@ -19,6 +23,7 @@
 #include "backflow/sqlite/database.h"
 #include "backflow/state/state_store.h"
 #include "backflow/state/state_store_testing.h"
+#include "backflow/testing/http_test_server.h"
 #include "backflow/testing/scratch_dir.h"
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
@@ -193,6 +198,64 @@ TEST_F(ServiceTest, StoppingMidRunQueuesTheRunAgainAndTheNextStartFinishesIt) {
   EXPECT_EQ(run->status, RunStatus::kSucceeded) << run->error;
   EXPECT_EQ(dest_->records.size(), 300u);
   EXPECT_EQ(dest_->sent_keys.size(), 300u);
+}
+
+// A slow alert receiver (here: it holds the first alert until the next
+// model's run has finished) does not hold the worker: with one worker the
+// next run goes on while the alert is being sent, and the service sends every
+// alert before it returns.
+TEST_F(ServiceTest, ASlowAlertReceiverDoesNotHoldTheWorker) {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool b_finished = false;
+  bool held_until_b_finished = false;
+  std::vector<std::string> alerted;  // the mapping of each alert, in order
+  HttpTestServer receiver([&](const TestRequest& req) {
+    json body = json::parse(req.body, nullptr, false);
+    std::unique_lock<std::mutex> lock(mu);
+    if (alerted.empty()) {
+      // Less than the alert's send timeout (10 s), so a worker that waited
+      // for this reply would still finish the test, only without b's run.
+      held_until_b_finished =
+          cv.wait_for(lock, std::chrono::seconds(8), [&] { return b_finished; });
+    }
+    alerted.push_back(body.is_object() ? body.value("mapping", "") : "");
+    return TestResponse{};
+  });
+  ASSERT_TRUE(receiver.Start().ok());
+  std::ofstream(dir_ / "backflow.yaml", std::ios::app) << fmt::format(
+      "alerts:\n  - {{ name: oncall, webhook: {{ url: \"{}\" }} }}\n", receiver.Url("/alerts"));
+  dest_->batch_error = absl::PermissionDeniedError("forbidden");  // every run fails
+  std::vector<RunInfo> queued(2);
+  for (auto [run, mapping, model] : {std::tuple{&queued[0], "a1", "a"}, {&queued[1], "b1", "b"}}) {
+    run->mapping = mapping;
+    run->model = model;
+    run->destination = "mem";
+    run->trigger = "api";
+    run->requested_at = "2026-01-01T00:00:00.000Z";
+  }
+  ASSERT_TRUE(testing::QueueRuns(*store_, queued).ok());
+
+  ServiceOptions options;
+  options.config_path = (dir_ / "backflow.yaml").string();
+  options.poll = std::chrono::milliseconds(100);
+  options.once = true;
+  std::vector<std::string> finished;
+  options.on_run_finished = [&](const RunInfo& run) {
+    std::lock_guard<std::mutex> lock(mu);
+    finished.push_back(run.mapping);
+    EXPECT_EQ(run.status, RunStatus::kFailed) << run.error;
+    if (run.mapping == "b1") b_finished = true;
+    cv.notify_all();
+  };
+  Service service(options, registry_, ConnectorEnv{http_.get(), &SystemClock()}, stdout);
+  absl::StatusOr<ServiceOutcome> outcome = service.Run();
+  ASSERT_TRUE(outcome.ok()) << outcome.status();
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_EQ(finished, (std::vector<std::string>{"a1", "b1"}));
+  EXPECT_TRUE(held_until_b_finished) << "the worker waited for the alert of a1";
+  EXPECT_EQ(alerted, (std::vector<std::string>{"a1", "b1"}));  // both sent before Run() returned
+  receiver.Stop();
 }
 
 // The scheduler lists busy models, then queues the ticks it decided; an API
