@@ -91,6 +91,7 @@ class RunFileWriter {
   void* cctx_ = nullptr;
   int64_t records_ = 0;
   int64_t file_bytes_ = 0;
+  int64_t writeback_from_ = 0;  // durable files: bytes before it are being written back
   uint64_t chain_ = 0;
   bool finished_ = false;
 };

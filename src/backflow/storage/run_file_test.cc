@@ -7,8 +7,10 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <string>
 
 #include "backflow/testing/scratch_dir.h"
+#include "fmt/format.h"
 #include "xxhash.h"
 
 namespace backflow {
@@ -126,6 +128,31 @@ TEST_P(RunFileTest, DurableWriteReplacesAtomically) {
   auto read = ReadAll();
   ASSERT_TRUE(read.ok()) << read.status();
   EXPECT_EQ(read->size(), 100u);
+}
+
+// A durable file larger than the writeback step (8 MiB): its early parts are
+// written back while the rest is still being added; it reads back whole.
+TEST_P(RunFileTest, LargeDurableFileReadsBackWhole) {
+  RunFileOptions o;
+  o.compression_level = GetParam();
+  o.durable = true;
+  auto w = RunFileWriter::Create(path_, o);
+  ASSERT_TRUE(w.ok());
+  std::mt19937_64 rng(11);
+  std::string value(200, '\0');
+  const int n = 50'000;  // ~10 MiB
+  for (int i = 0; i < n; ++i) {
+    for (char& c : value) c = static_cast<char>(rng());  // does not compress
+    ASSERT_TRUE((*w)->Add(fmt::format("{:08}", i), value).ok());
+  }
+  ASSERT_TRUE((*w)->Finish().ok());
+  EXPECT_GT((*w)->bytes_written(), 9 << 20);
+  EXPECT_FALSE(fs::exists(path_ + ".tmp"));
+  auto read = ReadAll();
+  ASSERT_TRUE(read.ok()) << read.status();
+  ASSERT_EQ(read->size(), static_cast<size_t>(n));
+  EXPECT_EQ((*read)[n - 1].first, fmt::format("{:08}", n - 1));
+  EXPECT_EQ((*read)[n - 1].second, value);
 }
 
 TEST_P(RunFileTest, EveryFlippedByteIsDetected) {
