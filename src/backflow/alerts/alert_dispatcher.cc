@@ -25,9 +25,8 @@ void AlertDispatcher::Enqueue(RunInfo run) {
 void AlertDispatcher::Close() {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (closed_) return;
+    if (closing_) return;
     closing_ = true;
-    closed_ = true;
     cv_.notify_all();
   }
   thread_.join();

@@ -45,9 +45,8 @@ class AlertDispatcher {
   std::condition_variable cv_;
   std::deque<RunInfo> queue_;
   bool sending_ = false;
-  bool closing_ = false;
-  bool closed_ = false;
-  std::mutex send_mu_;  // the sender runs under it: one call at a time
+  bool closing_ = false;  // Close() was called: the thread drains the queue and ends
+  std::mutex send_mu_;    // the sender runs under it: one call at a time
   std::thread thread_;
 };
 
