@@ -133,7 +133,9 @@ TEST_F(CheckpointFilesTest, MatchesAModelUnderRandomUpdatesMarksAndFolds) {
         apply();
         mark();
       } else {
-        if (!flights.empty()) ASSERT_TRUE(files_->Mark(mapping, flights).ok());
+        if (!flights.empty()) {
+          ASSERT_TRUE(files_->Mark(mapping, flights).ok());
+        }
         mark();
         ASSERT_TRUE(files_->Apply(mapping, batch).ok());
         apply();
