@@ -343,10 +343,16 @@ absl::Status Runner::Extract(const ModelConfig& model, Source& source, Schema& s
   if (warehouse_ != nullptr) {
     BACKFLOW_ASSIGN_OR_RETURN(reader, OpenCandidates(model, schema, runs));
   }
+  // Rows arrive encoded (RowReader::NextEncoded): spooled as they are, and
+  // read through views; a Row is decoded only for a mapping that must map it.
+  const size_t width = schema.size() + (warehouse_ != nullptr ? 1 : 0);  // + the row hash
   Row row, payload;
-  std::string encoded, summary, row_hash;
+  std::vector<ValueView> values;
+  std::string_view encoded;
+  RowEncoder without_hash;
+  std::string summary, row_hash;
   while (true) {
-    auto more = reader->Next(row);
+    auto more = reader->NextEncoded(encoded);
     if (!more.ok()) {
       return absl::Status(
           more.status().code(),
@@ -363,29 +369,41 @@ absl::Status Runner::Extract(const ModelConfig& model, Source& source, Schema& s
       }
       Progress("extracting", "", 0, 0, false);
     }
-    if (warehouse_ != nullptr) {  // the row hash comes last
-      if (row.size() != schema.size() + 1) {
-        return absl::InternalError("the warehouse returned a candidate row without its row hash");
-      }
-      row_hash = row.back().ToString();
-      row.pop_back();
+    if (!DecodeRowViews(encoded, values).ok() || values.size() != width) {
+      return absl::InternalError(fmt::format(
+          "the source returned row {} with {} values for {} columns{}; nothing was sent",
+          extracted_, values.size(), schema.size(),
+          warehouse_ != nullptr ? " and the row hash" : ""));
     }
-    encoded.clear();
-    EncodeRow(row, encoded);
+    if (warehouse_ != nullptr) {  // the row hash comes last
+      row_hash = values.back().ToString();
+      values.pop_back();  // the other views still view `encoded`
+      without_hash.Begin(values.size());
+      for (const ValueView& v : values) without_hash.AppendEncoded(v.encoded());
+      encoded = without_hash.row();
+    }
     BACKFLOW_ASSIGN_OR_RETURN(RowRef ref, spool_->AppendRow(encoded));
-    const Value& key = row[key_index];
+    const ValueView& key = values[key_index];
     if (key.is_null()) {
       BACKFLOW_RETURN_IF_ERROR(spool_->AddNullKey(ref));
     } else {
       summary.clear();
       RowSummary::Start(summary, ref);
+      bool decoded = false;
       for (const MappingRun& m : runs) {
         if (!m.mapper) {
           RowSummary::Add(summary, RowSummary::kNotMapped, {});
-        } else if (std::optional<Fingerprint> fp =
-                       m.mapper->FingerprintOfRowAsPayload(row, encoded)) {
+          continue;
+        }
+        if (std::optional<Fingerprint> fp = m.mapper->FingerprintOfRowAsPayload(values, encoded)) {
           RowSummary::Add(summary, RowSummary::kMappedAsRow, *fp);
-        } else if (!m.mapper->Map(row, payload).ok()) {
+          continue;
+        }
+        if (!decoded) {
+          BACKFLOW_RETURN_IF_ERROR(DecodeRowInto(encoded, row));
+          decoded = true;
+        }
+        if (!m.mapper->Map(row, payload).ok()) {
           RowSummary::Add(summary, RowSummary::kRejected, {});
         } else {
           RowSummary::Add(summary, RowSummary::kMapped, m.mapper->PayloadFingerprint(payload));

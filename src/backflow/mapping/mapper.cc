@@ -88,14 +88,16 @@ namespace {
 
 // False when the field lists its allowed values and the (string) value is
 // not one of them.
-bool IsAllowedValue(const FieldSpec& spec, const Value& v) {
+template <class V>  // Value or ValueView
+bool IsAllowedValue(const FieldSpec& spec, const V& v) {
   return spec.allowed_values.empty() || v.type() != ValueType::kString ||
          std::find(spec.allowed_values.begin(), spec.allowed_values.end(), v.text()) !=
              spec.allowed_values.end();
 }
 
 // True when CoerceValue(v, type) would return `v` unchanged.
-bool AlreadyOfType(const Value& v, FieldType type) {
+template <class V>  // Value or ValueView
+bool AlreadyOfType(const V& v, FieldType type) {
   switch (type) {
     case FieldType::kAny:
     case FieldType::kObject:
@@ -166,15 +168,16 @@ absl::Status Mapper::Map(const Row& row, Row& payload) const {
   return absl::OkStatus();
 }
 
-std::optional<Fingerprint> Mapper::FingerprintOfRowAsPayload(const Row& row,
-                                                             std::string_view encoded_row) const {
+template <class V>
+std::optional<Fingerprint> Mapper::FingerprintOfValuesAsPayload(
+    const std::vector<V>& row, std::string_view encoded_row) const {
   if (!payload_is_row_ || row.size() != columns_.size()) return std::nullopt;
   // Map() would copy each value unchanged: no field needs a coercion, none
   // refuses its value.
   for (size_t i = 0; i < row.size(); ++i) {
     const FieldSpec* spec = specs_[i];
     if (spec == nullptr) continue;
-    const Value& v = row[i];
+    const V& v = row[i];
     if (v.is_null()) {
       if (spec->required) return std::nullopt;
       continue;
@@ -182,6 +185,16 @@ std::optional<Fingerprint> Mapper::FingerprintOfRowAsPayload(const Row& row,
     if (!AlreadyOfType(v, spec->type) || !IsAllowedValue(*spec, v)) return std::nullopt;
   }
   return field_names_hash_->FinishWith(encoded_row);
+}
+
+std::optional<Fingerprint> Mapper::FingerprintOfRowAsPayload(const Row& row,
+                                                             std::string_view encoded_row) const {
+  return FingerprintOfValuesAsPayload(row, encoded_row);
+}
+
+std::optional<Fingerprint> Mapper::FingerprintOfRowAsPayload(const std::vector<ValueView>& row,
+                                                             std::string_view encoded_row) const {
+  return FingerprintOfValuesAsPayload(row, encoded_row);
 }
 
 Row Mapper::Identity(const Row& payload) const {

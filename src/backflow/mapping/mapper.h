@@ -54,12 +54,18 @@ class Mapper {
   // PayloadFingerprint() (which also say why a row does not map).
   std::optional<Fingerprint> FingerprintOfRowAsPayload(const Row& row,
                                                        std::string_view encoded_row) const;
+  // The same from the views of `encoded_row`'s values (DecodeRowViews).
+  std::optional<Fingerprint> FingerprintOfRowAsPayload(const std::vector<ValueView>& row,
+                                                       std::string_view encoded_row) const;
 
   // Deterministic dedup id for a record change.
   std::string DedupId(std::string_view key, std::string_view change,
                       const Fingerprint& fingerprint) const;
 
  private:
+  template <class V>
+  std::optional<Fingerprint> FingerprintOfValuesAsPayload(const std::vector<V>& row,
+                                                          std::string_view encoded_row) const;
   std::string mapping_;
   FieldLayout layout_;
   std::vector<int> columns_;             // schema index per plain-column field, else -1

@@ -92,10 +92,17 @@ TEST(MapperTest, FingerprintOfARowThatIsItsOwnPayload) {
       "m", "c", {{"id", "id"}, {"email", "email"}, {"plan", "plan"}, {"score", "score"}}, action,
       schema, "id");
   ASSERT_TRUE(whole.ok()) << whole.status();
+  // Asked with the row's values and with views of its encoding: same answer.
   auto fingerprint_of = [&](const Mapper& m, const Row& row) -> std::optional<Fingerprint> {
     std::string encoded;
     EncodeRow(row, encoded);
-    return m.FingerprintOfRowAsPayload(row, encoded);
+    std::vector<ValueView> views;
+    EXPECT_TRUE(DecodeRowViews(encoded, views).ok());
+    std::optional<Fingerprint> of_values = m.FingerprintOfRowAsPayload(row, encoded);
+    std::optional<Fingerprint> of_views = m.FingerprintOfRowAsPayload(views, encoded);
+    EXPECT_EQ(of_values.has_value(), of_views.has_value());
+    if (of_values.has_value() && of_views.has_value()) EXPECT_EQ(*of_values, *of_views);
+    return of_values;
   };
   Row payload;
   for (const Row& row :

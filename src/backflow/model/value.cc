@@ -1,10 +1,12 @@
 #include "backflow/model/value.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
 #include "backflow/common/json_writer.h"
+#include "backflow/common/status_macros.h"
 #include "fmt/format.h"
 
 namespace backflow {
@@ -71,22 +73,31 @@ Value Value::Text(ValueType type, std::string text) {
   return v;
 }
 
-std::string Value::ToString() const {
-  switch (type_) {
+namespace {
+
+// Value::ToString() of a value given by its parts.
+std::string TextOf(ValueType type, int64_t i, double d, std::string_view text) {
+  switch (type) {
     case ValueType::kNull:
       return "";
     case ValueType::kBool:
-      return int_ ? "true" : "false";
+      return i ? "true" : "false";
     case ValueType::kInt64:
-      return std::to_string(int_);
+      return std::to_string(i);
     case ValueType::kDouble:
-      return fmt::format("{}", double_);
+      return fmt::format("{}", d);
     case ValueType::kBytes:
-      return absl::Base64Escape(text_);
+      return absl::Base64Escape(absl::string_view(text.data(), text.size()));
     default:
-      return text_;
+      return std::string(text);
   }
 }
+
+}  // namespace
+
+std::string Value::ToString() const { return TextOf(type_, int_, double_, text_); }
+
+std::string ValueView::ToString() const { return TextOf(type_, int_, double_, text_); }
 
 void Value::AppendJson(std::string& out) const {
   switch (type_) {
@@ -182,10 +193,6 @@ bool GetVarint(std::string_view& in, uint64_t& v) {
   return false;
 }
 
-}  // namespace
-
-namespace {
-
 char* WriteVarint(char* p, uint64_t v) {
   while (v >= 0x80) {
     *p++ = static_cast<char>(v | 0x80);
@@ -195,83 +202,218 @@ char* WriteVarint(char* p, uint64_t v) {
   return p;
 }
 
+// The most bytes one value's encoding takes besides its text.
+constexpr size_t kMostValueOverhead = 11;
+
+// Writes one value's encoding at `p` (room for kMostValueOverhead + the
+// text's size); returns the end. The one definition of the value format.
+char* WriteValue(char* p, ValueType type, int64_t i, double d, std::string_view text) {
+  *p++ = static_cast<char>(type);
+  switch (type) {
+    case ValueType::kNull:
+      break;
+    case ValueType::kBool:
+    case ValueType::kInt64:
+      // Zig-zag so small negatives stay short.
+      p = WriteVarint(p, (static_cast<uint64_t>(i) << 1) ^ static_cast<uint64_t>(i >> 63));
+      break;
+    case ValueType::kDouble:
+      std::memcpy(p, &d, sizeof(d));
+      p += sizeof(d);
+      break;
+    default:
+      p = WriteVarint(p, text.size());
+      std::memcpy(p, text.data(), text.size());
+      p += text.size();
+  }
+  return p;
+}
+
+// Reads one value's parts; false when `in` does not start with one.
+bool ReadValue(std::string_view& in, ValueType& type, int64_t& i, double& d,
+               std::string_view& text) {
+  if (in.empty()) return false;
+  i = 0;
+  d = 0;
+  text = {};
+  type = static_cast<ValueType>(in.front());
+  in.remove_prefix(1);
+  switch (type) {
+    case ValueType::kNull:
+      return true;
+    case ValueType::kBool:
+    case ValueType::kInt64: {
+      uint64_t z = 0;
+      if (!GetVarint(in, z)) return false;
+      i = static_cast<int64_t>(z >> 1) ^ -static_cast<int64_t>(z & 1);
+      if (type == ValueType::kBool) i = i != 0;
+      return true;
+    }
+    case ValueType::kDouble:
+      if (in.size() < sizeof(double)) return false;
+      std::memcpy(&d, in.data(), sizeof(d));
+      in.remove_prefix(sizeof(d));
+      return true;
+    default: {
+      if (static_cast<int>(type) > static_cast<int>(ValueType::kBytes)) return false;
+      uint64_t len = 0;
+      if (!GetVarint(in, len) || len > in.size()) return false;
+      text = in.substr(0, len);
+      in.remove_prefix(len);
+      return true;
+    }
+  }
+}
+
+absl::Status CorruptRow() { return absl::DataLossError("corrupt spooled record"); }
+
 }  // namespace
 
 void EncodeRow(const Row& row, std::string& out) {
   // Sized once for the worst case, written through a pointer, trimmed after.
   size_t most = 10;
-  for (const Value& v : row) most += 11 + v.text().size();
+  for (const Value& v : row) most += kMostValueOverhead + v.text().size();
   const size_t start = out.size();
   out.resize(start + most);
   char* p = out.data() + start;
   p = WriteVarint(p, row.size());
   for (const Value& v : row) {
-    *p++ = static_cast<char>(v.type());
-    switch (v.type()) {
-      case ValueType::kNull:
-        break;
-      case ValueType::kBool:
-      case ValueType::kInt64: {
-        // Zig-zag so small negatives stay short.
-        int64_t i = v.int_value();
-        p = WriteVarint(p, (static_cast<uint64_t>(i) << 1) ^ static_cast<uint64_t>(i >> 63));
-        break;
-      }
-      case ValueType::kDouble: {
-        double d = v.double_value();
-        std::memcpy(p, &d, sizeof(d));
-        p += sizeof(d);
-        break;
-      }
-      default:
-        p = WriteVarint(p, v.text().size());
-        std::memcpy(p, v.text().data(), v.text().size());
-        p += v.text().size();
-    }
+    p = WriteValue(p, v.type(), v.int_value(), v.double_value(), v.text());
   }
   out.resize(static_cast<size_t>(p - out.data()));
 }
 
-absl::StatusOr<Row> DecodeRow(std::string_view in) {
-  auto corrupt = [] { return absl::DataLossError("corrupt spooled record"); };
+void RowEncoder::Grow(size_t bytes) {
+  const size_t capacity = std::max(size_ + bytes, std::max<size_t>(2 * capacity_, 256));
+  auto data = std::make_unique_for_overwrite<char[]>(capacity);
+  if (size_ > 0) std::memcpy(data.get(), data_.get(), size_);
+  data_ = std::move(data);
+  capacity_ = capacity;
+}
+
+void RowEncoder::Begin(size_t values) {
+  size_ = 0;
+  End(WriteVarint(Room(10), values));
+}
+
+void RowEncoder::AppendNull() { End(WriteValue(Room(1), ValueType::kNull, 0, 0, {})); }
+
+void RowEncoder::AppendInt(ValueType type, int64_t i) {
+  End(WriteValue(Room(kMostValueOverhead), type, i, 0, {}));
+}
+
+void RowEncoder::AppendDouble(double d) {
+  End(WriteValue(Room(kMostValueOverhead), ValueType::kDouble, 0, d, {}));
+}
+
+void RowEncoder::AppendText(ValueType type, std::string_view text) {
+  End(WriteValue(Room(kMostValueOverhead + text.size()), type, 0, 0, text));
+}
+
+void RowEncoder::Append(const Value& v) {
+  End(WriteValue(Room(kMostValueOverhead + v.text().size()), v.type(), v.int_value(),
+                 v.double_value(), v.text()));
+}
+
+void RowEncoder::AppendEncoded(std::string_view value) {
+  char* p = Room(value.size());
+  std::memcpy(p, value.data(), value.size());
+  End(p + value.size());
+}
+
+absl::Status DecodeRowInto(std::string_view in, Row& row) {
   uint64_t n = 0;
-  if (!GetVarint(in, n) || n > in.size()) return corrupt();
-  Row row;
-  row.reserve(n);
-  for (uint64_t i = 0; i < n; ++i) {
-    if (in.empty()) return corrupt();
-    auto type = static_cast<ValueType>(in.front());
-    in.remove_prefix(1);
+  if (!GetVarint(in, n) || n > in.size()) return CorruptRow();
+  row.resize(n);
+  for (Value& v : row) {
+    ValueType type;
+    int64_t i = 0;
+    double d = 0;
+    std::string_view text;
+    if (!ReadValue(in, type, i, d, text)) return CorruptRow();
     switch (type) {
       case ValueType::kNull:
-        row.push_back(Value::Null());
+        v.SetNull();
+        break;
+      case ValueType::kBool:
+        v.SetBool(i != 0);
+        break;
+      case ValueType::kInt64:
+        v.SetInt64(i);
+        break;
+      case ValueType::kDouble:
+        v.SetDouble(d);
+        break;
+      default:
+        v.SetText(type, text);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Row> DecodeRow(std::string_view in) {
+  Row row;
+  BACKFLOW_RETURN_IF_ERROR(DecodeRowInto(in, row));
+  return row;
+}
+
+namespace {
+
+// A varint at `p` (before `end`); one-byte ones inline.
+inline bool ReadVarint(const char*& p, const char* end, uint64_t& v) {
+  if (p < end && !(static_cast<unsigned char>(*p) & 0x80)) {
+    v = static_cast<unsigned char>(*p++);
+    return true;
+  }
+  std::string_view rest(p, static_cast<size_t>(end - p));
+  if (!GetVarint(rest, v)) return false;
+  p = rest.data();
+  return true;
+}
+
+}  // namespace
+
+absl::Status DecodeRowViews(std::string_view in, std::vector<ValueView>& views) {
+  const char* p = in.data();
+  const char* const end = p + in.size();
+  uint64_t n = 0;
+  if (!ReadVarint(p, end, n) || n > in.size()) return CorruptRow();
+  views.resize(n);
+  for (ValueView& v : views) {
+    if (p == end) return CorruptRow();
+    const char* const start = p;
+    const auto type = static_cast<ValueType>(*p++);
+    v.type_ = type;
+    v.int_ = 0;
+    v.double_ = 0;
+    v.text_ = {};
+    switch (type) {
+      case ValueType::kNull:
         break;
       case ValueType::kBool:
       case ValueType::kInt64: {
         uint64_t z = 0;
-        if (!GetVarint(in, z)) return corrupt();
-        int64_t i64 = static_cast<int64_t>(z >> 1) ^ -static_cast<int64_t>(z & 1);
-        row.push_back(type == ValueType::kBool ? Value::Bool(i64 != 0) : Value::Int64(i64));
+        if (!ReadVarint(p, end, z)) return CorruptRow();
+        v.int_ = static_cast<int64_t>(z >> 1) ^ -static_cast<int64_t>(z & 1);
+        if (type == ValueType::kBool) v.int_ = v.int_ != 0;
         break;
       }
-      case ValueType::kDouble: {
-        if (in.size() < sizeof(double)) return corrupt();
-        double d;
-        std::memcpy(&d, in.data(), sizeof(d));
-        in.remove_prefix(sizeof(d));
-        row.push_back(Value::Double(d));
+      case ValueType::kDouble:
+        if (end - p < static_cast<ptrdiff_t>(sizeof(double))) return CorruptRow();
+        std::memcpy(&v.double_, p, sizeof(double));
+        p += sizeof(double);
         break;
-      }
       default: {
-        if (static_cast<int>(type) > static_cast<int>(ValueType::kBytes)) return corrupt();
+        if (static_cast<int>(type) > static_cast<int>(ValueType::kBytes)) return CorruptRow();
         uint64_t len = 0;
-        if (!GetVarint(in, len) || len > in.size()) return corrupt();
-        row.push_back(Value::Text(type, std::string(in.substr(0, len))));
-        in.remove_prefix(len);
+        if (!ReadVarint(p, end, len) || len > static_cast<uint64_t>(end - p)) return CorruptRow();
+        v.text_ = std::string_view(p, len);
+        p += len;
       }
     }
+    v.encoded_ = std::string_view(start, static_cast<size_t>(p - start));
   }
-  return row;
+  return absl::OkStatus();
 }
 
 std::string CompactJson(std::string_view json) {

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -108,8 +109,72 @@ std::string JsonObject(const Schema& schema, const Row& values);
 // Index of `name` in `schema`, or -1.
 int FindColumn(const Schema& schema, std::string_view name);
 
-// Compact binary encoding of a row of values, used to spool records to disk.
+// Compact binary encoding of a row of values, used to spool records to disk
+// and to hand rows from a source to the engine: a varint count, then per
+// value its type byte and its payload (zig-zag varint for kBool and kInt64,
+// 8 bytes for kDouble, varint length and bytes for the text types).
 void EncodeRow(const Row& row, std::string& out);
 absl::StatusOr<Row> DecodeRow(std::string_view data);
+// DecodeRow into `row`, reusing its values' text buffers.
+absl::Status DecodeRowInto(std::string_view data, Row& row);
+
+// Writes rows in EncodeRow()'s form value by value, into a buffer of its
+// own that grows as needed (never zero-filled) and is reused row after row.
+class RowEncoder {
+ public:
+  // Starts a row of `values` values, dropping the previous one; exactly that
+  // many appends follow.
+  void Begin(size_t values);
+  void AppendNull();
+  void AppendInt(ValueType type, int64_t i);  // kBool or kInt64
+  void AppendDouble(double d);
+  void AppendText(ValueType type, std::string_view text);
+  void Append(const Value& v);
+  // A value's whole encoding, as ValueView::encoded() gives it.
+  void AppendEncoded(std::string_view value);
+  // The row so far; valid until the next call of another method.
+  std::string_view row() const { return std::string_view(data_.get(), size_); }
+
+ private:
+  // The write position, with at least `bytes` free after it.
+  char* Room(size_t bytes) {
+    if (capacity_ - size_ < bytes) Grow(bytes);
+    return data_.get() + size_;
+  }
+  void Grow(size_t bytes);
+  void End(const char* p) { size_ = static_cast<size_t>(p - data_.get()); }
+
+  std::unique_ptr<char[]> data_;
+  size_t size_ = 0;
+  size_t capacity_ = 0;
+};
+
+// One value of an encoded row, read in place: what Value holds, its text
+// viewing the encoded bytes. Same accessors as Value.
+class ValueView {
+ public:
+  ValueType type() const { return type_; }
+  bool is_null() const { return type_ == ValueType::kNull; }
+  bool bool_value() const { return int_ != 0; }
+  int64_t int_value() const { return int_; }
+  double double_value() const { return double_; }
+  std::string_view text() const { return text_; }
+  // The value's whole encoding (type byte included).
+  std::string_view encoded() const { return encoded_; }
+  // Value::ToString() of the same value.
+  std::string ToString() const;
+
+ private:
+  friend absl::Status DecodeRowViews(std::string_view data, std::vector<ValueView>& views);
+  ValueType type_ = ValueType::kNull;
+  int64_t int_ = 0;
+  double double_ = 0;
+  std::string_view text_;
+  std::string_view encoded_;
+};
+
+// Views of the values of an encoded row (valid while `data` is); no
+// allocation once `views` has grown to the row's width.
+absl::Status DecodeRowViews(std::string_view data, std::vector<ValueView>& views);
 
 }  // namespace backflow

@@ -12,6 +12,7 @@
 #include <string_view>
 
 #include "absl/time/civil_time.h"
+#include "backflow/common/status_macros.h"
 #include "backflow/pg/connection.h"
 #include "backflow/pg/types.h"
 #include "fmt/format.h"
@@ -278,45 +279,68 @@ void Date(int32_t days, Value& value) {
   if (day.year() < 1) out += " BC";
 }
 
-void Timestamp(int64_t micros, bool with_zone, Value& value) {
-  if (micros == std::numeric_limits<int64_t>::min())
-    return value.SetText(ValueType::kString, "-infinity");
-  if (micros == std::numeric_limits<int64_t>::max())
-    return value.SetText(ValueType::kString, "infinity");
+// Days since 2000-01-01 and microseconds into that day.
+struct DayAndTime {
+  int64_t days;
+  int64_t second_of_day;
+  int fraction;  // microseconds
+};
+
+DayAndTime Split(int64_t micros) {
   int64_t days = micros / kMicrosPerDay;
   int64_t rest = micros % kMicrosPerDay;
   if (rest < 0) {
     rest += kMicrosPerDay;
     --days;
   }
-  const absl::CivilDay day = DayAfter2000(days);
-  const int64_t second_of_day = rest / kMicrosPerSecond;
-  const int fraction = static_cast<int>(rest % kMicrosPerSecond);
-  const bool iso = day.year() >= 1 && day.year() <= 9999;
-  if (iso) {
-    // "YYYY-MM-DDTHH:MM:SS[.ffffff]Z", written through a pointer.
-    char buf[40];
-    char* p = Put4(buf, static_cast<int>(day.year()));
-    *p++ = '-';
-    p = Put2(p, day.month());
-    *p++ = '-';
-    p = Put2(p, day.day());
-    *p++ = 'T';
-    p = Put2(p, static_cast<int>(second_of_day / 3600));
-    *p++ = ':';
-    p = Put2(p, static_cast<int>(second_of_day / 60 % 60));
-    *p++ = ':';
-    p = Put2(p, static_cast<int>(second_of_day % 60));
-    if (fraction != 0) {
-      *p++ = '.';
-      p = Put2(p, fraction / 10000);
-      p = Put4(p, fraction % 10000);
-      while (p[-1] == '0') --p;
-    }
-    if (with_zone) *p++ = 'Z';
-    return value.SetText(ValueType::kTimestamp,
-                         std::string_view(buf, static_cast<size_t>(p - buf)));
+  return {days, rest / kMicrosPerSecond, static_cast<int>(rest % kMicrosPerSecond)};
+}
+
+// The kTimestamp text of a finite timestamp in years 1..9999,
+// "YYYY-MM-DDTHH:MM:SS[.ffffff][Z]", written into `buf` (40 bytes); empty
+// for any other timestamp.
+std::string_view IsoTimestamp(int64_t micros, bool with_zone, char* buf) {
+  if (micros == std::numeric_limits<int64_t>::min() ||
+      micros == std::numeric_limits<int64_t>::max()) {
+    return {};
   }
+  const DayAndTime t = Split(micros);
+  const absl::CivilDay day = DayAfter2000(t.days);
+  if (day.year() < 1 || day.year() > 9999) return {};
+  char* p = Put4(buf, static_cast<int>(day.year()));
+  *p++ = '-';
+  p = Put2(p, day.month());
+  *p++ = '-';
+  p = Put2(p, day.day());
+  *p++ = 'T';
+  p = Put2(p, static_cast<int>(t.second_of_day / 3600));
+  *p++ = ':';
+  p = Put2(p, static_cast<int>(t.second_of_day / 60 % 60));
+  *p++ = ':';
+  p = Put2(p, static_cast<int>(t.second_of_day % 60));
+  if (t.fraction != 0) {
+    *p++ = '.';
+    p = Put2(p, t.fraction / 10000);
+    p = Put4(p, t.fraction % 10000);
+    while (p[-1] == '0') --p;
+  }
+  if (with_zone) *p++ = 'Z';
+  return std::string_view(buf, static_cast<size_t>(p - buf));
+}
+
+void Timestamp(int64_t micros, bool with_zone, Value& value) {
+  char buf[40];
+  if (std::string_view iso = IsoTimestamp(micros, with_zone, buf); !iso.empty()) {
+    return value.SetText(ValueType::kTimestamp, iso);
+  }
+  if (micros == std::numeric_limits<int64_t>::min())
+    return value.SetText(ValueType::kString, "-infinity");
+  if (micros == std::numeric_limits<int64_t>::max())
+    return value.SetText(ValueType::kString, "infinity");
+  const DayAndTime t = Split(micros);
+  const absl::CivilDay day = DayAfter2000(t.days);
+  const int64_t second_of_day = t.second_of_day;
+  const int fraction = t.fraction;
   // PostgreSQL's own text, as the text path keeps it.
   std::string& out = value.MutableText(ValueType::kString);
   AppendPgDate(out, day.year(), day.month(), day.day());
@@ -445,6 +469,51 @@ absl::Status DecodeBinaryInto(Oid oid, std::string_view bytes, Value& out) {
                       "read in text form)",
                       oid));
   }
+}
+
+absl::Status AppendBinaryEncoded(Oid oid, std::string_view bytes, Value& scratch, RowEncoder& out) {
+  switch (oid) {
+    case kBoolOid:
+      if (bytes.size() != 1) return WrongSize(oid, bytes, 1);
+      out.AppendInt(ValueType::kBool, bytes[0] != 0);
+      return absl::OkStatus();
+    case kInt2Oid:
+      if (bytes.size() != 2) return WrongSize(oid, bytes, 2);
+      out.AppendInt(ValueType::kInt64, static_cast<int16_t>(ReadUint16(bytes.data())));
+      return absl::OkStatus();
+    case kInt4Oid:
+      if (bytes.size() != 4) return WrongSize(oid, bytes, 4);
+      out.AppendInt(ValueType::kInt64, static_cast<int32_t>(ReadUint32(bytes.data())));
+      return absl::OkStatus();
+    case kInt8Oid:
+      if (bytes.size() != 8) return WrongSize(oid, bytes, 8);
+      out.AppendInt(ValueType::kInt64, static_cast<int64_t>(ReadUint64(bytes.data())));
+      return absl::OkStatus();
+    case kTextOid:
+    case kVarcharOid:
+    case kBpcharOid:
+    case kNameOid:
+      out.AppendText(ValueType::kString, bytes);
+      return absl::OkStatus();
+    case kByteaOid:
+      out.AppendText(ValueType::kBytes, bytes);
+      return absl::OkStatus();
+    case kTimestampOid:
+    case kTimestamptzOid: {
+      if (bytes.size() != 8) return WrongSize(oid, bytes, 8);
+      char buf[40];
+      std::string_view iso =
+          IsoTimestamp(static_cast<int64_t>(ReadUint64(bytes.data())), oid == kTimestamptzOid, buf);
+      if (iso.empty()) break;  // PostgreSQL's own text, below
+      out.AppendText(ValueType::kTimestamp, iso);
+      return absl::OkStatus();
+    }
+    default:
+      break;
+  }
+  BACKFLOW_RETURN_IF_ERROR(DecodeBinaryInto(oid, bytes, scratch));
+  out.Append(scratch);
+  return absl::OkStatus();
 }
 
 }  // namespace backflow::pg

@@ -46,5 +46,10 @@ absl::StatusOr<Value> DecodeBinary(Oid oid, std::string_view bytes);
 // The same into `out` (whatever it held), reusing its text buffer: for
 // decoding row after row into one Row. On error `out` is unspecified.
 absl::Status DecodeBinaryInto(Oid oid, std::string_view bytes, Value& out);
+// Appends that value to `out` (RowEncoder::Append), writing integers,
+// booleans, text and in-range timestamps straight from the wire; other types
+// decode into `scratch` first (a Value the caller keeps, to reuse its
+// buffer). Same errors as DecodeBinaryInto; on error `out` is unspecified.
+absl::Status AppendBinaryEncoded(Oid oid, std::string_view bytes, Value& scratch, RowEncoder& out);
 
 }  // namespace backflow::pg

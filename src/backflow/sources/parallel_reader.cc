@@ -7,22 +7,25 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "backflow/common/status_macros.h"
 
 namespace backflow {
 namespace {
 
-// Rows [0, size) are live; rows past `size` are storage kept for reuse.
+// Rows in EncodeRow()'s form, back to back; row i ends at ends[i]. Cleared
+// batches keep their capacity for reuse.
 struct Batch {
-  std::vector<Row> rows;
-  size_t size = 0;
+  std::string bytes;
+  std::vector<size_t> ends;
+  std::string_view Row(size_t i) const {
+    const size_t start = i == 0 ? 0 : ends[i - 1];
+    return std::string_view(bytes).substr(start, ends[i] - start);
+  }
+  void Clear() {
+    bytes.clear();
+    ends.clear();
+  }
 };
-
-// Approximate heap bytes held by a row, for the batch byte limit.
-size_t RowBytes(const Row& row) {
-  size_t bytes = sizeof(Row) + row.capacity() * sizeof(Value);
-  for (const Value& v : row) bytes += v.text().capacity();
-  return bytes;
-}
 
 class ParallelRowReader : public RowReader {
  public:
@@ -46,12 +49,20 @@ class ParallelRowReader : public RowReader {
   const Schema& schema() const override { return schema_; }
 
   absl::StatusOr<bool> Next(Row& row) override {
+    std::string_view encoded;
+    BACKFLOW_ASSIGN_OR_RETURN(bool more, NextEncoded(encoded));
+    if (!more) return false;
+    BACKFLOW_RETURN_IF_ERROR(DecodeRowInto(encoded, row));
+    return true;
+  }
+
+  absl::StatusOr<bool> NextEncoded(std::string_view& row) override {
     if (!sticky_.ok()) return sticky_;
     if (finished_) return false;
-    while (current_.size == pos_) {
+    while (current_.ends.size() == pos_) {
       std::unique_lock lock(mu_);
-      if (!current_.rows.empty()) {
-        current_.size = 0;
+      if (current_.bytes.capacity() > 0) {
+        current_.Clear();
         free_.push_back(std::move(current_));
         current_ = Batch{};
       }
@@ -73,34 +84,30 @@ class ParallelRowReader : public RowReader {
       queue_.pop_front();
       space_.notify_one();
     }
-    // The caller's previous row goes back into the batch: its storage is
-    // reused when the batch is refilled.
-    std::swap(row, current_.rows[pos_++]);
+    row = current_.Row(pos_++);
     return true;
   }
 
  private:
   void Work(std::unique_ptr<RowReader> reader) {
     Batch batch = TakeFreeBatch();
-    size_t bytes = 0;
     absl::Status error;
+    std::string_view row;
     while (true) {
-      if (batch.size == batch.rows.size()) batch.rows.emplace_back();
-      absl::StatusOr<bool> more = reader->Next(batch.rows[batch.size]);
+      absl::StatusOr<bool> more = reader->NextEncoded(row);
       if (!more.ok()) {
         error = more.status();
         break;
       }
       if (!*more) break;
-      bytes += RowBytes(batch.rows[batch.size]);
-      ++batch.size;
-      if (batch.size >= limits_.batch_rows || bytes >= limits_.batch_bytes) {
+      batch.bytes.append(row);
+      batch.ends.push_back(batch.bytes.size());
+      if (batch.ends.size() >= limits_.batch_rows || batch.bytes.size() >= limits_.batch_bytes) {
         if (!Push(std::move(batch))) break;  // stopping
         batch = TakeFreeBatch();
-        bytes = 0;
       }
     }
-    if (error.ok() && batch.size > 0) Push(std::move(batch));
+    if (error.ok() && !batch.ends.empty()) Push(std::move(batch));
     // Close the part (e.g. its connection) on this thread, before reporting.
     reader.reset();
     std::lock_guard lock(mu_);

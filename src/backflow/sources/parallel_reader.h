@@ -2,8 +2,10 @@
 // its own thread, e.g. one per connection of a warehouse read split by key.
 //
 // Rows arrive in no particular order (interleaved across parts, in order
-// within a part). Each part's thread reads rows into batches and hands them
-// over through a queue of bounded length, so memory stays bounded whatever
+// within a part). Each part's thread reads rows with NextEncoded() into
+// batches (one buffer of encoded rows each) and hands them over through a
+// queue of bounded length; NextEncoded() returns views into the current
+// batch, Next() decodes them. So memory stays bounded whatever
 // the row count: at most queue_batches + parts + 1 batches exist at once,
 // each of at most `batch_rows` rows and about `batch_bytes` bytes (the row
 // that crosses the limit closes the batch).

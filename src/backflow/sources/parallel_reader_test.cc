@@ -127,6 +127,31 @@ TEST(ParallelRowReaderTest, ReturnsEveryRowOfEveryPartThenACleanEnd) {
   for (const auto& s : p.states) EXPECT_TRUE(s->destroyed);
 }
 
+TEST(ParallelRowReaderTest, NextEncodedGivesEachRowInEncodeRowsForm) {
+  Parts p;
+  p.Add({.first = 0, .rows = 3000, .padding = "a"});
+  p.Add({.first = 3000, .rows = 3000, .padding = std::string(200, 'b')});
+  auto reader = NewParallelRowReader(TestSchema(), std::move(p.parts), {.batch_rows = 100});
+  std::vector<int64_t> ids;
+  std::string_view encoded;
+  while (true) {
+    absl::StatusOr<bool> more = reader->NextEncoded(encoded);
+    ASSERT_TRUE(more.ok()) << more.status();
+    if (!*more) break;
+    absl::StatusOr<Row> row = DecodeRow(encoded);
+    ASSERT_TRUE(row.ok()) << row.status();
+    ASSERT_EQ(row->size(), 2u);
+    const int64_t id = (*row)[0].int_value();
+    std::string expected;
+    EncodeRow({Value::Int64(id), Value::String(id < 3000 ? "a" : std::string(200, 'b'))}, expected);
+    ASSERT_EQ(encoded, expected) << id;
+    ids.push_back(id);
+  }
+  std::sort(ids.begin(), ids.end());
+  ASSERT_EQ(ids.size(), 6000u);
+  for (size_t i = 0; i < ids.size(); ++i) ASSERT_EQ(ids[i], static_cast<int64_t>(i));
+}
+
 TEST(ParallelRowReaderTest, RowsAheadOfTheConsumerStayBounded) {
   constexpr size_t kBatch = 16;
   constexpr size_t kQueue = 4;

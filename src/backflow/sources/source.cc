@@ -1,9 +1,19 @@
 #include "backflow/sources/source.h"
 
 #include "absl/strings/ascii.h"
+#include "backflow/common/status_macros.h"
 #include "fmt/format.h"
 
 namespace backflow {
+
+absl::StatusOr<bool> RowReader::NextEncoded(std::string_view& row) {
+  BACKFLOW_ASSIGN_OR_RETURN(bool more, Next(decoded_));
+  if (!more) return false;
+  encoded_.clear();
+  EncodeRow(decoded_, encoded_);
+  row = encoded_;
+  return true;
+}
 
 absl::StatusOr<std::unique_ptr<RowReader>> Source::Query(std::string_view sql,
                                                          const QueryOptions& /*options*/) {

@@ -30,6 +30,17 @@ class RowReader {
   // short (kUnavailable: connection lost; kInvalidArgument: the query failed
   // at run time) and no conclusion may be drawn from the rows seen so far.
   virtual absl::StatusOr<bool> Next(Row& row) = 0;
+
+  // The next row in EncodeRow()'s form, for callers that spool or hash rows
+  // rather than look at values: `row` views bytes the reader owns, valid
+  // until the next call. Same rows, end and errors as Next(). The default
+  // encodes Next()'s row; a reader that can write the encoding from what the
+  // warehouse sent overrides it. A caller reads with one of the two methods.
+  virtual absl::StatusOr<bool> NextEncoded(std::string_view& row);
+
+ private:
+  Row decoded_;  // NextEncoded()'s default
+  std::string encoded_;
 };
 
 // What the caller knows about a query beyond its SQL. Hints: a source may use

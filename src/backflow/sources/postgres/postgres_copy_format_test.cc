@@ -63,6 +63,27 @@ class CopyFormatTest : public pg::testing::PostgresTest {
     return rows;
   }
 
+  // The same through the reader's NextEncoded(): each row's bytes.
+  absl::StatusOr<std::vector<std::string>> ReadCopyEncoded(const std::string& sql,
+                                                           PostgresCopyFormat format) {
+    auto conn =
+        pg::Connection::Open(postgres_internal::ConnectOptionsFor(server().url, server().password));
+    if (!conn.ok()) return conn.status();
+    auto described = postgres_internal::Describe(**conn, sql);
+    if (!described.ok()) return described.status();
+    auto reader = postgres_internal::StartCopy(std::move(*conn), sql, *described, format);
+    if (!reader.ok()) return reader.status();
+    std::vector<std::string> rows;
+    std::string_view row;
+    while (true) {
+      absl::StatusOr<bool> more = (*reader)->NextEncoded(row);
+      if (!more.ok()) return more.status();
+      if (!*more) break;
+      rows.emplace_back(row);
+    }
+    return rows;
+  }
+
   // Creates a table of `type` values: the edge `values` (SQL expressions) in
   // order, then `random` (an SQL expression, may use g) for g in 1..count.
   std::string MakeTable(const std::string& type, const std::vector<std::string>& values,
@@ -82,7 +103,8 @@ class CopyFormatTest : public pg::testing::PostgresTest {
 
   // Reads `table` with text and binary COPY and expects identical rows: same
   // Value (doubles bit for bit), same EncodeRow bytes, same payload
-  // fingerprint as the engine computes it (Mapper::PayloadFingerprint).
+  // fingerprint as the engine computes it (Mapper::PayloadFingerprint); and
+  // the binary reader's NextEncoded() writes those same bytes.
   void ExpectSameInBothFormats(const std::string& table, size_t expected_rows) {
     const std::string sql = fmt::format("SELECT id, v FROM {} ORDER BY id", table);
     Schema schema;
@@ -90,8 +112,11 @@ class CopyFormatTest : public pg::testing::PostgresTest {
     ASSERT_TRUE(text.ok()) << text.status();
     auto binary = ReadCopy(sql, PostgresCopyFormat::kBinary);
     ASSERT_TRUE(binary.ok()) << binary.status();
+    auto binary_encoded = ReadCopyEncoded(sql, PostgresCopyFormat::kBinary);
+    ASSERT_TRUE(binary_encoded.ok()) << binary_encoded.status();
     ASSERT_EQ(text->size(), expected_rows);
     ASSERT_EQ(binary->size(), text->size());
+    ASSERT_EQ(binary_encoded->size(), text->size());
 
     ActionSpec action;
     action.allows_extra_fields = true;
@@ -108,7 +133,7 @@ class CopyFormatTest : public pg::testing::PostgresTest {
       ASSERT_EQ(b.size(), 2u);
       ASSERT_TRUE(mapper->Map(t, text_payload).ok());
       ASSERT_TRUE(mapper->Map(b, binary_payload).ok());
-      if (Encoded(t) != Encoded(b) ||
+      if (Encoded(t) != Encoded(b) || Encoded(t) != (*binary_encoded)[i] ||
           mapper->PayloadFingerprint(text_payload) != mapper->PayloadFingerprint(binary_payload)) {
         ++mismatches;
         ADD_FAILURE() << table << " id " << t[0].ToString() << ": text " << Show(t[1]) << " binary "
@@ -307,20 +332,30 @@ class CopyFormatSourceTest : public CopyFormatTest,
   }
 
   // Every row, encoded (EncodeRow), sorted: parallel reads have no order.
+  // Read twice, through Next() and through NextEncoded(), which must agree.
   std::vector<std::string> ReadEncoded(Source& source, const std::string& sql,
                                        const std::string& key) {
-    std::vector<std::string> rows;
-    auto reader = key.empty() ? source.Query(sql) : source.Query(sql, QueryOptions{key});
-    EXPECT_TRUE(reader.ok()) << reader.status();
-    if (!reader.ok()) return rows;
-    Row row;
-    while (true) {
-      absl::StatusOr<bool> more = (*reader)->Next(row);
-      EXPECT_TRUE(more.ok()) << more.status();
-      if (!more.ok() || !*more) break;
-      rows.push_back(Encoded(row));
+    std::vector<std::string> rows, direct;
+    for (bool encoded : {false, true}) {
+      auto reader = key.empty() ? source.Query(sql) : source.Query(sql, QueryOptions{key});
+      EXPECT_TRUE(reader.ok()) << reader.status();
+      if (!reader.ok()) return rows;
+      Row row;
+      std::string_view bytes;
+      while (true) {
+        absl::StatusOr<bool> more = encoded ? (*reader)->NextEncoded(bytes) : (*reader)->Next(row);
+        EXPECT_TRUE(more.ok()) << more.status();
+        if (!more.ok() || !*more) break;
+        if (encoded) {
+          direct.emplace_back(bytes);
+        } else {
+          rows.push_back(Encoded(row));
+        }
+      }
     }
     std::sort(rows.begin(), rows.end());
+    std::sort(direct.begin(), direct.end());
+    EXPECT_TRUE(rows == direct) << "NextEncoded() and Next() read different rows";
     return rows;
   }
 
@@ -414,6 +449,19 @@ TEST_P(CopyFormatSourceTest, ErrorAfterRowsIsAnErrorNotACleanEnd) {
     EXPECT_EQ(more.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(more.status().message(), HasSubstr("division by zero"));
     EXPECT_FALSE((*reader)->Next(row).ok());  // sticky
+
+    // The same through NextEncoded().
+    reader = MakeSource(GetParam(), parallel)
+                 ->Query("SELECT g, 1 / (g - 5000) AS q FROM generate_series(1, 10000) g",
+                         QueryOptions{"g"});
+    ASSERT_TRUE(reader.ok()) << reader.status();
+    std::string_view bytes;
+    rows = 0;
+    while ((more = (*reader)->NextEncoded(bytes)).ok() && *more) ++rows;
+    EXPECT_LT(rows, 10000);
+    ASSERT_FALSE(more.ok());
+    EXPECT_THAT(more.status().message(), HasSubstr("division by zero"));
+    EXPECT_FALSE((*reader)->NextEncoded(bytes).ok());
   }
 }
 
@@ -480,6 +528,55 @@ TEST(DecodeBinaryTest, DecodesHandBuiltValues) {
             Value::Text(ValueType::kDate, "1999-12-31"));
   // float4 0.1 (0x3dcccccd) is the double 0.1, as its text "0.1" parses.
   EXPECT_EQ(*pg::DecodeBinary(pg::kFloat4Oid, "\x3d\xcc\xcc\xcd"), Value::Double(0.1));
+}
+
+// AppendBinaryEncoded writes what encoding DecodeBinary's value writes, and
+// refuses what DecodeBinary refuses.
+TEST(DecodeBinaryTest, AppendingEncodedGivesTheDecodedValuesEncoding) {
+  const std::vector<std::pair<Oid, std::string>> cells = {
+      {pg::kBoolOid, std::string("\0", 1)},
+      {pg::kBoolOid, std::string("\1", 1)},
+      {pg::kInt2Oid, "\xff\xfe"},
+      {pg::kInt4Oid, std::string("\x80\0\0\0", 4)},
+      {pg::kInt4Oid, std::string("\0\0\0\x07", 4)},
+      {pg::kInt8Oid, std::string("\0\0\0\0\0\0\0\x2a", 8)},
+      {pg::kInt8Oid, "\xff\xff\xff\xff\xff\xff\xff\xff"},
+      {pg::kTextOid, "a text longer than any small-string buffer"},
+      {pg::kVarcharOid, ""},
+      {pg::kBpcharOid, "ab  "},
+      {pg::kNameOid, "pg_class"},
+      {pg::kByteaOid, std::string("\0\1\2", 3)},
+      {pg::kNumericOid, std::string("\0\2\0\0\0\0\0\2\0\1\x03\xe8", 12)},
+      {pg::kTimestamptzOid, std::string(8, '\0')},
+      {pg::kTimestampOid, std::string("\0\0\0\0\0\0\x30\x39", 8)},    // 12345 us
+      {pg::kTimestamptzOid, "\xff\xff\xff\xff\xff\xff\xff\xff"},      // -1 us
+      {pg::kTimestampOid, std::string("\x80\0\0\0\0\0\0\0", 8)},      // -infinity
+      {pg::kTimestamptzOid, "\x7f\xff\xff\xff\xff\xff\xff\xff"},      // infinity
+      {pg::kTimestamptzOid, std::string("\xff\x1f\0\0\0\0\0\0", 8)},  // a year BC
+      {pg::kDateOid, "\xff\xff\xff\xff"},
+      {pg::kFloat8Oid, std::string("\x3f\xf0\0\0\0\0\0\0", 8)},
+      {pg::kFloat4Oid, "\x3d\xcc\xcc\xcd"},
+      {pg::kUuidOid, std::string(16, '\x11')},
+      {pg::kJsonbOid, "\x01{\"a\": 1}"},
+  };
+  Value scratch = Value::String(std::string(100, 'x'));
+  for (const auto& [oid, bytes] : cells) {
+    absl::StatusOr<Value> expected = pg::DecodeBinary(oid, bytes);
+    ASSERT_TRUE(expected.ok()) << oid << ": " << expected.status();
+    std::string want;
+    EncodeRow({Value::Int64(1), *expected}, want);
+    RowEncoder got;
+    got.Begin(2);
+    got.AppendInt(ValueType::kInt64, 1);
+    ASSERT_TRUE(pg::AppendBinaryEncoded(oid, bytes, scratch, got).ok()) << oid;
+    EXPECT_EQ(got.row(), want) << "oid " << oid;
+  }
+  RowEncoder out;
+  for (Oid oid : {pg::kBoolOid, pg::kInt2Oid, pg::kInt4Oid, pg::kInt8Oid, pg::kNumericOid}) {
+    absl::Status status = pg::AppendBinaryEncoded(oid, "abc", scratch, out);
+    EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << oid;
+    EXPECT_EQ(status, pg::DecodeBinary(oid, "abc").status()) << oid;
+  }
 }
 
 // Decoding into a Value that held anything gives what DecodeBinary gives

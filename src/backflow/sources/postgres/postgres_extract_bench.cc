@@ -10,7 +10,8 @@
 // copy_format (auto, text, binary), named "copy@text", "copy:2@binary"...,
 // interleaved within each run; without it COPY modes use the default
 // (auto) under their plain names. Each run reads SQL to the end through
-// NewPostgresSource(...)->Query(sql, QueryOptions{key}) and Next(), modes
+// NewPostgresSource(...)->Query(sql, QueryOptions{key}) and NextEncoded()
+// (as a sync's extraction reads), modes
 // back to back; with --psql each run first times the baseline
 // `psql -X -c "COPY (SQL) TO STDOUT" > /dev/null` (psql from PATH, same URL
 // and PGPASSWORD). Prints rows, seconds and rows/s per run, then per mode the
@@ -170,10 +171,10 @@ int main(int argc, char** argv) {
         std::cerr << mode.name << ": " << reader.status() << "\n";
         return 1;
       }
-      backflow::Row row;
+      std::string_view row;
       long rows = 0;
       absl::StatusOr<bool> more;
-      while ((more = (*reader)->Next(row)).ok() && *more) ++rows;
+      while ((more = (*reader)->NextEncoded(row)).ok() && *more) ++rows;
       if (!more.ok()) {
         std::cerr << mode.name << ": " << more.status() << "\n";
         return 1;

@@ -150,9 +150,56 @@ class PostgresCopyReader : public RowReader {
   const Schema& schema() const override { return schema_; }
 
   absl::StatusOr<bool> Next(Row& row) override {
+    std::string_view line;
+    BACKFLOW_ASSIGN_OR_RETURN(bool more, Advance(line));
+    if (!more) return false;
+    if (binary_) return DecodeBinaryRow(row);
+    pg::SplitCopyTextFields(line, fields_);
+    if (fields_.size() != oids_.size()) {
+      return Fail(absl::InternalError(
+          fmt::format("COPY sent a row of {} fields for a query of {} columns (did the tables "
+                      "change while the model ran?)",
+                      fields_.size(), oids_.size())));
+    }
+    row.resize(oids_.size());
+    for (size_t i = 0; i < oids_.size(); ++i) {
+      if (pg::IsCopyTextNull(fields_[i])) {
+        row[i] = Value::Null();
+      } else {
+        row[i] = pg::DecodeText(oids_[i], pg::DecodeCopyTextField(fields_[i], scratch_));
+      }
+    }
+    return true;
+  }
+
+  // Binary COPY is encoded straight from the tuple's fields.
+  absl::StatusOr<bool> NextEncoded(std::string_view& row) override {
+    if (!binary_) return RowReader::NextEncoded(row);
+    std::string_view unused;
+    BACKFLOW_ASSIGN_OR_RETURN(bool more, Advance(unused));
+    if (!more) return false;
+    encoder_.Begin(oids_.size());
+    scratch_values_.resize(oids_.size());
+    for (size_t i = 0; i < oids_.size(); ++i) {
+      const pg::CopyBinaryField& field = binary_fields_[i];
+      if (field.null) {
+        encoder_.AppendNull();
+        continue;
+      }
+      absl::Status encoded =
+          pg::AppendBinaryEncoded(oids_[i], field.bytes, scratch_values_[i], encoder_);
+      if (!encoded.ok()) return Fail(ColumnError(i, encoded));
+    }
+    row = encoder_.row();
+    return true;
+  }
+
+ private:
+  // Moves to the next row: the next binary tuple (in binary_fields_) or text
+  // line (in `line`). False at the clean end.
+  absl::StatusOr<bool> Advance(std::string_view& line) {
     if (!error_.ok()) return error_;
     if (done_) return false;
-    std::string_view line;
     while (true) {
       if (binary_) {
         absl::StatusOr<bool> got = tuples_.Next(binary_fields_);
@@ -181,26 +228,14 @@ class PostgresCopyReader : public RowReader {
       }
       return Fail(conn_->ErrorFromResult(nullptr, "query failed while streaming rows"));
     }
-    if (binary_) return DecodeBinaryRow(row);
-    pg::SplitCopyTextFields(line, fields_);
-    if (fields_.size() != oids_.size()) {
-      return Fail(absl::InternalError(
-          fmt::format("COPY sent a row of {} fields for a query of {} columns (did the tables "
-                      "change while the model ran?)",
-                      fields_.size(), oids_.size())));
-    }
-    row.resize(oids_.size());
-    for (size_t i = 0; i < oids_.size(); ++i) {
-      if (pg::IsCopyTextNull(fields_[i])) {
-        row[i] = Value::Null();
-      } else {
-        row[i] = pg::DecodeText(oids_[i], pg::DecodeCopyTextField(fields_[i], scratch_));
-      }
-    }
     return true;
   }
 
- private:
+  absl::Status ColumnError(size_t column, const absl::Status& decoded) const {
+    return absl::Status(decoded.code(),
+                        fmt::format("column {}: {}", schema_[column].name, decoded.message()));
+  }
+
   // The tuple just parsed (its field count already checked by the parser).
   absl::StatusOr<bool> DecodeBinaryRow(Row& row) {
     row.resize(oids_.size());
@@ -211,10 +246,7 @@ class PostgresCopyReader : public RowReader {
         continue;
       }
       absl::Status decoded = pg::DecodeBinaryInto(oids_[i], field.bytes, row[i]);
-      if (!decoded.ok()) {
-        return Fail(absl::Status(decoded.code(),
-                                 fmt::format("column {}: {}", schema_[i].name, decoded.message())));
-      }
+      if (!decoded.ok()) return Fail(ColumnError(i, decoded));
     }
     return true;
   }
@@ -272,6 +304,8 @@ class PostgresCopyReader : public RowReader {
   std::string scratch_;
   pg::CopyBinaryTuples tuples_;
   std::vector<pg::CopyBinaryField> binary_fields_;
+  RowEncoder encoder_;  // NextEncoded()'s row
+  Row scratch_values_;  // per column, for AppendBinaryEncoded
   bool in_copy_ = true;
   bool done_ = false;
   absl::Status error_;
