@@ -41,16 +41,23 @@ std::string Encoded(const Row& row) {
 
 class CopyFormatTest : public pg::testing::PostgresTest {
  protected:
-  // Every row of `sql` read through the source's own COPY path in `format`.
-  absl::StatusOr<std::vector<Row>> ReadCopy(const std::string& sql, PostgresCopyFormat format,
-                                            Schema* schema = nullptr) {
+  // A reader of `sql` on the source's own COPY path in `format`.
+  absl::StatusOr<std::unique_ptr<RowReader>> StartReader(const std::string& sql,
+                                                         PostgresCopyFormat format,
+                                                         Schema* schema = nullptr) {
     auto conn =
         pg::Connection::Open(postgres_internal::ConnectOptionsFor(server().url, server().password));
     if (!conn.ok()) return conn.status();
     auto described = postgres_internal::Describe(**conn, sql);
     if (!described.ok()) return described.status();
     if (schema != nullptr) *schema = described->schema;
-    auto reader = postgres_internal::StartCopy(std::move(*conn), sql, *described, format);
+    return postgres_internal::StartCopy(std::move(*conn), sql, *described, format);
+  }
+
+  // Every row of `sql` read through that path.
+  absl::StatusOr<std::vector<Row>> ReadCopy(const std::string& sql, PostgresCopyFormat format,
+                                            Schema* schema = nullptr) {
+    auto reader = StartReader(sql, format, schema);
     if (!reader.ok()) return reader.status();
     std::vector<Row> rows;
     Row row;
@@ -66,12 +73,7 @@ class CopyFormatTest : public pg::testing::PostgresTest {
   // The same through the reader's NextEncoded(): each row's bytes.
   absl::StatusOr<std::vector<std::string>> ReadCopyEncoded(const std::string& sql,
                                                            PostgresCopyFormat format) {
-    auto conn =
-        pg::Connection::Open(postgres_internal::ConnectOptionsFor(server().url, server().password));
-    if (!conn.ok()) return conn.status();
-    auto described = postgres_internal::Describe(**conn, sql);
-    if (!described.ok()) return described.status();
-    auto reader = postgres_internal::StartCopy(std::move(*conn), sql, *described, format);
+    auto reader = StartReader(sql, format);
     if (!reader.ok()) return reader.status();
     std::vector<std::string> rows;
     std::string_view row;
