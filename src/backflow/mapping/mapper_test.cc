@@ -101,7 +101,9 @@ TEST(MapperTest, FingerprintOfARowThatIsItsOwnPayload) {
     std::optional<Fingerprint> of_values = m.FingerprintOfRowAsPayload(row, encoded);
     std::optional<Fingerprint> of_views = m.FingerprintOfRowAsPayload(views, encoded);
     EXPECT_EQ(of_values.has_value(), of_views.has_value());
-    if (of_values.has_value() && of_views.has_value()) EXPECT_EQ(*of_values, *of_views);
+    if (of_values.has_value() && of_views.has_value()) {
+      EXPECT_EQ(*of_values, *of_views);
+    }
     return of_values;
   };
   Row payload;

@@ -125,7 +125,9 @@ TEST(ValueTest, ViewsReadEachValueInPlace) {
       EXPECT_EQ(view.int_value(), v.int_value()) << i;
       EXPECT_EQ(view.bool_value(), v.bool_value()) << i;
     }
-    if (v.type() == ValueType::kDouble) EXPECT_EQ(view.double_value(), v.double_value()) << i;
+    if (v.type() == ValueType::kDouble) {
+      EXPECT_EQ(view.double_value(), v.double_value()) << i;
+    }
     EXPECT_EQ(view.text(), v.text()) << i;
     // The text points into the encoding, not at a copy.
     if (!view.text().empty()) {
