@@ -229,37 +229,50 @@ char* WriteValue(char* p, ValueType type, int64_t i, double d, std::string_view 
   return p;
 }
 
-// Reads one value's parts; false when `in` does not start with one.
-bool ReadValue(std::string_view& in, ValueType& type, int64_t& i, double& d,
-               std::string_view& text) {
-  if (in.empty()) return false;
+// A varint at `p` (before `end`); one-byte ones inline.
+inline bool ReadVarint(const char*& p, const char* end, uint64_t& v) {
+  if (p < end && !(static_cast<unsigned char>(*p) & 0x80)) {
+    v = static_cast<unsigned char>(*p++);
+    return true;
+  }
+  std::string_view rest(p, static_cast<size_t>(end - p));
+  if (!GetVarint(rest, v)) return false;
+  p = rest.data();
+  return true;
+}
+
+// Reads the value at `p` (before `end`) into its parts and moves `p` past
+// it; false when no whole value starts there. The one reader of the format
+// WriteValue writes.
+inline bool ReadValue(const char*& p, const char* end, ValueType& type, int64_t& i, double& d,
+                      std::string_view& text) {
+  if (p == end) return false;
+  type = static_cast<ValueType>(*p++);
   i = 0;
   d = 0;
   text = {};
-  type = static_cast<ValueType>(in.front());
-  in.remove_prefix(1);
   switch (type) {
     case ValueType::kNull:
       return true;
     case ValueType::kBool:
     case ValueType::kInt64: {
       uint64_t z = 0;
-      if (!GetVarint(in, z)) return false;
+      if (!ReadVarint(p, end, z)) return false;
       i = static_cast<int64_t>(z >> 1) ^ -static_cast<int64_t>(z & 1);
       if (type == ValueType::kBool) i = i != 0;
       return true;
     }
     case ValueType::kDouble:
-      if (in.size() < sizeof(double)) return false;
-      std::memcpy(&d, in.data(), sizeof(d));
-      in.remove_prefix(sizeof(d));
+      if (end - p < static_cast<ptrdiff_t>(sizeof(double))) return false;
+      std::memcpy(&d, p, sizeof(double));
+      p += sizeof(double);
       return true;
     default: {
       if (static_cast<int>(type) > static_cast<int>(ValueType::kBytes)) return false;
       uint64_t len = 0;
-      if (!GetVarint(in, len) || len > in.size()) return false;
-      text = in.substr(0, len);
-      in.remove_prefix(len);
+      if (!ReadVarint(p, end, len) || len > static_cast<uint64_t>(end - p)) return false;
+      text = std::string_view(p, len);
+      p += len;
       return true;
     }
   }
@@ -322,15 +335,17 @@ void RowEncoder::AppendEncoded(std::string_view value) {
 }
 
 absl::Status DecodeRowInto(std::string_view in, Row& row) {
+  const char* p = in.data();
+  const char* const end = p + in.size();
   uint64_t n = 0;
-  if (!GetVarint(in, n) || n > in.size()) return CorruptRow();
+  if (!ReadVarint(p, end, n) || n > in.size()) return CorruptRow();
   row.resize(n);
   for (Value& v : row) {
     ValueType type;
-    int64_t i = 0;
-    double d = 0;
+    int64_t i;
+    double d;
     std::string_view text;
-    if (!ReadValue(in, type, i, d, text)) return CorruptRow();
+    if (!ReadValue(p, end, type, i, d, text)) return CorruptRow();
     switch (type) {
       case ValueType::kNull:
         v.SetNull();
@@ -357,22 +372,6 @@ absl::StatusOr<Row> DecodeRow(std::string_view in) {
   return row;
 }
 
-namespace {
-
-// A varint at `p` (before `end`); one-byte ones inline.
-inline bool ReadVarint(const char*& p, const char* end, uint64_t& v) {
-  if (p < end && !(static_cast<unsigned char>(*p) & 0x80)) {
-    v = static_cast<unsigned char>(*p++);
-    return true;
-  }
-  std::string_view rest(p, static_cast<size_t>(end - p));
-  if (!GetVarint(rest, v)) return false;
-  p = rest.data();
-  return true;
-}
-
-}  // namespace
-
 absl::Status DecodeRowViews(std::string_view in, std::vector<ValueView>& views) {
   const char* p = in.data();
   const char* const end = p + in.size();
@@ -380,37 +379,8 @@ absl::Status DecodeRowViews(std::string_view in, std::vector<ValueView>& views) 
   if (!ReadVarint(p, end, n) || n > in.size()) return CorruptRow();
   views.resize(n);
   for (ValueView& v : views) {
-    if (p == end) return CorruptRow();
     const char* const start = p;
-    const auto type = static_cast<ValueType>(*p++);
-    v.type_ = type;
-    v.int_ = 0;
-    v.double_ = 0;
-    v.text_ = {};
-    switch (type) {
-      case ValueType::kNull:
-        break;
-      case ValueType::kBool:
-      case ValueType::kInt64: {
-        uint64_t z = 0;
-        if (!ReadVarint(p, end, z)) return CorruptRow();
-        v.int_ = static_cast<int64_t>(z >> 1) ^ -static_cast<int64_t>(z & 1);
-        if (type == ValueType::kBool) v.int_ = v.int_ != 0;
-        break;
-      }
-      case ValueType::kDouble:
-        if (end - p < static_cast<ptrdiff_t>(sizeof(double))) return CorruptRow();
-        std::memcpy(&v.double_, p, sizeof(double));
-        p += sizeof(double);
-        break;
-      default: {
-        if (static_cast<int>(type) > static_cast<int>(ValueType::kBytes)) return CorruptRow();
-        uint64_t len = 0;
-        if (!ReadVarint(p, end, len) || len > static_cast<uint64_t>(end - p)) return CorruptRow();
-        v.text_ = std::string_view(p, len);
-        p += len;
-      }
-    }
+    if (!ReadValue(p, end, v.type_, v.int_, v.double_, v.text_)) return CorruptRow();
     v.encoded_ = std::string_view(start, static_cast<size_t>(p - start));
   }
   return absl::OkStatus();
