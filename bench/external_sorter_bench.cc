@@ -1,10 +1,12 @@
 // The k-way merge of an external sort (Google Benchmark): draining an
 // ExternalSorter whose records spilled into several sorted runs, against the
 // baseline of reading the same records, already sorted, from one run file.
-// The records are what a sync's spool sorts: decimal record keys in random
-// order and 28-byte summaries; BM_SortIntoRuns times the adding and spilling
-// that comes before a merge. After the benchmarks it prints, per run count,
-// merge time / one-run scan time (measured in the same process).
+// The records are what a sync's spool sorts: decimal record keys and 28-byte
+// summaries, the keys in random order or in about their order (ascending, 2%
+// of them moved to the end, as a table read in its physical order returns
+// its rows after some were updated). BM_SortIntoRuns times the adding and
+// spilling that comes before a merge. After the benchmarks it prints, per
+// merge, merge time / one-run scan time (measured in the same process).
 // Usage: bench_external_sorter [--records=N] [google benchmark flags]
 #include <benchmark/benchmark.h>
 #include <unistd.h>
@@ -32,11 +34,22 @@ using backflow::ExternalSorter;
 int64_t g_records = 2'000'000;
 std::string g_dir;
 
-// Keys 1..N in a fixed random order, each with a 28-byte value.
-std::vector<std::pair<std::string, std::string>> Records() {
+enum Order { kRandom = 0, kNearlySorted = 1 };
+
+// Keys 1..N in a fixed order (`order`), each with a 28-byte value.
+std::vector<std::pair<std::string, std::string>> Records(Order order) {
   std::vector<int64_t> ids(static_cast<size_t>(g_records));
   std::iota(ids.begin(), ids.end(), 1);
-  std::shuffle(ids.begin(), ids.end(), std::mt19937_64(42));
+  if (order == kRandom) {
+    std::shuffle(ids.begin(), ids.end(), std::mt19937_64(42));
+  } else {
+    std::mt19937_64 pick(42);
+    std::vector<int64_t> stay, moved;
+    for (int64_t id : ids) (pick() % 50 == 0 ? moved : stay).push_back(id);
+    std::shuffle(moved.begin(), moved.end(), pick);
+    ids = std::move(stay);
+    ids.insert(ids.end(), moved.begin(), moved.end());
+  }
   std::vector<std::pair<std::string, std::string>> out;
   out.reserve(ids.size());
   std::mt19937_64 rng(7);
@@ -51,9 +64,13 @@ std::vector<std::pair<std::string, std::string>> Records() {
   return out;
 }
 
-const std::vector<std::pair<std::string, std::string>>& SharedRecords() {
-  static const auto* records = new std::vector<std::pair<std::string, std::string>>(Records());
-  return *records;
+const std::vector<std::pair<std::string, std::string>>& SharedRecords(Order order = kRandom) {
+  static const auto* random =
+      new std::vector<std::pair<std::string, std::string>>(Records(kRandom));
+  if (order == kRandom) return *random;
+  static const auto* nearly =
+      new std::vector<std::pair<std::string, std::string>>(Records(kNearlySorted));
+  return *nearly;
 }
 
 void Check(const absl::Status& s) {
@@ -64,13 +81,13 @@ void Check(const absl::Status& s) {
 }
 
 // A sorter holding every record, spilled into about `runs` runs.
-std::unique_ptr<ExternalSorter> Sorted(int runs) {
-  const auto& records = SharedRecords();
+std::unique_ptr<ExternalSorter> Sorted(int runs, Order order = kRandom) {
+  const auto& records = SharedRecords(order);
   ExternalSorter::Options o;
   o.compression_level = 0;  // as the spool writes them
   // Each buffered record costs its bytes, two varints and two 16-byte index entries.
   o.memory_budget = static_cast<size_t>(g_records) * (8 + 28 + 2 + 32) / static_cast<size_t>(runs);
-  auto sorter = std::make_unique<ExternalSorter>(g_dir, fmt::format("m{}", runs), o);
+  auto sorter = std::make_unique<ExternalSorter>(g_dir, fmt::format("m{}-{}", runs, order), o);
   for (const auto& [k, v] : records) Check(sorter->Add(k, v));
   Check(sorter->Finish());
   return sorter;
@@ -126,8 +143,10 @@ void BM_ScanOneRun(benchmark::State& state) {
   fs::remove(path);
 }
 
+// Args: about how many runs, and the records' Order.
 void BM_MergeRuns(benchmark::State& state) {
-  std::unique_ptr<ExternalSorter> sorter = Sorted(static_cast<int>(state.range(0)));
+  std::unique_ptr<ExternalSorter> sorter =
+      Sorted(static_cast<int>(state.range(0)), static_cast<Order>(state.range(1)));
   state.counters["spilled_runs"] = sorter->spilled_runs();
   for (auto _ : state) {
     auto stream = sorter->Open();
@@ -152,7 +171,11 @@ void BM_SortIntoRuns(benchmark::State& state) {
 
 BENCHMARK(BM_SortIntoRuns)->Arg(11)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_ScanOneRun)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_MergeRuns)->Arg(4)->Arg(11)->Arg(32)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_MergeRuns)
+    ->ArgsProduct({{4, 11, 32}, {kRandom, kNearlySorted}})
+    ->ArgNames({"runs", "nearly_sorted"})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 // Keeps each benchmark's time per iteration, to print the ratios.
 class RatioReporter : public benchmark::ConsoleReporter {

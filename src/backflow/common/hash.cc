@@ -28,7 +28,17 @@ Fingerprint Fingerprint::FromBytes(const void* data, size_t size) {
   return fp;
 }
 
-std::string Fingerprint::ToHex() const { return fmt::format("{:016x}{:016x}", high, low); }
+std::string Fingerprint::ToHex() const {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out(32, '\0');
+  for (int i = 0; i < 16; ++i) {
+    const uint64_t half = i < 8 ? high : low;
+    const unsigned byte = static_cast<unsigned>(half >> (56 - 8 * (i % 8))) & 0xff;
+    out[2 * i] = kHex[byte >> 4];
+    out[2 * i + 1] = kHex[byte & 0xf];
+  }
+  return out;
+}
 
 Fingerprint Fingerprint128(std::string_view data) {
   XXH128_hash_t h = XXH3_128bits(data.data(), data.size());

@@ -12,6 +12,9 @@ TEST(HashTest, FingerprintIsStableAndRoundTripsThroughBytes) {
   auto bytes = a.ToBytes();
   EXPECT_EQ(Fingerprint::FromBytes(bytes.data(), bytes.size()), a);
   EXPECT_EQ(a.ToHex().size(), 32u);
+  EXPECT_EQ((Fingerprint{0x0123456789abcdefULL, 0xfedcba9876543210ULL}.ToHex()),
+            "0123456789abcdeffedcba9876543210");
+  EXPECT_EQ((Fingerprint{0, 0xa}.ToHex()), "0000000000000000000000000000000a");
 }
 
 TEST(HashTest, HasherLengthPrefixesPieces) {

@@ -10,6 +10,7 @@
 #include <set>
 
 #include "backflow/testing/scratch_dir.h"
+#include "fmt/format.h"
 
 namespace backflow {
 namespace {
@@ -186,6 +187,36 @@ TEST_F(ExternalSorterTest, MergesAnyNumberOfRuns) {
   }
   EXPECT_GE(seen.size(), 10u) << "the record counts give many different run counts";
   EXPECT_TRUE(seen.count(2) || seen.count(3)) << "small merges";
+}
+
+// Records added in about their key order (a table read in its physical
+// order): runs of disjoint key ranges, where one run wins many times in a row,
+// with keys from earlier runs repeated in later ones (equal keys in insertion
+// order) and a tail of keys anywhere (updated rows at the table's end).
+TEST_F(ExternalSorterTest, MergesRunsThatFollowOneAnother) {
+  std::mt19937 rng(7);
+  std::vector<std::pair<std::string, std::string>> records;
+  auto id = [](int i) { return fmt::format("{:012d}", i); };
+  for (int i = 0; i < 30'000; ++i) {
+    records.emplace_back(id(i * 2), "v" + std::to_string(i));
+    if (i % 50 == 49) records.emplace_back(id(static_cast<int>(rng() % (2 * i))), "again");
+  }
+  for (int i = 0; i < 500; ++i) {
+    records.emplace_back(id(static_cast<int>(rng() % 60'000)), "tail" + std::to_string(i));
+  }
+  for (bool background : {false, true}) {
+    ExternalSorter::Options o;
+    o.memory_budget = 64 * 1024;
+    o.background_spill = background;
+    ExternalSorter sorter(dir_, "t", o);
+    for (const auto& [k, v] : records) ASSERT_TRUE(sorter.Add(k, v).ok());
+    ASSERT_TRUE(sorter.Finish().ok());
+    EXPECT_GT(sorter.spilled_runs(), 8);
+    auto expected = records;
+    std::stable_sort(expected.begin(), expected.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    EXPECT_EQ(Drain(sorter), expected) << "background " << background;
+  }
 }
 
 TEST_F(ExternalSorterTest, DamagedSpillIsDataLoss) {
