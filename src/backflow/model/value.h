@@ -132,6 +132,23 @@ class RowEncoder {
   void Append(const Value& v);
   // A value's whole encoding, as ValueView::encoded() gives it.
   void AppendEncoded(std::string_view value);
+  // AppendText() of a text written in place: `write(char* p)` writes at most
+  // `max_size` bytes at `p` and returns the end of what it wrote.
+  template <typename Write>
+  void AppendTextInPlace(ValueType type, size_t max_size, Write&& write) {
+    if (max_size >= 0x80) {  // a longer length varint: through a copy
+      std::string text(max_size, '\0');
+      text.resize(static_cast<size_t>(write(text.data()) - text.data()));
+      AppendText(type, text);
+      return;
+    }
+    // The type byte, the length as one varint byte (filled in after), the text.
+    char* const start = Room(2 + max_size);
+    start[0] = static_cast<char>(type);
+    char* const end = write(start + 2);
+    start[1] = static_cast<char>(end - (start + 2));
+    End(end);
+  }
   // The row so far; valid until the next call of another method.
   std::string_view row() const { return std::string_view(data_.get(), size_); }
 

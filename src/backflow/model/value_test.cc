@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <limits>
 
 namespace backflow {
@@ -91,6 +92,40 @@ TEST(ValueTest, RowEncoderWritesWhatEncodeRowWrites) {
       {Value::Null(), Value::Int64(-7), Value::Double(0.5), Value::String(std::string(5000, 'y'))},
       expected);
   EXPECT_EQ(encoder.row(), expected);
+}
+
+// Texts written in place: one-byte lengths written after the text, room
+// left unused, the longer lengths of a max_size of 128 and more, a buffer
+// that grows on the way.
+TEST(ValueTest, TextsWrittenInPlaceEncodeAsAppendTextDoes) {
+  const std::vector<std::pair<size_t, std::string>> cases = {{0, ""},
+                                                             {5, ""},
+                                                             {5, "12.50"},
+                                                             {127, std::string(127, 'a')},
+                                                             {127, "-3"},
+                                                             {128, ""},
+                                                             {200, "x"},
+                                                             {200, std::string(200, 'b')},
+                                                             {4000, std::string(3000, 'c')}};
+  RowEncoder in_place, copied;
+  for (int pass = 0; pass < 2; ++pass) {
+    in_place.Begin(cases.size() + 1);
+    copied.Begin(cases.size() + 1);
+    for (const auto& [max_size, text] : cases) {
+      in_place.AppendTextInPlace(ValueType::kDecimal, max_size, [&text](char* p) {
+        std::memcpy(p, text.data(), text.size());
+        return p + text.size();
+      });
+      copied.AppendText(ValueType::kDecimal, text);
+    }
+    in_place.AppendInt(ValueType::kInt64, 9);
+    copied.AppendInt(ValueType::kInt64, 9);
+    EXPECT_EQ(in_place.row(), copied.row()) << pass;
+  }
+  Row decoded;
+  ASSERT_TRUE(DecodeRowInto(in_place.row(), decoded).ok());
+  ASSERT_EQ(decoded.size(), cases.size() + 1);
+  EXPECT_EQ(decoded[2], Value::Text(ValueType::kDecimal, "12.50"));
 }
 
 TEST(ValueTest, DecodesIntoARowItReuses) {

@@ -200,61 +200,95 @@ Value Float4(float f) {
   return Value::Double(f < 0 ? -magnitude : magnitude);
 }
 
-absl::Status Numeric(std::string_view bytes, Value& value) {
+// A binary numeric, its header and digits checked: an int16 digit count,
+// int16 weight (of the first base-10000 digit), uint16 sign and int16 display
+// scale, then the digits.
+struct BinaryNumeric {
+  std::string_view special;  // "NaN", "Infinity" or "-Infinity"; empty for a number
+  std::string_view digits;   // 2 bytes per base-10000 digit
+  int ndigits = 0;
+  int weight = 0;
+  int dscale = 0;
+  bool negative = false;
+
+  int digit(int i) const {
+    if (i < 0 || i >= ndigits) return 0;
+    return ReadUint16(digits.data() + 2 * i);
+  }
+  // The most bytes WriteText() writes.
+  size_t max_text() const {
+    return 2 + 4 * (static_cast<size_t>(std::max(weight, 0)) + 1) + 1 +
+           static_cast<size_t>(dscale) + 4;
+  }
+  // Writes PostgreSQL's text of the number at `p` (room for max_text()) and
+  // returns its end.
+  char* WriteText(char* p) const {
+    if (negative) *p++ = '-';
+    // The integer part: base-10000 digit i stands for 10000^(weight - i).
+    if (weight < 0) {
+      *p++ = '0';
+    } else {
+      const int first = digit(0);
+      if (first >= 1000) *p++ = static_cast<char>('0' + first / 1000);
+      if (first >= 100) *p++ = static_cast<char>('0' + first / 100 % 10);
+      if (first >= 10) *p++ = static_cast<char>('0' + first / 10 % 10);
+      *p++ = static_cast<char>('0' + first % 10);
+      for (int i = 1; i <= weight; ++i) p = Put4(p, digit(i));
+    }
+    if (dscale > 0) {
+      *p++ = '.';
+      char* const end = p + dscale;
+      for (int i = weight + 1; p < end; ++i) p = Put4(p, digit(i));
+      p = end;
+    }
+    return p;
+  }
+};
+
+absl::StatusOr<BinaryNumeric> ParseNumeric(std::string_view bytes) {
   if (bytes.size() < 8) return WrongSize(kNumericOid, bytes, 8);
-  const int ndigits = static_cast<int16_t>(ReadUint16(bytes.data()));
-  const int weight = static_cast<int16_t>(ReadUint16(bytes.data() + 2));
+  BinaryNumeric n;
+  n.ndigits = static_cast<int16_t>(ReadUint16(bytes.data()));
+  n.weight = static_cast<int16_t>(ReadUint16(bytes.data() + 2));
   const uint16_t sign = ReadUint16(bytes.data() + 4);
-  const int dscale = static_cast<int16_t>(ReadUint16(bytes.data() + 6));
+  n.dscale = static_cast<int16_t>(ReadUint16(bytes.data() + 6));
   switch (sign) {
     case 0xC000:
-      value.SetText(ValueType::kString, "NaN");
-      return absl::OkStatus();
+      n.special = "NaN";
+      return n;
     case 0xD000:
-      value.SetText(ValueType::kString, "Infinity");
-      return absl::OkStatus();
+      n.special = "Infinity";
+      return n;
     case 0xF000:
-      value.SetText(ValueType::kString, "-Infinity");
-      return absl::OkStatus();
+      n.special = "-Infinity";
+      return n;
     case 0x0000:
     case 0x4000:
       break;
     default:
       return BadValue(kNumericOid, bytes, fmt::format("sign {:#x}", sign));
   }
-  if (ndigits < 0 || dscale < 0 || bytes.size() != 8 + 2 * static_cast<size_t>(ndigits)) {
-    return BadValue(kNumericOid, bytes, fmt::format("{} digits, scale {}", ndigits, dscale));
+  if (n.ndigits < 0 || n.dscale < 0 || bytes.size() != 8 + 2 * static_cast<size_t>(n.ndigits)) {
+    return BadValue(kNumericOid, bytes, fmt::format("{} digits, scale {}", n.ndigits, n.dscale));
   }
-  auto digit = [&](int i) -> int {
-    if (i < 0 || i >= ndigits) return 0;
-    return ReadUint16(bytes.data() + 8 + 2 * i);
-  };
-  for (int i = 0; i < ndigits; ++i) {
-    if (digit(i) > 9999) return BadValue(kNumericOid, bytes, "a digit above 9999");
+  n.negative = sign == 0x4000;
+  n.digits = bytes.substr(8);
+  for (int i = 0; i < n.ndigits; ++i) {
+    if (n.digit(i) > 9999) return BadValue(kNumericOid, bytes, "a digit above 9999");
+  }
+  return n;
+}
+
+absl::Status Numeric(std::string_view bytes, Value& value) {
+  BACKFLOW_ASSIGN_OR_RETURN(const BinaryNumeric n, ParseNumeric(bytes));
+  if (!n.special.empty()) {
+    value.SetText(ValueType::kString, n.special);
+    return absl::OkStatus();
   }
   // Sized for the worst case, written through a pointer, trimmed after.
   std::string& out = value.MutableText(ValueType::kDecimal);
-  out.resize(2 + 4 * (std::max(weight, 0) + 1) + 1 + dscale + 4);
-  char* p = out.data();
-  if (sign == 0x4000) *p++ = '-';
-  // The integer part: base-10000 digit i stands for 10000^(weight - i).
-  if (weight < 0) {
-    *p++ = '0';
-  } else {
-    const int first = digit(0);
-    if (first >= 1000) *p++ = static_cast<char>('0' + first / 1000);
-    if (first >= 100) *p++ = static_cast<char>('0' + first / 100 % 10);
-    if (first >= 10) *p++ = static_cast<char>('0' + first / 10 % 10);
-    *p++ = static_cast<char>('0' + first % 10);
-    for (int i = 1; i <= weight; ++i) p = Put4(p, digit(i));
-  }
-  if (dscale > 0) {
-    *p++ = '.';
-    char* const end = p + dscale;
-    for (int i = weight + 1; p < end; ++i) p = Put4(p, digit(i));
-    p = end;
-  }
-  out.resize(static_cast<size_t>(p - out.data()));
+  out.resize(n.max_text());
+  out.resize(static_cast<size_t>(n.WriteText(out.data()) - out.data()));
   return absl::OkStatus();
 }
 
@@ -498,6 +532,16 @@ absl::Status AppendBinaryEncoded(Oid oid, std::string_view bytes, Value& scratch
     case kByteaOid:
       out.AppendText(ValueType::kBytes, bytes);
       return absl::OkStatus();
+    case kNumericOid: {
+      BACKFLOW_ASSIGN_OR_RETURN(const BinaryNumeric n, ParseNumeric(bytes));
+      if (!n.special.empty()) {
+        out.AppendText(ValueType::kString, n.special);
+      } else {
+        out.AppendTextInPlace(ValueType::kDecimal, n.max_text(),
+                              [&n](char* p) { return n.WriteText(p); });
+      }
+      return absl::OkStatus();
+    }
     case kTimestampOid:
     case kTimestamptzOid: {
       if (bytes.size() != 8) return WrongSize(oid, bytes, 8);
