@@ -111,8 +111,9 @@ TEST(ValueTest, TextsWrittenInPlaceEncodeAsAppendTextDoes) {
   for (int pass = 0; pass < 2; ++pass) {
     in_place.Begin(cases.size() + 1);
     copied.Begin(cases.size() + 1);
-    for (const auto& [max_size, text] : cases) {
-      in_place.AppendTextInPlace(ValueType::kDecimal, max_size, [&text](char* p) {
+    for (const auto& c : cases) {
+      const std::string& text = c.second;  // (clang 14 cannot capture a structured binding)
+      in_place.AppendTextInPlace(ValueType::kDecimal, c.first, [&text](char* p) {
         std::memcpy(p, text.data(), text.size());
         return p + text.size();
       });
