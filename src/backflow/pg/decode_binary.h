@@ -47,7 +47,7 @@ absl::StatusOr<Value> DecodeBinary(Oid oid, std::string_view bytes);
 // decoding row after row into one Row. On error `out` is unspecified.
 absl::Status DecodeBinaryInto(Oid oid, std::string_view bytes, Value& out);
 // Appends that value to `out` (RowEncoder::Append), writing integers,
-// booleans, text and in-range timestamps straight from the wire; other types
+// booleans, text, numerics and in-range timestamps straight from the wire; other types
 // decode into `scratch` first (a Value the caller keeps, to reuse its
 // buffer). Same errors as DecodeBinaryInto; on error `out` is unspecified.
 absl::Status AppendBinaryEncoded(Oid oid, std::string_view bytes, Value& scratch, RowEncoder& out);
