@@ -1,6 +1,8 @@
 #include "backflow/sources/postgres/postgres_source.h"
 
 #include <libpq-fe.h>
+#include <poll.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <string>
@@ -34,6 +36,11 @@ pg::ConnectOptions SourceConnectOptions(const std::string& url, const std::strin
   };
   return options;
 }
+
+// A COPY reader waits for this many bytes on the socket (or kWaitMillis)
+// before it reads again.
+constexpr int kWakeBytes = 64 * 1024;
+constexpr int kWaitMillis = 2;
 
 // Asks the server to stop the running statement (best effort).
 void CancelQuery(PGconn* conn) {
@@ -124,6 +131,30 @@ class PostgresRowsReader : public RowReader {
   absl::Status error_;
 };
 
+// SO_RCVLOWAT of a socket, set for a bulk read and put back to 1 (the
+// default, which libpq's own waits rely on) after it.
+class LowWaterMark {
+ public:
+  LowWaterMark() = default;
+  LowWaterMark(const LowWaterMark&) = delete;
+  LowWaterMark& operator=(const LowWaterMark&) = delete;
+  ~LowWaterMark() { Reset(); }
+  void Set(int fd) {
+    if (fd_ >= 0 || fd < 0) return;
+    int bytes = kWakeBytes;
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &bytes, sizeof(bytes)) == 0) fd_ = fd;
+  }
+  void Reset() {
+    if (fd_ < 0) return;
+    int one = 1;
+    setsockopt(fd_, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
+    fd_ = -1;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
 // COPY (...) TO STDOUT: one CopyData message per row, parsed in place
 // (pg/copy_text.h or pg/copy_binary.h) and decoded with the same per-OID rules
 // as the single-row reader (pg/types.h; pg/decode_binary.h gives the same
@@ -209,7 +240,7 @@ class PostgresCopyReader : public RowReader {
         break;
       }
       FreeChunk();
-      int n = PQgetCopyData(conn_->get(), &chunk_, /*async=*/0);
+      int n = NextCopyData();
       if (n > 0) {
         std::string_view chunk(chunk_, static_cast<size_t>(n));
         if (binary_) {
@@ -229,6 +260,36 @@ class PostgresCopyReader : public RowReader {
       return Fail(conn_->ErrorFromResult(nullptr, "query failed while streaming rows"));
     }
     return true;
+  }
+
+  // PQgetCopyData in blocking fashion, but the socket is waited on with a
+  // low-water mark (kWakeBytes) so that a reader faster than the server
+  // wakes up once per many rows instead of once per packet; the wait is
+  // bounded (kWaitMillis), so a slow trickle or the stream's short end is
+  // read late by at most that much. Over TLS or GSSAPI encryption, where
+  // decrypted bytes can wait in the library rather than on the socket,
+  // libpq's own wait is used.
+  int NextCopyData() {
+    PGconn* c = conn_->get();
+    if (PQsslInUse(c) || PQgssEncInUse(c)) return PQgetCopyData(c, &chunk_, /*async=*/0);
+    bool wait = false;  // read what is there before waiting
+    while (true) {
+      int n = PQgetCopyData(c, &chunk_, /*async=*/1);
+      if (n != 0) {
+        if (n < 0) low_water_.Reset();
+        return n;
+      }
+      if (wait) {
+        low_water_.Set(PQsocket(c));
+        pollfd p{PQsocket(c), POLLIN, 0};
+        poll(&p, 1, kWaitMillis);
+      }
+      wait = !wait;
+      if (PQconsumeInput(c) == 0) {
+        low_water_.Reset();
+        return -2;
+      }
+    }
   }
 
   absl::Status ColumnError(size_t column, const absl::Status& decoded) const {
@@ -283,6 +344,7 @@ class PostgresCopyReader : public RowReader {
 
   absl::Status Fail(absl::Status status) {
     error_ = std::move(status);
+    low_water_.Reset();
     FreeChunk();
     return error_;
   }
@@ -304,6 +366,7 @@ class PostgresCopyReader : public RowReader {
   std::string scratch_;
   pg::CopyBinaryTuples tuples_;
   std::vector<pg::CopyBinaryField> binary_fields_;
+  LowWaterMark low_water_;
   RowEncoder encoder_;  // NextEncoded()'s row
   Row scratch_values_;  // per column, for AppendBinaryEncoded
   bool in_copy_ = true;

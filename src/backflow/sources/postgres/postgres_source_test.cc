@@ -492,6 +492,34 @@ TEST_F(PostgresSourceTest, CopyAndRowsReadersAgreeOnEveryTypeAndValue) {
   ExecOrFail(fmt::format("DROP TABLE {}", table));
 }
 
+// The COPY reader waits for the socket with a low-water mark of tens of KB
+// and a short timeout: rows that trickle in (each its own packet, far below
+// the mark, seconds apart in total), rows larger than the mark and than
+// libpq's buffer, and a short end all arrive; and the mark is gone once the
+// COPY ends (the connection's later blocking calls in
+// postgres_change_detection_test would hang on small replies otherwise).
+TEST_F(PostgresSourceTest, CopyReadsTricklesHugeRowsAndShortEnds) {
+  struct Case {
+    int rows;
+    int width;
+    const char* sleep;
+  };
+  for (const Case& c : {Case{12, 9000, "0.05"}, Case{6, 200'000, "0"}, Case{3, 3'000'000, "0.02"},
+                        Case{1, 1, "0"}}) {
+    SCOPED_TRACE(fmt::format("{} rows of {} bytes, {} s apart", c.rows, c.width, c.sleep));
+    std::vector<Row> rows = ReadAll(
+        fmt::format("SELECT g, repeat(chr(96 + g), {}) AS pad, pg_sleep({}) IS NOT NULL AS slept "
+                    "FROM generate_series(1, {}) g",
+                    c.width, c.sleep, c.rows));
+    ASSERT_EQ(rows.size(), static_cast<size_t>(c.rows));
+    for (int i = 0; i < c.rows; ++i) {
+      EXPECT_EQ(rows[i][0].int_value(), i + 1);
+      EXPECT_EQ(rows[i][1].text(), std::string(c.width, static_cast<char>('a' + i)));
+      EXPECT_TRUE(rows[i][2].bool_value());
+    }
+  }
+}
+
 TEST_F(PostgresSourceTest, StreamsMillionsOfRowsInBoundedMemory) {
   const std::string sql =
       "SELECT g AS id, md5(g::text) AS hash, g::numeric / 7 AS ratio, "
