@@ -328,6 +328,18 @@ void RowEncoder::Append(const Value& v) {
                  v.double_value(), v.text()));
 }
 
+char* RowEncoder::StartTextInPlace(ValueType type, size_t max_size) {
+  // An empty text for now: the type byte, then a length of one varint byte
+  // (any length up to kMostTextInPlace takes one), patched by EndTextInPlace.
+  static_assert(kMostTextInPlace < 0x80);
+  return WriteValue(Room(kMostValueOverhead + max_size), type, 0, 0, {});
+}
+
+void RowEncoder::EndTextInPlace(char* text, const char* end) {
+  WriteVarint(text - 1, static_cast<uint64_t>(end - text));
+  End(end);
+}
+
 void RowEncoder::AppendEncoded(std::string_view value) {
   char* p = Room(value.size());
   std::memcpy(p, value.data(), value.size());

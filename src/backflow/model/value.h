@@ -136,18 +136,14 @@ class RowEncoder {
   // `max_size` bytes at `p` and returns the end of what it wrote.
   template <typename Write>
   void AppendTextInPlace(ValueType type, size_t max_size, Write&& write) {
-    if (max_size >= 0x80) {  // a longer length varint: through a copy
+    if (max_size > kMostTextInPlace) {
       std::string text(max_size, '\0');
       text.resize(static_cast<size_t>(write(text.data()) - text.data()));
       AppendText(type, text);
       return;
     }
-    // The type byte, the length as one varint byte (filled in after), the text.
-    char* const start = Room(2 + max_size);
-    start[0] = static_cast<char>(type);
-    char* const end = write(start + 2);
-    start[1] = static_cast<char>(end - (start + 2));
-    End(end);
+    char* const text = StartTextInPlace(type, max_size);
+    EndTextInPlace(text, write(text));
   }
   // The row so far; valid until the next call of another method.
   std::string_view row() const { return std::string_view(data_.get(), size_); }
@@ -160,6 +156,14 @@ class RowEncoder {
   }
   void Grow(size_t bytes);
   void End(const char* p) { size_ = static_cast<size_t>(p - data_.get()); }
+
+  // The longest text written in place; longer ones go through a copy.
+  static constexpr size_t kMostTextInPlace = 127;
+  // Writes a text value of `type` whose text, at most `max_size` bytes (at
+  // most kMostTextInPlace), is written at the returned position; the value
+  // is complete once EndTextInPlace(that position, the text's end) is called.
+  char* StartTextInPlace(ValueType type, size_t max_size);
+  void EndTextInPlace(char* text, const char* end);
 
   std::unique_ptr<char[]> data_;
   size_t size_ = 0;
