@@ -494,7 +494,7 @@ TEST_F(PostgresSourceTest, CopyAndRowsReadersAgreeOnEveryTypeAndValue) {
 
 // The COPY reader waits for the socket with a low-water mark of tens of KB
 // and a short timeout: rows that trickle in (each its own packet, far below
-// the mark, seconds apart in total), rows larger than the mark and than
+// the mark, 50 ms apart), rows larger than the mark and than
 // libpq's buffer, and a short end all arrive; and the mark is gone once the
 // COPY ends (the connection's later blocking calls in
 // postgres_change_detection_test would hang on small replies otherwise).
