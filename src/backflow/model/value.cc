@@ -332,7 +332,7 @@ char* RowEncoder::StartTextInPlace(ValueType type, size_t max_size) {
   // An empty text for now: the type byte, then a length of one varint byte
   // (any length up to kMostTextInPlace takes one), patched by EndTextInPlace.
   static_assert(kMostTextInPlace < 0x80);
-  return WriteValue(Room(kMostValueOverhead + max_size), type, 0, 0, {});
+  return WriteValue(Room(kMostValueOverhead + max_size), type, 0, 0, std::string_view(""));
 }
 
 void RowEncoder::EndTextInPlace(char* text, const char* end) {
