@@ -167,6 +167,7 @@ class PostgresCopyReader : public RowReader {
         schema_(std::move(schema)),
         oids_(std::move(oids)),
         binary_(binary),
+        encrypted_(PQsslInUse(conn_->get()) || PQgssEncInUse(conn_->get())),
         tuples_(static_cast<int>(oids_.size())) {
     fields_.reserve(oids_.size());
   }
@@ -271,7 +272,7 @@ class PostgresCopyReader : public RowReader {
   // libpq's own wait is used.
   int NextCopyData() {
     PGconn* c = conn_->get();
-    if (PQsslInUse(c) || PQgssEncInUse(c)) return PQgetCopyData(c, &chunk_, /*async=*/0);
+    if (encrypted_) return PQgetCopyData(c, &chunk_, /*async=*/0);
     bool wait = false;  // read what is there before waiting
     while (true) {
       int n = PQgetCopyData(c, &chunk_, /*async=*/1);
@@ -360,6 +361,7 @@ class PostgresCopyReader : public RowReader {
   Schema schema_;
   std::vector<Oid> oids_;
   const bool binary_;
+  const bool encrypted_;   // TLS or GSSAPI: NextCopyData leaves the wait to libpq
   char* chunk_ = nullptr;  // the CopyData message being read (libpq-allocated)
   pg::CopyTextLines lines_;
   std::vector<std::string_view> fields_;
