@@ -1,7 +1,8 @@
 // Conversions between days since 1970-01-01 and dates of the proleptic
 // Gregorian calendar (H. Hinnant's days_from_civil / civil_from_days), exact
-// for every int64 day count a date's year fits, and reading the fixed-width
-// number fields of date and time text. Pure and thread-safe.
+// for every int64 day count a date's year fits, reading the fixed-width
+// number fields of date and time text, and reading ISO-8601 instants. Pure
+// and thread-safe.
 #pragma once
 
 #include <cstddef>
@@ -29,5 +30,22 @@ CivilDate CivilFromDays(int64_t days);
 // of "2024-06-01" is 2024); nullopt when s is shorter or one of them is not
 // a digit. n at most 18.
 std::optional<int64_t> FixedDigits(std::string_view s, size_t pos, size_t n);
+
+// An instant read by ParseIsoInstant.
+struct IsoInstant {
+  int64_t seconds = 0;    // since 1970-01-01T00:00:00Z
+  int64_t micros = 0;     // 0..999999: the fraction's first six digits
+  bool has_time = false;  // a time of day was given (else midnight UTC)
+};
+
+// Reads an ISO-8601 date or date-time, the one reader of them every
+// connector shares:
+//   YYYY-MM-DD[(T|t| )HH:MM[:SS[(.|,)DIGITS]][ ][Z|z|UTC|GMT|(+|-)HH[[:]MM]]]
+// with spaces allowed around the whole. No zone means UTC; digits of the
+// fraction past the sixth are dropped (not rounded). nullopt for any other
+// text or a field out of range: month 1..12, day 1..31 (a day past the
+// month's end counts on, as DaysFromCivil), hour 0..23, minute 0..59,
+// second 0..60, zone offset up to 23:59.
+std::optional<IsoInstant> ParseIsoInstant(std::string_view text);
 
 }  // namespace backflow

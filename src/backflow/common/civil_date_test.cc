@@ -2,6 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <optional>
+#include <string_view>
+#include <utility>
+
 namespace backflow {
 namespace {
 
@@ -65,6 +69,68 @@ TEST(CivilDateTest, FixedDigitsReadsExactlyTheFieldOrNothing) {
   EXPECT_EQ(FixedDigits("+1", 0, 2), std::nullopt);
   EXPECT_EQ(FixedDigits(" 1", 0, 2), std::nullopt);
   EXPECT_EQ(FixedDigits("999999999999999999", 0, 18), 999999999999999999);
+}
+
+// Seconds and microseconds of `text`, or {-1, -1} when it is refused.
+std::pair<int64_t, int64_t> Instant(std::string_view text) {
+  std::optional<IsoInstant> t = ParseIsoInstant(text);
+  if (!t) return {-1, -1};
+  return {t->seconds, t->micros};
+}
+
+TEST(CivilDateTest, ParseIsoInstantReadsDatesTimesFractionsAndZones) {
+  constexpr int64_t kDay = 1767312000;  // 2026-01-02T00:00:00Z
+  EXPECT_EQ(Instant("2026-01-02"), std::make_pair(kDay, int64_t{0}));
+  EXPECT_FALSE(ParseIsoInstant("2026-01-02")->has_time);
+  EXPECT_TRUE(ParseIsoInstant("2026-01-02T00:00")->has_time);
+  EXPECT_EQ(Instant("2026-01-02T03:04:05Z").first, kDay + 11045);
+  EXPECT_EQ(Instant("2026-01-02t03:04:05z").first, kDay + 11045);
+  EXPECT_EQ(Instant("2026-01-02 03:04:05").first, kDay + 11045);  // no zone: UTC
+  EXPECT_EQ(Instant("2026-01-02T03:04").first, kDay + 11040);
+  EXPECT_EQ(Instant("  2026-01-02T03:04:05 UTC "), std::make_pair(kDay + 11045, int64_t{0}));
+  EXPECT_EQ(Instant("2026-01-02T03:04:05GMT").first, kDay + 11045);
+  // Offsets: +HH:MM, +HHMM, +HH, a space before them.
+  EXPECT_EQ(Instant("2026-01-02T05:04:05+02:00").first, kDay + 11045);
+  EXPECT_EQ(Instant("2026-01-02T05:34:05+0230").first, kDay + 11045);
+  EXPECT_EQ(Instant("2026-01-02T03:04:05 +00").first, kDay + 11045);
+  EXPECT_EQ(Instant("2026-01-01T23:04:05-04:00").first, kDay + 11045);
+  // Fractions: up to six digits kept, the rest dropped; a comma works too.
+  EXPECT_EQ(Instant("2026-01-02T03:04:05.25Z"), std::make_pair(kDay + 11045, int64_t{250000}));
+  EXPECT_EQ(Instant("2026-01-02T03:04:05,1234567"), std::make_pair(kDay + 11045, int64_t{123456}));
+  // Before 1970, a leap second, a day past the month's end.
+  EXPECT_EQ(Instant("1969-12-31T23:59:59Z").first, -1);
+  EXPECT_EQ(Instant("2016-12-31T23:59:60Z").first, 1483228800);
+  EXPECT_EQ(Instant("2024-02-30").first, Instant("2024-03-01").first);
+}
+
+TEST(CivilDateTest, ParseIsoInstantRefusesEverythingElse) {
+  for (std::string_view bad : {"",
+                               "soon",
+                               "2026-1-02",
+                               "2026-01-2",
+                               "2026/01/02",
+                               "2026-13-02",
+                               "2026-00-02",
+                               "2026-01-32",
+                               "2026-01-00",
+                               "2026-01-02T",
+                               "2026-01-02T3:04",
+                               "2026-01-02T03",
+                               "2026-01-02T24:00",
+                               "2026-01-02T03:60",
+                               "2026-01-02T03:04:61",
+                               "2026-01-02T03:04:05.",
+                               "2026-01-02T03:04:05+",
+                               "2026-01-02T03:04:05+2",
+                               "2026-01-02T03:04:05+24:00",
+                               "2026-01-02T03:04:05+01:60",
+                               "2026-01-02T03:04:05Zed",
+                               "2026-01-02T03:04:05 EST",
+                               "2026-01-02X03:04",
+                               "2026-01-02 garbage",
+                               "20260102"}) {
+    EXPECT_FALSE(ParseIsoInstant(bad).has_value()) << bad;
+  }
 }
 
 }  // namespace

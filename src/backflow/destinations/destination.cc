@@ -2,7 +2,9 @@
 
 #include <cstdlib>
 
+#include "backflow/common/clock.h"
 #include "backflow/common/crypto.h"
+#include "fmt/format.h"
 
 namespace backflow {
 
@@ -78,6 +80,14 @@ nlohmann::json RecordPayload(const FieldLayout& layout, const OutgoingRecord& re
     (*node)[std::string(path)] = ValueToJson(record.values[i]);
   }
   return out;
+}
+
+absl::StatusOr<HttpServices> HttpServicesOf(std::string_view type, const ConnectorEnv& env) {
+  if (env.http == nullptr) {
+    return absl::InternalError(
+        fmt::format("{} destination needs an HTTP client (ConnectorEnv.http)", type));
+  }
+  return HttpServices{env.http, env.clock != nullptr ? env.clock : &SystemClock()};
 }
 
 }  // namespace backflow

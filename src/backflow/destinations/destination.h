@@ -11,6 +11,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -106,5 +107,31 @@ class Destination {
   // one session.
   virtual int concurrency() const { return 1; }
 };
+
+// The HTTP client and clock a destination of `type` runs on: env's, with
+// the system clock when env has none. kInternal when env has no HTTP client
+// (a wiring error of the caller, not a user's).
+struct HttpServices {
+  HttpClient* http = nullptr;
+  Clock* clock = nullptr;
+};
+absl::StatusOr<HttpServices> HttpServicesOf(std::string_view type, const ConnectorEnv& env);
+
+// DestinationDefinition::create for a destination `D` built as
+// D(config, http, clock) from the settings `parse` reads, on HttpServicesOf.
+template <class D, class Config>
+auto HttpDestinationFactory(std::string type,
+                            absl::StatusOr<Config> (*parse)(const nlohmann::json& settings)) {
+  return [type = std::move(type), parse](
+             const nlohmann::json& settings,
+             const ConnectorEnv& env) -> absl::StatusOr<std::unique_ptr<Destination>> {
+    absl::StatusOr<Config> config = parse(settings);
+    if (!config.ok()) return config.status();
+    absl::StatusOr<HttpServices> services = HttpServicesOf(type, env);
+    if (!services.ok()) return services.status();
+    return std::unique_ptr<Destination>(
+        std::make_unique<D>(*std::move(config), services->http, services->clock));
+  };
+}
 
 }  // namespace backflow

@@ -40,72 +40,6 @@ struct Instant {
   int64_t micros = 0;
 };
 
-bool ReadDigits(std::string_view& s, size_t n, int& out) {
-  if (s.size() < n) return false;
-  out = 0;
-  for (size_t i = 0; i < n; ++i) {
-    if (!std::isdigit(static_cast<unsigned char>(s[i]))) return false;
-    out = out * 10 + (s[i] - '0');
-  }
-  s.remove_prefix(n);
-  return true;
-}
-
-std::optional<Instant> ParseInstant(std::string_view s) {
-  while (!s.empty() && s.front() == ' ') s.remove_prefix(1);
-  while (!s.empty() && s.back() == ' ') s.remove_suffix(1);
-  int year = 0, month = 0, day = 0, hour = 0, minute = 0, second = 0;
-  int64_t micros = 0;
-  if (!ReadDigits(s, 4, year) || s.empty() || s.front() != '-') return std::nullopt;
-  s.remove_prefix(1);
-  if (!ReadDigits(s, 2, month) || s.empty() || s.front() != '-') return std::nullopt;
-  s.remove_prefix(1);
-  if (!ReadDigits(s, 2, day)) return std::nullopt;
-  if (month < 1 || month > 12 || day < 1 || day > 31) return std::nullopt;
-  int64_t offset_seconds = 0;
-  if (!s.empty() && (s.front() == 'T' || s.front() == 't' || s.front() == ' ')) {
-    s.remove_prefix(1);
-    if (!ReadDigits(s, 2, hour) || s.empty() || s.front() != ':') return std::nullopt;
-    s.remove_prefix(1);
-    if (!ReadDigits(s, 2, minute)) return std::nullopt;
-    if (!s.empty() && s.front() == ':') {
-      s.remove_prefix(1);
-      if (!ReadDigits(s, 2, second)) return std::nullopt;
-      if (!s.empty() && (s.front() == '.' || s.front() == ',')) {
-        s.remove_prefix(1);
-        int digits = 0;
-        while (!s.empty() && std::isdigit(static_cast<unsigned char>(s.front()))) {
-          if (digits < 6) micros = micros * 10 + (s.front() - '0');
-          ++digits;
-          s.remove_prefix(1);
-        }
-        if (digits == 0) return std::nullopt;
-        for (int i = digits; i < 6; ++i) micros *= 10;
-      }
-    }
-    if (hour > 23 || minute > 59 || second > 60) return std::nullopt;
-    while (!s.empty() && s.front() == ' ') s.remove_prefix(1);
-    if (s == "Z" || s == "z" || s == "UTC" || s == "+00" || s == "GMT") {
-      s = {};
-    } else if (!s.empty() && (s.front() == '+' || s.front() == '-')) {
-      int sign = s.front() == '-' ? -1 : 1;
-      s.remove_prefix(1);
-      int oh = 0, om = 0;
-      if (!ReadDigits(s, 2, oh)) return std::nullopt;
-      if (!s.empty() && s.front() == ':') s.remove_prefix(1);
-      if (!s.empty() && !ReadDigits(s, 2, om)) return std::nullopt;
-      if (oh > 23 || om > 59) return std::nullopt;
-      offset_seconds = sign * (oh * 3600 + om * 60);
-    }
-  }
-  if (!s.empty()) return std::nullopt;
-  Instant out;
-  out.seconds =
-      DaysFromCivil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second - offset_seconds;
-  out.micros = micros;
-  return out;
-}
-
 std::string FormatInstant(const Instant& t) {
   std::time_t secs = static_cast<std::time_t>(t.seconds);
   std::tm tm{};
@@ -141,9 +75,9 @@ absl::StatusOr<Instant> InstantOf(const Value& v) {
     case ValueType::kTimestamp:
     case ValueType::kDate:
     case ValueType::kString: {
-      std::optional<Instant> t = ParseInstant(v.text());
+      std::optional<IsoInstant> t = ParseIsoInstant(v.text());
       if (!t) return fail();
-      return *t;
+      return Instant{t->seconds, t->micros};
     }
     default:
       return fail();

@@ -894,17 +894,7 @@ DestinationDefinition BrazeDestinationDefinition() {
   def.actions.push_back(TrackEventAction());
   def.notes = kNotes;
 
-  def.create = [](const json& settings,
-                  const ConnectorEnv& env) -> absl::StatusOr<std::unique_ptr<Destination>> {
-    absl::StatusOr<BrazeConfig> cfg = ParseConfig(settings);
-    if (!cfg.ok()) return cfg.status();
-    if (env.http == nullptr) {
-      return absl::InternalError("braze destination needs an HTTP client (ConnectorEnv.http)");
-    }
-    Clock* clock = env.clock != nullptr ? env.clock : &SystemClock();
-    return std::unique_ptr<Destination>(
-        std::make_unique<BrazeDestination>(*std::move(cfg), env.http, clock));
-  };
+  def.create = HttpDestinationFactory<BrazeDestination>(def.type, ParseConfig);
   return def;
 }
 

@@ -1079,11 +1079,9 @@ DestinationDefinition GoogleSheetsDestinationDefinition() {
                   const ConnectorEnv& env) -> absl::StatusOr<std::unique_ptr<Destination>> {
     absl::StatusOr<SheetsConfig> cfg = ParseConfig(settings);
     if (!cfg.ok()) return cfg.status();
-    if (env.http == nullptr) {
-      return absl::InternalError(
-          "google_sheets destination needs an HTTP client (ConnectorEnv.http)");
-    }
-    Clock* clock = env.clock != nullptr ? env.clock : &SystemClock();
+    absl::StatusOr<HttpServices> services = HttpServicesOf("google_sheets", env);
+    if (!services.ok()) return services.status();
+    Clock* clock = services->clock;
     JwtBearerConfig jwt;
     jwt.vendor = "Google";
     jwt.token_url = cfg->token_url;
@@ -1099,13 +1097,13 @@ DestinationDefinition GoogleSheetsDestinationDefinition() {
         "Admin > Service accounts stop working at once)",
         cfg->key.client_email);
     absl::StatusOr<std::unique_ptr<JwtBearerTokenSource>> tokens =
-        JwtBearerTokenSource::Create(std::move(jwt), env.http, clock);
+        JwtBearerTokenSource::Create(std::move(jwt), services->http, clock);
     if (!tokens.ok()) {
       return absl::InvalidArgumentError(
           fmt::format("service_account_key: private_key: {}", tokens.status().message()));
     }
     return std::unique_ptr<Destination>(std::make_unique<GoogleSheetsDestination>(
-        *std::move(cfg), *std::move(tokens), env.http, clock));
+        *std::move(cfg), *std::move(tokens), services->http, clock));
   };
   return def;
 }

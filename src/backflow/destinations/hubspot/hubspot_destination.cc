@@ -1166,17 +1166,7 @@ account, shared by all its private apps) is not tracked; each batch of 100 costs
 (two more for deletes).
 )md";
 
-  def.create = [](const json& settings,
-                  const ConnectorEnv& env) -> absl::StatusOr<std::unique_ptr<Destination>> {
-    absl::StatusOr<HubSpotConfig> cfg = ParseConfig(settings);
-    if (!cfg.ok()) return cfg.status();
-    if (env.http == nullptr) {
-      return absl::InternalError("hubspot destination needs an HTTP client (ConnectorEnv.http)");
-    }
-    Clock* clock = env.clock != nullptr ? env.clock : &SystemClock();
-    return std::unique_ptr<Destination>(
-        std::make_unique<HubSpotDestination>(*std::move(cfg), env.http, clock));
-  };
+  def.create = HttpDestinationFactory<HubSpotDestination>(def.type, ParseConfig);
   return def;
 }
 

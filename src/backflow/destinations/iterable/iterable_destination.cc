@@ -17,6 +17,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "backflow/common/civil_date.h"
 #include "backflow/common/clock.h"
 #include "backflow/common/fmt_absl.h"
 #include "backflow/common/http_client.h"
@@ -48,81 +49,10 @@ constexpr int64_t kDefaultDeletePerSecond = 100;
 // Event times at or above this are read as milliseconds, below as seconds.
 constexpr double kMillisecondsThreshold = 1e11;
 
-// ---------------------------------------------------------------- time
-
-struct ParsedTime {
-  int64_t seconds = 0;
-  bool has_time = false;
-};
-
-// YYYY-MM-DD[(T| )HH:MM[:SS[.fraction]][Z|(+|-)HH[:MM]]]; no zone means UTC.
-std::optional<ParsedTime> ParseIso(std::string_view s) {
-  auto digits = [&](int n, int* out) {
-    if (s.size() < static_cast<size_t>(n)) return false;
-    int v = 0;
-    for (int i = 0; i < n; ++i) {
-      if (s[i] < '0' || s[i] > '9') return false;
-      v = v * 10 + (s[i] - '0');
-    }
-    *out = v;
-    s.remove_prefix(n);
-    return true;
-  };
-  auto take = [&](char c) {
-    if (s.empty() || s.front() != c) return false;
-    s.remove_prefix(1);
-    return true;
-  };
-  int year = 0, month = 0, day = 0, hour = 0, minute = 0, second = 0;
-  int64_t offset_s = 0;
-  if (!digits(4, &year) || !take('-') || !digits(2, &month) || !take('-') || !digits(2, &day)) {
-    return std::nullopt;
-  }
-  if (month < 1 || month > 12 || day < 1 || day > 31) return std::nullopt;
-  ParsedTime out;
-  if (!s.empty()) {
-    if (!take('T') && !take(' ')) return std::nullopt;
-    out.has_time = true;
-    if (!digits(2, &hour) || !take(':') || !digits(2, &minute)) return std::nullopt;
-    if (take(':')) {
-      if (!digits(2, &second)) return std::nullopt;
-      if (take('.') || take(',')) {
-        size_t n = 0;
-        while (!s.empty() && std::isdigit(static_cast<unsigned char>(s.front()))) {
-          s.remove_prefix(1);
-          ++n;
-        }
-        if (n == 0) return std::nullopt;
-      }
-    }
-    if (hour > 23 || minute > 59 || second > 60) return std::nullopt;
-    if (!take('Z') && !take('z') && !s.empty() && (s.front() == '+' || s.front() == '-')) {
-      int sign = s.front() == '-' ? -1 : 1;
-      s.remove_prefix(1);
-      int oh = 0, om = 0;
-      if (!digits(2, &oh)) return std::nullopt;
-      take(':');
-      if (!s.empty() && !digits(2, &om)) return std::nullopt;
-      if (oh > 23 || om > 59) return std::nullopt;
-      offset_s = sign * (oh * 3600 + om * 60);
-    }
-  }
-  if (!s.empty()) return std::nullopt;
-  std::tm tm{};
-  tm.tm_year = year - 1900;
-  tm.tm_mon = month - 1;
-  tm.tm_mday = day;
-  tm.tm_hour = hour;
-  tm.tm_min = minute;
-  tm.tm_sec = second;
-  out.seconds = static_cast<int64_t>(timegm(&tm)) - offset_s;
-  return out;
-}
-
 }  // namespace
 
 std::optional<std::string> IterableDateString(std::string_view iso) {
-  std::optional<ParsedTime> t = ParseIso(iso);
+  std::optional<IsoInstant> t = ParseIsoInstant(iso);
   if (!t || !t->has_time) return std::nullopt;
   std::time_t secs = static_cast<std::time_t>(t->seconds);
   std::tm tm{};
@@ -133,7 +63,7 @@ std::optional<std::string> IterableDateString(std::string_view iso) {
 }
 
 std::optional<int64_t> IterableEpochSeconds(std::string_view iso) {
-  std::optional<ParsedTime> t = ParseIso(iso);
+  std::optional<IsoInstant> t = ParseIsoInstant(iso);
   if (!t) return std::nullopt;
   return t->seconds;
 }
@@ -1300,17 +1230,7 @@ DestinationDefinition IterableDestinationDefinition() {
   def.actions.push_back(TrackEventsAction());
   def.notes = kNotes;
 
-  def.create = [](const json& settings,
-                  const ConnectorEnv& env) -> absl::StatusOr<std::unique_ptr<Destination>> {
-    absl::StatusOr<IterableConfig> cfg = ParseConfig(settings);
-    if (!cfg.ok()) return cfg.status();
-    if (env.http == nullptr) {
-      return absl::InternalError("iterable destination needs an HTTP client (ConnectorEnv.http)");
-    }
-    Clock* clock = env.clock != nullptr ? env.clock : &SystemClock();
-    return std::unique_ptr<Destination>(
-        std::make_unique<IterableDestination>(*std::move(cfg), env.http, clock));
-  };
+  def.create = HttpDestinationFactory<IterableDestination>(def.type, ParseConfig);
   return def;
 }
 

@@ -85,8 +85,9 @@ inline constexpr char kIterableUsersPath[] = "/api/users/";
 inline constexpr char kIterableUsersByIdPath[] = "/api/users/byUserId/";
 
 // An ISO-8601 date-time ("2026-01-02T03:04:05.678+01:00", "...Z", or no
-// zone, read as UTC) in Iterable's date format ("2026-01-02 02:04:05
-// +00:00"); nullopt for anything else (date-only strings included).
+// zone, read as UTC; the forms of ParseIsoInstant, common/civil_date.h) in
+// Iterable's date format ("2026-01-02 02:04:05 +00:00"); nullopt for
+// anything else (date-only strings included).
 std::optional<std::string> IterableDateString(std::string_view iso);
 
 // Seconds since the epoch of an ISO-8601 date or date-time (no zone: UTC);

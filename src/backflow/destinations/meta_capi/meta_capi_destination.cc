@@ -17,6 +17,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "backflow/common/civil_date.h"
 #include "backflow/common/clock.h"
 #include "backflow/common/crypto.h"
 #include "backflow/common/errors.h"
@@ -194,67 +195,6 @@ const std::map<std::string, std::string>& CountryNames() {
       {"uae", "ae"},
   };
   return *m;
-}
-
-// Reads "YYYY-MM-DD[(T| )HH:MM[:SS[.fff]]][Z|±HH[:MM]]" as Unix seconds (UTC
-// when no zone is given).
-std::optional<int64_t> ParseIsoSeconds(std::string_view s) {
-  auto digits = [&](size_t n, int* out) {
-    if (s.size() < n) return false;
-    *out = 0;
-    for (size_t i = 0; i < n; ++i) {
-      if (!std::isdigit(static_cast<unsigned char>(s[i]))) return false;
-      *out = *out * 10 + (s[i] - '0');
-    }
-    s.remove_prefix(n);
-    return true;
-  };
-  auto take = [&](char c) {
-    if (s.empty() || s.front() != c) return false;
-    s.remove_prefix(1);
-    return true;
-  };
-  int year = 0, month = 0, day = 0, hour = 0, minute = 0, second = 0;
-  if (!digits(4, &year) || !take('-') || !digits(2, &month) || !take('-') || !digits(2, &day)) {
-    return std::nullopt;
-  }
-  if (month < 1 || month > 12 || day < 1 || day > 31) return std::nullopt;
-  int64_t offset = 0;
-  if (!s.empty() && (s.front() == 'T' || s.front() == 't' || s.front() == ' ')) {
-    s.remove_prefix(1);
-    if (!digits(2, &hour) || !take(':') || !digits(2, &minute)) return std::nullopt;
-    if (take(':')) {
-      if (!digits(2, &second)) return std::nullopt;
-      if (take('.') || take(',')) {
-        size_t n = 0;
-        while (n < s.size() && std::isdigit(static_cast<unsigned char>(s[n]))) ++n;
-        if (n == 0) return std::nullopt;
-        s.remove_prefix(n);
-      }
-    }
-    if (hour > 23 || minute > 59 || second > 60) return std::nullopt;
-    if (s == "Z" || s == "z") {
-      s = {};
-    } else if (!s.empty() && (s.front() == '+' || s.front() == '-')) {
-      int sign = s.front() == '-' ? -1 : 1;
-      s.remove_prefix(1);
-      int oh = 0, om = 0;
-      if (!digits(2, &oh)) return std::nullopt;
-      take(':');
-      if (!s.empty() && !digits(2, &om)) return std::nullopt;
-      if (oh > 23 || om > 59) return std::nullopt;
-      offset = sign * (oh * 3600 + om * 60);
-    }
-  }
-  if (!s.empty()) return std::nullopt;
-  std::tm tm{};
-  tm.tm_year = year - 1900;
-  tm.tm_mon = month - 1;
-  tm.tm_mday = day;
-  tm.tm_hour = hour;
-  tm.tm_min = minute;
-  tm.tm_sec = second;
-  return static_cast<int64_t>(timegm(&tm)) - offset;
 }
 
 // A scalar JSON value as text: strings as they are, integral numbers without
@@ -765,7 +705,9 @@ PreparedEvent MetaCapiSession::Prepare(const OutgoingRecord& record) const {
     } else if (time->is_number_float()) {
       seconds = static_cast<int64_t>(std::floor(time->get<double>()));
     } else if (time->is_string()) {
-      seconds = ParseIsoSeconds(TrimAscii(time->get<std::string>()));
+      if (std::optional<IsoInstant> t = ParseIsoInstant(TrimAscii(time->get<std::string>()))) {
+        seconds = t->seconds;
+      }
     }
   }
   if (!seconds) {
@@ -1394,17 +1336,7 @@ DestinationDefinition MetaCapiDestinationDefinition() {
   def.actions.push_back(send);
 
   def.notes = kNotes;
-  def.create = [](const json& settings,
-                  const ConnectorEnv& env) -> absl::StatusOr<std::unique_ptr<Destination>> {
-    absl::StatusOr<MetaConfig> cfg = ParseConfig(settings);
-    if (!cfg.ok()) return cfg.status();
-    if (env.http == nullptr) {
-      return absl::InternalError("meta_capi destination needs an HTTP client (ConnectorEnv.http)");
-    }
-    Clock* clock = env.clock != nullptr ? env.clock : &SystemClock();
-    return std::unique_ptr<Destination>(
-        std::make_unique<MetaCapiDestination>(*std::move(cfg), env.http, clock));
-  };
+  def.create = HttpDestinationFactory<MetaCapiDestination>(def.type, ParseConfig);
   return def;
 }
 

@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "backflow/common/civil_date.h"
 #include "backflow/common/clock.h"
 #include "backflow/common/crypto.h"
 #include "backflow/common/errors.h"
@@ -1142,70 +1143,9 @@ std::chrono::milliseconds MixpanelRateLimitBackoff(int n) {
 }
 
 bool ParseMixpanelTimestampMs(std::string_view s, int64_t* ms) {
-  while (!s.empty() && s.front() == ' ') s.remove_prefix(1);
-  while (!s.empty() && s.back() == ' ') s.remove_suffix(1);
-  auto digits = [&](size_t n, int* out) {
-    if (s.size() < n) return false;
-    *out = 0;
-    for (size_t i = 0; i < n; ++i) {
-      if (!std::isdigit(static_cast<unsigned char>(s[i]))) return false;
-      *out = *out * 10 + (s[i] - '0');
-    }
-    s.remove_prefix(n);
-    return true;
-  };
-  auto take = [&](char c) {
-    if (s.empty() || s.front() != c) return false;
-    s.remove_prefix(1);
-    return true;
-  };
-  int year = 0, month = 0, day = 0, hour = 0, minute = 0, second = 0, millis = 0;
-  if (!digits(4, &year) || !take('-') || !digits(2, &month) || !take('-') || !digits(2, &day)) {
-    return false;
-  }
-  if (month < 1 || month > 12 || day < 1 || day > 31) return false;
-  int64_t offset_s = 0;
-  if (!s.empty() && (s.front() == 'T' || s.front() == 't' || s.front() == ' ')) {
-    s.remove_prefix(1);
-    if (!digits(2, &hour) || !take(':') || !digits(2, &minute)) return false;
-    if (take(':')) {
-      if (!digits(2, &second)) return false;
-      if (!s.empty() && (s.front() == '.' || s.front() == ',')) {
-        s.remove_prefix(1);
-        int n = 0;
-        while (!s.empty() && std::isdigit(static_cast<unsigned char>(s.front()))) {
-          if (n < 3) millis = millis * 10 + (s.front() - '0');
-          ++n;
-          s.remove_prefix(1);
-        }
-        if (n == 0) return false;
-        for (int i = n; i < 3; ++i) millis *= 10;
-      }
-    }
-    if (hour > 23 || minute > 59 || second > 60) return false;
-    if (s == "Z" || s == "z" || s == "UTC" || s == "GMT") {
-      s = {};
-    } else if (!s.empty() && (s.front() == '+' || s.front() == '-')) {
-      int sign = s.front() == '-' ? -1 : 1;
-      s.remove_prefix(1);
-      int oh = 0, om = 0;
-      if (!digits(2, &oh)) return false;
-      take(':');
-      if (!s.empty() && !digits(2, &om)) return false;
-      if (oh > 23 || om > 59) return false;
-      offset_s = sign * (oh * 3600 + om * 60);
-    }
-  }
-  if (!s.empty()) return false;
-  std::tm tm{};
-  tm.tm_year = year - 1900;
-  tm.tm_mon = month - 1;
-  tm.tm_mday = day;
-  tm.tm_hour = hour;
-  tm.tm_min = minute;
-  tm.tm_sec = second;
-  int64_t secs = static_cast<int64_t>(timegm(&tm)) - offset_s;
-  *ms = secs * 1000 + millis;
+  std::optional<IsoInstant> t = ParseIsoInstant(s);
+  if (!t) return false;
+  *ms = t->seconds * 1000 + t->micros / 1000;
   return true;
 }
 
@@ -1356,17 +1296,7 @@ DestinationDefinition MixpanelDestinationDefinition() {
   def.actions.push_back(profile);
 
   def.notes = kNotes;
-  def.create = [](const json& settings,
-                  const ConnectorEnv& env) -> absl::StatusOr<std::unique_ptr<Destination>> {
-    absl::StatusOr<MixpanelConfig> cfg = ParseConfig(settings);
-    if (!cfg.ok()) return cfg.status();
-    if (env.http == nullptr) {
-      return absl::InternalError("mixpanel destination needs an HTTP client (ConnectorEnv.http)");
-    }
-    Clock* clock = env.clock != nullptr ? env.clock : &SystemClock();
-    return std::unique_ptr<Destination>(
-        std::make_unique<MixpanelDestination>(*std::move(cfg), env.http, clock));
-  };
+  def.create = HttpDestinationFactory<MixpanelDestination>(def.type, ParseConfig);
   return def;
 }
 

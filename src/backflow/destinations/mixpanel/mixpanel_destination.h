@@ -84,8 +84,9 @@ std::string MixpanelBasicAuth(std::string_view user, std::string_view password);
 std::chrono::milliseconds MixpanelRateLimitBackoff(int n);
 
 // A timestamp ("2024-05-01T12:00:00Z", "2024-05-01 12:00:00.250+02:00",
-// "2024-05-01") as milliseconds since the epoch; false when unparsable.
-// Text without a zone is read as UTC.
+// "2024-05-01"; the forms of ParseIsoInstant, common/civil_date.h) as
+// milliseconds since the epoch; false when unparsable. Text without a zone
+// is read as UTC.
 bool ParseMixpanelTimestampMs(std::string_view text, int64_t* ms);
 
 }  // namespace backflow

@@ -1924,10 +1924,9 @@ DestinationDefinition SalesforceDestinationDefinition() {
                   const ConnectorEnv& env) -> absl::StatusOr<std::unique_ptr<Destination>> {
     absl::StatusOr<SalesforceConfig> cfg = ParseConfig(settings);
     if (!cfg.ok()) return cfg.status();
-    if (env.http == nullptr) {
-      return absl::InternalError("salesforce destination needs an HTTP client (ConnectorEnv.http)");
-    }
-    Clock* clock = env.clock != nullptr ? env.clock : &SystemClock();
+    absl::StatusOr<HttpServices> services = HttpServicesOf("salesforce", env);
+    if (!services.ok()) return services.status();
+    Clock* clock = services->clock;
     JwtBearerConfig jwt;
     jwt.vendor = "Salesforce";
     jwt.token_url = cfg->login_url + kSalesforceTokenPath;
@@ -1939,12 +1938,12 @@ DestinationDefinition SalesforceDestinationDefinition() {
     jwt.lifetime_without_expires_in = std::nullopt;
     jwt.timeout = cfg->http.timeout;
     absl::StatusOr<std::unique_ptr<JwtBearerTokenSource>> tokens =
-        JwtBearerTokenSource::Create(std::move(jwt), env.http, clock);
+        JwtBearerTokenSource::Create(std::move(jwt), services->http, clock);
     if (!tokens.ok()) {
       return absl::InvalidArgumentError(fmt::format("private_key: {}", tokens.status().message()));
     }
     return std::unique_ptr<Destination>(std::make_unique<SalesforceDestination>(
-        *std::move(cfg), *std::move(tokens), env.http, clock));
+        *std::move(cfg), *std::move(tokens), services->http, clock));
   };
   return def;
 }

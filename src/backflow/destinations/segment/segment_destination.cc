@@ -658,17 +658,7 @@ DestinationDefinition SegmentDestinationDefinition() {
   def.actions.push_back(group);
 
   def.notes = kNotes;
-  def.create = [](const json& settings,
-                  const ConnectorEnv& env) -> absl::StatusOr<std::unique_ptr<Destination>> {
-    absl::StatusOr<SegmentConfig> cfg = ParseConfig(settings);
-    if (!cfg.ok()) return cfg.status();
-    if (env.http == nullptr) {
-      return absl::InternalError("segment destination needs an HTTP client (ConnectorEnv.http)");
-    }
-    Clock* clock = env.clock != nullptr ? env.clock : &SystemClock();
-    return std::unique_ptr<Destination>(
-        std::make_unique<SegmentDestination>(*std::move(cfg), env.http, clock));
-  };
+  def.create = HttpDestinationFactory<SegmentDestination>(def.type, ParseConfig);
   return def;
 }
 

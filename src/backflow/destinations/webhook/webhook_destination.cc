@@ -534,17 +534,7 @@ Each batch is one `POST` with `Content-Type: application/json`:
 | other 4xx | the batch's records fail with the receiver's message |
 )md";
 
-  def.create = [](const nlohmann::json& settings,
-                  const ConnectorEnv& env) -> absl::StatusOr<std::unique_ptr<Destination>> {
-    absl::StatusOr<WebhookConfig> cfg = ParseConfig(settings);
-    if (!cfg.ok()) return cfg.status();
-    if (env.http == nullptr) {
-      return absl::InternalError("webhook destination needs an HTTP client (ConnectorEnv.http)");
-    }
-    Clock* clock = env.clock != nullptr ? env.clock : &SystemClock();
-    return std::unique_ptr<Destination>(
-        std::make_unique<WebhookDestination>(*std::move(cfg), env.http, clock));
-  };
+  def.create = HttpDestinationFactory<WebhookDestination>(def.type, ParseConfig);
   return def;
 }
 
